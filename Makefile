@@ -1,0 +1,59 @@
+# Gantry: `make run` serves the demo models, `make test` runs every test.
+
+ORT_VERSION := 1.31.1
+ORT_DIR     := .onnxruntime
+ORT_LIB     := $(ORT_DIR)/libonnxruntime.so
+VENV        := .venv
+PYTHON      ?= python3
+CARGO       ?= cargo
+
+export ORT_DYLIB_PATH := $(abspath $(ORT_LIB))
+
+.PHONY: run test onnxruntime venv models bench lint fmt clean
+
+run: $(ORT_LIB)
+	$(CARGO) run --release --bin gantry -- --config config/gantry.toml
+
+test: $(ORT_LIB) $(VENV)/.done
+	GANTRY_TEST_PYTHON=$(abspath $(VENV))/bin/python $(CARGO) nextest run --workspace --no-fail-fast
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+# ONNX Runtime from PyPI's onnxruntime wheel: the shared library it ships is
+# extracted into $(ORT_DIR)/; nothing else is downloaded at build or run time.
+onnxruntime: $(ORT_LIB)
+
+$(ORT_LIB):
+	rm -rf $(ORT_DIR) && mkdir -p $(ORT_DIR)/wheel
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: \
+		--dest $(ORT_DIR)/wheel onnxruntime==$(ORT_VERSION)
+	$(PYTHON) -c "import glob, os, zipfile; \
+		wheel = glob.glob('$(ORT_DIR)/wheel/onnxruntime-$(ORT_VERSION)-*.whl')[0]; \
+		z = zipfile.ZipFile(wheel); \
+		libs = [n for n in z.namelist() if os.path.basename(n).startswith('libonnxruntime')]; \
+		[open(os.path.join('$(ORT_DIR)', os.path.basename(n)), 'wb').write(z.read(n)) for n in libs]; \
+		main = [os.path.basename(n) for n in libs if os.path.basename(n).startswith('libonnxruntime.so.')][0]; \
+		os.symlink(main, '$(ORT_LIB).tmp')"
+	rm -rf $(ORT_DIR)/wheel
+	mv $(ORT_LIB).tmp $(ORT_LIB)
+
+# Python tools for the client tests and the demo-model script.
+venv: $(VENV)/.done
+
+$(VENV)/.done: tests/clients/requirements.txt models/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet -r tests/clients/requirements.txt -r models/requirements.txt
+	touch $@
+
+# Rebuild the demo and fixture models (their .onnx files are committed).
+models: $(VENV)/.done
+	$(VENV)/bin/python models/build_demo_models.py
+
+clean:
+	$(CARGO) clean
+	rm -rf $(ORT_DIR) $(VENV)

@@ -1,0 +1,124 @@
+//! A deterministic engine for tests: FP32 outputs are `2x + 1` of the
+//! matching input, with a configurable delay per batch and per item, and an
+//! optional out-of-memory failure above a batch size.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Engine, EngineFactory, EngineProvider};
+use crate::error::EngineError;
+use crate::repository::ModelSpec;
+use crate::signature::{ModelSignature, TensorSpec};
+use crate::tensor::{DataType, Tensor};
+
+/// How fake engines behave; every replica of a model shares one.
+#[derive(Debug, Clone)]
+pub struct FakeEngineFactory {
+    pub signature: ModelSignature,
+    pub batch_delay: Duration,
+    pub item_delay: Duration,
+    /// Batches larger than this fail with [`EngineError::OutOfMemory`].
+    pub fail_above: Option<usize>,
+    /// Counts `load` calls, so tests can see replicas start.
+    pub loads: Arc<AtomicUsize>,
+}
+
+impl FakeEngineFactory {
+    /// `x: FP32 [-1, width]` to `y: FP32 [-1, width]`, no delay.
+    pub fn vector(width: usize) -> Self {
+        let spec = |name: &str| TensorSpec {
+            name: name.into(),
+            dtype: DataType::Fp32,
+            dims: vec![None, Some(width)],
+        };
+        FakeEngineFactory {
+            signature: ModelSignature {
+                inputs: vec![spec("x")],
+                outputs: vec![spec("y")],
+            },
+            batch_delay: Duration::ZERO,
+            item_delay: Duration::ZERO,
+            fail_above: None,
+            loads: Arc::default(),
+        }
+    }
+
+    pub fn with_delay(mut self, batch: Duration, item: Duration) -> Self {
+        self.batch_delay = batch;
+        self.item_delay = item;
+        self
+    }
+}
+
+impl EngineFactory for FakeEngineFactory {
+    fn load(&self) -> Result<Box<dyn Engine>, EngineError> {
+        self.loads.fetch_add(1, Ordering::SeqCst);
+        Ok(Box::new(FakeEngine {
+            config: self.clone(),
+        }))
+    }
+}
+
+struct FakeEngine {
+    config: FakeEngineFactory,
+}
+
+impl Engine for FakeEngine {
+    fn signature(&self) -> &ModelSignature {
+        &self.config.signature
+    }
+
+    fn infer(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, EngineError> {
+        let items = inputs.first().and_then(Tensor::batch_len).unwrap_or(1);
+        if self.config.fail_above.is_some_and(|cap| items > cap) {
+            return Err(EngineError::OutOfMemory(format!(
+                "fake engine refuses batches above {}",
+                self.config.fail_above.unwrap_or_default()
+            )));
+        }
+        let delay = self.config.batch_delay + self.config.item_delay * items as u32;
+        if !delay.is_zero() {
+            std::thread::sleep(delay);
+        }
+        let outputs = (0..self.config.signature.outputs.len())
+            .map(|k| transform(&inputs[k % inputs.len()]))
+            .collect();
+        Ok(outputs)
+    }
+}
+
+fn transform(input: &Tensor) -> Tensor {
+    match input.to_f32() {
+        Some(values) => {
+            let out: Vec<f32> = values.iter().map(|v| v * 2.0 + 1.0).collect();
+            Tensor::from_f32(input.shape.clone(), &out).expect("same shape, same length")
+        }
+        None => input.clone(),
+    }
+}
+
+/// Serves every model of the repository with fake engines: the one named for
+/// it in `per_model`, else `default`.
+#[derive(Debug, Clone)]
+pub struct FakeProvider {
+    pub default: FakeEngineFactory,
+    pub per_model: HashMap<String, FakeEngineFactory>,
+}
+
+impl FakeProvider {
+    pub fn new(default: FakeEngineFactory) -> Self {
+        FakeProvider {
+            default,
+            per_model: HashMap::new(),
+        }
+    }
+}
+
+impl EngineProvider for FakeProvider {
+    fn factory(&self, spec: &ModelSpec) -> Arc<dyn EngineFactory> {
+        let config = self.per_model.get(&spec.name).unwrap_or(&self.default);
+        Arc::new(config.clone())
+    }
+}

@@ -1,0 +1,30 @@
+//! The `Engine` trait: one loaded model that runs batches, synchronously, on
+//! the thread of the replica that owns it. ONNX Runtime is one implementation;
+//! a deterministic fake lets tests control timing and failures.
+
+pub mod fake;
+pub mod onnx;
+
+use std::sync::Arc;
+
+use crate::error::EngineError;
+use crate::repository::ModelSpec;
+use crate::signature::ModelSignature;
+use crate::tensor::Tensor;
+
+/// A loaded model. `infer` gets the inputs in signature order, each stacked
+/// along the batch dimension, and returns the outputs in signature order.
+pub trait Engine: Send {
+    fn signature(&self) -> &ModelSignature;
+    fn infer(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, EngineError>;
+}
+
+/// Loads engines for one model; each replica calls `load` on its own thread.
+pub trait EngineFactory: Send + Sync {
+    fn load(&self) -> Result<Box<dyn Engine>, EngineError>;
+}
+
+/// Chooses the engine factory for a model of the repository.
+pub trait EngineProvider: Send + Sync {
+    fn factory(&self, spec: &ModelSpec) -> Arc<dyn EngineFactory>;
+}

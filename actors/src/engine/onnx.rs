@@ -1,0 +1,229 @@
+//! The ONNX Runtime engine: one `ort` session per replica, loaded from the
+//! model repository, run on the replica's own thread.
+//!
+//! The runtime library is loaded dynamically (`load-dynamic`) from a path the
+//! application resolves; [`init_runtime`] must succeed once before any engine
+//! loads.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use ort::environment::Environment;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::session::Session;
+use ort::value::{
+    DynValue, PrimitiveTensorElementType, Tensor as OrtTensor, TensorElementType, ValueType,
+};
+
+use super::{Engine, EngineFactory, EngineProvider};
+use crate::error::EngineError;
+use crate::repository::ModelSpec;
+use crate::signature::{ModelSignature, TensorSpec};
+use crate::tensor::{DataType, Tensor};
+
+static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
+
+/// Loads the ONNX Runtime shared library at `library` and creates the
+/// process's one environment. Calling it again is a no-op.
+pub fn init_runtime(library: &Path) -> Result<(), String> {
+    if ENVIRONMENT.get().is_some() {
+        return Ok(());
+    }
+    let builder = ort::init_from(library)
+        .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", library.display()))?;
+    let env = builder
+        .with_name("gantry")
+        .build()
+        .map_err(|e| format!("cannot start ONNX Runtime: {e}"))?;
+    let _ = ENVIRONMENT.set(env);
+    Ok(())
+}
+
+/// Serves every model with ONNX Runtime on the CPU.
+#[derive(Debug, Default)]
+pub struct OnnxProvider;
+
+impl EngineProvider for OnnxProvider {
+    fn factory(&self, spec: &ModelSpec) -> Arc<dyn EngineFactory> {
+        Arc::new(OnnxFactory {
+            path: spec.onnx_path.clone(),
+            intra_op_threads: spec.settings.intra_op_threads,
+        })
+    }
+}
+
+/// Opens sessions of one `.onnx` file.
+#[derive(Debug)]
+pub struct OnnxFactory {
+    pub path: PathBuf,
+    pub intra_op_threads: usize,
+}
+
+impl EngineFactory for OnnxFactory {
+    fn load(&self) -> Result<Box<dyn Engine>, EngineError> {
+        let env = ENVIRONMENT
+            .get()
+            .ok_or_else(|| EngineError::Load("ONNX Runtime is not initialised".into()))?;
+        let path = self.path.display();
+        let load = |e: ort::Error<ort::session::builder::SessionBuilder>| {
+            EngineError::Load(format!("{path}: {e}"))
+        };
+        let session = Session::builder(env)
+            .map_err(|e| EngineError::Load(e.to_string()))?
+            .with_intra_threads(self.intra_op_threads)
+            .map_err(load)?
+            .with_inter_threads(1)
+            .map_err(load)?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(load)?
+            .commit_from_file(&self.path)
+            .map_err(|e| EngineError::Load(format!("{path}: {e}")))?;
+        let signature = ModelSignature {
+            inputs: specs(session.inputs().iter().map(|o| (o.name(), o.dtype())))?,
+            outputs: specs(session.outputs().iter().map(|o| (o.name(), o.dtype())))?,
+        };
+        Ok(Box::new(OnnxEngine { session, signature }))
+    }
+}
+
+fn specs<'a>(
+    outlets: impl Iterator<Item = (&'a str, &'a ValueType)>,
+) -> Result<Vec<TensorSpec>, EngineError> {
+    outlets
+        .map(|(name, value_type)| match value_type {
+            ValueType::Tensor { ty, shape, .. } => Ok(TensorSpec {
+                name: name.to_string(),
+                dtype: from_ort(*ty).ok_or_else(|| {
+                    EngineError::Load(format!(
+                        "'{name}' has element type {ty:?}, which Gantry does not serve"
+                    ))
+                })?,
+                dims: shape.iter().map(|&d| usize::try_from(d).ok()).collect(),
+            }),
+            other => Err(EngineError::Load(format!(
+                "'{name}' is a {other}, Gantry serves tensors only"
+            ))),
+        })
+        .collect()
+}
+
+fn from_ort(ty: TensorElementType) -> Option<DataType> {
+    Some(match ty {
+        TensorElementType::Bool => DataType::Bool,
+        TensorElementType::Uint8 => DataType::Uint8,
+        TensorElementType::Uint16 => DataType::Uint16,
+        TensorElementType::Uint32 => DataType::Uint32,
+        TensorElementType::Uint64 => DataType::Uint64,
+        TensorElementType::Int8 => DataType::Int8,
+        TensorElementType::Int16 => DataType::Int16,
+        TensorElementType::Int32 => DataType::Int32,
+        TensorElementType::Int64 => DataType::Int64,
+        TensorElementType::Float32 => DataType::Fp32,
+        TensorElementType::Float64 => DataType::Fp64,
+        _ => return None,
+    })
+}
+
+/// A loaded ONNX Runtime session.
+pub struct OnnxEngine {
+    session: Session,
+    signature: ModelSignature,
+}
+
+impl Engine for OnnxEngine {
+    fn signature(&self) -> &ModelSignature {
+        &self.signature
+    }
+
+    fn infer(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, EngineError> {
+        let mut values = Vec::with_capacity(inputs.len());
+        for (spec, tensor) in self.signature.inputs.iter().zip(inputs) {
+            values.push((spec.name.as_str(), to_value(tensor).map_err(run_error)?));
+        }
+        let outputs = self.session.run(values).map_err(run_error)?;
+        let mut result = Vec::with_capacity(self.signature.outputs.len());
+        for spec in &self.signature.outputs {
+            let value = outputs
+                .get(spec.name.as_str())
+                .ok_or_else(|| EngineError::Run(format!("output '{}' is missing", spec.name)))?;
+            result.push(from_value(value, spec.dtype).map_err(run_error)?);
+        }
+        Ok(result)
+    }
+}
+
+/// Sorts runtime errors: allocation failures are out-of-memory (a smaller
+/// batch may fit), everything else is a plain run error.
+fn run_error<R>(e: ort::Error<R>) -> EngineError {
+    let message = e.message().to_string();
+    let lower = message.to_ascii_lowercase();
+    if lower.contains("failed to allocate memory")
+        || lower.contains("out of memory")
+        || lower.contains("bad_alloc")
+    {
+        EngineError::OutOfMemory(message)
+    } else {
+        EngineError::Run(message)
+    }
+}
+
+fn to_value(tensor: &Tensor) -> ort::Result<DynValue> {
+    fn typed<T: PrimitiveTensorElementType + bytemuck::Pod + std::fmt::Debug>(
+        tensor: &Tensor,
+    ) -> ort::Result<DynValue> {
+        let shape: Vec<i64> = tensor.shape.iter().map(|&d| d as i64).collect();
+        let data: Vec<T> = bytemuck::pod_collect_to_vec(&tensor.data);
+        Ok(OrtTensor::from_array((shape, data))?.into_dyn())
+    }
+    match tensor.dtype {
+        DataType::Bool => {
+            let shape: Vec<i64> = tensor.shape.iter().map(|&d| d as i64).collect();
+            let data: Vec<bool> = tensor.data.iter().map(|&b| b != 0).collect();
+            Ok(OrtTensor::from_array((shape, data))?.into_dyn())
+        }
+        DataType::Uint8 => typed::<u8>(tensor),
+        DataType::Uint16 => typed::<u16>(tensor),
+        DataType::Uint32 => typed::<u32>(tensor),
+        DataType::Uint64 => typed::<u64>(tensor),
+        DataType::Int8 => typed::<i8>(tensor),
+        DataType::Int16 => typed::<i16>(tensor),
+        DataType::Int32 => typed::<i32>(tensor),
+        DataType::Int64 => typed::<i64>(tensor),
+        DataType::Fp32 => typed::<f32>(tensor),
+        DataType::Fp64 => typed::<f64>(tensor),
+    }
+}
+
+fn from_value(value: &DynValue, dtype: DataType) -> ort::Result<Tensor> {
+    fn typed<T: PrimitiveTensorElementType + bytemuck::Pod + std::fmt::Debug>(
+        value: &DynValue,
+        dtype: DataType,
+    ) -> ort::Result<Tensor> {
+        let (shape, data) = value.try_extract_tensor::<T>()?;
+        Ok(Tensor {
+            dtype,
+            shape: shape.iter().map(|&d| d.max(0) as usize).collect(),
+            data: bytemuck::cast_slice(data).to_vec(),
+        })
+    }
+    match dtype {
+        DataType::Bool => {
+            let (shape, data) = value.try_extract_tensor::<bool>()?;
+            Ok(Tensor {
+                dtype,
+                shape: shape.iter().map(|&d| d.max(0) as usize).collect(),
+                data: data.iter().map(|&b| u8::from(b)).collect(),
+            })
+        }
+        DataType::Uint8 => typed::<u8>(value, dtype),
+        DataType::Uint16 => typed::<u16>(value, dtype),
+        DataType::Uint32 => typed::<u32>(value, dtype),
+        DataType::Uint64 => typed::<u64>(value, dtype),
+        DataType::Int8 => typed::<i8>(value, dtype),
+        DataType::Int16 => typed::<i16>(value, dtype),
+        DataType::Int32 => typed::<i32>(value, dtype),
+        DataType::Int64 => typed::<i64>(value, dtype),
+        DataType::Fp32 => typed::<f32>(value, dtype),
+        DataType::Fp64 => typed::<f64>(value, dtype),
+    }
+}

@@ -1,0 +1,40 @@
+//! The errors a request can meet inside the actor system. The HTTP layer maps
+//! each variant to one status code, in one place.
+
+/// Why an inference request did not produce a result.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum InferError {
+    /// No model of that name is served.
+    #[error("model '{0}' is not served here")]
+    UnknownModel(String),
+    /// The model exists but has no ready replica (loading, refused, failed).
+    #[error("model '{0}' has no ready replica")]
+    ModelNotReady(String),
+    /// Wrong input name, datatype or shape.
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The model's queue is full; the caller should retry later.
+    #[error("the queue of model '{model}' is full ({capacity} requests); retry later")]
+    QueueFull { model: String, capacity: usize },
+    /// The request's deadline passed before it could run.
+    #[error("the request's deadline passed after {waited_ms} ms in the queue")]
+    DeadlineExceeded { waited_ms: u64 },
+    /// The engine failed to run the batch this request was part of.
+    #[error("inference failed: {0}")]
+    Inference(String),
+    /// The server is stopping and takes no new work.
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+/// Errors of an [`Engine`](crate::engine::Engine): loading a model or running it.
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum EngineError {
+    #[error("could not load model: {0}")]
+    Load(String),
+    #[error("{0}")]
+    Run(String),
+    /// The runtime ran out of memory for this batch; a smaller batch may fit.
+    #[error("out of memory: {0}")]
+    OutOfMemory(String),
+}

@@ -1,0 +1,28 @@
+//! `gantry-actors`: Gantry's core. A [`Supervisor`](supervisor::Supervisor)
+//! owns a [`MemoryBudget`](memory::MemoryBudget) and, per model, a
+//! [`Batcher`](batcher::Batcher) and [`Replica`](replica::Replica)s, each
+//! replica running one [`Engine`](engine::Engine) on a thread of its own.
+//!
+//! Nothing here knows about HTTP: handlers validate a request against the
+//! model's [`ModelSignature`](signature::ModelSignature), submit an
+//! [`InferRequest`](messages::InferRequest) that carries its own reply
+//! channel, and await the answer.
+
+pub mod batcher;
+pub mod engine;
+pub mod error;
+pub mod memory;
+pub mod messages;
+pub mod model;
+pub mod queue;
+pub mod replica;
+pub mod repository;
+pub mod signature;
+pub mod supervisor;
+pub mod tensor;
+
+pub use error::{EngineError, InferError};
+pub use messages::{InferOutcome, InferRequest};
+pub use model::ModelHandle;
+pub use supervisor::{Serving, Supervisor, SupervisorConfig};
+pub use tensor::{DataType, Tensor};

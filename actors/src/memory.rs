@@ -1,0 +1,226 @@
+//! The memory budget: how much memory replicas may reserve in all. The total
+//! comes from NVML (GPU total x fraction) when a GPU is present, else from
+//! configuration (default 75% of system RAM). Replicas reserve their
+//! footprint before they start; one that does not fit is refused.
+
+use std::collections::BTreeMap;
+
+use actix::{Actor, Context, Handler, Message, MessageResult};
+use tracing::{info, warn};
+
+/// Where the total came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemorySource {
+    /// NVML reported the GPU's memory.
+    Nvml,
+    /// `memory.limit_mb` from configuration.
+    Config,
+    /// 75% of the system's RAM.
+    SystemRam,
+}
+
+impl MemorySource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemorySource::Nvml => "nvml",
+            MemorySource::Config => "config",
+            MemorySource::SystemRam => "system_ram",
+        }
+    }
+}
+
+/// How the budget's total is chosen.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemoryConfig {
+    /// Explicit total; `None` means 75% of system RAM.
+    pub limit_mb: Option<u64>,
+    /// Share of GPU memory to use when NVML is present.
+    pub gpu_fraction: f64,
+    /// Ask NVML at all (tests switch it off for a fixed budget).
+    pub use_nvml: bool,
+}
+
+/// A replica that did not fit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Refusal {
+    pub owner: String,
+    pub required_mb: u64,
+    pub free_mb: u64,
+}
+
+/// The budget's state, for stats.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemorySnapshot {
+    pub source: MemorySource,
+    pub total_mb: u64,
+    pub reserved_mb: u64,
+    pub free_mb: u64,
+    pub reservations: BTreeMap<String, u64>,
+    pub refused: Vec<Refusal>,
+}
+
+/// The memory budget actor.
+pub struct MemoryBudget {
+    source: MemorySource,
+    total_mb: u64,
+    reservations: BTreeMap<String, u64>,
+    refused: Vec<Refusal>,
+}
+
+impl MemoryBudget {
+    /// Chooses the total: NVML first, then the configured limit, then RAM.
+    pub fn from_config(config: &MemoryConfig) -> Self {
+        let (source, total_mb) = match config.use_nvml.then(nvml_total_mb).flatten() {
+            Some(gpu_mb) => (
+                MemorySource::Nvml,
+                (gpu_mb as f64 * config.gpu_fraction) as u64,
+            ),
+            None => match config.limit_mb {
+                Some(limit) => (MemorySource::Config, limit),
+                None => (MemorySource::SystemRam, system_ram_mb() * 3 / 4),
+            },
+        };
+        info!(source = source.as_str(), total_mb, "memory budget");
+        MemoryBudget::with_total(source, total_mb)
+    }
+
+    pub fn with_total(source: MemorySource, total_mb: u64) -> Self {
+        MemoryBudget {
+            source,
+            total_mb,
+            reservations: BTreeMap::new(),
+            refused: Vec::new(),
+        }
+    }
+
+    fn reserved_mb(&self) -> u64 {
+        self.reservations.values().sum()
+    }
+
+    fn free_mb(&self) -> u64 {
+        self.total_mb.saturating_sub(self.reserved_mb())
+    }
+}
+
+/// GPU 0's total memory from NVML; `None` when there is no NVML or no GPU.
+fn nvml_total_mb() -> Option<u64> {
+    let nvml = nvml_wrapper::Nvml::init().ok()?;
+    let device = nvml.device_by_index(0).ok()?;
+    let info = device.memory_info().ok()?;
+    Some(info.total / (1024 * 1024))
+}
+
+/// Total RAM from `/proc/meminfo`, or 4 GiB when it cannot be read.
+fn system_ram_mb() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map(|kb| kb / 1024)
+        .unwrap_or(4096)
+}
+
+impl Actor for MemoryBudget {
+    type Context = Context<Self>;
+}
+
+/// Reserve `mb` for `owner` (for example `unet-seg/0`).
+#[derive(Message)]
+#[rtype(result = "Result<(), Refusal>")]
+pub struct Reserve {
+    pub owner: String,
+    pub mb: u64,
+}
+
+impl Handler<Reserve> for MemoryBudget {
+    type Result = Result<(), Refusal>;
+
+    fn handle(&mut self, msg: Reserve, _ctx: &mut Self::Context) -> Self::Result {
+        let already = self.reservations.get(&msg.owner).copied().unwrap_or(0);
+        let free = self.free_mb() + already;
+        if msg.mb > free {
+            let refusal = Refusal {
+                owner: msg.owner,
+                required_mb: msg.mb,
+                free_mb: free,
+            };
+            warn!(
+                replica = %refusal.owner,
+                required_mb = refusal.required_mb,
+                free_mb = refusal.free_mb,
+                "replica does not fit in the memory budget; not started"
+            );
+            self.refused.retain(|r| r.owner != refusal.owner);
+            self.refused.push(refusal.clone());
+            return Err(refusal);
+        }
+        self.refused.retain(|r| r.owner != msg.owner);
+        self.reservations.insert(msg.owner, msg.mb);
+        Ok(())
+    }
+}
+
+/// Give back what `owner` reserved.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Release {
+    pub owner: String,
+}
+
+impl Handler<Release> for MemoryBudget {
+    type Result = ();
+
+    fn handle(&mut self, msg: Release, _ctx: &mut Self::Context) {
+        self.reservations.remove(&msg.owner);
+    }
+}
+
+/// Asks for the budget's state.
+#[derive(Message)]
+#[rtype(result = "MemorySnapshot")]
+pub struct GetMemorySnapshot;
+
+impl Handler<GetMemorySnapshot> for MemoryBudget {
+    type Result = MessageResult<GetMemorySnapshot>;
+
+    fn handle(&mut self, _: GetMemorySnapshot, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(MemorySnapshot {
+            source: self.source,
+            total_mb: self.total_mb,
+            reserved_mb: self.reserved_mb(),
+            free_mb: self.free_mb(),
+            reservations: self.reservations.clone(),
+            refused: self.refused.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[actix_rt::test]
+    async fn refuses_what_does_not_fit_and_reports_it() {
+        let budget = MemoryBudget::with_total(MemorySource::Config, 100).start();
+        let reserve = |owner: &str, mb| Reserve {
+            owner: owner.into(),
+            mb,
+        };
+        assert!(budget.send(reserve("a/0", 60)).await.unwrap().is_ok());
+        let refusal = budget.send(reserve("a/1", 60)).await.unwrap().unwrap_err();
+        assert_eq!((refusal.required_mb, refusal.free_mb), (60, 40));
+        let snap = budget.send(GetMemorySnapshot).await.unwrap();
+        assert_eq!((snap.reserved_mb, snap.free_mb), (60, 40));
+        assert_eq!(snap.refused.len(), 1);
+        budget.do_send(Release {
+            owner: "a/0".into(),
+        });
+        assert!(budget.send(reserve("a/1", 60)).await.unwrap().is_ok());
+        let snap = budget.send(GetMemorySnapshot).await.unwrap();
+        assert!(snap.refused.is_empty());
+    }
+}

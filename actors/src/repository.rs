@@ -1,0 +1,257 @@
+//! The model repository: one folder per model holding `model.onnx` and an
+//! optional `model.toml`. Scanning it yields the models to serve and, for each
+//! folder that cannot be served, an error naming the file and key.
+
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// Per-model settings from `model.toml`; every key is optional.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelSettings {
+    /// Replicas (ONNX Runtime sessions) to run.
+    pub replicas: usize,
+    /// Most items in one batch.
+    pub max_batch_size: usize,
+    /// How long the oldest request may wait for a batch to fill.
+    pub batch_window_ms: u64,
+    /// ONNX Runtime intra-op threads per replica.
+    pub intra_op_threads: usize,
+    /// Memory reserved per replica; estimated from the file size when absent.
+    pub memory_mb: Option<u64>,
+    /// Most requests waiting in the model's queue.
+    pub queue_capacity: usize,
+    /// Warmup inferences a replica runs before it is ready.
+    pub warmup: u32,
+}
+
+impl Default for ModelSettings {
+    fn default() -> Self {
+        ModelSettings {
+            replicas: 1,
+            max_batch_size: 8,
+            batch_window_ms: 100,
+            intra_op_threads: 1,
+            memory_mb: None,
+            queue_capacity: 1000,
+            warmup: 1,
+        }
+    }
+}
+
+impl ModelSettings {
+    /// Parses and checks a `model.toml` text; `file` names it in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<Self, String> {
+        let settings: ModelSettings = toml::from_str(text).map_err(|e| {
+            let at = e.span().map(|span| {
+                let line_no = text[..span.start].matches('\n').count() + 1;
+                let line = text.lines().nth(line_no - 1).unwrap_or_default().trim();
+                format!(" (line {line_no}: `{line}`)")
+            });
+            format!("{}: {}{}", file.display(), e.message(), at.unwrap_or_default())
+        })?;
+        settings
+            .check()
+            .map_err(|(key, why)| format!("{}: key `{key}` {why}", file.display()))?;
+        Ok(settings)
+    }
+
+    fn check(&self) -> Result<(), (&'static str, &'static str)> {
+        if self.max_batch_size == 0 {
+            return Err(("max_batch_size", "must be at least 1"));
+        }
+        if self.intra_op_threads == 0 {
+            return Err(("intra_op_threads", "must be at least 1"));
+        }
+        if self.queue_capacity == 0 {
+            return Err(("queue_capacity", "must be at least 1"));
+        }
+        if self.batch_window_ms > 60_000 {
+            return Err(("batch_window_ms", "must be at most 60000"));
+        }
+        if self.memory_mb == Some(0) {
+            return Err(("memory_mb", "must be at least 1 when set"));
+        }
+        Ok(())
+    }
+}
+
+/// A model ready to be served: where it is, what version, how to run it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSpec {
+    pub name: String,
+    pub onnx_path: PathBuf,
+    /// SHA-256 of the `.onnx` file, hex.
+    pub version: String,
+    pub settings: ModelSettings,
+    /// Memory each replica reserves from the budget.
+    pub memory_mb: u64,
+}
+
+/// A folder that could not be turned into a model, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadError {
+    pub model: String,
+    pub error: String,
+}
+
+/// Result of reading the repository: what loads and what does not.
+#[derive(Debug, Default)]
+pub struct RepositoryScan {
+    pub models: Vec<ModelSpec>,
+    pub errors: Vec<LoadError>,
+}
+
+/// Estimated per-replica memory when `memory_mb` is not set: the weights
+/// twice (file and session copy) plus room for activations.
+pub fn estimate_memory_mb(file_bytes: u64) -> u64 {
+    const MB: u64 = 1024 * 1024;
+    2 * file_bytes.div_ceil(MB) + 64
+}
+
+/// Reads every model folder under `dir`. Hidden folders and plain files are
+/// ignored; a folder that cannot be served becomes a [`LoadError`].
+pub fn scan(dir: &Path) -> Result<RepositoryScan, String> {
+    let entries = fs::read_dir(dir)
+        .map_err(|e| format!("cannot read model repository {}: {e}", dir.display()))?;
+    let mut folders: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.is_dir())
+        .filter(|p| !file_name(p).starts_with('.') && !file_name(p).starts_with('_'))
+        .collect();
+    folders.sort();
+    let mut scan = RepositoryScan::default();
+    for folder in folders {
+        let name = file_name(&folder);
+        match load_model(&folder, &name) {
+            Ok(Some(spec)) => scan.models.push(spec),
+            Ok(None) => {}
+            Err(error) => scan.errors.push(LoadError { model: name, error }),
+        }
+    }
+    Ok(scan)
+}
+
+/// Loads one folder; `Ok(None)` for a folder that holds no model at all
+/// (neither `model.onnx` nor `model.toml`), such as a scripts folder.
+fn load_model(folder: &Path, name: &str) -> Result<Option<ModelSpec>, String> {
+    let onnx_path = folder.join("model.onnx");
+    let toml_path = folder.join("model.toml");
+    if !onnx_path.exists() && !toml_path.exists() {
+        return Ok(None);
+    }
+    if !valid_name(name) {
+        return Err(format!(
+            "{}: model names use letters, digits, '-', '_' and '.' only",
+            folder.display()
+        ));
+    }
+    let settings = if toml_path.exists() {
+        let text =
+            fs::read_to_string(&toml_path).map_err(|e| format!("{}: {e}", toml_path.display()))?;
+        ModelSettings::parse(&text, &toml_path)?
+    } else {
+        ModelSettings::default()
+    };
+    if !onnx_path.is_file() {
+        return Err(format!("{}: file not found", onnx_path.display()));
+    }
+    let (version, bytes) =
+        sha256_file(&onnx_path).map_err(|e| format!("{}: {e}", onnx_path.display()))?;
+    let memory_mb = settings
+        .memory_mb
+        .unwrap_or_else(|| estimate_memory_mb(bytes));
+    Ok(Some(ModelSpec {
+        name: name.to_string(),
+        onnx_path,
+        version,
+        settings,
+        memory_mb,
+    }))
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// SHA-256 of a file (hex) and its size in bytes.
+pub fn sha256_file(path: &Path) -> std::io::Result<(String, u64)> {
+    let mut file = fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    Ok((hex::encode(hasher.finalize()), total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, rel: &str, text: &str) {
+        let path = dir.join(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, text).unwrap();
+    }
+
+    #[test]
+    fn defaults_apply_to_missing_keys() {
+        let s = ModelSettings::parse("replicas = 3\n", Path::new("m/model.toml")).unwrap();
+        assert_eq!(s.replicas, 3);
+        assert_eq!(s.max_batch_size, 8);
+        assert_eq!(s.batch_window_ms, 100);
+        assert_eq!(s.queue_capacity, 1000);
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let file = Path::new("models/m/model.toml");
+        let unknown = ModelSettings::parse("replica = 2\n", file).unwrap_err();
+        assert!(unknown.contains("models/m/model.toml"), "{unknown}");
+        assert!(unknown.contains("replica"), "{unknown}");
+        let wrong_type = ModelSettings::parse("max_batch_size = \"big\"\n", file).unwrap_err();
+        assert!(wrong_type.contains("max_batch_size"), "{wrong_type}");
+        let zero = ModelSettings::parse("max_batch_size = 0\n", file).unwrap_err();
+        assert!(zero.contains("key `max_batch_size`"), "{zero}");
+    }
+
+    #[test]
+    fn one_bad_model_does_not_stop_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "good/model.onnx", "not really onnx");
+        write(dir.path(), "good/model.toml", "replicas = 2\n");
+        write(dir.path(), "bad/model.onnx", "x");
+        write(dir.path(), "bad/model.toml", "replicas = -1\n");
+        write(dir.path(), "missing/model.toml", "");
+        write(dir.path(), "scripts/build.py", "");
+        let scan = scan(dir.path()).unwrap();
+        let names: Vec<_> = scan.models.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["good"]);
+        assert_eq!(scan.models[0].settings.replicas, 2);
+        assert_eq!(scan.models[0].version.len(), 64);
+        let failed: Vec<_> = scan.errors.iter().map(|e| e.model.as_str()).collect();
+        assert_eq!(failed, ["bad", "missing"]);
+        assert!(scan.errors[0].error.contains("bad/model.toml"));
+    }
+}

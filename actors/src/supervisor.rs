@@ -1,0 +1,239 @@
+//! The supervisor: reads the model repository, asks the memory budget for a
+//! reservation before each replica starts, spawns each model's batcher and
+//! replicas, and answers snapshots for stats and health.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use actix::{
+    Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, ResponseFuture,
+    WrapFuture,
+};
+use tracing::{error, info};
+
+use crate::batcher::{AttachReplica, Batcher, BatcherSnapshot, GetBatcherSnapshot};
+use crate::engine::EngineProvider;
+use crate::memory::{GetMemorySnapshot, MemoryBudget, MemoryConfig, MemorySnapshot, Reserve};
+use crate::model::{ModelHandle, ModelState};
+use crate::repository::{self, LoadError, ModelSpec, RepositoryScan};
+
+/// The models being served, by name; read on every request.
+pub type ModelRegistry = Arc<RwLock<BTreeMap<String, Arc<ModelHandle>>>>;
+
+/// What the supervisor needs to start serving.
+pub struct SupervisorConfig {
+    pub models_dir: PathBuf,
+    pub memory: MemoryConfig,
+    pub provider: Arc<dyn EngineProvider>,
+}
+
+/// The running actor system, as the HTTP layer holds it.
+#[derive(Clone)]
+pub struct Serving {
+    pub supervisor: Addr<Supervisor>,
+    pub registry: ModelRegistry,
+    /// Repository folders that could not be served, and why.
+    pub load_errors: Arc<Vec<LoadError>>,
+}
+
+impl Serving {
+    /// Looks a model up by name.
+    pub fn model(&self, name: &str) -> Option<Arc<ModelHandle>> {
+        self.registry
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .cloned()
+    }
+
+    /// Every served model, by name.
+    pub fn models(&self) -> Vec<Arc<ModelHandle>> {
+        self.registry
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+}
+
+/// The supervisor actor.
+pub struct Supervisor {
+    provider: Arc<dyn EngineProvider>,
+    budget: Addr<MemoryBudget>,
+    registry: ModelRegistry,
+    load_errors: Vec<LoadError>,
+    pending: Option<RepositoryScan>,
+    started: Instant,
+}
+
+impl Supervisor {
+    /// Reads the repository (off the async threads) and starts the
+    /// supervisor, which then starts every model. Fails only when the
+    /// repository folder cannot be read; bad models are reported, not fatal.
+    pub async fn start(config: SupervisorConfig) -> Result<Serving, String> {
+        let dir = config.models_dir.clone();
+        let scan = tokio::task::spawn_blocking(move || repository::scan(&dir))
+            .await
+            .map_err(|e| format!("repository scan failed: {e}"))??;
+        for e in &scan.errors {
+            error!(model = %e.model, error = %e.error, "model not loaded");
+        }
+        let budget = MemoryBudget::from_config(&config.memory).start();
+        let registry = ModelRegistry::default();
+        let load_errors = Arc::new(scan.errors.clone());
+        let supervisor = Supervisor {
+            provider: config.provider,
+            budget,
+            registry: registry.clone(),
+            load_errors: scan.errors.clone(),
+            pending: Some(scan),
+            started: Instant::now(),
+        }
+        .start();
+        Ok(Serving {
+            supervisor,
+            registry,
+            load_errors,
+        })
+    }
+}
+
+impl Actor for Supervisor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let Some(scan) = self.pending.take() else {
+            return;
+        };
+        let budget = self.budget.clone();
+        let provider = self.provider.clone();
+        let registry = self.registry.clone();
+        let load = async move {
+            for spec in scan.models {
+                start_model(spec, &budget, provider.as_ref(), &registry).await;
+            }
+        };
+        ctx.wait(
+            load.into_actor(self)
+                .map(|(), _, _| info!("all models started")),
+        );
+    }
+}
+
+/// Creates a model's batcher, registers it, and starts each replica that the
+/// memory budget grants.
+async fn start_model(
+    spec: ModelSpec,
+    budget: &Addr<MemoryBudget>,
+    provider: &dyn EngineProvider,
+    registry: &ModelRegistry,
+) {
+    let state = Arc::new(ModelState::default());
+    let batcher = Batcher::new(spec.name.clone(), &spec.settings, state.clone()).start();
+    let factory = provider.factory(&spec);
+    info!(model = %spec.name, version = %spec.version, replicas = spec.settings.replicas, "starting model");
+    for id in 0..spec.settings.replicas {
+        let reserve = Reserve {
+            owner: format!("{}/{id}", spec.name),
+            mb: spec.memory_mb,
+        };
+        let attach = match budget.send(reserve).await {
+            Ok(Ok(())) => AttachReplica::Start {
+                id,
+                factory: factory.clone(),
+                warmup: spec.settings.warmup,
+            },
+            Ok(Err(refusal)) => AttachReplica::Refused {
+                id,
+                reason: format!(
+                    "needs {} MB of memory, the budget has {} MB free",
+                    refusal.required_mb, refusal.free_mb
+                ),
+            },
+            Err(e) => AttachReplica::Refused {
+                id,
+                reason: format!("memory budget unavailable: {e}"),
+            },
+        };
+        batcher.do_send(attach);
+    }
+    let handle = ModelHandle {
+        spec,
+        state,
+        batcher,
+    };
+    registry
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(handle.spec.name.clone(), Arc::new(handle));
+}
+
+/// One model's view for stats.
+#[derive(Debug, Clone)]
+pub struct ModelSnapshot {
+    pub name: String,
+    pub version: String,
+    pub ready_replicas: usize,
+    pub memory_mb_per_replica: u64,
+    pub batcher: BatcherSnapshot,
+}
+
+/// Everything stats and health need, taken in one go.
+#[derive(Debug, Clone)]
+pub struct ServerSnapshot {
+    pub uptime_s: f64,
+    pub models: Vec<ModelSnapshot>,
+    pub load_errors: Vec<LoadError>,
+    pub memory: MemorySnapshot,
+}
+
+/// Asks the supervisor for a [`ServerSnapshot`].
+#[derive(Message)]
+#[rtype(result = "Result<ServerSnapshot, String>")]
+pub struct GetSnapshot;
+
+impl Handler<GetSnapshot> for Supervisor {
+    type Result = ResponseFuture<Result<ServerSnapshot, String>>;
+
+    fn handle(&mut self, _: GetSnapshot, _ctx: &mut Self::Context) -> Self::Result {
+        let handles: Vec<Arc<ModelHandle>> = self
+            .registry
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let budget = self.budget.clone();
+        let load_errors = self.load_errors.clone();
+        let uptime_s = self.started.elapsed().as_secs_f64();
+        Box::pin(async move {
+            let mut models = Vec::with_capacity(handles.len());
+            for handle in handles {
+                let batcher =
+                    handle.batcher.send(GetBatcherSnapshot).await.map_err(|e| {
+                        format!("batcher of '{}' did not answer: {e}", handle.name())
+                    })?;
+                models.push(ModelSnapshot {
+                    name: handle.spec.name.clone(),
+                    version: handle.spec.version.clone(),
+                    ready_replicas: handle.state.ready_replicas(),
+                    memory_mb_per_replica: handle.spec.memory_mb,
+                    batcher,
+                });
+            }
+            let memory = budget
+                .send(GetMemorySnapshot)
+                .await
+                .map_err(|e| format!("memory budget did not answer: {e}"))?;
+            Ok(ServerSnapshot {
+                uptime_s,
+                models,
+                load_errors,
+                memory,
+            })
+        })
+    }
+}

@@ -1,0 +1,246 @@
+//! Tensors as the actor system moves them: a datatype, a shape and the raw
+//! little-endian bytes of a row-major array.
+//!
+//! Keeping the payload as bytes makes batching dtype-agnostic: stacking
+//! requests along the batch dimension and splitting outputs back are plain
+//! byte copies, whatever the element type.
+
+use std::fmt;
+
+/// Element types Gantry serves, named as the KServe v2 protocol names them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DataType {
+    Bool,
+    Uint8,
+    Uint16,
+    Uint32,
+    Uint64,
+    Int8,
+    Int16,
+    Int32,
+    Int64,
+    Fp32,
+    Fp64,
+}
+
+impl DataType {
+    /// Every supported datatype, for listings and error messages.
+    pub const ALL: [DataType; 11] = [
+        DataType::Bool,
+        DataType::Uint8,
+        DataType::Uint16,
+        DataType::Uint32,
+        DataType::Uint64,
+        DataType::Int8,
+        DataType::Int16,
+        DataType::Int32,
+        DataType::Int64,
+        DataType::Fp32,
+        DataType::Fp64,
+    ];
+
+    /// Size of one element in bytes (BOOL is one byte, 0 or 1).
+    pub fn size(self) -> usize {
+        match self {
+            DataType::Bool | DataType::Uint8 | DataType::Int8 => 1,
+            DataType::Uint16 | DataType::Int16 => 2,
+            DataType::Uint32 | DataType::Int32 | DataType::Fp32 => 4,
+            DataType::Uint64 | DataType::Int64 | DataType::Fp64 => 8,
+        }
+    }
+
+    /// The KServe v2 datatype name (`FP32`, `INT64`, `BOOL`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DataType::Bool => "BOOL",
+            DataType::Uint8 => "UINT8",
+            DataType::Uint16 => "UINT16",
+            DataType::Uint32 => "UINT32",
+            DataType::Uint64 => "UINT64",
+            DataType::Int8 => "INT8",
+            DataType::Int16 => "INT16",
+            DataType::Int32 => "INT32",
+            DataType::Int64 => "INT64",
+            DataType::Fp32 => "FP32",
+            DataType::Fp64 => "FP64",
+        }
+    }
+
+    /// Parses a KServe v2 datatype name; `None` for unknown or unsupported ones.
+    pub fn parse(name: &str) -> Option<DataType> {
+        DataType::ALL.into_iter().find(|d| d.as_str() == name)
+    }
+}
+
+impl fmt::Display for DataType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A dense row-major tensor with little-endian element bytes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tensor {
+    pub dtype: DataType,
+    pub shape: Vec<usize>,
+    pub data: Vec<u8>,
+}
+
+/// Why a tensor could not be built from the given parts.
+#[derive(Debug, thiserror::Error, PartialEq)]
+#[error("shape {shape:?} of {dtype} needs {expected} bytes, got {actual}")]
+pub struct TensorSizeError {
+    pub dtype: DataType,
+    pub shape: Vec<usize>,
+    pub expected: usize,
+    pub actual: usize,
+}
+
+impl Tensor {
+    /// Builds a tensor, checking that the byte length matches the shape.
+    pub fn new(dtype: DataType, shape: Vec<usize>, data: Vec<u8>) -> Result<Self, TensorSizeError> {
+        let expected = element_count(&shape) * dtype.size();
+        if expected != data.len() {
+            return Err(TensorSizeError {
+                dtype,
+                shape,
+                expected,
+                actual: data.len(),
+            });
+        }
+        Ok(Tensor { dtype, shape, data })
+    }
+
+    /// A zero-filled tensor (used for warmup runs).
+    pub fn zeros(dtype: DataType, shape: Vec<usize>) -> Self {
+        let len = element_count(&shape) * dtype.size();
+        Tensor {
+            dtype,
+            shape,
+            data: vec![0; len],
+        }
+    }
+
+    /// Builds an FP32 tensor from values (tests and tools).
+    pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> Result<Self, TensorSizeError> {
+        Tensor::new(DataType::Fp32, shape, bytemuck::cast_slice(values).to_vec())
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        element_count(&self.shape)
+    }
+
+    /// True when the tensor holds no element.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Reads the elements as `f32` when the tensor is FP32.
+    pub fn to_f32(&self) -> Option<Vec<f32>> {
+        (self.dtype == DataType::Fp32).then(|| {
+            self.data
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        })
+    }
+
+    /// Leading (batch) dimension, if the tensor has one.
+    pub fn batch_len(&self) -> Option<usize> {
+        self.shape.first().copied()
+    }
+
+    /// Stacks tensors along dimension 0. All parts must share dtype and the
+    /// trailing dimensions; the caller groups requests so that they do.
+    pub fn concat_batch(parts: &[&Tensor]) -> Tensor {
+        let first = parts[0];
+        if parts.len() == 1 {
+            return first.clone();
+        }
+        let rows: usize = parts.iter().map(|t| t.shape[0]).sum();
+        let mut shape = first.shape.clone();
+        shape[0] = rows;
+        let mut data = Vec::with_capacity(parts.iter().map(|t| t.data.len()).sum());
+        for part in parts {
+            data.extend_from_slice(&part.data);
+        }
+        Tensor {
+            dtype: first.dtype,
+            shape,
+            data,
+        }
+    }
+
+    /// Splits along dimension 0 into consecutive pieces of `rows[i]` rows.
+    /// Returns `None` when the tensor has no batch dimension or the row counts
+    /// do not add up to it.
+    pub fn split_batch(self, rows: &[usize]) -> Option<Vec<Tensor>> {
+        let total = *self.shape.first()?;
+        if rows.iter().sum::<usize>() != total {
+            return None;
+        }
+        if rows.len() == 1 {
+            return Some(vec![self]);
+        }
+        let row_bytes = self.data.len().checked_div(total).unwrap_or(0);
+        let mut out = Vec::with_capacity(rows.len());
+        let mut offset = 0;
+        for &n in rows {
+            let mut shape = self.shape.clone();
+            shape[0] = n;
+            let end = offset + n * row_bytes;
+            out.push(Tensor {
+                dtype: self.dtype,
+                shape,
+                data: self.data[offset..end].to_vec(),
+            });
+            offset = end;
+        }
+        Some(out)
+    }
+}
+
+/// Product of the dimensions (1 for a scalar).
+pub fn element_count(shape: &[usize]) -> usize {
+    shape.iter().product()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datatype_names_round_trip() {
+        for d in DataType::ALL {
+            assert_eq!(DataType::parse(d.as_str()), Some(d));
+        }
+        assert_eq!(DataType::parse("FP16"), None);
+        assert_eq!(DataType::parse("fp32"), None);
+    }
+
+    #[test]
+    fn new_checks_byte_length() {
+        assert!(Tensor::new(DataType::Fp32, vec![2, 2], vec![0; 16]).is_ok());
+        let err = Tensor::new(DataType::Fp32, vec![2, 2], vec![0; 15]).unwrap_err();
+        assert_eq!(err.expected, 16);
+    }
+
+    #[test]
+    fn concat_then_split_restores_parts() {
+        let a = Tensor::from_f32(vec![1, 3], &[1.0, 2.0, 3.0]).unwrap();
+        let b = Tensor::from_f32(vec![2, 3], &[4.0, 5.0, 6.0, 7.0, 8.0, 9.0]).unwrap();
+        let joined = Tensor::concat_batch(&[&a, &b]);
+        assert_eq!(joined.shape, vec![3, 3]);
+        let parts = joined.split_batch(&[1, 2]).unwrap();
+        assert_eq!(parts, vec![a, b]);
+    }
+
+    #[test]
+    fn split_rejects_wrong_row_counts() {
+        let t = Tensor::from_f32(vec![2, 1], &[1.0, 2.0]).unwrap();
+        assert!(t.clone().split_batch(&[1, 2]).is_none());
+        let scalar = Tensor::from_f32(vec![], &[1.0]).unwrap();
+        assert!(scalar.split_batch(&[1]).is_none());
+    }
+}

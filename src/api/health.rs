@@ -1,0 +1,78 @@
+//! Health and readiness: `GET /api/optimized/health` (per model) and the
+//! KServe `GET /v2/health/live` and `GET /v2/health/ready`.
+
+use std::collections::BTreeMap;
+
+use actix_web::{web, HttpResponse};
+use serde::Serialize;
+
+use super::AppState;
+
+pub fn config_health_api(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/optimized/health", web::get().to(health))
+        .route("/v2/health/live", web::get().to(live))
+        .route("/v2/health/ready", web::get().to(ready));
+}
+
+#[derive(Serialize)]
+struct ModelHealth {
+    ready: bool,
+    ready_replicas: usize,
+    replicas: usize,
+}
+
+#[derive(Serialize)]
+struct Health<'a> {
+    status: &'static str,
+    models: BTreeMap<String, ModelHealth>,
+    /// Repository folders that could not be loaded, with the reason.
+    failed_models: BTreeMap<&'a str, &'a str>,
+}
+
+/// True when every served model has a ready replica.
+fn all_ready(state: &AppState) -> bool {
+    state.service.serving.models().iter().all(|m| m.is_ready())
+}
+
+async fn health(state: web::Data<AppState>) -> HttpResponse {
+    let serving = &state.service.serving;
+    let models: BTreeMap<String, ModelHealth> = serving
+        .models()
+        .iter()
+        .map(|m| {
+            let health = ModelHealth {
+                ready: m.is_ready(),
+                ready_replicas: m.state.ready_replicas(),
+                replicas: m.spec.settings.replicas,
+            };
+            (m.name().to_string(), health)
+        })
+        .collect();
+    let ready = models.values().all(|m| m.ready);
+    let body = Health {
+        status: if ready { "ok" } else { "unavailable" },
+        models,
+        failed_models: serving
+            .load_errors
+            .iter()
+            .map(|e| (e.model.as_str(), e.error.as_str()))
+            .collect(),
+    };
+    if ready {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    }
+}
+
+async fn live() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "live": true }))
+}
+
+async fn ready(state: web::Data<AppState>) -> HttpResponse {
+    if all_ready(&state) {
+        HttpResponse::Ok().json(serde_json::json!({ "ready": true }))
+    } else {
+        HttpResponse::ServiceUnavailable().json(serde_json::json!({ "ready": false }))
+    }
+}

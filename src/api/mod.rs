@@ -1,0 +1,100 @@
+//! The HTTP API: one module per resource, each exporting a `config_*`
+//! function; [`configure`] assembles them. Handlers stay thin: extract,
+//! call the service, map the result.
+
+pub mod health;
+pub mod predict;
+pub mod stats;
+pub mod v2;
+
+use std::time::{Duration, Instant};
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest};
+use bytes::{Bytes, BytesMut};
+use futures_util::StreamExt;
+
+use crate::error::ApiError;
+use crate::service::InferenceService;
+
+/// State shared by every worker.
+pub struct AppState {
+    pub service: InferenceService,
+    /// Largest body accepted, in bytes.
+    pub body_limit: usize,
+    pub started: Instant,
+}
+
+impl AppState {
+    fn limit_mb(&self) -> u64 {
+        (self.body_limit / (1024 * 1024)) as u64
+    }
+}
+
+/// Registers every route, and JSON 404/405 for everything else.
+pub fn configure(cfg: &mut web::ServiceConfig) {
+    predict::config_predict_api(cfg);
+    health::config_health_api(cfg);
+    stats::config_stats_api(cfg);
+    v2::config_v2_api(cfg);
+}
+
+/// The JSON 404 for unknown routes.
+pub async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
+    Err(ApiError::NotFound(format!(
+        "no route for {} {}",
+        req.method(),
+        req.path()
+    )))
+}
+
+/// Reads the whole body, answering 413 as soon as it exceeds the limit.
+pub async fn read_body(
+    state: &AppState,
+    req: &HttpRequest,
+    mut payload: web::Payload,
+) -> Result<Bytes, ApiError> {
+    let too_large = || ApiError::PayloadTooLarge {
+        limit_mb: state.limit_mb(),
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > state.body_limit) {
+        return Err(too_large());
+    }
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(0));
+    while let Some(chunk) = payload.next().await {
+        let chunk =
+            chunk.map_err(|e| ApiError::BadRequest(format!("could not read the body: {e}")))?;
+        if body.len() + chunk.len() > state.body_limit {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// A timeout from the `x-request-timeout-ms` header, if any.
+pub fn header_timeout(req: &HttpRequest) -> Result<Option<Duration>, ApiError> {
+    let Some(value) = req.headers().get("x-request-timeout-ms") else {
+        return Ok(None);
+    };
+    value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .filter(|&ms| ms > 0)
+        .map(|ms| Some(Duration::from_millis(ms)))
+        .ok_or_else(|| {
+            ApiError::BadRequest("x-request-timeout-ms must be a positive integer".into())
+        })
+}
+
+/// Parses a JSON body, with serde's message (line, column) on failure.
+pub fn parse_json<'a, T: serde::Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+}

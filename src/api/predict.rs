@@ -1,0 +1,290 @@
+//! `POST /api/optimized/predict`: JSON tensors, or a multipart upload of a
+//! `.npy` array for a single-input model. Both answer the same JSON.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use actix_multipart::Multipart;
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use futures_util::StreamExt;
+use gantry_actors::Tensor;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use super::{header_timeout, parse_json, read_body, AppState};
+use crate::codec::{tensor_from_json, JsonData};
+use crate::error::ApiError;
+use crate::media::npy::{read_npy, NpyError};
+use crate::request_id::RequestId;
+use crate::service::{PredictCall, Prediction};
+
+pub fn config_predict_api(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/optimized/predict", web::post().to(predict));
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PredictBody {
+    model: String,
+    inputs: BTreeMap<String, JsonTensorIn>,
+    /// Only these outputs in the answer; all when absent.
+    #[serde(default)]
+    outputs: Option<Vec<String>>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonTensorIn {
+    shape: Vec<usize>,
+    datatype: String,
+    data: Box<RawValue>,
+}
+
+#[derive(Serialize)]
+struct JsonTensorOut<'a> {
+    shape: &'a [usize],
+    datatype: &'static str,
+    data: JsonData<'a>,
+}
+
+#[derive(Serialize)]
+struct Timings {
+    queue: f64,
+    inference: f64,
+    total: f64,
+}
+
+#[derive(Serialize)]
+struct PredictAnswer<'a> {
+    request_id: &'a str,
+    model: &'a str,
+    model_version: &'a str,
+    outputs: BTreeMap<&'a str, JsonTensorOut<'a>>,
+    batch_size: usize,
+    replica: usize,
+    timings_ms: Timings,
+}
+
+/// A decoded request: which model, which call, which outputs to return.
+struct Decoded {
+    model: String,
+    call: PredictCall,
+    outputs: Option<Vec<String>>,
+}
+
+async fn predict(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+    RequestId(request_id): RequestId,
+) -> Result<HttpResponse, ApiError> {
+    let decoded = match decode(&state, &req, payload, &request_id).await {
+        Ok(decoded) => decoded,
+        Err(e) => {
+            state.service.metrics.record(None, false, 0.0);
+            return Err(e);
+        }
+    };
+    let prediction = state.service.predict(&decoded.model, decoded.call).await?;
+    answer(&request_id, &prediction, decoded.outputs.as_deref())
+}
+
+async fn decode(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+    request_id: &str,
+) -> Result<Decoded, ApiError> {
+    let header_timeout = header_timeout(req)?;
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_ascii_lowercase();
+    let mut decoded = if content_type.starts_with("multipart/form-data") {
+        decode_multipart(state, req, payload, request_id).await?
+    } else if content_type.starts_with("application/json") || content_type.contains("+json") {
+        let body = read_body(state, req, payload).await?;
+        decode_json(&body, request_id)?
+    } else {
+        return Err(ApiError::UnsupportedMedia(format!(
+            "content type '{content_type}' is not accepted; send application/json or multipart/form-data"
+        )));
+    };
+    if decoded.call.timeout.is_none() {
+        decoded.call.timeout = header_timeout;
+    }
+    Ok(decoded)
+}
+
+fn decode_json(body: &[u8], request_id: &str) -> Result<Decoded, ApiError> {
+    let parsed: PredictBody = parse_json(body)?;
+    let inputs = parsed
+        .inputs
+        .into_iter()
+        .map(|(name, t)| {
+            let tensor = tensor_from_json(&name, &t.datatype, t.shape, &t.data)?;
+            Ok((name, tensor))
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    Ok(Decoded {
+        model: parsed.model,
+        call: PredictCall {
+            request_id: request_id.to_string(),
+            inputs,
+            timeout: positive_ms(parsed.timeout_ms, "timeout_ms")?,
+        },
+        outputs: parsed.outputs,
+    })
+}
+
+fn positive_ms(value: Option<u64>, field: &str) -> Result<Option<Duration>, ApiError> {
+    match value {
+        Some(0) => Err(ApiError::BadRequest(format!("{field} must be at least 1"))),
+        other => Ok(other.map(Duration::from_millis)),
+    }
+}
+
+/// Multipart: a `model` field, a `file` field with a `.npy` array, and an
+/// optional `timeout_ms`. The array feeds the model's only input.
+async fn decode_multipart(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+    request_id: &str,
+) -> Result<Decoded, ApiError> {
+    let mut form = Multipart::new(req.headers(), payload);
+    let mut model = None;
+    let mut file = None;
+    let mut timeout_ms = None;
+    let mut total = 0usize;
+    while let Some(field) = form.next().await {
+        let mut field =
+            field.map_err(|e| ApiError::BadRequest(format!("invalid multipart body: {e}")))?;
+        let name = field.name().unwrap_or_default().to_string();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = field.next().await {
+            let chunk =
+                chunk.map_err(|e| ApiError::BadRequest(format!("invalid multipart body: {e}")))?;
+            total += chunk.len();
+            if total > state.body_limit {
+                return Err(ApiError::PayloadTooLarge {
+                    limit_mb: state.limit_mb(),
+                });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        match name.as_str() {
+            "model" => model = Some(text_field(&name, bytes)?),
+            "file" => file = Some(bytes),
+            "timeout_ms" => {
+                let text = text_field(&name, bytes)?;
+                let ms = text.trim().parse::<u64>().map_err(|_| {
+                    ApiError::BadRequest("timeout_ms must be a positive integer".into())
+                })?;
+                timeout_ms = Some(ms);
+            }
+            other => {
+                return Err(ApiError::BadRequest(format!(
+                    "unknown form field '{other}'; expected model, file, timeout_ms"
+                )))
+            }
+        }
+    }
+    let model =
+        model.ok_or_else(|| ApiError::BadRequest("form field 'model' is missing".into()))?;
+    let file = file.ok_or_else(|| ApiError::BadRequest("form field 'file' is missing".into()))?;
+    let tensor = read_npy(&file).map_err(|e| match e {
+        NpyError::NotNpy => ApiError::UnsupportedMedia(e.to_string()),
+        NpyError::Invalid(_) => ApiError::InvalidTensor(e.to_string()),
+    })?;
+    let input = single_input_name(state, &model)?;
+    Ok(Decoded {
+        model,
+        call: PredictCall {
+            request_id: request_id.to_string(),
+            inputs: vec![(input, tensor)],
+            timeout: positive_ms(timeout_ms, "timeout_ms")?,
+        },
+        outputs: None,
+    })
+}
+
+fn text_field(name: &str, bytes: Vec<u8>) -> Result<String, ApiError> {
+    String::from_utf8(bytes)
+        .map_err(|_| ApiError::BadRequest(format!("form field '{name}' is not UTF-8 text")))
+}
+
+/// The input an uploaded file feeds: the model's only one.
+fn single_input_name(state: &AppState, model: &str) -> Result<String, ApiError> {
+    let handle = state.service.model(model)?;
+    let signature = handle.ready_signature()?;
+    match signature.inputs.as_slice() {
+        [only] => Ok(only.name.clone()),
+        many => Err(ApiError::InvalidTensor(format!(
+            "model '{model}' has {} inputs; a file upload feeds single-input models only, send JSON tensors instead",
+            many.len()
+        ))),
+    }
+}
+
+fn answer(
+    request_id: &str,
+    p: &Prediction,
+    only: Option<&[String]>,
+) -> Result<HttpResponse, ApiError> {
+    let selected = select_outputs(&p.outputs, only)?;
+    let outputs = selected
+        .into_iter()
+        .map(|(name, t)| {
+            (
+                name.as_str(),
+                JsonTensorOut {
+                    shape: &t.shape,
+                    datatype: t.dtype.as_str(),
+                    data: JsonData(t),
+                },
+            )
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(PredictAnswer {
+        request_id,
+        model: p.model.name(),
+        model_version: &p.model.spec.version,
+        outputs,
+        batch_size: p.batch_size,
+        replica: p.replica,
+        timings_ms: Timings {
+            queue: round3(p.queue_ms),
+            inference: round3(p.inference_ms),
+            total: round3(p.total_ms),
+        },
+    }))
+}
+
+/// The outputs named in `only` (in that order), or all; an unknown name is 422.
+pub fn select_outputs<'a>(
+    outputs: &'a [(String, Tensor)],
+    only: Option<&[String]>,
+) -> Result<Vec<&'a (String, Tensor)>, ApiError> {
+    let Some(names) = only else {
+        return Ok(outputs.iter().collect());
+    };
+    names
+        .iter()
+        .map(|name| {
+            outputs.iter().find(|(n, _)| n == name).ok_or_else(|| {
+                let known: Vec<&str> = outputs.iter().map(|(n, _)| n.as_str()).collect();
+                ApiError::InvalidTensor(format!("unknown output '{name}'; the model has {known:?}"))
+            })
+        })
+        .collect()
+}
+
+fn round3(ms: f64) -> f64 {
+    (ms * 1000.0).round() / 1000.0
+}

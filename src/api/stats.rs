@@ -1,0 +1,172 @@
+//! `GET /api/optimized/stats`: replicas, batchers, the memory budget and
+//! request performance, in one JSON document for SREs.
+
+use std::collections::BTreeMap;
+
+use actix_web::{web, HttpResponse};
+use gantry_actors::batcher::ReplicaState;
+use gantry_actors::supervisor::{GetSnapshot, ModelSnapshot};
+use serde::Serialize;
+
+use super::AppState;
+use crate::error::ApiError;
+use crate::metrics::ModelPerformance;
+
+pub fn config_stats_api(cfg: &mut web::ServiceConfig) {
+    cfg.route("/api/optimized/stats", web::get().to(stats));
+}
+
+#[derive(Serialize)]
+struct Stats {
+    uptime_s: f64,
+    model_pools: BTreeMap<String, Pool>,
+    memory: Memory,
+    performance_metrics: Performance,
+    failed_models: BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+struct Pool {
+    version: String,
+    ready: bool,
+    memory_mb_per_replica: u64,
+    replicas: Vec<Replica>,
+    batcher: BatcherStats,
+}
+
+#[derive(Serialize)]
+struct Replica {
+    id: usize,
+    state: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+    inflight: usize,
+    processed: u64,
+    errors: u64,
+}
+
+#[derive(Serialize)]
+struct BatcherStats {
+    queue_depth: usize,
+    batches: u64,
+    items: u64,
+    avg_batch_size: f64,
+    max_batch_size: usize,
+    window_ms: u64,
+    expired: u64,
+    cancelled: u64,
+    rejected: u64,
+}
+
+#[derive(Serialize)]
+struct Memory {
+    source: &'static str,
+    total_mb: u64,
+    reserved_mb: u64,
+    free_mb: u64,
+    refused: Vec<Refused>,
+}
+
+#[derive(Serialize)]
+struct Refused {
+    replica: String,
+    required_mb: u64,
+    free_mb: u64,
+}
+
+#[derive(Serialize)]
+struct Performance {
+    requests_total: u64,
+    errors_total: u64,
+    models: BTreeMap<String, ModelPerformance>,
+}
+
+fn pool(m: &ModelSnapshot) -> Pool {
+    let b = &m.batcher;
+    Pool {
+        version: m.version.clone(),
+        ready: m.ready_replicas > 0,
+        memory_mb_per_replica: m.memory_mb_per_replica,
+        replicas: b
+            .replicas
+            .iter()
+            .map(|r| Replica {
+                id: r.id,
+                state: r.state.name(),
+                reason: match &r.state {
+                    ReplicaState::Failed(why) | ReplicaState::Refused(why) => Some(why.clone()),
+                    ReplicaState::Loading | ReplicaState::Ready => None,
+                },
+                inflight: r.inflight,
+                processed: r.processed,
+                errors: r.errors,
+            })
+            .collect(),
+        batcher: BatcherStats {
+            queue_depth: b.queue_depth,
+            batches: b.counters.batches,
+            items: b.counters.items,
+            avg_batch_size: if b.counters.batches == 0 {
+                0.0
+            } else {
+                b.counters.items as f64 / b.counters.batches as f64
+            },
+            max_batch_size: b.max_batch_size,
+            window_ms: b.window_ms,
+            expired: b.counters.expired,
+            cancelled: b.counters.cancelled,
+            rejected: b.counters.rejected,
+        },
+    }
+}
+
+async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let snapshot = state
+        .service
+        .serving
+        .supervisor
+        .send(GetSnapshot)
+        .await
+        .map_err(|e| ApiError::Internal(format!("supervisor did not answer: {e}")))?
+        .map_err(ApiError::Internal)?;
+    let metrics = &state.service.metrics;
+    let stats = Stats {
+        uptime_s: (snapshot.uptime_s * 1000.0).round() / 1000.0,
+        model_pools: snapshot
+            .models
+            .iter()
+            .map(|m| (m.name.clone(), pool(m)))
+            .collect(),
+        memory: Memory {
+            source: snapshot.memory.source.as_str(),
+            total_mb: snapshot.memory.total_mb,
+            reserved_mb: snapshot.memory.reserved_mb,
+            free_mb: snapshot.memory.free_mb,
+            refused: snapshot
+                .memory
+                .refused
+                .iter()
+                .map(|r| Refused {
+                    replica: r.owner.clone(),
+                    required_mb: r.required_mb,
+                    free_mb: r.free_mb,
+                })
+                .collect(),
+        },
+        performance_metrics: Performance {
+            requests_total: metrics.requests_total(),
+            errors_total: metrics.errors_total(),
+            models: snapshot
+                .models
+                .iter()
+                .map(|m| (m.name.clone(), metrics.performance(&m.name)))
+                .collect(),
+        },
+        failed_models: snapshot
+            .load_errors
+            .iter()
+            .map(|e| (e.model.clone(), e.error.clone()))
+            .collect(),
+    };
+    Ok(HttpResponse::Ok().json(stats))
+}

@@ -1,0 +1,374 @@
+//! The KServe v2 / Open Inference Protocol: server and model metadata,
+//! readiness, and inference with JSON tensors or Triton's binary tensor
+//! extension (`Inference-Header-Content-Length`), so standard Triton and
+//! KServe HTTP clients work unmodified.
+
+use std::time::Duration;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use gantry_actors::signature::TensorSpec;
+use gantry_actors::{ModelHandle, Tensor};
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use super::predict::select_outputs;
+use super::{header_timeout, parse_json, read_body, AppState};
+use crate::codec::{parse_datatype, tensor_from_json, JsonData};
+use crate::error::ApiError;
+use crate::request_id::RequestId;
+use crate::service::{PredictCall, Prediction};
+
+const HEADER_LENGTH: &str = "inference-header-content-length";
+
+pub fn config_v2_api(cfg: &mut web::ServiceConfig) {
+    cfg.route("/v2", web::get().to(server_metadata))
+        .route("/v2/models/{model}", web::get().to(model_metadata))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            web::get().to(model_metadata),
+        )
+        .route("/v2/models/{model}/ready", web::get().to(model_ready))
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            web::get().to(model_ready),
+        )
+        .route("/v2/models/{model}/infer", web::post().to(infer))
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            web::post().to(infer),
+        );
+}
+
+#[derive(Deserialize)]
+struct ModelPath {
+    model: String,
+    version: Option<String>,
+}
+
+async fn server_metadata() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({
+        "name": "gantry",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["binary_tensor_data"],
+    }))
+}
+
+/// The model named in the path, checking the version when one is given.
+fn model_at(state: &AppState, path: &ModelPath) -> Result<std::sync::Arc<ModelHandle>, ApiError> {
+    let model = state.service.model(&path.model)?;
+    match &path.version {
+        Some(v) if *v != model.spec.version => Err(ApiError::NotFound(format!(
+            "model '{}' has no version '{v}'; it serves version '{}'",
+            path.model, model.spec.version
+        ))),
+        _ => Ok(model),
+    }
+}
+
+#[derive(Serialize)]
+struct TensorMetadata<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: Vec<i64>,
+}
+
+fn tensor_metadata(specs: &[TensorSpec]) -> Vec<TensorMetadata<'_>> {
+    specs
+        .iter()
+        .map(|s| TensorMetadata {
+            name: &s.name,
+            datatype: s.dtype.as_str(),
+            shape: s.shape_i64(),
+        })
+        .collect()
+}
+
+async fn model_metadata(
+    state: web::Data<AppState>,
+    path: web::Path<ModelPath>,
+) -> Result<HttpResponse, ApiError> {
+    let model = model_at(&state, &path)?;
+    let signature = model.ready_signature()?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "name": model.name(),
+        "versions": [model.spec.version],
+        "platform": "onnxruntime_onnx",
+        "inputs": tensor_metadata(&signature.inputs),
+        "outputs": tensor_metadata(&signature.outputs),
+    })))
+}
+
+async fn model_ready(
+    state: web::Data<AppState>,
+    path: web::Path<ModelPath>,
+) -> Result<HttpResponse, ApiError> {
+    let model = model_at(&state, &path)?;
+    let body = serde_json::json!({ "name": model.name(), "ready": model.is_ready() });
+    Ok(if model.is_ready() {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    })
+}
+
+#[derive(Deserialize)]
+struct InferBody {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    inputs: Vec<InputBody>,
+    #[serde(default)]
+    outputs: Option<Vec<OutputBody>>,
+}
+
+#[derive(Deserialize)]
+struct InputBody {
+    name: String,
+    shape: Vec<usize>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+    #[serde(default)]
+    data: Option<Box<RawValue>>,
+}
+
+#[derive(Deserialize)]
+struct OutputBody {
+    name: String,
+    #[serde(default)]
+    parameters: Map<String, Value>,
+}
+
+async fn infer(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<ModelPath>,
+    payload: web::Payload,
+    RequestId(request_id): RequestId,
+) -> Result<HttpResponse, ApiError> {
+    let decoded = async {
+        let model = model_at(&state, &path)?;
+        let body = read_body(&state, &req, payload).await?;
+        let timeout = header_timeout(&req)?;
+        decode(&req, body, request_id, timeout).map(|d| (model, d))
+    }
+    .await;
+    let (model, (call, request)) = match decoded {
+        Ok(ok) => ok,
+        Err(e) => {
+            state.service.metrics.record(None, false, 0.0);
+            return Err(e);
+        }
+    };
+    let prediction = state.service.predict(model.name(), call).await?;
+    encode(&prediction, request)
+}
+
+/// What the answer needs from the request: its id, and how to send outputs.
+struct ResponsePlan {
+    id: Option<String>,
+    /// (output name, as binary) in answer order; `None` means all outputs.
+    outputs: Option<Vec<(String, bool)>>,
+    binary_default: bool,
+}
+
+fn decode(
+    req: &HttpRequest,
+    body: Bytes,
+    request_id: String,
+    header_timeout: Option<Duration>,
+) -> Result<(PredictCall, ResponsePlan), ApiError> {
+    let (json, mut binary) = split_binary(req, &body)?;
+    let parsed: InferBody = parse_json(json)?;
+    let mut inputs = Vec::with_capacity(parsed.inputs.len());
+    for input in parsed.inputs {
+        let tensor = match (binary_size(&input.parameters, &input.name)?, &input.data) {
+            (Some(size), _) => {
+                if size > binary.len() {
+                    return Err(ApiError::BadRequest(format!(
+                        "input '{}' declares {size} binary bytes, only {} remain in the body",
+                        input.name,
+                        binary.len()
+                    )));
+                }
+                let (bytes, rest) = binary.split_at(size);
+                binary = rest;
+                let dtype = parse_datatype(&input.name, &input.datatype)?;
+                Tensor::new(dtype, input.shape, bytes.to_vec())
+                    .map_err(|e| ApiError::InvalidTensor(format!("input '{}': {e}", input.name)))?
+            }
+            (None, Some(data)) => {
+                tensor_from_json(&input.name, &input.datatype, input.shape, data)?
+            }
+            (None, None) => {
+                return Err(ApiError::BadRequest(format!(
+                    "input '{}' has neither 'data' nor a binary_data_size parameter",
+                    input.name
+                )))
+            }
+        };
+        inputs.push((input.name, tensor));
+    }
+    if !binary.is_empty() {
+        return Err(ApiError::BadRequest(format!(
+            "{} bytes of binary data follow the JSON header but no input claims them",
+            binary.len()
+        )));
+    }
+    let timeout = match parsed.parameters.get("timeout") {
+        None => header_timeout,
+        Some(v) => Some(Duration::from_micros(
+            v.as_u64().filter(|&us| us > 0).ok_or_else(|| {
+                ApiError::BadRequest(
+                    "parameters.timeout must be a positive integer (microseconds)".into(),
+                )
+            })?,
+        )),
+    };
+    let binary_default = flag(&parsed.parameters, "binary_data_output")?;
+    let outputs = match parsed.outputs {
+        None => None,
+        Some(list) => Some(
+            list.into_iter()
+                .map(|o| {
+                    let binary = match o.parameters.get("binary_data") {
+                        None => binary_default,
+                        Some(_) => flag(&o.parameters, "binary_data")?,
+                    };
+                    Ok((o.name, binary))
+                })
+                .collect::<Result<Vec<_>, ApiError>>()?,
+        ),
+    };
+    let call = PredictCall {
+        request_id,
+        inputs,
+        timeout,
+    };
+    Ok((
+        call,
+        ResponsePlan {
+            id: parsed.id,
+            outputs,
+            binary_default,
+        },
+    ))
+}
+
+/// Splits the body at `Inference-Header-Content-Length` into JSON and binary.
+fn split_binary<'a>(req: &HttpRequest, body: &'a [u8]) -> Result<(&'a [u8], &'a [u8]), ApiError> {
+    let Some(value) = req.headers().get(HEADER_LENGTH) else {
+        return Ok((body, &[]));
+    };
+    let length = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .filter(|&n| n <= body.len())
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "{HEADER_LENGTH} must be an integer no larger than the body ({} bytes)",
+                body.len()
+            ))
+        })?;
+    Ok(body.split_at(length))
+}
+
+fn binary_size(parameters: &Map<String, Value>, input: &str) -> Result<Option<usize>, ApiError> {
+    match parameters.get("binary_data_size") {
+        None => Ok(None),
+        Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "input '{input}': binary_data_size must be an integer"
+            ))
+        }),
+    }
+}
+
+fn flag(parameters: &Map<String, Value>, key: &str) -> Result<bool, ApiError> {
+    match parameters.get(key) {
+        None => Ok(false),
+        Some(Value::Bool(b)) => Ok(*b),
+        Some(_) => Err(ApiError::BadRequest(format!(
+            "parameter '{key}' must be true or false"
+        ))),
+    }
+}
+
+#[derive(Serialize)]
+struct OutputAnswer<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [usize],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<JsonData<'a>>,
+}
+
+#[derive(Serialize)]
+struct InferAnswer<'a> {
+    model_name: &'a str,
+    model_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    outputs: Vec<OutputAnswer<'a>>,
+}
+
+fn encode(p: &Prediction, plan: ResponsePlan) -> Result<HttpResponse, ApiError> {
+    let names: Option<Vec<String>> = plan
+        .outputs
+        .as_ref()
+        .map(|o| o.iter().map(|(n, _)| n.clone()).collect());
+    let selected = select_outputs(&p.outputs, names.as_deref())?;
+    let mut binary_parts: Vec<&[u8]> = Vec::new();
+    let mut outputs = Vec::with_capacity(selected.len());
+    for (index, (name, tensor)) in selected.into_iter().enumerate() {
+        let as_binary = match &plan.outputs {
+            Some(list) => list[index].1,
+            None => plan.binary_default,
+        };
+        let (parameters, data) = if as_binary {
+            binary_parts.push(&tensor.data);
+            (
+                Some(serde_json::json!({ "binary_data_size": tensor.data.len() })),
+                None,
+            )
+        } else {
+            (None, Some(JsonData(tensor)))
+        };
+        outputs.push(OutputAnswer {
+            name,
+            datatype: tensor.dtype.as_str(),
+            shape: &tensor.shape,
+            parameters,
+            data,
+        });
+    }
+    let answer = InferAnswer {
+        model_name: p.model.name(),
+        model_version: &p.model.spec.version,
+        id: plan.id.as_deref(),
+        outputs,
+    };
+    let json = serde_json::to_vec(&answer).map_err(|e| ApiError::Internal(e.to_string()))?;
+    if binary_parts.is_empty() {
+        return Ok(HttpResponse::Ok()
+            .content_type("application/json")
+            .body(json));
+    }
+    let header_length = json.len();
+    let mut body = json;
+    for part in binary_parts {
+        body.extend_from_slice(part);
+    }
+    Ok(HttpResponse::Ok()
+        .content_type("application/octet-stream")
+        .insert_header((HEADER_LENGTH, header_length.to_string()))
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .body(body))
+}

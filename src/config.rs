@@ -1,0 +1,283 @@
+//! Server configuration, layered: embedded defaults, then the TOML file, then
+//! `GANTRY__SECTION__KEY` environment variables, then command-line flags.
+//! Every key is checked on load; errors name the key and where it came from.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+/// The whole configuration. `config/gantry.toml` documents every key.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub models: ModelsConfig,
+    pub memory: MemoryConfig,
+    pub runtime: RuntimeConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub bind: String,
+    /// HTTP worker threads; 0 means one per core.
+    pub workers: usize,
+    /// Largest request body accepted, in MiB.
+    pub body_limit_mb: u64,
+    /// Deadline of a request that names none, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// How long shutdown waits for in-flight requests, in seconds.
+    pub shutdown_timeout_s: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            bind: "127.0.0.1:8080".into(),
+            workers: 0,
+            body_limit_mb: 64,
+            request_timeout_ms: 30_000,
+            shutdown_timeout_s: 30,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelsConfig {
+    /// The model repository: one folder per model.
+    pub dir: PathBuf,
+}
+
+impl Default for ModelsConfig {
+    fn default() -> Self {
+        ModelsConfig {
+            dir: PathBuf::from("models"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// Memory budget for replicas when no GPU is found, in MiB; 0 means 75%
+    /// of system RAM.
+    pub limit_mb: u64,
+    /// Share of GPU memory the budget may use when NVML finds a GPU.
+    pub gpu_fraction: f64,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            limit_mb: 0,
+            gpu_fraction: 0.9,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Path of `libonnxruntime.so`; empty means `ORT_DYLIB_PATH`, then the
+    /// `.onnxruntime/` folder that `make onnxruntime` fills.
+    pub onnxruntime_lib: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// Filter used when `RUST_LOG` is not set.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info,ort=warn".into(),
+        }
+    }
+}
+
+/// Values given on the command line; they win over every other layer.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub models_dir: Option<PathBuf>,
+    pub bind: Option<String>,
+    pub log_format: Option<LogFormat>,
+}
+
+/// A configuration error, naming the key and its source.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Loads the layers. `file` is read when given; `required` makes a
+    /// missing file an error (an explicit `--config`).
+    pub fn load(file: &Path, required: bool, overrides: &Overrides) -> Result<Config, ConfigError> {
+        if required && !file.is_file() {
+            return Err(ConfigError(format!(
+                "config file {} not found",
+                file.display()
+            )));
+        }
+        let mut figment = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::file_exact(file))
+            .merge(Env::prefixed("GANTRY__").split("__"));
+        if let Some(dir) = &overrides.models_dir {
+            figment = figment.merge(Serialized::default("models.dir", dir));
+        }
+        if let Some(bind) = &overrides.bind {
+            figment = figment.merge(Serialized::default("server.bind", bind));
+        }
+        if let Some(format) = overrides.log_format {
+            figment = figment.merge(Serialized::default("log.format", format));
+        }
+        let config: Config = figment.extract().map_err(|e| {
+            ConfigError(
+                e.into_iter()
+                    .map(|e| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
+        })?;
+        config.check().map_err(|(key, why)| {
+            let source = figment
+                .find_metadata(key)
+                .map(|m| match &m.source {
+                    Some(source) => format!("{} {source}", m.name),
+                    None => m.name.to_string(),
+                })
+                .unwrap_or_else(|| "defaults".into());
+            ConfigError(format!("key `{key}` (from {source}): {why}"))
+        })?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        if self.server.bind.parse::<SocketAddr>().is_err() {
+            return Err((
+                "server.bind",
+                format!("'{}' is not an IP:port address", self.server.bind),
+            ));
+        }
+        if self.server.workers > 1024 {
+            return Err(("server.workers", "must be at most 1024".into()));
+        }
+        if self.server.body_limit_mb == 0 || self.server.body_limit_mb > 4096 {
+            return Err(("server.body_limit_mb", "must be between 1 and 4096".into()));
+        }
+        if self.server.request_timeout_ms == 0 {
+            return Err(("server.request_timeout_ms", "must be at least 1".into()));
+        }
+        if !(self.memory.gpu_fraction > 0.0 && self.memory.gpu_fraction <= 1.0) {
+            return Err(("memory.gpu_fraction", "must be in (0, 1]".into()));
+        }
+        if self
+            .log
+            .level
+            .parse::<tracing_subscriber::EnvFilter>()
+            .is_err()
+        {
+            return Err((
+                "log.level",
+                format!("'{}' is not a log filter", self.log.level),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The memory budget settings for the actor system.
+    pub fn memory_budget(&self) -> gantry_actors::memory::MemoryConfig {
+        gantry_actors::memory::MemoryConfig {
+            limit_mb: (self.memory.limit_mb > 0).then_some(self.memory.limit_mb),
+            gpu_fraction: self.memory.gpu_fraction,
+            use_nvml: true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shipped() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gantry.toml")
+    }
+
+    #[test]
+    fn shipped_config_equals_embedded_defaults() {
+        let loaded = Config::load(&shipped(), true, &Overrides::default()).unwrap();
+        assert_eq!(loaded, Config::default());
+    }
+
+    #[test]
+    fn bad_values_name_key_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("bad.toml");
+        std::fs::write(&file, "[server]\nworkers = \"many\"\n").unwrap();
+        let err = Config::load(&file, true, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("server.workers") && err.contains("bad.toml"),
+            "{err}"
+        );
+
+        std::fs::write(&file, "[server]\nbind = \"nowhere\"\n").unwrap();
+        let err = Config::load(&file, true, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("server.bind") && err.contains("bad.toml"),
+            "{err}"
+        );
+
+        std::fs::write(&file, "[serverr]\n").unwrap();
+        let err = Config::load(&file, true, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("serverr"), "{err}");
+    }
+
+    #[test]
+    fn missing_explicit_file_is_an_error() {
+        let err = Config::load(
+            Path::new("/nonexistent/g.toml"),
+            true,
+            &Overrides::default(),
+        );
+        assert!(err.unwrap_err().to_string().contains("not found"));
+    }
+
+    #[test]
+    fn flags_win_over_the_file() {
+        let overrides = Overrides {
+            bind: Some("127.0.0.1:9999".into()),
+            models_dir: Some("elsewhere".into()),
+            log_format: Some(LogFormat::Json),
+        };
+        let config = Config::load(&shipped(), true, &overrides).unwrap();
+        assert_eq!(config.server.bind, "127.0.0.1:9999");
+        assert_eq!(config.models.dir, PathBuf::from("elsewhere"));
+        assert_eq!(config.log.format, LogFormat::Json);
+    }
+}

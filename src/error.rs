@@ -1,0 +1,105 @@
+//! The one error type of the HTTP layer and its one mapping to HTTP: every
+//! error answers `{"error": "...", "code": "..."}` with its status, and a full
+//! queue adds `Retry-After`.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use gantry_actors::InferError;
+use serde::Serialize;
+
+/// Everything a request can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The body is not what the endpoint takes (syntax, missing field).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such route or resource.
+    #[error("{0}")]
+    NotFound(String),
+    /// The route exists but not for this method.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// The body exceeds `server.body_limit_mb`.
+    #[error("request body exceeds the limit of {limit_mb} MiB")]
+    PayloadTooLarge { limit_mb: u64 },
+    /// An uploaded file of a type the endpoint cannot read.
+    #[error("{0}")]
+    UnsupportedMedia(String),
+    /// The body parses but its tensors do not make sense (422).
+    #[error("{0}")]
+    InvalidTensor(String),
+    /// The actor system's answer.
+    #[error(transparent)]
+    Infer(#[from] InferError),
+    /// A bug or a broken invariant; logged, answered 500.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    error: String,
+    code: &'a str,
+}
+
+impl ApiError {
+    /// Stable machine-readable code for the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::MethodNotAllowed(_) => "method_not_allowed",
+            ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::UnsupportedMedia(_) => "unsupported_media_type",
+            ApiError::InvalidTensor(_) => "invalid_input",
+            ApiError::Internal(_) => "internal",
+            ApiError::Infer(e) => match e {
+                InferError::UnknownModel(_) => "model_not_found",
+                InferError::ModelNotReady(_) => "model_not_ready",
+                InferError::InvalidInput(_) => "invalid_input",
+                InferError::QueueFull { .. } => "queue_full",
+                InferError::DeadlineExceeded { .. } => "deadline_exceeded",
+                InferError::Inference(_) => "inference_failed",
+                InferError::ShuttingDown => "shutting_down",
+            },
+        }
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::InvalidTensor(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Infer(e) => match e {
+                InferError::UnknownModel(_) => StatusCode::NOT_FOUND,
+                InferError::ModelNotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
+                InferError::InvalidInput(_) => StatusCode::UNPROCESSABLE_ENTITY,
+                InferError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
+                InferError::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
+                InferError::Inference(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                InferError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            },
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), error = %self, "request failed");
+        }
+        let mut response = HttpResponse::build(status);
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            response.insert_header((header::RETRY_AFTER, "1"));
+        }
+        response.json(ErrorBody {
+            error: self.to_string(),
+            code: self.code(),
+        })
+    }
+}

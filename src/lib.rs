@@ -1,0 +1,15 @@
+//! Gantry: an actor-based ONNX inference orchestrator. This crate is the
+//! application around the actor core (`gantry-actors`): configuration, the
+//! HTTP API (REST and KServe v2), tensor codecs, logging and startup.
+
+pub mod api;
+pub mod codec;
+pub mod config;
+pub mod error;
+pub mod logging;
+pub mod media;
+pub mod metrics;
+pub mod request_id;
+pub mod runtime;
+pub mod server;
+pub mod service;

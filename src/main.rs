@@ -1,0 +1,82 @@
+//! The `gantry` binary: parse flags, load config (exit 2 when it is
+//! invalid), load ONNX Runtime, serve until SIGTERM/SIGINT, exit 0.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use gantry::config::{Config, LogFormat, Overrides};
+use gantry_actors::engine::onnx::{init_runtime, OnnxProvider};
+
+/// Serves the ONNX models of a model repository over HTTP.
+#[derive(Parser, Debug)]
+#[command(name = "gantry", version, about)]
+struct Cli {
+    /// Configuration file (defaults apply to every key it omits).
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Model repository folder (overrides `models.dir`).
+    #[arg(long, value_name = "DIR")]
+    models: Option<PathBuf>,
+    /// Address to listen on (overrides `server.bind`), e.g. 127.0.0.1:8080.
+    #[arg(long, value_name = "ADDR")]
+    bind: Option<String>,
+    /// Log format (overrides `log.format`).
+    #[arg(long, value_enum)]
+    log_format: Option<LogFormat>,
+}
+
+const DEFAULT_CONFIG: &str = "config/gantry.toml";
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let overrides = Overrides {
+        models_dir: cli.models,
+        bind: cli.bind,
+        log_format: cli.log_format,
+    };
+    let (file, required) = match cli.config {
+        Some(file) => (file, true),
+        None => (PathBuf::from(DEFAULT_CONFIG), false),
+    };
+    let config = match Config::load(&file, required, &overrides) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("gantry: invalid configuration in {}: {e}", file.display());
+            return ExitCode::from(2);
+        }
+    };
+    gantry::logging::init(config.log.format, &config.log.level);
+    let library = match gantry::runtime::locate_onnxruntime(&config.runtime.onnxruntime_lib) {
+        Ok(path) => path,
+        Err(e) => {
+            eprintln!("gantry: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    if let Err(e) = init_runtime(&library) {
+        eprintln!("gantry: {e}");
+        return ExitCode::from(1);
+    }
+    tracing::info!(library = %library.display(), config = %file.display(), "starting gantry");
+    match actix_rt::System::new().block_on(serve(config)) {
+        Ok(()) => {
+            tracing::info!("stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("gantry: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(&config.server.bind)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.bind))?;
+    let running = gantry::server::start(&config, listener, Arc::new(OnnxProvider)).await?;
+    running.server.await?;
+    Ok(())
+}

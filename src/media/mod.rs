@@ -1,0 +1,3 @@
+//! Uploaded files turned into tensors. Today: NumPy `.npy` arrays.
+
+pub mod npy;

@@ -1,0 +1,88 @@
+//! Builds and starts the server: the actor system first, then the HTTP
+//! listener. Tests call [`start`] with a listener on port 0 and any engine
+//! provider; `main` calls it with ONNX Runtime.
+
+use std::net::{SocketAddr, TcpListener};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix_web::dev::{Server, ServiceResponse};
+use actix_web::http::StatusCode;
+use actix_web::middleware::{from_fn, ErrorHandlerResponse, ErrorHandlers};
+use actix_web::{web, App, HttpServer, ResponseError};
+use gantry_actors::engine::EngineProvider;
+use gantry_actors::{Supervisor, SupervisorConfig};
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::request_id;
+use crate::service::InferenceService;
+
+/// A server that is accepting connections.
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    /// Resolves when the server has stopped (signal or `handle().stop`).
+    pub server: Server,
+}
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Repository(String),
+    #[error("cannot listen: {0}")]
+    Listen(#[from] std::io::Error),
+}
+
+/// Starts the actor system and the HTTP server on `listener`. Must run
+/// inside an actix `System`.
+pub async fn start(
+    config: &Config,
+    listener: TcpListener,
+    provider: Arc<dyn EngineProvider>,
+) -> Result<RunningServer, StartError> {
+    let serving = Supervisor::start(SupervisorConfig {
+        models_dir: config.models.dir.clone(),
+        memory: config.memory_budget(),
+        provider,
+    })
+    .await
+    .map_err(StartError::Repository)?;
+    let state = web::Data::new(AppState {
+        service: InferenceService {
+            serving,
+            metrics: Arc::new(Metrics::default()),
+            default_timeout: Duration::from_millis(config.server.request_timeout_ms),
+        },
+        body_limit: (config.server.body_limit_mb * 1024 * 1024) as usize,
+        started: Instant::now(),
+    });
+    let addr = listener.local_addr()?;
+    let mut http = HttpServer::new(move || {
+        App::new()
+            .app_data(state.clone())
+            .wrap(ErrorHandlers::new().handler(StatusCode::METHOD_NOT_ALLOWED, method_not_allowed))
+            .wrap(from_fn(request_id::assign))
+            .configure(api::configure)
+            .default_service(web::to(api::not_found))
+    })
+    .shutdown_timeout(config.server.shutdown_timeout_s);
+    if config.server.workers > 0 {
+        http = http.workers(config.server.workers);
+    }
+    let server = http.listen(listener)?.run();
+    tracing::info!(%addr, "listening");
+    Ok(RunningServer { addr, server })
+}
+
+/// actix answers a known path with a wrong method by an empty 405; give it
+/// the JSON error body every other error has.
+fn method_not_allowed<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
+    let (req, _) = res.into_parts();
+    let error =
+        ApiError::MethodNotAllowed(format!("{} is not allowed on {}", req.method(), req.path()));
+    let response = ServiceResponse::new(req, error.error_response()).map_into_right_body();
+    Ok(ErrorHandlerResponse::Response(response))
+}
