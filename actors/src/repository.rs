@@ -52,7 +52,12 @@ impl ModelSettings {
                 let line = text.lines().nth(line_no - 1).unwrap_or_default().trim();
                 format!(" (line {line_no}: `{line}`)")
             });
-            format!("{}: {}{}", file.display(), e.message(), at.unwrap_or_default())
+            format!(
+                "{}: {}{}",
+                file.display(),
+                e.message(),
+                at.unwrap_or_default()
+            )
         })?;
         settings
             .check()
