@@ -6,16 +6,14 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix_web::dev::{Server, ServiceResponse};
-use actix_web::http::StatusCode;
-use actix_web::middleware::{from_fn, ErrorHandlerResponse, ErrorHandlers};
-use actix_web::{web, App, HttpServer, ResponseError};
+use actix_web::dev::Server;
+use actix_web::middleware::from_fn;
+use actix_web::{web, App, HttpServer};
 use gantry_actors::engine::EngineProvider;
 use gantry_actors::{Supervisor, SupervisorConfig};
 
 use crate::api::{self, AppState};
 use crate::config::Config;
-use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::request_id;
 use crate::service::InferenceService;
@@ -63,7 +61,6 @@ pub async fn start(
     let mut http = HttpServer::new(move || {
         App::new()
             .app_data(state.clone())
-            .wrap(ErrorHandlers::new().handler(StatusCode::METHOD_NOT_ALLOWED, method_not_allowed))
             .wrap(from_fn(request_id::assign))
             .configure(api::configure)
             .default_service(web::to(api::not_found))
@@ -75,14 +72,4 @@ pub async fn start(
     let server = http.listen(listener)?.run();
     tracing::info!(%addr, "listening");
     Ok(RunningServer { addr, server })
-}
-
-/// actix answers a known path with a wrong method by an empty 405; give it
-/// the JSON error body every other error has.
-fn method_not_allowed<B>(res: ServiceResponse<B>) -> actix_web::Result<ErrorHandlerResponse<B>> {
-    let (req, _) = res.into_parts();
-    let error =
-        ApiError::MethodNotAllowed(format!("{} is not allowed on {}", req.method(), req.path()));
-    let response = ServiceResponse::new(req, error.error_response()).map_into_right_body();
-    Ok(ErrorHandlerResponse::Response(response))
 }

@@ -6,12 +6,12 @@ use std::collections::BTreeMap;
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
 
-use super::AppState;
+use super::{resource, AppState};
 
 pub fn config_health_api(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/optimized/health", web::get().to(health))
-        .route("/v2/health/live", web::get().to(live))
-        .route("/v2/health/ready", web::get().to(ready));
+    cfg.service(resource("/api/optimized/health").route(web::get().to(health)))
+        .service(resource("/v2/health/live").route(web::get().to(live)))
+        .service(resource("/v2/health/ready").route(web::get().to(ready)));
 }
 
 #[derive(Serialize)]

@@ -12,7 +12,7 @@ use gantry_actors::Tensor;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{header_timeout, parse_json, read_body, AppState};
+use super::{header_timeout, parse_json, read_body, resource, AppState};
 use crate::codec::{tensor_from_json, JsonData};
 use crate::error::ApiError;
 use crate::media::npy::{read_npy, NpyError};
@@ -20,7 +20,7 @@ use crate::request_id::RequestId;
 use crate::service::{PredictCall, Prediction};
 
 pub fn config_predict_api(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/optimized/predict", web::post().to(predict));
+    cfg.service(resource("/api/optimized/predict").route(web::post().to(predict)));
 }
 
 #[derive(Deserialize)]

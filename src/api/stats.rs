@@ -8,12 +8,12 @@ use gantry_actors::batcher::ReplicaState;
 use gantry_actors::supervisor::{GetSnapshot, ModelSnapshot};
 use serde::Serialize;
 
-use super::AppState;
+use super::{resource, AppState};
 use crate::error::ApiError;
 use crate::metrics::ModelPerformance;
 
 pub fn config_stats_api(cfg: &mut web::ServiceConfig) {
-    cfg.route("/api/optimized/stats", web::get().to(stats));
+    cfg.service(resource("/api/optimized/stats").route(web::get().to(stats)));
 }
 
 #[derive(Serialize)]

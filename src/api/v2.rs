@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::predict::select_outputs;
-use super::{header_timeout, parse_json, read_body, AppState};
+use super::{header_timeout, parse_json, read_body, resource, AppState};
 use crate::codec::{parse_datatype, tensor_from_json, JsonData};
 use crate::error::ApiError;
 use crate::request_id::RequestId;
@@ -24,22 +24,15 @@ use crate::service::{PredictCall, Prediction};
 const HEADER_LENGTH: &str = "inference-header-content-length";
 
 pub fn config_v2_api(cfg: &mut web::ServiceConfig) {
-    cfg.route("/v2", web::get().to(server_metadata))
-        .route("/v2/models/{model}", web::get().to(model_metadata))
-        .route(
-            "/v2/models/{model}/versions/{version}",
-            web::get().to(model_metadata),
-        )
-        .route("/v2/models/{model}/ready", web::get().to(model_ready))
-        .route(
-            "/v2/models/{model}/versions/{version}/ready",
-            web::get().to(model_ready),
-        )
-        .route("/v2/models/{model}/infer", web::post().to(infer))
-        .route(
-            "/v2/models/{model}/versions/{version}/infer",
-            web::post().to(infer),
-        );
+    cfg.service(resource("/v2").route(web::get().to(server_metadata)));
+    for prefix in [
+        "/v2/models/{model}",
+        "/v2/models/{model}/versions/{version}",
+    ] {
+        cfg.service(resource(prefix).route(web::get().to(model_metadata)))
+            .service(resource(&format!("{prefix}/ready")).route(web::get().to(model_ready)))
+            .service(resource(&format!("{prefix}/infer")).route(web::post().to(infer)));
+    }
 }
 
 #[derive(Deserialize)]

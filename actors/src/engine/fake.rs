@@ -21,6 +21,9 @@ pub struct FakeEngineFactory {
     pub item_delay: Duration,
     /// Batches larger than this fail with [`EngineError::OutOfMemory`].
     pub fail_above: Option<usize>,
+    /// A batch holding this FP32 value anywhere fails with a run error, so a
+    /// test can make one request fail without touching warmup.
+    pub poison: Option<f32>,
     /// Counts `load` calls, so tests can see replicas start.
     pub loads: Arc<AtomicUsize>,
 }
@@ -41,6 +44,7 @@ impl FakeEngineFactory {
             batch_delay: Duration::ZERO,
             item_delay: Duration::ZERO,
             fail_above: None,
+            poison: None,
             loads: Arc::default(),
         }
     }
@@ -77,6 +81,17 @@ impl Engine for FakeEngine {
                 "fake engine refuses batches above {}",
                 self.config.fail_above.unwrap_or_default()
             )));
+        }
+        if let Some(poison) = self.config.poison {
+            let poisoned = inputs
+                .iter()
+                .filter_map(Tensor::to_f32)
+                .any(|values| values.contains(&poison));
+            if poisoned {
+                return Err(EngineError::Run(format!(
+                    "fake engine refuses the value {poison}"
+                )));
+            }
         }
         let delay = self.config.batch_delay + self.config.item_delay * items as u32;
         if !delay.is_zero() {

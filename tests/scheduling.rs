@@ -1,0 +1,251 @@
+//! Dispatch and supervision with the deterministic fake engine, where timing
+//! must be controlled: replicas share work, a lone request does not wait the
+//! window, full batches leave early, partial ones when the window ends, the
+//! memory budget refuses what does not fit, one bad model does not stop the
+//! others.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{tensor, Repo, TestServer};
+use gantry_actors::engine::fake::{FakeEngineFactory, FakeProvider};
+use serde_json::{json, Value};
+
+fn slow_fake(batch_ms: u64) -> Arc<FakeProvider> {
+    Arc::new(FakeProvider::new(
+        FakeEngineFactory::vector(4).with_delay(Duration::from_millis(batch_ms), Duration::ZERO),
+    ))
+}
+
+fn body(model: &str, value: f32) -> Value {
+    json!({"model": model, "inputs": {"x": tensor(&[1, 4], "FP32", json!([value, 0, 0, 0]))}})
+}
+
+async fn concurrently(server: &TestServer, model: &str, n: usize) -> Vec<Value> {
+    futures_util::future::join_all((0..n).map(|i| async move {
+        let (status, answer) = server
+            .post("/api/optimized/predict", &body(model, i as f32))
+            .await;
+        assert_eq!(status, 200, "{answer}");
+        // The fake engine answers 2x + 1: each caller gets its own row back.
+        assert_eq!(
+            answer["outputs"]["y"]["data"][0].as_f64().unwrap(),
+            2.0 * i as f64 + 1.0
+        );
+        answer
+    }))
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_both_do_work() {
+    let repo = Repo::new().fake(
+        "m",
+        "replicas = 2\nmax_batch_size = 2\nbatch_window_ms = 5\n",
+    );
+    let server = TestServer::ready(common::config(repo.path()), slow_fake(50)).await;
+    let answers = concurrently(&server, "m", 16).await;
+    let used: BTreeSet<u64> = answers
+        .iter()
+        .map(|a| a["replica"].as_u64().unwrap())
+        .collect();
+    assert_eq!(used, BTreeSet::from([0, 1]));
+    let stats = server.stats().await;
+    let replicas = stats["model_pools"]["m"]["replicas"]
+        .as_array()
+        .unwrap()
+        .clone();
+    assert_eq!(replicas.len(), 2);
+    for r in &replicas {
+        assert_eq!(r["state"], "ready");
+        assert!(r["processed"].as_u64().unwrap() > 0, "{r}");
+        assert_eq!(r["inflight"], 0);
+    }
+    let processed: u64 = replicas
+        .iter()
+        .map(|r| r["processed"].as_u64().unwrap())
+        .sum();
+    assert_eq!(processed, 16);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lone_request_does_not_wait_the_window() {
+    let repo = Repo::new().fake("m", "max_batch_size = 8\nbatch_window_ms = 20000\n");
+    let server = TestServer::ready(common::config(repo.path()), slow_fake(0)).await;
+    let (status, answer) = server.post("/api/optimized/predict", &body("m", 1.0)).await;
+    assert_eq!(status, 200);
+    // The replica was idle, so the batch left at once instead of after 20 s.
+    assert!(
+        answer["timings_ms"]["queue"].as_f64().unwrap() < 10_000.0,
+        "{answer}"
+    );
+    assert_eq!(answer["batch_size"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn full_batches_leave_before_the_window_and_partial_ones_after_it() {
+    let repo = Repo::new()
+        .fake("full", "max_batch_size = 4\nbatch_window_ms = 60000\n")
+        .fake("partial", "max_batch_size = 8\nbatch_window_ms = 200\n");
+    let server = TestServer::ready(common::config(repo.path()), slow_fake(400)).await;
+    for (model, wave, expected) in [("full", 4, 4), ("partial", 3, 3)] {
+        // The first request occupies the replica; the wave queues behind it.
+        let first_body = body(model, 0.0);
+        let first = server.post("/api/optimized/predict", &first_body);
+        let wave = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            concurrently(&server, model, wave).await
+        };
+        let ((status, _), answers) = tokio::join!(first, wave);
+        assert_eq!(status, 200);
+        for a in &answers {
+            assert_eq!(a["batch_size"], expected, "{model}: {a}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_over_the_memory_budget_are_refused_and_reported() {
+    let repo = Repo::new()
+        .fake("fits", "replicas = 2\nmemory_mb = 60\n")
+        .fake("huge", "memory_mb = 500\n");
+    let mut config = common::config(repo.path());
+    config.memory.limit_mb = 100;
+    let server = TestServer::start(config, slow_fake(0));
+    // "huge" never gets a replica, so health stays 503.
+    let mut health = (0, Value::Null);
+    for _ in 0..200 {
+        health = server.get("/api/optimized/health").await;
+        if health.1["models"]["fits"]["ready"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (status, health) = health;
+    assert_eq!(status, 503, "{health}");
+    assert_eq!(health["status"], "unavailable");
+    assert_eq!(health["models"]["fits"]["ready_replicas"], 1);
+    assert_eq!(health["models"]["huge"]["ready"], false);
+
+    let stats = server.stats().await;
+    let memory = &stats["memory"];
+    assert_eq!(memory["source"], "config");
+    assert_eq!(
+        (memory["total_mb"].as_u64(), memory["reserved_mb"].as_u64()),
+        (Some(100), Some(60))
+    );
+    let refused: BTreeSet<&str> = memory["refused"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["replica"].as_str().unwrap())
+        .collect();
+    assert_eq!(refused, BTreeSet::from(["fits/1", "huge/0"]));
+    let fits = &stats["model_pools"]["fits"]["replicas"];
+    assert_eq!(fits[1]["state"], "refused");
+    assert!(
+        fits[1]["reason"].as_str().unwrap().contains("needs 60 MB"),
+        "{fits}"
+    );
+
+    let (status, answer) = server
+        .post("/api/optimized/predict", &body("fits", 1.0))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, answer) = server
+        .post("/api/optimized/predict", &body("huge", 1.0))
+        .await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (503, Some("model_not_ready")),
+        "{answer}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_model_toml_does_not_stop_the_others() {
+    let repo = Repo::new()
+        .fake("good", "replicas = 1\n")
+        .fake("bad", "max_batch_size = \"eight\"\n");
+    let server = TestServer::ready(common::config(repo.path()), slow_fake(0)).await;
+    let (status, health) = server.get("/api/optimized/health").await;
+    assert_eq!(status, 200, "{health}");
+    let why = health["failed_models"]["bad"].as_str().unwrap();
+    assert!(
+        why.contains("bad/model.toml") && why.contains("max_batch_size"),
+        "{why}"
+    );
+    let (status, _) = server
+        .post("/api/optimized/predict", &body("good", 1.0))
+        .await;
+    assert_eq!(status, 200);
+    let (status, answer) = server
+        .post("/api/optimized/predict", &body("bad", 1.0))
+        .await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
+    let stats = server.stats().await;
+    assert!(stats["failed_models"]["bad"].is_string());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_report_every_documented_key() {
+    let repo = Repo::new().fake(
+        "m",
+        "replicas = 1\nmax_batch_size = 4\nbatch_window_ms = 7\n",
+    );
+    let server = TestServer::ready(common::config(repo.path()), slow_fake(0)).await;
+    concurrently(&server, "m", 3).await;
+    let (status, _) = server
+        .post("/api/optimized/predict", &body("nope", 1.0))
+        .await;
+    assert_eq!(status, 404);
+    let stats = server.stats().await;
+    assert!(stats["uptime_s"].as_f64().unwrap() >= 0.0);
+    let pool = &stats["model_pools"]["m"];
+    for key in ["id", "state", "inflight", "processed", "errors"] {
+        assert!(
+            pool["replicas"][0].get(key).is_some(),
+            "replica lacks {key}"
+        );
+    }
+    let batcher = &pool["batcher"];
+    for key in [
+        "queue_depth",
+        "batches",
+        "items",
+        "avg_batch_size",
+        "max_batch_size",
+        "window_ms",
+    ] {
+        assert!(batcher.get(key).is_some(), "batcher lacks {key}");
+    }
+    assert_eq!(
+        (
+            batcher["items"].as_u64(),
+            batcher["max_batch_size"].as_u64()
+        ),
+        (Some(3), Some(4))
+    );
+    assert_eq!(batcher["window_ms"], 7);
+    for key in ["source", "total_mb", "reserved_mb", "free_mb", "refused"] {
+        assert!(stats["memory"].get(key).is_some(), "memory lacks {key}");
+    }
+    let perf = &stats["performance_metrics"];
+    assert_eq!(
+        (
+            perf["requests_total"].as_u64(),
+            perf["errors_total"].as_u64()
+        ),
+        (Some(4), Some(1))
+    );
+    let latency = &perf["models"]["m"]["latency_ms"];
+    for key in ["p50", "p95", "p99"] {
+        assert!(latency[key].as_f64().unwrap() >= 0.0, "{latency}");
+    }
+}
