@@ -123,6 +123,24 @@ pub struct Overrides {
     pub log_format: Option<LogFormat>,
 }
 
+/// Where a key's value came from, for error messages: the file's path, the
+/// exact environment variable, or the embedded defaults.
+fn describe_source(key: &str, metadata: Option<&figment::Metadata>) -> String {
+    match metadata {
+        Some(m) if m.name.contains("environment") => {
+            format!(
+                "environment variable GANTRY__{}",
+                key.to_uppercase().replace('.', "__")
+            )
+        }
+        Some(m) => match &m.source {
+            Some(source) => source.to_string(),
+            None => m.name.to_string(),
+        },
+        None => "defaults".into(),
+    }
+}
+
 /// A configuration error, naming the key and its source.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
@@ -150,28 +168,29 @@ impl Config {
         if let Some(format) = overrides.log_format {
             figment = figment.merge(Serialized::default("log.format", format));
         }
-        let config: Config = figment.extract().map_err(|e| {
-            ConfigError(
-                e.into_iter()
-                    .map(|e| e.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; "),
-            )
+        let config: Config = figment.extract().map_err(|errors| {
+            let described: Vec<String> = errors
+                .into_iter()
+                .map(|e| {
+                    let key = e.path.join(".");
+                    let source = describe_source(&key, e.metadata.as_ref());
+                    if key.is_empty() {
+                        format!("{} (from {source})", e.kind)
+                    } else {
+                        format!("key `{key}` (from {source}): {}", e.kind)
+                    }
+                })
+                .collect();
+            ConfigError(described.join("; "))
         })?;
         config.check().map_err(|(key, why)| {
-            let source = figment
-                .find_metadata(key)
-                .map(|m| match &m.source {
-                    Some(source) => format!("{} {source}", m.name),
-                    None => m.name.to_string(),
-                })
-                .unwrap_or_else(|| "defaults".into());
+            let source = describe_source(key, figment.find_metadata(key));
             ConfigError(format!("key `{key}` (from {source}): {why}"))
         })?;
         Ok(config)
     }
 
-    /// Checks values that parse but make no sense.
+    /// Checks values that parse but make no sense; returns the key and why.
     fn check(&self) -> Result<(), (&'static str, String)> {
         if self.server.bind.parse::<SocketAddr>().is_err() {
             return Err((
