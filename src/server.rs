@@ -4,7 +4,7 @@
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::dev::Server;
 use actix_web::middleware::from_fn;
@@ -55,7 +55,6 @@ pub async fn start(
             default_timeout: Duration::from_millis(config.server.request_timeout_ms),
         },
         body_limit: (config.server.body_limit_mb * 1024 * 1024) as usize,
-        started: Instant::now(),
     });
     let addr = listener.local_addr()?;
     let mut http = HttpServer::new(move || {

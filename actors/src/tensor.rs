@@ -99,7 +99,7 @@ pub struct TensorSizeError {
 impl Tensor {
     /// Builds a tensor, checking that the byte length matches the shape.
     pub fn new(dtype: DataType, shape: Vec<usize>, data: Vec<u8>) -> Result<Self, TensorSizeError> {
-        let expected = element_count(&shape) * dtype.size();
+        let expected = element_count(&shape).saturating_mul(dtype.size());
         if expected != data.len() {
             return Err(TensorSizeError {
                 dtype,
@@ -201,9 +201,11 @@ impl Tensor {
     }
 }
 
-/// Product of the dimensions (1 for a scalar).
+/// Product of the dimensions (1 for a scalar). Saturates instead of
+/// overflowing, so an absurd shape from a client can never match a real
+/// payload length.
 pub fn element_count(shape: &[usize]) -> usize {
-    shape.iter().product()
+    shape.iter().fold(1usize, |n, &d| n.saturating_mul(d))
 }
 
 #[cfg(test)]
@@ -234,6 +236,13 @@ mod tests {
         assert_eq!(joined.shape, vec![3, 3]);
         let parts = joined.split_batch(&[1, 2]).unwrap();
         assert_eq!(parts, vec![a, b]);
+    }
+
+    #[test]
+    fn absurd_shapes_never_overflow() {
+        let huge = vec![usize::MAX / 2, 3];
+        assert_eq!(element_count(&huge), usize::MAX);
+        assert!(Tensor::new(DataType::Fp32, huge, vec![0; 4]).is_err());
     }
 
     #[test]

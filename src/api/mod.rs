@@ -7,7 +7,7 @@ pub mod predict;
 pub mod stats;
 pub mod v2;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use actix_web::http::header;
 use actix_web::{web, HttpRequest};
@@ -22,7 +22,6 @@ pub struct AppState {
     pub service: InferenceService,
     /// Largest body accepted, in bytes.
     pub body_limit: usize,
-    pub started: Instant,
 }
 
 impl AppState {
