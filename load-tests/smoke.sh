@@ -51,4 +51,4 @@ import json, sys
 stats = json.load(sys.stdin)
 for name, pool in stats["model_pools"].items():
     b = pool["batcher"]
-    print(f"{name}: {b[\"batches\"]} batches, {b[\"items\"]} items, average batch {b[\"avg_batch_size\"]:.2f}")'
+    print("%s: %d batches, %d items, average batch %.2f" % (name, b["batches"], b["items"], b["avg_batch_size"]))'
