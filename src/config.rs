@@ -17,6 +17,8 @@ pub struct Config {
     pub models: ModelsConfig,
     pub memory: MemoryConfig,
     pub runtime: RuntimeConfig,
+    pub cache: CacheConfig,
+    pub store: StoreSection,
     pub log: LogConfig,
 }
 
@@ -87,6 +89,68 @@ pub struct RuntimeConfig {
     /// Path of `libonnxruntime.so`; empty means `ORT_DYLIB_PATH`, then the
     /// `.onnxruntime/` folder that `make onnxruntime` fills.
     pub onnxruntime_lib: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheConfig {
+    /// Cache successful results at all.
+    pub enabled: bool,
+    /// In-process cache size, in MiB of output data.
+    pub l1_capacity_mb: u64,
+    /// How long a result stays cached, in seconds (both levels).
+    pub ttl_s: u64,
+    /// Shared Redis cache; empty means `REDIS_URL`, and without it no L2.
+    pub redis_url: String,
+    /// Longest a Redis call may take before it counts as a miss, in ms.
+    pub redis_timeout_ms: u64,
+}
+
+impl Default for CacheConfig {
+    fn default() -> Self {
+        CacheConfig {
+            enabled: true,
+            l1_capacity_mb: 256,
+            ttl_s: 300,
+            redis_url: String::new(),
+            redis_timeout_ms: 5,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreSection {
+    /// PostgreSQL for the prediction log; empty means `DATABASE_URL`, and
+    /// without it no log.
+    pub database_url: String,
+    /// Buffered rows are written at least this often, in ms.
+    pub flush_ms: u64,
+    /// ... or as soon as this many are buffered.
+    pub batch_rows: usize,
+    /// Most rows held while PostgreSQL is unreachable; beyond, rows are dropped and counted.
+    pub buffer_rows: usize,
+    /// Connections in the pool.
+    pub pool_size: usize,
+}
+
+impl Default for StoreSection {
+    fn default() -> Self {
+        StoreSection {
+            database_url: String::new(),
+            flush_ms: 200,
+            batch_rows: 500,
+            buffer_rows: 100_000,
+            pool_size: 4,
+        }
+    }
+}
+
+/// A URL from config, else from the environment variable, else none.
+fn url_or_env(configured: &str, variable: &str) -> Option<String> {
+    Some(configured.to_string())
+        .filter(|u| !u.is_empty())
+        .or_else(|| std::env::var(variable).ok().filter(|u| !u.is_empty()))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
@@ -222,6 +286,21 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// The cache settings, or `None` when caching is off.
+    pub fn cache_settings(&self) -> Option<crate::cache::CacheSettings> {
+        self.cache.enabled.then(|| crate::cache::CacheSettings {
+            l1_capacity_mb: self.cache.l1_capacity_mb,
+            ttl: std::time::Duration::from_secs(self.cache.ttl_s),
+            redis_url: url_or_env(&self.cache.redis_url, "REDIS_URL"),
+            redis_timeout: std::time::Duration::from_millis(self.cache.redis_timeout_ms),
+        })
+    }
+
+    /// The PostgreSQL URL of the prediction log, if any.
+    pub fn database_url(&self) -> Option<String> {
+        url_or_env(&self.store.database_url, "DATABASE_URL")
     }
 
     /// The memory budget settings for the actor system.

@@ -31,6 +31,9 @@ pub enum ApiError {
     /// The actor system's answer.
     #[error(transparent)]
     Infer(#[from] InferError),
+    /// A dependency the request needs (the prediction log's database) is down.
+    #[error("{0}")]
+    Unavailable(String),
     /// A bug or a broken invariant; logged, answered 500.
     #[error("internal error: {0}")]
     Internal(String),
@@ -52,6 +55,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
             ApiError::UnsupportedMedia(_) => "unsupported_media_type",
             ApiError::InvalidTensor(_) => "invalid_input",
+            ApiError::Unavailable(_) => "dependency_unavailable",
             ApiError::Internal(_) => "internal",
             ApiError::Infer(e) => match e {
                 InferError::UnknownModel(_) => "model_not_found",
@@ -75,6 +79,7 @@ impl ResponseError for ApiError {
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::InvalidTensor(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Infer(e) => match e {
                 InferError::UnknownModel(_) => StatusCode::NOT_FOUND,

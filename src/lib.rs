@@ -3,6 +3,7 @@
 //! HTTP API (REST and KServe v2), tensor codecs, logging and startup.
 
 pub mod api;
+pub mod cache;
 pub mod codec;
 pub mod config;
 pub mod error;
@@ -13,3 +14,4 @@ pub mod request_id;
 pub mod runtime;
 pub mod server;
 pub mod service;
+pub mod store;

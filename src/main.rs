@@ -5,6 +5,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 use gantry::config::{Config, LogFormat, Overrides};
@@ -77,6 +78,6 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&config.server.bind)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.bind))?;
     let running = gantry::server::start(&config, listener, Arc::new(OnnxProvider)).await?;
-    running.server.await?;
+    running.run_until_stopped(Duration::from_secs(10)).await?;
     Ok(())
 }

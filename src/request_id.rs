@@ -11,6 +11,14 @@ use tracing::Instrument;
 
 pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
+/// The UUID under which a request is logged: the id itself when it is a
+/// UUID, else a name-based (v5) UUID of it, so a client's own ids can be
+/// looked up too.
+pub fn as_uuid(id: &str) -> uuid::Uuid {
+    uuid::Uuid::parse_str(id)
+        .unwrap_or_else(|_| uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, id.as_bytes()))
+}
+
 /// The id of the request being handled.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);

@@ -13,16 +13,32 @@ use gantry_actors::engine::EngineProvider;
 use gantry_actors::{Supervisor, SupervisorConfig};
 
 use crate::api::{self, AppState};
+use crate::cache::ResultCache;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::request_id;
 use crate::service::InferenceService;
+use crate::store::{PredictionLog, StoreConfig};
 
 /// A server that is accepting connections.
 pub struct RunningServer {
     pub addr: SocketAddr,
     /// Resolves when the server has stopped (signal or `handle().stop`).
     pub server: Server,
+    /// The prediction log, to flush once the server has stopped.
+    pub log: Option<Arc<PredictionLog>>,
+}
+
+impl RunningServer {
+    /// Waits until the server stops, then writes what the prediction log
+    /// still buffers (at most `flush_timeout`).
+    pub async fn run_until_stopped(self, flush_timeout: Duration) -> std::io::Result<()> {
+        let result = self.server.await;
+        if let Some(log) = self.log {
+            log.flush(flush_timeout).await;
+        }
+        result
+    }
 }
 
 /// Why the server could not start.
@@ -30,6 +46,10 @@ pub struct RunningServer {
 pub enum StartError {
     #[error("{0}")]
     Repository(String),
+    #[error("{0}")]
+    Cache(String),
+    #[error("store.database_url: {0}")]
+    Store(String),
     #[error("cannot listen: {0}")]
     Listen(#[from] std::io::Error),
 }
@@ -48,11 +68,32 @@ pub async fn start(
     })
     .await
     .map_err(StartError::Repository)?;
+    let cache = match config.cache_settings() {
+        Some(settings) => Some(Arc::new(
+            ResultCache::new(&settings).map_err(StartError::Cache)?,
+        )),
+        None => None,
+    };
+    let log = match config.database_url() {
+        Some(database_url) => Some(
+            PredictionLog::start(StoreConfig {
+                database_url,
+                flush_ms: config.store.flush_ms,
+                batch_rows: config.store.batch_rows,
+                buffer_rows: config.store.buffer_rows,
+                pool_size: config.store.pool_size,
+            })
+            .map_err(|e| StartError::Store(e.to_string()))?,
+        ),
+        None => None,
+    };
     let state = web::Data::new(AppState {
         service: InferenceService {
             serving,
             metrics: Arc::new(Metrics::default()),
             default_timeout: Duration::from_millis(config.server.request_timeout_ms),
+            cache,
+            log: log.clone(),
         },
         body_limit: (config.server.body_limit_mb * 1024 * 1024) as usize,
     });
@@ -70,5 +111,5 @@ pub async fn start(
     }
     let server = http.listen(listener)?.run();
     tracing::info!(%addr, "listening");
-    Ok(RunningServer { addr, server })
+    Ok(RunningServer { addr, server, log })
 }

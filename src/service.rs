@@ -1,16 +1,23 @@
 //! The inference service: what every predict endpoint calls after decoding.
-//! It finds the model, validates inputs against its signature, hands the
-//! request to the model's batcher, waits for the answer within the deadline,
-//! and records the outcome.
+//! It finds the model, answers from the result cache when it can, else
+//! validates inputs against the model's signature, hands the request to the
+//! model's batcher and waits for the answer within the deadline; then it
+//! caches a success, records the outcome in the metrics and queues a row for
+//! the prediction log (never waiting on it).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
+use actix_web::ResponseError;
 use gantry_actors::messages::InferRequest;
 use gantry_actors::{InferError, ModelHandle, Serving, Tensor};
 use tokio::sync::oneshot;
 
+use crate::cache::{CacheKey, CacheLevel, Outputs, ResultCache};
+use crate::error::ApiError;
 use crate::metrics::Metrics;
+use crate::request_id::as_uuid;
+use crate::store::{PredictionLog, PredictionRow};
 
 /// A decoded prediction request.
 #[derive(Debug)]
@@ -19,6 +26,8 @@ pub struct PredictCall {
     pub inputs: Vec<(String, Tensor)>,
     /// Overrides `server.request_timeout_ms`.
     pub timeout: Option<Duration>,
+    /// False when the caller asked to bypass the cache.
+    pub use_cache: bool,
 }
 
 /// A finished prediction.
@@ -26,12 +35,15 @@ pub struct PredictCall {
 pub struct Prediction {
     pub model: Arc<ModelHandle>,
     /// Every output of the model, in signature order, with its name.
-    pub outputs: Vec<(String, Tensor)>,
-    pub batch_size: usize,
-    pub replica: usize,
+    pub outputs: Outputs,
+    /// Batch and replica that ran it; `None` when the cache answered.
+    pub batch_size: Option<usize>,
+    pub replica: Option<usize>,
     pub queue_ms: f64,
     pub inference_ms: f64,
     pub total_ms: f64,
+    /// The cache level that answered, if any.
+    pub cache: Option<CacheLevel>,
 }
 
 /// Shared by all HTTP workers.
@@ -39,6 +51,8 @@ pub struct InferenceService {
     pub serving: Serving,
     pub metrics: Arc<Metrics>,
     pub default_timeout: Duration,
+    pub cache: Option<Arc<ResultCache>>,
+    pub log: Option<Arc<PredictionLog>>,
 }
 
 impl InferenceService {
@@ -52,21 +66,64 @@ impl InferenceService {
     /// Runs one prediction end to end and records it.
     pub async fn predict(&self, model: &str, call: PredictCall) -> Result<Prediction, InferError> {
         let started = Instant::now();
-        let handle = self.model(model);
-        let result = match &handle {
-            Ok(handle) => self.run(handle.clone(), call, started).await,
-            Err(e) => Err(e.clone()),
+        let created_at = SystemTime::now();
+        let handle = match self.model(model) {
+            Ok(handle) => handle,
+            Err(e) => {
+                self.metrics.record(None, false, 0.0);
+                return Err(e);
+            }
         };
-        let served = handle.as_ref().ok().map(|h| h.name());
-        self.metrics.record(
-            served,
-            result.is_ok(),
-            started.elapsed().as_secs_f64() * 1000.0,
-        );
+        let request_id = call.request_id.clone();
+        let key = (self.cache.is_some() || self.log.is_some())
+            .then(|| CacheKey::of(handle.name(), &handle.spec.version, &call.inputs));
+        let result = self.run(handle.clone(), call, key, started).await;
+        let total_ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.metrics
+            .record(Some(handle.name()), result.is_ok(), total_ms);
+        if let (Some(log), Some(key)) = (&self.log, &key) {
+            log.record(row(
+                &handle,
+                &request_id,
+                key,
+                &result,
+                total_ms,
+                created_at,
+            ));
+        }
         result
     }
 
     async fn run(
+        &self,
+        model: Arc<ModelHandle>,
+        call: PredictCall,
+        key: Option<CacheKey>,
+        started: Instant,
+    ) -> Result<Prediction, InferError> {
+        let cache = self.cache.as_ref().filter(|_| call.use_cache).zip(key);
+        if let Some((cache, key)) = cache {
+            if let Some((outputs, level)) = cache.get(&key).await {
+                return Ok(Prediction {
+                    model,
+                    outputs,
+                    batch_size: None,
+                    replica: None,
+                    queue_ms: 0.0,
+                    inference_ms: 0.0,
+                    total_ms: started.elapsed().as_secs_f64() * 1000.0,
+                    cache: Some(level),
+                });
+            }
+        }
+        let prediction = self.infer(model, call, started).await?;
+        if let Some((cache, key)) = cache {
+            cache.put(key, prediction.outputs.clone());
+        }
+        Ok(prediction)
+    }
+
+    async fn infer(
         &self,
         model: Arc<ModelHandle>,
         call: PredictCall,
@@ -110,12 +167,49 @@ impl InferenceService {
             .collect();
         Ok(Prediction {
             model,
-            outputs,
-            batch_size: outcome.batch_size,
-            replica: outcome.replica,
+            outputs: Arc::new(outputs),
+            batch_size: Some(outcome.batch_size),
+            replica: Some(outcome.replica),
             queue_ms: outcome.queue_ms,
             inference_ms: outcome.inference_ms,
             total_ms: started.elapsed().as_secs_f64() * 1000.0,
+            cache: None,
         })
+    }
+}
+
+/// The prediction-log row of one outcome.
+fn row(
+    model: &ModelHandle,
+    request_id: &str,
+    key: &CacheKey,
+    result: &Result<Prediction, InferError>,
+    total_ms: f64,
+    created_at: SystemTime,
+) -> PredictionRow {
+    let (status, http_status, error) = match result {
+        Ok(_) => ("ok", 200, None),
+        Err(e) => (
+            "error",
+            ApiError::Infer(e.clone()).status_code().as_u16(),
+            Some(e.to_string()),
+        ),
+    };
+    let ran = result.as_ref().ok();
+    PredictionRow {
+        request_id: as_uuid(request_id),
+        model: model.name().to_string(),
+        model_version: model.spec.version.clone(),
+        input_sha256: key.hex(),
+        status,
+        http_status,
+        error,
+        queue_ms: ran.filter(|p| p.cache.is_none()).map(|p| p.queue_ms),
+        inference_ms: ran.filter(|p| p.cache.is_none()).map(|p| p.inference_ms),
+        total_ms,
+        batch_size: ran.and_then(|p| p.batch_size).map(|n| n as u32),
+        replica: ran.and_then(|p| p.replica).map(|n| n as u32),
+        cache_level: ran.and_then(|p| p.cache).map(CacheLevel::as_str),
+        created_at,
     }
 }

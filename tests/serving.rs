@@ -116,7 +116,10 @@ async fn concurrent_requests_are_batched_and_equal_sequential_results() {
         "unet-seg",
         Some("replicas = 1\nmax_batch_size = 8\nbatch_window_ms = 100\n"),
     );
-    let server = TestServer::ready(common::config(repo.path()), common::onnx_provider()).await;
+    // The same inputs are sent twice on purpose: the cache must not answer.
+    let mut config = common::config(repo.path());
+    config.cache.enabled = false;
+    let server = TestServer::ready(config, common::onnx_provider()).await;
     // .npy uploads decode in microseconds, so the 16 requests really arrive
     // together and queue behind the first batch.
     let upload = |seed: u64| {

@@ -17,7 +17,7 @@ use crate::batcher::{AttachReplica, Batcher, BatcherSnapshot, GetBatcherSnapshot
 use crate::engine::EngineProvider;
 use crate::memory::{GetMemorySnapshot, MemoryBudget, MemoryConfig, MemorySnapshot, Reserve};
 use crate::model::{ModelHandle, ModelState};
-use crate::repository::{self, LoadError, ModelSpec, RepositoryScan};
+use crate::repository::{self, LoadError, ModelSpec};
 
 /// The models being served, by name; read on every request.
 pub type ModelRegistry = Arc<RwLock<BTreeMap<String, Arc<ModelHandle>>>>;
@@ -65,7 +65,8 @@ pub struct Supervisor {
     budget: Addr<MemoryBudget>,
     registry: ModelRegistry,
     load_errors: Vec<LoadError>,
-    pending: Option<RepositoryScan>,
+    /// Models registered but whose replicas are not started yet.
+    pending: Vec<Arc<ModelHandle>>,
     started: Instant,
 }
 
@@ -84,12 +85,21 @@ impl Supervisor {
         let budget = MemoryBudget::from_config(&config.memory).start();
         let registry = ModelRegistry::default();
         let load_errors = Arc::new(scan.errors.clone());
+        // Every model is registered (not ready) before anyone can ask, so
+        // health is never "all ready" over a half-read repository.
+        let pending: Vec<Arc<ModelHandle>> = scan.models.into_iter().map(register_model).collect();
+        {
+            let mut models = registry.write().unwrap_or_else(|e| e.into_inner());
+            for handle in &pending {
+                models.insert(handle.spec.name.clone(), handle.clone());
+            }
+        }
         let supervisor = Supervisor {
             provider: config.provider,
             budget,
             registry: registry.clone(),
-            load_errors: scan.errors.clone(),
-            pending: Some(scan),
+            load_errors: scan.errors,
+            pending,
             started: Instant::now(),
         }
         .start();
@@ -105,15 +115,12 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let Some(scan) = self.pending.take() else {
-            return;
-        };
+        let pending = std::mem::take(&mut self.pending);
         let budget = self.budget.clone();
         let provider = self.provider.clone();
-        let registry = self.registry.clone();
         let load = async move {
-            for spec in scan.models {
-                start_model(spec, &budget, provider.as_ref(), &registry).await;
+            for handle in pending {
+                start_replicas(&handle, &budget, provider.as_ref()).await;
             }
         };
         ctx.wait(
@@ -123,17 +130,25 @@ impl Actor for Supervisor {
     }
 }
 
-/// Creates a model's batcher, registers it, and starts each replica that the
-/// memory budget grants.
-async fn start_model(
-    spec: ModelSpec,
-    budget: &Addr<MemoryBudget>,
-    provider: &dyn EngineProvider,
-    registry: &ModelRegistry,
-) {
+/// Creates a model's batcher and handle; no replica yet.
+fn register_model(spec: ModelSpec) -> Arc<ModelHandle> {
     let state = Arc::new(ModelState::default());
     let batcher = Batcher::new(spec.name.clone(), &spec.settings, state.clone()).start();
-    let factory = provider.factory(&spec);
+    Arc::new(ModelHandle {
+        spec,
+        state,
+        batcher,
+    })
+}
+
+/// Starts each replica of a model that the memory budget grants.
+async fn start_replicas(
+    handle: &ModelHandle,
+    budget: &Addr<MemoryBudget>,
+    provider: &dyn EngineProvider,
+) {
+    let spec = &handle.spec;
+    let factory = provider.factory(spec);
     info!(model = %spec.name, version = %spec.version, replicas = spec.settings.replicas, "starting model");
     for id in 0..spec.settings.replicas {
         let reserve = Reserve {
@@ -158,17 +173,8 @@ async fn start_model(
                 reason: format!("memory budget unavailable: {e}"),
             },
         };
-        batcher.do_send(attach);
+        handle.batcher.do_send(attach);
     }
-    let handle = ModelHandle {
-        spec,
-        state,
-        batcher,
-    };
-    registry
-        .write()
-        .unwrap_or_else(|e| e.into_inner())
-        .insert(handle.spec.name.clone(), Arc::new(handle));
 }
 
 /// One model's view for stats.

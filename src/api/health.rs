@@ -21,10 +21,20 @@ struct ModelHealth {
     replicas: usize,
 }
 
+/// State of an optional dependency: `up`, `down` or `disabled`.
+#[derive(Serialize)]
+struct Dependencies {
+    redis: &'static str,
+    postgres: &'static str,
+}
+
 #[derive(Serialize)]
 struct Health<'a> {
+    /// `ok`; `degraded` when a configured dependency is down (serving goes
+    /// on); `unavailable` when a model has no ready replica (503).
     status: &'static str,
     models: BTreeMap<String, ModelHealth>,
+    dependencies: Dependencies,
     /// Repository folders that could not be loaded, with the reason.
     failed_models: BTreeMap<&'a str, &'a str>,
 }
@@ -49,9 +59,27 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
         })
         .collect();
     let ready = models.values().all(|m| m.ready);
+    let service = &state.service;
+    let dependencies = Dependencies {
+        redis: service
+            .cache
+            .as_ref()
+            .and_then(|c| c.redis_status())
+            .unwrap_or("disabled"),
+        postgres: service
+            .log
+            .as_ref()
+            .map_or("disabled", |l| l.stats().status),
+    };
+    let degraded = dependencies.redis == "down" || dependencies.postgres == "down";
     let body = Health {
-        status: if ready { "ok" } else { "unavailable" },
+        status: match (ready, degraded) {
+            (false, _) => "unavailable",
+            (true, true) => "degraded",
+            (true, false) => "ok",
+        },
         models,
+        dependencies,
         failed_models: serving
             .load_errors
             .iter()

@@ -4,6 +4,7 @@
 
 pub mod health;
 pub mod predict;
+pub mod predictions;
 pub mod stats;
 pub mod v2;
 
@@ -33,6 +34,7 @@ impl AppState {
 /// Registers every route, and JSON 404/405 for everything else.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     predict::config_predict_api(cfg);
+    predictions::config_predictions_api(cfg);
     health::config_health_api(cfg);
     stats::config_stats_api(cfg);
     v2::config_v2_api(cfg);
@@ -103,6 +105,14 @@ pub fn header_timeout(req: &HttpRequest) -> Result<Option<Duration>, ApiError> {
         .ok_or_else(|| {
             ApiError::BadRequest("x-request-timeout-ms must be a positive integer".into())
         })
+}
+
+/// False when the client sent `Cache-Control: no-cache` (or `no-store`).
+pub fn cache_allowed(req: &HttpRequest) -> bool {
+    !req.headers()
+        .get_all(header::CACHE_CONTROL)
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("no-cache") || v.contains("no-store"))
 }
 
 /// Parses a JSON body, with serde's message (line, column) on failure.

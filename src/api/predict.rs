@@ -12,7 +12,7 @@ use gantry_actors::Tensor;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use super::{header_timeout, parse_json, read_body, resource, AppState};
+use super::{cache_allowed, header_timeout, parse_json, read_body, resource, AppState};
 use crate::codec::{tensor_from_json, JsonData};
 use crate::error::ApiError;
 use crate::media::npy::{read_npy, NpyError};
@@ -33,6 +33,9 @@ struct PredictBody {
     outputs: Option<Vec<String>>,
     #[serde(default)]
     timeout_ms: Option<u64>,
+    /// `false` bypasses the result cache for this request.
+    #[serde(default)]
+    cache: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -63,9 +66,10 @@ struct PredictAnswer<'a> {
     model: &'a str,
     model_version: &'a str,
     outputs: BTreeMap<&'a str, JsonTensorOut<'a>>,
-    batch_size: usize,
-    replica: usize,
+    batch_size: Option<usize>,
+    replica: Option<usize>,
     timings_ms: Timings,
+    cache: Option<&'static str>,
 }
 
 /// A decoded request: which model, which call, which outputs to return.
@@ -118,6 +122,7 @@ async fn decode(
     if decoded.call.timeout.is_none() {
         decoded.call.timeout = header_timeout;
     }
+    decoded.call.use_cache &= cache_allowed(req);
     Ok(decoded)
 }
 
@@ -137,6 +142,7 @@ fn decode_json(body: &[u8], request_id: &str) -> Result<Decoded, ApiError> {
             request_id: request_id.to_string(),
             inputs,
             timeout: positive_ms(parsed.timeout_ms, "timeout_ms")?,
+            use_cache: parsed.cache.unwrap_or(true),
         },
         outputs: parsed.outputs,
     })
@@ -209,6 +215,7 @@ async fn decode_multipart(
             request_id: request_id.to_string(),
             inputs: vec![(input, tensor)],
             timeout: positive_ms(timeout_ms, "timeout_ms")?,
+            use_cache: true,
         },
         outputs: None,
     })
@@ -263,6 +270,7 @@ fn answer(
             inference: round3(p.inference_ms),
             total: round3(p.total_ms),
         },
+        cache: p.cache.map(|level| level.as_str()),
     }))
 }
 

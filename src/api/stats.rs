@@ -9,8 +9,10 @@ use gantry_actors::supervisor::{GetSnapshot, ModelSnapshot};
 use serde::Serialize;
 
 use super::{resource, AppState};
+use crate::cache::CacheStats;
 use crate::error::ApiError;
 use crate::metrics::ModelPerformance;
+use crate::store::StoreStats;
 
 pub fn config_stats_api(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/api/optimized/stats").route(web::get().to(stats)));
@@ -22,7 +24,22 @@ struct Stats {
     model_pools: BTreeMap<String, Pool>,
     memory: Memory,
     performance_metrics: Performance,
+    /// `null` when caching is off.
+    cache: Option<CacheStats>,
+    connection_pools: ConnectionPools,
     failed_models: BTreeMap<String, String>,
+}
+
+#[derive(Serialize)]
+struct RedisPool {
+    status: &'static str,
+}
+
+/// Each is `null` when that dependency is not configured.
+#[derive(Serialize)]
+struct ConnectionPools {
+    redis: Option<RedisPool>,
+    postgres: Option<StoreStats>,
 }
 
 #[derive(Serialize)]
@@ -161,6 +178,16 @@ async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
                 .iter()
                 .map(|m| (m.name.clone(), metrics.performance(&m.name)))
                 .collect(),
+        },
+        cache: state.service.cache.as_ref().map(|c| c.stats()),
+        connection_pools: ConnectionPools {
+            redis: state
+                .service
+                .cache
+                .as_ref()
+                .and_then(|c| c.redis_status())
+                .map(|status| RedisPool { status }),
+            postgres: state.service.log.as_ref().map(|l| l.stats()),
         },
         failed_models: snapshot
             .load_errors

@@ -15,7 +15,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::predict::select_outputs;
-use super::{header_timeout, parse_json, read_body, resource, AppState};
+use super::{cache_allowed, header_timeout, parse_json, read_body, resource, AppState};
 use crate::codec::{parse_datatype, tensor_from_json, JsonData};
 use crate::error::ApiError;
 use crate::request_id::RequestId;
@@ -147,7 +147,10 @@ async fn infer(
         let model = model_at(&state, &path)?;
         let body = read_body(&state, &req, payload).await?;
         let timeout = header_timeout(&req)?;
-        decode(&req, body, request_id, timeout).map(|d| (model, d))
+        decode(&req, body, request_id, timeout).map(|(mut call, plan)| {
+            call.use_cache = cache_allowed(&req);
+            (model, (call, plan))
+        })
     }
     .await;
     let (model, (call, request)) = match decoded {
@@ -241,6 +244,7 @@ fn decode(
         request_id,
         inputs,
         timeout,
+        use_cache: true,
     };
     Ok((
         call,
