@@ -18,7 +18,8 @@ pub struct Config {
     pub memory: MemoryConfig,
     pub runtime: RuntimeConfig,
     pub cache: CacheConfig,
-    pub store: StoreSection,
+    /// The prediction log; `database_url` empty means `DATABASE_URL`.
+    pub store: crate::store::StoreConfig,
     pub log: LogConfig,
 }
 
@@ -114,34 +115,6 @@ impl Default for CacheConfig {
             ttl_s: 300,
             redis_url: String::new(),
             redis_timeout_ms: 5,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StoreSection {
-    /// PostgreSQL for the prediction log; empty means `DATABASE_URL`, and
-    /// without it no log.
-    pub database_url: String,
-    /// Buffered rows are written at least this often, in ms.
-    pub flush_ms: u64,
-    /// ... or as soon as this many are buffered.
-    pub batch_rows: usize,
-    /// Most rows held while PostgreSQL is unreachable; beyond, rows are dropped and counted.
-    pub buffer_rows: usize,
-    /// Connections in the pool.
-    pub pool_size: usize,
-}
-
-impl Default for StoreSection {
-    fn default() -> Self {
-        StoreSection {
-            database_url: String::new(),
-            flush_ms: 200,
-            batch_rows: 500,
-            buffer_rows: 100_000,
-            pool_size: 4,
         }
     }
 }

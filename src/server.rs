@@ -78,10 +78,7 @@ pub async fn start(
         Some(database_url) => Some(
             PredictionLog::start(StoreConfig {
                 database_url,
-                flush_ms: config.store.flush_ms,
-                batch_rows: config.store.batch_rows,
-                buffer_rows: config.store.buffer_rows,
-                pool_size: config.store.pool_size,
+                ..config.store.clone()
             })
             .map_err(|e| StartError::Store(e.to_string()))?,
         ),
