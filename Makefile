@@ -24,6 +24,11 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
+# Served vs raw ONNX Runtime throughput and latency per demo model, written to
+# load-tests/RESULTS.md (DURATION=10s, OHA=path to skip installing oha).
+bench: $(ORT_LIB)
+	load-tests/bench.sh
+
 # ONNX Runtime from PyPI's onnxruntime wheel: the shared library it ships is
 # extracted into $(ORT_DIR)/; nothing else is downloaded at build or run time.
 onnxruntime: $(ORT_LIB)

@@ -17,7 +17,7 @@ pub fn init(format: LogFormat, level: &str) {
             .json()
             .flatten_event(true)
             .with_current_span(true)
-            .with_span_list(false)
+            .with_span_list(true)
             .try_init(),
     };
 }

@@ -61,10 +61,12 @@ pub async fn start(
     listener: TcpListener,
     provider: Arc<dyn EngineProvider>,
 ) -> Result<RunningServer, StartError> {
+    let metrics = Arc::new(Metrics::default());
     let serving = Supervisor::start(SupervisorConfig {
         models_dir: config.models.dir.clone(),
         memory: config.memory_budget(),
         provider,
+        observer: metrics.clone(),
     })
     .await
     .map_err(StartError::Repository)?;
@@ -87,7 +89,7 @@ pub async fn start(
     let state = web::Data::new(AppState {
         service: InferenceService {
             serving,
-            metrics: Arc::new(Metrics::default()),
+            metrics,
             default_timeout: Duration::from_millis(config.server.request_timeout_ms),
             cache,
             log: log.clone(),

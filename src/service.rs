@@ -15,7 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::cache::{CacheKey, CacheLevel, Outputs, ResultCache};
 use crate::error::ApiError;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RequestRecord};
 use crate::request_id::as_uuid;
 use crate::store::{PredictionLog, PredictionRow};
 
@@ -70,7 +70,12 @@ impl InferenceService {
         let handle = match self.model(model) {
             Ok(handle) => handle,
             Err(e) => {
-                self.metrics.record(None, false, 0.0);
+                self.metrics.record(RequestRecord {
+                    model: None,
+                    status: status_of(&e),
+                    duration: started.elapsed(),
+                    queued: None,
+                });
                 return Err(e);
             }
         };
@@ -78,9 +83,18 @@ impl InferenceService {
         let key = (self.cache.is_some() || self.log.is_some())
             .then(|| CacheKey::of(handle.name(), &handle.spec.version, &call.inputs));
         let result = self.run(handle.clone(), call, key, started).await;
-        let total_ms = started.elapsed().as_secs_f64() * 1000.0;
-        self.metrics
-            .record(Some(handle.name()), result.is_ok(), total_ms);
+        let duration = started.elapsed();
+        let total_ms = duration.as_secs_f64() * 1000.0;
+        self.metrics.record(RequestRecord {
+            model: Some(handle.name()),
+            status: result.as_ref().map_or_else(status_of, |_| 200),
+            duration,
+            queued: result
+                .as_ref()
+                .ok()
+                .filter(|p| p.cache.is_none())
+                .map(|p| Duration::from_secs_f64(p.queue_ms / 1000.0)),
+        });
         if let (Some(log), Some(key)) = (&self.log, &key) {
             log.record(row(
                 &handle,
@@ -92,6 +106,17 @@ impl InferenceService {
             ));
         }
         result
+    }
+
+    /// Counts a request that failed before it named a served model (a body
+    /// that did not parse, say).
+    pub fn count_undecodable(&self, e: &ApiError) {
+        self.metrics.record(RequestRecord {
+            model: None,
+            status: e.status_code().as_u16(),
+            duration: Duration::ZERO,
+            queued: None,
+        });
     }
 
     async fn run(
@@ -139,6 +164,7 @@ impl InferenceService {
             items: validated.items,
             deadline,
             enqueued: started,
+            span: tracing::Span::current(),
             reply,
         })?;
         let outcome = match tokio::time::timeout_at(deadline.into(), answer).await {
@@ -178,6 +204,11 @@ impl InferenceService {
     }
 }
 
+/// The HTTP status an error is answered with (mapped in one place, `crate::error`).
+fn status_of(e: &InferError) -> u16 {
+    ApiError::Infer(e.clone()).status_code().as_u16()
+}
+
 /// The prediction-log row of one outcome.
 fn row(
     model: &ModelHandle,
@@ -189,11 +220,7 @@ fn row(
 ) -> PredictionRow {
     let (status, http_status, error) = match result {
         Ok(_) => ("ok", 200, None),
-        Err(e) => (
-            "error",
-            ApiError::Infer(e.clone()).status_code().as_u16(),
-            Some(e.to_string()),
-        ),
+        Err(e) => ("error", status_of(e), Some(e.to_string())),
     };
     let ran = result.as_ref().ok();
     PredictionRow {

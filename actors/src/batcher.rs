@@ -16,6 +16,7 @@ use crate::engine::EngineFactory;
 use crate::error::InferError;
 use crate::messages::{BatchDone, Enqueue, InferRequest, ReplicaFailed, ReplicaReady, RunBatch};
 use crate::model::ModelState;
+use crate::observer::BatchObserver;
 use crate::queue::{PendingQueue, Readiness};
 use crate::replica::Replica;
 use crate::repository::ModelSettings;
@@ -53,6 +54,8 @@ struct ReplicaSlot {
     inflight_batches: usize,
     processed: u64,
     errors: u64,
+    /// Times the replica came back after losing its engine.
+    restarts: u64,
 }
 
 /// Counters the batcher keeps for stats.
@@ -60,6 +63,8 @@ struct ReplicaSlot {
 pub struct BatcherCounters {
     pub batches: u64,
     pub items: u64,
+    /// `batch_sizes[n]` counts the batches of `n` items.
+    pub batch_sizes: Vec<u64>,
     pub expired: u64,
     pub cancelled: u64,
     pub rejected: u64,
@@ -78,10 +83,16 @@ pub struct Batcher {
     next_batch_id: u64,
     round_robin: usize,
     wakeup: Option<(Instant, SpawnHandle)>,
+    observer: Arc<dyn BatchObserver>,
 }
 
 impl Batcher {
-    pub fn new(model: String, settings: &ModelSettings, state: Arc<ModelState>) -> Self {
+    pub fn new(
+        model: String,
+        settings: &ModelSettings,
+        state: Arc<ModelState>,
+        observer: Arc<dyn BatchObserver>,
+    ) -> Self {
         Batcher {
             model,
             max_batch_size: settings.max_batch_size,
@@ -94,6 +105,7 @@ impl Batcher {
             next_batch_id: 0,
             round_robin: 0,
             wakeup: None,
+            observer,
         }
     }
 
@@ -150,14 +162,26 @@ impl Batcher {
         self.round_robin = (replica + 1) % self.replicas.len();
         let slot = &mut self.replicas[replica];
         let Some(addr) = slot.addr.as_ref() else {
+            for entry in entries {
+                entry.answer(Err(InferError::Inference("the replica has stopped".into())));
+            }
             return;
         };
+        for entry in &entries {
+            entry.span.in_scope(|| {
+                tracing::debug!(model = %self.model, batch_id, batch_size = items, replica = slot.id, "dispatched")
+            });
+        }
         match addr.try_send(RunBatch { batch_id, entries }) {
             Ok(()) => {
                 slot.inflight_items += items;
                 slot.inflight_batches += 1;
                 self.counters.batches += 1;
                 self.counters.items += items as u64;
+                if self.counters.batch_sizes.len() <= items {
+                    self.counters.batch_sizes.resize(items + 1, 0);
+                }
+                self.counters.batch_sizes[items] += 1;
             }
             Err(e) => {
                 let lost = e.into_inner();
@@ -299,6 +323,9 @@ impl Handler<ReplicaReady> for Batcher {
     fn handle(&mut self, msg: ReplicaReady, ctx: &mut Self::Context) {
         self.state.set_signature(msg.signature);
         if let Some(slot) = self.slot_mut(msg.replica) {
+            if slot.state != ReplicaState::Loading {
+                slot.restarts += 1;
+            }
             slot.state = ReplicaState::Ready;
         }
         self.update_ready_count();
@@ -346,7 +373,14 @@ impl Handler<AttachReplica> for Batcher {
                 factory,
                 warmup,
             } => {
-                let addr = Replica::start(id, self.model.clone(), factory, warmup, ctx.address());
+                let addr = Replica::start(
+                    id,
+                    self.model.clone(),
+                    factory,
+                    warmup,
+                    ctx.address(),
+                    self.observer.clone(),
+                );
                 (id, Some(addr), ReplicaState::Loading)
             }
             AttachReplica::Refused { id, reason } => (id, None, ReplicaState::Refused(reason)),
@@ -359,6 +393,7 @@ impl Handler<AttachReplica> for Batcher {
             inflight_batches: 0,
             processed: 0,
             errors: 0,
+            restarts: 0,
         });
         self.fail_queue_if_hopeless();
     }
@@ -372,6 +407,7 @@ pub struct ReplicaSnapshot {
     pub inflight: usize,
     pub processed: u64,
     pub errors: u64,
+    pub restarts: u64,
 }
 
 /// A batcher's view for stats.
@@ -407,6 +443,7 @@ impl Handler<GetBatcherSnapshot> for Batcher {
                     inflight: r.inflight_items,
                     processed: r.processed,
                     errors: r.errors,
+                    restarts: r.restarts,
                 })
                 .collect(),
         })

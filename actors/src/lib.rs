@@ -14,6 +14,7 @@ pub mod error;
 pub mod memory;
 pub mod messages;
 pub mod model;
+pub mod observer;
 pub mod queue;
 pub mod replica;
 pub mod repository;

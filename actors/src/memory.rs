@@ -55,6 +55,8 @@ pub struct MemorySnapshot {
     pub total_mb: u64,
     pub reserved_mb: u64,
     pub free_mb: u64,
+    /// GPU memory in use now, when NVML is the source.
+    pub gpu_used_mb: Option<u64>,
     pub reservations: BTreeMap<String, u64>,
     pub refused: Vec<Refusal>,
 }
@@ -70,8 +72,8 @@ pub struct MemoryBudget {
 impl MemoryBudget {
     /// Chooses the total: NVML first, then the configured limit, then RAM.
     pub fn from_config(config: &MemoryConfig) -> Self {
-        let (source, total_mb) = match config.use_nvml.then(nvml_total_mb).flatten() {
-            Some(gpu_mb) => (
+        let (source, total_mb) = match config.use_nvml.then(nvml_memory_mb).flatten() {
+            Some((gpu_mb, _)) => (
                 MemorySource::Nvml,
                 (gpu_mb as f64 * config.gpu_fraction) as u64,
             ),
@@ -102,12 +104,12 @@ impl MemoryBudget {
     }
 }
 
-/// GPU 0's total memory from NVML; `None` when there is no NVML or no GPU.
-fn nvml_total_mb() -> Option<u64> {
+/// GPU 0's (total, used) memory from NVML; `None` when there is no NVML or no GPU.
+fn nvml_memory_mb() -> Option<(u64, u64)> {
     let nvml = nvml_wrapper::Nvml::init().ok()?;
     let device = nvml.device_by_index(0).ok()?;
     let info = device.memory_info().ok()?;
-    Some(info.total / (1024 * 1024))
+    Some((info.total / (1024 * 1024), info.used / (1024 * 1024)))
 }
 
 /// Total RAM from `/proc/meminfo`, or 4 GiB when it cannot be read.
@@ -193,6 +195,10 @@ impl Handler<GetMemorySnapshot> for MemoryBudget {
             total_mb: self.total_mb,
             reserved_mb: self.reserved_mb(),
             free_mb: self.free_mb(),
+            gpu_used_mb: (self.source == MemorySource::Nvml)
+                .then(nvml_memory_mb)
+                .flatten()
+                .map(|(_, used)| used),
             reservations: self.reservations.clone(),
             refused: self.refused.clone(),
         })

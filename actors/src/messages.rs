@@ -39,6 +39,9 @@ pub struct InferRequest {
     pub deadline: Instant,
     /// When the batcher received it (set on arrival).
     pub enqueued: Instant,
+    /// The request's tracing span, so log lines on the batcher and the
+    /// replica thread carry its request id.
+    pub span: tracing::Span,
     pub reply: InferReply,
 }
 

@@ -169,6 +169,7 @@ mod tests {
             items,
             deadline: enqueued + Duration::from_secs(30),
             enqueued,
+            span: tracing::Span::none(),
             reply,
         }
     }

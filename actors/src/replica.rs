@@ -18,6 +18,7 @@ use crate::error::{EngineError, InferError};
 use crate::messages::{
     BatchDone, InferOutcome, InferRequest, ReplicaFailed, ReplicaReady, RunBatch,
 };
+use crate::observer::BatchObserver;
 use crate::signature::ModelSignature;
 use crate::tensor::Tensor;
 
@@ -29,6 +30,7 @@ pub struct Replica {
     warmup: u32,
     engine: Option<Box<dyn Engine>>,
     batcher: Addr<Batcher>,
+    observer: Arc<dyn BatchObserver>,
 }
 
 impl Replica {
@@ -39,6 +41,7 @@ impl Replica {
         factory: Arc<dyn EngineFactory>,
         warmup: u32,
         batcher: Addr<Batcher>,
+        observer: Arc<dyn BatchObserver>,
     ) -> Addr<Replica> {
         actix::SyncArbiter::start(1, move || Replica {
             id,
@@ -47,6 +50,7 @@ impl Replica {
             warmup,
             engine: None,
             batcher: batcher.clone(),
+            observer: observer.clone(),
         })
     }
 
@@ -137,11 +141,23 @@ impl Handler<RunBatch> for Replica {
         let started = Instant::now();
         let inputs = stack_inputs(&msg.entries);
         let result = catch_unwind(AssertUnwindSafe(|| engine.infer(&inputs)));
-        let inference_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let inference = started.elapsed();
+        let inference_ms = inference.as_secs_f64() * 1000.0;
         let ok = match result {
             Ok(Ok(outputs)) => {
                 debug!(inference_ms, "batch ran");
-                split_and_answer(msg.entries, outputs, started, inference_ms, self.id, items)
+                split_and_answer(
+                    msg.entries,
+                    outputs,
+                    BatchFacts {
+                        model: &self.model,
+                        batch_id: msg.batch_id,
+                        replica: self.id,
+                        batch_size: items,
+                        started,
+                        inference_ms,
+                    },
+                )
             }
             Ok(Err(e)) => {
                 warn!(error = %e, "batch failed");
@@ -160,6 +176,8 @@ impl Handler<RunBatch> for Replica {
                 false
             }
         };
+        self.observer
+            .batch_finished(&self.model, self.id, items, inference, ok);
         self.batcher.do_send(BatchDone {
             replica: self.id,
             items,
@@ -182,23 +200,43 @@ fn stack_inputs(entries: &[InferRequest]) -> Vec<Tensor> {
 }
 
 /// Splits every output back into the entries' rows and answers each entry.
-fn split_and_answer(
-    entries: Vec<InferRequest>,
-    outputs: Vec<Tensor>,
-    started: Instant,
-    inference_ms: f64,
+/// What every request of a batch is told about it.
+struct BatchFacts<'a> {
+    model: &'a str,
+    batch_id: u64,
     replica: usize,
     batch_size: usize,
-) -> bool {
-    let outcome = |entry: &InferRequest, outputs: Vec<Tensor>| InferOutcome {
-        outputs,
-        batch_size,
+    started: Instant,
+    inference_ms: f64,
+}
+
+fn split_and_answer(entries: Vec<InferRequest>, outputs: Vec<Tensor>, facts: BatchFacts) -> bool {
+    let BatchFacts {
+        model,
+        batch_id,
         replica,
-        queue_ms: started
+        batch_size,
+        started,
+        inference_ms,
+    } = facts;
+    let outcome = |entry: &InferRequest, outputs: Vec<Tensor>| {
+        let queue_ms = started
             .saturating_duration_since(entry.enqueued)
             .as_secs_f64()
-            * 1000.0,
-        inference_ms,
+            * 1000.0;
+        entry.span.in_scope(|| {
+            debug!(
+                model,
+                batch_id, batch_size, replica, queue_ms, inference_ms, "inference done"
+            )
+        });
+        InferOutcome {
+            outputs,
+            batch_size,
+            replica,
+            queue_ms,
+            inference_ms,
+        }
     };
     if entries.len() == 1 {
         let entry = entries.into_iter().next().expect("one entry");

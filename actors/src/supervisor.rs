@@ -17,6 +17,7 @@ use crate::batcher::{AttachReplica, Batcher, BatcherSnapshot, GetBatcherSnapshot
 use crate::engine::EngineProvider;
 use crate::memory::{GetMemorySnapshot, MemoryBudget, MemoryConfig, MemorySnapshot, Reserve};
 use crate::model::{ModelHandle, ModelState};
+use crate::observer::BatchObserver;
 use crate::repository::{self, LoadError, ModelSpec};
 
 /// The models being served, by name; read on every request.
@@ -27,6 +28,8 @@ pub struct SupervisorConfig {
     pub models_dir: PathBuf,
     pub memory: MemoryConfig,
     pub provider: Arc<dyn EngineProvider>,
+    /// Told about every batch (metrics).
+    pub observer: Arc<dyn BatchObserver>,
 }
 
 /// The running actor system, as the HTTP layer holds it.
@@ -87,7 +90,12 @@ impl Supervisor {
         let load_errors = Arc::new(scan.errors.clone());
         // Every model is registered (not ready) before anyone can ask, so
         // health is never "all ready" over a half-read repository.
-        let pending: Vec<Arc<ModelHandle>> = scan.models.into_iter().map(register_model).collect();
+        let observer = config.observer;
+        let pending: Vec<Arc<ModelHandle>> = scan
+            .models
+            .into_iter()
+            .map(|spec| register_model(spec, observer.clone()))
+            .collect();
         {
             let mut models = registry.write().unwrap_or_else(|e| e.into_inner());
             for handle in &pending {
@@ -131,9 +139,9 @@ impl Actor for Supervisor {
 }
 
 /// Creates a model's batcher and handle; no replica yet.
-fn register_model(spec: ModelSpec) -> Arc<ModelHandle> {
+fn register_model(spec: ModelSpec, observer: Arc<dyn BatchObserver>) -> Arc<ModelHandle> {
     let state = Arc::new(ModelState::default());
-    let batcher = Batcher::new(spec.name.clone(), &spec.settings, state.clone()).start();
+    let batcher = Batcher::new(spec.name.clone(), &spec.settings, state.clone(), observer).start();
     Arc::new(ModelHandle {
         spec,
         state,

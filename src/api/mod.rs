@@ -3,6 +3,7 @@
 //! call the service, map the result.
 
 pub mod health;
+pub mod metrics;
 pub mod predict;
 pub mod predictions;
 pub mod stats;
@@ -36,6 +37,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     predict::config_predict_api(cfg);
     predictions::config_predictions_api(cfg);
     health::config_health_api(cfg);
+    metrics::config_metrics_api(cfg);
     stats::config_stats_api(cfg);
     v2::config_v2_api(cfg);
 }

@@ -88,7 +88,7 @@ async fn predict(
     let decoded = match decode(&state, &req, payload, &request_id).await {
         Ok(decoded) => decoded,
         Err(e) => {
-            state.service.metrics.record(None, false, 0.0);
+            state.service.count_undecodable(&e);
             return Err(e);
         }
     };

@@ -11,7 +11,7 @@ use serde::Serialize;
 use super::{resource, AppState};
 use crate::cache::CacheStats;
 use crate::error::ApiError;
-use crate::metrics::ModelPerformance;
+use crate::metrics::window::{Percentiles, WindowSummary};
 use crate::store::StoreStats;
 
 pub fn config_stats_api(cfg: &mut web::ServiceConfig) {
@@ -60,6 +60,7 @@ struct Replica {
     inflight: usize,
     processed: u64,
     errors: u64,
+    restarts: u64,
 }
 
 #[derive(Serialize)]
@@ -73,6 +74,8 @@ struct BatcherStats {
     expired: u64,
     cancelled: u64,
     rejected: u64,
+    /// Batches run, by number of items: `{"1": 40, "8": 12}`.
+    batch_fill: BTreeMap<usize, u64>,
 }
 
 #[derive(Serialize)]
@@ -95,7 +98,32 @@ struct Refused {
 struct Performance {
     requests_total: u64,
     errors_total: u64,
+    /// Over the last minute.
     models: BTreeMap<String, ModelPerformance>,
+}
+
+#[derive(Serialize)]
+struct ModelPerformance {
+    requests: u64,
+    errors: u64,
+    request_rate_per_s: f64,
+    error_rate: f64,
+    /// Of successes; `null` before the first.
+    latency_ms: Option<Percentiles>,
+}
+
+fn performance(w: WindowSummary) -> ModelPerformance {
+    ModelPerformance {
+        requests: w.requests,
+        errors: w.errors,
+        request_rate_per_s: (w.rate * 1000.0).round() / 1000.0,
+        error_rate: if w.requests == 0 {
+            0.0
+        } else {
+            w.errors as f64 / w.requests as f64
+        },
+        latency_ms: w.latency_ms,
+    }
 }
 
 fn pool(m: &ModelSnapshot) -> Pool {
@@ -117,6 +145,7 @@ fn pool(m: &ModelSnapshot) -> Pool {
                 inflight: r.inflight,
                 processed: r.processed,
                 errors: r.errors,
+                restarts: r.restarts,
             })
             .collect(),
         batcher: BatcherStats {
@@ -133,6 +162,14 @@ fn pool(m: &ModelSnapshot) -> Pool {
             expired: b.counters.expired,
             cancelled: b.counters.cancelled,
             rejected: b.counters.rejected,
+            batch_fill: b
+                .counters
+                .batch_sizes
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+                .map(|(size, n)| (size, *n))
+                .collect(),
         },
     }
 }
@@ -176,7 +213,7 @@ async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
             models: snapshot
                 .models
                 .iter()
-                .map(|m| (m.name.clone(), metrics.performance(&m.name)))
+                .map(|m| (m.name.clone(), performance(metrics.summary(&m.name))))
                 .collect(),
         },
         cache: state.service.cache.as_ref().map(|c| c.stats()),

@@ -156,7 +156,7 @@ async fn infer(
     let (model, (call, request)) = match decoded {
         Ok(ok) => ok,
         Err(e) => {
-            state.service.metrics.record(None, false, 0.0);
+            state.service.count_undecodable(&e);
             return Err(e);
         }
     };

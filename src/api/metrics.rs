@@ -1,0 +1,37 @@
+//! `GET /metrics`: the Prometheus page (OpenMetrics text format).
+
+use actix_web::{web, HttpResponse};
+use gantry_actors::supervisor::GetSnapshot;
+
+use super::{resource, AppState};
+use crate::error::ApiError;
+use crate::metrics::prometheus::ScrapeInputs;
+
+pub fn config_metrics_api(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/metrics").route(web::get().to(metrics)));
+}
+
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let service = &state.service;
+    let snapshot = service
+        .serving
+        .supervisor
+        .send(GetSnapshot)
+        .await
+        .map_err(|e| ApiError::Internal(format!("supervisor did not answer: {e}")))?
+        .map_err(ApiError::Internal)?;
+    let cache = service.cache.as_ref().map(|c| c.stats());
+    let store = service.log.as_ref().map(|l| l.stats());
+    let page = service
+        .metrics
+        .series
+        .render(&ScrapeInputs {
+            snapshot: &snapshot,
+            cache: cache.as_ref(),
+            store: store.as_ref(),
+        })
+        .map_err(|e| ApiError::Internal(format!("cannot encode metrics: {e}")))?;
+    Ok(HttpResponse::Ok().content_type(CONTENT_TYPE).body(page))
+}

@@ -1,0 +1,139 @@
+//! Request and batch metrics: one [`Metrics`] per server records every
+//! prediction request and every batch, and serves both the per-model
+//! numbers of `/api/optimized/stats` (last minute) and the Prometheus page.
+
+pub mod prometheus;
+pub mod window;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use gantry_actors::observer::BatchObserver;
+
+use self::prometheus::{EventSeries, ModelLabels, StatusLabels, UNKNOWN_MODEL};
+use self::window::{Window, WindowSummary};
+
+/// Everything recorded about requests and batches.
+pub struct Metrics {
+    epoch: Instant,
+    requests_total: AtomicU64,
+    errors_total: AtomicU64,
+    windows: RwLock<HashMap<String, Arc<Mutex<Window>>>>,
+    pub series: EventSeries,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            epoch: Instant::now(),
+            requests_total: AtomicU64::new(0),
+            errors_total: AtomicU64::new(0),
+            windows: RwLock::new(HashMap::new()),
+            series: EventSeries::default(),
+        }
+    }
+}
+
+/// One answered prediction request.
+pub struct RequestRecord<'a> {
+    /// `Some` only for served models, so unknown names cannot grow the maps.
+    pub model: Option<&'a str>,
+    pub status: u16,
+    pub duration: Duration,
+    /// Time in the batcher, for requests that reached a replica.
+    pub queued: Option<Duration>,
+}
+
+impl Metrics {
+    /// Counts a prediction request in stats and in Prometheus.
+    pub fn record(&self, r: RequestRecord) {
+        let ok = r.status < 400;
+        self.requests_total.fetch_add(1, Ordering::Relaxed);
+        if !ok {
+            self.errors_total.fetch_add(1, Ordering::Relaxed);
+        }
+        let label = r.model.unwrap_or(UNKNOWN_MODEL).to_string();
+        self.series
+            .requests
+            .get_or_create(&StatusLabels {
+                model: label.clone(),
+                status: r.status.to_string(),
+            })
+            .inc();
+        let Some(model) = r.model else { return };
+        let model_label = ModelLabels { model: label };
+        self.series
+            .request_duration
+            .get_or_create(&model_label)
+            .observe(r.duration.as_secs_f64());
+        if let Some(queued) = r.queued {
+            self.series
+                .queue_duration
+                .get_or_create(&model_label)
+                .observe(queued.as_secs_f64());
+        }
+        let window = self.window(model);
+        let latency_ms = r.duration.as_secs_f64() * 1000.0;
+        window
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .record(Instant::now(), ok, latency_ms);
+    }
+
+    fn window(&self, model: &str) -> Arc<Mutex<Window>> {
+        if let Some(found) = self
+            .windows
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(model)
+        {
+            return found.clone();
+        }
+        self.windows
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(model.to_string())
+            .or_insert_with(|| Arc::new(Mutex::new(Window::new(self.epoch))))
+            .clone()
+    }
+
+    pub fn requests_total(&self) -> u64 {
+        self.requests_total.load(Ordering::Relaxed)
+    }
+
+    pub fn errors_total(&self) -> u64 {
+        self.errors_total.load(Ordering::Relaxed)
+    }
+
+    /// A model's last minute (zeros if it has served nothing).
+    pub fn summary(&self, model: &str) -> WindowSummary {
+        let window = self.window(model);
+        let mut window = window.lock().unwrap_or_else(|e| e.into_inner());
+        window.summary(Instant::now())
+    }
+}
+
+impl BatchObserver for Metrics {
+    fn batch_finished(
+        &self,
+        model: &str,
+        _replica: usize,
+        items: usize,
+        inference: Duration,
+        _ok: bool,
+    ) {
+        let labels = ModelLabels {
+            model: model.to_string(),
+        };
+        self.series
+            .inference_duration
+            .get_or_create(&labels)
+            .observe(inference.as_secs_f64());
+        self.series
+            .batch_size
+            .get_or_create(&labels)
+            .observe(items as f64);
+    }
+}

@@ -1,0 +1,304 @@
+//! The Prometheus page (`GET /metrics`, OpenMetrics text). Event series
+//! (requests, durations, batch sizes) live in a registry that grows as
+//! requests are served; state series (queues, replicas, memory, cache,
+//! prediction log) are read from a fresh snapshot at every scrape, so they
+//! never go stale and always agree with `/api/optimized/stats`.
+
+use prometheus_client::encoding::text::{encode_eof, encode_registry};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::{Registry, Unit};
+
+use gantry_actors::supervisor::ServerSnapshot;
+
+use crate::cache::CacheStats;
+use crate::store::StoreStats;
+
+/// `model` label of requests for names that are not served (bounded cardinality).
+pub const UNKNOWN_MODEL: &str = "_unknown";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    pub model: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub model: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaLabels {
+    model: String,
+    replica: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaStateLabels {
+    model: String,
+    replica: String,
+    state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LevelLabels {
+    level: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.1 ms to about 6.5 s.
+    Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+}
+
+fn batch_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 10))
+}
+
+/// Series recorded as events happen.
+pub struct EventSeries {
+    registry: Registry,
+    pub requests: Family<StatusLabels, Counter>,
+    pub request_duration: Family<ModelLabels, Histogram, fn() -> Histogram>,
+    pub queue_duration: Family<ModelLabels, Histogram, fn() -> Histogram>,
+    pub inference_duration: Family<ModelLabels, Histogram, fn() -> Histogram>,
+    pub batch_size: Family<ModelLabels, Histogram, fn() -> Histogram>,
+}
+
+impl Default for EventSeries {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("gantry");
+        let requests = Family::<StatusLabels, Counter>::default();
+        let request_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let queue_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let inference_duration =
+            Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let batch_size = Family::new_with_constructor(batch_histogram as fn() -> Histogram);
+        registry.register(
+            "requests",
+            "Prediction requests answered, by model and HTTP status",
+            requests.clone(),
+        );
+        registry.register_with_unit(
+            "request_duration",
+            "Time from arrival to answer of prediction requests",
+            Unit::Seconds,
+            request_duration.clone(),
+        );
+        registry.register_with_unit(
+            "queue_duration",
+            "Time requests waited in the batcher before inference",
+            Unit::Seconds,
+            queue_duration.clone(),
+        );
+        registry.register_with_unit(
+            "inference_duration",
+            "Time the engine took per batch",
+            Unit::Seconds,
+            inference_duration.clone(),
+        );
+        registry.register("batch_size", "Items per batch run", batch_size.clone());
+        EventSeries {
+            registry,
+            requests,
+            request_duration,
+            queue_duration,
+            inference_duration,
+            batch_size,
+        }
+    }
+}
+
+/// What a scrape reads besides the event series.
+pub struct ScrapeInputs<'a> {
+    pub snapshot: &'a ServerSnapshot,
+    pub cache: Option<&'a CacheStats>,
+    pub store: Option<&'a StoreStats>,
+}
+
+impl EventSeries {
+    /// The whole page: event series, then state series, then `# EOF`.
+    pub fn render(&self, inputs: &ScrapeInputs) -> Result<String, std::fmt::Error> {
+        let mut page = String::with_capacity(16 * 1024);
+        encode_registry(&mut page, &self.registry)?;
+        encode_registry(&mut page, &state_registry(inputs))?;
+        encode_eof(&mut page)?;
+        Ok(page)
+    }
+}
+
+fn model(name: &str) -> ModelLabels {
+    ModelLabels {
+        model: name.to_string(),
+    }
+}
+
+fn counter(value: u64) -> Counter {
+    let counter = Counter::default();
+    counter.inc_by(value);
+    counter
+}
+
+fn gauge(value: i64) -> Gauge {
+    let gauge = Gauge::default();
+    gauge.set(value);
+    gauge
+}
+
+const MB: i64 = 1024 * 1024;
+
+/// A registry built from this scrape's snapshot.
+fn state_registry(inputs: &ScrapeInputs) -> Registry {
+    let mut r = Registry::with_prefix("gantry");
+    let queue_depth = Family::<ModelLabels, Gauge>::default();
+    let rejected = Family::<ModelLabels, Counter>::default();
+    let expired = Family::<ModelLabels, Counter>::default();
+    let cancelled = Family::<ModelLabels, Counter>::default();
+    let ready = Family::<ModelLabels, Gauge>::default();
+    let inflight = Family::<ReplicaLabels, Gauge>::default();
+    let state = Family::<ReplicaStateLabels, Gauge>::default();
+    let restarts = Family::<ReplicaLabels, Counter>::default();
+    for m in &inputs.snapshot.models {
+        let b = &m.batcher;
+        queue_depth
+            .get_or_create(&model(&m.name))
+            .set(b.queue_depth as i64);
+        rejected
+            .get_or_create(&model(&m.name))
+            .inc_by(b.counters.rejected);
+        expired
+            .get_or_create(&model(&m.name))
+            .inc_by(b.counters.expired);
+        cancelled
+            .get_or_create(&model(&m.name))
+            .inc_by(b.counters.cancelled);
+        ready
+            .get_or_create(&model(&m.name))
+            .set(m.ready_replicas as i64);
+        for replica in &b.replicas {
+            let labels = ReplicaLabels {
+                model: m.name.clone(),
+                replica: replica.id.to_string(),
+            };
+            inflight.get_or_create(&labels).set(replica.inflight as i64);
+            restarts.get_or_create(&labels).inc_by(replica.restarts);
+            let labels = ReplicaStateLabels {
+                model: m.name.clone(),
+                replica: replica.id.to_string(),
+                state: replica.state.name().to_string(),
+            };
+            state.get_or_create(&labels).set(1);
+        }
+    }
+    r.register(
+        "queue_depth",
+        "Requests waiting in the model's batcher",
+        queue_depth,
+    );
+    r.register(
+        "requests_rejected",
+        "Requests refused with 429 because the queue was full",
+        rejected,
+    );
+    r.register(
+        "requests_expired",
+        "Requests answered 504 because their deadline passed in the queue",
+        expired,
+    );
+    r.register(
+        "requests_cancelled",
+        "Requests dropped before inference because the caller had gone",
+        cancelled,
+    );
+    r.register(
+        "model_ready_replicas",
+        "Replicas ready to serve, per model",
+        ready,
+    );
+    r.register(
+        "replica_inflight",
+        "Items a replica holds (running or waiting)",
+        inflight,
+    );
+    r.register(
+        "replica_state",
+        "1 for the replica's current state (loading, ready, failed, refused)",
+        state,
+    );
+    r.register(
+        "replica_restarts",
+        "Times a replica came back after losing its engine",
+        restarts,
+    );
+
+    let memory = &inputs.snapshot.memory;
+    r.register_with_unit(
+        "memory_budget_total",
+        "Memory the replicas may reserve in all",
+        Unit::Bytes,
+        gauge(memory.total_mb as i64 * MB),
+    );
+    r.register_with_unit(
+        "memory_budget_reserved",
+        "Memory reserved by running replicas",
+        Unit::Bytes,
+        gauge(memory.reserved_mb as i64 * MB),
+    );
+    if let Some(used) = memory.gpu_used_mb {
+        r.register_with_unit(
+            "gpu_memory_used",
+            "GPU memory in use (NVML)",
+            Unit::Bytes,
+            gauge(used as i64 * MB),
+        );
+    }
+
+    if let Some(cache) = inputs.cache {
+        let hits = Family::<LevelLabels, Counter>::default();
+        let misses = Family::<LevelLabels, Counter>::default();
+        let level = |name: &str| LevelLabels {
+            level: name.to_string(),
+        };
+        hits.get_or_create(&level("l1")).inc_by(cache.l1.hits);
+        misses.get_or_create(&level("l1")).inc_by(cache.l1.misses);
+        if let Some(l2) = &cache.l2 {
+            hits.get_or_create(&level("l2")).inc_by(l2.counters.hits);
+            misses
+                .get_or_create(&level("l2"))
+                .inc_by(l2.counters.misses);
+        }
+        r.register("cache_hits", "Result cache hits by level", hits);
+        r.register("cache_misses", "Result cache misses by level", misses);
+        r.register(
+            "cache_entries",
+            "Entries in the in-process cache",
+            gauge(cache.l1.entries as i64),
+        );
+    }
+    if let Some(store) = inputs.store {
+        r.register(
+            "prediction_log_rows_written",
+            "Rows written to the prediction log",
+            counter(store.rows_written),
+        );
+        r.register(
+            "prediction_log_rows_dropped",
+            "Rows dropped because the buffer was full",
+            counter(store.rows_dropped),
+        );
+        r.register(
+            "prediction_log_buffer_depth",
+            "Rows waiting to be written",
+            gauge(store.buffer_depth as i64),
+        );
+        r.register(
+            "prediction_log_up",
+            "1 when PostgreSQL accepts writes",
+            gauge(i64::from(store.status == "up")),
+        );
+    }
+    r
+}
