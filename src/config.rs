@@ -17,6 +17,7 @@ pub struct Config {
     pub models: ModelsConfig,
     pub memory: MemoryConfig,
     pub runtime: RuntimeConfig,
+    pub cpu: CpuConfig,
     pub cache: CacheConfig,
     /// The prediction log; `database_url` empty means `DATABASE_URL`.
     pub store: crate::store::StoreConfig,
@@ -90,6 +91,14 @@ pub struct RuntimeConfig {
     /// Path of `libonnxruntime.so`; empty means `ORT_DYLIB_PATH`, then the
     /// `.onnxruntime/` folder that `make onnxruntime` fills.
     pub onnxruntime_lib: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct CpuConfig {
+    /// CPU threads all replicas may use (sum of `intra_op_threads`); 0 means
+    /// the cores available.
+    pub threads: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -282,6 +291,7 @@ impl Config {
             limit_mb: (self.memory.limit_mb > 0).then_some(self.memory.limit_mb),
             gpu_fraction: self.memory.gpu_fraction,
             use_nvml: true,
+            cpu_threads: (self.cpu.threads > 0).then_some(self.cpu.threads),
         }
     }
 }

@@ -166,6 +166,34 @@ async fn replicas_over_the_memory_budget_are_refused_and_reported() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_beyond_the_cpu_thread_budget_are_refused_and_reported() {
+    let repo = Repo::new().fake("a", "replicas = 2\nintra_op_threads = 2\n");
+    let mut config = common::config(repo.path());
+    config.cpu.threads = 3;
+    let server = TestServer::ready(config, slow_fake(0)).await;
+    let stats = server.stats().await;
+    let replicas = &stats["model_pools"]["a"]["replicas"];
+    assert_eq!(replicas[0]["state"], "ready");
+    assert_eq!(replicas[1]["state"], "refused");
+    assert!(
+        replicas[1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("needs 2 CPU threads"),
+        "{replicas}"
+    );
+    let memory = &stats["memory"];
+    assert_eq!(
+        (
+            memory["threads_total"].as_u64(),
+            memory["threads_reserved"].as_u64()
+        ),
+        (Some(3), Some(2))
+    );
+    assert_eq!(memory["refused"][0]["replica"], "a/1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_model_toml_does_not_stop_the_others() {
     let repo = Repo::new()
         .fake("good", "replicas = 1\n")

@@ -1,7 +1,10 @@
-//! The memory budget: how much memory replicas may reserve in all. The total
-//! comes from NVML (GPU total x fraction) when a GPU is present, else from
-//! configuration (default 75% of system RAM). Replicas reserve their
-//! footprint before they start; one that does not fit is refused.
+//! The resource budget: how much memory and how many CPU threads replicas
+//! may reserve in all. The memory total comes from NVML (GPU total x
+//! fraction) when a GPU is present, else from configuration (default 75% of
+//! system RAM); the thread total is `cpu.threads` (default: the cores
+//! available). Replicas reserve their footprint (memory, and
+//! `intra_op_threads`) before they start; one that does not fit is not
+//! started.
 
 use std::collections::BTreeMap;
 
@@ -38,6 +41,8 @@ pub struct MemoryConfig {
     pub gpu_fraction: f64,
     /// Ask NVML at all (tests switch it off for a fixed budget).
     pub use_nvml: bool,
+    /// CPU threads replicas may use in all; `None` means the cores available.
+    pub cpu_threads: Option<usize>,
 }
 
 /// A replica that did not fit.
@@ -46,6 +51,8 @@ pub struct Refusal {
     pub owner: String,
     pub required_mb: u64,
     pub free_mb: u64,
+    /// Why, in words: which resource ran out.
+    pub reason: String,
 }
 
 /// The budget's state, for stats.
@@ -55,6 +62,8 @@ pub struct MemorySnapshot {
     pub total_mb: u64,
     pub reserved_mb: u64,
     pub free_mb: u64,
+    pub threads_total: usize,
+    pub threads_reserved: usize,
     /// GPU memory in use now, when NVML is the source.
     pub gpu_used_mb: Option<u64>,
     pub reservations: BTreeMap<String, u64>,
@@ -65,7 +74,9 @@ pub struct MemorySnapshot {
 pub struct MemoryBudget {
     source: MemorySource,
     total_mb: u64,
-    reservations: BTreeMap<String, u64>,
+    threads_total: usize,
+    /// Per owner: (MB, threads).
+    reservations: BTreeMap<String, (u64, usize)>,
     refused: Vec<Refusal>,
 }
 
@@ -83,20 +94,29 @@ impl MemoryBudget {
             },
         };
         info!(source = source.as_str(), total_mb, "memory budget");
-        MemoryBudget::with_total(source, total_mb)
+        let threads_total = config
+            .cpu_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        info!(threads_total, "cpu thread budget");
+        MemoryBudget::with_total(source, total_mb, threads_total)
     }
 
-    pub fn with_total(source: MemorySource, total_mb: u64) -> Self {
+    pub fn with_total(source: MemorySource, total_mb: u64, threads_total: usize) -> Self {
         MemoryBudget {
             source,
             total_mb,
+            threads_total,
             reservations: BTreeMap::new(),
             refused: Vec::new(),
         }
     }
 
     fn reserved_mb(&self) -> u64 {
-        self.reservations.values().sum()
+        self.reservations.values().map(|(mb, _)| mb).sum()
+    }
+
+    fn reserved_threads(&self) -> usize {
+        self.reservations.values().map(|(_, threads)| threads).sum()
     }
 
     fn free_mb(&self) -> u64 {
@@ -136,32 +156,48 @@ impl Actor for MemoryBudget {
 pub struct Reserve {
     pub owner: String,
     pub mb: u64,
+    /// CPU threads (the replica's `intra_op_threads`).
+    pub threads: usize,
 }
 
 impl Handler<Reserve> for MemoryBudget {
     type Result = Result<(), Refusal>;
 
     fn handle(&mut self, msg: Reserve, _ctx: &mut Self::Context) -> Self::Result {
-        let already = self.reservations.get(&msg.owner).copied().unwrap_or(0);
-        let free = self.free_mb() + already;
-        if msg.mb > free {
+        let (had_mb, had_threads) = self.reservations.get(&msg.owner).copied().unwrap_or((0, 0));
+        let free = self.free_mb() + had_mb;
+        let free_threads = self.threads_total.saturating_sub(self.reserved_threads()) + had_threads;
+        let reason = if msg.mb > free {
+            Some(format!(
+                "needs {} MB of memory, the budget has {free} MB free",
+                msg.mb
+            ))
+        } else if msg.threads > free_threads {
+            Some(format!(
+                "needs {} CPU threads, the cpu.threads budget has {free_threads} free",
+                msg.threads
+            ))
+        } else {
+            None
+        };
+        if let Some(reason) = reason {
             let refusal = Refusal {
                 owner: msg.owner,
                 required_mb: msg.mb,
                 free_mb: free,
+                reason,
             };
             warn!(
                 replica = %refusal.owner,
-                required_mb = refusal.required_mb,
-                free_mb = refusal.free_mb,
-                "replica does not fit in the memory budget; not started"
+                reason = %refusal.reason,
+                "replica does not fit in the resource budget; not started"
             );
             self.refused.retain(|r| r.owner != refusal.owner);
             self.refused.push(refusal.clone());
             return Err(refusal);
         }
         self.refused.retain(|r| r.owner != msg.owner);
-        self.reservations.insert(msg.owner, msg.mb);
+        self.reservations.insert(msg.owner, (msg.mb, msg.threads));
         Ok(())
     }
 }
@@ -195,11 +231,17 @@ impl Handler<GetMemorySnapshot> for MemoryBudget {
             total_mb: self.total_mb,
             reserved_mb: self.reserved_mb(),
             free_mb: self.free_mb(),
+            threads_total: self.threads_total,
+            threads_reserved: self.reserved_threads(),
             gpu_used_mb: (self.source == MemorySource::Nvml)
                 .then(nvml_memory_mb)
                 .flatten()
                 .map(|(_, used)| used),
-            reservations: self.reservations.clone(),
+            reservations: self
+                .reservations
+                .iter()
+                .map(|(owner, (mb, _))| (owner.clone(), *mb))
+                .collect(),
             refused: self.refused.clone(),
         })
     }
@@ -211,10 +253,11 @@ mod tests {
 
     #[actix_rt::test]
     async fn refuses_what_does_not_fit_and_reports_it() {
-        let budget = MemoryBudget::with_total(MemorySource::Config, 100).start();
+        let budget = MemoryBudget::with_total(MemorySource::Config, 100, 2).start();
         let reserve = |owner: &str, mb| Reserve {
             owner: owner.into(),
             mb,
+            threads: 1,
         };
         assert!(budget.send(reserve("a/0", 60)).await.unwrap().is_ok());
         let refusal = budget.send(reserve("a/1", 60)).await.unwrap().unwrap_err();
@@ -228,5 +271,25 @@ mod tests {
         assert!(budget.send(reserve("a/1", 60)).await.unwrap().is_ok());
         let snap = budget.send(GetMemorySnapshot).await.unwrap();
         assert!(snap.refused.is_empty());
+    }
+
+    #[actix_rt::test]
+    async fn cpu_threads_are_a_budget_too() {
+        let budget = MemoryBudget::with_total(MemorySource::Config, 10_000, 3).start();
+        let reserve = |owner: &str, threads| Reserve {
+            owner: owner.into(),
+            mb: 1,
+            threads,
+        };
+        assert!(budget.send(reserve("a/0", 2)).await.unwrap().is_ok());
+        let refusal = budget.send(reserve("a/1", 2)).await.unwrap().unwrap_err();
+        assert!(
+            refusal.reason.contains("needs 2 CPU threads"),
+            "{}",
+            refusal.reason
+        );
+        assert!(budget.send(reserve("b/0", 1)).await.unwrap().is_ok());
+        let snap = budget.send(GetMemorySnapshot).await.unwrap();
+        assert_eq!((snap.threads_total, snap.threads_reserved), (3, 3));
     }
 }

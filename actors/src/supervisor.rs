@@ -162,6 +162,7 @@ async fn start_replicas(
         let reserve = Reserve {
             owner: format!("{}/{id}", spec.name),
             mb: spec.memory_mb,
+            threads: spec.settings.intra_op_threads,
         };
         let attach = match budget.send(reserve).await {
             Ok(Ok(())) => AttachReplica::Start {
@@ -171,10 +172,7 @@ async fn start_replicas(
             },
             Ok(Err(refusal)) => AttachReplica::Refused {
                 id,
-                reason: format!(
-                    "needs {} MB of memory, the budget has {} MB free",
-                    refusal.required_mb, refusal.free_mb
-                ),
+                reason: refusal.reason,
             },
             Err(e) => AttachReplica::Refused {
                 id,

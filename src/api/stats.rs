@@ -84,6 +84,9 @@ struct Memory {
     total_mb: u64,
     reserved_mb: u64,
     free_mb: u64,
+    /// The cpu.threads budget and what replicas hold of it.
+    threads_total: usize,
+    threads_reserved: usize,
     refused: Vec<Refused>,
 }
 
@@ -92,6 +95,7 @@ struct Refused {
     replica: String,
     required_mb: u64,
     free_mb: u64,
+    reason: String,
 }
 
 #[derive(Serialize)]
@@ -196,6 +200,8 @@ async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
             total_mb: snapshot.memory.total_mb,
             reserved_mb: snapshot.memory.reserved_mb,
             free_mb: snapshot.memory.free_mb,
+            threads_total: snapshot.memory.threads_total,
+            threads_reserved: snapshot.memory.threads_reserved,
             refused: snapshot
                 .memory
                 .refused
@@ -204,6 +210,7 @@ async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
                     replica: r.owner.clone(),
                     required_mb: r.required_mb,
                     free_mb: r.free_mb,
+                    reason: r.reason.clone(),
                 })
                 .collect(),
         },

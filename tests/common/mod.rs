@@ -36,6 +36,8 @@ pub fn config(models: &Path) -> Config {
     config.models.dir = models.to_path_buf();
     config.server.workers = 2;
     config.memory.limit_mb = 8192;
+    // Tests run more replicas than this machine has cores.
+    config.cpu.threads = 64;
     config
 }
 
