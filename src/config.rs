@@ -37,6 +37,9 @@ pub struct ServerConfig {
     pub request_timeout_ms: u64,
     /// How long shutdown waits for in-flight requests, in seconds.
     pub shutdown_timeout_s: u64,
+    /// Bearer token of the admin routes (scaling, reload, model load and
+    /// unload); empty means they answer loopback clients only.
+    pub admin_token: String,
 }
 
 impl Default for ServerConfig {
@@ -47,6 +50,7 @@ impl Default for ServerConfig {
             body_limit_mb: 64,
             request_timeout_ms: 30_000,
             shutdown_timeout_s: 30,
+            admin_token: String::new(),
         }
     }
 }

@@ -31,6 +31,12 @@ pub enum ApiError {
     /// The actor system's answer.
     #[error(transparent)]
     Infer(#[from] InferError),
+    /// An admin route without a valid bearer token.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// An admin route from a non-loopback client while no token is set.
+    #[error("{0}")]
+    Forbidden(String),
     /// A dependency the request needs (the prediction log's database) is down.
     #[error("{0}")]
     Unavailable(String),
@@ -45,6 +51,16 @@ struct ErrorBody<'a> {
     code: &'a str,
 }
 
+impl From<gantry_actors::lifecycle::LifecycleError> for ApiError {
+    fn from(e: gantry_actors::lifecycle::LifecycleError) -> Self {
+        use gantry_actors::lifecycle::LifecycleError;
+        match e {
+            LifecycleError::UnknownModel(m) => ApiError::Infer(InferError::UnknownModel(m)),
+            LifecycleError::Repository(why) => ApiError::BadRequest(why),
+        }
+    }
+}
+
 impl ApiError {
     /// Stable machine-readable code for the JSON body.
     pub fn code(&self) -> &'static str {
@@ -56,6 +72,8 @@ impl ApiError {
             ApiError::UnsupportedMedia(_) => "unsupported_media_type",
             ApiError::InvalidTensor(_) => "invalid_input",
             ApiError::Unavailable(_) => "dependency_unavailable",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
             ApiError::Internal(_) => "internal",
             ApiError::Infer(e) => match e {
                 InferError::UnknownModel(_) => "model_not_found",
@@ -80,6 +98,8 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::InvalidTensor(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Infer(e) => match e {
                 InferError::UnknownModel(_) => StatusCode::NOT_FOUND,
@@ -101,6 +121,9 @@ impl ResponseError for ApiError {
         let mut response = HttpResponse::build(status);
         if status == StatusCode::TOO_MANY_REQUESTS {
             response.insert_header((header::RETRY_AFTER, "1"));
+        }
+        if status == StatusCode::UNAUTHORIZED {
+            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
         }
         response.json(ErrorBody {
             error: self.to_string(),

@@ -78,6 +78,10 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&config.server.bind)
         .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.server.bind))?;
     let running = gantry::server::start(&config, listener, Arc::new(OnnxProvider)).await?;
+    actix_rt::spawn(gantry::server::handle_signals(
+        running.server.handle(),
+        running.state.clone(),
+    ));
     running.run_until_stopped(Duration::from_secs(10)).await?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! provider; `main` calls it with ONNX Runtime.
 
 use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,6 +28,8 @@ pub struct RunningServer {
     pub server: Server,
     /// The prediction log, to flush once the server has stopped.
     pub log: Option<Arc<PredictionLog>>,
+    /// What every worker shares (for signal handling).
+    pub state: web::Data<AppState>,
 }
 
 impl RunningServer {
@@ -93,9 +96,12 @@ pub async fn start(
             default_timeout: Duration::from_millis(config.server.request_timeout_ms),
             cache,
             log: log.clone(),
+            shutting_down: AtomicBool::new(false),
         },
         body_limit: (config.server.body_limit_mb * 1024 * 1024) as usize,
+        admin_token: Some(config.server.admin_token.clone()).filter(|t| !t.is_empty()),
     });
+    let shared = state.clone();
     let addr = listener.local_addr()?;
     let mut http = HttpServer::new(move || {
         App::new()
@@ -104,11 +110,54 @@ pub async fn start(
             .configure(api::configure)
             .default_service(web::to(api::not_found))
     })
-    .shutdown_timeout(config.server.shutdown_timeout_s);
+    .shutdown_timeout(config.server.shutdown_timeout_s)
+    .disable_signals();
     if config.server.workers > 0 {
         http = http.workers(config.server.workers);
     }
     let server = http.listen(listener)?.run();
     tracing::info!(%addr, "listening");
-    Ok(RunningServer { addr, server, log })
+
+    Ok(RunningServer {
+        addr,
+        server,
+        log,
+        state: shared,
+    })
+}
+
+/// SIGTERM/SIGINT: readiness turns 503 and new requests are refused, the
+/// listener closes, in-flight requests finish (within
+/// `server.shutdown_timeout_s`), then the server stops. SIGHUP: reload the
+/// model repository.
+pub async fn handle_signals(server: actix_web::dev::ServerHandle, state: web::Data<AppState>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the model repository");
+                match state.service.serving.supervisor.send(gantry_actors::lifecycle::Reload).await {
+                    Ok(Ok(report)) => tracing::info!(changes = ?report.changes, "reloaded"),
+                    Ok(Err(e)) => tracing::error!(error = %e, "reload failed"),
+                    Err(e) => tracing::error!(error = %e, "supervisor did not answer"),
+                }
+            }
+        }
+    }
+    tracing::info!("shutting down: readiness is 503, finishing in-flight requests");
+    state
+        .service
+        .shutting_down
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    server.stop(true).await;
 }

@@ -5,12 +5,13 @@
 //! caches a success, records the outcome in the metrics and queues a row for
 //! the prediction log (never waiting on it).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use actix_web::ResponseError;
 use gantry_actors::messages::InferRequest;
-use gantry_actors::{InferError, ModelHandle, Serving, Tensor};
+use gantry_actors::{InferError, ModelHandle, Priority, Serving, Tensor};
 use tokio::sync::oneshot;
 
 use crate::cache::{CacheKey, CacheLevel, Outputs, ResultCache};
@@ -28,6 +29,8 @@ pub struct PredictCall {
     pub timeout: Option<Duration>,
     /// False when the caller asked to bypass the cache.
     pub use_cache: bool,
+    /// Where the request queues among the model's waiting requests.
+    pub priority: Priority,
 }
 
 /// A finished prediction.
@@ -53,9 +56,16 @@ pub struct InferenceService {
     pub default_timeout: Duration,
     pub cache: Option<Arc<ResultCache>>,
     pub log: Option<Arc<PredictionLog>>,
+    /// Set on SIGTERM/SIGINT: readiness turns 503 and new requests are
+    /// refused while in-flight ones finish.
+    pub shutting_down: AtomicBool,
 }
 
 impl InferenceService {
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Relaxed)
+    }
+
     /// The model called `name`, or `UnknownModel`.
     pub fn model(&self, name: &str) -> Result<Arc<ModelHandle>, InferError> {
         self.serving
@@ -67,7 +77,12 @@ impl InferenceService {
     pub async fn predict(&self, model: &str, call: PredictCall) -> Result<Prediction, InferError> {
         let started = Instant::now();
         let created_at = SystemTime::now();
-        let handle = match self.model(model) {
+        let handle = match self
+            .model(model)
+            .and_then(|h| match self.is_shutting_down() {
+                true => Err(InferError::ShuttingDown),
+                false => Ok(h),
+            }) {
             Ok(handle) => handle,
             Err(e) => {
                 self.metrics.record(RequestRecord {
@@ -163,6 +178,7 @@ impl InferenceService {
             inputs: validated.tensors,
             items: validated.items,
             deadline,
+            priority: call.priority,
             enqueued: started,
             span: tracing::Span::current(),
             reply,

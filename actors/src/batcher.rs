@@ -5,16 +5,29 @@
 //! request has waited `batch_window_ms`, or at once when a replica is idle, so
 //! a lone request at low load does not wait the window. Requests whose caller
 //! has gone, or whose deadline passed, are removed before inference.
+//!
+//! The cap on items per batch is `max_batch_size`, lowered to what the free
+//! memory budget holds when the memory one item needs is known
+//! (`memory_per_item_mb`, or measured by warmup), and lowered for a while
+//! after a batch ran out of memory to the largest size that then ran.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, ActorContext, Addr, AsyncContext, Context, Handler, Message, SpawnHandle};
+use actix::{
+    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message,
+    SpawnHandle, WrapFuture,
+};
 use tracing::{info, warn};
 
 use crate::engine::EngineFactory;
 use crate::error::InferError;
-use crate::messages::{BatchDone, Enqueue, InferRequest, ReplicaFailed, ReplicaReady, RunBatch};
+use crate::memory::{MemoryBudget, Release, ShareFreeMemory};
+use crate::messages::{
+    BatchDone, Enqueue, InferRequest, ItemMemoryMeasured, RanOutOfMemory, ReplicaFailed,
+    ReplicaReady, RunBatch,
+};
 use crate::model::ModelState;
 use crate::observer::BatchObserver;
 use crate::queue::{PendingQueue, Readiness};
@@ -25,6 +38,33 @@ use crate::repository::ModelSettings;
 /// the engine never idles for a round trip between batches.
 const PIPELINE_DEPTH: usize = 2;
 
+/// How long the cap stays lowered after a batch ran out of memory.
+const OUT_OF_MEMORY_HOLD: Duration = Duration::from_secs(30);
+
+/// What set the batch cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapReason {
+    /// `max_batch_size` from `model.toml`.
+    MaxBatchSize,
+    /// The model has no dynamic batch dimension: one request at a time.
+    Unbatched,
+    /// The free memory budget over the memory one item needs.
+    MemoryBudget,
+    /// A batch ran out of memory recently: the largest size that then ran.
+    OutOfMemory,
+}
+
+impl CapReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CapReason::MaxBatchSize => "max_batch_size",
+            CapReason::Unbatched => "unbatched",
+            CapReason::MemoryBudget => "memory_budget",
+            CapReason::OutOfMemory => "out_of_memory",
+        }
+    }
+}
+
 /// Lifecycle of a replica as its batcher sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReplicaState {
@@ -33,6 +73,8 @@ pub enum ReplicaState {
     Failed(String),
     /// The memory budget could not hold it; it was never started.
     Refused(String),
+    /// Being removed: finishes what it holds, takes nothing new.
+    Draining,
 }
 
 impl ReplicaState {
@@ -42,6 +84,7 @@ impl ReplicaState {
             ReplicaState::Ready => "ready",
             ReplicaState::Failed(_) => "failed",
             ReplicaState::Refused(_) => "refused",
+            ReplicaState::Draining => "draining",
         }
     }
 }
@@ -56,6 +99,17 @@ struct ReplicaSlot {
     errors: u64,
     /// Times the replica came back after losing its engine.
     restarts: u64,
+    /// How to start it again after a failure (`None` for refused slots).
+    factory: Option<Arc<dyn EngineFactory>>,
+    warmup: u32,
+    /// Consecutive failed starts, for the restart backoff.
+    failures: u32,
+}
+
+/// Delay before restarting a replica that failed `failures` times in a row:
+/// 1 s doubling, at most 60 s.
+fn restart_backoff(failures: u32) -> Duration {
+    Duration::from_secs(1u64 << failures.min(6)).min(Duration::from_secs(60))
 }
 
 /// Counters the batcher keeps for stats.
@@ -84,6 +138,19 @@ pub struct Batcher {
     round_robin: usize,
     wakeup: Option<(Instant, SpawnHandle)>,
     observer: Arc<dyn BatchObserver>,
+    /// Where drained replicas give their reservation back.
+    budget: Option<Addr<MemoryBudget>>,
+    /// Set when the model is being removed: stop once the queue is empty.
+    retiring: bool,
+    me: Option<Addr<Batcher>>,
+    /// MB one item of a batch needs: `memory_per_item_mb`, else what warmup
+    /// measured, else unknown.
+    memory_per_item_mb: Option<u64>,
+    memory_per_item_configured: bool,
+    /// The memory budget's free MB, kept current by the budget.
+    free_memory_mb: Option<Arc<AtomicU64>>,
+    /// After running out of memory: the lowered cap, and until when.
+    out_of_memory_cap: Option<(usize, Instant)>,
 }
 
 impl Batcher {
@@ -100,21 +167,147 @@ impl Batcher {
             queue_capacity: settings.queue_capacity,
             state,
             replicas: Vec::new(),
-            queue: PendingQueue::default(),
+            queue: PendingQueue::new(Duration::from_millis(settings.max_priority_wait_ms)),
             counters: BatcherCounters::default(),
             next_batch_id: 0,
             round_robin: 0,
             wakeup: None,
             observer,
+            budget: None,
+            retiring: false,
+            me: None,
+            memory_per_item_mb: settings.memory_per_item_mb,
+            memory_per_item_configured: settings.memory_per_item_mb.is_some(),
+            free_memory_mb: None,
+            out_of_memory_cap: None,
+        }
+    }
+
+    /// Asks the memory budget, once, for its shared free MB, so that
+    /// batches can be capped at what memory holds without a message each.
+    fn share_free_memory(&self, ctx: &mut Context<Self>) {
+        let Some(budget) = self.budget.clone() else {
+            return;
+        };
+        let ask = async move { budget.send(ShareFreeMemory).await };
+        ctx.spawn(ask.into_actor(self).map(|answer, this, _| match answer {
+            Ok(free) => this.free_memory_mb = Some(free),
+            Err(e) => warn!(model = %this.model, error = %e, "memory budget did not share its free memory"),
+        }));
+    }
+
+    /// Drained replicas release their reservation to `budget`.
+    pub fn with_budget(mut self, budget: Addr<MemoryBudget>) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    fn spawn_replica(
+        &self,
+        id: usize,
+        factory: Arc<dyn EngineFactory>,
+        warmup: u32,
+        ctx: &mut Context<Self>,
+    ) -> Addr<Replica> {
+        Replica::start(
+            id,
+            self.model.clone(),
+            factory,
+            warmup,
+            ctx.address(),
+            self.observer.clone(),
+            self.batch_cap(),
+        )
+    }
+
+    /// Restarts replica `id` after its backoff, unless it is being removed.
+    fn schedule_restart(&mut self, id: usize, ctx: &mut Context<Self>) {
+        let Some(slot) = self.replicas.iter_mut().find(|r| r.id == id) else {
+            return;
+        };
+        if slot.factory.is_none() || self.retiring {
+            return;
+        }
+        let delay = restart_backoff(slot.failures);
+        slot.failures += 1;
+        warn!(model = %self.model, replica = id, delay_ms = delay.as_millis() as u64, "restarting replica after backoff");
+        ctx.run_later(delay, move |this, ctx| {
+            let Some(slot) = this.replicas.iter().find(|r| r.id == id) else {
+                return;
+            };
+            if !matches!(slot.state, ReplicaState::Failed(_)) || this.retiring {
+                return;
+            }
+            let Some(factory) = slot.factory.clone() else {
+                return;
+            };
+            let warmup = slot.warmup;
+            let addr = this.spawn_replica(id, factory, warmup, ctx);
+            if let Some(slot) = this.replicas.iter_mut().find(|r| r.id == id) {
+                slot.addr = Some(addr);
+                slot.state = ReplicaState::Loading;
+                slot.restarts += 1;
+            }
+        });
+    }
+
+    /// Removes draining replicas that hold nothing any more (their thread
+    /// stops when its address is dropped) and gives their reservation back;
+    /// a retiring batcher stops once its queue is empty and its replicas gone.
+    fn finish_drains(&mut self, ctx: &mut Context<Self>) {
+        if self.retiring && self.queue.is_empty() {
+            for slot in &mut self.replicas {
+                slot.state = ReplicaState::Draining;
+            }
+        }
+        let model = self.model.clone();
+        let budget = self.budget.clone();
+        self.replicas.retain(|slot| {
+            let done = slot.state == ReplicaState::Draining && slot.inflight_batches == 0;
+            if done {
+                info!(model = %model, replica = slot.id, "replica drained and stopped");
+                if let Some(budget) = &budget {
+                    budget.do_send(Release {
+                        owner: format!("{model}/{}", slot.id),
+                    });
+                }
+            }
+            !done
+        });
+        self.update_ready_count();
+        if self.retiring && self.queue.is_empty() && self.replicas.is_empty() {
+            info!(model = %self.model, "model retired");
+            ctx.stop();
         }
     }
 
     /// Items one batch may hold: the model's cap, or 1 for unbatched models.
     fn batch_cap(&self) -> usize {
-        match self.state.signature() {
-            Some(sig) if !sig.is_batched() => 1,
-            _ => self.max_batch_size,
+        self.cap().0
+    }
+
+    /// The batch cap and what set it: `max_batch_size`, lowered to what the
+    /// free memory holds (when the memory per item is known) and, for a
+    /// while after running out of memory, to the largest size that ran.
+    /// Never below 1.
+    fn cap(&self) -> (usize, CapReason) {
+        if self.state.signature().is_some_and(|sig| !sig.is_batched()) {
+            return (1, CapReason::Unbatched);
         }
+        let mut cap = (self.max_batch_size.max(1), CapReason::MaxBatchSize);
+        if let (Some(per_item), Some(free)) = (self.memory_per_item_mb, &self.free_memory_mb) {
+            let fits = free.load(Ordering::Relaxed) / per_item.max(1);
+            let fits = usize::try_from(fits).unwrap_or(usize::MAX).max(1);
+            if fits < cap.0 {
+                cap = (fits, CapReason::MemoryBudget);
+            }
+        }
+        if let Some((limit, until)) = self.out_of_memory_cap {
+            if Instant::now() < until && limit < cap.0 {
+                cap = (limit.max(1), CapReason::OutOfMemory);
+            }
+        }
+        cap
     }
 
     /// The ready replica that can take a batch and holds the fewest items,
@@ -187,6 +380,13 @@ impl Batcher {
                 let lost = e.into_inner();
                 warn!(model = %self.model, replica = slot.id, "replica mailbox closed; failing its batch");
                 slot.state = ReplicaState::Failed("replica thread stopped".into());
+                slot.addr = None;
+                if let Some(me) = &self.me {
+                    me.do_send(ReplicaFailed {
+                        replica: slot.id,
+                        error: "replica thread stopped".into(),
+                    });
+                }
                 slot.errors += lost.entries.len() as u64;
                 for entry in lost.entries {
                     entry.answer(Err(InferError::Inference("the replica stopped".into())));
@@ -196,23 +396,25 @@ impl Batcher {
         }
     }
 
-    /// Takes a batch from `group`, leaving out requests whose caller has gone
-    /// (counted as cancelled) and answering expired ones 504.
+    /// Takes a batch from `group`, most urgent requests first. Dead requests
+    /// take no room in it: expired ones (deadline passed, whether or not the
+    /// caller still waits) are answered 504 and counted as expired, those
+    /// whose caller has gone are counted as cancelled.
     fn take_live(&mut self, group: usize, cap: usize) -> Vec<InferRequest> {
         let now = Instant::now();
-        let mut live = Vec::new();
-        for entry in self.queue.take(group, cap) {
-            if entry.is_cancelled() {
-                self.counters.cancelled += 1;
-            } else if entry.deadline <= now {
+        let taken = self.queue.take(group, cap, now, |entry| {
+            entry.deadline <= now || entry.is_cancelled()
+        });
+        for entry in taken.dead {
+            if entry.deadline <= now {
                 self.counters.expired += 1;
                 let waited_ms = now.duration_since(entry.enqueued).as_millis() as u64;
                 entry.answer(Err(InferError::DeadlineExceeded { waited_ms }));
             } else {
-                live.push(entry);
+                self.counters.cancelled += 1;
             }
         }
-        live
+        taken.live
     }
 
     /// Wakes the batcher when the oldest waiting group falls due.
@@ -273,6 +475,8 @@ impl Actor for Batcher {
 
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.queue_capacity.max(16));
+        self.me = Some(ctx.address());
+        self.share_free_memory(ctx);
     }
 
     fn stopped(&mut self, _ctx: &mut Self::Context) {
@@ -314,6 +518,7 @@ impl Handler<BatchDone> for Batcher {
             }
         }
         self.dispatch(ctx);
+        self.finish_drains(ctx);
     }
 }
 
@@ -323,9 +528,13 @@ impl Handler<ReplicaReady> for Batcher {
     fn handle(&mut self, msg: ReplicaReady, ctx: &mut Self::Context) {
         self.state.set_signature(msg.signature);
         if let Some(slot) = self.slot_mut(msg.replica) {
+            if slot.state == ReplicaState::Draining {
+                return;
+            }
             if slot.state != ReplicaState::Loading {
                 slot.restarts += 1;
             }
+            slot.failures = 0;
             slot.state = ReplicaState::Ready;
         }
         self.update_ready_count();
@@ -336,13 +545,21 @@ impl Handler<ReplicaReady> for Batcher {
 impl Handler<ReplicaFailed> for Batcher {
     type Result = ();
 
-    fn handle(&mut self, msg: ReplicaFailed, _ctx: &mut Self::Context) {
-        if let Some(slot) = self.slot_mut(msg.replica) {
+    fn handle(&mut self, msg: ReplicaFailed, ctx: &mut Self::Context) {
+        let Some(slot) = self.slot_mut(msg.replica) else {
+            return;
+        };
+        if slot.state == ReplicaState::Draining {
+            slot.addr = None;
+            slot.inflight_batches = 0;
+        } else {
             slot.state = ReplicaState::Failed(msg.error);
             slot.addr = None;
+            self.schedule_restart(msg.replica, ctx);
         }
         self.update_ready_count();
         self.fail_queue_if_hopeless();
+        self.finish_drains(ctx);
     }
 }
 
@@ -367,23 +584,18 @@ impl Handler<AttachReplica> for Batcher {
     type Result = ();
 
     fn handle(&mut self, msg: AttachReplica, ctx: &mut Self::Context) {
-        let (id, addr, state) = match msg {
+        let (id, addr, state, factory, warmup) = match msg {
             AttachReplica::Start {
                 id,
                 factory,
                 warmup,
             } => {
-                let addr = Replica::start(
-                    id,
-                    self.model.clone(),
-                    factory,
-                    warmup,
-                    ctx.address(),
-                    self.observer.clone(),
-                );
-                (id, Some(addr), ReplicaState::Loading)
+                let addr = self.spawn_replica(id, factory.clone(), warmup, ctx);
+                (id, Some(addr), ReplicaState::Loading, Some(factory), warmup)
             }
-            AttachReplica::Refused { id, reason } => (id, None, ReplicaState::Refused(reason)),
+            AttachReplica::Refused { id, reason } => {
+                (id, None, ReplicaState::Refused(reason), None, 0)
+            }
         };
         self.replicas.push(ReplicaSlot {
             id,
@@ -394,8 +606,55 @@ impl Handler<AttachReplica> for Batcher {
             processed: 0,
             errors: 0,
             restarts: 0,
+            factory,
+            warmup,
+            failures: 0,
         });
         self.fail_queue_if_hopeless();
+    }
+}
+
+impl Handler<RanOutOfMemory> for Batcher {
+    type Result = ();
+
+    /// Lowers the cap to the largest size that ran (at least 1) for
+    /// [`OUT_OF_MEMORY_HOLD`]; a lower cap already in force stays.
+    fn handle(&mut self, msg: RanOutOfMemory, _ctx: &mut Self::Context) {
+        let now = Instant::now();
+        let mut limit = msg.largest_ok.max(1);
+        if let Some((current, until)) = self.out_of_memory_cap {
+            if now < until {
+                limit = limit.min(current);
+            }
+        }
+        warn!(
+            model = %self.model,
+            replica = msg.replica,
+            batch_size = msg.batch_size,
+            cap = limit,
+            hold_s = OUT_OF_MEMORY_HOLD.as_secs(),
+            "a batch ran out of memory; lowering the batch cap"
+        );
+        self.out_of_memory_cap = Some((limit, now + OUT_OF_MEMORY_HOLD));
+    }
+}
+
+impl Handler<ItemMemoryMeasured> for Batcher {
+    type Result = ();
+
+    /// Warmup's measure of the memory per item, unless `model.toml` set it.
+    fn handle(&mut self, msg: ItemMemoryMeasured, ctx: &mut Self::Context) {
+        if self.memory_per_item_configured {
+            return;
+        }
+        info!(
+            model = %self.model,
+            replica = msg.replica,
+            mb_per_item = msg.mb_per_item,
+            "measured the memory one batch item needs"
+        );
+        self.memory_per_item_mb = Some(msg.mb_per_item.max(1));
+        self.dispatch(ctx);
     }
 }
 
@@ -414,7 +673,12 @@ pub struct ReplicaSnapshot {
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatcherSnapshot {
     pub queue_depth: usize,
+    /// The batch cap in force now.
     pub max_batch_size: usize,
+    /// What set it.
+    pub cap_reason: CapReason,
+    /// MB one item needs, when configured or measured.
+    pub memory_per_item_mb: Option<u64>,
     pub window_ms: u64,
     pub counters: BatcherCounters,
     pub replicas: Vec<ReplicaSnapshot>,
@@ -429,9 +693,12 @@ impl Handler<GetBatcherSnapshot> for Batcher {
     type Result = actix::MessageResult<GetBatcherSnapshot>;
 
     fn handle(&mut self, _: GetBatcherSnapshot, _ctx: &mut Self::Context) -> Self::Result {
+        let (max_batch_size, cap_reason) = self.cap();
         actix::MessageResult(BatcherSnapshot {
             queue_depth: self.queue.len(),
-            max_batch_size: self.batch_cap(),
+            max_batch_size,
+            cap_reason,
+            memory_per_item_mb: self.memory_per_item_mb,
             window_ms: self.window.as_millis() as u64,
             counters: self.counters.clone(),
             replicas: self
@@ -461,5 +728,49 @@ impl Handler<StopBatcher> for Batcher {
     fn handle(&mut self, _: StopBatcher, ctx: &mut Self::Context) {
         info!(model = %self.model, "batcher stopping");
         ctx.stop();
+    }
+}
+
+/// Supervisor → batcher: remove replica `id` once it has finished what it
+/// holds (scale-down). A refused replica goes at once.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DrainReplica {
+    pub id: usize,
+}
+
+impl Handler<DrainReplica> for Batcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: DrainReplica, ctx: &mut Self::Context) {
+        if let Some(slot) = self.slot_mut(msg.id) {
+            if matches!(
+                slot.state,
+                ReplicaState::Refused(_) | ReplicaState::Failed(_)
+            ) {
+                slot.inflight_batches = 0;
+            }
+            slot.state = ReplicaState::Draining;
+        }
+        self.finish_drains(ctx);
+        self.dispatch(ctx);
+    }
+}
+
+/// Supervisor → batcher: the model is being removed. Requests already queued
+/// are still served; then every replica drains and the batcher stops.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RetireModel;
+
+impl Handler<RetireModel> for Batcher {
+    type Result = ();
+
+    fn handle(&mut self, _: RetireModel, ctx: &mut Self::Context) {
+        info!(model = %self.model, "retiring model");
+        self.retiring = true;
+        self.replicas
+            .retain(|r| !matches!(r.state, ReplicaState::Refused(_)));
+        self.finish_drains(ctx);
     }
 }

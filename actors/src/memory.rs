@@ -7,6 +7,8 @@
 //! started.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use actix::{Actor, Context, Handler, Message, MessageResult};
 use tracing::{info, warn};
@@ -78,6 +80,8 @@ pub struct MemoryBudget {
     /// Per owner: (MB, threads).
     reservations: BTreeMap<String, (u64, usize)>,
     refused: Vec<Refusal>,
+    /// Free MB, published for batchers to read without a message.
+    free_shared: Arc<AtomicU64>,
 }
 
 impl MemoryBudget {
@@ -108,7 +112,18 @@ impl MemoryBudget {
             threads_total,
             reservations: BTreeMap::new(),
             refused: Vec::new(),
+            free_shared: Arc::new(AtomicU64::new(total_mb)),
         }
+    }
+
+    /// The free MB, kept current as reservations come and go; batchers read
+    /// it to cap batches at what memory holds.
+    pub fn free_mb_shared(&self) -> Arc<AtomicU64> {
+        self.free_shared.clone()
+    }
+
+    fn publish_free(&self) {
+        self.free_shared.store(self.free_mb(), Ordering::Relaxed);
     }
 
     fn reserved_mb(&self) -> u64 {
@@ -198,6 +213,7 @@ impl Handler<Reserve> for MemoryBudget {
         }
         self.refused.retain(|r| r.owner != msg.owner);
         self.reservations.insert(msg.owner, (msg.mb, msg.threads));
+        self.publish_free();
         Ok(())
     }
 }
@@ -214,6 +230,22 @@ impl Handler<Release> for MemoryBudget {
 
     fn handle(&mut self, msg: Release, _ctx: &mut Self::Context) {
         self.reservations.remove(&msg.owner);
+        self.refused.retain(|r| r.owner != msg.owner);
+        self.publish_free();
+    }
+}
+
+/// Asks for the shared free MB (see [`MemoryBudget::free_mb_shared`]); a
+/// batcher asks once, when it starts.
+#[derive(Message)]
+#[rtype(result = "Arc<AtomicU64>")]
+pub struct ShareFreeMemory;
+
+impl Handler<ShareFreeMemory> for MemoryBudget {
+    type Result = MessageResult<ShareFreeMemory>;
+
+    fn handle(&mut self, _: ShareFreeMemory, _ctx: &mut Self::Context) -> Self::Result {
+        MessageResult(self.free_mb_shared())
     }
 }
 

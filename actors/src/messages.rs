@@ -7,6 +7,7 @@ use actix::Message;
 use tokio::sync::oneshot;
 
 use crate::error::InferError;
+use crate::priority::Priority;
 use crate::signature::ModelSignature;
 use crate::tensor::Tensor;
 
@@ -37,6 +38,8 @@ pub struct InferRequest {
     pub items: usize,
     /// Past this instant the request is answered 504 instead of run.
     pub deadline: Instant,
+    /// Higher levels leave the queue first; FIFO within a level.
+    pub priority: Priority,
     /// When the batcher received it (set on arrival).
     pub enqueued: Instant,
     /// The request's tracing span, so log lines on the batcher and the
@@ -93,4 +96,24 @@ pub struct BatchDone {
     pub replica: usize,
     pub items: usize,
     pub ok: bool,
+}
+
+/// Replica → batcher: a batch ran out of memory and was split; batches of
+/// `largest_ok` items ran (0 when none did). Sent before its `BatchDone`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RanOutOfMemory {
+    pub replica: usize,
+    /// Items of the batch that ran out of memory first.
+    pub batch_size: usize,
+    pub largest_ok: usize,
+}
+
+/// Replica → batcher: warmup measured the memory one item of a batch needs.
+/// Sent before `ReplicaReady`.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ItemMemoryMeasured {
+    pub replica: usize,
+    pub mb_per_item: u64,
 }

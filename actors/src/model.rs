@@ -18,6 +18,7 @@ use crate::signature::ModelSignature;
 pub struct ModelState {
     signature: OnceLock<ModelSignature>,
     ready_replicas: AtomicUsize,
+    desired_replicas: AtomicUsize,
 }
 
 impl ModelState {
@@ -36,6 +37,15 @@ impl ModelState {
 
     pub fn set_ready_replicas(&self, n: usize) {
         self.ready_replicas.store(n, Ordering::Relaxed);
+    }
+
+    /// Replicas the operator asked for (config or scaling).
+    pub fn desired_replicas(&self) -> usize {
+        self.desired_replicas.load(Ordering::Relaxed)
+    }
+
+    pub fn set_desired_replicas(&self, n: usize) {
+        self.desired_replicas.store(n, Ordering::Relaxed);
     }
 }
 

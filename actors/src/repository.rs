@@ -27,6 +27,11 @@ pub struct ModelSettings {
     pub queue_capacity: usize,
     /// Warmup inferences a replica runs before it is ready.
     pub warmup: u32,
+    /// A request waiting this long is served as `high` priority.
+    pub max_priority_wait_ms: u64,
+    /// Memory one batch item needs; measured by warmup when absent (where
+    /// the engine can tell). Caps batches at what the free budget holds.
+    pub memory_per_item_mb: Option<u64>,
 }
 
 impl Default for ModelSettings {
@@ -39,6 +44,8 @@ impl Default for ModelSettings {
             memory_mb: None,
             queue_capacity: 1000,
             warmup: 1,
+            max_priority_wait_ms: 1000,
+            memory_per_item_mb: None,
         }
     }
 }
@@ -80,6 +87,9 @@ impl ModelSettings {
         }
         if self.memory_mb == Some(0) {
             return Err(("memory_mb", "must be at least 1 when set"));
+        }
+        if self.memory_per_item_mb == Some(0) {
+            return Err(("memory_per_item_mb", "must be at least 1 when set"));
         }
         Ok(())
     }
@@ -140,6 +150,18 @@ pub fn scan(dir: &Path) -> Result<RepositoryScan, String> {
         }
     }
     Ok(scan)
+}
+
+/// Reads the one model folder `dir/name`; `Ok(None)` when it holds no model.
+pub fn scan_one(dir: &Path, name: &str) -> Result<Option<ModelSpec>, String> {
+    if !valid_name(name) {
+        return Err(format!("'{name}' is not a model name"));
+    }
+    let folder = dir.join(name);
+    if !folder.is_dir() {
+        return Ok(None);
+    }
+    load_model(&folder, name)
 }
 
 /// Loads one folder; `Ok(None)` for a folder that holds no model at all

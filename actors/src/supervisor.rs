@@ -1,6 +1,7 @@
-//! The supervisor: reads the model repository, asks the memory budget for a
-//! reservation before each replica starts, spawns each model's batcher and
-//! replicas, and answers snapshots for stats and health.
+//! The supervisor: reads the model repository, asks the resource budget for
+//! a reservation before each replica starts, spawns each model's batcher and
+//! replicas, and answers snapshots for stats and health. Scaling, reload and
+//! loading or unloading models live in [`crate::lifecycle`].
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -38,8 +39,11 @@ pub struct Serving {
     pub supervisor: Addr<Supervisor>,
     pub registry: ModelRegistry,
     /// Repository folders that could not be served, and why.
-    pub load_errors: Arc<Vec<LoadError>>,
+    pub load_errors: LoadErrors,
 }
+
+/// Repository folders that could not be served; replaced on every reload.
+pub type LoadErrors = Arc<RwLock<Vec<LoadError>>>;
 
 impl Serving {
     /// Looks a model up by name.
@@ -64,13 +68,34 @@ impl Serving {
 
 /// The supervisor actor.
 pub struct Supervisor {
-    provider: Arc<dyn EngineProvider>,
-    budget: Addr<MemoryBudget>,
-    registry: ModelRegistry,
-    load_errors: Vec<LoadError>,
-    /// Models registered but whose replicas are not started yet.
-    pending: Vec<Arc<ModelHandle>>,
+    pub(crate) models_dir: PathBuf,
+    pub(crate) provider: Arc<dyn EngineProvider>,
+    pub(crate) observer: Arc<dyn BatchObserver>,
+    pub(crate) budget: Addr<MemoryBudget>,
+    pub(crate) registry: ModelRegistry,
+    pub(crate) load_errors: LoadErrors,
+    /// The replicas each served model should have, by name.
+    pub(crate) plans: BTreeMap<String, ReplicaPlan>,
     started: Instant,
+}
+
+/// Which replica ids a model has (started, loading or refused).
+pub(crate) struct ReplicaPlan {
+    pub handle: Arc<ModelHandle>,
+    pub ids: Vec<usize>,
+    pub next_id: usize,
+}
+
+impl ReplicaPlan {
+    /// A plan of `n` replicas with ids 0..n.
+    pub fn new(handle: Arc<ModelHandle>, n: usize) -> ReplicaPlan {
+        handle.state.set_desired_replicas(n);
+        ReplicaPlan {
+            handle,
+            ids: (0..n).collect(),
+            next_id: n,
+        }
+    }
 }
 
 impl Supervisor {
@@ -87,27 +112,28 @@ impl Supervisor {
         }
         let budget = MemoryBudget::from_config(&config.memory).start();
         let registry = ModelRegistry::default();
-        let load_errors = Arc::new(scan.errors.clone());
+        let load_errors = Arc::new(RwLock::new(scan.errors));
         // Every model is registered (not ready) before anyone can ask, so
         // health is never "all ready" over a half-read repository.
         let observer = config.observer;
-        let pending: Vec<Arc<ModelHandle>> = scan
-            .models
-            .into_iter()
-            .map(|spec| register_model(spec, observer.clone()))
-            .collect();
+        let mut plans = BTreeMap::new();
         {
             let mut models = registry.write().unwrap_or_else(|e| e.into_inner());
-            for handle in &pending {
+            for spec in scan.models {
+                let replicas = spec.settings.replicas;
+                let handle = register_model(spec, observer.clone(), &budget);
                 models.insert(handle.spec.name.clone(), handle.clone());
+                plans.insert(handle.spec.name.clone(), ReplicaPlan::new(handle, replicas));
             }
         }
         let supervisor = Supervisor {
+            models_dir: config.models_dir,
             provider: config.provider,
+            observer,
             budget,
             registry: registry.clone(),
-            load_errors: scan.errors,
-            pending,
+            load_errors: load_errors.clone(),
+            plans,
             started: Instant::now(),
         }
         .start();
@@ -123,12 +149,16 @@ impl Actor for Supervisor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
-        let pending = std::mem::take(&mut self.pending);
+        let starts: Vec<(Arc<ModelHandle>, Vec<usize>)> = self
+            .plans
+            .values()
+            .map(|p| (p.handle.clone(), p.ids.clone()))
+            .collect();
         let budget = self.budget.clone();
         let provider = self.provider.clone();
         let load = async move {
-            for handle in pending {
-                start_replicas(&handle, &budget, provider.as_ref()).await;
+            for (handle, ids) in starts {
+                start_replicas(&handle, ids, &budget, provider.as_ref()).await;
             }
         };
         ctx.wait(
@@ -139,9 +169,15 @@ impl Actor for Supervisor {
 }
 
 /// Creates a model's batcher and handle; no replica yet.
-fn register_model(spec: ModelSpec, observer: Arc<dyn BatchObserver>) -> Arc<ModelHandle> {
+pub(crate) fn register_model(
+    spec: ModelSpec,
+    observer: Arc<dyn BatchObserver>,
+    budget: &Addr<MemoryBudget>,
+) -> Arc<ModelHandle> {
     let state = Arc::new(ModelState::default());
-    let batcher = Batcher::new(spec.name.clone(), &spec.settings, state.clone(), observer).start();
+    let batcher = Batcher::new(spec.name.clone(), &spec.settings, state.clone(), observer)
+        .with_budget(budget.clone())
+        .start();
     Arc::new(ModelHandle {
         spec,
         state,
@@ -150,15 +186,16 @@ fn register_model(spec: ModelSpec, observer: Arc<dyn BatchObserver>) -> Arc<Mode
 }
 
 /// Starts each replica of a model that the memory budget grants.
-async fn start_replicas(
+pub(crate) async fn start_replicas(
     handle: &ModelHandle,
+    ids: Vec<usize>,
     budget: &Addr<MemoryBudget>,
     provider: &dyn EngineProvider,
 ) {
     let spec = &handle.spec;
     let factory = provider.factory(spec);
-    info!(model = %spec.name, version = %spec.version, replicas = spec.settings.replicas, "starting model");
-    for id in 0..spec.settings.replicas {
+    info!(model = %spec.name, version = %spec.version, replicas = ids.len(), "starting replicas");
+    for id in ids {
         let reserve = Reserve {
             owner: format!("{}/{id}", spec.name),
             mb: spec.memory_mb,
@@ -219,15 +256,20 @@ impl Handler<GetSnapshot> for Supervisor {
             .cloned()
             .collect();
         let budget = self.budget.clone();
-        let load_errors = self.load_errors.clone();
+        let load_errors = self
+            .load_errors
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let uptime_s = self.started.elapsed().as_secs_f64();
         Box::pin(async move {
             let mut models = Vec::with_capacity(handles.len());
             for handle in handles {
-                let batcher =
-                    handle.batcher.send(GetBatcherSnapshot).await.map_err(|e| {
-                        format!("batcher of '{}' did not answer: {e}", handle.name())
-                    })?;
+                // A model replaced or removed a moment ago may have retired
+                // since the registry was read: it is simply not reported.
+                let Ok(batcher) = handle.batcher.send(GetBatcherSnapshot).await else {
+                    continue;
+                };
                 models.push(ModelSnapshot {
                     name: handle.spec.name.clone(),
                     version: handle.spec.version.clone(),

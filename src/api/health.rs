@@ -29,19 +29,19 @@ struct Dependencies {
 }
 
 #[derive(Serialize)]
-struct Health<'a> {
+struct Health {
     /// `ok`; `degraded` when a configured dependency is down (serving goes
     /// on); `unavailable` when a model has no ready replica (503).
     status: &'static str,
     models: BTreeMap<String, ModelHealth>,
     dependencies: Dependencies,
     /// Repository folders that could not be loaded, with the reason.
-    failed_models: BTreeMap<&'a str, &'a str>,
+    failed_models: BTreeMap<String, String>,
 }
 
 /// True when every served model has a ready replica.
 fn all_ready(state: &AppState) -> bool {
-    state.service.serving.models().iter().all(|m| m.is_ready())
+    !state.service.is_shutting_down() && state.service.serving.models().iter().all(|m| m.is_ready())
 }
 
 async fn health(state: web::Data<AppState>) -> HttpResponse {
@@ -53,7 +53,7 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
             let health = ModelHealth {
                 ready: m.is_ready(),
                 ready_replicas: m.state.ready_replicas(),
-                replicas: m.spec.settings.replicas,
+                replicas: m.state.desired_replicas(),
             };
             (m.name().to_string(), health)
         })
@@ -82,10 +82,18 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
         dependencies,
         failed_models: serving
             .load_errors
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .map(|e| (e.model.as_str(), e.error.as_str()))
+            .map(|e| (e.model.clone(), e.error.clone()))
             .collect(),
     };
+    if service.is_shutting_down() {
+        return HttpResponse::ServiceUnavailable().json(Health {
+            status: "shutting_down",
+            ..body
+        });
+    }
     if ready {
         HttpResponse::Ok().json(body)
     } else {

@@ -2,10 +2,12 @@
 //! function; [`configure`] assembles them. Handlers stay thin: extract,
 //! call the service, map the result.
 
+pub mod admin;
 pub mod health;
 pub mod metrics;
 pub mod predict;
 pub mod predictions;
+pub mod repository;
 pub mod stats;
 pub mod v2;
 
@@ -15,6 +17,7 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
+use gantry_actors::Priority;
 
 use crate::error::ApiError;
 use crate::service::InferenceService;
@@ -24,6 +27,8 @@ pub struct AppState {
     pub service: InferenceService,
     /// Largest body accepted, in bytes.
     pub body_limit: usize,
+    /// Bearer token of the admin routes; `None`: loopback clients only.
+    pub admin_token: Option<String>,
 }
 
 impl AppState {
@@ -36,6 +41,8 @@ impl AppState {
 pub fn configure(cfg: &mut web::ServiceConfig) {
     predict::config_predict_api(cfg);
     predictions::config_predictions_api(cfg);
+    admin::config_admin_api(cfg);
+    repository::config_repository_api(cfg);
     health::config_health_api(cfg);
     metrics::config_metrics_api(cfg);
     stats::config_stats_api(cfg);
@@ -107,6 +114,19 @@ pub fn header_timeout(req: &HttpRequest) -> Result<Option<Duration>, ApiError> {
         .ok_or_else(|| {
             ApiError::BadRequest("x-request-timeout-ms must be a positive integer".into())
         })
+}
+
+/// A priority from the `x-priority` header (`high`, `normal` or `low`), if any.
+pub fn header_priority(req: &HttpRequest) -> Result<Option<Priority>, ApiError> {
+    let Some(value) = req.headers().get("x-priority") else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::BadRequest("x-priority must be high, normal or low".into()))?;
+    text.parse()
+        .map(Some)
+        .map_err(|e| ApiError::BadRequest(format!("x-priority: {e}")))
 }
 
 /// False when the client sent `Cache-Control: no-cache` (or `no-store`).

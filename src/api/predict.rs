@@ -8,11 +8,14 @@ use actix_multipart::Multipart;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use futures_util::StreamExt;
-use gantry_actors::Tensor;
+use gantry_actors::{Priority, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use serde_json::Value;
 
-use super::{cache_allowed, header_timeout, parse_json, read_body, resource, AppState};
+use super::{
+    cache_allowed, header_priority, header_timeout, parse_json, read_body, resource, AppState,
+};
 use crate::codec::{tensor_from_json, JsonData};
 use crate::error::ApiError;
 use crate::media::npy::{read_npy, NpyError};
@@ -36,6 +39,9 @@ struct PredictBody {
     /// `false` bypasses the result cache for this request.
     #[serde(default)]
     cache: Option<bool>,
+    /// `"high"`, `"normal"` or `"low"`; overrides the `x-priority` header.
+    #[serde(default)]
+    priority: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -77,6 +83,8 @@ struct Decoded {
     model: String,
     call: PredictCall,
     outputs: Option<Vec<String>>,
+    /// The priority the body or form named, if it named one.
+    priority: Option<Priority>,
 }
 
 async fn predict(
@@ -103,6 +111,7 @@ async fn decode(
     request_id: &str,
 ) -> Result<Decoded, ApiError> {
     let header_timeout = header_timeout(req)?;
+    let header_priority = header_priority(req)?;
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -122,6 +131,7 @@ async fn decode(
     if decoded.call.timeout.is_none() {
         decoded.call.timeout = header_timeout;
     }
+    decoded.call.priority = decoded.priority.or(header_priority).unwrap_or_default();
     decoded.call.use_cache &= cache_allowed(req);
     Ok(decoded)
 }
@@ -143,9 +153,20 @@ fn decode_json(body: &[u8], request_id: &str) -> Result<Decoded, ApiError> {
             inputs,
             timeout: positive_ms(parsed.timeout_ms, "timeout_ms")?,
             use_cache: parsed.cache.unwrap_or(true),
+            priority: Priority::default(),
         },
         outputs: parsed.outputs,
+        priority: parsed.priority.as_ref().map(body_priority).transpose()?,
     })
+}
+
+/// The body's `priority` field: a level's name.
+fn body_priority(value: &Value) -> Result<Priority, ApiError> {
+    let parsed: Result<Priority, _> = match value {
+        Value::String(name) => name.parse(),
+        other => other.to_string().parse(),
+    };
+    parsed.map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
 fn positive_ms(value: Option<u64>, field: &str) -> Result<Option<Duration>, ApiError> {
@@ -155,8 +176,9 @@ fn positive_ms(value: Option<u64>, field: &str) -> Result<Option<Duration>, ApiE
     }
 }
 
-/// Multipart: a `model` field, a `file` field with a `.npy` array, and an
-/// optional `timeout_ms`. The array feeds the model's only input.
+/// Multipart: a `model` field, a `file` field with a `.npy` array, and
+/// optional `timeout_ms` and `priority`. The array feeds the model's only
+/// input.
 async fn decode_multipart(
     state: &AppState,
     req: &HttpRequest,
@@ -167,6 +189,7 @@ async fn decode_multipart(
     let mut model = None;
     let mut file = None;
     let mut timeout_ms = None;
+    let mut priority = None;
     let mut total = 0usize;
     while let Some(field) = form.next().await {
         let mut field =
@@ -194,9 +217,16 @@ async fn decode_multipart(
                 })?;
                 timeout_ms = Some(ms);
             }
+            "priority" => {
+                let text = text_field(&name, bytes)?;
+                let level = text
+                    .parse()
+                    .map_err(|e| ApiError::BadRequest(format!("{e}")))?;
+                priority = Some(level);
+            }
             other => {
                 return Err(ApiError::BadRequest(format!(
-                    "unknown form field '{other}'; expected model, file, timeout_ms"
+                    "unknown form field '{other}'; expected model, file, timeout_ms, priority"
                 )))
             }
         }
@@ -216,8 +246,10 @@ async fn decode_multipart(
             inputs: vec![(input, tensor)],
             timeout: positive_ms(timeout_ms, "timeout_ms")?,
             use_cache: true,
+            priority: Priority::default(),
         },
         outputs: None,
+        priority,
     })
 }
 

@@ -69,7 +69,12 @@ struct BatcherStats {
     batches: u64,
     items: u64,
     avg_batch_size: f64,
+    /// The cap in force now, and what set it (`max_batch_size`, `unbatched`,
+    /// `memory_budget`, `out_of_memory`).
     max_batch_size: usize,
+    cap_reason: &'static str,
+    /// MB one item needs (configured or measured by warmup); `null` if unknown.
+    memory_per_item_mb: Option<u64>,
     window_ms: u64,
     expired: u64,
     cancelled: u64,
@@ -144,7 +149,7 @@ fn pool(m: &ModelSnapshot) -> Pool {
                 state: r.state.name(),
                 reason: match &r.state {
                     ReplicaState::Failed(why) | ReplicaState::Refused(why) => Some(why.clone()),
-                    ReplicaState::Loading | ReplicaState::Ready => None,
+                    ReplicaState::Loading | ReplicaState::Ready | ReplicaState::Draining => None,
                 },
                 inflight: r.inflight,
                 processed: r.processed,
@@ -162,6 +167,8 @@ fn pool(m: &ModelSnapshot) -> Pool {
                 b.counters.items as f64 / b.counters.batches as f64
             },
             max_batch_size: b.max_batch_size,
+            cap_reason: b.cap_reason.as_str(),
+            memory_per_item_mb: b.memory_per_item_mb,
             window_ms: b.window_ms,
             expired: b.counters.expired,
             cancelled: b.counters.cancelled,

@@ -9,13 +9,15 @@ use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use gantry_actors::signature::TensorSpec;
-use gantry_actors::{ModelHandle, Tensor};
+use gantry_actors::{ModelHandle, Priority, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::predict::select_outputs;
-use super::{cache_allowed, header_timeout, parse_json, read_body, resource, AppState};
+use super::{
+    cache_allowed, header_priority, header_timeout, parse_json, read_body, resource, AppState,
+};
 use crate::codec::{parse_datatype, tensor_from_json, JsonData};
 use crate::error::ApiError;
 use crate::request_id::RequestId;
@@ -147,7 +149,8 @@ async fn infer(
         let model = model_at(&state, &path)?;
         let body = read_body(&state, &req, payload).await?;
         let timeout = header_timeout(&req)?;
-        decode(&req, body, request_id, timeout).map(|(mut call, plan)| {
+        let priority = header_priority(&req)?;
+        decode(&req, body, request_id, timeout, priority).map(|(mut call, plan)| {
             call.use_cache = cache_allowed(&req);
             (model, (call, plan))
         })
@@ -177,6 +180,7 @@ fn decode(
     body: Bytes,
     request_id: String,
     header_timeout: Option<Duration>,
+    header_priority: Option<Priority>,
 ) -> Result<(PredictCall, ResponsePlan), ApiError> {
     let (json, mut binary) = split_binary(req, &body)?;
     let parsed: InferBody = parse_json(json)?;
@@ -225,6 +229,20 @@ fn decode(
             })?,
         )),
     };
+    let priority = match parsed.parameters.get("priority") {
+        None => header_priority.unwrap_or_default(),
+        Some(v) => v
+            .as_i64()
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "parameters.priority must be an integer from 1 (high) to 3 (low), not {v}"
+                ))
+            })
+            .and_then(|level| {
+                Priority::from_level(level)
+                    .map_err(|e| ApiError::BadRequest(format!("parameters.{e}")))
+            })?,
+    };
     let binary_default = flag(&parsed.parameters, "binary_data_output")?;
     let outputs = match parsed.outputs {
         None => None,
@@ -245,6 +263,7 @@ fn decode(
         inputs,
         timeout,
         use_cache: true,
+        priority,
     };
     Ok((
         call,

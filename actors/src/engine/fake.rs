@@ -1,10 +1,11 @@
 //! A deterministic engine for tests: FP32 outputs are `2x + 1` of the
-//! matching input, with a configurable delay per batch and per item, and an
-//! optional out-of-memory failure above a batch size.
+//! matching input, with a configurable delay per batch and per item, an
+//! optional out-of-memory failure above a batch size, and optionally a
+//! memory use per item that it reports as if measured.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use super::{Engine, EngineFactory, EngineProvider};
@@ -24,8 +25,15 @@ pub struct FakeEngineFactory {
     /// A batch holding this FP32 value anywhere fails with a run error, so a
     /// test can make one request fail without touching warmup.
     pub poison: Option<f32>,
+    /// When set, every run reports a peak memory of 100 MB plus this much
+    /// per item, as an engine that can measure its memory would.
+    pub memory_per_item_mb: Option<u64>,
+    /// The batch size of every `infer` call (warmup included), in order.
+    pub batch_sizes: Arc<Mutex<Vec<usize>>>,
     /// Counts `load` calls, so tests can see replicas start.
     pub loads: Arc<AtomicUsize>,
+    /// The first this-many `load` calls fail (to test restarts).
+    pub failing_loads: usize,
 }
 
 impl FakeEngineFactory {
@@ -45,7 +53,10 @@ impl FakeEngineFactory {
             item_delay: Duration::ZERO,
             fail_above: None,
             poison: None,
+            memory_per_item_mb: None,
+            batch_sizes: Arc::default(),
             loads: Arc::default(),
+            failing_loads: 0,
         }
     }
 
@@ -58,15 +69,25 @@ impl FakeEngineFactory {
 
 impl EngineFactory for FakeEngineFactory {
     fn load(&self) -> Result<Box<dyn Engine>, EngineError> {
-        self.loads.fetch_add(1, Ordering::SeqCst);
+        let earlier = self.loads.fetch_add(1, Ordering::SeqCst);
+        if earlier < self.failing_loads {
+            return Err(EngineError::Load(format!(
+                "fake load {} of {} fails",
+                earlier + 1,
+                self.failing_loads
+            )));
+        }
         Ok(Box::new(FakeEngine {
             config: self.clone(),
+            last_items: 0,
         }))
     }
 }
 
 struct FakeEngine {
     config: FakeEngineFactory,
+    /// Items of the last run, for its reported memory.
+    last_items: usize,
 }
 
 impl Engine for FakeEngine {
@@ -76,6 +97,10 @@ impl Engine for FakeEngine {
 
     fn infer(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, EngineError> {
         let items = inputs.first().and_then(Tensor::batch_len).unwrap_or(1);
+        if let Ok(mut sizes) = self.config.batch_sizes.lock() {
+            sizes.push(items);
+        }
+        self.last_items = items;
         if self.config.fail_above.is_some_and(|cap| items > cap) {
             return Err(EngineError::OutOfMemory(format!(
                 "fake engine refuses batches above {}",
@@ -101,6 +126,11 @@ impl Engine for FakeEngine {
             .map(|k| transform(&inputs[k % inputs.len()]))
             .collect();
         Ok(outputs)
+    }
+
+    fn last_peak_memory_mb(&self) -> Option<u64> {
+        let per_item = self.config.memory_per_item_mb?;
+        Some(100 + per_item * self.last_items as u64)
     }
 }
 

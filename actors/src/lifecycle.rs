@@ -1,0 +1,312 @@
+//! Changing what is served while it is served: scaling a model's replicas,
+//! reloading the repository, loading or unloading one model. Nothing here
+//! fails a request: a replica being removed drains (finishes what it holds,
+//! takes nothing new); a model whose file or settings changed is replaced
+//! blue-green (the new one serves once a replica is ready, then the old one
+//! drains); a removed model leaves the registry at once and serves what it
+//! already queued.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::{ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler, Message, WrapFuture};
+use tracing::{info, warn};
+
+use crate::batcher::{DrainReplica, RetireModel};
+use crate::model::ModelHandle;
+use crate::repository::{self, LoadError, ModelSettings, ModelSpec};
+use crate::supervisor::{register_model, start_replicas, ReplicaPlan, Supervisor};
+
+/// How long a replacement may take to get a ready replica before it is
+/// abandoned (the old model keeps serving).
+const REPLACE_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Why a lifecycle operation could not be done.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LifecycleError {
+    #[error("model '{0}' is not served here")]
+    UnknownModel(String),
+    #[error("{0}")]
+    Repository(String),
+}
+
+/// What one model became.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    Added,
+    /// New file or settings: a new instance takes over once ready.
+    Replacing,
+    /// Only the replica count changed.
+    Rescaled,
+    Unchanged,
+    Removed,
+}
+
+impl Change {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Change::Added => "added",
+            Change::Replacing => "replacing",
+            Change::Rescaled => "rescaled",
+            Change::Unchanged => "unchanged",
+            Change::Removed => "removed",
+        }
+    }
+}
+
+/// What a reload did, per model, and the folders that failed.
+#[derive(Debug, Clone, Default)]
+pub struct ReloadReport {
+    pub changes: Vec<(String, Change)>,
+    pub failed: Vec<LoadError>,
+}
+
+/// Set a model's replica count.
+#[derive(Message)]
+#[rtype(result = "Result<(usize, usize), LifecycleError>")]
+pub struct ScaleModel {
+    pub model: String,
+    pub replicas: usize,
+}
+
+/// Re-read the whole repository and converge to it.
+#[derive(Message)]
+#[rtype(result = "Result<ReloadReport, LifecycleError>")]
+pub struct Reload;
+
+/// (Re)load one model folder.
+#[derive(Message)]
+#[rtype(result = "Result<Change, LifecycleError>")]
+pub struct LoadModel {
+    pub model: String,
+}
+
+/// Stop serving one model.
+#[derive(Message)]
+#[rtype(result = "Result<(), LifecycleError>")]
+pub struct UnloadModel {
+    pub model: String,
+}
+
+/// Settings equal but for the replica count.
+fn only_replicas_differ(a: &ModelSettings, b: &ModelSettings) -> bool {
+    let mut a = a.clone();
+    a.replicas = b.replicas;
+    a == *b
+}
+
+impl Supervisor {
+    /// Starts replicas `ids` of `handle` in the background.
+    fn spawn_starts(&self, handle: Arc<ModelHandle>, ids: Vec<usize>, ctx: &mut Context<Self>) {
+        if ids.is_empty() {
+            return;
+        }
+        let budget = self.budget.clone();
+        let provider = self.provider.clone();
+        ctx.spawn(
+            async move { start_replicas(&handle, ids, &budget, provider.as_ref()).await }
+                .into_actor(self),
+        );
+    }
+
+    /// Grows or shrinks a plan; returns the old count.
+    fn rescale(&mut self, model: &str, replicas: usize, ctx: &mut Context<Self>) -> Option<usize> {
+        let plan = self.plans.get_mut(model)?;
+        let before = plan.ids.len();
+        plan.handle.state.set_desired_replicas(replicas);
+        if replicas < before {
+            for id in plan.ids.split_off(replicas) {
+                plan.handle.batcher.do_send(DrainReplica { id });
+            }
+            return Some(before);
+        }
+        let new: Vec<usize> = (plan.next_id..plan.next_id + (replicas - before)).collect();
+        plan.next_id += new.len();
+        plan.ids.extend(&new);
+        let handle = plan.handle.clone();
+        self.spawn_starts(handle, new, ctx);
+        Some(before)
+    }
+
+    fn set_registry(&self, handle: Arc<ModelHandle>) {
+        self.registry
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(handle.spec.name.clone(), handle);
+    }
+
+    /// Converges one model to `spec`.
+    fn apply_spec(&mut self, spec: ModelSpec, ctx: &mut Context<Self>) -> Change {
+        let name = spec.name.clone();
+        let replicas = spec.settings.replicas;
+        let Some(current) = self.plans.get(&name).map(|p| p.handle.spec.clone()) else {
+            let handle = register_model(spec, self.observer.clone(), &self.budget);
+            self.set_registry(handle.clone());
+            let plan = ReplicaPlan::new(handle.clone(), replicas);
+            self.spawn_starts(handle, plan.ids.clone(), ctx);
+            self.plans.insert(name, plan);
+            return Change::Added;
+        };
+        let same_model = current.version == spec.version
+            && current.memory_mb == spec.memory_mb
+            && only_replicas_differ(&current.settings, &spec.settings);
+        if same_model {
+            if current.settings.replicas == replicas && self.plans[&name].ids.len() == replicas {
+                return Change::Unchanged;
+            }
+            self.rescale(&name, replicas, ctx);
+            return Change::Rescaled;
+        }
+        self.replace(spec, ctx);
+        Change::Replacing
+    }
+
+    /// Blue-green: start the new instance beside the old; once it has a
+    /// ready replica it takes the name, and the old one drains.
+    fn replace(&mut self, spec: ModelSpec, ctx: &mut Context<Self>) {
+        let name = spec.name.clone();
+        let replicas = spec.settings.replicas;
+        let fresh = register_model(spec, self.observer.clone(), &self.budget);
+        let plan = ReplicaPlan::new(fresh.clone(), replicas);
+        let ids = plan.ids.clone();
+        let budget = self.budget.clone();
+        let provider = self.provider.clone();
+        info!(model = %name, "replacing model; the current one serves until the new one is ready");
+        let starting = fresh.clone();
+        let wait = async move {
+            start_replicas(&starting, ids, &budget, provider.as_ref()).await;
+            let deadline = Instant::now() + REPLACE_TIMEOUT;
+            while !starting.is_ready() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            starting.is_ready()
+        };
+        ctx.spawn(wait.into_actor(self).map(move |ready, act, _ctx| {
+            if !ready {
+                warn!(model = %name, "replacement never became ready; keeping the current model");
+                fresh.batcher.do_send(RetireModel);
+                return;
+            }
+            act.set_registry(fresh.clone());
+            if let Some(old) = act.plans.insert(name.clone(), plan) {
+                old.handle.batcher.do_send(RetireModel);
+            }
+            info!(model = %name, "replacement serving; previous instance draining");
+        }));
+    }
+
+    /// Takes a model out of the registry (new requests get 404) and lets
+    /// its batcher finish what it holds.
+    fn remove(&mut self, name: &str) -> bool {
+        let Some(plan) = self.plans.remove(name) else {
+            return false;
+        };
+        self.registry
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        plan.handle.batcher.do_send(RetireModel);
+        info!(model = %name, "model removed; draining");
+        true
+    }
+
+    fn set_load_error(&self, model: &str, error: Option<String>) {
+        let mut errors = self.load_errors.write().unwrap_or_else(|e| e.into_inner());
+        errors.retain(|e| e.model != model);
+        if let Some(error) = error {
+            errors.push(LoadError {
+                model: model.to_string(),
+                error,
+            });
+        }
+    }
+}
+
+impl Handler<ScaleModel> for Supervisor {
+    type Result = Result<(usize, usize), LifecycleError>;
+
+    fn handle(&mut self, msg: ScaleModel, ctx: &mut Self::Context) -> Self::Result {
+        let before = self
+            .rescale(&msg.model, msg.replicas, ctx)
+            .ok_or_else(|| LifecycleError::UnknownModel(msg.model.clone()))?;
+        info!(model = %msg.model, from = before, to = msg.replicas, "scaled");
+        Ok((before, msg.replicas))
+    }
+}
+
+impl Handler<Reload> for Supervisor {
+    type Result = AtomicResponse<Self, Result<ReloadReport, LifecycleError>>;
+
+    fn handle(&mut self, _: Reload, _ctx: &mut Self::Context) -> Self::Result {
+        let dir = self.models_dir.clone();
+        let scan = async move {
+            tokio::task::spawn_blocking(move || repository::scan(&dir))
+                .await
+                .map_err(|e| LifecycleError::Repository(e.to_string()))?
+                .map_err(LifecycleError::Repository)
+        };
+        AtomicResponse::new(Box::pin(scan.into_actor(self).map(|scan, act, ctx| {
+            let scan = scan?;
+            let mut report = ReloadReport::default();
+            let present: Vec<String> = scan.models.iter().map(|m| m.name.clone()).collect();
+            for spec in scan.models {
+                let name = spec.name.clone();
+                report.changes.push((name, act.apply_spec(spec, ctx)));
+            }
+            let failed: Vec<String> = scan.errors.iter().map(|e| e.model.clone()).collect();
+            let gone: Vec<String> = act
+                .plans
+                .keys()
+                .filter(|name| !present.contains(name) && !failed.contains(name))
+                .cloned()
+                .collect();
+            for name in gone {
+                act.remove(&name);
+                report.changes.push((name, Change::Removed));
+            }
+            *act.load_errors.write().unwrap_or_else(|e| e.into_inner()) = scan.errors.clone();
+            report.failed = scan.errors;
+            info!(changes = ?report.changes, failed = report.failed.len(), "repository reloaded");
+            Ok(report)
+        })))
+    }
+}
+
+impl Handler<LoadModel> for Supervisor {
+    type Result = AtomicResponse<Self, Result<Change, LifecycleError>>;
+
+    fn handle(&mut self, msg: LoadModel, _ctx: &mut Self::Context) -> Self::Result {
+        let dir = self.models_dir.clone();
+        let name = msg.model.clone();
+        let read = async move {
+            tokio::task::spawn_blocking(move || repository::scan_one(&dir, &name))
+                .await
+                .map_err(|e| LifecycleError::Repository(e.to_string()))
+        };
+        AtomicResponse::new(Box::pin(read.into_actor(self).map(
+            move |read, act, ctx| match read? {
+                Ok(Some(spec)) => {
+                    act.set_load_error(&msg.model, None);
+                    Ok(act.apply_spec(spec, ctx))
+                }
+                Ok(None) => Err(LifecycleError::UnknownModel(msg.model)),
+                Err(error) => {
+                    act.set_load_error(&msg.model, Some(error.clone()));
+                    Err(LifecycleError::Repository(error))
+                }
+            },
+        )))
+    }
+}
+
+impl Handler<UnloadModel> for Supervisor {
+    type Result = Result<(), LifecycleError>;
+
+    fn handle(&mut self, msg: UnloadModel, _ctx: &mut Self::Context) -> Self::Result {
+        if self.remove(&msg.model) {
+            Ok(())
+        } else {
+            Err(LifecycleError::UnknownModel(msg.model))
+        }
+    }
+}
