@@ -349,6 +349,35 @@ async fn admin_routes_need_the_token_when_one_is_set() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_engine_panic_fails_its_batch_at_once_and_the_replica_comes_back() {
+    let repo = Repo::new().fake("m", "max_batch_size = 1\n");
+    let mut factory = FakeEngineFactory::vector(4);
+    factory.panic_on = Some(666.0);
+    let server = TestServer::ready(
+        no_cache(common::config(repo.path())),
+        Arc::new(FakeProvider::new(factory)),
+    )
+    .await;
+    let (status, answer) = server.post("/api/optimized/predict", &body("m", 666)).await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (500, Some("inference_failed")),
+        "{answer}"
+    );
+    assert!(
+        answer["error"].as_str().unwrap().contains("panicked"),
+        "{answer}"
+    );
+    let stats = until(&server, "the replica back", |s| {
+        s["model_pools"]["m"]["replicas"][0]["restarts"] == 1 && replica_states(s, "m") == ["ready"]
+    })
+    .await;
+    assert_eq!(stats["model_pools"]["m"]["replicas"][0]["errors"], 1);
+    let (status, _) = server.post("/api/optimized/predict", &body("m", 1)).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_fails_to_start_is_restarted_with_backoff() {
     let repo = Repo::new().fake("flaky", "");
     let mut factory = FakeEngineFactory::vector(4);

@@ -34,6 +34,9 @@ pub struct FakeEngineFactory {
     pub loads: Arc<AtomicUsize>,
     /// The first this-many `load` calls fail (to test restarts).
     pub failing_loads: usize,
+    /// A batch holding this FP32 value makes the engine panic (to test
+    /// supervision).
+    pub panic_on: Option<f32>,
 }
 
 impl FakeEngineFactory {
@@ -57,6 +60,7 @@ impl FakeEngineFactory {
             batch_sizes: Arc::default(),
             loads: Arc::default(),
             failing_loads: 0,
+            panic_on: None,
         }
     }
 
@@ -106,6 +110,13 @@ impl Engine for FakeEngine {
                 "fake engine refuses batches above {}",
                 self.config.fail_above.unwrap_or_default()
             )));
+        }
+        if let Some(trigger) = self.config.panic_on {
+            let hit = inputs
+                .iter()
+                .filter_map(Tensor::to_f32)
+                .any(|v| v.contains(&trigger));
+            assert!(!hit, "fake engine panics on the value {trigger}");
         }
         if let Some(poison) = self.config.poison {
             let poisoned = inputs
