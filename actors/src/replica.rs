@@ -300,11 +300,11 @@ impl SplitRun<'_> {
         }
     }
 
-    /// One request of several items whose batch ran out of memory: its rows
-    /// run in halves, and it gets the joined outputs.
+    /// One request of several items that ran out of memory on its own: its
+    /// rows run in halves, and it gets the joined outputs.
     fn rows(&mut self, entry: InferRequest) {
         let started = Instant::now();
-        match self.infer_rows(entry.inputs.clone(), entry.items) {
+        match self.split_rows(entry.inputs.clone(), entry.items) {
             Ok((outputs, largest)) => self.answer(vec![entry], outputs, largest, started),
             Err(e) => {
                 warn!(error = %e, batch_size = entry.items, "request failed");
@@ -328,29 +328,38 @@ impl SplitRun<'_> {
             }
             Err(EngineError::OutOfMemory(why)) if rows > 1 => {
                 debug!(error = %why, rows, "rows ran out of memory; splitting them in halves");
-                let split = [rows / 2, rows - rows / 2];
-                let (mut first, mut second) = (Vec::new(), Vec::new());
-                for input in inputs {
-                    let shape = input.shape.clone();
-                    let mut parts = input.split_batch(&split).into_iter().flatten();
-                    match (parts.next(), parts.next()) {
-                        (Some(a), Some(b)) => {
-                            first.push(a);
-                            second.push(b);
-                        }
-                        _ => {
-                            return Err(EngineError::Run(format!(
-                                "an input of shape {shape:?} cannot be split into {split:?} rows"
-                            )))
-                        }
-                    }
-                }
-                let (a, most_a) = self.infer_rows(first, split[0])?;
-                let (b, most_b) = self.infer_rows(second, split[1])?;
-                Ok((join_rows(a, b)?, most_a.max(most_b)))
+                self.split_rows(inputs, rows)
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Runs `rows` stacked rows (at least 2) as two halves, and joins them.
+    fn split_rows(
+        &mut self,
+        inputs: Vec<Tensor>,
+        rows: usize,
+    ) -> Result<(Vec<Tensor>, usize), EngineError> {
+        let split = [rows / 2, rows - rows / 2];
+        let (mut first, mut second) = (Vec::new(), Vec::new());
+        for input in inputs {
+            let shape = input.shape.clone();
+            let mut parts = input.split_batch(&split).into_iter().flatten();
+            match (parts.next(), parts.next()) {
+                (Some(a), Some(b)) => {
+                    first.push(a);
+                    second.push(b);
+                }
+                _ => {
+                    return Err(EngineError::Run(format!(
+                        "an input of shape {shape:?} cannot be split into {split:?} rows"
+                    )))
+                }
+            }
+        }
+        let (a, most_a) = self.infer_rows(first, split[0])?;
+        let (b, most_b) = self.infer_rows(second, split[1])?;
+        Ok((join_rows(a, b)?, most_a.max(most_b)))
     }
 
     /// One engine run; a panic becomes an error and stops later runs.
@@ -588,7 +597,11 @@ mod tests {
             assert_eq!(outcome.outputs[0].shape, [rows, 4]);
             let expected = vec![2.0 * value + 1.0; rows * 4];
             assert_eq!(outcome.outputs[0].to_f32().unwrap(), expected);
-            assert!(outcome.batch_size <= 2, "ran in a batch of {}", outcome.batch_size);
+            assert!(
+                outcome.batch_size <= 2,
+                "ran in a batch of {}",
+                outcome.batch_size
+            );
         }
         // 8 ran out, then 3 (1 + 1 + 1): [1] and [1, 1] ran; then 5 (3 + 1 + 1):
         // the 3-row request's rows ran as 1 + 2, then [1, 1].
@@ -613,7 +626,8 @@ mod tests {
 
     #[test]
     fn halves_split_by_items() {
-        let entries: Vec<InferRequest> = [1, 1, 1, 1, 4].iter().map(|&n| request(n, 0.0).0).collect();
+        let entries: Vec<InferRequest> =
+            [1, 1, 1, 1, 4].iter().map(|&n| request(n, 0.0).0).collect();
         let (first, second) = halves(entries);
         let items = |v: &[InferRequest]| v.iter().map(|e| e.items).collect::<Vec<_>>();
         assert_eq!((items(&first), items(&second)), (vec![1, 1, 1, 1], vec![4]));
