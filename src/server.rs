@@ -111,6 +111,10 @@ pub async fn start(
             .default_service(web::to(api::not_found))
     })
     .shutdown_timeout(config.server.shutdown_timeout_s)
+    // A client that closes its connection while its request waits in a
+    // queue drops the handler, and with it the request's reply channel: the
+    // batcher then skips it (counted as cancelled) instead of running it.
+    .h1_allow_half_closed(false)
     .disable_signals();
     if config.server.workers > 0 {
         http = http.workers(config.server.workers);
