@@ -291,6 +291,10 @@ impl Batcher {
     /// while after running out of memory, to the largest size that ran.
     /// Never below 1.
     fn cap(&self) -> (usize, CapReason) {
+        self.cap_at(Instant::now())
+    }
+
+    fn cap_at(&self, now: Instant) -> (usize, CapReason) {
         if self.state.signature().is_some_and(|sig| !sig.is_batched()) {
             return (1, CapReason::Unbatched);
         }
@@ -303,7 +307,7 @@ impl Batcher {
             }
         }
         if let Some((limit, until)) = self.out_of_memory_cap {
-            if Instant::now() < until && limit < cap.0 {
+            if now < until && limit < cap.0 {
                 cap = (limit.max(1), CapReason::OutOfMemory);
             }
         }
@@ -614,19 +618,29 @@ impl Handler<AttachReplica> for Batcher {
     }
 }
 
+impl Batcher {
+    /// Caps batches at `largest_ok` items (at least 1) for
+    /// [`OUT_OF_MEMORY_HOLD`] from `now`, keeping a lower cap already in
+    /// force; returns the cap.
+    fn lower_cap_after_out_of_memory(&mut self, largest_ok: usize, now: Instant) -> usize {
+        let mut limit = largest_ok.max(1);
+        if let Some((current, until)) = self.out_of_memory_cap {
+            if now < until {
+                limit = limit.min(current);
+            }
+        }
+        self.out_of_memory_cap = Some((limit, now + OUT_OF_MEMORY_HOLD));
+        limit
+    }
+}
+
 impl Handler<RanOutOfMemory> for Batcher {
     type Result = ();
 
     /// Lowers the cap to the largest size that ran (at least 1) for
     /// [`OUT_OF_MEMORY_HOLD`]; a lower cap already in force stays.
     fn handle(&mut self, msg: RanOutOfMemory, _ctx: &mut Self::Context) {
-        let now = Instant::now();
-        let mut limit = msg.largest_ok.max(1);
-        if let Some((current, until)) = self.out_of_memory_cap {
-            if now < until {
-                limit = limit.min(current);
-            }
-        }
+        let limit = self.lower_cap_after_out_of_memory(msg.largest_ok, Instant::now());
         warn!(
             model = %self.model,
             replica = msg.replica,
@@ -635,7 +649,6 @@ impl Handler<RanOutOfMemory> for Batcher {
             hold_s = OUT_OF_MEMORY_HOLD.as_secs(),
             "a batch ran out of memory; lowering the batch cap"
         );
-        self.out_of_memory_cap = Some((limit, now + OUT_OF_MEMORY_HOLD));
     }
 }
 
@@ -772,5 +785,54 @@ impl Handler<RetireModel> for Batcher {
         self.replicas
             .retain(|r| !matches!(r.state, ReplicaState::Refused(_)));
         self.finish_drains(ctx);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::observer::NoObserver;
+
+    fn batcher(settings: &str) -> Batcher {
+        let settings = ModelSettings::parse(settings, std::path::Path::new("m/model.toml"))
+            .expect("valid settings");
+        Batcher::new(
+            "m".into(),
+            &settings,
+            Arc::new(ModelState::default()),
+            Arc::new(NoObserver),
+        )
+    }
+
+    #[test]
+    fn the_cap_follows_free_memory_when_the_memory_per_item_is_known() {
+        let mut b = batcher("max_batch_size = 8\nmemory_per_item_mb = 100\n");
+        // No budget shared yet: the configured cap.
+        assert_eq!(b.cap(), (8, CapReason::MaxBatchSize));
+        let free = Arc::new(AtomicU64::new(350));
+        b.free_memory_mb = Some(free.clone());
+        assert_eq!(b.cap(), (3, CapReason::MemoryBudget));
+        free.store(5000, Ordering::Relaxed);
+        assert_eq!(b.cap(), (8, CapReason::MaxBatchSize));
+        // Never below 1.
+        free.store(0, Ordering::Relaxed);
+        assert_eq!(b.cap(), (1, CapReason::MemoryBudget));
+    }
+
+    #[test]
+    fn running_out_of_memory_lowers_the_cap_for_a_while() {
+        let mut b = batcher("max_batch_size = 8\n");
+        let t0 = Instant::now();
+        assert_eq!(b.lower_cap_after_out_of_memory(4, t0), 4);
+        assert_eq!(b.cap_at(t0), (4, CapReason::OutOfMemory));
+        // A later, larger success does not raise a cap in force; a smaller one lowers it.
+        assert_eq!(b.lower_cap_after_out_of_memory(6, t0), 4);
+        assert_eq!(b.lower_cap_after_out_of_memory(0, t0), 1);
+        assert_eq!(b.cap_at(t0), (1, CapReason::OutOfMemory));
+        // Once the hold is over, the configured cap is back...
+        let later = t0 + OUT_OF_MEMORY_HOLD;
+        assert_eq!(b.cap_at(later), (8, CapReason::MaxBatchSize));
+        // ...and a new shortage starts from scratch.
+        assert_eq!(b.lower_cap_after_out_of_memory(2, later), 2);
     }
 }
