@@ -15,24 +15,25 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{
-    Actor, ActorContext, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message,
-    SpawnHandle, WrapFuture,
-};
+use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, SpawnHandle, WrapFuture};
 use tracing::{info, warn};
 
-use crate::engine::EngineFactory;
 use crate::error::InferError;
-use crate::memory::{MemoryBudget, Release, ShareFreeMemory};
+use crate::memory::{MemoryBudget, ShareFreeMemory};
 use crate::messages::{
-    BatchDone, Enqueue, InferRequest, ItemMemoryMeasured, RanOutOfMemory, ReplicaFailed,
-    ReplicaReady, RunBatch,
+    BatchDone, Enqueue, InferRequest, ItemMemoryMeasured, RanOutOfMemory, ReplicaFailed, RunBatch,
 };
 use crate::model::ModelState;
 use crate::observer::BatchObserver;
 use crate::queue::{PendingQueue, Readiness};
-use crate::replica::Replica;
 use crate::repository::ModelSettings;
+
+mod replicas;
+mod snapshot;
+
+use replicas::ReplicaSlot;
+pub use replicas::{AttachReplica, DrainReplica, ReplicaState, RetireModel, StopBatcher};
+pub use snapshot::{BatcherSnapshot, GetBatcherSnapshot, ReplicaSnapshot};
 
 /// Batches a replica may hold at once: the one running and one waiting, so
 /// the engine never idles for a round trip between batches.
@@ -63,53 +64,6 @@ impl CapReason {
             CapReason::OutOfMemory => "out_of_memory",
         }
     }
-}
-
-/// Lifecycle of a replica as its batcher sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReplicaState {
-    Loading,
-    Ready,
-    Failed(String),
-    /// The memory budget could not hold it; it was never started.
-    Refused(String),
-    /// Being removed: finishes what it holds, takes nothing new.
-    Draining,
-}
-
-impl ReplicaState {
-    pub fn name(&self) -> &'static str {
-        match self {
-            ReplicaState::Loading => "loading",
-            ReplicaState::Ready => "ready",
-            ReplicaState::Failed(_) => "failed",
-            ReplicaState::Refused(_) => "refused",
-            ReplicaState::Draining => "draining",
-        }
-    }
-}
-
-struct ReplicaSlot {
-    id: usize,
-    addr: Option<Addr<Replica>>,
-    state: ReplicaState,
-    inflight_items: usize,
-    inflight_batches: usize,
-    processed: u64,
-    errors: u64,
-    /// Times the replica came back after losing its engine.
-    restarts: u64,
-    /// How to start it again after a failure (`None` for refused slots).
-    factory: Option<Arc<dyn EngineFactory>>,
-    warmup: u32,
-    /// Consecutive failed starts, for the restart backoff.
-    failures: u32,
-}
-
-/// Delay before restarting a replica that failed `failures` times in a row:
-/// 1 s doubling, at most 60 s.
-fn restart_backoff(failures: u32) -> Duration {
-    Duration::from_secs(1u64 << failures.min(6)).min(Duration::from_secs(60))
 }
 
 /// Counters the batcher keeps for stats.
@@ -200,85 +154,6 @@ impl Batcher {
     pub fn with_budget(mut self, budget: Addr<MemoryBudget>) -> Self {
         self.budget = Some(budget);
         self
-    }
-
-    fn spawn_replica(
-        &self,
-        id: usize,
-        factory: Arc<dyn EngineFactory>,
-        warmup: u32,
-        ctx: &mut Context<Self>,
-    ) -> Addr<Replica> {
-        Replica::start(
-            id,
-            self.model.clone(),
-            factory,
-            warmup,
-            ctx.address(),
-            self.observer.clone(),
-            self.batch_cap(),
-        )
-    }
-
-    /// Restarts replica `id` after its backoff, unless it is being removed.
-    fn schedule_restart(&mut self, id: usize, ctx: &mut Context<Self>) {
-        let Some(slot) = self.replicas.iter_mut().find(|r| r.id == id) else {
-            return;
-        };
-        if slot.factory.is_none() || self.retiring {
-            return;
-        }
-        let delay = restart_backoff(slot.failures);
-        slot.failures += 1;
-        warn!(model = %self.model, replica = id, delay_ms = delay.as_millis() as u64, "restarting replica after backoff");
-        ctx.run_later(delay, move |this, ctx| {
-            let Some(slot) = this.replicas.iter().find(|r| r.id == id) else {
-                return;
-            };
-            if !matches!(slot.state, ReplicaState::Failed(_)) || this.retiring {
-                return;
-            }
-            let Some(factory) = slot.factory.clone() else {
-                return;
-            };
-            let warmup = slot.warmup;
-            let addr = this.spawn_replica(id, factory, warmup, ctx);
-            if let Some(slot) = this.replicas.iter_mut().find(|r| r.id == id) {
-                slot.addr = Some(addr);
-                slot.state = ReplicaState::Loading;
-                slot.restarts += 1;
-            }
-        });
-    }
-
-    /// Removes draining replicas that hold nothing any more (their thread
-    /// stops when its address is dropped) and gives their reservation back;
-    /// a retiring batcher stops once its queue is empty and its replicas gone.
-    fn finish_drains(&mut self, ctx: &mut Context<Self>) {
-        if self.retiring && self.queue.is_empty() {
-            for slot in &mut self.replicas {
-                slot.state = ReplicaState::Draining;
-            }
-        }
-        let model = self.model.clone();
-        let budget = self.budget.clone();
-        self.replicas.retain(|slot| {
-            let done = slot.state == ReplicaState::Draining && slot.inflight_batches == 0;
-            if done {
-                info!(model = %model, replica = slot.id, "replica drained and stopped");
-                if let Some(budget) = &budget {
-                    budget.do_send(Release {
-                        owner: format!("{model}/{}", slot.id),
-                    });
-                }
-            }
-            !done
-        });
-        self.update_ready_count();
-        if self.retiring && self.queue.is_empty() && self.replicas.is_empty() {
-            info!(model = %self.model, "model retired");
-            ctx.stop();
-        }
     }
 
     /// Items one batch may hold: the model's cap, or 1 for unbatched models.
@@ -445,33 +320,6 @@ impl Batcher {
             }
         }
     }
-
-    fn update_ready_count(&self) {
-        let ready = self
-            .replicas
-            .iter()
-            .filter(|r| r.state == ReplicaState::Ready)
-            .count();
-        self.state.set_ready_replicas(ready);
-    }
-
-    fn slot_mut(&mut self, id: usize) -> Option<&mut ReplicaSlot> {
-        self.replicas.iter_mut().find(|r| r.id == id)
-    }
-
-    /// With no replica left that could ever serve, waiting requests fail now
-    /// instead of waiting for their deadline.
-    fn fail_queue_if_hopeless(&mut self) {
-        let hopeful = self
-            .replicas
-            .iter()
-            .any(|r| matches!(r.state, ReplicaState::Ready | ReplicaState::Loading));
-        if !hopeful {
-            for entry in self.queue.drain_all() {
-                entry.answer(Err(InferError::ModelNotReady(self.model.clone())));
-            }
-        }
-    }
 }
 
 impl Actor for Batcher {
@@ -526,98 +374,6 @@ impl Handler<BatchDone> for Batcher {
     }
 }
 
-impl Handler<ReplicaReady> for Batcher {
-    type Result = ();
-
-    fn handle(&mut self, msg: ReplicaReady, ctx: &mut Self::Context) {
-        self.state.set_signature(msg.signature);
-        if let Some(slot) = self.slot_mut(msg.replica) {
-            if slot.state == ReplicaState::Draining {
-                return;
-            }
-            if slot.state != ReplicaState::Loading {
-                slot.restarts += 1;
-            }
-            slot.failures = 0;
-            slot.state = ReplicaState::Ready;
-        }
-        self.update_ready_count();
-        self.dispatch(ctx);
-    }
-}
-
-impl Handler<ReplicaFailed> for Batcher {
-    type Result = ();
-
-    fn handle(&mut self, msg: ReplicaFailed, ctx: &mut Self::Context) {
-        let Some(slot) = self.slot_mut(msg.replica) else {
-            return;
-        };
-        if slot.state == ReplicaState::Draining {
-            slot.addr = None;
-            slot.inflight_batches = 0;
-        } else {
-            slot.state = ReplicaState::Failed(msg.error);
-            slot.addr = None;
-            self.schedule_restart(msg.replica, ctx);
-        }
-        self.update_ready_count();
-        self.fail_queue_if_hopeless();
-        self.finish_drains(ctx);
-    }
-}
-
-/// Supervisor → batcher: start replica `id` (its memory is reserved), or
-/// record that the budget refused it. The batcher starts the replica itself
-/// so that the replica's slot exists before the replica can report back.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub enum AttachReplica {
-    Start {
-        id: usize,
-        factory: Arc<dyn EngineFactory>,
-        warmup: u32,
-    },
-    Refused {
-        id: usize,
-        reason: String,
-    },
-}
-
-impl Handler<AttachReplica> for Batcher {
-    type Result = ();
-
-    fn handle(&mut self, msg: AttachReplica, ctx: &mut Self::Context) {
-        let (id, addr, state, factory, warmup) = match msg {
-            AttachReplica::Start {
-                id,
-                factory,
-                warmup,
-            } => {
-                let addr = self.spawn_replica(id, factory.clone(), warmup, ctx);
-                (id, Some(addr), ReplicaState::Loading, Some(factory), warmup)
-            }
-            AttachReplica::Refused { id, reason } => {
-                (id, None, ReplicaState::Refused(reason), None, 0)
-            }
-        };
-        self.replicas.push(ReplicaSlot {
-            id,
-            addr,
-            state,
-            inflight_items: 0,
-            inflight_batches: 0,
-            processed: 0,
-            errors: 0,
-            restarts: 0,
-            factory,
-            warmup,
-            failures: 0,
-        });
-        self.fail_queue_if_hopeless();
-    }
-}
-
 impl Batcher {
     /// Caps batches at `largest_ok` items (at least 1) for
     /// [`OUT_OF_MEMORY_HOLD`] from `now`, keeping a lower cap already in
@@ -668,123 +424,6 @@ impl Handler<ItemMemoryMeasured> for Batcher {
         );
         self.memory_per_item_mb = Some(msg.mb_per_item.max(1));
         self.dispatch(ctx);
-    }
-}
-
-/// One replica's view for stats.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ReplicaSnapshot {
-    pub id: usize,
-    pub state: ReplicaState,
-    pub inflight: usize,
-    pub processed: u64,
-    pub errors: u64,
-    pub restarts: u64,
-}
-
-/// A batcher's view for stats.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BatcherSnapshot {
-    pub queue_depth: usize,
-    /// The batch cap in force now.
-    pub max_batch_size: usize,
-    /// What set it.
-    pub cap_reason: CapReason,
-    /// MB one item needs, when configured or measured.
-    pub memory_per_item_mb: Option<u64>,
-    pub window_ms: u64,
-    pub counters: BatcherCounters,
-    pub replicas: Vec<ReplicaSnapshot>,
-}
-
-/// Asks a batcher for its snapshot.
-#[derive(Message)]
-#[rtype(result = "BatcherSnapshot")]
-pub struct GetBatcherSnapshot;
-
-impl Handler<GetBatcherSnapshot> for Batcher {
-    type Result = actix::MessageResult<GetBatcherSnapshot>;
-
-    fn handle(&mut self, _: GetBatcherSnapshot, _ctx: &mut Self::Context) -> Self::Result {
-        let (max_batch_size, cap_reason) = self.cap();
-        actix::MessageResult(BatcherSnapshot {
-            queue_depth: self.queue.len(),
-            max_batch_size,
-            cap_reason,
-            memory_per_item_mb: self.memory_per_item_mb,
-            window_ms: self.window.as_millis() as u64,
-            counters: self.counters.clone(),
-            replicas: self
-                .replicas
-                .iter()
-                .map(|r| ReplicaSnapshot {
-                    id: r.id,
-                    state: r.state.clone(),
-                    inflight: r.inflight_items,
-                    processed: r.processed,
-                    errors: r.errors,
-                    restarts: r.restarts,
-                })
-                .collect(),
-        })
-    }
-}
-
-/// Stops the batcher: waiting requests are answered `ShuttingDown`.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct StopBatcher;
-
-impl Handler<StopBatcher> for Batcher {
-    type Result = ();
-
-    fn handle(&mut self, _: StopBatcher, ctx: &mut Self::Context) {
-        info!(model = %self.model, "batcher stopping");
-        ctx.stop();
-    }
-}
-
-/// Supervisor → batcher: remove replica `id` once it has finished what it
-/// holds (scale-down). A refused replica goes at once.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct DrainReplica {
-    pub id: usize,
-}
-
-impl Handler<DrainReplica> for Batcher {
-    type Result = ();
-
-    fn handle(&mut self, msg: DrainReplica, ctx: &mut Self::Context) {
-        if let Some(slot) = self.slot_mut(msg.id) {
-            if matches!(
-                slot.state,
-                ReplicaState::Refused(_) | ReplicaState::Failed(_)
-            ) {
-                slot.inflight_batches = 0;
-            }
-            slot.state = ReplicaState::Draining;
-        }
-        self.finish_drains(ctx);
-        self.dispatch(ctx);
-    }
-}
-
-/// Supervisor → batcher: the model is being removed. Requests already queued
-/// are still served; then every replica drains and the batcher stops.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct RetireModel;
-
-impl Handler<RetireModel> for Batcher {
-    type Result = ();
-
-    fn handle(&mut self, _: RetireModel, ctx: &mut Self::Context) {
-        info!(model = %self.model, "retiring model");
-        self.retiring = true;
-        self.replicas
-            .retain(|r| !matches!(r.state, ReplicaState::Refused(_)));
-        self.finish_drains(ctx);
     }
 }
 
