@@ -177,3 +177,74 @@ async fn sigterm_finishes_in_flight_requests_then_exits_0() {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_model_repository() {
+    let repo = Repo::new().copy("models/tiny-classifier", "tiny-classifier", None);
+    let mut child = gantry()
+        .args(["--bind", "127.0.0.1:0", "--log-format", "json", "--models"])
+        .arg(repo.path())
+        .arg("--config")
+        .arg(common::root().join("config/gantry.toml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("gantry starts");
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
+                continue;
+            };
+            if event["message"] == "listening" {
+                let _ = tx.send(event["addr"].as_str().unwrap_or_default().to_string());
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("listening line");
+    let client = reqwest::Client::new();
+    let ready = |model: &str| format!("http://{addr}/v2/models/{model}/ready");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !client
+        .get(ready("tiny-classifier"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(Instant::now() < deadline, "never ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let repo = repo.copy("models/tiny-classifier", "second", None);
+    let status = client.get(ready("second")).send().await.unwrap().status();
+    assert_eq!(status, 404, "not served before the reload");
+    let hup = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !client
+        .get(ready("second"))
+        .send()
+        .await
+        .is_ok_and(|r| r.status() == 200)
+    {
+        assert!(
+            Instant::now() < deadline,
+            "SIGHUP never loaded the new model"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    drop(repo);
+}
