@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::binary::Gantry;
 use common::{noise, Repo};
 use gantry::media::npy::write_npy;
 use gantry_actors::Tensor;
@@ -83,43 +83,11 @@ fn missing_onnx_runtime_says_what_to_run() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_requests_then_exits_0() {
     let repo = Repo::new().copy("models/unet-seg", "unet-seg", None);
-    let mut child = gantry()
-        .args(["--bind", "127.0.0.1:0", "--log-format", "json", "--models"])
-        .arg(repo.path())
-        .arg("--config")
-        .arg(common::root().join("config/gantry.toml"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("gantry starts");
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stdout.lines().map_while(Result::ok) {
-            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if event["message"] == "listening" {
-                let _ = tx.send(event["addr"].as_str().unwrap_or_default().to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("listening line");
-    let base = format!("http://{addr}");
+    let gantry = Gantry::spawn(repo.path(), &[]);
+    let base = gantry.base.clone();
     let client = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(30);
-    let health = format!("{base}/api/optimized/health");
-    while !client
-        .get(&health)
-        .send()
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gantry.wait_for_200(&client, "/api/optimized/health").await;
     // Six uploads of 8 images each: about a quarter second of inference.
     let requests: Vec<_> = (0..6)
         .map(|seed| {
@@ -161,90 +129,32 @@ async fn sigterm_finishes_in_flight_requests_then_exits_0() {
         );
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    gantry.signal("TERM");
     for request in requests {
         let response = request.await.unwrap().expect("in-flight request answered");
         let status = response.status();
         assert_eq!(status, 200, "{}", response.text().await.unwrap_or_default());
     }
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    assert_eq!(gantry.exit_status().await.code(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_model_repository() {
     let repo = Repo::new().copy("models/tiny-classifier", "tiny-classifier", None);
-    let mut child = gantry()
-        .args(["--bind", "127.0.0.1:0", "--log-format", "json", "--models"])
-        .arg(repo.path())
-        .arg("--config")
-        .arg(common::root().join("config/gantry.toml"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("gantry starts");
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in stdout.lines().map_while(Result::ok) {
-            let Ok(event) = serde_json::from_str::<serde_json::Value>(&line) else {
-                continue;
-            };
-            if event["message"] == "listening" {
-                let _ = tx.send(event["addr"].as_str().unwrap_or_default().to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("listening line");
+    let gantry = Gantry::spawn(repo.path(), &[]);
     let client = reqwest::Client::new();
-    let ready = |model: &str| format!("http://{addr}/v2/models/{model}/ready");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !client
-        .get(ready("tiny-classifier"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let ready = |model: &str| format!("{}/v2/models/{model}/ready", gantry.base);
+    gantry
+        .wait_for_200(&client, "/v2/models/tiny-classifier/ready")
+        .await;
     let repo = repo.copy("models/tiny-classifier", "second", None);
     let status = client.get(ready("second")).send().await.unwrap().status();
     assert_eq!(status, 404, "not served before the reload");
-    let hup = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !client
-        .get(ready("second"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(
-            Instant::now() < deadline,
-            "SIGHUP never loaded the new model"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let status = tokio::task::spawn_blocking(move || child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
+    gantry.signal("HUP");
+    gantry
+        .wait_for_200(&client, "/v2/models/second/ready")
+        .await;
+    gantry.signal("TERM");
+    assert_eq!(gantry.exit_status().await.code(), Some(0));
     drop(repo);
 }

@@ -6,11 +6,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::binary::Gantry;
 use common::{tensor, Repo, TestServer};
 use gantry_actors::engine::fake::{FakeEngineFactory, FakeProvider};
 use serde_json::{json, Value};
@@ -160,49 +161,17 @@ async fn metrics_parse_and_move_with_traffic_and_agree_with_stats() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_request_can_be_followed_through_the_json_logs() {
     let repo = Repo::new().copy("models/tiny-classifier", "tiny-classifier", None);
-    let library = gantry::runtime::locate_onnxruntime("").expect("make onnxruntime has run");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gantry"))
-        .args(["--bind", "127.0.0.1:0", "--log-format", "json", "--models"])
-        .arg(repo.path())
-        .arg("--config")
-        .arg(common::root().join("config/gantry.toml"))
-        .env("ORT_DYLIB_PATH", library)
-        .env(
+    let gantry = Gantry::spawn(
+        repo.path(),
+        &[(
             "RUST_LOG",
             "debug,ort=warn,actix=info,actix_server=info,h2=info",
-        )
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("gantry starts");
-    let stdout = BufReader::new(child.stdout.take().unwrap());
-    let (tx, rx) = std::sync::mpsc::channel::<Value>();
-    std::thread::spawn(move || {
-        for line in stdout.lines().map_while(Result::ok) {
-            if let Ok(event) = serde_json::from_str::<Value>(&line) {
-                let _ = tx.send(event);
-            }
-        }
-    });
-    let addr = loop {
-        let event = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("listening line");
-        if event["message"] == "listening" {
-            break event["addr"].as_str().unwrap().to_string();
-        }
-    };
-    let base = format!("http://{addr}");
+        )],
+    );
+    let base = gantry.base.clone();
+    let rx = &gantry.events;
     let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !client
-        .get(format!("{base}/api/optimized/health"))
-        .send()
-        .await
-        .is_ok_and(|r| r.status() == 200)
-    {
-        assert!(Instant::now() < deadline, "never ready");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gantry.wait_for_200(&client, "/api/optimized/health").await;
     let body = json!({"model": "tiny-classifier", "inputs": {"features": tensor(&[1, 64], "FP32", json!(vec![0.25; 64]))}});
     let r = client
         .post(format!("{base}/api/optimized/predict"))
@@ -234,10 +203,8 @@ async fn one_request_can_be_followed_through_the_json_logs() {
             ));
         }
     }
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let _ = child.wait();
+    gantry.signal("TERM");
+    let _ = gantry.exit_status().await;
     let names: Vec<&str> = messages.iter().map(|(m, _)| m.as_str()).collect();
     assert!(names.contains(&"dispatched"), "no batcher line: {names:?}");
     let (_, done) = messages

@@ -1,9 +1,8 @@
 //! `GET /metrics`: the Prometheus page (OpenMetrics text format).
 
 use actix_web::{web, HttpResponse};
-use gantry_actors::supervisor::GetSnapshot;
 
-use super::{resource, AppState};
+use super::{resource, server_snapshot, AppState};
 use crate::error::ApiError;
 use crate::metrics::prometheus::ScrapeInputs;
 
@@ -15,13 +14,7 @@ const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset
 
 async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let service = &state.service;
-    let snapshot = service
-        .serving
-        .supervisor
-        .send(GetSnapshot)
-        .await
-        .map_err(|e| ApiError::Internal(format!("supervisor did not answer: {e}")))?
-        .map_err(ApiError::Internal)?;
+    let snapshot = server_snapshot(&state).await?;
     let cache = service.cache.as_ref().map(|c| c.stats());
     let store = service.log.as_ref().map(|l| l.stats());
     let page = service

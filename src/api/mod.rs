@@ -62,6 +62,21 @@ async fn method_not_allowed(req: HttpRequest) -> Result<actix_web::HttpResponse,
     )))
 }
 
+/// The supervisor's snapshot of every model, the budget and load errors
+/// (what stats and metrics report).
+pub async fn server_snapshot(
+    state: &AppState,
+) -> Result<gantry_actors::supervisor::ServerSnapshot, ApiError> {
+    state
+        .service
+        .serving
+        .supervisor
+        .send(gantry_actors::supervisor::GetSnapshot)
+        .await
+        .map_err(|e| ApiError::Internal(format!("supervisor did not answer: {e}")))?
+        .map_err(ApiError::Internal)
+}
+
 /// The JSON 404 for unknown routes.
 pub async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::NotFound(format!(

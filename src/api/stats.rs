@@ -5,10 +5,10 @@ use std::collections::BTreeMap;
 
 use actix_web::{web, HttpResponse};
 use gantry_actors::batcher::ReplicaState;
-use gantry_actors::supervisor::{GetSnapshot, ModelSnapshot};
+use gantry_actors::supervisor::ModelSnapshot;
 use serde::Serialize;
 
-use super::{resource, AppState};
+use super::{resource, server_snapshot, AppState};
 use crate::cache::CacheStats;
 use crate::error::ApiError;
 use crate::metrics::window::{Percentiles, WindowSummary};
@@ -186,14 +186,7 @@ fn pool(m: &ModelSnapshot) -> Pool {
 }
 
 async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let snapshot = state
-        .service
-        .serving
-        .supervisor
-        .send(GetSnapshot)
-        .await
-        .map_err(|e| ApiError::Internal(format!("supervisor did not answer: {e}")))?
-        .map_err(ApiError::Internal)?;
+    let snapshot = server_snapshot(&state).await?;
     let metrics = &state.service.metrics;
     let stats = Stats {
         uptime_s: (snapshot.uptime_s * 1000.0).round() / 1000.0,
