@@ -18,9 +18,9 @@ pub trait Engine: Send {
     fn signature(&self) -> &ModelSignature;
     fn infer(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, EngineError>;
 
-    /// Peak memory the last `infer` used, in MB, where the engine can
-    /// measure it; `None` where it cannot (ONNX Runtime on the CPU). Warmup
-    /// reads it at two batch sizes to learn the memory one item needs.
+    /// Memory in use after the last `infer`, in MB, where the engine can
+    /// measure it; `None` where it cannot. Warmup reads it at batch 1 and at
+    /// the cap to learn the memory one item needs.
     fn last_peak_memory_mb(&self) -> Option<u64> {
         None
     }

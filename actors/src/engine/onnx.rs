@@ -82,7 +82,11 @@ impl EngineFactory for OnnxFactory {
             inputs: specs(session.inputs().iter().map(|o| (o.name(), o.dtype())))?,
             outputs: specs(session.outputs().iter().map(|o| (o.name(), o.dtype())))?,
         };
-        Ok(Box::new(OnnxEngine { session, signature }))
+        Ok(Box::new(OnnxEngine {
+            session,
+            signature,
+            resident_mb: None,
+        }))
     }
 }
 
@@ -128,6 +132,21 @@ fn from_ort(ty: TensorElementType) -> Option<DataType> {
 pub struct OnnxEngine {
     session: Session,
     signature: ModelSignature,
+    /// The process's resident memory after the last run, in MB.
+    resident_mb: Option<u64>,
+}
+
+/// The process's resident set (`VmRSS`), in MB; `None` off Linux.
+fn resident_mb() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024)
 }
 
 impl Engine for OnnxEngine {
@@ -148,7 +167,18 @@ impl Engine for OnnxEngine {
                 .ok_or_else(|| EngineError::Run(format!("output '{}' is missing", spec.name)))?;
             result.push(from_value(value, spec.dtype).map_err(run_error)?);
         }
+        drop(outputs);
+        self.resident_mb = resident_mb();
         Ok(result)
+    }
+
+    /// On the CPU, ONNX Runtime's arena grows to fit the largest batch run so
+    /// far and keeps that memory, so the resident set after a run at batch N
+    /// minus the one after batch 1 estimates what N - 1 items need. It is the
+    /// whole process's, so other replicas loading at the same moment can
+    /// only make the estimate larger (a smaller cap), never smaller.
+    fn last_peak_memory_mb(&self) -> Option<u64> {
+        self.resident_mb
     }
 }
 
