@@ -378,6 +378,60 @@ async fn an_engine_panic_fails_its_batch_at_once_and_the_replica_comes_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_engine_keeps_failing_is_reloaded() {
+    let repo = Repo::new().fake("m", "max_batch_size = 1\n");
+    let mut factory = FakeEngineFactory::vector(4);
+    factory.poison = Some(13.0);
+    let loads = factory.loads.clone();
+    let server = TestServer::ready(
+        no_cache(common::config(repo.path())),
+        Arc::new(FakeProvider::new(factory)),
+    )
+    .await;
+    for _ in 0..3 {
+        let (status, _) = server.post("/api/optimized/predict", &body("m", 13)).await;
+        assert_eq!(status, 500);
+    }
+    let stats = until(&server, "the engine reloaded", |s| {
+        s["model_pools"]["m"]["replicas"][0]["restarts"] == 1 && replica_states(s, "m") == ["ready"]
+    })
+    .await;
+    assert_eq!(stats["model_pools"]["m"]["replicas"][0]["errors"], 3);
+    assert_eq!(
+        loads.load(Ordering::SeqCst),
+        2,
+        "loaded at start and once more"
+    );
+    let (status, _) = server.post("/api/optimized/predict", &body("m", 1)).await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutting_down_turns_readiness_503_and_refuses_new_predictions() {
+    let repo = Repo::new().fake("m", "");
+    let server = TestServer::ready(no_cache(common::config(repo.path())), provider(0)).await;
+    server
+        .state
+        .service
+        .shutting_down
+        .store(true, Ordering::Relaxed);
+    let (status, _) = server.get("/v2/health/ready").await;
+    assert_eq!(status, 503);
+    let (status, health) = server.get("/api/optimized/health").await;
+    assert_eq!(
+        (status, health["status"].as_str()),
+        (503, Some("shutting_down"))
+    );
+    let (status, answer) = server.post("/api/optimized/predict", &body("m", 1)).await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (503, Some("shutting_down"))
+    );
+    let (status, _) = server.get("/v2/health/live").await;
+    assert_eq!(status, 200, "still alive while draining");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_that_fails_to_start_is_restarted_with_backoff() {
     let repo = Repo::new().fake("flaky", "");
     let mut factory = FakeEngineFactory::vector(4);

@@ -47,6 +47,8 @@ pub struct TestServer {
     pub base: String,
     handle: actix_web::dev::ServerHandle,
     pub client: reqwest::Client,
+    /// What the server's workers share (to flip shutdown, say).
+    pub state: actix_web::web::Data<gantry::api::AppState>,
 }
 
 impl TestServer {
@@ -60,17 +62,18 @@ impl TestServer {
                 let running = gantry::server::start(&config, listener, provider)
                     .await
                     .expect("server starts");
-                tx.send((running.addr, running.server.handle()))
-                    .expect("test alive");
-                let _ = running.server.await;
+                let started = (running.addr, running.server.handle(), running.state.clone());
+                tx.send(started).expect("test alive");
+                let _ = running.run_until_stopped(Duration::from_secs(10)).await;
             });
         });
-        let (addr, handle) = rx
+        let (addr, handle, state) = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("server started");
         TestServer {
             base: format!("http://{addr}"),
             handle,
+            state,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
                 .build()

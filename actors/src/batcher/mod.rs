@@ -26,6 +26,7 @@ use crate::messages::{
 use crate::model::ModelState;
 use crate::observer::BatchObserver;
 use crate::queue::{PendingQueue, Readiness};
+use crate::replica::ReloadEngine;
 use crate::repository::ModelSettings;
 
 mod replicas;
@@ -38,6 +39,9 @@ pub use snapshot::{BatcherSnapshot, GetBatcherSnapshot, ReplicaSnapshot};
 /// Batches a replica may hold at once: the one running and one waiting, so
 /// the engine never idles for a round trip between batches.
 const PIPELINE_DEPTH: usize = 2;
+
+/// Failed batches in a row after which a replica's engine is reloaded.
+const RELOAD_AFTER_FAILED_BATCHES: u32 = 3;
 
 /// How long the cap stays lowered after a batch ran out of memory.
 const OUT_OF_MEMORY_HOLD: Duration = Duration::from_secs(30);
@@ -360,14 +364,30 @@ impl Handler<BatchDone> for Batcher {
     type Result = ();
 
     fn handle(&mut self, msg: BatchDone, ctx: &mut Self::Context) {
+        let mut reloading = false;
         if let Some(slot) = self.slot_mut(msg.replica) {
             slot.inflight_items = slot.inflight_items.saturating_sub(msg.items);
             slot.inflight_batches = slot.inflight_batches.saturating_sub(1);
             if msg.ok {
                 slot.processed += msg.items as u64;
+                slot.failed_batches = 0;
             } else {
                 slot.errors += msg.items as u64;
+                slot.failed_batches += 1;
+                if slot.failed_batches == RELOAD_AFTER_FAILED_BATCHES {
+                    if let Some(addr) = &slot.addr {
+                        addr.do_send(ReloadEngine);
+                    }
+                    slot.state = ReplicaState::Loading;
+                    slot.failed_batches = 0;
+                    slot.restarts += 1;
+                    reloading = true;
+                }
             }
+        }
+        if reloading {
+            warn!(model = %self.model, replica = msg.replica, "replica keeps failing; reloading its engine");
+            self.update_ready_count();
         }
         self.dispatch(ctx);
         self.finish_drains(ctx);

@@ -54,6 +54,8 @@ pub(super) struct ReplicaSlot {
     pub(super) warmup: u32,
     /// Consecutive failed starts, for the restart backoff.
     pub(super) failures: u32,
+    /// Consecutive failed batches; at a threshold the engine is reloaded.
+    pub(super) failed_batches: u32,
 }
 
 /// Delay before restarting a replica that failed `failures` times in a row:
@@ -257,6 +259,7 @@ impl Handler<AttachReplica> for Batcher {
             factory,
             warmup,
             failures: 0,
+            failed_batches: 0,
         });
         self.fail_queue_if_hopeless();
     }

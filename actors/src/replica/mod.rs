@@ -183,6 +183,20 @@ impl Actor for Replica {
     }
 }
 
+/// Batcher → replica: drop the engine and load it again (it kept failing).
+#[derive(actix::Message)]
+#[rtype(result = "()")]
+pub struct ReloadEngine;
+
+impl Handler<ReloadEngine> for Replica {
+    type Result = ();
+
+    fn handle(&mut self, _: ReloadEngine, _ctx: &mut Self::Context) {
+        self.engine = None;
+        self.report_load();
+    }
+}
+
 impl Handler<RunBatch> for Replica {
     type Result = ();
 
