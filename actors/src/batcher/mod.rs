@@ -33,7 +33,7 @@ mod replicas;
 mod snapshot;
 
 use replicas::ReplicaSlot;
-pub use replicas::{AttachReplica, DrainReplica, ReplicaState, RetireModel, StopBatcher};
+pub use replicas::{AttachReplica, DrainReplica, ReplicaState, RetireModel};
 pub use snapshot::{BatcherSnapshot, GetBatcherSnapshot, ReplicaSnapshot};
 
 /// Batches a replica may hold at once: the one running and one waiting, so

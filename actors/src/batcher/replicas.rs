@@ -265,20 +265,6 @@ impl Handler<AttachReplica> for Batcher {
     }
 }
 
-/// Stops the batcher: waiting requests are answered `ShuttingDown`.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct StopBatcher;
-
-impl Handler<StopBatcher> for Batcher {
-    type Result = ();
-
-    fn handle(&mut self, _: StopBatcher, ctx: &mut Self::Context) {
-        info!(model = %self.model, "batcher stopping");
-        ctx.stop();
-    }
-}
-
 /// Supervisor → batcher: remove replica `id` once it has finished what it
 /// holds (scale-down). A refused replica goes at once.
 #[derive(Message)]
