@@ -112,7 +112,18 @@ async fn metrics_parse_and_move_with_traffic_and_agree_with_stats() {
         .await;
     assert_eq!(status, 404);
 
-    let after = scrape(&server).await;
+    // A batch is observed on the replica thread just after its answers go
+    // out, so the last one may land a moment after its client returned.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let page = scrape(&server).await;
+        let batches = value(&page, "gantry_batch_size_count{model=m}")
+            - value(&before, "gantry_batch_size_count{model=m}");
+        if batches >= 3.0 || Instant::now() > deadline {
+            break page;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let moved = |key: &str| value(&after, key) - value(&before, key);
     assert_eq!(moved("gantry_requests_total{model=m,status=200}"), 4.0);
     assert_eq!(moved("gantry_requests_total{model=m,status=422}"), 1.0);

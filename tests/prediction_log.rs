@@ -110,8 +110,7 @@ async fn every_outcome_is_logged_and_can_be_looked_up() {
     loop {
         let stats = server.stats().await;
         let pool = &stats["connection_pools"]["postgres"];
-        assert_eq!(pool["status"], "up");
-        if pool["rows_written"].as_u64().unwrap() >= 3 {
+        if pool["status"] == "up" && pool["rows_written"].as_u64().unwrap() >= 3 {
             break;
         }
         assert!(Instant::now() < deadline, "rows never written: {pool}");

@@ -53,7 +53,23 @@ async fn two_replicas_both_do_work() {
         .map(|a| a["replica"].as_u64().unwrap())
         .collect();
     assert_eq!(used, BTreeSet::from([0, 1]));
-    let stats = server.stats().await;
+    // Replicas report a batch done just after its answers go out.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let stats = loop {
+        let stats = server.stats().await;
+        let replicas = stats["model_pools"]["m"]["replicas"]
+            .as_array()
+            .unwrap()
+            .clone();
+        let done: u64 = replicas
+            .iter()
+            .map(|r| r["processed"].as_u64().unwrap())
+            .sum();
+        if done == 16 || std::time::Instant::now() > deadline {
+            break stats;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let replicas = stats["model_pools"]["m"]["replicas"]
         .as_array()
         .unwrap()
