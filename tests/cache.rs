@@ -8,6 +8,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use common::{noise, tensor, Repo, TestServer};
+use gantry::cache::CacheKey;
+use gantry_actors::Tensor;
 use serde_json::{json, Value};
 
 const SHARED_REDIS: &str = "redis://127.0.0.1:6379";
@@ -102,27 +104,51 @@ async fn two_servers_share_results_through_redis() {
     let repo = repo();
     let mut config = common::config(repo.path());
     config.cache.redis_url = SHARED_REDIS.into();
-    config.cache.redis_timeout_ms = 200;
+    // Generous: under CI load a slow answer must not read as a miss.
+    config.cache.redis_timeout_ms = 2000;
     let first = TestServer::ready(config.clone(), common::onnx_provider()).await;
     let second = TestServer::ready(config, common::onnx_provider()).await;
     let request = fresh_request();
     let (_, computed) = first.post("/api/optimized/predict", &request).await;
     assert_eq!(computed["cache"], Value::Null);
 
-    // The L2 write is off the request path: wait for it to land.
+    // The L2 write is off the request path: wait until the entry is in
+    // Redis (asking the second server earlier would fill its own L1).
+    let values: Vec<f32> = common::floats(&request["inputs"]["features"]["data"])
+        .iter()
+        .map(|&v| v as f32)
+        .collect();
+    let key = CacheKey::of(
+        "tiny-classifier",
+        computed["model_version"].as_str().unwrap(),
+        &[(
+            "features".to_string(),
+            Tensor::from_f32(vec![1, 64], &values).unwrap(),
+        )],
+    );
+    let redis_key = format!("gantry:v1:{}", key.hex());
+    let mut conn = redis::Client::open(SHARED_REDIS)
+        .unwrap()
+        .get_connection()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    let answer = loop {
-        let (status, answer) = second.post("/api/optimized/predict", &request).await;
-        assert_eq!(status, 200);
-        if answer["cache"] == "l2" {
-            break answer;
-        }
+    while !redis::cmd("EXISTS")
+        .arg(&redis_key)
+        .query::<bool>(&mut conn)
+        .unwrap()
+    {
         assert!(
             Instant::now() < deadline,
-            "second server never hit L2: {answer}"
+            "the first server never wrote {redis_key}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (status, answer) = second.post("/api/optimized/predict", &request).await;
+    assert_eq!(
+        (status, answer["cache"].as_str()),
+        (200, Some("l2")),
+        "{answer}"
+    );
     assert_eq!(answer["outputs"], computed["outputs"]);
     let (_, again) = second.post("/api/optimized/predict", &request).await;
     assert_eq!(again["cache"], "l1", "an L2 hit fills L1");
