@@ -450,3 +450,33 @@ async fn a_replica_that_fails_to_start_is_restarted_with_backoff() {
         .await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_model_keeps_exactly_its_own_reservation() {
+    let repo = Repo::new().fake("a", "memory_mb = 100\n");
+    let server = TestServer::ready(no_cache(common::config(repo.path())), provider(0)).await;
+    std::fs::write(
+        repo.path().join("a/model.toml"),
+        "memory_mb = 100\nmax_batch_size = 2\n",
+    )
+    .unwrap();
+    let (_, report) = admin(
+        &server,
+        reqwest::Method::POST,
+        "/api/optimized/reload",
+        None,
+    )
+    .await;
+    assert_eq!(report["models"]["a"], "replacing");
+    until(&server, "the replacement serving", |s| {
+        s["model_pools"]["a"]["batcher"]["max_batch_size"] == 2
+            && replica_states(s, "a") == ["ready"]
+    })
+    .await;
+    // The old instance drains and releases its own reservation, not the
+    // new one's.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let stats = server.stats().await;
+    assert_eq!(stats["memory"]["reserved_mb"], 100, "{}", stats["memory"]);
+    assert_eq!(stats["memory"]["threads_reserved"], 1);
+}

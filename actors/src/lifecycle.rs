@@ -96,6 +96,14 @@ fn only_replicas_differ(a: &ModelSettings, b: &ModelSettings) -> bool {
 }
 
 impl Supervisor {
+    /// `n` replica ids for `model` that were never used before.
+    fn take_ids(&mut self, model: &str, n: usize) -> Vec<usize> {
+        let next = self.issued_ids.entry(model.to_string()).or_insert(0);
+        let ids = (*next..*next + n).collect();
+        *next += n;
+        ids
+    }
+
     /// Starts replicas `ids` of `handle` in the background.
     fn spawn_starts(&self, handle: Arc<ModelHandle>, ids: Vec<usize>, ctx: &mut Context<Self>) {
         if ids.is_empty() {
@@ -111,8 +119,9 @@ impl Supervisor {
 
     /// Grows or shrinks a plan; returns the old count.
     fn rescale(&mut self, model: &str, replicas: usize, ctx: &mut Context<Self>) -> Option<usize> {
+        let before = self.plans.get(model)?.ids.len();
+        let new = self.take_ids(model, replicas.saturating_sub(before));
         let plan = self.plans.get_mut(model)?;
-        let before = plan.ids.len();
         plan.handle.state.set_desired_replicas(replicas);
         if replicas < before {
             for id in plan.ids.split_off(replicas) {
@@ -120,8 +129,6 @@ impl Supervisor {
             }
             return Some(before);
         }
-        let new: Vec<usize> = (plan.next_id..plan.next_id + (replicas - before)).collect();
-        plan.next_id += new.len();
         plan.ids.extend(&new);
         let handle = plan.handle.clone();
         self.spawn_starts(handle, new, ctx);
@@ -142,7 +149,8 @@ impl Supervisor {
         let Some(current) = self.plans.get(&name).map(|p| p.handle.spec.clone()) else {
             let handle = register_model(spec, self.observer.clone(), &self.budget);
             self.set_registry(handle.clone());
-            let plan = ReplicaPlan::new(handle.clone(), replicas);
+            let ids = self.take_ids(&name, replicas);
+            let plan = ReplicaPlan::new(handle.clone(), ids);
             self.spawn_starts(handle, plan.ids.clone(), ctx);
             self.plans.insert(name, plan);
             return Change::Added;
@@ -167,7 +175,8 @@ impl Supervisor {
         let name = spec.name.clone();
         let replicas = spec.settings.replicas;
         let fresh = register_model(spec, self.observer.clone(), &self.budget);
-        let plan = ReplicaPlan::new(fresh.clone(), replicas);
+        let ids = self.take_ids(&name, replicas);
+        let plan = ReplicaPlan::new(fresh.clone(), ids);
         let ids = plan.ids.clone();
         let budget = self.budget.clone();
         let provider = self.provider.clone();

@@ -76,6 +76,10 @@ pub struct Supervisor {
     pub(crate) load_errors: LoadErrors,
     /// The replicas each served model should have, by name.
     pub(crate) plans: BTreeMap<String, ReplicaPlan>,
+    /// Next replica id per model name, never reused: a replacement or a
+    /// reloaded model gets new ids, so its reservations (`model/id`) never
+    /// collide with those of an instance still draining.
+    pub(crate) issued_ids: BTreeMap<String, usize>,
     started: Instant,
 }
 
@@ -83,18 +87,13 @@ pub struct Supervisor {
 pub(crate) struct ReplicaPlan {
     pub handle: Arc<ModelHandle>,
     pub ids: Vec<usize>,
-    pub next_id: usize,
 }
 
 impl ReplicaPlan {
-    /// A plan of `n` replicas with ids 0..n.
-    pub fn new(handle: Arc<ModelHandle>, n: usize) -> ReplicaPlan {
-        handle.state.set_desired_replicas(n);
-        ReplicaPlan {
-            handle,
-            ids: (0..n).collect(),
-            next_id: n,
-        }
+    /// A plan of the replicas `ids`.
+    pub fn new(handle: Arc<ModelHandle>, ids: Vec<usize>) -> ReplicaPlan {
+        handle.state.set_desired_replicas(ids.len());
+        ReplicaPlan { handle, ids }
     }
 }
 
@@ -117,13 +116,16 @@ impl Supervisor {
         // health is never "all ready" over a half-read repository.
         let observer = config.observer;
         let mut plans = BTreeMap::new();
+        let mut issued_ids = BTreeMap::new();
         {
             let mut models = registry.write().unwrap_or_else(|e| e.into_inner());
             for spec in scan.models {
                 let replicas = spec.settings.replicas;
                 let handle = register_model(spec, observer.clone(), &budget);
                 models.insert(handle.spec.name.clone(), handle.clone());
-                plans.insert(handle.spec.name.clone(), ReplicaPlan::new(handle, replicas));
+                issued_ids.insert(handle.spec.name.clone(), replicas);
+                let ids = (0..replicas).collect();
+                plans.insert(handle.spec.name.clone(), ReplicaPlan::new(handle, ids));
             }
         }
         let supervisor = Supervisor {
@@ -134,6 +136,7 @@ impl Supervisor {
             registry: registry.clone(),
             load_errors: load_errors.clone(),
             plans,
+            issued_ids,
             started: Instant::now(),
         }
         .start();
