@@ -473,9 +473,13 @@ async fn a_replaced_model_keeps_exactly_its_own_reservation() {
             && replica_states(s, "a") == ["ready"]
     })
     .await;
-    // The old instance drains and releases its own reservation, not the
-    // new one's.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The old instance drains (after a one-second grace) and releases its
+    // own reservation, not the new one's.
+    until(&server, "the old reservation released", |s| {
+        s["memory"]["reserved_mb"] == 100
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     let stats = server.stats().await;
     assert_eq!(stats["memory"]["reserved_mb"], 100, "{}", stats["memory"]);
     assert_eq!(stats["memory"]["threads_reserved"], 1);

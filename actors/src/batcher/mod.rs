@@ -100,6 +100,9 @@ pub struct Batcher {
     budget: Option<Addr<MemoryBudget>>,
     /// Set when the model is being removed: stop once the queue is empty.
     retiring: bool,
+    /// A retiring batcher keeps its replicas serving until this instant,
+    /// so requests that took its handle just before a swap still run.
+    retire_after: Option<Instant>,
     me: Option<Addr<Batcher>>,
     /// MB one item of a batch needs: `memory_per_item_mb`, else what warmup
     /// measured, else unknown.
@@ -133,6 +136,7 @@ impl Batcher {
             observer,
             budget: None,
             retiring: false,
+            retire_after: None,
             me: None,
             memory_per_item_mb: settings.memory_per_item_mb,
             memory_per_item_configured: settings.memory_per_item_mb.is_some(),
@@ -240,6 +244,12 @@ impl Batcher {
         let Some(addr) = slot.addr.as_ref() else {
             for entry in entries {
                 entry.answer(Err(InferError::Inference("the replica has stopped".into())));
+            }
+            if let Some(me) = &self.me {
+                me.do_send(ReplicaFailed {
+                    replica: slot.id,
+                    error: "the replica has no thread".into(),
+                });
             }
             return;
         };
@@ -357,6 +367,10 @@ impl Handler<Enqueue> for Batcher {
         request.enqueued = Instant::now();
         self.queue.push(request);
         self.dispatch(ctx);
+        if self.retiring {
+            self.fail_queue_if_hopeless();
+            self.finish_drains(ctx);
+        }
     }
 }
 
@@ -374,7 +388,8 @@ impl Handler<BatchDone> for Batcher {
             } else {
                 slot.errors += msg.items as u64;
                 slot.failed_batches += 1;
-                if slot.failed_batches == RELOAD_AFTER_FAILED_BATCHES {
+                let serving = slot.state == ReplicaState::Ready && slot.addr.is_some();
+                if serving && slot.failed_batches >= RELOAD_AFTER_FAILED_BATCHES {
                     if let Some(addr) = &slot.addr {
                         addr.do_send(ReloadEngine);
                     }

@@ -3,7 +3,10 @@
 //! backoff, draining them on scale-down and retiring the whole model.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// How long a retiring model keeps serving after its queue empties.
+const RETIRE_GRACE: Duration = Duration::from_secs(1);
 
 use actix::{ActorContext, Addr, AsyncContext, Context, Handler, Message};
 use tracing::{info, warn};
@@ -118,7 +121,8 @@ impl Batcher {
     /// stops when its address is dropped) and gives their reservation back;
     /// a retiring batcher stops once its queue is empty and its replicas gone.
     pub(super) fn finish_drains(&mut self, ctx: &mut Context<Self>) {
-        if self.retiring && self.queue.is_empty() {
+        let grace_over = self.retire_after.is_some_and(|at| Instant::now() >= at);
+        if self.retiring && grace_over && self.queue.is_empty() {
             for slot in &mut self.replicas {
                 slot.state = ReplicaState::Draining;
             }
@@ -178,7 +182,9 @@ impl Handler<ReplicaReady> for Batcher {
     fn handle(&mut self, msg: ReplicaReady, ctx: &mut Self::Context) {
         self.state.set_signature(msg.signature);
         if let Some(slot) = self.slot_mut(msg.replica) {
-            if slot.state == ReplicaState::Draining {
+            // A thread whose slot was already given up (failed, restart
+            // pending) may still report; only a slot with a thread serves.
+            if slot.state == ReplicaState::Draining || slot.addr.is_none() {
                 return;
             }
             if slot.state != ReplicaState::Loading {
@@ -199,6 +205,7 @@ impl Handler<ReplicaFailed> for Batcher {
         let Some(slot) = self.slot_mut(msg.replica) else {
             return;
         };
+        slot.failed_batches = 0;
         if slot.state == ReplicaState::Draining {
             slot.addr = None;
             slot.inflight_batches = 0;
@@ -303,6 +310,9 @@ impl Handler<RetireModel> for Batcher {
     fn handle(&mut self, _: RetireModel, ctx: &mut Self::Context) {
         info!(model = %self.model, "retiring model");
         self.retiring = true;
+        self.retire_after = Some(Instant::now() + RETIRE_GRACE);
+        ctx.run_later(RETIRE_GRACE, |this, ctx| this.finish_drains(ctx));
+        self.fail_queue_if_hopeless();
         self.replicas
             .retain(|r| !matches!(r.state, ReplicaState::Refused(_)));
         self.finish_drains(ctx);

@@ -106,7 +106,15 @@ impl Replica {
     }
 
     fn report_load(&mut self) {
-        match self.load() {
+        // A panic while loading or warming up must still be reported, or
+        // the batcher would wait for this replica forever.
+        let loaded = catch_unwind(AssertUnwindSafe(|| self.load())).unwrap_or_else(|panic| {
+            Err(EngineError::Load(format!(
+                "panicked while loading: {}",
+                panic_message(&panic)
+            )))
+        });
+        match loaded {
             Ok((signature, mb_per_item)) => {
                 if let Some(mb_per_item) = mb_per_item {
                     self.batcher.do_send(ItemMemoryMeasured {
