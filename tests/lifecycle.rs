@@ -484,3 +484,23 @@ async fn a_replaced_model_keeps_exactly_its_own_reservation() {
     assert_eq!(stats["memory"]["reserved_mb"], 100, "{}", stats["memory"]);
     assert_eq!(stats["memory"]["threads_reserved"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_while_loading_is_reported_and_restarted() {
+    let repo = Repo::new().fake("shaky", "");
+    let mut factory = FakeEngineFactory::vector(4);
+    factory.panic_on_first_load = true;
+    let server = TestServer::start(
+        no_cache(common::config(repo.path())),
+        Arc::new(FakeProvider::new(factory)),
+    );
+    let stats = until(&server, "the replica ready after a panicking load", |s| {
+        replica_states(s, "shaky") == ["ready"]
+    })
+    .await;
+    assert_eq!(stats["model_pools"]["shaky"]["replicas"][0]["restarts"], 1);
+    let (status, _) = server
+        .post("/api/optimized/predict", &body("shaky", 1))
+        .await;
+    assert_eq!(status, 200);
+}

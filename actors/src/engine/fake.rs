@@ -34,6 +34,8 @@ pub struct FakeEngineFactory {
     pub loads: Arc<AtomicUsize>,
     /// The first this-many `load` calls fail (to test restarts).
     pub failing_loads: usize,
+    /// The first `load` call panics (to test supervision of loading).
+    pub panic_on_first_load: bool,
     /// A batch holding this FP32 value makes the engine panic (to test
     /// supervision).
     pub panic_on: Option<f32>,
@@ -60,6 +62,7 @@ impl FakeEngineFactory {
             batch_sizes: Arc::default(),
             loads: Arc::default(),
             failing_loads: 0,
+            panic_on_first_load: false,
             panic_on: None,
         }
     }
@@ -74,6 +77,10 @@ impl FakeEngineFactory {
 impl EngineFactory for FakeEngineFactory {
     fn load(&self) -> Result<Box<dyn Engine>, EngineError> {
         let earlier = self.loads.fetch_add(1, Ordering::SeqCst);
+        assert!(
+            !(self.panic_on_first_load && earlier == 0),
+            "fake engine panics while loading"
+        );
         if earlier < self.failing_loads {
             return Err(EngineError::Load(format!(
                 "fake load {} of {} fails",
