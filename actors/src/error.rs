@@ -34,6 +34,10 @@ pub enum EngineError {
     Load(String),
     #[error("{0}")]
     Run(String),
+    /// The runtime refused these inputs (values out of range, say): the
+    /// request's fault, not the engine's, so it never counts toward a reload.
+    #[error("{0}")]
+    Rejected(String),
     /// The runtime ran out of memory for this batch; a smaller batch may fit.
     #[error("out of memory: {0}")]
     OutOfMemory(String),

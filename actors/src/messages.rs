@@ -96,6 +96,9 @@ pub struct BatchDone {
     pub replica: usize,
     pub items: usize,
     pub ok: bool,
+    /// The engine itself failed (a panic or a run error that is not out of
+    /// memory and not a rejected input); counts toward reloading it.
+    pub engine_fault: bool,
 }
 
 /// Replica → batcher: a batch ran out of memory and was split; batches of

@@ -387,7 +387,9 @@ impl Handler<BatchDone> for Batcher {
                 slot.failed_batches = 0;
             } else {
                 slot.errors += msg.items as u64;
-                slot.failed_batches += 1;
+                if msg.engine_fault {
+                    slot.failed_batches += 1;
+                }
                 let serving = slot.state == ReplicaState::Ready && slot.addr.is_some();
                 if serving && slot.failed_batches >= RELOAD_AFTER_FAILED_BATCHES {
                     if let Some(addr) = &slot.addr {

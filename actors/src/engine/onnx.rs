@@ -192,6 +192,8 @@ fn run_error<R>(e: ort::Error<R>) -> EngineError {
         || lower.contains("bad_alloc")
     {
         EngineError::OutOfMemory(message)
+    } else if e.code() == ort::ErrorCode::InvalidArgument {
+        EngineError::Rejected(message)
     } else {
         EngineError::Run(message)
     }

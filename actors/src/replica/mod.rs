@@ -221,6 +221,7 @@ impl Handler<RunBatch> for Replica {
                 replica: self.id,
                 items,
                 ok: false,
+                engine_fault: true,
             });
             return;
         };
@@ -234,6 +235,7 @@ impl Handler<RunBatch> for Replica {
             ran_out: None,
             panicked: None,
             failed: 0,
+            faults: 0,
         };
         run.batch(msg.entries);
         let SplitRun {
@@ -241,8 +243,10 @@ impl Handler<RunBatch> for Replica {
             ran_out,
             panicked,
             failed,
+            faults,
             ..
         } = run;
+        let engine_fault = faults > 0 || panicked.is_some();
         let inference = started.elapsed();
         if let Some(why) = panicked {
             error!(error = %why, "engine panicked; reloading the replica");
@@ -267,6 +271,7 @@ impl Handler<RunBatch> for Replica {
             replica: self.id,
             items,
             ok,
+            engine_fault,
         });
     }
 }

@@ -19,6 +19,9 @@ pub(super) struct SplitRun<'a> {
     pub(super) panicked: Option<String>,
     /// Items whose requests were answered with an error.
     pub(super) failed: usize,
+    /// Failures that were the engine's fault (not out of memory, not inputs
+    /// the runtime rejected).
+    pub(super) faults: usize,
 }
 
 impl SplitRun<'_> {
@@ -48,8 +51,12 @@ impl SplitRun<'_> {
                 }
             }
             Err(e) => {
-                if matches!(e, EngineError::OutOfMemory(_)) {
-                    self.ran_out.get_or_insert(items);
+                match e {
+                    EngineError::OutOfMemory(_) => {
+                        self.ran_out.get_or_insert(items);
+                    }
+                    EngineError::Rejected(_) => {}
+                    EngineError::Run(_) | EngineError::Load(_) => self.faults += 1,
                 }
                 warn!(error = %e, batch_size = items, "batch failed");
                 self.failed += items;
