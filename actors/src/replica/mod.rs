@@ -409,6 +409,7 @@ mod tests {
             ran_out: None,
             panicked: None,
             failed: 0,
+            faults: 0,
         };
         run.batch(entries);
         (run.largest_ok, run.ran_out, run.failed)
