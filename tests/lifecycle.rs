@@ -504,3 +504,29 @@ async fn a_panic_while_loading_is_reported_and_restarted() {
         .await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_up_and_straight_back_down_leaks_no_reservation() {
+    let repo = Repo::new().fake("m", "memory_mb = 100\n");
+    let server = TestServer::ready(no_cache(common::config(repo.path())), provider(0)).await;
+    let path = "/api/optimized/models/m/replicas";
+    for replicas in [6, 1, 5, 1] {
+        let (status, _) = admin(
+            &server,
+            reqwest::Method::PUT,
+            path,
+            Some(json!({ "replicas": replicas })),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let stats = until(&server, "one replica and its reservation only", |s| {
+        replica_states(s, "m") == ["ready"] && s["memory"]["reserved_mb"] == 100
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let later = server.stats().await;
+    assert_eq!(later["memory"]["reserved_mb"], 100, "{}", later["memory"]);
+    assert_eq!(replica_states(&later, "m"), ["ready"]);
+    assert_eq!(stats["memory"]["threads_reserved"], 1);
+}

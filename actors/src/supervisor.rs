@@ -219,7 +219,15 @@ pub(crate) async fn start_replicas(
                 reason: format!("memory budget unavailable: {e}"),
             },
         };
-        handle.batcher.do_send(attach);
+        // A batcher that has already retired can take no replica: give the
+        // reservation back. A full mailbox is only busy: deliver anyway.
+        match handle.batcher.try_send(attach) {
+            Ok(()) => {}
+            Err(actix::dev::SendError::Full(attach)) => handle.batcher.do_send(attach),
+            Err(actix::dev::SendError::Closed(_)) => budget.do_send(crate::memory::Release {
+                owner: format!("{}/{id}", spec.name),
+            }),
+        }
     }
 }
 

@@ -103,6 +103,9 @@ pub struct Batcher {
     /// A retiring batcher keeps its replicas serving until this instant,
     /// so requests that took its handle just before a swap still run.
     retire_after: Option<Instant>,
+    /// Replicas drained before the supervisor's `AttachReplica` for them
+    /// arrived: when it does, their reservation is given back at once.
+    drained_early: Vec<usize>,
     me: Option<Addr<Batcher>>,
     /// MB one item of a batch needs: `memory_per_item_mb`, else what warmup
     /// measured, else unknown.
@@ -137,6 +140,7 @@ impl Batcher {
             budget: None,
             retiring: false,
             retire_after: None,
+            drained_early: Vec::new(),
             me: None,
             memory_per_item_mb: settings.memory_per_item_mb,
             memory_per_item_configured: settings.memory_per_item_mb.is_some(),
@@ -356,6 +360,23 @@ impl Handler<Enqueue> for Batcher {
     type Result = ();
 
     fn handle(&mut self, Enqueue(mut request): Enqueue, ctx: &mut Self::Context) {
+        if self.queue.len() >= self.queue_capacity {
+            // Requests whose caller left or whose deadline passed give their
+            // place up before anyone is refused.
+            let now = Instant::now();
+            for entry in self
+                .queue
+                .remove_where(|e| e.is_cancelled() || e.deadline <= now)
+            {
+                if entry.is_cancelled() {
+                    self.counters.cancelled += 1;
+                } else {
+                    self.counters.expired += 1;
+                    let waited_ms = now.duration_since(entry.enqueued).as_millis() as u64;
+                    entry.answer(Err(InferError::DeadlineExceeded { waited_ms }));
+                }
+            }
+        }
         if self.queue.len() >= self.queue_capacity {
             self.counters.rejected += 1;
             request.answer(Err(InferError::QueueFull {

@@ -241,6 +241,22 @@ impl Handler<AttachReplica> for Batcher {
     type Result = ();
 
     fn handle(&mut self, msg: AttachReplica, ctx: &mut Self::Context) {
+        let id = match &msg {
+            AttachReplica::Start { id, .. } | AttachReplica::Refused { id, .. } => *id,
+        };
+        let drained = self.drained_early.iter().position(|d| *d == id);
+        if self.retiring || drained.is_some() {
+            if let Some(index) = drained {
+                self.drained_early.swap_remove(index);
+            }
+            if let Some(budget) = &self.budget {
+                budget.do_send(Release {
+                    owner: format!("{}/{id}", self.model),
+                });
+            }
+            self.finish_drains(ctx);
+            return;
+        }
         let (id, addr, state, factory, warmup) = match msg {
             AttachReplica::Start {
                 id,
@@ -284,6 +300,9 @@ impl Handler<DrainReplica> for Batcher {
     type Result = ();
 
     fn handle(&mut self, msg: DrainReplica, ctx: &mut Self::Context) {
+        if self.slot_mut(msg.id).is_none() {
+            self.drained_early.push(msg.id);
+        }
         if let Some(slot) = self.slot_mut(msg.id) {
             if matches!(
                 slot.state,
