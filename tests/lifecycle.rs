@@ -530,3 +530,34 @@ async fn scaling_up_and_straight_back_down_leaks_no_reservation() {
     assert_eq!(replica_states(&later, "m"), ["ready"]);
     assert_eq!(stats["memory"]["threads_reserved"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn back_to_back_reloads_end_on_the_newest_settings() {
+    let repo = Repo::new().fake("a", "memory_mb = 100\n");
+    let server = TestServer::ready(no_cache(common::config(repo.path())), provider(0)).await;
+    for cap in [2, 3] {
+        let toml = format!("memory_mb = 100\nmax_batch_size = {cap}\n");
+        std::fs::write(repo.path().join("a/model.toml"), toml).unwrap();
+        let (status, _) = admin(
+            &server,
+            reqwest::Method::POST,
+            "/api/optimized/reload",
+            None,
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    until(
+        &server,
+        "the newest settings serving with one reservation",
+        |s| {
+            s["model_pools"]["a"]["batcher"]["max_batch_size"] == 3
+                && s["memory"]["reserved_mb"] == 100
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stats = server.stats().await;
+    assert_eq!(stats["model_pools"]["a"]["batcher"]["max_batch_size"], 3);
+    assert_eq!(stats["memory"]["reserved_mb"], 100, "{}", stats["memory"]);
+}

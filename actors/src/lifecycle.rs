@@ -155,10 +155,19 @@ impl Supervisor {
             self.plans.insert(name, plan);
             return Change::Added;
         };
+        if let Some((pending, _)) = self.replacing.get(&name) {
+            if *pending == spec {
+                return Change::Replacing;
+            }
+        }
         let same_model = current.version == spec.version
             && current.memory_mb == spec.memory_mb
             && only_replicas_differ(&current.settings, &spec.settings);
         if same_model {
+            // Back to what is serving: a pending replacement is not needed.
+            if let Some((_, pending)) = self.replacing.remove(&name) {
+                pending.batcher.do_send(RetireModel);
+            }
             if current.settings.replicas == replicas && self.plans[&name].ids.len() == replicas {
                 return Change::Unchanged;
             }
@@ -174,7 +183,10 @@ impl Supervisor {
     fn replace(&mut self, spec: ModelSpec, ctx: &mut Context<Self>) {
         let name = spec.name.clone();
         let replicas = spec.settings.replicas;
-        let fresh = register_model(spec, self.observer.clone(), &self.budget);
+        let fresh = register_model(spec.clone(), self.observer.clone(), &self.budget);
+        if let Some((_, superseded)) = self.replacing.insert(name.clone(), (spec, fresh.clone())) {
+            superseded.batcher.do_send(RetireModel);
+        }
         let ids = self.take_ids(&name, replicas);
         let plan = ReplicaPlan::new(fresh.clone(), ids);
         let ids = plan.ids.clone();
@@ -191,6 +203,15 @@ impl Supervisor {
             starting.is_ready()
         };
         ctx.spawn(wait.into_actor(self).map(move |ready, act, _ctx| {
+            let current = act
+                .replacing
+                .get(&name)
+                .is_some_and(|(_, pending)| Arc::ptr_eq(pending, &fresh));
+            if !current {
+                // Superseded by a newer replacement (already retired).
+                return;
+            }
+            act.replacing.remove(&name);
             if !ready {
                 warn!(model = %name, "replacement never became ready; keeping the current model");
                 fresh.batcher.do_send(RetireModel);
@@ -207,6 +228,9 @@ impl Supervisor {
     /// Takes a model out of the registry (new requests get 404) and lets
     /// its batcher finish what it holds.
     fn remove(&mut self, name: &str) -> bool {
+        if let Some((_, pending)) = self.replacing.remove(name) {
+            pending.batcher.do_send(RetireModel);
+        }
         let Some(plan) = self.plans.remove(name) else {
             return false;
         };

@@ -80,6 +80,9 @@ pub struct Supervisor {
     /// reloaded model gets new ids, so its reservations (`model/id`) never
     /// collide with those of an instance still draining.
     pub(crate) issued_ids: BTreeMap<String, usize>,
+    /// Replacements started but not yet serving, by model name: the spec
+    /// they serve and their handle. A newer one supersedes (and retires) it.
+    pub(crate) replacing: BTreeMap<String, (ModelSpec, Arc<ModelHandle>)>,
     started: Instant,
 }
 
@@ -137,6 +140,7 @@ impl Supervisor {
             load_errors: load_errors.clone(),
             plans,
             issued_ids,
+            replacing: BTreeMap::new(),
             started: Instant::now(),
         }
         .start();

@@ -284,7 +284,7 @@ impl Batcher {
                         error: "replica thread stopped".into(),
                     });
                 }
-                slot.errors += lost.entries.len() as u64;
+                slot.errors += lost.entries.iter().map(|e| e.items as u64).sum::<u64>();
                 for entry in lost.entries {
                     entry.answer(Err(InferError::Inference("the replica stopped".into())));
                 }
