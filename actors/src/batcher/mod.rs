@@ -417,6 +417,7 @@ impl Handler<BatchDone> for Batcher {
                         addr.do_send(ReloadEngine);
                     }
                     slot.state = ReplicaState::Loading;
+                    slot.loading = true;
                     slot.failed_batches = 0;
                     slot.restarts += 1;
                     reloading = true;

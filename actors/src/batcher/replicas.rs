@@ -59,6 +59,9 @@ pub(super) struct ReplicaSlot {
     pub(super) failures: u32,
     /// Consecutive failed batches; at a threshold the engine is reloaded.
     pub(super) failed_batches: u32,
+    /// Its thread is loading an engine: memory is in use even if the slot
+    /// drains, so the reservation is kept until the thread reports.
+    pub(super) loading: bool,
 }
 
 /// Delay before restarting a replica that failed `failures` times in a row:
@@ -112,6 +115,7 @@ impl Batcher {
             if let Some(slot) = this.replicas.iter_mut().find(|r| r.id == id) {
                 slot.addr = Some(addr);
                 slot.state = ReplicaState::Loading;
+                slot.loading = true;
                 slot.restarts += 1;
             }
         });
@@ -130,7 +134,8 @@ impl Batcher {
         let model = self.model.clone();
         let budget = self.budget.clone();
         self.replicas.retain(|slot| {
-            let done = slot.state == ReplicaState::Draining && slot.inflight_batches == 0;
+            let done =
+                slot.state == ReplicaState::Draining && slot.inflight_batches == 0 && !slot.loading;
             if done {
                 info!(model = %model, replica = slot.id, "replica drained and stopped");
                 if let Some(budget) = &budget {
@@ -182,9 +187,14 @@ impl Handler<ReplicaReady> for Batcher {
     fn handle(&mut self, msg: ReplicaReady, ctx: &mut Self::Context) {
         self.state.set_signature(msg.signature);
         if let Some(slot) = self.slot_mut(msg.replica) {
+            slot.loading = false;
+            if slot.state == ReplicaState::Draining {
+                self.finish_drains(ctx);
+                return;
+            }
             // A thread whose slot was already given up (failed, restart
             // pending) may still report; only a slot with a thread serves.
-            if slot.state == ReplicaState::Draining || slot.addr.is_none() {
+            if slot.addr.is_none() {
                 return;
             }
             if slot.state != ReplicaState::Loading {
@@ -206,6 +216,7 @@ impl Handler<ReplicaFailed> for Batcher {
             return;
         };
         slot.failed_batches = 0;
+        slot.loading = false;
         if slot.state == ReplicaState::Draining {
             slot.addr = None;
             slot.inflight_batches = 0;
@@ -270,6 +281,7 @@ impl Handler<AttachReplica> for Batcher {
                 (id, None, ReplicaState::Refused(reason), None, 0)
             }
         };
+        let loading = addr.is_some();
         self.replicas.push(ReplicaSlot {
             id,
             addr,
@@ -283,6 +295,7 @@ impl Handler<AttachReplica> for Batcher {
             warmup,
             failures: 0,
             failed_batches: 0,
+            loading,
         });
         self.fail_queue_if_hopeless();
     }
