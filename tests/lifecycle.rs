@@ -431,24 +431,28 @@ async fn shutting_down_turns_readiness_503_and_refuses_new_predictions() {
     assert_eq!(status, 200, "still alive while draining");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_that_fails_to_start_is_restarted_with_backoff() {
-    let repo = Repo::new().fake("flaky", "");
+/// A replica whose first load goes wrong (as `break_first_load` makes it)
+/// is restarted once and then serves.
+async fn restarted_once_then_serving(break_first_load: impl FnOnce(&mut FakeEngineFactory)) {
+    let repo = Repo::new().fake("m", "");
     let mut factory = FakeEngineFactory::vector(4);
-    factory.failing_loads = 1;
+    break_first_load(&mut factory);
     let server = TestServer::start(
         no_cache(common::config(repo.path())),
         Arc::new(FakeProvider::new(factory)),
     );
     let stats = until(&server, "the restarted replica ready", |s| {
-        replica_states(s, "flaky") == ["ready"]
+        replica_states(s, "m") == ["ready"]
     })
     .await;
-    assert_eq!(stats["model_pools"]["flaky"]["replicas"][0]["restarts"], 1);
-    let (status, _) = server
-        .post("/api/optimized/predict", &body("flaky", 1))
-        .await;
+    assert_eq!(stats["model_pools"]["m"]["replicas"][0]["restarts"], 1);
+    let (status, _) = server.post("/api/optimized/predict", &body("m", 1)).await;
     assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_fails_to_start_is_restarted_with_backoff() {
+    restarted_once_then_serving(|f| f.failing_loads = 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -487,22 +491,7 @@ async fn a_replaced_model_keeps_exactly_its_own_reservation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_panic_while_loading_is_reported_and_restarted() {
-    let repo = Repo::new().fake("shaky", "");
-    let mut factory = FakeEngineFactory::vector(4);
-    factory.panic_on_first_load = true;
-    let server = TestServer::start(
-        no_cache(common::config(repo.path())),
-        Arc::new(FakeProvider::new(factory)),
-    );
-    let stats = until(&server, "the replica ready after a panicking load", |s| {
-        replica_states(s, "shaky") == ["ready"]
-    })
-    .await;
-    assert_eq!(stats["model_pools"]["shaky"]["replicas"][0]["restarts"], 1);
-    let (status, _) = server
-        .post("/api/optimized/predict", &body("shaky", 1))
-        .await;
-    assert_eq!(status, 200);
+    restarted_once_then_serving(|f| f.panic_on_first_load = true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -238,14 +238,8 @@ async fn priority_comes_from_the_body_the_header_or_v2_parameters_and_bad_values
                 "file",
                 reqwest::multipart::Part::bytes(npy.clone()).file_name("x.npy"),
             );
-        let r = server
-            .client
-            .post(server.url("/api/optimized/predict"))
-            .multipart(form)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), status, "{priority}");
+        let (got, answer) = server.post_form(form).await;
+        assert_eq!(got, status, "{priority}: {answer}");
     }
 }
 

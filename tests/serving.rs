@@ -31,15 +31,7 @@ async fn multipart(server: &TestServer, model: &str, npy: Vec<u8>) -> (u16, Valu
             "file",
             reqwest::multipart::Part::bytes(npy).file_name("input.npy"),
         );
-    let r = server
-        .client
-        .post(server.url("/api/optimized/predict"))
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap())
+    server.post_form(form).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -105,31 +105,26 @@ pub(super) async fn run(shared: Arc<Shared>) {
 
 async fn migrate(pool: &Pool) -> Result<(), WriteError> {
     let mut client = pool.get().await?;
-    match tokio::time::timeout(WRITE_TIMEOUT, migrations::apply(&mut client)).await {
-        Ok(Ok(_applied)) => Ok(()),
-        Ok(Err(e)) => {
-            discard_if_broken(client, &e);
-            Err(e.into())
-        }
-        Err(_elapsed) => {
-            discard(client);
-            Err(WriteError::Timeout(WRITE_TIMEOUT))
-        }
-    }
+    let outcome = tokio::time::timeout(WRITE_TIMEOUT, migrations::apply(&mut client)).await;
+    settle(client, outcome).map(drop)
 }
 
 async fn probe(pool: &Pool) -> Result<(), WriteError> {
     let client = pool.get().await?;
-    match tokio::time::timeout(WRITE_TIMEOUT, client.simple_query("SELECT 1")).await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => {
-            discard_if_broken(client, &e);
-            Err(e.into())
-        }
-        Err(_elapsed) => {
-            discard(client);
-            Err(WriteError::Timeout(WRITE_TIMEOUT))
-        }
+    let outcome = tokio::time::timeout(WRITE_TIMEOUT, client.simple_query("SELECT 1")).await;
+    settle(client, outcome).map(drop)
+}
+
+/// The result of a bounded query; a failed or timed-out connection is
+/// given up as [`give_up`] decides.
+fn settle<T>(
+    client: Client,
+    outcome: Result<Result<T, tokio_postgres::Error>, tokio::time::error::Elapsed>,
+) -> Result<T, WriteError> {
+    match outcome {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(e)) => Err(give_up(client, e.into())),
+        Err(_elapsed) => Err(give_up(client, WriteError::Timeout(WRITE_TIMEOUT))),
     }
 }
 

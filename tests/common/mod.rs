@@ -136,6 +136,19 @@ impl TestServer {
         (status, r.json().await.expect("JSON body"))
     }
 
+    /// POST of a multipart form to the predict endpoint: status and JSON body.
+    pub async fn post_form(&self, form: reqwest::multipart::Form) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.url("/api/optimized/predict"))
+            .multipart(form)
+            .send()
+            .await
+            .expect("request");
+        let status = r.status().as_u16();
+        (status, r.json().await.expect("JSON body"))
+    }
+
     /// Stats as JSON.
     pub async fn stats(&self) -> Value {
         let (status, body) = self.get("/api/optimized/stats").await;
