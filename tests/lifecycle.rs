@@ -43,6 +43,17 @@ async fn admin(
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
+/// Rewrites a model's `model.toml`, then asks for a reload: status and report.
+async fn rewrite_and_reload(
+    server: &TestServer,
+    repo: &std::path::Path,
+    model: &str,
+    toml: &str,
+) -> (u16, Value) {
+    std::fs::write(repo.join(model).join("model.toml"), toml).unwrap();
+    admin(server, reqwest::Method::POST, "/api/optimized/reload", None).await
+}
+
 /// Polls stats until `check` holds (at most 20 s).
 async fn until(server: &TestServer, what: &str, check: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -185,16 +196,11 @@ async fn reload_adds_rescales_replaces_and_removes_models() {
     );
 
     // A settings change replaces the model blue-green; it serves throughout.
-    std::fs::write(
-        repo.path().join("a/model.toml"),
-        "replicas = 1\nmax_batch_size = 2\n",
-    )
-    .unwrap();
-    let (_, report) = admin(
+    let (_, report) = rewrite_and_reload(
         &server,
-        reqwest::Method::POST,
-        "/api/optimized/reload",
-        None,
+        repo.path(),
+        "a",
+        "replicas = 1\nmax_batch_size = 2\n",
     )
     .await;
     assert_eq!(report["models"]["a"], "replacing");
@@ -221,14 +227,8 @@ async fn reload_adds_rescales_replaces_and_removes_models() {
     assert_eq!(report["models"]["a"], "unchanged");
 
     // A broken model.toml is reported and leaves the others alone.
-    std::fs::write(repo.path().join("new/model.toml"), "replicas = \"many\"\n").unwrap();
-    let (_, report) = admin(
-        &server,
-        reqwest::Method::POST,
-        "/api/optimized/reload",
-        None,
-    )
-    .await;
+    let (_, report) =
+        rewrite_and_reload(&server, repo.path(), "new", "replicas = \"many\"\n").await;
     assert!(
         report["failed_models"]["new"]
             .as_str()
@@ -459,16 +459,11 @@ async fn a_replica_that_fails_to_start_is_restarted_with_backoff() {
 async fn a_replaced_model_keeps_exactly_its_own_reservation() {
     let repo = Repo::new().fake("a", "memory_mb = 100\n");
     let server = TestServer::ready(no_cache(common::config(repo.path())), provider(0)).await;
-    std::fs::write(
-        repo.path().join("a/model.toml"),
-        "memory_mb = 100\nmax_batch_size = 2\n",
-    )
-    .unwrap();
-    let (_, report) = admin(
+    let (_, report) = rewrite_and_reload(
         &server,
-        reqwest::Method::POST,
-        "/api/optimized/reload",
-        None,
+        repo.path(),
+        "a",
+        "memory_mb = 100\nmax_batch_size = 2\n",
     )
     .await;
     assert_eq!(report["models"]["a"], "replacing");
@@ -526,14 +521,7 @@ async fn back_to_back_reloads_end_on_the_newest_settings() {
     let server = TestServer::ready(no_cache(common::config(repo.path())), provider(0)).await;
     for cap in [2, 3] {
         let toml = format!("memory_mb = 100\nmax_batch_size = {cap}\n");
-        std::fs::write(repo.path().join("a/model.toml"), toml).unwrap();
-        let (status, _) = admin(
-            &server,
-            reqwest::Method::POST,
-            "/api/optimized/reload",
-            None,
-        )
-        .await;
+        let (status, _) = rewrite_and_reload(&server, repo.path(), "a", &toml).await;
         assert_eq!(status, 200);
     }
     until(
