@@ -1,7 +1,7 @@
 //! Operators changing a live server: scaling replicas up and down under
 //! load fails no request, reload adds, rescales, replaces and removes models,
 //! the Triton repository API loads and unloads, admin routes need the token,
-//! and a replica that fails to start is restarted with backoff.
+//! and shutting down refuses new work. (Engine failures: `supervision.rs`.)
 
 mod common;
 
@@ -9,74 +9,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{tensor, Repo, TestServer};
-use gantry_actors::engine::fake::{FakeEngineFactory, FakeProvider};
-use serde_json::{json, Value};
-
-fn provider(batch_ms: u64) -> Arc<FakeProvider> {
-    Arc::new(FakeProvider::new(
-        FakeEngineFactory::vector(4).with_delay(Duration::from_millis(batch_ms), Duration::ZERO),
-    ))
-}
-
-fn body(model: &str, value: usize) -> Value {
-    json!({"model": model, "cache": false, "inputs": {"x": tensor(&[1, 4], "FP32", json!([value, 0, 0, 0]))}})
-}
-
-fn no_cache(mut config: gantry::config::Config) -> gantry::config::Config {
-    config.cache.enabled = false;
-    config
-}
-
-async fn admin(
-    server: &TestServer,
-    method: reqwest::Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    let mut request = server.client.request(method, server.url(path));
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let r = request.send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
-/// Rewrites a model's `model.toml`, then asks for a reload: status and report.
-async fn rewrite_and_reload(
-    server: &TestServer,
-    repo: &std::path::Path,
-    model: &str,
-    toml: &str,
-) -> (u16, Value) {
-    std::fs::write(repo.join(model).join("model.toml"), toml).unwrap();
-    admin(server, reqwest::Method::POST, "/api/optimized/reload", None).await
-}
-
-/// Polls stats until `check` holds (at most 20 s).
-async fn until(server: &TestServer, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let stats = server.stats().await;
-        if check(&stats) {
-            return stats;
-        }
-        assert!(Instant::now() < deadline, "never {what}: {stats}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
-fn replica_states(stats: &Value, model: &str) -> Vec<String> {
-    stats["model_pools"][model]["replicas"]
-        .as_array()
-        .map(|r| {
-            r.iter()
-                .map(|r| r["state"].as_str().unwrap_or_default().to_string())
-                .collect()
-        })
-        .unwrap_or_default()
-}
+use common::live::{admin, body, no_cache, provider, replica_states, rewrite_and_reload, until};
+use common::{Repo, TestServer};
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scaling_1_to_4_to_1_under_load_fails_no_request() {
@@ -349,64 +284,6 @@ async fn admin_routes_need_the_token_when_one_is_set() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_engine_panic_fails_its_batch_at_once_and_the_replica_comes_back() {
-    let repo = Repo::new().fake("m", "max_batch_size = 1\n");
-    let mut factory = FakeEngineFactory::vector(4);
-    factory.panic_on = Some(666.0);
-    let server = TestServer::ready(
-        no_cache(common::config(repo.path())),
-        Arc::new(FakeProvider::new(factory)),
-    )
-    .await;
-    let (status, answer) = server.post("/api/optimized/predict", &body("m", 666)).await;
-    assert_eq!(
-        (status, answer["code"].as_str()),
-        (500, Some("inference_failed")),
-        "{answer}"
-    );
-    assert!(
-        answer["error"].as_str().unwrap().contains("panicked"),
-        "{answer}"
-    );
-    let stats = until(&server, "the replica back", |s| {
-        s["model_pools"]["m"]["replicas"][0]["restarts"] == 1 && replica_states(s, "m") == ["ready"]
-    })
-    .await;
-    assert_eq!(stats["model_pools"]["m"]["replicas"][0]["errors"], 1);
-    let (status, _) = server.post("/api/optimized/predict", &body("m", 1)).await;
-    assert_eq!(status, 200);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_whose_engine_keeps_failing_is_reloaded() {
-    let repo = Repo::new().fake("m", "max_batch_size = 1\n");
-    let mut factory = FakeEngineFactory::vector(4);
-    factory.poison = Some(13.0);
-    let loads = factory.loads.clone();
-    let server = TestServer::ready(
-        no_cache(common::config(repo.path())),
-        Arc::new(FakeProvider::new(factory)),
-    )
-    .await;
-    for _ in 0..3 {
-        let (status, _) = server.post("/api/optimized/predict", &body("m", 13)).await;
-        assert_eq!(status, 500);
-    }
-    let stats = until(&server, "the engine reloaded", |s| {
-        s["model_pools"]["m"]["replicas"][0]["restarts"] == 1 && replica_states(s, "m") == ["ready"]
-    })
-    .await;
-    assert_eq!(stats["model_pools"]["m"]["replicas"][0]["errors"], 3);
-    assert_eq!(
-        loads.load(Ordering::SeqCst),
-        2,
-        "loaded at start and once more"
-    );
-    let (status, _) = server.post("/api/optimized/predict", &body("m", 1)).await;
-    assert_eq!(status, 200);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutting_down_turns_readiness_503_and_refuses_new_predictions() {
     let repo = Repo::new().fake("m", "");
     let server = TestServer::ready(no_cache(common::config(repo.path())), provider(0)).await;
@@ -429,30 +306,6 @@ async fn shutting_down_turns_readiness_503_and_refuses_new_predictions() {
     );
     let (status, _) = server.get("/v2/health/live").await;
     assert_eq!(status, 200, "still alive while draining");
-}
-
-/// A replica whose first load goes wrong (as `break_first_load` makes it)
-/// is restarted once and then serves.
-async fn restarted_once_then_serving(break_first_load: impl FnOnce(&mut FakeEngineFactory)) {
-    let repo = Repo::new().fake("m", "");
-    let mut factory = FakeEngineFactory::vector(4);
-    break_first_load(&mut factory);
-    let server = TestServer::start(
-        no_cache(common::config(repo.path())),
-        Arc::new(FakeProvider::new(factory)),
-    );
-    let stats = until(&server, "the restarted replica ready", |s| {
-        replica_states(s, "m") == ["ready"]
-    })
-    .await;
-    assert_eq!(stats["model_pools"]["m"]["replicas"][0]["restarts"], 1);
-    let (status, _) = server.post("/api/optimized/predict", &body("m", 1)).await;
-    assert_eq!(status, 200);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_replica_that_fails_to_start_is_restarted_with_backoff() {
-    restarted_once_then_serving(|f| f.failing_loads = 1).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -482,11 +335,6 @@ async fn a_replaced_model_keeps_exactly_its_own_reservation() {
     let stats = server.stats().await;
     assert_eq!(stats["memory"]["reserved_mb"], 100, "{}", stats["memory"]);
     assert_eq!(stats["memory"]["threads_reserved"], 1);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_panic_while_loading_is_reported_and_restarted() {
-    restarted_once_then_serving(|f| f.panic_on_first_load = true).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -537,4 +385,47 @@ async fn back_to_back_reloads_end_on_the_newest_settings() {
     let stats = server.stats().await;
     assert_eq!(stats["model_pools"]["a"]["batcher"]["max_batch_size"], 3);
     assert_eq!(stats["memory"]["reserved_mb"], 100, "{}", stats["memory"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scaling_while_a_replacement_is_pending_carries_over_to_the_new_instance() {
+    let repo = Repo::new().fake("m", "memory_mb = 100\n");
+    // Warmup runs two slow inferences, so a replacement stays pending a while.
+    let server = TestServer::ready(no_cache(common::config(repo.path())), provider(300)).await;
+    let (status, report) = rewrite_and_reload(
+        &server,
+        repo.path(),
+        "m",
+        "memory_mb = 100\nmax_batch_size = 4\n",
+    )
+    .await;
+    assert_eq!(
+        (status, report["models"]["m"].as_str()),
+        (200, Some("replacing")),
+        "{report}"
+    );
+    let (status, answer) = admin(
+        &server,
+        reqwest::Method::PUT,
+        "/api/optimized/models/m/replicas",
+        Some(json!({ "replicas": 2 })),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let stats = until(&server, "the new instance with two ready replicas", |s| {
+        s["model_pools"]["m"]["batcher"]["max_batch_size"] == 4
+            && replica_states(s, "m") == ["ready", "ready"]
+    })
+    .await;
+    // The previous instance drains and gives its reservations back.
+    let later = until(&server, "only the new instance's reservations", |s| {
+        s["memory"]["reserved_mb"] == 200
+    })
+    .await;
+    assert_eq!(
+        replica_states(&later, "m"),
+        ["ready", "ready"],
+        "{}",
+        stats["model_pools"]["m"]
+    );
 }

@@ -202,7 +202,7 @@ impl Supervisor {
             }
             starting.is_ready()
         };
-        ctx.spawn(wait.into_actor(self).map(move |ready, act, _ctx| {
+        ctx.spawn(wait.into_actor(self).map(move |ready, act, ctx| {
             let current = act
                 .replacing
                 .get(&name)
@@ -211,17 +211,23 @@ impl Supervisor {
                 // Superseded by a newer replacement (already retired).
                 return;
             }
-            act.replacing.remove(&name);
+            // A scale request that came while this was pending is in its spec.
+            let wanted = act.replacing.remove(&name).map(|(spec, _)| spec.settings.replicas);
             if !ready {
                 warn!(model = %name, "replacement never became ready; keeping the current model");
                 fresh.batcher.do_send(RetireModel);
                 return;
             }
             act.set_registry(fresh.clone());
+            let started = plan.ids.len();
             if let Some(old) = act.plans.insert(name.clone(), plan) {
                 old.handle.batcher.do_send(RetireModel);
             }
             info!(model = %name, "replacement serving; previous instance draining");
+            if let Some(replicas) = wanted.filter(|&n| n != started) {
+                act.rescale(&name, replicas, ctx);
+                info!(model = %name, from = started, to = replicas, "scaled as asked while the replacement was pending");
+            }
         }));
     }
 
@@ -262,6 +268,10 @@ impl Handler<ScaleModel> for Supervisor {
         let before = self
             .rescale(&msg.model, msg.replicas, ctx)
             .ok_or_else(|| LifecycleError::UnknownModel(msg.model.clone()))?;
+        // A pending replacement takes over with this count too.
+        if let Some((pending, _)) = self.replacing.get_mut(&msg.model) {
+            pending.settings.replicas = msg.replicas;
+        }
         info!(model = %msg.model, from = before, to = msg.replicas, "scaled");
         Ok((before, msg.replicas))
     }

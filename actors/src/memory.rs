@@ -43,8 +43,17 @@ pub struct MemoryConfig {
     pub gpu_fraction: f64,
     /// Ask NVML at all (tests switch it off for a fixed budget).
     pub use_nvml: bool,
-    /// CPU threads replicas may use in all; `None` means the cores available.
+    /// CPU threads replicas may use in all; `None` means twice the cores
+    /// available (see [`default_cpu_threads`]).
     pub cpu_threads: Option<usize>,
+}
+
+/// The CPU thread budget when none is configured: twice the cores. A
+/// replica's session sits idle between batches, so a machine serving several
+/// models can hold one replica of each beyond its core count; the budget
+/// still stops replica counts that would only fight over the cores.
+pub fn default_cpu_threads() -> usize {
+    2 * std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// A replica that did not fit.
@@ -98,9 +107,7 @@ impl MemoryBudget {
             },
         };
         info!(source = source.as_str(), total_mb, "memory budget");
-        let threads_total = config
-            .cpu_threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let threads_total = config.cpu_threads.unwrap_or_else(default_cpu_threads);
         info!(threads_total, "cpu thread budget");
         MemoryBudget::with_total(source, total_mb, threads_total)
     }

@@ -95,7 +95,9 @@ pub struct ReplicaFailed {
 pub struct BatchDone {
     pub replica: usize,
     pub items: usize,
-    pub ok: bool,
+    /// Items whose requests were answered with an error (a batch split
+    /// after a failure can answer some requests and fail others).
+    pub failed_items: usize,
     /// The engine itself failed (a panic or a run error that is not out of
     /// memory and not a rejected input); counts toward reloading it.
     pub engine_fault: bool,

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod live;
 pub mod postgres;
 
 use std::net::TcpListener;
@@ -138,9 +139,14 @@ impl TestServer {
 
     /// POST of a multipart form to the predict endpoint: status and JSON body.
     pub async fn post_form(&self, form: reqwest::multipart::Form) -> (u16, Value) {
+        self.post_form_to("/api/optimized/predict", form).await
+    }
+
+    /// POST of a multipart form to `path`: status and JSON body.
+    pub async fn post_form_to(&self, path: &str, form: reqwest::multipart::Form) -> (u16, Value) {
         let r = self
             .client
-            .post(self.url("/api/optimized/predict"))
+            .post(self.url(path))
             .multipart(form)
             .send()
             .await
@@ -181,17 +187,20 @@ impl Repo {
     }
 
     /// Copies a model folder (`models/x` or `tests/fixtures/models/x`) in,
-    /// replacing its `model.toml` when `toml` is given.
+    /// with every file it holds (labels too), replacing its `model.toml`
+    /// when `toml` is given.
     pub fn copy(self, from: &str, name: &str, toml: Option<&str>) -> Repo {
         let source = root().join(from);
         let target = self.path().join(name);
         std::fs::create_dir_all(&target).unwrap();
-        std::fs::copy(source.join("model.onnx"), target.join("model.onnx")).unwrap();
-        match toml {
-            Some(text) => std::fs::write(target.join("model.toml"), text).unwrap(),
-            None => {
-                std::fs::copy(source.join("model.toml"), target.join("model.toml")).unwrap();
+        for entry in std::fs::read_dir(&source).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                std::fs::copy(&path, target.join(path.file_name().unwrap())).unwrap();
             }
+        }
+        if let Some(text) = toml {
+            std::fs::write(target.join("model.toml"), text).unwrap();
         }
         self
     }

@@ -403,11 +403,11 @@ impl Handler<BatchDone> for Batcher {
         if let Some(slot) = self.slot_mut(msg.replica) {
             slot.inflight_items = slot.inflight_items.saturating_sub(msg.items);
             slot.inflight_batches = slot.inflight_batches.saturating_sub(1);
-            if msg.ok {
-                slot.processed += msg.items as u64;
+            slot.processed += (msg.items - msg.failed_items.min(msg.items)) as u64;
+            slot.errors += msg.failed_items as u64;
+            if msg.failed_items == 0 {
                 slot.failed_batches = 0;
             } else {
-                slot.errors += msg.items as u64;
                 if msg.engine_fault {
                     slot.failed_batches += 1;
                 }

@@ -220,7 +220,7 @@ impl Handler<RunBatch> for Replica {
             self.batcher.do_send(BatchDone {
                 replica: self.id,
                 items,
-                ok: false,
+                failed_items: items,
                 engine_fault: true,
             });
             return;
@@ -270,7 +270,7 @@ impl Handler<RunBatch> for Replica {
         self.batcher.do_send(BatchDone {
             replica: self.id,
             items,
-            ok,
+            failed_items: failed.min(items),
             engine_fault,
         });
     }
