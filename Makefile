@@ -9,7 +9,7 @@ CARGO       ?= cargo
 
 export ORT_DYLIB_PATH := $(abspath $(ORT_LIB))
 
-.PHONY: run test onnxruntime venv models bench lint fmt clean
+.PHONY: run test onnxruntime venv models train evaluate bench bench-media lint fmt clean
 
 run: $(ORT_LIB)
 	$(CARGO) run --release --bin gantry -- --config config/gantry.toml
@@ -28,6 +28,12 @@ fmt:
 # load-tests/RESULTS.md (DURATION=10s, OHA=path to skip installing oha).
 bench: $(ORT_LIB)
 	load-tests/bench.sh
+
+# Image and audio decode time next to inference time, and uploads served
+# over HTTP, written to load-tests/MEDIA_RESULTS.md (ITERATIONS=50,
+# SECONDS_PER_CELL=5).
+bench-media: $(ORT_LIB)
+	load-tests/media.sh
 
 # ONNX Runtime from PyPI's onnxruntime wheel: the shared library it ships is
 # extracted into $(ORT_DIR)/; nothing else is downloaded at build or run time.
@@ -58,6 +64,27 @@ $(VENV)/.done: tests/clients/requirements.txt models/requirements.txt
 # Rebuild the demo and fixture models (their .onnx files are committed).
 models: $(VENV)/.done
 	$(VENV)/bin/python models/build_demo_models.py
+
+# Retrain the two trained demo models (spheroid-seg, night-calls) and rewrite
+# the media test fixtures: about 25 minutes on 2 cores, JAX on the CPU, in
+# its own virtual environment. Never run by `make test` or CI.
+VENV_TRAIN := .venv-train
+
+train: $(VENV_TRAIN)/.done
+	$(VENV_TRAIN)/bin/python models/train_spheroid_seg.py
+	$(VENV_TRAIN)/bin/python models/train_night_calls.py
+	$(VENV_TRAIN)/bin/python models/make_media_fixtures.py
+	$(VENV_TRAIN)/bin/python models/evaluate_demo_models.py
+
+# Held-out mean IoU of spheroid-seg and accuracy of night-calls, from the
+# committed .onnx files (about 20 s).
+evaluate: $(VENV_TRAIN)/.done
+	$(VENV_TRAIN)/bin/python models/evaluate_demo_models.py
+
+$(VENV_TRAIN)/.done: models/requirements-train.txt
+	$(PYTHON) -m venv $(VENV_TRAIN)
+	$(VENV_TRAIN)/bin/pip install --quiet -r models/requirements-train.txt
+	touch $@
 
 clean:
 	$(CARGO) clean

@@ -53,39 +53,8 @@ if [[ -z ${OHA:-} ]]; then
   fi
 fi
 
-tmp=$(mktemp -d)
-server=""
-cleanup() {
-  if [[ -n $server ]]; then
-    kill "$server" 2>/dev/null || true
-    wait "$server" 2>/dev/null || true
-  fi
-  rm -rf "$tmp"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-url=http://127.0.0.1:$port
-echo "== starting gantry on $url (cache off)"
-env -u REDIS_URL -u DATABASE_URL GANTRY__CACHE__ENABLED=false \
-  target/release/gantry --config config/gantry.toml --bind "127.0.0.1:$port" >"$tmp/server.log" 2>&1 &
-server=$!
-for _ in $(seq 600); do
-  if ! kill -0 "$server" 2>/dev/null; then
-    echo "gantry exited before it was ready:" >&2
-    cat "$tmp/server.log" >&2
-    exit 1
-  fi
-  code=$(curl -s -o /dev/null -w '%{http_code}' "$url/api/optimized/health" || true)
-  [[ $code == 200 ]] && break
-  sleep 0.1
-done
-if [[ $code != 200 ]]; then
-  echo "gantry was not healthy after 60 s (last status $code):" >&2
-  cat "$tmp/server.log" >&2
-  exit 1
-fi
+source "$root/load-tests/start-gantry.sh"
+start_gantry
 
 # Request bodies: fixed pseudo-random inputs, as smoke.sh sends them.
 python3 - "$tmp" <<'PY'

@@ -21,7 +21,34 @@ pub struct Config {
     pub cache: CacheConfig,
     /// The prediction log; `database_url` empty means `DATABASE_URL`.
     pub store: crate::store::StoreConfig,
+    pub media: MediaConfig,
     pub log: LogConfig,
+}
+
+/// Uploaded images and audio.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaConfig {
+    /// Decode and post-processing jobs running at once; 0 means the cores.
+    pub threads: usize,
+    /// Most pixels an uploaded image may declare; larger ones are refused
+    /// before they are decoded.
+    pub max_image_pixels: u64,
+    /// Most files in one `predict/batch` request.
+    pub max_batch_files: usize,
+    /// Files that may wait for a decode thread; beyond, 429.
+    pub queue_capacity: usize,
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            threads: 0,
+            max_image_pixels: 40_000_000,
+            max_batch_files: 64,
+            queue_capacity: 256,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -101,7 +128,7 @@ pub struct RuntimeConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct CpuConfig {
     /// CPU threads all replicas may use (sum of `intra_op_threads`); 0 means
-    /// the cores available.
+    /// twice the cores available.
     pub threads: usize,
 }
 
@@ -256,6 +283,12 @@ impl Config {
         }
         if self.server.request_timeout_ms == 0 {
             return Err(("server.request_timeout_ms", "must be at least 1".into()));
+        }
+        if self.media.max_image_pixels == 0 {
+            return Err(("media.max_image_pixels", "must be at least 1".into()));
+        }
+        if self.media.max_batch_files == 0 {
+            return Err(("media.max_batch_files", "must be at least 1".into()));
         }
         if !(self.memory.gpu_fraction > 0.0 && self.memory.gpu_fraction <= 1.0) {
             return Err(("memory.gpu_fraction", "must be in (0, 1]".into()));

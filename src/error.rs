@@ -7,6 +7,8 @@ use actix_web::{HttpResponse, ResponseError};
 use gantry_actors::InferError;
 use serde::Serialize;
 
+use crate::media::MediaError;
+
 /// Everything a request can fail with.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -31,6 +33,9 @@ pub enum ApiError {
     /// The actor system's answer.
     #[error(transparent)]
     Infer(#[from] InferError),
+    /// An uploaded image or audio file that cannot be used.
+    #[error(transparent)]
+    Media(#[from] crate::media::MediaError),
     /// An admin route without a valid bearer token.
     #[error("{0}")]
     Unauthorized(String),
@@ -72,6 +77,13 @@ impl ApiError {
             ApiError::UnsupportedMedia(_) => "unsupported_media_type",
             ApiError::InvalidTensor(_) => "invalid_input",
             ApiError::Unavailable(_) => "dependency_unavailable",
+            ApiError::Media(e) => match e {
+                MediaError::Unsupported(_) => "unsupported_media_type",
+                MediaError::Undecodable(_) => "invalid_file",
+                MediaError::TooLarge(_) => "file_too_large",
+                MediaError::Busy(_) => "media_busy",
+                MediaError::Internal(_) => "internal",
+            },
             ApiError::Unauthorized(_) => "unauthorized",
             ApiError::Forbidden(_) => "forbidden",
             ApiError::Internal(_) => "internal",
@@ -98,6 +110,14 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::InvalidTensor(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Media(e) => match e {
+                MediaError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                MediaError::Undecodable(_) | MediaError::TooLarge(_) => {
+                    StatusCode::UNPROCESSABLE_ENTITY
+                }
+                MediaError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
+                MediaError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            },
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,

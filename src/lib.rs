@@ -7,6 +7,7 @@ pub mod cache;
 pub mod codec;
 pub mod config;
 pub mod error;
+pub mod files;
 pub mod logging;
 pub mod media;
 pub mod metrics;

@@ -13,7 +13,7 @@ use actix_web::{web, App, HttpServer};
 use gantry_actors::engine::EngineProvider;
 use gantry_actors::{Supervisor, SupervisorConfig};
 
-use crate::api::{self, AppState};
+use crate::api::{self, AppState, MediaSettings};
 use crate::cache::ResultCache;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -100,6 +100,7 @@ pub async fn start(
         },
         body_limit: (config.server.body_limit_mb * 1024 * 1024) as usize,
         admin_token: Some(config.server.admin_token.clone()).filter(|t| !t.is_empty()),
+        media: MediaSettings::from_config(&config.media),
     });
     let shared = state.clone();
     let addr = listener.local_addr()?;

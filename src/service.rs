@@ -123,15 +123,18 @@ impl InferenceService {
         result
     }
 
-    /// Counts a request that failed before it named a served model (a body
-    /// that did not parse, say).
-    pub fn count_undecodable(&self, e: &ApiError) {
-        self.metrics.record(RequestRecord {
-            model: None,
-            status: e.status_code().as_u16(),
-            duration: Duration::ZERO,
-            queued: None,
-        });
+    /// Passes `decoded` on, counting an error as a request that failed
+    /// before it reached a model (a body or file that did not decode, say).
+    pub fn counted<T>(&self, decoded: Result<T, ApiError>) -> Result<T, ApiError> {
+        if let Err(e) = &decoded {
+            self.metrics.record(RequestRecord {
+                model: None,
+                status: e.status_code().as_u16(),
+                duration: Duration::ZERO,
+                queued: None,
+            });
+        }
+        decoded
     }
 
     async fn run(

@@ -1,6 +1,11 @@
-//! The official Triton HTTP client (`tritonclient[http]`, pinned in
-//! tests/clients/requirements.txt) works unmodified against Gantry's KServe v2
-//! endpoints: tests/clients/triton_client.py runs against a real server.
+//! Real clients against a real server:
+//! - the official Triton HTTP client (`tritonclient[http]`, pinned in
+//!   tests/clients/requirements.txt) works unmodified against Gantry's KServe
+//!   v2 endpoints (tests/clients/triton_client.py);
+//! - a Python backend posting files with `requests`, as a Flask app would
+//!   (tests/clients/flask_client.py);
+//! - a Node 20 backend posting files with `fetch` and `FormData`
+//!   (tests/clients/node_client.mjs; `node` must be on the PATH).
 //!
 //! The interpreter is `GANTRY_TEST_PYTHON` (set by `make test`), else
 //! `.venv/bin/python`; without either the test fails and says to run
@@ -46,24 +51,59 @@ async fn triton_http_client_works_against_v2_endpoints() {
         .expect("base starts with http://")
         .to_string();
     let script = common::root().join("tests/clients/triton_client.py");
+    run_client(python, vec![script.display().to_string(), host_port]).await;
+}
 
+/// Runs `program args..` on a blocking thread and fails the test with its
+/// output unless it succeeds.
+async fn run_client(program: PathBuf, args: Vec<String>) {
+    let shown = format!("{} {}", program.display(), args.join(" "));
     let output = tokio::task::spawn_blocking(move || {
-        Command::new(&python)
-            .arg(&script)
-            .arg(&host_port)
+        Command::new(&program)
+            .args(&args)
             .env("PYTHONUNBUFFERED", "1")
             .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}; run `make venv`", python.display()))
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", program.display()))
     })
     .await
     .expect("client thread");
-
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         output.status.success(),
-        "triton_client.py failed ({}):\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
+        "{shown} failed ({}):\n--- stdout ---\n{stdout}\n--- stderr ---\n{stderr}",
         output.status
     );
     println!("{stdout}");
+}
+
+/// A server with the two trained demo models, its repository, and the
+/// arguments every file client takes: base URL and fixture folder.
+async fn media_server() -> (common::TestServer, common::Repo, Vec<String>) {
+    let repo = common::Repo::new()
+        .copy("models/spheroid-seg", "spheroid-seg", None)
+        .copy("models/night-calls", "night-calls", None);
+    let server =
+        common::TestServer::ready(common::config(repo.path()), common::onnx_provider()).await;
+    let fixtures = common::root().join("tests/fixtures/media");
+    let args = vec![server.base.clone(), fixtures.display().to_string()];
+    (server, repo, args)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_requests_client_posts_files_like_a_flask_backend() {
+    let (_server, _repo, args) = media_server().await;
+    let script = common::root().join("tests/clients/flask_client.py");
+    let mut all = vec![script.display().to_string()];
+    all.extend(args);
+    run_client(python(), all).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_fetch_client_posts_files_with_form_data() {
+    let (_server, _repo, args) = media_server().await;
+    let script = common::root().join("tests/clients/node_client.mjs");
+    let mut all = vec![script.display().to_string()];
+    all.extend(args);
+    run_client(PathBuf::from("node"), all).await;
 }

@@ -17,6 +17,7 @@ pub mod messages;
 pub mod model;
 pub mod observer;
 pub mod priority;
+pub mod processing;
 pub mod queue;
 pub mod replica;
 pub mod repository;

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::processing::{self, InputProcessing, OutputProcessing};
+
 /// Per-model settings from `model.toml`; every key is optional.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -32,6 +34,10 @@ pub struct ModelSettings {
     /// Memory one batch item needs; measured by warmup when absent (where
     /// the engine can tell). Caps batches at what the free budget holds.
     pub memory_per_item_mb: Option<u64>,
+    /// `[input]`: how an uploaded file becomes the input tensor.
+    pub input: InputProcessing,
+    /// `[output]`: what the answer holds.
+    pub output: OutputProcessing,
 }
 
 impl Default for ModelSettings {
@@ -46,6 +52,8 @@ impl Default for ModelSettings {
             warmup: 1,
             max_priority_wait_ms: 1000,
             memory_per_item_mb: None,
+            input: InputProcessing::Tensor,
+            output: OutputProcessing::Tensor,
         }
     }
 }
@@ -68,6 +76,8 @@ impl ModelSettings {
         })?;
         settings
             .check()
+            .map_err(|(key, why)| format!("{}: key `{key}` {why}", file.display()))?;
+        processing::check(&settings.input, &settings.output)
             .map_err(|(key, why)| format!("{}: key `{key}` {why}", file.display()))?;
         Ok(settings)
     }
@@ -105,6 +115,8 @@ pub struct ModelSpec {
     pub settings: ModelSettings,
     /// Memory each replica reserves from the budget.
     pub memory_mb: u64,
+    /// Class labels from the `[output]` table's `labels` file, in score order.
+    pub labels: Option<Vec<String>>,
 }
 
 /// A folder that could not be turned into a model, and why.
@@ -193,13 +205,39 @@ fn load_model(folder: &Path, name: &str) -> Result<Option<ModelSpec>, String> {
     let memory_mb = settings
         .memory_mb
         .unwrap_or_else(|| estimate_memory_mb(bytes));
+    let labels = match &settings.output {
+        OutputProcessing::Classes(classes) => classes
+            .labels
+            .as_deref()
+            .map(|file| read_labels(&folder.join(file)))
+            .transpose()?,
+        _ => None,
+    };
     Ok(Some(ModelSpec {
         name: name.to_string(),
         onnx_path,
         version,
         settings,
         memory_mb,
+        labels,
     }))
+}
+
+/// A labels file: one label per line; blank lines at the end are ignored.
+fn read_labels(path: &Path) -> Result<Vec<String>, String> {
+    let text = fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let labels: Vec<String> = text
+        .trim_end()
+        .lines()
+        .map(|line| line.trim().to_string())
+        .collect();
+    if labels.is_empty() || labels.iter().any(String::is_empty) {
+        return Err(format!(
+            "{}: a labels file holds one non-empty label per line",
+            path.display()
+        ));
+    }
+    Ok(labels)
 }
 
 fn valid_name(name: &str) -> bool {
@@ -280,5 +318,27 @@ mod tests {
         let failed: Vec<_> = scan.errors.iter().map(|e| e.model.as_str()).collect();
         assert_eq!(failed, ["bad", "missing"]);
         assert!(scan.errors[0].error.contains("bad/model.toml"));
+    }
+
+    #[test]
+    fn labels_are_read_and_a_missing_file_is_a_load_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let classes = "[output]\nkind = \"classes\"\nlabels = \"labels.txt\"\n";
+        write(dir.path(), "calls/model.onnx", "x");
+        write(dir.path(), "calls/model.toml", classes);
+        write(dir.path(), "calls/labels.txt", "owl\nfrog\n\n");
+        write(dir.path(), "nolabels/model.onnx", "x");
+        write(dir.path(), "nolabels/model.toml", classes);
+        let scan = scan(dir.path()).unwrap();
+        assert_eq!(
+            scan.models[0].labels.as_deref(),
+            Some(&["owl".to_string(), "frog".into()][..])
+        );
+        assert_eq!(scan.errors[0].model, "nolabels");
+        assert!(
+            scan.errors[0].error.contains("labels.txt"),
+            "{}",
+            scan.errors[0].error
+        );
     }
 }

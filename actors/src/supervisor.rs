@@ -15,6 +15,7 @@ use actix::{
 use tracing::{error, info};
 
 use crate::batcher::{AttachReplica, Batcher, BatcherSnapshot, GetBatcherSnapshot};
+use crate::engine::checked::checked_factory;
 use crate::engine::EngineProvider;
 use crate::memory::{GetMemorySnapshot, MemoryBudget, MemoryConfig, MemorySnapshot, Reserve};
 use crate::model::{ModelHandle, ModelState};
@@ -200,7 +201,7 @@ pub(crate) async fn start_replicas(
     provider: &dyn EngineProvider,
 ) {
     let spec = &handle.spec;
-    let factory = provider.factory(spec);
+    let factory = checked_factory(provider.factory(spec), &spec.settings);
     info!(model = %spec.name, version = %spec.version, replicas = ids.len(), "starting replicas");
     for id in ids {
         let reserve = Reserve {

@@ -3,6 +3,8 @@
 //! call the service, map the result.
 
 pub mod admin;
+pub mod files;
+pub mod form;
 pub mod health;
 pub mod metrics;
 pub mod predict;
@@ -20,6 +22,9 @@ use futures_util::StreamExt;
 use gantry_actors::Priority;
 
 use crate::error::ApiError;
+use crate::files::FilePredictor;
+use crate::media::image::ImageLimits;
+use crate::media::pool::MediaPool;
 use crate::service::InferenceService;
 
 /// State shared by every worker.
@@ -29,17 +34,53 @@ pub struct AppState {
     pub body_limit: usize,
     /// Bearer token of the admin routes; `None`: loopback clients only.
     pub admin_token: Option<String>,
+    pub media: MediaSettings,
+}
+
+/// How uploaded files are handled.
+pub struct MediaSettings {
+    /// Where decoding and post-processing run.
+    pub pool: MediaPool,
+    pub image_limits: ImageLimits,
+    /// Most files in one batch upload.
+    pub max_batch_files: usize,
+}
+
+impl MediaSettings {
+    pub fn from_config(config: &crate::config::MediaConfig) -> Self {
+        let threads = match config.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        MediaSettings {
+            pool: MediaPool::new(threads, config.queue_capacity),
+            image_limits: ImageLimits {
+                max_pixels: config.max_image_pixels,
+            },
+            max_batch_files: config.max_batch_files,
+        }
+    }
 }
 
 impl AppState {
     fn limit_mb(&self) -> u64 {
         (self.body_limit / (1024 * 1024)) as u64
     }
+
+    /// Runs file predictions for this server.
+    pub fn file_predictor(&self) -> FilePredictor<'_> {
+        FilePredictor {
+            service: &self.service,
+            pool: &self.media.pool,
+            limits: self.media.image_limits,
+        }
+    }
 }
 
 /// Registers every route, and JSON 404/405 for everything else.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     predict::config_predict_api(cfg);
+    files::config_files_api(cfg);
     predictions::config_predictions_api(cfg);
     admin::config_admin_api(cfg);
     repository::config_repository_api(cfg);
@@ -95,11 +136,7 @@ pub async fn read_body(
     let too_large = || ApiError::PayloadTooLarge {
         limit_mb: state.limit_mb(),
     };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let declared = declared_length(req);
     if declared.is_some_and(|n| n > state.body_limit) {
         return Err(too_large());
     }
@@ -113,6 +150,14 @@ pub async fn read_body(
         body.extend_from_slice(&chunk);
     }
     Ok(body.freeze())
+}
+
+/// The body length the client declared in `Content-Length`, if any.
+pub fn declared_length(req: &HttpRequest) -> Option<usize> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
 }
 
 /// A timeout from the `x-request-timeout-ms` header, if any.

@@ -1,13 +1,12 @@
-//! `POST /api/optimized/predict`: JSON tensors, or a multipart upload of a
-//! `.npy` array for a single-input model. Both answer the same JSON.
+//! `POST /api/optimized/predict`: JSON tensors answered as tensors; a
+//! multipart upload (a `.npy` array, an image or an audio clip) is handed to
+//! [`files`](super::files).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use actix_multipart::Multipart;
 use actix_web::http::header;
 use actix_web::{web, HttpRequest, HttpResponse};
-use futures_util::StreamExt;
 use gantry_actors::{Priority, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -18,7 +17,6 @@ use super::{
 };
 use crate::codec::{tensor_from_json, JsonData};
 use crate::error::ApiError;
-use crate::media::npy::{read_npy, NpyError};
 use crate::request_id::RequestId;
 use crate::service::{PredictCall, Prediction};
 
@@ -53,10 +51,28 @@ struct JsonTensorIn {
 }
 
 #[derive(Serialize)]
-struct JsonTensorOut<'a> {
+pub(super) struct JsonTensorOut<'a> {
     shape: &'a [usize],
     datatype: &'static str,
     data: JsonData<'a>,
+}
+
+/// Outputs as JSON tensors, by name.
+pub(super) fn json_outputs<'a>(
+    outputs: impl Iterator<Item = &'a (String, Tensor)>,
+) -> BTreeMap<&'a str, JsonTensorOut<'a>> {
+    outputs
+        .map(|(name, t)| {
+            (
+                name.as_str(),
+                JsonTensorOut {
+                    shape: &t.shape,
+                    datatype: t.dtype.as_str(),
+                    data: JsonData(t),
+                },
+            )
+        })
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -93,13 +109,12 @@ async fn predict(
     payload: web::Payload,
     RequestId(request_id): RequestId,
 ) -> Result<HttpResponse, ApiError> {
-    let decoded = match decode(&state, &req, payload, &request_id).await {
-        Ok(decoded) => decoded,
-        Err(e) => {
-            state.service.count_undecodable(&e);
-            return Err(e);
-        }
-    };
+    if content_type(&req).starts_with("multipart/form-data") {
+        return super::files::predict_upload(&state, &req, payload, &request_id).await;
+    }
+    let decoded = state
+        .service
+        .counted(decode(&state, &req, payload, &request_id).await)?;
     let prediction = state.service.predict(&decoded.model, decoded.call).await?;
     answer(&request_id, &prediction, decoded.outputs.as_deref())
 }
@@ -112,15 +127,10 @@ async fn decode(
 ) -> Result<Decoded, ApiError> {
     let header_timeout = header_timeout(req)?;
     let header_priority = header_priority(req)?;
-    let content_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("application/json")
-        .to_ascii_lowercase();
-    let mut decoded = if content_type.starts_with("multipart/form-data") {
-        decode_multipart(state, req, payload, request_id).await?
-    } else if content_type.starts_with("application/json") || content_type.contains("+json") {
+    let content_type = content_type(req);
+    let mut decoded = if content_type.starts_with("application/json")
+        || content_type.contains("+json")
+    {
         let body = read_body(state, req, payload).await?;
         decode_json(&body, request_id)?
     } else {
@@ -134,6 +144,15 @@ async fn decode(
     decoded.call.priority = decoded.priority.or(header_priority).unwrap_or_default();
     decoded.call.use_cache &= cache_allowed(req);
     Ok(decoded)
+}
+
+/// The request's content type, lower case; JSON when absent.
+fn content_type(req: &HttpRequest) -> String {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_ascii_lowercase()
 }
 
 fn decode_json(body: &[u8], request_id: &str) -> Result<Decoded, ApiError> {
@@ -176,120 +195,12 @@ fn positive_ms(value: Option<u64>, field: &str) -> Result<Option<Duration>, ApiE
     }
 }
 
-/// Multipart: a `model` field, a `file` field with a `.npy` array, and
-/// optional `timeout_ms` and `priority`. The array feeds the model's only
-/// input.
-async fn decode_multipart(
-    state: &AppState,
-    req: &HttpRequest,
-    payload: web::Payload,
-    request_id: &str,
-) -> Result<Decoded, ApiError> {
-    let mut form = Multipart::new(req.headers(), payload);
-    let mut model = None;
-    let mut file = None;
-    let mut timeout_ms = None;
-    let mut priority = None;
-    let mut total = 0usize;
-    while let Some(field) = form.next().await {
-        let mut field =
-            field.map_err(|e| ApiError::BadRequest(format!("invalid multipart body: {e}")))?;
-        let name = field.name().unwrap_or_default().to_string();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = field.next().await {
-            let chunk =
-                chunk.map_err(|e| ApiError::BadRequest(format!("invalid multipart body: {e}")))?;
-            total += chunk.len();
-            if total > state.body_limit {
-                return Err(ApiError::PayloadTooLarge {
-                    limit_mb: state.limit_mb(),
-                });
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        match name.as_str() {
-            "model" => model = Some(text_field(&name, bytes)?),
-            "file" => file = Some(bytes),
-            "timeout_ms" => {
-                let text = text_field(&name, bytes)?;
-                let ms = text.trim().parse::<u64>().map_err(|_| {
-                    ApiError::BadRequest("timeout_ms must be a positive integer".into())
-                })?;
-                timeout_ms = Some(ms);
-            }
-            "priority" => {
-                let text = text_field(&name, bytes)?;
-                let level = text
-                    .parse()
-                    .map_err(|e| ApiError::BadRequest(format!("{e}")))?;
-                priority = Some(level);
-            }
-            other => {
-                return Err(ApiError::BadRequest(format!(
-                    "unknown form field '{other}'; expected model, file, timeout_ms, priority"
-                )))
-            }
-        }
-    }
-    let model =
-        model.ok_or_else(|| ApiError::BadRequest("form field 'model' is missing".into()))?;
-    let file = file.ok_or_else(|| ApiError::BadRequest("form field 'file' is missing".into()))?;
-    let tensor = read_npy(&file).map_err(|e| match e {
-        NpyError::NotNpy => ApiError::UnsupportedMedia(e.to_string()),
-        NpyError::Invalid(_) => ApiError::InvalidTensor(e.to_string()),
-    })?;
-    let input = single_input_name(state, &model)?;
-    Ok(Decoded {
-        model,
-        call: PredictCall {
-            request_id: request_id.to_string(),
-            inputs: vec![(input, tensor)],
-            timeout: positive_ms(timeout_ms, "timeout_ms")?,
-            use_cache: true,
-            priority: Priority::default(),
-        },
-        outputs: None,
-        priority,
-    })
-}
-
-fn text_field(name: &str, bytes: Vec<u8>) -> Result<String, ApiError> {
-    String::from_utf8(bytes)
-        .map_err(|_| ApiError::BadRequest(format!("form field '{name}' is not UTF-8 text")))
-}
-
-/// The input an uploaded file feeds: the model's only one.
-fn single_input_name(state: &AppState, model: &str) -> Result<String, ApiError> {
-    let handle = state.service.model(model)?;
-    let signature = handle.ready_signature()?;
-    match signature.inputs.as_slice() {
-        [only] => Ok(only.name.clone()),
-        many => Err(ApiError::InvalidTensor(format!(
-            "model '{model}' has {} inputs; a file upload feeds single-input models only, send JSON tensors instead",
-            many.len()
-        ))),
-    }
-}
-
 fn answer(
     request_id: &str,
     p: &Prediction,
     only: Option<&[String]>,
 ) -> Result<HttpResponse, ApiError> {
-    let selected = select_outputs(&p.outputs, only)?;
-    let outputs = selected
-        .into_iter()
-        .map(|(name, t)| {
-            (
-                name.as_str(),
-                JsonTensorOut {
-                    shape: &t.shape,
-                    datatype: t.dtype.as_str(),
-                    data: JsonData(t),
-                },
-            )
-        })
-        .collect();
+    let outputs = json_outputs(select_outputs(&p.outputs, only)?.into_iter());
     Ok(HttpResponse::Ok().json(PredictAnswer {
         request_id,
         model: p.model.name(),
@@ -325,6 +236,6 @@ pub fn select_outputs<'a>(
         .collect()
 }
 
-fn round3(ms: f64) -> f64 {
+pub(super) fn round3(ms: f64) -> f64 {
     (ms * 1000.0).round() / 1000.0
 }

@@ -156,13 +156,7 @@ async fn infer(
         })
     }
     .await;
-    let (model, (call, request)) = match decoded {
-        Ok(ok) => ok,
-        Err(e) => {
-            state.service.count_undecodable(&e);
-            return Err(e);
-        }
-    };
+    let (model, (call, request)) = state.service.counted(decoded)?;
     let prediction = state.service.predict(model.name(), call).await?;
     encode(&prediction, request)
 }

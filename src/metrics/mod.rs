@@ -47,6 +47,23 @@ pub struct RequestRecord<'a> {
 }
 
 impl Metrics {
+    /// Records how long a file prediction spent preparing its upload and
+    /// shaping its answer.
+    pub fn record_media(&self, model: &str, prepare: Duration, postprocess: Duration) {
+        let labels = ModelLabels {
+            model: model.to_string(),
+        };
+        let series = &self.series;
+        series
+            .media_prepare_duration
+            .get_or_create(&labels)
+            .observe(prepare.as_secs_f64());
+        series
+            .media_postprocess_duration
+            .get_or_create(&labels)
+            .observe(postprocess.as_secs_f64());
+    }
+
     /// Counts a prediction request in stats and in Prometheus.
     pub fn record(&self, r: RequestRecord) {
         let ok = r.status < 400;

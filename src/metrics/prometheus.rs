@@ -66,6 +66,10 @@ pub struct EventSeries {
     pub queue_duration: Family<ModelLabels, Histogram, fn() -> Histogram>,
     pub inference_duration: Family<ModelLabels, Histogram, fn() -> Histogram>,
     pub batch_size: Family<ModelLabels, Histogram, fn() -> Histogram>,
+    /// Uploaded files: decode, resize or resample, normalise.
+    pub media_prepare_duration: Family<ModelLabels, Histogram, fn() -> Histogram>,
+    /// Outputs turned into masks or labels.
+    pub media_postprocess_duration: Family<ModelLabels, Histogram, fn() -> Histogram>,
 }
 
 impl Default for EventSeries {
@@ -101,6 +105,22 @@ impl Default for EventSeries {
             inference_duration.clone(),
         );
         registry.register("batch_size", "Items per batch run", batch_size.clone());
+        let media_prepare_duration =
+            Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let media_postprocess_duration =
+            Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register_with_unit(
+            "media_prepare_duration",
+            "Time an uploaded file took to become the input tensor (pool wait, decode, resize or resample)",
+            Unit::Seconds,
+            media_prepare_duration.clone(),
+        );
+        registry.register_with_unit(
+            "media_postprocess_duration",
+            "Time outputs took to become a mask or labels",
+            Unit::Seconds,
+            media_postprocess_duration.clone(),
+        );
         EventSeries {
             registry,
             requests,
@@ -108,6 +128,8 @@ impl Default for EventSeries {
             queue_duration,
             inference_duration,
             batch_size,
+            media_prepare_duration,
+            media_postprocess_duration,
         }
     }
 }

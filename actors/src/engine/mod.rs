@@ -2,6 +2,7 @@
 //! the thread of the replica that owns it. ONNX Runtime is one implementation;
 //! a deterministic fake lets tests control timing and failures.
 
+pub mod checked;
 pub mod fake;
 pub mod onnx;
 

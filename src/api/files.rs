@@ -1,0 +1,258 @@
+//! File uploads: `POST /api/optimized/predict` with a multipart form (the
+//! handler in `predict` hands those here) and `POST
+//! /api/optimized/predict/batch`, several files answered in order, each its
+//! own request to the batcher, each failing on its own.
+
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
+use futures_util::future::join_all;
+use serde::Serialize;
+
+use super::form::{read_upload_form, UploadForm};
+use super::predict::{json_outputs, round3, JsonTensorOut};
+use super::{cache_allowed, header_priority, header_timeout, resource, AppState};
+use crate::error::ApiError;
+use crate::files::{FileOptions, FilePrediction, FileResult, SourceInfo, UploadedFile};
+use crate::media::classes::ClassScore;
+use crate::media::mask::MaskAnswer;
+use crate::request_id::RequestId;
+
+pub fn config_files_api(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/api/optimized/predict/batch").route(web::post().to(predict_batch)));
+}
+
+/// The answer to one file.
+#[derive(Serialize)]
+struct FileAnswer<'a> {
+    request_id: &'a str,
+    model: &'a str,
+    model_version: &'a str,
+    file: FileInfo<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    mask: Option<&'a MaskAnswer>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    classes: Option<&'a [ClassScore]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outputs: Option<std::collections::BTreeMap<&'a str, JsonTensorOut<'a>>>,
+    batch_size: Option<usize>,
+    replica: Option<usize>,
+    cache: Option<&'static str>,
+    timings_ms: FileTimings,
+}
+
+/// What was uploaded, as Gantry read it.
+#[derive(Serialize, Default)]
+struct FileInfo<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<&'a str>,
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    file_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    width: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    height: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sample_rate: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    channels: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    seconds: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    shape: Option<&'a [usize]>,
+}
+
+#[derive(Serialize)]
+struct FileTimings {
+    decode: f64,
+    queue: f64,
+    inference: f64,
+    postprocess: f64,
+    total: f64,
+}
+
+/// One entry of a batch answer: the file's answer or its error.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum BatchEntry<'a> {
+    Done {
+        status: u16,
+        #[serde(flatten)]
+        answer: FileAnswer<'a>,
+    },
+    Failed {
+        status: u16,
+        request_id: &'a str,
+        file: FileInfo<'a>,
+        error: String,
+        code: &'static str,
+    },
+}
+
+#[derive(Serialize)]
+struct BatchAnswer<'a> {
+    request_id: &'a str,
+    model: &'a str,
+    results: Vec<BatchEntry<'a>>,
+}
+
+/// `POST /api/optimized/predict` with a multipart form: exactly one file.
+pub async fn predict_upload(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+    request_id: &str,
+) -> Result<HttpResponse, ApiError> {
+    let form = state
+        .service
+        .counted(read_form(state, req, payload, 1).await)?;
+    let file = form
+        .files
+        .into_iter()
+        .next()
+        .expect("the form holds a file");
+    let done = state
+        .file_predictor()
+        .predict(
+            &form.model,
+            request_id.to_string(),
+            file.clone(),
+            &form.options,
+        )
+        .await?;
+    Ok(HttpResponse::Ok().json(file_answer(request_id, &file, &done)))
+}
+
+/// `POST /api/optimized/predict/batch`: every file predicted concurrently,
+/// answered in order.
+async fn predict_batch(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    payload: web::Payload,
+    RequestId(request_id): RequestId,
+) -> Result<HttpResponse, ApiError> {
+    let max_files = state.media.max_batch_files;
+    let form = state
+        .service
+        .counted(read_form(&state, &req, payload, max_files).await)?;
+    // What concerns the model rather than a file fails the whole request.
+    let servable = state.service.model(&form.model).and_then(|handle| {
+        handle.ready_signature()?;
+        Ok(())
+    });
+    state.service.counted(servable.map_err(ApiError::from))?;
+    let ids: Vec<String> = (0..form.files.len())
+        .map(|i| format!("{request_id}-{i}"))
+        .collect();
+    let predictor = state.file_predictor();
+    let outcomes =
+        join_all(form.files.iter().zip(&ids).map(|(file, id)| {
+            predictor.predict(&form.model, id.clone(), file.clone(), &form.options)
+        }))
+        .await;
+    let results = outcomes
+        .iter()
+        .zip(&form.files)
+        .zip(&ids)
+        .map(|((outcome, file), id)| match outcome {
+            Ok(done) => BatchEntry::Done {
+                status: 200,
+                answer: file_answer(id, file, done),
+            },
+            Err(e) => BatchEntry::Failed {
+                status: e.status_code().as_u16(),
+                request_id: id,
+                file: FileInfo {
+                    name: file.name.as_deref(),
+                    ..FileInfo::default()
+                },
+                error: e.to_string(),
+                code: e.code(),
+            },
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(BatchAnswer {
+        request_id: &request_id,
+        model: &form.model,
+        results,
+    }))
+}
+
+/// The form, with the `x-request-timeout-ms`, `x-priority` and
+/// `Cache-Control` headers applied where the form is silent.
+async fn read_form(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+    max_files: usize,
+) -> Result<UploadForm, ApiError> {
+    let header_timeout = header_timeout(req)?;
+    let header_priority = header_priority(req)?;
+    let mut form = read_upload_form(state, req, payload, max_files).await?;
+    let options: &mut FileOptions = &mut form.options;
+    options.timeout = options.timeout.or(header_timeout);
+    options.priority = form.priority.or(header_priority).unwrap_or_default();
+    options.use_cache &= cache_allowed(req);
+    Ok(form)
+}
+
+fn file_answer<'a>(
+    request_id: &'a str,
+    file: &'a UploadedFile,
+    done: &'a FilePrediction,
+) -> FileAnswer<'a> {
+    let p = &done.prediction;
+    let mut info = FileInfo {
+        name: file.name.as_deref(),
+        ..FileInfo::default()
+    };
+    match &done.source {
+        SourceInfo::Image {
+            file_type,
+            width,
+            height,
+        } => {
+            info.file_type = Some(file_type.name());
+            info.width = Some(*width);
+            info.height = Some(*height);
+        }
+        SourceInfo::Audio {
+            file_type,
+            sample_rate,
+            channels,
+            seconds,
+        } => {
+            info.file_type = Some(file_type.name());
+            info.sample_rate = Some(*sample_rate);
+            info.channels = Some(*channels);
+            info.seconds = Some(round3(*seconds));
+        }
+        SourceInfo::Tensor { shape } => {
+            info.file_type = Some("npy");
+            info.shape = Some(shape);
+        }
+    }
+    FileAnswer {
+        request_id,
+        model: p.model.name(),
+        model_version: &p.model.spec.version,
+        file: info,
+        mask: match &done.result {
+            FileResult::Mask(mask) => Some(mask),
+            _ => None,
+        },
+        classes: match &done.result {
+            FileResult::Classes(classes) => Some(classes),
+            _ => None,
+        },
+        outputs: matches!(done.result, FileResult::Tensors).then(|| json_outputs(p.outputs.iter())),
+        batch_size: p.batch_size,
+        replica: p.replica,
+        cache: p.cache.map(|level| level.as_str()),
+        timings_ms: FileTimings {
+            decode: round3(done.decode_ms),
+            queue: round3(p.queue_ms),
+            inference: round3(p.inference_ms),
+            postprocess: round3(done.postprocess_ms),
+            total: round3(done.total_ms),
+        },
+    }
+}

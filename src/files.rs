@@ -1,0 +1,300 @@
+//! Predictions on uploaded files. A file is sniffed from its bytes, turned
+//! into the model's input on the media pool as its `[input]` table says
+//! (a `.npy` array, an image or an audio clip), run through the
+//! [`InferenceService`] like any request (so it batches with everything
+//! else), and its outputs shaped as the `[output]` table says (tensors, a
+//! mask or class labels).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use gantry_actors::processing::{InputProcessing, OutputProcessing};
+use gantry_actors::signature::ModelSignature;
+use gantry_actors::{InferError, ModelHandle, Priority, Tensor};
+
+use crate::error::ApiError;
+use crate::media::classes::{top_classes, ClassScore};
+use crate::media::image::{image_to_tensor, ImageLimits};
+use crate::media::mask::{mask_answer, MaskAnswer};
+use crate::media::npy::{read_npy, NpyError};
+use crate::media::pool::MediaPool;
+use crate::media::sniff::{describe_unknown, sniff, Family, FileType, AUDIO_TYPES, IMAGE_TYPES};
+use crate::media::{audio, MediaError};
+use crate::service::{InferenceService, PredictCall, Prediction};
+
+/// One uploaded file.
+#[derive(Debug, Clone)]
+pub struct UploadedFile {
+    /// The name the client gave it, if any (only echoed back).
+    pub name: Option<String>,
+    pub bytes: Bytes,
+}
+
+/// Per-request options of a file prediction.
+#[derive(Debug, Clone, Default)]
+pub struct FileOptions {
+    /// Overrides the mask threshold of `[output]`.
+    pub threshold: Option<f32>,
+    /// Overrides the `top_k` of `[output]`.
+    pub top_k: Option<usize>,
+    pub timeout: Option<Duration>,
+    pub priority: Priority,
+    pub use_cache: bool,
+}
+
+/// What the file was.
+#[derive(Debug, Clone)]
+pub enum SourceInfo {
+    Image {
+        file_type: FileType,
+        width: u32,
+        height: u32,
+    },
+    Audio {
+        file_type: FileType,
+        sample_rate: u32,
+        channels: usize,
+        seconds: f64,
+    },
+    Tensor {
+        shape: Vec<usize>,
+    },
+}
+
+/// The answer's payload, as the model's `[output]` table asks.
+#[derive(Debug)]
+pub enum FileResult {
+    /// Every output as a tensor: see `prediction.outputs`.
+    Tensors,
+    Mask(MaskAnswer),
+    Classes(Vec<ClassScore>),
+}
+
+/// A finished file prediction.
+#[derive(Debug)]
+pub struct FilePrediction {
+    pub prediction: Prediction,
+    pub source: SourceInfo,
+    pub result: FileResult,
+    pub decode_ms: f64,
+    pub postprocess_ms: f64,
+    pub total_ms: f64,
+}
+
+/// Runs file predictions: decoding and post-processing on `pool`,
+/// inference through `service`.
+pub struct FilePredictor<'a> {
+    pub service: &'a InferenceService,
+    pub pool: &'a MediaPool,
+    pub limits: ImageLimits,
+}
+
+impl FilePredictor<'_> {
+    /// One file, end to end. Errors before inference are counted in the
+    /// metrics here; the service counts the rest.
+    pub async fn predict(
+        &self,
+        model: &str,
+        request_id: String,
+        file: UploadedFile,
+        options: &FileOptions,
+    ) -> Result<FilePrediction, ApiError> {
+        let started = Instant::now();
+        // The request's deadline covers waiting for the media pool and
+        // decoding too; inference gets what is left.
+        let budget = options.timeout.unwrap_or(self.service.default_timeout);
+        let prepared = tokio::time::timeout(budget, self.prepare(model, file))
+            .await
+            .unwrap_or(Err(ApiError::Infer(InferError::DeadlineExceeded {
+                waited_ms: budget.as_millis() as u64,
+            })));
+        let (input, source) = self.service.counted(prepared)?;
+        let prepare = started.elapsed();
+        let left = budget
+            .saturating_sub(started.elapsed())
+            .max(Duration::from_millis(1));
+        let call = PredictCall {
+            request_id,
+            inputs: vec![input],
+            timeout: Some(left),
+            use_cache: options.use_cache,
+            priority: options.priority,
+        };
+        let prediction = self.service.predict(model, call).await?;
+        let post_started = Instant::now();
+        let result = self.shape(&prediction, &source, options).await?;
+        let postprocess = post_started.elapsed();
+        self.service
+            .metrics
+            .record_media(prediction.model.name(), prepare, postprocess);
+        Ok(FilePrediction {
+            prediction,
+            source,
+            result,
+            decode_ms: ms(prepare),
+            postprocess_ms: ms(postprocess),
+            total_ms: ms(started.elapsed()),
+        })
+    }
+
+    /// The model's input tensor (named) made from the file.
+    async fn prepare(
+        &self,
+        model: &str,
+        file: UploadedFile,
+    ) -> Result<((String, Tensor), SourceInfo), ApiError> {
+        let handle = self.service.model(model)?;
+        let signature = handle.ready_signature()?.clone();
+        let (input_name, rank) = single_input(&handle, &signature)?;
+        let bytes = file.bytes;
+        if bytes.is_empty() {
+            return Err(MediaError::Undecodable("the uploaded file is empty".into()).into());
+        }
+        let file_type = sniff(&bytes);
+        let wrong_type = |expected: &str| {
+            let found = file_type.map_or_else(
+                || describe_unknown(&bytes),
+                |t| format!("the file is {}", t.name().to_uppercase()),
+            );
+            ApiError::from(MediaError::Unsupported(format!(
+                "model '{model}' takes {expected}; {found}"
+            )))
+        };
+        match &handle.spec.settings.input {
+            InputProcessing::Tensor => {
+                if file_type != Some(FileType::Npy) {
+                    return Err(wrong_type(
+                        "tensors: upload a NumPy .npy array or send JSON",
+                    ));
+                }
+                let parsed = self.pool.run(move || Ok(read_npy(&bytes))).await?;
+                let tensor = parsed.map_err(|e| match e {
+                    NpyError::NotNpy => ApiError::UnsupportedMedia(e.to_string()),
+                    NpyError::Invalid(_) => ApiError::InvalidTensor(e.to_string()),
+                })?;
+                let shape = tensor.shape.clone();
+                Ok(((input_name, tensor), SourceInfo::Tensor { shape }))
+            }
+            InputProcessing::Image(spec) => {
+                let file_type = file_type
+                    .filter(|t| t.family() == Family::Image && t.readable())
+                    .ok_or_else(|| wrong_type(&format!("images ({IMAGE_TYPES})")))?;
+                let size = spec
+                    .target_size(&signature.inputs[0])
+                    .map_err(|why| failed(format!("model '{model}': {why}")))?;
+                let (spec, limits) = (spec.clone(), self.limits);
+                let image = self
+                    .pool
+                    .run(move || image_to_tensor(&bytes, file_type, &spec, size, limits))
+                    .await?;
+                let source = SourceInfo::Image {
+                    file_type,
+                    width: image.width,
+                    height: image.height,
+                };
+                Ok(((input_name, image.tensor), source))
+            }
+            InputProcessing::Audio(spec) => {
+                let file_type = file_type
+                    .filter(|t| t.family() == Family::Audio && t.readable())
+                    .ok_or_else(|| wrong_type(&format!("audio ({AUDIO_TYPES})")))?;
+                let spec = spec.clone();
+                let clip = self
+                    .pool
+                    .run(move || audio::audio_to_tensor(bytes, file_type, &spec, rank))
+                    .await?;
+                let source = SourceInfo::Audio {
+                    file_type,
+                    sample_rate: clip.sample_rate,
+                    channels: clip.channels,
+                    seconds: clip.seconds,
+                };
+                Ok(((input_name, clip.tensor), source))
+            }
+        }
+    }
+
+    /// The answer's payload from the outputs.
+    async fn shape(
+        &self,
+        prediction: &Prediction,
+        source: &SourceInfo,
+        options: &FileOptions,
+    ) -> Result<FileResult, ApiError> {
+        let model = &prediction.model;
+        let processing = &model.spec.settings.output;
+        if matches!(processing, OutputProcessing::Tensor) {
+            return Ok(FileResult::Tensors);
+        }
+        let index = match processing.output_name() {
+            Some(name) => prediction
+                .outputs
+                .iter()
+                .position(|(n, _)| n == name)
+                .ok_or_else(|| {
+                    failed(format!(
+                        "model '{}' has no output '{name}' (named in its [output] table)",
+                        model.name()
+                    ))
+                })?,
+            None => 0,
+        };
+        if index >= prediction.outputs.len() {
+            return Err(failed(format!(
+                "model '{}' answered no outputs",
+                model.name()
+            )));
+        }
+        match processing {
+            OutputProcessing::Mask(mask) => {
+                let threshold = options.threshold.unwrap_or(mask.threshold);
+                let SourceInfo::Image { width, height, .. } = *source else {
+                    return Err(failed("a mask answer needs an image upload".into()));
+                };
+                let outputs = Arc::clone(&prediction.outputs);
+                let answer = self
+                    .pool
+                    .run(move || {
+                        mask_answer(&outputs[index].1, (width, height), threshold)
+                            .map_err(MediaError::Undecodable)
+                    })
+                    .await
+                    .map_err(|e| failed(e.to_string()))?;
+                Ok(FileResult::Mask(answer))
+            }
+            OutputProcessing::Classes(classes) => {
+                let top_k = options.top_k.unwrap_or(classes.top_k);
+                let labels = model.spec.labels.as_deref();
+                top_classes(&prediction.outputs[index].1, labels, classes.softmax, top_k)
+                    .map(FileResult::Classes)
+                    .map_err(failed)
+            }
+            OutputProcessing::Tensor => Ok(FileResult::Tensors),
+        }
+    }
+}
+
+/// A post-processing failure: the model's outputs do not fit its `[output]` table.
+fn failed(why: String) -> ApiError {
+    ApiError::Infer(InferError::Inference(why))
+}
+
+/// The input an uploaded file feeds (the model's only one) and its rank.
+fn single_input(
+    handle: &ModelHandle,
+    signature: &ModelSignature,
+) -> Result<(String, usize), ApiError> {
+    match signature.inputs.as_slice() {
+        [only] => Ok((only.name.clone(), only.dims.len())),
+        many => Err(ApiError::InvalidTensor(format!(
+            "model '{}' has {} inputs; a file upload feeds single-input models only, send JSON tensors instead",
+            handle.name(),
+            many.len()
+        ))),
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
