@@ -253,14 +253,13 @@ impl FilePredictor<'_> {
                     return Err(failed("a mask answer needs an image upload".into()));
                 };
                 let outputs = Arc::clone(&prediction.outputs);
+                // The pool's own refusals keep their status (a full queue is
+                // 429); an output that is not a mask is the model's fault.
                 let answer = self
                     .pool
-                    .run(move || {
-                        mask_answer(&outputs[index].1, (width, height), threshold)
-                            .map_err(MediaError::Undecodable)
-                    })
-                    .await
-                    .map_err(|e| failed(e.to_string()))?;
+                    .run(move || Ok(mask_answer(&outputs[index].1, (width, height), threshold)))
+                    .await?
+                    .map_err(failed)?;
                 Ok(FileResult::Mask(answer))
             }
             OutputProcessing::Classes(classes) => {

@@ -102,6 +102,9 @@ fn decode(bytes: Bytes, file_type: FileType, spec: &AudioInput) -> Result<Clip, 
         }
     };
     let name = extension.to_uppercase();
+    if file_type == FileType::Wav {
+        check_wav_chunks(&bytes)?;
+    }
     let broken = |e: SymphoniaError| symphonia_error(&name, e);
     let stream = MediaSourceStream::new(Box::new(Cursor::new(bytes)), Default::default());
     let mut hint = Hint::new();
@@ -206,6 +209,41 @@ fn decode(bytes: Bytes, file_type: FileType, spec: &AudioInput) -> Result<Clip, 
     })
 }
 
+/// Refuses a WAV whose chunks before its audio (and the sub-chunks of its
+/// `LIST` chunks) declare more bytes than follow them: a damaged or hostile
+/// header, which the decoder would otherwise size a buffer by before reading.
+/// The `data` chunk may declare any length (a stream written to a pipe
+/// cannot seek back to fill it in).
+fn check_wav_chunks(bytes: &[u8]) -> Result<(), MediaError> {
+    /// Walks the chunks of `body`; `top` is the file's own level.
+    fn walk(body: &[u8], top: bool) -> Result<(), MediaError> {
+        let mut rest = body;
+        while rest.len() >= 8 {
+            let (id, len) = (
+                &rest[..4],
+                u32::from_le_bytes([rest[4], rest[5], rest[6], rest[7]]),
+            );
+            if top && id == b"data" {
+                return Ok(());
+            }
+            let len = len as usize;
+            let Some(chunk) = rest.get(8..8 + len) else {
+                return Err(MediaError::Undecodable(format!(
+                    "the WAV file is damaged: its '{}' chunk declares {len} bytes but {} follow",
+                    String::from_utf8_lossy(id),
+                    rest.len() - 8
+                )));
+            };
+            if top && id == b"LIST" && chunk.len() >= 4 {
+                walk(&chunk[4..], false)?;
+            }
+            rest = rest.get(8 + len + len % 2..).unwrap_or_default();
+        }
+        Ok(())
+    }
+    walk(bytes.get(12..).unwrap_or_default(), true)
+}
+
 /// True when a WAV's frame count comes from a data length of `0xFFFFFFFF`
 /// (or 0): a stream written before its length was known, not a promise.
 fn streaming_length(params: &symphonia::core::codecs::CodecParameters, frames: u64) -> bool {
@@ -238,6 +276,13 @@ pub fn resample(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>, MediaEr
         out.extend_from_slice(&produced[0]);
         rest = tail;
     }
+    // Flushing with zeros. The resampler answers only whole FFT blocks of
+    // `from / gcd(from, to)` input frames, which can span many chunks (44101
+    // Hz holds 44101 frames), so an empty answer is not the end; the zeros
+    // fed are bounded by one block and the delay beyond the chunks.
+    let block = (from / gcd(from, to)) as usize;
+    let chunk = resampler.input_frames_next().max(1);
+    let mut empty_answers_left = block.div_ceil(chunk) + delay.div_ceil(chunk) + 2;
     while out.len() < expected + delay {
         let input = (!rest.is_empty()).then_some([rest]);
         let produced = resampler
@@ -245,13 +290,23 @@ pub fn resample(samples: &[f32], from: u32, to: u32) -> Result<Vec<f32>, MediaEr
             .map_err(|e| failed(e.to_string()))?;
         rest = &[];
         if produced[0].is_empty() {
-            break;
+            if empty_answers_left == 0 {
+                break;
+            }
+            empty_answers_left -= 1;
         }
         out.extend_from_slice(&produced[0]);
     }
     out.drain(..delay.min(out.len()));
     out.truncate(expected);
     Ok(out)
+}
+
+fn gcd(mut a: u32, mut b: u32) -> u32 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a.max(1)
 }
 
 #[cfg(test)]
@@ -317,18 +372,25 @@ mod tests {
 
     #[test]
     fn resampling_keeps_a_tone_and_its_timing() {
-        let tone: Vec<f32> = (0..44100)
-            .map(|i| (i as f32 * 440.0 * std::f32::consts::TAU / 44100.0).sin())
-            .collect();
-        let out = resample(&tone, 44100, 16000).unwrap();
-        assert_eq!(out.len(), 16000);
-        for i in (2000..14000).step_by(997) {
-            let want = (i as f32 * 440.0 * std::f32::consts::TAU / 16000.0).sin();
-            assert!(
-                (out[i] - want).abs() < 0.02,
-                "sample {i}: {} vs {want}",
-                out[i]
-            );
+        // 44101 and 44056 Hz have FFT blocks longer than a chunk (44101 and
+        // 5507 frames); 0.5 s of them must come out whole, not zero-padded.
+        // Off by at most a third of an output sample (0.05 at this slope).
+        for (from, seconds) in [(44100, 1.0), (44101, 0.5), (44056, 0.5), (8000, 1.0)] {
+            let n = (f64::from(from) * seconds) as usize;
+            let tone: Vec<f32> = (0..n)
+                .map(|i| (i as f32 * 440.0 * std::f32::consts::TAU / from as f32).sin())
+                .collect();
+            let out = resample(&tone, from, 16000).unwrap();
+            let len = (16000.0 * seconds) as usize;
+            assert_eq!(out.len(), len, "from {from} Hz");
+            for i in (len / 8..len * 7 / 8).step_by(97) {
+                let want = (i as f32 * 440.0 * std::f32::consts::TAU / 16000.0).sin();
+                assert!(
+                    (out[i] - want).abs() < 0.05,
+                    "from {from} Hz, sample {i}: {} vs {want}",
+                    out[i]
+                );
+            }
         }
     }
 
@@ -338,6 +400,44 @@ mod tests {
         bytes[4..8].copy_from_slice(&length.to_le_bytes());
         bytes[40..44].copy_from_slice(&length.to_le_bytes());
         bytes
+    }
+
+    #[test]
+    fn chunks_that_overrun_the_file_are_refused_before_decoding() {
+        let frames: Vec<Vec<i16>> = (0..100).map(|i| vec![i as i16]).collect();
+        let clip = wav(8000, 1, &frames);
+        // A LIST/INFO chunk before the audio whose INAM claims 4 GiB, inside
+        // a LIST that claims as much (else the decoder's own check fires).
+        for (list, named) in [
+            (0xFFFF_FFF0u32, "'LIST' chunk declares 4294967280"),
+            (16, "'INAM' chunk declares 4294967264"),
+        ] {
+            let mut hostile = clip[..12].to_vec();
+            hostile.extend_from_slice(b"LIST");
+            hostile.extend_from_slice(&list.to_le_bytes());
+            hostile.extend_from_slice(b"INFOINAM");
+            hostile.extend_from_slice(&0xFFFF_FFE0u32.to_le_bytes());
+            hostile.extend_from_slice(b"abcd");
+            hostile.extend_from_slice(&clip[12..]);
+            let err = audio_to_tensor(Bytes::from(hostile), FileType::Wav, &spec(8000, 200), 2)
+                .unwrap_err();
+            assert!(
+                matches!(err, MediaError::Undecodable(ref m) if m.contains(named)),
+                "{err:?}"
+            );
+        }
+        // A well-formed LIST chunk is fine.
+        let mut tagged = clip[..12].to_vec();
+        tagged.extend_from_slice(b"LIST");
+        tagged.extend_from_slice(&16u32.to_le_bytes());
+        tagged.extend_from_slice(b"INFOINAM");
+        tagged.extend_from_slice(&4u32.to_le_bytes());
+        tagged.extend_from_slice(b"owl\0");
+        tagged.extend_from_slice(&clip[12..]);
+        let riff = u32::from_le_bytes(tagged[4..8].try_into().unwrap()) + 24;
+        tagged[4..8].copy_from_slice(&riff.to_le_bytes());
+        let t = audio_to_tensor(Bytes::from(tagged), FileType::Wav, &spec(8000, 200), 2).unwrap();
+        assert_eq!(t.tensor.shape, [1, 200]);
     }
 
     #[test]

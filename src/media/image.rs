@@ -148,7 +148,9 @@ fn decode_for(
     let scaled = target
         .filter(|_| file_type == FileType::Jpeg)
         .and_then(|(tw, th)| {
-            jpeg::decode_scaled(bytes, (w, h), if turned { (th, tw) } else { (tw, th) })
+            let want = if turned { (th, tw) } else { (tw, th) };
+            let max_bytes = usize::try_from(budget).unwrap_or(usize::MAX);
+            jpeg::decode_scaled(bytes, (w, h), want, max_bytes)
         });
     let mut image = match scaled {
         Some(image) => image,
@@ -175,11 +177,35 @@ fn image_error(name: &str, e: ImageError, budget: u64) -> MediaError {
     }
 }
 
-/// Whether a JPEG ends with its end-of-image marker (padding after it
-/// allowed).
+/// Whether a JPEG's segments lead to its end-of-image marker. Segments are
+/// skipped by their lengths (so an EXIF thumbnail's own end marker never
+/// counts) and scan data is read up to the next marker; what follows the end
+/// (a phone's motion-photo video, padding) is ignored.
 fn has_jpeg_end(bytes: &[u8]) -> bool {
-    let tail = &bytes[bytes.len().saturating_sub(1024)..];
-    tail.windows(2).any(|w| w == [0xFF, 0xD9])
+    let mut i = 2; // after SOI
+    while let Some(skip) = bytes
+        .get(i..)
+        .and_then(|rest| rest.iter().position(|&b| b == 0xFF))
+    {
+        i += skip;
+        let Some(&marker) = bytes.get(i + 1) else {
+            return false;
+        };
+        match marker {
+            0xD9 => return true,
+            // Fill bytes, stuffed 0xFF00 in scan data, restart markers, TEM.
+            0xFF => i += 1,
+            0x00 | 0x01 | 0xD0..=0xD8 => i += 2,
+            // A segment: its length counts its own two bytes.
+            _ => match bytes.get(i + 2..i + 4) {
+                Some(&[hi, lo]) if u16::from_be_bytes([hi, lo]) >= 2 => {
+                    i += 2 + usize::from(u16::from_be_bytes([hi, lo]));
+                }
+                _ => return false,
+            },
+        }
+    }
+    false
 }
 
 /// Interleaved pixels in the model's colour mode, at 8 or 16 bits.
@@ -398,5 +424,31 @@ mod tests {
         );
         let err = decode(b"GIF89a", FileType::Gif, LIMITS).unwrap_err();
         assert!(matches!(err, MediaError::Unsupported(_)), "{err:?}");
+    }
+
+    #[test]
+    fn a_jpeg_is_whole_up_to_its_end_marker_whatever_follows() {
+        let noise = GrayImage::from_fn(64, 48, |x, y| Luma([((x * 7 + y * 13) % 251) as u8]));
+        let jpeg = encode(DynamicImage::ImageLuma8(noise), ImageFormat::Jpeg);
+        assert!(has_jpeg_end(&jpeg));
+        // A motion photo: a video after the image, longer than any tail scan.
+        let mut motion = jpeg.clone();
+        motion.extend((0..200_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8));
+        let image = decode(&motion, FileType::Jpeg, LIMITS).unwrap();
+        assert_eq!((image.width(), image.height()), (64, 48));
+        // Cut anywhere in its scan data, it is truncated, whatever we append.
+        let scan = jpeg.windows(2).rposition(|w| w == [0xFF, 0xDA]).unwrap();
+        for cut in [scan + 8, (scan + jpeg.len()) / 2, jpeg.len() - 2] {
+            assert!(!has_jpeg_end(&jpeg[..cut]), "cut at {cut}");
+            let err = decode(&jpeg[..cut], FileType::Jpeg, LIMITS).unwrap_err();
+            assert!(
+                matches!(err, MediaError::Undecodable(ref m) if m.contains("truncated")),
+                "{err:?}"
+            );
+        }
+        // An end marker inside an earlier segment (an EXIF thumbnail's) does not count.
+        let mut app = vec![0xFF, 0xD8, 0xFF, 0xE1, 0x00, 0x06, 0xFF, 0xD9, 0xFF, 0xD9];
+        app.extend_from_slice(&jpeg[2..scan + 8]);
+        assert!(!has_jpeg_end(&app));
     }
 }

@@ -15,12 +15,19 @@ use jpeg_decoder::{Decoder, PixelFormat};
 /// image is under twice that (scaling would not help) or this path cannot
 /// decode the file. The scaled IDCT averages each block, so the image
 /// stays free of aliasing for the resize that follows.
-pub fn decode_scaled(bytes: &[u8], stored: (u32, u32), want: (u32, u32)) -> Option<DynamicImage> {
+/// `max_bytes` bounds the decoder's buffers, whatever the header claims.
+pub fn decode_scaled(
+    bytes: &[u8],
+    stored: (u32, u32),
+    want: (u32, u32),
+    max_bytes: usize,
+) -> Option<DynamicImage> {
     let at_least = want;
     if stored.0 < at_least.0.saturating_mul(2) || stored.1 < at_least.1.saturating_mul(2) {
         return None;
     }
     let mut decoder = Decoder::new(Cursor::new(bytes));
+    decoder.set_max_decoding_buffer_size(max_bytes);
     decoder.read_info().ok()?;
     let request = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
     let (width, height) = decoder
@@ -55,14 +62,16 @@ mod tests {
     #[test]
     fn large_images_are_decoded_small_and_small_ones_are_left_alone() {
         let big = jpeg(1600, 1200);
-        let scaled = decode_scaled(&big, (1600, 1200), (128, 128)).expect("scaled");
+        let scaled = decode_scaled(&big, (1600, 1200), (128, 128), usize::MAX).expect("scaled");
         assert_eq!((scaled.width(), scaled.height()), (200, 150));
         let pixel = scaled.to_rgb8().get_pixel(100, 75).0;
         assert!(
             (i32::from(pixel[0]) - 100).abs() <= 3 && (i32::from(pixel[1]) - 75).abs() <= 3,
             "{pixel:?}"
         );
-        assert!(decode_scaled(&jpeg(200, 300), (200, 300), (128, 128)).is_none());
-        assert!(decode_scaled(b"\xFF\xD8\xFF garbage", (4000, 4000), (64, 64)).is_none());
+        assert!(decode_scaled(&jpeg(200, 300), (200, 300), (128, 128), usize::MAX).is_none());
+        assert!(
+            decode_scaled(b"\xFF\xD8\xFF garbage", (4000, 4000), (64, 64), usize::MAX).is_none()
+        );
     }
 }
