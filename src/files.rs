@@ -111,9 +111,7 @@ impl FilePredictor<'_> {
             })));
         let (input, source) = self.service.counted(prepared)?;
         let prepare = started.elapsed();
-        let left = budget
-            .saturating_sub(started.elapsed())
-            .max(Duration::from_millis(1));
+        let left = budget.saturating_sub(prepare).max(Duration::from_millis(1));
         let call = PredictCall {
             request_id,
             inputs: vec![input],

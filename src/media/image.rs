@@ -64,7 +64,7 @@ pub fn image_to_tensor(
         Layout::Nhwc => vec![1, height as usize, width as usize, channels],
     };
     let tensor = Tensor::from_f32(shape, &values)
-        .map_err(|e| MediaError::Undecodable(format!("internal size mismatch: {e:?}")))?;
+        .map_err(|e| MediaError::Internal(format!("image tensor size mismatch: {e:?}")))?;
     Ok(ImageTensor {
         tensor,
         width: source_width,

@@ -16,7 +16,6 @@ use super::MediaError;
 #[derive(Debug, Clone)]
 pub struct MediaPool {
     permits: Arc<Semaphore>,
-    threads: usize,
     /// Jobs waiting for a thread, and how many may.
     waiting: Arc<AtomicUsize>,
     queue_capacity: usize,
@@ -33,18 +32,11 @@ impl Drop for Waiting {
 
 impl MediaPool {
     pub fn new(threads: usize, queue_capacity: usize) -> Self {
-        let threads = threads.max(1);
         MediaPool {
-            permits: Arc::new(Semaphore::new(threads)),
-            threads,
+            permits: Arc::new(Semaphore::new(threads.max(1))),
             waiting: Arc::new(AtomicUsize::new(0)),
             queue_capacity,
         }
-    }
-
-    /// Most jobs running at once.
-    pub fn threads(&self) -> usize {
-        self.threads
     }
 
     /// Runs `job` on a blocking thread once a slot is free. The slot is held
