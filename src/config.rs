@@ -65,8 +65,25 @@ pub struct ServerConfig {
     /// How long shutdown waits for in-flight requests, in seconds.
     pub shutdown_timeout_s: u64,
     /// Bearer token of the admin routes (scaling, reload, model load and
-    /// unload); empty means they answer loopback clients only.
+    /// unload); empty means they answer loopback clients only, and only
+    /// requests that came through no proxy.
     pub admin_token: String,
+    /// Time a connection's first request head may take to arrive, in ms;
+    /// past it actix answers 408 and closes the connection.
+    pub header_timeout_ms: u64,
+    /// Time a whole request body may take to arrive, in ms; past it the
+    /// answer is 408 and the connection is closed.
+    pub body_timeout_ms: u64,
+    /// How long an idle keep-alive connection waits for its next request, in
+    /// seconds; 0 turns keep-alive off.
+    pub keep_alive_s: u64,
+    /// Time a closing connection gets to shut down cleanly, in ms.
+    pub disconnect_timeout_ms: u64,
+    /// Open connections the server holds at most (all workers together);
+    /// beyond, new connections wait in the listen backlog.
+    pub max_connections: usize,
+    /// Connections the kernel queues before the server accepts them.
+    pub backlog: u32,
 }
 
 impl Default for ServerConfig {
@@ -78,6 +95,12 @@ impl Default for ServerConfig {
             request_timeout_ms: 30_000,
             shutdown_timeout_s: 30,
             admin_token: String::new(),
+            header_timeout_ms: 5_000,
+            body_timeout_ms: 60_000,
+            keep_alive_s: 5,
+            disconnect_timeout_ms: 1_000,
+            max_connections: 10_000,
+            backlog: 1_024,
         }
     }
 }
@@ -283,6 +306,24 @@ impl Config {
         }
         if self.server.request_timeout_ms == 0 {
             return Err(("server.request_timeout_ms", "must be at least 1".into()));
+        }
+        if self.server.header_timeout_ms == 0 {
+            return Err(("server.header_timeout_ms", "must be at least 1".into()));
+        }
+        if self.server.body_timeout_ms == 0 {
+            return Err(("server.body_timeout_ms", "must be at least 1".into()));
+        }
+        if self.server.keep_alive_s > 3_600 {
+            return Err(("server.keep_alive_s", "must be at most 3600".into()));
+        }
+        if self.server.disconnect_timeout_ms == 0 {
+            return Err(("server.disconnect_timeout_ms", "must be at least 1".into()));
+        }
+        if self.server.max_connections == 0 {
+            return Err(("server.max_connections", "must be at least 1".into()));
+        }
+        if self.server.backlog == 0 || self.server.backlog > 65_535 {
+            return Err(("server.backlog", "must be between 1 and 65535".into()));
         }
         if self.media.max_image_pixels == 0 {
             return Err(("media.max_image_pixels", "must be at least 1".into()));

@@ -42,6 +42,13 @@ pub enum ApiError {
     /// An admin route from a non-loopback client while no token is set.
     #[error("{0}")]
     Forbidden(String),
+    /// The request body did not arrive within `server.body_timeout_ms`.
+    #[error("{0}")]
+    RequestTimeout(String),
+    /// An error answer actix itself chose (an extractor or protocol check),
+    /// with its status; shaped like every other error.
+    #[error("{message}")]
+    Http { status: StatusCode, message: String },
     /// A dependency the request needs (the prediction log's database) is down.
     #[error("{0}")]
     Unavailable(String),
@@ -67,6 +74,20 @@ impl From<gantry_actors::lifecycle::LifecycleError> for ApiError {
 }
 
 impl ApiError {
+    /// The error for an answer actix wrote with `status` and `message`: the
+    /// variant of that status where there is one, else [`ApiError::Http`].
+    pub fn from_status(status: StatusCode, message: String) -> ApiError {
+        match status {
+            StatusCode::BAD_REQUEST => ApiError::BadRequest(message),
+            StatusCode::NOT_FOUND => ApiError::NotFound(message),
+            StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed(message),
+            StatusCode::REQUEST_TIMEOUT => ApiError::RequestTimeout(message),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMedia(message),
+            StatusCode::INTERNAL_SERVER_ERROR => ApiError::Internal(message),
+            status => ApiError::Http { status, message },
+        }
+    }
+
     /// Stable machine-readable code for the JSON body.
     pub fn code(&self) -> &'static str {
         match self {
@@ -77,6 +98,15 @@ impl ApiError {
             ApiError::UnsupportedMedia(_) => "unsupported_media_type",
             ApiError::InvalidTensor(_) => "invalid_input",
             ApiError::Unavailable(_) => "dependency_unavailable",
+            ApiError::RequestTimeout(_) => "request_timeout",
+            ApiError::Http { status, .. } => match *status {
+                StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
+                StatusCode::LENGTH_REQUIRED => "length_required",
+                StatusCode::EXPECTATION_FAILED => "expectation_failed",
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "headers_too_large",
+                s if s.is_server_error() => "internal",
+                _ => "bad_request",
+            },
             ApiError::Media(e) => match e {
                 MediaError::Unsupported(_) => "unsupported_media_type",
                 MediaError::Undecodable(_) => "invalid_file",
@@ -110,6 +140,8 @@ impl ResponseError for ApiError {
             ApiError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::InvalidTensor(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Http { status, .. } => *status,
             ApiError::Media(e) => match e {
                 MediaError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 MediaError::Undecodable(_) | MediaError::TooLarge(_) => {

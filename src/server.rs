@@ -1,6 +1,7 @@
 //! Builds and starts the server: the actor system first, then the HTTP
-//! listener. Tests call [`start`] with a listener on port 0 and any engine
-//! provider; `main` calls it with ONNX Runtime.
+//! listener with its limits for slow and idle clients (`[server]` keys).
+//! Tests call [`start`] with a listener on port 0 and any engine provider;
+//! `main` calls it with ONNX Runtime.
 
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::AtomicBool;
@@ -8,12 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::dev::Server;
+use actix_web::http::KeepAlive;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
 use gantry_actors::engine::EngineProvider;
 use gantry_actors::{Supervisor, SupervisorConfig};
 
-use crate::api::{self, AppState, MediaSettings};
+use crate::api::{self, drain, json_errors, AppState, MediaSettings};
 use crate::cache::ResultCache;
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -99,27 +101,48 @@ pub async fn start(
             shutting_down: AtomicBool::new(false),
         },
         body_limit: (config.server.body_limit_mb * 1024 * 1024) as usize,
+        body_timeout: Duration::from_millis(config.server.body_timeout_ms),
+        drain: drain::Drain::new(Duration::from_secs(config.server.shutdown_timeout_s)),
         admin_token: Some(config.server.admin_token.clone()).filter(|t| !t.is_empty()),
         media: MediaSettings::from_config(&config.media),
     });
     let shared = state.clone();
     let addr = listener.local_addr()?;
-    let mut http = HttpServer::new(move || {
+    let server_config = &config.server;
+    // listen() again on a listening socket sets its backlog (Linux, BSDs),
+    // whoever bound it.
+    socket2::SockRef::from(&listener).listen(server_config.backlog as i32)?;
+    let workers = match server_config.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let http = HttpServer::new(move || {
+        // The last `wrap` runs first: the request id, then draining, then
+        // JSON for actix's own error answers.
         App::new()
             .app_data(state.clone())
+            .wrap(from_fn(json_errors::shape))
+            .wrap(from_fn(drain::guard))
             .wrap(from_fn(request_id::assign))
+            .configure(json_errors::config_extractor_errors)
             .configure(api::configure)
             .default_service(web::to(api::not_found))
     })
-    .shutdown_timeout(config.server.shutdown_timeout_s)
+    .workers(workers)
+    .shutdown_timeout(server_config.shutdown_timeout_s)
+    .client_request_timeout(Duration::from_millis(server_config.header_timeout_ms))
+    .client_disconnect_timeout(Duration::from_millis(server_config.disconnect_timeout_ms))
+    .keep_alive(match server_config.keep_alive_s {
+        0 => KeepAlive::Disabled,
+        s => KeepAlive::Timeout(Duration::from_secs(s)),
+    })
+    // actix counts connections per worker; the key is for all of them.
+    .max_connections(server_config.max_connections.div_ceil(workers))
     // A client that closes its connection while its request waits in a
     // queue drops the handler, and with it the request's reply channel: the
     // batcher then skips it (counted as cancelled) instead of running it.
     .h1_allow_half_closed(false)
     .disable_signals();
-    if config.server.workers > 0 {
-        http = http.workers(config.server.workers);
-    }
     let server = http.listen(listener)?.run();
     tracing::info!(%addr, "listening");
 
@@ -131,9 +154,10 @@ pub async fn start(
     })
 }
 
-/// SIGTERM/SIGINT: readiness turns 503 and new requests are refused, the
-/// listener closes, in-flight requests finish (within
-/// `server.shutdown_timeout_s`), then the server stops. SIGHUP: reload the
+/// SIGTERM/SIGINT: readiness turns 503 and every new request is answered
+/// 503 `shutting_down` with `Connection: close` (also on open keep-alive
+/// connections), while requests admitted before the signal finish (within
+/// `server.shutdown_timeout_s`); then the server stops. SIGHUP: reload the
 /// model repository.
 pub async fn handle_signals(server: actix_web::dev::ServerHandle, state: web::Data<AppState>) {
     use tokio::signal::unix::{signal, SignalKind};
@@ -159,10 +183,27 @@ pub async fn handle_signals(server: actix_web::dev::ServerHandle, state: web::Da
             }
         }
     }
-    tracing::info!("shutting down: readiness is 503, finishing in-flight requests");
+    drain_and_stop(server, state).await;
+}
+
+/// Turns readiness 503 and refuses new requests, waits for the admitted
+/// ones (at most `server.shutdown_timeout_s`), then stops the server: gracefully when
+/// they have all been answered, at once when the time ran out.
+pub async fn drain_and_stop(server: actix_web::dev::ServerHandle, state: web::Data<AppState>) {
     state
         .service
         .shutting_down
-        .store(true, std::sync::atomic::Ordering::Relaxed);
-    server.stop(true).await;
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    tracing::info!(
+        in_flight = state.drain.in_flight(),
+        "shutting down: readiness is 503, new requests are refused, finishing in-flight requests"
+    );
+    let settled = state.drain.settled().await;
+    if !settled {
+        tracing::warn!(
+            in_flight = state.drain.in_flight(),
+            "shutdown timeout reached; dropping the requests still running"
+        );
+    }
+    server.stop(settled).await;
 }

@@ -1,7 +1,9 @@
 //! Admin routes for operators: scale a model's replicas and reload the
 //! configuration and model repository, on a live server. They need
 //! `Authorization: Bearer <server.admin_token>`; with no token configured
-//! they answer loopback clients only.
+//! they answer loopback clients only, and only requests that carry no
+//! forwarding header: behind a reverse proxy on the same host every client's
+//! TCP peer is loopback, so the peer alone proves nothing there.
 
 use std::collections::BTreeMap;
 
@@ -44,17 +46,29 @@ fn check_admin(token: Option<&str>, req: &HttpRequest) -> Result<(), ApiError> {
             let loopback = req
                 .peer_addr()
                 .is_some_and(|a| a.ip().to_canonical().is_loopback());
-            if loopback {
-                Ok(())
-            } else {
-                Err(ApiError::Forbidden(
+            if !loopback {
+                return Err(ApiError::Forbidden(
                     "admin routes answer loopback clients only while server.admin_token is unset"
                         .into(),
-                ))
+                ));
+            }
+            match FORWARDING_HEADERS
+                .iter()
+                .find(|h| req.headers().contains_key(**h))
+            {
+                Some(forwarded) => Err(ApiError::Forbidden(format!(
+                    "this request came through a proxy ({forwarded} header): admin routes \
+                     behind a proxy need server.admin_token to be set"
+                ))),
+                None => Ok(()),
             }
         }
     }
 }
+
+/// Headers a proxy adds: their presence means the TCP peer is the proxy,
+/// not the client.
+const FORWARDING_HEADERS: [&str; 3] = ["forwarded", "x-forwarded-for", "x-real-ip"];
 
 /// Compares without stopping at the first difference.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -133,6 +147,29 @@ mod tests {
         assert!(check_admin(None, &from("[::1]").to_http_request()).is_ok());
         let err = check_admin(None, &from("10.1.2.3").to_http_request()).unwrap_err();
         assert!(matches!(err, ApiError::Forbidden(_)));
+    }
+
+    #[test]
+    fn without_a_token_a_proxied_loopback_request_is_refused() {
+        for header in ["Forwarded", "X-Forwarded-For", "X-Real-IP"] {
+            let proxied = from("127.0.0.1")
+                .insert_header((header, "for=203.0.113.7"))
+                .to_http_request();
+            match check_admin(None, &proxied) {
+                Err(ApiError::Forbidden(why)) => {
+                    assert!(why.contains("server.admin_token"), "{why}")
+                }
+                other => panic!("{header}: {other:?}"),
+            }
+        }
+        let with_token = from("127.0.0.1")
+            .insert_header(("X-Forwarded-For", "203.0.113.7"))
+            .insert_header(("authorization", "Bearer s3cret"))
+            .to_http_request();
+        assert!(
+            check_admin(Some("s3cret"), &with_token).is_ok(),
+            "a token works through a proxy"
+        );
     }
 
     #[test]

@@ -1,9 +1,13 @@
 //! Multipart forms of the upload endpoints: `model`, one or more `file`
 //! parts, and optional `threshold`, `top_k`, `priority`, `timeout_ms` and
-//! `cache`. The whole form counts against the body limit.
+//! `cache`. The whole form counts against the body limit and must arrive
+//! within `server.body_timeout_ms`; a body that ends before its closing
+//! boundary is a 400 at once.
 
 use std::cell::Cell;
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::Duration;
 
 use actix_web::error::PayloadError;
@@ -11,7 +15,7 @@ use actix_web::error::PayloadError;
 use actix_multipart::Multipart;
 use actix_web::{web, HttpRequest};
 use bytes::BytesMut;
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 
 use super::AppState;
 use crate::error::ApiError;
@@ -34,8 +38,18 @@ const MAX_OTHER_PARTS: usize = 16;
 
 /// Reads and checks the whole form, holding at most `max_files` files. The
 /// raw body (boundaries and part headers too) counts against the body
-/// limit, and a form over either limit is refused as soon as it shows.
+/// limit, and a form over either limit is refused as soon as it shows. A
+/// form still arriving at `server.body_timeout_ms` is a 408.
 pub async fn read_upload_form(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+    max_files: usize,
+) -> Result<UploadForm, ApiError> {
+    super::within_body_timeout(state, read_form(state, req, payload, max_files)).await
+}
+
+async fn read_form(
     state: &AppState,
     req: &HttpRequest,
     payload: web::Payload,
@@ -50,8 +64,13 @@ pub async fn read_upload_form(
     let limit = state.body_limit;
     let overflowed = Rc::new(Cell::new(false));
     let seen = Rc::new(Cell::new(0usize));
+    let ended = Rc::new(Cell::new(false));
     let (flag, counter) = (overflowed.clone(), seen.clone());
-    let counted = payload.map(move |chunk| {
+    let counted = Ending {
+        inner: payload,
+        ended: ended.clone(),
+    }
+    .map(move |chunk| {
         let chunk = chunk?;
         counter.set(counter.get() + chunk.len());
         if counter.get() > limit {
@@ -73,7 +92,7 @@ pub async fn read_upload_form(
         true => too_large(),
         false => ApiError::BadRequest(format!("invalid multipart body: {e}")),
     };
-    while let Some(field) = form.next().await {
+    while let Some(field) = next_or_truncated(&mut form, &ended).await? {
         let mut field = field.map_err(invalid)?;
         let name = field.name().unwrap_or_default().to_string();
         let filename = field
@@ -81,7 +100,7 @@ pub async fn read_upload_form(
             .and_then(|d| d.get_filename())
             .map(str::to_string);
         let mut bytes = BytesMut::new();
-        while let Some(chunk) = field.next().await {
+        while let Some(chunk) = next_or_truncated(&mut field, &ended).await? {
             bytes.extend_from_slice(&chunk.map_err(invalid)?);
         }
         let bytes = bytes.freeze();
@@ -156,6 +175,44 @@ pub async fn read_upload_form(
         options,
         priority,
     })
+}
+
+/// The body's stream, noting when it has ended.
+struct Ending<S> {
+    inner: S,
+    ended: Rc<Cell<bool>>,
+}
+
+impl<S: Stream + Unpin> Stream for Ending<S> {
+    type Item = S::Item;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> Poll<Option<S::Item>> {
+        let next = self.inner.poll_next_unpin(cx);
+        if let Poll::Ready(None) = next {
+            self.ended.set(true);
+        }
+        next
+    }
+}
+
+/// The next item of the form or of a part, or a 400 when the parser waits
+/// for more although the body has ended: actix-multipart then waits for
+/// bytes that never come (a body cut before its closing boundary), and the
+/// request would hang holding what it received.
+async fn next_or_truncated<S: Stream + Unpin>(
+    stream: &mut S,
+    ended: &Cell<bool>,
+) -> Result<Option<S::Item>, ApiError> {
+    std::future::poll_fn(|cx| match stream.poll_next_unpin(cx) {
+        Poll::Pending if ended.get() => Poll::Ready(Err(ApiError::BadRequest(
+            "invalid multipart body: the body ended before the form's closing boundary".into(),
+        ))),
+        next => next.map(Ok),
+    })
+    .await
 }
 
 /// A text field parsed as a `T` that `valid` accepts; else a 400 saying the

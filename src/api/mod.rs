@@ -3,9 +3,11 @@
 //! call the service, map the result.
 
 pub mod admin;
+pub mod drain;
 pub mod files;
 pub mod form;
 pub mod health;
+pub mod json_errors;
 pub mod metrics;
 pub mod predict;
 pub mod predictions;
@@ -32,6 +34,10 @@ pub struct AppState {
     pub service: InferenceService,
     /// Largest body accepted, in bytes.
     pub body_limit: usize,
+    /// Longest a whole body may take to arrive (`server.body_timeout_ms`).
+    pub body_timeout: Duration,
+    /// Requests being served, waited for on shutdown.
+    pub drain: drain::Drain,
     /// Bearer token of the admin routes; `None`: loopback clients only.
     pub admin_token: Option<String>,
     pub media: MediaSettings,
@@ -127,8 +133,37 @@ pub async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiE
     )))
 }
 
-/// Reads the whole body, answering 413 as soon as it exceeds the limit.
+/// Reads the whole body, answering 413 as soon as it exceeds the limit and
+/// 408 when it has not arrived within `server.body_timeout_ms`.
 pub async fn read_body(
+    state: &AppState,
+    req: &HttpRequest,
+    payload: web::Payload,
+) -> Result<Bytes, ApiError> {
+    within_body_timeout(state, read_whole_body(state, req, payload)).await
+}
+
+/// Runs `read` (a future reading the request body) within
+/// `server.body_timeout_ms`; past it the read is dropped, freeing what it
+/// buffered, and the answer is 408 (actix closes the connection, since the
+/// body was not read to its end).
+pub async fn within_body_timeout<T>(
+    state: &AppState,
+    read: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(state.body_timeout, read).await {
+        Ok(result) => result,
+        Err(_) => Err(ApiError::RequestTimeout(format!(
+            "the request body did not arrive within {} ms (server.body_timeout_ms)",
+            state.body_timeout.as_millis()
+        ))),
+    }
+}
+
+/// Most bytes reserved up front for a body from its `Content-Length`.
+const PRESIZE_LIMIT: usize = 4 * 1024 * 1024;
+
+async fn read_whole_body(
     state: &AppState,
     req: &HttpRequest,
     mut payload: web::Payload,
@@ -140,7 +175,9 @@ pub async fn read_body(
     if declared.is_some_and(|n| n > state.body_limit) {
         return Err(too_large());
     }
-    let mut body = BytesMut::with_capacity(declared.unwrap_or(0));
+    // What the client declared is reserved only up to a bound: a client
+    // that declares 64 MiB and sends nothing must not cost 64 MiB.
+    let mut body = BytesMut::with_capacity(declared.unwrap_or(0).min(PRESIZE_LIMIT));
     while let Some(chunk) = payload.next().await {
         let chunk =
             chunk.map_err(|e| ApiError::BadRequest(format!("could not read the body: {e}")))?;
