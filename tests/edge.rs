@@ -165,6 +165,17 @@ async fn a_head_that_stops_arriving_is_408_and_an_idle_connection_is_closed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_0_closes_each_connection_after_its_answer() {
+    let (_repo, server) = server(|c| c.server.keep_alive_s = 0).await;
+    let mut stream = raw::connect(&server.base).await;
+    raw::send(&mut stream, &raw::get("/v2/health/live")).await;
+    let response = raw::response(&mut stream).await.expect("an answer");
+    assert_eq!(response.status, 200);
+    assert_eq!(response.header("connection"), Some("close"));
+    raw::closed(&mut stream).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_beyond_the_cap_wait_while_open_ones_are_served() {
     let repo = Repo::new().fake("m", "");
     let mut config = no_cache(common::config(repo.path()));
