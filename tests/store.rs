@@ -60,7 +60,7 @@ fn row(model: &str, i: u32) -> PredictionRow {
     PredictionRow {
         prediction_id: Uuid::new_v4(),
         request_id: format!("order-{i}"),
-        request_id_from_client: i % 2 == 0,
+        request_id_from_client: i.is_multiple_of(2),
         model: model.to_string(),
         model_version: format!("v{i}"),
         input_sha256: format!("{:064x}", u64::from(i) * 0x9e37_79b9),

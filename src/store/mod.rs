@@ -324,7 +324,7 @@ impl PredictionLog {
                 all.push(row);
             }
         }
-        all.sort_by(|a, b| (a.created_at, a.prediction_id).cmp(&(b.created_at, b.prediction_id)));
+        all.sort_by_key(|row| (row.created_at, row.prediction_id));
         all.truncate(lookup.limit);
         Ok(all)
     }
