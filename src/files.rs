@@ -21,7 +21,7 @@ use crate::media::npy::{read_npy, NpyError};
 use crate::media::pool::MediaPool;
 use crate::media::sniff::{describe_unknown, sniff, Family, FileType, AUDIO_TYPES, IMAGE_TYPES};
 use crate::media::{audio, MediaError};
-use crate::service::{InferenceService, PredictCall, Prediction};
+use crate::service::{InferenceService, Pending, PredictCall, Prediction};
 
 /// One uploaded file.
 #[derive(Debug, Clone)]
@@ -91,16 +91,20 @@ pub struct FilePredictor<'a> {
 }
 
 impl FilePredictor<'_> {
-    /// One file, end to end. Errors before inference are counted in the
-    /// metrics here; the service counts the rest.
+    /// One file, end to end, noting on `pending` what its record needs
+    /// (the model first, so that a file refused before inference counts
+    /// for it); the caller finishes the record with the status it sends.
     pub async fn predict(
         &self,
         model: &str,
-        request_id: String,
+        pending: &mut Pending,
         file: UploadedFile,
         options: &FileOptions,
     ) -> Result<FilePrediction, ApiError> {
         let started = Instant::now();
+        if let Ok(handle) = self.service.model(model) {
+            pending.attribute(handle);
+        }
         // The request's deadline covers waiting for the media pool and
         // decoding too; inference gets what is left.
         let budget = options.timeout.unwrap_or(self.service.default_timeout);
@@ -109,17 +113,17 @@ impl FilePredictor<'_> {
             .unwrap_or(Err(ApiError::Infer(InferError::DeadlineExceeded {
                 waited_ms: budget.as_millis() as u64,
             })));
-        let (input, source) = self.service.counted(prepared)?;
+        let (input, source) = prepared?;
         let prepare = started.elapsed();
         let left = budget.saturating_sub(prepare).max(Duration::from_millis(1));
         let call = PredictCall {
-            request_id,
+            request_id: pending.request_id().to_string(),
             inputs: vec![input],
             timeout: Some(left),
             use_cache: options.use_cache,
             priority: options.priority,
         };
-        let prediction = self.service.predict(model, call).await?;
+        let prediction = self.service.predict(model, call, pending).await?;
         let post_started = Instant::now();
         let result = self.shape(&prediction, &source, options).await?;
         let postprocess = post_started.elapsed();

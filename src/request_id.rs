@@ -1,6 +1,7 @@
 //! Request ids: taken from the client's `x-request-id` header (when it is a
 //! reasonable token) or generated, kept in the request's extensions, put on
-//! every response, and recorded on the request's tracing span.
+//! every response, and recorded on the request's tracing span. Also the ids
+//! the server makes for each prediction, which key the prediction log.
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
@@ -11,17 +12,39 @@ use tracing::Instrument;
 
 pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
-/// The UUID under which a request is logged: the id itself when it is a
-/// UUID, else a name-based (v5) UUID of it, so a client's own ids can be
-/// looked up too.
+/// Header of the answer naming the prediction's id in the log.
+pub const PREDICTION_HEADER: HeaderName = HeaderName::from_static("x-prediction-id");
+
+/// The UUID under which rows were keyed before prediction ids existed: the
+/// request id itself when it is a UUID, else a name-based (v5) UUID of it.
 pub fn as_uuid(id: &str) -> uuid::Uuid {
     uuid::Uuid::parse_str(id)
         .unwrap_or_else(|_| uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, id.as_bytes()))
 }
 
+/// A new prediction id: a time-ordered UUID (version 7: milliseconds since
+/// the epoch, then random bits), unguessable and kind to the table's index.
+pub fn new_prediction_id() -> uuid::Uuid {
+    let millis = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    let random = uuid::Uuid::new_v4();
+    let mut bytes = [0u8; 10];
+    bytes.copy_from_slice(&random.as_bytes()[6..]);
+    uuid::Builder::from_unix_timestamp_millis(millis, &bytes).into_uuid()
+}
+
 /// The id of the request being handled.
 #[derive(Debug, Clone)]
 pub struct RequestId(pub String);
+
+/// The request's id and whether the client chose it (`x-request-id`) or the
+/// server made it; what a prediction log row records.
+#[derive(Debug, Clone)]
+pub struct Requested {
+    pub id: String,
+    pub from_client: bool,
+}
 
 fn acceptable(id: &str) -> bool {
     !id.is_empty()
@@ -36,14 +59,19 @@ pub async fn assign(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, actix_web::Error> {
-    let id = req
+    let chosen = req
         .headers()
         .get(&HEADER)
         .and_then(|v| v.to_str().ok())
         .filter(|v| acceptable(v))
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+        .map(str::to_string);
+    let from_client = chosen.is_some();
+    let id = chosen.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     req.extensions_mut().insert(RequestId(id.clone()));
+    req.extensions_mut().insert(Requested {
+        id: id.clone(),
+        from_client,
+    });
     let span = tracing::info_span!(
         "request",
         request_id = %id,
@@ -71,5 +99,35 @@ impl FromRequest for RequestId {
             .cloned()
             .unwrap_or_else(|| RequestId(uuid::Uuid::new_v4().to_string()));
         std::future::ready(Ok(id))
+    }
+}
+
+impl FromRequest for Requested {
+    type Error = actix_web::Error;
+    type Future = std::future::Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let id = req
+            .extensions()
+            .get::<Requested>()
+            .cloned()
+            .unwrap_or_else(|| Requested {
+                id: uuid::Uuid::new_v4().to_string(),
+                from_client: false,
+            });
+        std::future::ready(Ok(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prediction_ids_are_version_7_and_distinct() {
+        let (a, b) = (new_prediction_id(), new_prediction_id());
+        assert_ne!(a, b);
+        assert_eq!(a.get_version_num(), 7);
+        assert_eq!(a.get_variant(), uuid::Variant::RFC4122);
     }
 }

@@ -2,23 +2,25 @@
 //! It finds the model, answers from the result cache when it can, else
 //! validates inputs against the model's signature, hands the request to the
 //! model's batcher and waits for the answer within the deadline; then it
-//! caches a success, records the outcome in the metrics and queues a row for
-//! the prediction log (never waiting on it).
+//! caches a success. What the request leaves behind (metrics, the prediction
+//! log row) is noted on its [`Pending`] record, which the handler finishes
+//! with the status it sends ([`outcome`]).
+
+mod outcome;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use actix_web::ResponseError;
 use gantry_actors::messages::InferRequest;
 use gantry_actors::{InferError, ModelHandle, Priority, Serving, Tensor};
 use tokio::sync::oneshot;
 
+pub use self::outcome::Pending;
 use crate::cache::{CacheKey, CacheLevel, Outputs, ResultCache};
-use crate::error::ApiError;
-use crate::metrics::{Metrics, RequestRecord};
-use crate::request_id::as_uuid;
-use crate::store::{PredictionLog, PredictionRow};
+use crate::metrics::Metrics;
+use crate::request_id::Requested;
+use crate::store::PredictionLog;
 
 /// A decoded prediction request.
 #[derive(Debug)]
@@ -73,68 +75,35 @@ impl InferenceService {
             .ok_or_else(|| InferError::UnknownModel(name.to_string()))
     }
 
-    /// Runs one prediction end to end and records it.
-    pub async fn predict(&self, model: &str, call: PredictCall) -> Result<Prediction, InferError> {
-        let started = Instant::now();
-        let created_at = SystemTime::now();
-        let handle = match self
-            .model(model)
-            .and_then(|h| match self.is_shutting_down() {
-                true => Err(InferError::ShuttingDown),
-                false => Ok(h),
-            }) {
-            Ok(handle) => handle,
-            Err(e) => {
-                self.metrics.record(RequestRecord {
-                    model: None,
-                    status: status_of(&e),
-                    duration: started.elapsed(),
-                    queued: None,
-                });
-                return Err(e);
-            }
-        };
-        let request_id = call.request_id.clone();
-        let key = (self.cache.is_some() || self.log.is_some())
-            .then(|| CacheKey::of(handle.name(), &handle.spec.version, &call.inputs));
-        let result = self.run(handle.clone(), call, key, started).await;
-        let duration = started.elapsed();
-        let total_ms = duration.as_secs_f64() * 1000.0;
-        self.metrics.record(RequestRecord {
-            model: Some(handle.name()),
-            status: result.as_ref().map_or_else(status_of, |_| 200),
-            duration,
-            queued: result
-                .as_ref()
-                .ok()
-                .filter(|p| p.cache.is_none())
-                .map(|p| Duration::from_secs_f64(p.queue_ms / 1000.0)),
-        });
-        if let (Some(log), Some(key)) = (&self.log, &key) {
-            log.record(row(
-                &handle,
-                &request_id,
-                key,
-                &result,
-                total_ms,
-                created_at,
-            ));
-        }
-        result
+    /// Opens the record of a request that has just arrived.
+    pub fn open(&self, request: &Requested) -> Pending {
+        Pending::open(self.metrics.clone(), self.log.clone(), request.clone())
     }
 
-    /// Passes `decoded` on, counting an error as a request that failed
-    /// before it reached a model (a body or file that did not decode, say).
-    pub fn counted<T>(&self, decoded: Result<T, ApiError>) -> Result<T, ApiError> {
-        if let Err(e) = &decoded {
-            self.metrics.record(RequestRecord {
-                model: None,
-                status: e.status_code().as_u16(),
-                duration: Duration::ZERO,
-                queued: None,
-            });
+    /// Runs one prediction end to end, noting on `pending` what the record
+    /// needs (the model, the inputs' hash, what ran); the caller finishes it
+    /// with the status it answers.
+    pub async fn predict(
+        &self,
+        model: &str,
+        call: PredictCall,
+        pending: &mut Pending,
+    ) -> Result<Prediction, InferError> {
+        let started = Instant::now();
+        let handle = self.model(model)?;
+        pending.attribute(handle.clone());
+        if self.is_shutting_down() {
+            return Err(InferError::ShuttingDown);
         }
-        decoded
+        pending.reached = true;
+        let key = (self.cache.is_some() || self.log.is_some())
+            .then(|| CacheKey::of(handle.name(), &handle.spec.version, &call.inputs));
+        if self.log.is_some() {
+            pending.input_sha256 = key.as_ref().map(CacheKey::hex);
+        }
+        let prediction = self.run(handle, call, key, started, pending).await?;
+        pending.ran(&prediction);
+        Ok(prediction)
     }
 
     async fn run(
@@ -143,6 +112,7 @@ impl InferenceService {
         call: PredictCall,
         key: Option<CacheKey>,
         started: Instant,
+        pending: &mut Pending,
     ) -> Result<Prediction, InferError> {
         let cache = self.cache.as_ref().filter(|_| call.use_cache).zip(key);
         if let Some((cache, key)) = cache {
@@ -159,7 +129,7 @@ impl InferenceService {
                 });
             }
         }
-        let prediction = self.infer(model, call, started).await?;
+        let prediction = self.infer(model, call, started, pending).await?;
         if let Some((cache, key)) = cache {
             cache.put(key, prediction.outputs.clone());
         }
@@ -171,21 +141,27 @@ impl InferenceService {
         model: Arc<ModelHandle>,
         call: PredictCall,
         started: Instant,
+        pending: &mut Pending,
     ) -> Result<Prediction, InferError> {
         let signature = model.ready_signature()?;
         let validated = signature.validate(call.inputs, model.spec.settings.max_batch_size)?;
         let deadline = started + call.timeout.unwrap_or(self.default_timeout);
         let (reply, answer) = oneshot::channel();
-        model.submit(InferRequest {
-            request_id: call.request_id,
-            inputs: validated.tensors,
-            items: validated.items,
-            deadline,
-            priority: call.priority,
-            enqueued: started,
-            span: tracing::Span::current(),
-            reply,
-        })?;
+        model
+            .submit(InferRequest {
+                request_id: call.request_id,
+                inputs: validated.tensors,
+                items: validated.items,
+                deadline,
+                priority: call.priority,
+                enqueued: started,
+                span: tracing::Span::current(),
+                reply,
+            })
+            .inspect_err(|e| {
+                // The batcher never saw it, so its own count misses it.
+                pending.refused_at_mailbox = matches!(e, InferError::QueueFull { .. });
+            })?;
         let outcome = match tokio::time::timeout_at(deadline.into(), answer).await {
             Ok(Ok(result)) => result?,
             Ok(Err(_dropped)) => {
@@ -220,42 +196,5 @@ impl InferenceService {
             total_ms: started.elapsed().as_secs_f64() * 1000.0,
             cache: None,
         })
-    }
-}
-
-/// The HTTP status an error is answered with (mapped in one place, `crate::error`).
-fn status_of(e: &InferError) -> u16 {
-    ApiError::Infer(e.clone()).status_code().as_u16()
-}
-
-/// The prediction-log row of one outcome.
-fn row(
-    model: &ModelHandle,
-    request_id: &str,
-    key: &CacheKey,
-    result: &Result<Prediction, InferError>,
-    total_ms: f64,
-    created_at: SystemTime,
-) -> PredictionRow {
-    let (status, http_status, error) = match result {
-        Ok(_) => ("ok", 200, None),
-        Err(e) => ("error", status_of(e), Some(e.to_string())),
-    };
-    let ran = result.as_ref().ok();
-    PredictionRow {
-        request_id: as_uuid(request_id),
-        model: model.name().to_string(),
-        model_version: model.spec.version.clone(),
-        input_sha256: key.hex(),
-        status,
-        http_status,
-        error,
-        queue_ms: ran.filter(|p| p.cache.is_none()).map(|p| p.queue_ms),
-        inference_ms: ran.filter(|p| p.cache.is_none()).map(|p| p.inference_ms),
-        total_ms,
-        batch_size: ran.and_then(|p| p.batch_size).map(|n| n as u32),
-        replica: ran.and_then(|p| p.replica).map(|n| n as u32),
-        cache_level: ran.and_then(|p| p.cache).map(CacheLevel::as_str),
-        created_at,
     }
 }

@@ -58,7 +58,9 @@ fn now() -> SystemTime {
 fn row(model: &str, i: u32) -> PredictionRow {
     let failed = i % 3 == 2;
     PredictionRow {
-        request_id: Uuid::new_v4(),
+        prediction_id: Uuid::new_v4(),
+        request_id: format!("order-{i}"),
+        request_id_from_client: i.is_multiple_of(2),
         model: model.to_string(),
         model_version: format!("v{i}"),
         input_sha256: format!("{:064x}", u64::from(i) * 0x9e37_79b9),
@@ -135,22 +137,22 @@ async fn rows_are_written_and_read_back_field_for_field() {
 
     for row in &rows {
         let stored = log
-            .get(row.request_id)
+            .get(row.prediction_id)
             .await
             .expect("get answers")
-            .unwrap_or_else(|| panic!("row {} is stored", row.request_id));
+            .unwrap_or_else(|| panic!("row {} is stored", row.prediction_id));
         assert_eq!(stored, StoredPrediction::from(row.clone()));
     }
     assert_eq!(log.get(Uuid::new_v4()).await.expect("get answers"), None);
 
     // The JSON shape the HTTP API answers.
     let stored = log
-        .get(rows[0].request_id)
+        .get(rows[0].prediction_id)
         .await
         .expect("get")
         .expect("row");
     let json = serde_json::to_value(&stored).expect("serializes");
-    assert_eq!(json["request_id"], rows[0].request_id.to_string());
+    assert_eq!(json["prediction_id"], rows[0].prediction_id.to_string());
     assert_eq!(json["model"], model.as_str());
     assert_eq!(json["cache_level"], "l1");
     assert_eq!(json["total_ms"], 2.75);
@@ -160,19 +162,23 @@ async fn rows_are_written_and_read_back_field_for_field() {
         "RFC 3339: {created_at}"
     );
 
-    // A request id recorded again (a client reusing its x-request-id) keeps
-    // the first record.
+    // A prediction id recorded again (a batch written again after its
+    // commit went unacknowledged) keeps the first record.
     let mut again = row(&model, 7);
-    again.request_id = rows[0].request_id;
+    again.prediction_id = rows[0].prediction_id;
     log.record(again);
     log.flush(Duration::from_secs(5)).await;
     let stored = log
-        .get(rows[0].request_id)
+        .get(rows[0].prediction_id)
         .await
         .expect("get")
         .expect("row");
     assert_eq!(stored, StoredPrediction::from(rows[0].clone()));
     assert_eq!(count(&client, &model).await, 25);
+    assert_eq!(
+        (log.stats().rows_written, log.stats().rows_already_stored),
+        (25, 1)
+    );
 
     // Text PostgreSQL cannot hold (NUL) is stored, not a poison row.
     let mut odd = row(&model, 2);
@@ -180,7 +186,7 @@ async fn rows_are_written_and_read_back_field_for_field() {
     log.record(odd.clone());
     log.flush(Duration::from_secs(5)).await;
     assert_eq!(log.stats().buffer_depth, 0);
-    let stored = log.get(odd.request_id).await.expect("get").expect("row");
+    let stored = log.get(odd.prediction_id).await.expect("get").expect("row");
     assert_eq!(stored.error.as_deref(), Some("bad\u{FFFD}byte"));
     assert_eq!(log.stats().rows_dropped, 0);
 
@@ -209,7 +215,7 @@ async fn buffered_rows_are_found_and_flushed_on_demand() {
     assert_eq!(log.stats().buffer_depth, 3);
     // Not written yet (the next tick is a minute away), yet found.
     let stored = log
-        .get(rows[1].request_id)
+        .get(rows[1].prediction_id)
         .await
         .expect("get")
         .expect("row");
@@ -227,7 +233,7 @@ async fn buffered_rows_are_found_and_flushed_on_demand() {
     );
     assert_eq!(count(&client, &model).await, 3);
     let stored = log
-        .get(rows[2].request_id)
+        .get(rows[2].prediction_id)
         .await
         .expect("get")
         .expect("row");
@@ -368,9 +374,9 @@ async fn a_full_buffer_drops_and_counts_new_rows() {
     assert_eq!(stats.rows_written, 0);
 
     // Buffered rows are found; a dropped one cannot be, and says why.
-    let stored = log.get(rows[4].request_id).await.expect("buffered");
+    let stored = log.get(rows[4].prediction_id).await.expect("buffered");
     assert_eq!(stored, Some(StoredPrediction::from(rows[4].clone())));
-    match log.get(rows[7].request_id).await {
+    match log.get(rows[7].prediction_id).await {
         Err(StoreError::Unavailable(_)) => {}
         other => panic!("expected Unavailable, got {other:?}"),
     }
@@ -445,7 +451,7 @@ async fn rows_recorded_while_postgres_is_down_are_written_when_it_returns() {
     .await;
     assert_eq!(log.stats().rows_written, 30);
     // Buffered rows are still found; others cannot be looked up.
-    let stored = log.get(down[0].request_id).await.expect("buffered");
+    let stored = log.get(down[0].prediction_id).await.expect("buffered");
     assert_eq!(stored, Some(StoredPrediction::from(down[0].clone())));
     assert!(log.get(Uuid::new_v4()).await.is_err());
 
@@ -457,7 +463,7 @@ async fn rows_recorded_while_postgres_is_down_are_written_when_it_returns() {
     .await;
     let client = connect(&url).await;
     assert_eq!(count(&client, &model).await, 70);
-    let stored = log.get(down[39].request_id).await.expect("get");
+    let stored = log.get(down[39].prediction_id).await.expect("get");
     assert_eq!(stored, Some(StoredPrediction::from(down[39].clone())));
     assert_eq!(log.stats().rows_dropped, 0);
 

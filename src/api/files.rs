@@ -1,7 +1,8 @@
 //! File uploads: `POST /api/optimized/predict` with a multipart form (the
 //! handler in `predict` hands those here) and `POST
 //! /api/optimized/predict/batch`, several files answered in order, each its
-//! own request to the batcher, each failing on its own.
+//! own request to the batcher, each failing on its own, and each its own
+//! record (metrics and log row) with the status its entry shows.
 
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use futures_util::future::join_all;
@@ -14,7 +15,8 @@ use crate::error::ApiError;
 use crate::files::{FileOptions, FilePrediction, FileResult, SourceInfo, UploadedFile};
 use crate::media::classes::ClassScore;
 use crate::media::mask::MaskAnswer;
-use crate::request_id::RequestId;
+use crate::request_id::Requested;
+use crate::service::Pending;
 
 pub fn config_files_api(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/api/optimized/predict/batch").route(web::post().to(predict_batch)));
@@ -24,6 +26,8 @@ pub fn config_files_api(cfg: &mut web::ServiceConfig) {
 #[derive(Serialize)]
 struct FileAnswer<'a> {
     request_id: &'a str,
+    /// The prediction's own id in the prediction log.
+    prediction_id: String,
     model: &'a str,
     model_version: &'a str,
     file: FileInfo<'a>,
@@ -81,6 +85,9 @@ enum BatchEntry<'a> {
     Failed {
         status: u16,
         request_id: &'a str,
+        /// Absent when the file never reached its model (nothing is logged).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        prediction_id: Option<String>,
         file: FileInfo<'a>,
         error: String,
         code: &'static str,
@@ -99,81 +106,107 @@ pub async fn predict_upload(
     state: &AppState,
     req: &HttpRequest,
     payload: web::Payload,
-    request_id: &str,
-) -> Result<HttpResponse, ApiError> {
-    let form = state
-        .service
-        .counted(read_form(state, req, payload, 1).await)?;
-    let file = form
-        .files
-        .into_iter()
-        .next()
-        .expect("the form holds a file");
-    let done = state
-        .file_predictor()
-        .predict(
-            &form.model,
-            request_id.to_string(),
-            file.clone(),
-            &form.options,
-        )
-        .await?;
-    Ok(HttpResponse::Ok().json(file_answer(request_id, &file, &done)))
+    requested: &Requested,
+) -> HttpResponse {
+    let mut pending = state.service.open(requested);
+    let answered = async {
+        let form = read_form(state, req, payload, 1).await?;
+        let file = form.files.into_iter().next().ok_or_else(|| {
+            ApiError::Internal("the upload form was read without its file".into())
+        })?;
+        let done = state
+            .file_predictor()
+            .predict(&form.model, &mut pending, file.clone(), &form.options)
+            .await?;
+        let id = pending.prediction_id().to_string();
+        Ok(HttpResponse::Ok().json(file_answer(&requested.id, id, &file, &done)))
+    }
+    .await;
+    pending.finish(answered)
 }
 
 /// `POST /api/optimized/predict/batch`: every file predicted concurrently,
-/// answered in order.
+/// answered in order. A failure of the whole request (the form, the model)
+/// is its one record; otherwise each file is.
 async fn predict_batch(
     state: web::Data<AppState>,
     req: HttpRequest,
     payload: web::Payload,
-    RequestId(request_id): RequestId,
-) -> Result<HttpResponse, ApiError> {
+    requested: Requested,
+) -> HttpResponse {
+    let mut whole = state.service.open(&requested);
     let max_files = state.media.max_batch_files;
-    let form = state
-        .service
-        .counted(read_form(&state, &req, payload, max_files).await)?;
-    // What concerns the model rather than a file fails the whole request.
-    let servable = state.service.model(&form.model).and_then(|handle| {
+    let form = async {
+        let form = read_form(&state, &req, payload, max_files).await?;
+        // What concerns the model rather than a file fails the whole request.
+        let handle = state.service.model(&form.model)?;
+        whole.attribute(handle.clone());
         handle.ready_signature()?;
-        Ok(())
-    });
-    state.service.counted(servable.map_err(ApiError::from))?;
-    let ids: Vec<String> = (0..form.files.len())
-        .map(|i| format!("{request_id}-{i}"))
+        Ok(form)
+    }
+    .await;
+    let form = match form {
+        Ok(form) => form,
+        Err(e) => return whole.finish(Err(e)),
+    };
+    // Each file is its own record from here on.
+    drop(whole);
+    let ids: Vec<Requested> = (0..form.files.len())
+        .map(|i| Requested {
+            id: format!("{}-{i}", requested.id),
+            from_client: requested.from_client,
+        })
         .collect();
+    let mut records: Vec<Pending> = ids.iter().map(|id| state.service.open(id)).collect();
     let predictor = state.file_predictor();
-    let outcomes =
-        join_all(form.files.iter().zip(&ids).map(|(file, id)| {
-            predictor.predict(&form.model, id.clone(), file.clone(), &form.options)
-        }))
-        .await;
+    let outcomes = join_all(
+        form.files
+            .iter()
+            .zip(records.iter_mut())
+            .map(|(file, pending)| {
+                predictor.predict(&form.model, pending, file.clone(), &form.options)
+            }),
+    )
+    .await;
     let results = outcomes
         .iter()
         .zip(&form.files)
         .zip(&ids)
-        .map(|((outcome, file), id)| match outcome {
-            Ok(done) => BatchEntry::Done {
-                status: 200,
-                answer: file_answer(id, file, done),
-            },
-            Err(e) => BatchEntry::Failed {
-                status: e.status_code().as_u16(),
-                request_id: id,
-                file: FileInfo {
-                    name: file.name.as_deref(),
-                    ..FileInfo::default()
-                },
-                error: e.to_string(),
-                code: e.code(),
-            },
+        .zip(records)
+        .map(|(((outcome, file), id), pending)| {
+            let prediction_id = pending.prediction_id().to_string();
+            match outcome {
+                Ok(done) => {
+                    pending.finish_with(200, None);
+                    BatchEntry::Done {
+                        status: 200,
+                        answer: file_answer(&id.id, prediction_id, file, done),
+                    }
+                }
+                Err(e) => {
+                    let status = e.status_code().as_u16();
+                    let logged = pending.reached_model().then_some(prediction_id);
+                    pending.finish_with(status, Some(e.to_string()));
+                    BatchEntry::Failed {
+                        status,
+                        request_id: &id.id,
+                        prediction_id: logged,
+                        file: FileInfo {
+                            name: file.name.as_deref(),
+                            ..FileInfo::default()
+                        },
+                        error: e.to_string(),
+                        code: e.code(),
+                    }
+                }
+            }
         })
         .collect();
-    Ok(HttpResponse::Ok().json(BatchAnswer {
-        request_id: &request_id,
+    HttpResponse::Ok().json(BatchAnswer {
+        request_id: &requested.id,
         model: &form.model,
         results,
-    }))
+    })
 }
 
 /// The form, with the `x-request-timeout-ms`, `x-priority` and
@@ -196,6 +229,7 @@ async fn read_form(
 
 fn file_answer<'a>(
     request_id: &'a str,
+    prediction_id: String,
     file: &'a UploadedFile,
     done: &'a FilePrediction,
 ) -> FileAnswer<'a> {
@@ -232,6 +266,7 @@ fn file_answer<'a>(
     }
     FileAnswer {
         request_id,
+        prediction_id,
         model: p.model.name(),
         model_version: &p.model.spec.version,
         file: info,

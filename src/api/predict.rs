@@ -17,7 +17,7 @@ use super::{
 };
 use crate::codec::{tensor_from_json, JsonData};
 use crate::error::ApiError;
-use crate::request_id::RequestId;
+use crate::request_id::Requested;
 use crate::service::{PredictCall, Prediction};
 
 pub fn config_predict_api(cfg: &mut web::ServiceConfig) {
@@ -85,6 +85,8 @@ struct Timings {
 #[derive(Serialize)]
 struct PredictAnswer<'a> {
     request_id: &'a str,
+    /// The prediction's own id in the prediction log.
+    prediction_id: String,
     model: &'a str,
     model_version: &'a str,
     outputs: BTreeMap<&'a str, JsonTensorOut<'a>>,
@@ -103,20 +105,29 @@ struct Decoded {
     priority: Option<Priority>,
 }
 
+/// Decodes, predicts and answers; the request's record is finished with
+/// the status actually sent, whatever step failed.
 async fn predict(
     state: web::Data<AppState>,
     req: HttpRequest,
     payload: web::Payload,
-    RequestId(request_id): RequestId,
-) -> Result<HttpResponse, ApiError> {
+    requested: Requested,
+) -> HttpResponse {
     if content_type(&req).starts_with("multipart/form-data") {
-        return super::files::predict_upload(&state, &req, payload, &request_id).await;
+        return super::files::predict_upload(&state, &req, payload, &requested).await;
     }
-    let decoded = state
-        .service
-        .counted(decode(&state, &req, payload, &request_id).await)?;
-    let prediction = state.service.predict(&decoded.model, decoded.call).await?;
-    answer(&request_id, &prediction, decoded.outputs.as_deref())
+    let mut pending = state.service.open(&requested);
+    let answered = async {
+        let decoded = decode(&state, &req, payload, &requested.id).await?;
+        let prediction = state
+            .service
+            .predict(&decoded.model, decoded.call, &mut pending)
+            .await?;
+        let id = pending.prediction_id().to_string();
+        answer(&requested.id, id, &prediction, decoded.outputs.as_deref())
+    }
+    .await;
+    pending.finish(answered)
 }
 
 async fn decode(
@@ -197,12 +208,14 @@ fn positive_ms(value: Option<u64>, field: &str) -> Result<Option<Duration>, ApiE
 
 fn answer(
     request_id: &str,
+    prediction_id: String,
     p: &Prediction,
     only: Option<&[String]>,
 ) -> Result<HttpResponse, ApiError> {
     let outputs = json_outputs(select_outputs(&p.outputs, only)?.into_iter());
     Ok(HttpResponse::Ok().json(PredictAnswer {
         request_id,
+        prediction_id,
         model: p.model.name(),
         model_version: &p.model.spec.version,
         outputs,

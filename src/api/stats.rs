@@ -78,6 +78,8 @@ struct BatcherStats {
     window_ms: u64,
     expired: u64,
     cancelled: u64,
+    /// Refused 429 because the queue was full, or the batcher's mailbox
+    /// before the batcher saw the request.
     rejected: u64,
     /// Batches run, by number of items: `{"1": 40, "8": 12}`.
     batch_fill: BTreeMap<usize, u64>,
@@ -119,10 +121,13 @@ struct ModelPerformance {
     error_rate: f64,
     /// Of successes; `null` before the first.
     latency_ms: Option<Percentiles>,
+    /// Answers since start by the HTTP status sent: `{"200": 40, "429": 2}`.
+    statuses: BTreeMap<u16, u64>,
 }
 
-fn performance(w: WindowSummary) -> ModelPerformance {
+fn performance(w: WindowSummary, statuses: BTreeMap<u16, u64>) -> ModelPerformance {
     ModelPerformance {
+        statuses,
         requests: w.requests,
         errors: w.errors,
         request_rate_per_s: (w.rate * 1000.0).round() / 1000.0,
@@ -135,7 +140,7 @@ fn performance(w: WindowSummary) -> ModelPerformance {
     }
 }
 
-fn pool(m: &ModelSnapshot) -> Pool {
+fn pool(m: &ModelSnapshot, mailbox_refusals: u64) -> Pool {
     let b = &m.batcher;
     Pool {
         version: m.version.clone(),
@@ -172,7 +177,7 @@ fn pool(m: &ModelSnapshot) -> Pool {
             window_ms: b.window_ms,
             expired: b.counters.expired,
             cancelled: b.counters.cancelled,
-            rejected: b.counters.rejected,
+            rejected: b.counters.rejected + mailbox_refusals,
             batch_fill: b
                 .counters
                 .batch_sizes
@@ -193,7 +198,7 @@ async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
         model_pools: snapshot
             .models
             .iter()
-            .map(|m| (m.name.clone(), pool(m)))
+            .map(|m| (m.name.clone(), pool(m, metrics.mailbox_refusals(&m.name))))
             .collect(),
         memory: Memory {
             source: snapshot.memory.source.as_str(),
@@ -220,7 +225,13 @@ async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
             models: snapshot
                 .models
                 .iter()
-                .map(|m| (m.name.clone(), performance(metrics.summary(&m.name))))
+                .map(|m| {
+                    let summary = metrics.summary(&m.name);
+                    (
+                        m.name.clone(),
+                        performance(summary, metrics.statuses(&m.name)),
+                    )
+                })
                 .collect(),
         },
         cache: state.service.cache.as_ref().map(|c| c.stats()),

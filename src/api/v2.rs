@@ -20,7 +20,7 @@ use super::{
 };
 use crate::codec::{parse_datatype, tensor_from_json, JsonData};
 use crate::error::ApiError;
-use crate::request_id::RequestId;
+use crate::request_id::Requested;
 use crate::service::{PredictCall, Prediction};
 
 const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -138,27 +138,33 @@ struct OutputBody {
     parameters: Map<String, Value>,
 }
 
+/// Decodes, predicts and answers; the request's record is finished with
+/// the status actually sent, whatever step failed. The prediction's id in
+/// the log comes back in `x-prediction-id` (the v2 body has no place for it).
 async fn infer(
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<ModelPath>,
     payload: web::Payload,
-    RequestId(request_id): RequestId,
-) -> Result<HttpResponse, ApiError> {
-    let decoded = async {
+    requested: Requested,
+) -> HttpResponse {
+    let mut pending = state.service.open(&requested);
+    let answered = async {
         let model = model_at(&state, &path)?;
+        pending.attribute(model.clone());
         let body = read_body(&state, &req, payload).await?;
         let timeout = header_timeout(&req)?;
         let priority = header_priority(&req)?;
-        decode(&req, body, request_id, timeout, priority).map(|(mut call, plan)| {
-            call.use_cache = cache_allowed(&req);
-            (model, (call, plan))
-        })
+        let (mut call, plan) = decode(&req, body, requested.id.clone(), timeout, priority)?;
+        call.use_cache = cache_allowed(&req);
+        let prediction = state
+            .service
+            .predict(model.name(), call, &mut pending)
+            .await?;
+        encode(&prediction, plan)
     }
     .await;
-    let (model, (call, request)) = state.service.counted(decoded)?;
-    let prediction = state.service.predict(model.name(), call).await?;
-    encode(&prediction, request)
+    pending.finish(answered)
 }
 
 /// What the answer needs from the request: its id, and how to send outputs.

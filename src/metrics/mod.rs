@@ -1,11 +1,12 @@
 //! Request and batch metrics: one [`Metrics`] per server records every
-//! prediction request and every batch, and serves both the per-model
-//! numbers of `/api/optimized/stats` (last minute) and the Prometheus page.
+//! prediction request (once, with the status it was answered) and every
+//! batch, and serves both the per-model numbers of `/api/optimized/stats`
+//! and the Prometheus page.
 
 pub mod prometheus;
 pub mod window;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -21,6 +22,8 @@ pub struct Metrics {
     requests_total: AtomicU64,
     errors_total: AtomicU64,
     windows: RwLock<HashMap<String, Arc<Mutex<Window>>>>,
+    /// Answers since start per served model, by HTTP status.
+    statuses: Mutex<HashMap<String, BTreeMap<u16, u64>>>,
     pub series: EventSeries,
 }
 
@@ -31,12 +34,13 @@ impl Default for Metrics {
             requests_total: AtomicU64::new(0),
             errors_total: AtomicU64::new(0),
             windows: RwLock::new(HashMap::new()),
+            statuses: Mutex::new(HashMap::new()),
             series: EventSeries::default(),
         }
     }
 }
 
-/// One answered prediction request.
+/// One answered prediction request, with the status it was answered.
 pub struct RequestRecord<'a> {
     /// `Some` only for served models, so unknown names cannot grow the maps.
     pub model: Option<&'a str>,
@@ -80,6 +84,14 @@ impl Metrics {
             })
             .inc();
         let Some(model) = r.model else { return };
+        *self
+            .statuses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(model.to_string())
+            .or_default()
+            .entry(r.status)
+            .or_default() += 1;
         let model_label = ModelLabels { model: label };
         self.series
             .request_duration
@@ -114,6 +126,28 @@ impl Metrics {
             .entry(model.to_string())
             .or_insert_with(|| Arc::new(Mutex::new(Window::new(self.epoch))))
             .clone()
+    }
+
+    /// Counts a request the model's batcher never saw because its mailbox
+    /// was full (answered 429 like a full queue, and counted with its
+    /// refusals).
+    pub fn record_mailbox_refusal(&self, model: &str) {
+        self.series.mailbox_refusal(model);
+    }
+
+    /// Requests refused at `model`'s full batcher mailbox since start.
+    pub fn mailbox_refusals(&self, model: &str) -> u64 {
+        self.series.mailbox_refusals(model)
+    }
+
+    /// `model`'s answers since start, by HTTP status.
+    pub fn statuses(&self, model: &str) -> BTreeMap<u16, u64> {
+        self.statuses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(model)
+            .cloned()
+            .unwrap_or_default()
     }
 
     pub fn requests_total(&self) -> u64 {

@@ -70,6 +70,10 @@ pub struct EventSeries {
     pub media_prepare_duration: Family<ModelLabels, Histogram, fn() -> Histogram>,
     /// Outputs turned into masks or labels.
     pub media_postprocess_duration: Family<ModelLabels, Histogram, fn() -> Histogram>,
+    /// Requests refused because the batcher's mailbox was full; not a series
+    /// of its own: added to `requests_rejected` (the batcher's count) at
+    /// every scrape.
+    mailbox_refusals: Family<ModelLabels, Counter>,
 }
 
 impl Default for EventSeries {
@@ -130,6 +134,7 @@ impl Default for EventSeries {
             batch_size,
             media_prepare_duration,
             media_postprocess_duration,
+            mailbox_refusals: Family::default(),
         }
     }
 }
@@ -142,11 +147,32 @@ pub struct ScrapeInputs<'a> {
 }
 
 impl EventSeries {
+    /// Counts a request refused at `model`'s full batcher mailbox.
+    pub fn mailbox_refusal(&self, model: &str) {
+        self.mailbox_refusals
+            .get_or_create(&ModelLabels {
+                model: model.to_string(),
+            })
+            .inc();
+    }
+
+    /// Requests refused at `model`'s full batcher mailbox since start.
+    pub fn mailbox_refusals(&self, model: &str) -> u64 {
+        self.mailbox_refusals
+            .get_or_create(&ModelLabels {
+                model: model.to_string(),
+            })
+            .get()
+    }
+
     /// The whole page: event series, then state series, then `# EOF`.
     pub fn render(&self, inputs: &ScrapeInputs) -> Result<String, std::fmt::Error> {
         let mut page = String::with_capacity(16 * 1024);
         encode_registry(&mut page, &self.registry)?;
-        encode_registry(&mut page, &state_registry(inputs))?;
+        encode_registry(
+            &mut page,
+            &state_registry(inputs, |m| self.mailbox_refusals(m)),
+        )?;
         encode_eof(&mut page)?;
         Ok(page)
     }
@@ -172,8 +198,9 @@ fn gauge(value: i64) -> Gauge {
 
 const MB: i64 = 1024 * 1024;
 
-/// A registry built from this scrape's snapshot.
-fn state_registry(inputs: &ScrapeInputs) -> Registry {
+/// A registry built from this scrape's snapshot; `mailbox_refusals` adds
+/// the refusals the batchers never saw to theirs.
+fn state_registry(inputs: &ScrapeInputs, mailbox_refusals: impl Fn(&str) -> u64) -> Registry {
     let mut r = Registry::with_prefix("gantry");
     let queue_depth = Family::<ModelLabels, Gauge>::default();
     let rejected = Family::<ModelLabels, Counter>::default();
@@ -190,7 +217,7 @@ fn state_registry(inputs: &ScrapeInputs) -> Registry {
             .set(b.queue_depth as i64);
         rejected
             .get_or_create(&model(&m.name))
-            .inc_by(b.counters.rejected);
+            .inc_by(b.counters.rejected + mailbox_refusals(&m.name));
         expired
             .get_or_create(&model(&m.name))
             .inc_by(b.counters.expired);
@@ -222,7 +249,7 @@ fn state_registry(inputs: &ScrapeInputs) -> Registry {
     );
     r.register(
         "requests_rejected",
-        "Requests refused with 429 because the queue was full",
+        "Requests refused with 429 because the queue (or the batcher's mailbox) was full",
         rejected,
     );
     r.register(
@@ -303,8 +330,13 @@ fn state_registry(inputs: &ScrapeInputs) -> Registry {
     if let Some(store) = inputs.store {
         r.register(
             "prediction_log_rows_written",
-            "Rows written to the prediction log",
+            "Rows PostgreSQL reported stored in the prediction log",
             counter(store.rows_written),
+        );
+        r.register(
+            "prediction_log_rows_already_stored",
+            "Rows found already stored when a batch was written again",
+            counter(store.rows_already_stored),
         );
         r.register(
             "prediction_log_rows_dropped",

@@ -14,11 +14,18 @@ pub struct Migration {
 
 /// Every migration, in version order. Never edit one that has shipped: add
 /// the next version instead.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "predictions",
-    sql: include_str!("migrations/0001_predictions.sql"),
-}];
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "predictions",
+        sql: include_str!("migrations/0001_predictions.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "prediction_ids",
+        sql: include_str!("migrations/0002_prediction_ids.sql"),
+    },
+];
 
 /// Key of the advisory lock that serialises migrations ("gantrymg").
 const LOCK_KEY: i64 = 0x6761_6e74_7279_6d67;

@@ -1,5 +1,6 @@
 //! The durable prediction log: one row per prediction request in
-//! PostgreSQL's `predictions` table.
+//! PostgreSQL's `predictions` table, keyed by an id the server makes for each
+//! prediction, so clients reusing a request id never share a row.
 //!
 //! The request path only calls [`PredictionLog::record`], which pushes the row
 //! into a bounded in-memory buffer and never waits. A background writer task
@@ -29,6 +30,7 @@ use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 pub use record::{rfc3339, PredictionRow, StoredPrediction};
+pub use writer::Lookup;
 
 /// How long connecting to PostgreSQL may take, unless the URL sets
 /// `connect_timeout`.
@@ -116,9 +118,12 @@ pub struct StoreStats {
     pub available: usize,
     /// Callers waiting for a connection.
     pub waiting: usize,
-    /// Rows written since start (a row whose `request_id` is already
-    /// stored counts too; the table keeps the first).
+    /// Rows PostgreSQL reported stored since start.
     pub rows_written: u64,
+    /// Rows found stored already when written (a batch written again after
+    /// PostgreSQL committed it but the acknowledgement was lost); neither
+    /// written twice nor lost.
+    pub rows_already_stored: u64,
     /// Rows refused because the buffer was full, or rejected by PostgreSQL
     /// as malformed.
     pub rows_dropped: u64,
@@ -143,6 +148,7 @@ struct Shared {
     depth: AtomicUsize,
     state: AtomicU8,
     rows_written: AtomicU64,
+    rows_already_stored: AtomicU64,
     rows_dropped: AtomicU64,
     /// Set while rows are being dropped, so that only the first drop logs.
     dropping: AtomicBool,
@@ -227,6 +233,7 @@ impl PredictionLog {
             depth: AtomicUsize::new(0),
             state: AtomicU8::new(STARTING),
             rows_written: AtomicU64::new(0),
+            rows_already_stored: AtomicU64::new(0),
             rows_dropped: AtomicU64::new(0),
             dropping: AtomicBool::new(false),
             batch_ready: Notify::new(),
@@ -265,25 +272,61 @@ impl PredictionLog {
         }
     }
 
-    /// The prediction recorded as `request_id`: from the buffer when it is
-    /// not written yet, else from the table. `Ok(None)` when there is no such
-    /// row; an error only when the row is not buffered and PostgreSQL cannot
-    /// answer.
-    pub async fn get(&self, request_id: Uuid) -> Result<Option<StoredPrediction>, StoreError> {
-        // Rows leave the buffer only after they are committed, so a row that
-        // is not buffered now is either in the table or was never written.
-        let buffered = self
+    /// The prediction whose key is `prediction_id`: from the buffer when it
+    /// is not written yet, else from the table. `Ok(None)` when there is no
+    /// such row; an error only when the row is not buffered and PostgreSQL
+    /// cannot answer.
+    pub async fn get(&self, prediction_id: Uuid) -> Result<Option<StoredPrediction>, StoreError> {
+        let found = self
+            .find(Lookup {
+                prediction_id: Some(prediction_id),
+                request_id: "",
+                client_chosen: false,
+                limit: 1,
+            })
+            .await?;
+        Ok(found
+            .into_iter()
+            .find(|row| row.prediction_id == prediction_id))
+    }
+
+    /// The predictions `lookup` names (at most `lookup.limit`), oldest
+    /// first: buffered ones and written ones. An error only when PostgreSQL
+    /// cannot answer.
+    pub async fn find(&self, lookup: Lookup<'_>) -> Result<Vec<StoredPrediction>, StoreError> {
+        // Rows leave the buffer only after they are committed, so every row
+        // is buffered, in the table, or both (for a moment): read both and
+        // keep one of each key.
+        let buffered: Vec<StoredPrediction> = self
             .shared
             .buffer()
             .iter()
-            .find(|row| row.request_id == request_id)
-            .cloned();
-        if let Some(row) = buffered {
-            return Ok(Some(row.into()));
+            .filter(|row| lookup.matches(row))
+            .take(lookup.limit)
+            .cloned()
+            .map(StoredPrediction::from)
+            .collect();
+        if buffered.len() == 1 && lookup.limit == 1 {
+            return Ok(buffered);
         }
-        tokio::time::timeout(GET_TIMEOUT, writer::select(&self.shared.pool, request_id))
+        let written = tokio::time::timeout(GET_TIMEOUT, writer::select(&self.shared.pool, lookup))
             .await
-            .map_err(|_| StoreError::Timeout(GET_TIMEOUT))?
+            .map_err(|_| StoreError::Timeout(GET_TIMEOUT));
+        let written = match written {
+            Ok(Ok(rows)) => rows,
+            // What the buffer holds is answer enough while PostgreSQL is down.
+            Err(_) | Ok(Err(_)) if !buffered.is_empty() => Vec::new(),
+            Ok(Err(e)) | Err(e) => return Err(e),
+        };
+        let mut all = written;
+        for row in buffered {
+            if !all.iter().any(|r| r.prediction_id == row.prediction_id) {
+                all.push(row);
+            }
+        }
+        all.sort_by_key(|row| (row.created_at, row.prediction_id));
+        all.truncate(lookup.limit);
+        Ok(all)
     }
 
     /// Cheap numbers for `/stats`: atomics and the pool's status.
@@ -300,6 +343,7 @@ impl PredictionLog {
             available: pool.available,
             waiting: pool.waiting,
             rows_written: shared.rows_written.load(Ordering::Relaxed),
+            rows_already_stored: shared.rows_already_stored.load(Ordering::Relaxed),
             rows_dropped: shared.rows_dropped.load(Ordering::Relaxed),
             buffer_depth: shared.depth.load(Ordering::Relaxed),
         }

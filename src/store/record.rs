@@ -11,7 +11,12 @@ use uuid::Uuid;
 /// One prediction request, as the request path records it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PredictionRow {
-    pub request_id: Uuid,
+    /// The row's key: made by the server for this prediction alone.
+    pub prediction_id: Uuid,
+    /// The request's id: the client's `x-request-id`, or one the server made.
+    pub request_id: String,
+    /// True when the client chose `request_id` (so it may be guessable).
+    pub request_id_from_client: bool,
     pub model: String,
     pub model_version: String,
     /// Hex SHA-256 of the request's inputs.
@@ -37,6 +42,7 @@ impl PredictionRow {
     /// is truncated to the microsecond (the precision of `timestamptz`).
     pub(crate) fn normalize(&mut self) {
         for text in [
+            &mut self.request_id,
             &mut self.model,
             &mut self.model_version,
             &mut self.input_sha256,
@@ -66,12 +72,15 @@ fn truncate_to_micros(time: SystemTime) -> SystemTime {
 
 /// A recorded prediction, as [`super::PredictionLog::get`] answers it.
 /// Serializes to JSON with the same field names as [`PredictionRow`];
-/// `request_id` is the hyphenated UUID, `created_at` an RFC 3339 UTC string
-/// with microseconds, the `_ms` fields numbers (or null).
+/// `prediction_id` is the hyphenated UUID, `request_id` null for rows
+/// written before request ids were stored, `created_at` an RFC 3339 UTC
+/// string with microseconds, the `_ms` fields numbers (or null).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StoredPrediction {
     #[serde(serialize_with = "as_string")]
-    pub request_id: Uuid,
+    pub prediction_id: Uuid,
+    pub request_id: Option<String>,
+    pub request_id_from_client: bool,
     pub model: String,
     pub model_version: String,
     pub input_sha256: String,
@@ -91,7 +100,9 @@ pub struct StoredPrediction {
 impl From<PredictionRow> for StoredPrediction {
     fn from(row: PredictionRow) -> Self {
         StoredPrediction {
-            request_id: row.request_id,
+            prediction_id: row.prediction_id,
+            request_id: Some(row.request_id),
+            request_id_from_client: row.request_id_from_client,
             model: row.model,
             model_version: row.model_version,
             input_sha256: row.input_sha256,
@@ -177,7 +188,9 @@ mod tests {
     #[test]
     fn normalize_matches_what_postgres_stores() {
         let mut row = PredictionRow {
-            request_id: Uuid::nil(),
+            prediction_id: Uuid::nil(),
+            request_id: "r\0".into(),
+            request_id_from_client: true,
             model: "a\0b".into(),
             model_version: "v".into(),
             input_sha256: "00".into(),
@@ -193,6 +206,7 @@ mod tests {
             created_at: UNIX_EPOCH + Duration::new(5, 123_456_789),
         };
         row.normalize();
+        assert_eq!(row.request_id, "r\u{FFFD}");
         assert_eq!(row.model, "a\u{FFFD}b");
         assert_eq!(row.error.as_deref(), Some("bad\u{FFFD}"));
         assert_eq!(row.created_at, UNIX_EPOCH + Duration::new(5, 123_456_000));
@@ -201,7 +215,9 @@ mod tests {
     #[test]
     fn serializes_with_string_id_and_time() {
         let stored = StoredPrediction {
-            request_id: Uuid::nil(),
+            prediction_id: Uuid::nil(),
+            request_id: Some("order-1".into()),
+            request_id_from_client: true,
             model: "m".into(),
             model_version: "v".into(),
             input_sha256: "ab".into(),
@@ -217,7 +233,11 @@ mod tests {
             created_at: at(0, 7),
         };
         let json = serde_json::to_value(&stored).expect("serializes");
-        assert_eq!(json["request_id"], "00000000-0000-0000-0000-000000000000");
+        assert_eq!(
+            json["prediction_id"],
+            "00000000-0000-0000-0000-000000000000"
+        );
+        assert_eq!(json["request_id"], "order-1");
         assert_eq!(json["created_at"], "1970-01-01T00:00:00.000007Z");
         assert_eq!(json["queue_ms"], 0.25);
         assert_eq!(json["total_ms"], 2.5);

@@ -22,17 +22,23 @@ const MAX_BACKOFF: Duration = Duration::from_secs(2);
 /// How often an idle writer checks that PostgreSQL still answers.
 const PROBE_EVERY: Duration = Duration::from_secs(2);
 
-const INSERT: &str = "INSERT INTO predictions (request_id, model, model_version, \
-     input_sha256, status, http_status, error, queue_ms, inference_ms, total_ms, \
-     batch_size, replica, cache_level, created_at) \
-     SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], \
-     $6::int4[], $7::text[], $8::float8[], $9::float8[], $10::float8[], $11::int4[], \
-     $12::int4[], $13::text[], $14::timestamptz[]) \
-     ON CONFLICT (request_id) DO NOTHING";
+const INSERT: &str = "INSERT INTO predictions (prediction_id, request_id, \
+     request_id_from_client, model, model_version, input_sha256, status, http_status, error, \
+     queue_ms, inference_ms, total_ms, batch_size, replica, cache_level, created_at) \
+     SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::bool[], $4::text[], $5::text[], \
+     $6::text[], $7::text[], $8::int4[], $9::text[], $10::float8[], $11::float8[], \
+     $12::float8[], $13::int4[], $14::int4[], $15::text[], $16::timestamptz[]) \
+     ON CONFLICT (prediction_id) DO NOTHING";
 
-const SELECT: &str = "SELECT request_id, model, model_version, input_sha256, status, \
-     http_status, error, queue_ms, inference_ms, total_ms, batch_size, replica, \
-     cache_level, created_at FROM predictions WHERE request_id = $1";
+const COLUMNS: &str = "prediction_id, request_id, request_id_from_client, model, \
+     model_version, input_sha256, status, http_status, error, queue_ms, inference_ms, total_ms, \
+     batch_size, replica, cache_level, created_at";
+
+/// Rows by their key, and by a request id the server made
+/// (`$3` false) or any request id (`$3` true), oldest first.
+const SELECT: &str = "WHERE prediction_id = $1 \
+     OR (request_id = $2 AND ($3 OR NOT request_id_from_client)) \
+     ORDER BY created_at, prediction_id LIMIT $4";
 
 /// Why a write, a probe or the migrations failed.
 #[derive(Debug, thiserror::Error)]
@@ -138,10 +144,17 @@ async fn write_buffered(shared: &Shared) -> Result<(), WriteError> {
         if rows.is_empty() {
             break;
         }
-        let (written, rejected) = write_batch(&shared.pool, &rows).await?;
+        let counts = write_batch(&shared.pool, &rows).await?;
         shared.consume(rows.len());
-        shared.rows_written.fetch_add(written, Ordering::Relaxed);
-        shared.rows_dropped.fetch_add(rejected, Ordering::Relaxed);
+        shared
+            .rows_written
+            .fetch_add(counts.written, Ordering::Relaxed);
+        shared
+            .rows_already_stored
+            .fetch_add(counts.already_stored, Ordering::Relaxed);
+        shared
+            .rows_dropped
+            .fetch_add(counts.rejected, Ordering::Relaxed);
         shared.dropping.store(false, Ordering::Relaxed);
         shared.mark_up();
         left = left.saturating_sub(rows.len());
@@ -149,42 +162,75 @@ async fn write_buffered(shared: &Shared) -> Result<(), WriteError> {
     Ok(())
 }
 
-/// Inserts `rows` in one statement and answers (written, rejected). When
-/// PostgreSQL refuses the batch for its data (a row it cannot store), the
-/// rows are inserted one by one and those it refuses are logged and
-/// rejected, so one bad row never blocks the log.
-async fn write_batch(pool: &Pool, rows: &[PredictionRow]) -> Result<(u64, u64), WriteError> {
+/// What became of a batch of rows.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Written {
+    /// Rows the INSERT stored.
+    written: u64,
+    /// Rows whose `prediction_id` was stored already: a batch written again
+    /// after its commit went unacknowledged.
+    already_stored: u64,
+    /// Rows PostgreSQL refused for their data.
+    rejected: u64,
+}
+
+impl Written {
+    fn of(batch: usize, inserted: u64) -> Written {
+        Written {
+            written: inserted,
+            already_stored: (batch as u64).saturating_sub(inserted),
+            rejected: 0,
+        }
+    }
+}
+
+/// Inserts `rows` in one statement and counts what PostgreSQL reports it
+/// stored. When PostgreSQL refuses the batch for its data (a row it cannot
+/// store), the rows are inserted one by one and those it refuses are logged
+/// and rejected, so one bad row never blocks the log.
+async fn write_batch(pool: &Pool, rows: &[PredictionRow]) -> Result<Written, WriteError> {
     let client = pool.get().await?;
     match insert(&client, rows).await {
-        Ok(()) => Ok((rows.len() as u64, 0)),
+        Ok(inserted) => Ok(Written::of(rows.len(), inserted)),
         Err(WriteError::Db(e)) if is_data_error(&e) && rows.len() > 1 => {
-            let (mut written, mut rejected) = (0, 0);
+            let mut counts = Written::default();
             for row in rows {
                 match insert(&client, std::slice::from_ref(row)).await {
-                    Ok(()) => written += 1,
+                    Ok(inserted) => {
+                        let one = Written::of(1, inserted);
+                        counts.written += one.written;
+                        counts.already_stored += one.already_stored;
+                    }
                     Err(WriteError::Db(e)) if is_data_error(&e) => {
                         reject(row, &e);
-                        rejected += 1;
+                        counts.rejected += 1;
                     }
                     Err(e) => return Err(give_up(client, e)),
                 }
             }
-            Ok((written, rejected))
+            Ok(counts)
         }
         Err(WriteError::Db(e)) if is_data_error(&e) => {
             if let Some(row) = rows.first() {
                 reject(row, &e);
             }
-            Ok((0, rows.len() as u64))
+            Ok(Written {
+                rejected: rows.len() as u64,
+                ..Written::default()
+            })
         }
         Err(e) => Err(give_up(client, e)),
     }
 }
 
-async fn insert(client: &Client, rows: &[PredictionRow]) -> Result<(), WriteError> {
+/// Inserts `rows`; answers how many PostgreSQL stored (those whose key was
+/// stored already are skipped).
+async fn insert(client: &Client, rows: &[PredictionRow]) -> Result<u64, WriteError> {
     let write = async {
         let statement = client.prepare_cached(INSERT).await?;
-        let request_id: Vec<Uuid> = rows.iter().map(|r| r.request_id).collect();
+        let prediction_id: Vec<Uuid> = rows.iter().map(|r| r.prediction_id).collect();
+        let request_id: Vec<&str> = rows.iter().map(|r| r.request_id.as_str()).collect();
+        let from_client: Vec<bool> = rows.iter().map(|r| r.request_id_from_client).collect();
         let model: Vec<&str> = rows.iter().map(|r| r.model.as_str()).collect();
         let model_version: Vec<&str> = rows.iter().map(|r| r.model_version.as_str()).collect();
         let input_sha256: Vec<&str> = rows.iter().map(|r| r.input_sha256.as_str()).collect();
@@ -202,7 +248,9 @@ async fn insert(client: &Client, rows: &[PredictionRow]) -> Result<(), WriteErro
             .execute(
                 &statement,
                 &[
+                    &prediction_id,
                     &request_id,
+                    &from_client,
                     &model,
                     &model_version,
                     &input_sha256,
@@ -218,8 +266,7 @@ async fn insert(client: &Client, rows: &[PredictionRow]) -> Result<(), WriteErro
                     &created_at,
                 ],
             )
-            .await?;
-        Ok::<_, tokio_postgres::Error>(())
+            .await
     };
     match tokio::time::timeout(WRITE_TIMEOUT, write).await {
         Ok(result) => Ok(result?),
@@ -227,33 +274,72 @@ async fn insert(client: &Client, rows: &[PredictionRow]) -> Result<(), WriteErro
     }
 }
 
-/// The row read back by [`super::PredictionLog::get`]; `None` when there is
-/// no such row (or no table yet).
+/// What a look-up asks for.
+#[derive(Debug, Clone, Copy)]
+pub struct Lookup<'a> {
+    /// A row's key, when the id names one.
+    pub prediction_id: Option<Uuid>,
+    /// Rows of this request id...
+    pub request_id: &'a str,
+    /// ... also when the client chose it (else only when the server made it).
+    pub client_chosen: bool,
+    /// Most rows answered.
+    pub limit: usize,
+}
+
+impl Lookup<'_> {
+    /// True when `row` answers this look-up.
+    pub(super) fn matches(&self, row: &PredictionRow) -> bool {
+        Some(row.prediction_id) == self.prediction_id
+            || (row.request_id == self.request_id
+                && (self.client_chosen || !row.request_id_from_client))
+    }
+}
+
+/// The rows read back by [`super::PredictionLog::find`], oldest first;
+/// empty when there are none (or no table yet).
 pub(super) async fn select(
     pool: &Pool,
-    request_id: Uuid,
-) -> Result<Option<StoredPrediction>, StoreError> {
+    lookup: Lookup<'_>,
+) -> Result<Vec<StoredPrediction>, StoreError> {
     let client = pool.get().await?;
-    let row = match client.prepare_cached(SELECT).await {
-        Ok(statement) => client.query_opt(&statement, &[&request_id]).await,
+    let query = format!("SELECT {COLUMNS} FROM predictions {SELECT}");
+    let limit = i64::try_from(lookup.limit).unwrap_or(i64::MAX);
+    let rows = match client.prepare_cached(&query).await {
+        Ok(statement) => {
+            client
+                .query(
+                    &statement,
+                    &[
+                        &lookup.prediction_id,
+                        &lookup.request_id,
+                        &lookup.client_chosen,
+                        &limit,
+                    ],
+                )
+                .await
+        }
         Err(e) => Err(e),
     };
-    let row = match row {
-        Ok(row) => row,
-        Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => return Ok(None),
+    let rows = match rows {
+        Ok(rows) => rows,
+        Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => return Ok(Vec::new()),
         Err(e) => {
             discard_if_broken(client, &e);
             return Err(e.into());
         }
     };
-    let Some(row) = row else {
-        return Ok(None);
-    };
+    rows.iter().map(stored).collect()
+}
+
+fn stored(row: &tokio_postgres::Row) -> Result<StoredPrediction, StoreError> {
     let batch_size: Option<i32> = row.try_get("batch_size")?;
     let replica: Option<i32> = row.try_get("replica")?;
     let http_status: i32 = row.try_get("http_status")?;
-    Ok(Some(StoredPrediction {
+    Ok(StoredPrediction {
+        prediction_id: row.try_get("prediction_id")?,
         request_id: row.try_get("request_id")?,
+        request_id_from_client: row.try_get("request_id_from_client")?,
         model: row.try_get("model")?,
         model_version: row.try_get("model_version")?,
         input_sha256: row.try_get("input_sha256")?,
@@ -267,7 +353,7 @@ pub(super) async fn select(
         replica: replica.and_then(|v| u32::try_from(v).ok()),
         cache_level: row.try_get("cache_level")?,
         created_at: row.try_get("created_at")?,
-    }))
+    })
 }
 
 fn to_i32(value: u32) -> i32 {
@@ -284,6 +370,7 @@ fn is_data_error(error: &tokio_postgres::Error) -> bool {
 
 fn reject(row: &PredictionRow, error: &tokio_postgres::Error) {
     tracing::error!(
+        prediction_id = %row.prediction_id,
         request_id = %row.request_id,
         model = %row.model,
         %error,

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod binary;
+pub mod database;
 pub mod live;
 pub mod postgres;
 pub mod raw;
@@ -51,6 +52,8 @@ pub struct TestServer {
     pub client: reqwest::Client,
     /// What the server's workers share (to flip shutdown, say).
     pub state: actix_web::web::Data<gantry::api::AppState>,
+    /// The arbiter the server was started on (where its actors run).
+    pub arbiter: actix_rt::ArbiterHandle,
 }
 
 impl TestServer {
@@ -64,18 +67,24 @@ impl TestServer {
                 let running = gantry::server::start(&config, listener, provider)
                     .await
                     .expect("server starts");
-                let started = (running.addr, running.server.handle(), running.state.clone());
+                let started = (
+                    running.addr,
+                    running.server.handle(),
+                    running.state.clone(),
+                    actix_rt::Arbiter::current(),
+                );
                 tx.send(started).expect("test alive");
                 let _ = running.run_until_stopped(Duration::from_secs(10)).await;
             });
         });
-        let (addr, handle, state) = rx
+        let (addr, handle, state, arbiter) = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("server started");
         TestServer {
             base: format!("http://{addr}"),
             handle,
             state,
+            arbiter,
             client: reqwest::Client::builder()
                 .timeout(Duration::from_secs(60))
                 .build()

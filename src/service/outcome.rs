@@ -1,0 +1,169 @@
+//! The record of one prediction request, opened when the request arrives and
+//! finished once, at the edge, with the status the client was actually sent:
+//! the metrics (status counts per model, latency, queue time, refusals at the
+//! batcher's mailbox) and the prediction log row come from it, so a request
+//! that fails after inference (an unknown output name, a full media pool
+//! while shaping a mask) is counted and logged with that failure, never as
+//! the success inference was.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use actix_web::http::header::HeaderValue;
+use actix_web::{HttpResponse, ResponseError};
+use gantry_actors::ModelHandle;
+use uuid::Uuid;
+
+use super::Prediction;
+use crate::cache::CacheLevel;
+use crate::error::ApiError;
+use crate::metrics::{Metrics, RequestRecord};
+use crate::request_id::{new_prediction_id, Requested, PREDICTION_HEADER};
+use crate::store::{PredictionLog, PredictionRow};
+
+/// What ran, for the record.
+#[derive(Debug, Clone, Copy)]
+struct Ran {
+    queue_ms: f64,
+    inference_ms: f64,
+    batch_size: Option<usize>,
+    replica: Option<usize>,
+    cache: Option<CacheLevel>,
+}
+
+/// A request's record, not yet finished. Finish it exactly once with
+/// [`Pending::finish`] (an HTTP answer) or [`Pending::finish_with`] (one
+/// entry of a batch answer); dropping it records nothing (the client left
+/// before any answer was sent).
+#[must_use = "a pending record counts nothing until it is finished"]
+pub struct Pending {
+    metrics: Arc<Metrics>,
+    log: Option<Arc<PredictionLog>>,
+    started: Instant,
+    created_at: SystemTime,
+    prediction_id: Uuid,
+    request: Requested,
+    /// The model, once the request named one that is served.
+    pub(super) model: Option<Arc<ModelHandle>>,
+    /// The request reached its model's service with decoded inputs: it has
+    /// (or, with no log configured, would have) a row under its id.
+    pub(super) reached: bool,
+    /// Hex SHA-256 of the inputs, once decoded (what a log row needs).
+    pub(super) input_sha256: Option<String>,
+    ran: Option<Ran>,
+    /// The batcher's mailbox was full: refused before the batcher saw it.
+    pub(super) refused_at_mailbox: bool,
+}
+
+impl Pending {
+    pub(super) fn open(
+        metrics: Arc<Metrics>,
+        log: Option<Arc<PredictionLog>>,
+        request: Requested,
+    ) -> Pending {
+        Pending {
+            metrics,
+            log,
+            started: Instant::now(),
+            created_at: SystemTime::now(),
+            prediction_id: new_prediction_id(),
+            request,
+            model: None,
+            reached: false,
+            input_sha256: None,
+            ran: None,
+            refused_at_mailbox: false,
+        }
+    }
+
+    /// The id this prediction is logged under (answered to the client).
+    pub fn prediction_id(&self) -> Uuid {
+        self.prediction_id
+    }
+
+    /// The request id the batcher and the log see.
+    pub fn request_id(&self) -> &str {
+        &self.request.id
+    }
+
+    /// True once the request reached its model with decoded inputs: its
+    /// prediction id then names a record of the prediction log.
+    pub fn reached_model(&self) -> bool {
+        self.reached
+    }
+
+    /// Attributes the request to `model` (a served model), so failures
+    /// before inference (a file that cannot be decoded, a full media pool)
+    /// are counted for it.
+    pub fn attribute(&mut self, model: Arc<ModelHandle>) {
+        self.model = Some(model);
+    }
+
+    /// Notes what ran (or which cache answered).
+    pub(super) fn ran(&mut self, p: &Prediction) {
+        self.ran = Some(Ran {
+            queue_ms: p.queue_ms,
+            inference_ms: p.inference_ms,
+            batch_size: p.batch_size,
+            replica: p.replica,
+            cache: p.cache,
+        });
+    }
+
+    /// Finishes the record with the answer about to be sent: an error
+    /// becomes its JSON response here (the one mapping, `crate::error`), and
+    /// a request that reached its model gets the `x-prediction-id` header.
+    pub fn finish(self, answer: Result<HttpResponse, ApiError>) -> HttpResponse {
+        let (mut response, error) = match answer {
+            Ok(response) => (response, None),
+            Err(e) => (e.error_response(), Some(e.to_string())),
+        };
+        if self.reached {
+            if let Ok(value) = HeaderValue::from_str(&self.prediction_id.to_string()) {
+                response.headers_mut().insert(PREDICTION_HEADER, value);
+            }
+        }
+        self.finish_with(response.status().as_u16(), error);
+        response
+    }
+
+    /// Finishes the record with `status` sent for it (and the error's
+    /// message, if it failed).
+    pub fn finish_with(self, status: u16, error: Option<String>) {
+        let duration = self.started.elapsed();
+        let model = self.model.as_deref();
+        let ran = self.ran.filter(|r| r.cache.is_none());
+        self.metrics.record(RequestRecord {
+            model: model.map(ModelHandle::name),
+            status,
+            duration,
+            queued: ran.map(|r| Duration::from_secs_f64(r.queue_ms.max(0.0) / 1000.0)),
+        });
+        if let Some(model) = model.filter(|_| self.refused_at_mailbox) {
+            self.metrics.record_mailbox_refusal(model.name());
+        }
+        let (Some(log), Some(model), Some(input_sha256)) = (&self.log, model, self.input_sha256)
+        else {
+            return;
+        };
+        let ok = status < 400;
+        log.record(PredictionRow {
+            prediction_id: self.prediction_id,
+            request_id: self.request.id,
+            request_id_from_client: self.request.from_client,
+            model: model.name().to_string(),
+            model_version: model.spec.version.clone(),
+            input_sha256,
+            status: if ok { "ok" } else { "error" },
+            http_status: status,
+            error: if ok { None } else { error },
+            queue_ms: ran.map(|r| r.queue_ms),
+            inference_ms: ran.map(|r| r.inference_ms),
+            total_ms: duration.as_secs_f64() * 1000.0,
+            batch_size: self.ran.and_then(|r| r.batch_size).map(|n| n as u32),
+            replica: self.ran.and_then(|r| r.replica).map(|n| n as u32),
+            cache_level: self.ran.and_then(|r| r.cache).map(CacheLevel::as_str),
+            created_at: self.created_at,
+        });
+    }
+}
