@@ -505,7 +505,10 @@ async fn media_memory_is_reserved_per_file_and_in_flight_and_always_given_back()
         "{message}"
     );
     // With the in-flight budget held elsewhere, an upload is a 429 at once.
-    let held = pool.reserve(60 << 20, "a job in flight").unwrap();
+    let held = [
+        pool.reserve(31 << 20, "a job in flight").unwrap(),
+        pool.reserve(31 << 20, "another").unwrap(),
+    ];
     let busy = form("spheroid-seg", &[("busy.png", png.clone())], &[]);
     let response = server
         .client
