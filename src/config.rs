@@ -38,6 +38,16 @@ pub struct MediaConfig {
     pub max_batch_files: usize,
     /// Files that may wait for a decode thread; beyond, 429.
     pub queue_capacity: usize,
+    /// Most pixels along either side of an uploaded image.
+    pub max_image_side: u32,
+    /// Most times longer one side of an uploaded image may be than the other.
+    pub max_aspect_ratio: u32,
+    /// Most memory one file's job may be estimated to take (decode, resize,
+    /// answer), in MiB; larger files are refused (422) before decoding.
+    pub max_file_memory_mb: u64,
+    /// Most memory all media jobs running or waiting may hold together, in
+    /// MiB; a file that does not fit beside them is refused at once (429).
+    pub max_inflight_mb: u64,
 }
 
 impl Default for MediaConfig {
@@ -47,6 +57,10 @@ impl Default for MediaConfig {
             max_image_pixels: 40_000_000,
             max_batch_files: 64,
             queue_capacity: 256,
+            max_image_side: 65_535,
+            max_aspect_ratio: 100,
+            max_file_memory_mb: 1024,
+            max_inflight_mb: 2048,
         }
     }
 }
@@ -325,8 +339,29 @@ impl Config {
         if self.server.backlog == 0 || self.server.backlog > 65_535 {
             return Err(("server.backlog", "must be between 1 and 65535".into()));
         }
-        if self.media.max_image_pixels == 0 {
-            return Err(("media.max_image_pixels", "must be at least 1".into()));
+        if !(1..=4_000_000_000).contains(&self.media.max_image_pixels) {
+            return Err((
+                "media.max_image_pixels",
+                "must be between 1 and 4000000000".into(),
+            ));
+        }
+        if self.media.max_image_side == 0 {
+            return Err(("media.max_image_side", "must be at least 1".into()));
+        }
+        if self.media.max_aspect_ratio == 0 {
+            return Err(("media.max_aspect_ratio", "must be at least 1".into()));
+        }
+        if self.media.max_file_memory_mb == 0 {
+            return Err(("media.max_file_memory_mb", "must be at least 1".into()));
+        }
+        if self.media.max_inflight_mb < self.media.max_file_memory_mb {
+            return Err((
+                "media.max_inflight_mb",
+                format!(
+                    "must be at least media.max_file_memory_mb ({}), or no file at that bound could run",
+                    self.media.max_file_memory_mb
+                ),
+            ));
         }
         if self.media.max_batch_files == 0 {
             return Err(("media.max_batch_files", "must be at least 1".into()));

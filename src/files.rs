@@ -14,8 +14,10 @@ use gantry_actors::signature::ModelSignature;
 use gantry_actors::{InferError, ModelHandle, Priority, Tensor};
 
 use crate::error::ApiError;
+use crate::media::budget::Reservation;
 use crate::media::classes::{top_classes, ClassScore};
-use crate::media::image::{image_to_tensor, ImageLimits};
+use crate::media::estimate::{self, Estimate};
+use crate::media::image::{image_to_tensor, probe, ImageLimits};
 use crate::media::mask::{mask_answer, MaskAnswer};
 use crate::media::npy::{read_npy, NpyError};
 use crate::media::pool::MediaPool;
@@ -80,6 +82,16 @@ pub struct FilePrediction {
     pub decode_ms: f64,
     pub postprocess_ms: f64,
     pub total_ms: f64,
+    /// The memory reserved for this file's job, held until the answer is
+    /// sent (dropped with this value).
+    pub reservation: Reservation,
+}
+
+/// A file turned into the model's input, with the memory its job holds.
+struct Prepared {
+    input: (String, Tensor),
+    source: SourceInfo,
+    reservation: Reservation,
 }
 
 /// Runs file predictions: decoding and post-processing on `pool`,
@@ -113,7 +125,11 @@ impl FilePredictor<'_> {
             .unwrap_or(Err(ApiError::Infer(InferError::DeadlineExceeded {
                 waited_ms: budget.as_millis() as u64,
             })));
-        let (input, source) = prepared?;
+        let Prepared {
+            input,
+            source,
+            reservation,
+        } = prepared?;
         let prepare = started.elapsed();
         let left = budget.saturating_sub(prepare).max(Duration::from_millis(1));
         let call = PredictCall {
@@ -125,7 +141,9 @@ impl FilePredictor<'_> {
         };
         let prediction = self.service.predict(model, call, pending).await?;
         let post_started = Instant::now();
-        let result = self.shape(&prediction, &source, options).await?;
+        let result = self
+            .shape(&prediction, &source, options, &reservation)
+            .await?;
         let postprocess = post_started.elapsed();
         self.service
             .metrics
@@ -137,15 +155,15 @@ impl FilePredictor<'_> {
             decode_ms: ms(prepare),
             postprocess_ms: ms(postprocess),
             total_ms: ms(started.elapsed()),
+            reservation,
         })
     }
 
-    /// The model's input tensor (named) made from the file.
-    async fn prepare(
-        &self,
-        model: &str,
-        file: UploadedFile,
-    ) -> Result<((String, Tensor), SourceInfo), ApiError> {
+    /// The model's input tensor (named) made from the file. What the job
+    /// will take in memory is estimated from the file's header and the
+    /// model's sizes and reserved before it queues: a file over the per-file
+    /// bound is a 422, one that does not fit beside the jobs in flight a 429.
+    async fn prepare(&self, model: &str, file: UploadedFile) -> Result<Prepared, ApiError> {
         let handle = self.service.model(model)?;
         let signature = handle.ready_signature()?.clone();
         let (input_name, rank) = single_input(&handle, &signature)?;
@@ -170,13 +188,25 @@ impl FilePredictor<'_> {
                         "tensors: upload a NumPy .npy array or send JSON",
                     ));
                 }
-                let parsed = self.pool.run(move || Ok(read_npy(&bytes))).await?;
+                let file_bytes = bytes.len() as u64;
+                let reservation = self.pool.reserve(
+                    file_bytes + estimate::npy_bytes(file_bytes),
+                    &format!("the {} MiB NPY file", file_bytes >> 20),
+                )?;
+                let parsed = self
+                    .pool
+                    .run_reserved(&reservation, move || Ok(read_npy(&bytes)))
+                    .await?;
                 let tensor = parsed.map_err(|e| match e {
                     NpyError::NotNpy => ApiError::UnsupportedMedia(e.to_string()),
                     NpyError::Invalid(_) => ApiError::InvalidTensor(e.to_string()),
                 })?;
                 let shape = tensor.shape.clone();
-                Ok(((input_name, tensor), SourceInfo::Tensor { shape }))
+                Ok(Prepared {
+                    input: (input_name, tensor),
+                    source: SourceInfo::Tensor { shape },
+                    reservation,
+                })
             }
             InputProcessing::Image(spec) => {
                 let file_type = file_type
@@ -185,26 +215,59 @@ impl FilePredictor<'_> {
                 let size = spec
                     .target_size(&signature.inputs[0])
                     .map_err(|why| failed(format!("model '{model}': {why}")))?;
+                // Only the header is read here (its metadata bounded), so a
+                // file is refused before it queues.
+                let header = probe(&bytes, file_type, self.limits)?;
+                let answer = match &handle.spec.settings.output {
+                    OutputProcessing::Mask(mask) => {
+                        let map = mask_map_size(&signature, mask.output.as_deref(), size);
+                        estimate::mask_answer_bytes(header.oriented, map)
+                    }
+                    _ => 0,
+                };
+                let estimate = Estimate {
+                    file: bytes.len() as u64,
+                    prepare: estimate::image_input_bytes(&header, spec.color.channels(), size),
+                    answer,
+                };
+                let (w, h) = header.stored;
+                let what = format!("the {w}x{h} {} image", file_type.name().to_uppercase());
+                let reservation = self.pool.reserve(estimate.total(), &what)?;
                 let (spec, limits) = (spec.clone(), self.limits);
                 let image = self
                     .pool
-                    .run(move || image_to_tensor(&bytes, file_type, &spec, size, limits))
+                    .run_reserved(&reservation, move || {
+                        image_to_tensor(&bytes, file_type, &spec, size, limits)
+                    })
                     .await?;
                 let source = SourceInfo::Image {
                     file_type,
                     width: image.width,
                     height: image.height,
                 };
-                Ok(((input_name, image.tensor), source))
+                Ok(Prepared {
+                    input: (input_name, image.tensor),
+                    source,
+                    reservation,
+                })
             }
             InputProcessing::Audio(spec) => {
                 let file_type = file_type
                     .filter(|t| t.family() == Family::Audio && t.readable())
                     .ok_or_else(|| wrong_type(&format!("audio ({AUDIO_TYPES})")))?;
+                let estimate = Estimate {
+                    file: bytes.len() as u64,
+                    prepare: audio::worst_case_bytes(file_type, spec),
+                    answer: 0,
+                };
+                let what = format!("the {} file", file_type.name().to_uppercase());
+                let reservation = self.pool.reserve(estimate.total(), &what)?;
                 let spec = spec.clone();
                 let clip = self
                     .pool
-                    .run(move || audio::audio_to_tensor(bytes, file_type, &spec, rank))
+                    .run_reserved(&reservation, move || {
+                        audio::audio_to_tensor(bytes, file_type, &spec, rank)
+                    })
                     .await?;
                 let source = SourceInfo::Audio {
                     file_type,
@@ -212,7 +275,11 @@ impl FilePredictor<'_> {
                     channels: clip.channels,
                     seconds: clip.seconds,
                 };
-                Ok(((input_name, clip.tensor), source))
+                Ok(Prepared {
+                    input: (input_name, clip.tensor),
+                    source,
+                    reservation,
+                })
             }
         }
     }
@@ -223,6 +290,7 @@ impl FilePredictor<'_> {
         prediction: &Prediction,
         source: &SourceInfo,
         options: &FileOptions,
+        reservation: &Reservation,
     ) -> Result<FileResult, ApiError> {
         let model = &prediction.model;
         let processing = &model.spec.settings.output;
@@ -255,11 +323,25 @@ impl FilePredictor<'_> {
                     return Err(failed("a mask answer needs an image upload".into()));
                 };
                 let outputs = Arc::clone(&prediction.outputs);
+                // A map larger than the model's signature promised needs
+                // more than was reserved: reserve the difference too.
+                let map = output_map_size(&outputs[index].1.shape).unwrap_or((1, 1));
+                let needed = estimate::mask_answer_bytes((width, height), map);
+                let extra = (needed > reservation.bytes())
+                    .then(|| {
+                        let what =
+                            format!("the {width}x{height} mask of a {}x{} map", map.0, map.1);
+                        self.pool.reserve_beyond(needed, reservation, &what)
+                    })
+                    .transpose()?;
                 // The pool's own refusals keep their status (a full queue is
                 // 429); an output that is not a mask is the model's fault.
                 let answer = self
                     .pool
-                    .run(move || Ok(mask_answer(&outputs[index].1, (width, height), threshold)))
+                    .run_reserved(reservation, move || {
+                        let _extra = extra;
+                        Ok(mask_answer(&outputs[index].1, (width, height), threshold))
+                    })
                     .await?
                     .map_err(failed)?;
                 Ok(FileResult::Mask(answer))
@@ -274,6 +356,38 @@ impl FilePredictor<'_> {
             OutputProcessing::Tensor => Ok(FileResult::Tensors),
         }
     }
+}
+
+/// The (width, height) of the map a mask output will hold, from the model's
+/// signature: the output's fixed height and width, else the input's size.
+fn mask_map_size(
+    signature: &ModelSignature,
+    output: Option<&str>,
+    input: (u32, u32),
+) -> (u32, u32) {
+    let spec = match output {
+        Some(name) => signature.outputs.iter().find(|o| o.name == name),
+        None => signature.outputs.first(),
+    };
+    let dims: Vec<usize> = match spec {
+        Some(spec) => spec.dims.iter().map(|d| d.unwrap_or(0)).collect(),
+        None => return input,
+    };
+    match output_map_size(&dims) {
+        Some((w, h)) if w > 0 && h > 0 => (w, h),
+        _ => input,
+    }
+}
+
+/// (width, height) of a one-channel map shaped `[.., 1, H, W]` or
+/// `[.., H, W, 1]` (0 for a dynamic dimension).
+fn output_map_size(shape: &[usize]) -> Option<(u32, u32)> {
+    let (h, w) = match shape {
+        [.., h, w, 1] => (*h, *w),
+        [.., h, w] => (*h, *w),
+        _ => return None,
+    };
+    Some((u32::try_from(w).ok()?, u32::try_from(h).ok()?))
 }
 
 /// A post-processing failure: the model's outputs do not fit its `[output]` table.

@@ -475,3 +475,94 @@ async fn a_model_toml_that_does_not_fit_its_model_fails_the_load_with_the_reason
         upload(&server, "dynamic-image", "a.png", fixture("spheroids.png")).await;
     assert_eq!(status, 503, "{answer}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_memory_is_reserved_per_file_and_in_flight_and_always_given_back() {
+    let repo = Repo::new().copy("models/spheroid-seg", "spheroid-seg", None);
+    let mut config = common::config(repo.path());
+    config.media.max_file_memory_mb = 48;
+    config.media.max_inflight_mb = 64;
+    let server = TestServer::ready(config, common::onnx_provider()).await;
+    let pool = &server.state.media.pool;
+    let png = fixture("spheroids.png");
+    // A file whose mask at its own size would take more than 48 MiB is
+    // refused from its header, with the limit and the numbers.
+    let large = image::GrayImage::from_pixel(3000, 2000, image::Luma([90]));
+    let mut large_png = std::io::Cursor::new(Vec::new());
+    large
+        .write_to(&mut large_png, image::ImageFormat::Png)
+        .unwrap();
+    let (status, answer) =
+        upload(&server, "spheroid-seg", "large.png", large_png.into_inner()).await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (422, Some("file_too_large")),
+        "{answer}"
+    );
+    let message = answer["error"].as_str().unwrap();
+    assert!(
+        message.contains("media.max_file_memory_mb") && message.contains("3000x2000"),
+        "{message}"
+    );
+    // With the in-flight budget held elsewhere, an upload is a 429 at once.
+    let held = [
+        pool.reserve(31 << 20, "a job in flight").unwrap(),
+        pool.reserve(31 << 20, "another").unwrap(),
+    ];
+    let busy = form("spheroid-seg", &[("busy.png", png.clone())], &[]);
+    let response = server
+        .client
+        .post(server.url("/api/optimized/predict"))
+        .multipart(busy)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 429);
+    assert!(response.headers().contains_key("retry-after"));
+    let answer: Value = response.json().await.unwrap();
+    assert_eq!(answer["code"], "media_busy", "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("media.max_inflight_mb"),
+        "{answer}"
+    );
+    drop(held);
+    // Answered, refused, damaged or abandoned: every job gives its bytes back.
+    let (status, answer) = upload(&server, "spheroid-seg", "ok.png", png.clone()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(pool.memory().in_use(), 0);
+    let (status, _) = upload(
+        &server,
+        "spheroid-seg",
+        "cut.png",
+        png[..png.len() / 3].to_vec(),
+    )
+    .await;
+    assert_eq!(status, 422);
+    assert_eq!(pool.memory().in_use(), 0);
+    let impatient = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_millis(1))
+        .build()
+        .unwrap();
+    for _ in 0..5 {
+        let gone = form("spheroid-seg", &[("gone.png", png.clone())], &[]);
+        let _ = impatient
+            .post(server.url("/api/optimized/predict"))
+            .multipart(gone)
+            .send()
+            .await;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while pool.memory().in_use() != 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} bytes still reserved after the clients left",
+            pool.memory().in_use()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (status, answer) = upload(&server, "spheroid-seg", "after.png", png).await;
+    assert_eq!(status, 200, "{answer}");
+}

@@ -25,6 +25,7 @@ use gantry_actors::Priority;
 
 use crate::error::ApiError;
 use crate::files::FilePredictor;
+use crate::media::budget::MemoryBudget;
 use crate::media::image::ImageLimits;
 use crate::media::pool::MediaPool;
 use crate::service::InferenceService;
@@ -45,7 +46,8 @@ pub struct AppState {
 
 /// How uploaded files are handled.
 pub struct MediaSettings {
-    /// Where decoding and post-processing run.
+    /// Where decoding and post-processing run, within the memory budget
+    /// (per file and in flight) their jobs reserve from.
     pub pool: MediaPool,
     pub image_limits: ImageLimits,
     /// Most files in one batch upload.
@@ -58,10 +60,14 @@ impl MediaSettings {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
+        let mib = |mb: u64| mb.saturating_mul(1 << 20);
+        let memory = MemoryBudget::new(mib(config.max_file_memory_mb), mib(config.max_inflight_mb));
         MediaSettings {
-            pool: MediaPool::new(threads, config.queue_capacity),
+            pool: MediaPool::new(threads, config.queue_capacity).with_memory(memory),
             image_limits: ImageLimits {
                 max_pixels: config.max_image_pixels,
+                max_side: config.max_image_side,
+                max_aspect_ratio: config.max_aspect_ratio,
             },
             max_batch_files: config.max_batch_files,
         }

@@ -59,6 +59,26 @@ pub fn audio_to_tensor(
     })
 }
 
+/// The most memory decoding a `file_type` clip into `spec`'s input may
+/// take, whatever the file declares: decoding stops once the model's length
+/// is covered at the highest rate the format allows (so a header declaring
+/// hours costs what the model reads), packets are as long and as wide as the
+/// format allows, and the resampler is sized for the worst ratio of rates.
+pub fn worst_case_bytes(file_type: FileType, spec: &AudioInput) -> u64 {
+    // (highest rate, samples in one decoded packet of every channel).
+    let (rate, packet_samples) = match file_type {
+        // MPEG audio: 48 kHz at most, 1152 frames of 2 channels.
+        FileType::Mp3 => (48_000, 1152 * 2),
+        // FLAC blocks: 65535 frames of up to 8 channels.
+        FileType::Flac => (*SAMPLE_RATES.end(), 65_535 * 8),
+        // Vorbis blocks: 8192 frames of up to 255 channels.
+        FileType::Ogg => (*SAMPLE_RATES.end(), 8192 * 255),
+        // WAV packets: 1152 frames of up to 32 channels.
+        _ => (*SAMPLE_RATES.end(), 1152 * 32),
+    };
+    super::estimate::audio_input_bytes(rate, packet_samples, spec.sample_rate, spec.length as u64)
+}
+
 /// Sample rates a file may declare: a header outside this range is
 /// damaged or hostile (and would size the resampler absurdly).
 pub const SAMPLE_RATES: std::ops::RangeInclusive<u32> = 1_000..=384_000;

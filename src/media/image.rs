@@ -24,6 +24,20 @@ use super::MediaError;
 pub struct ImageLimits {
     /// Most pixels (width x height) an image may have.
     pub max_pixels: u64,
+    /// Most pixels along either side.
+    pub max_side: u32,
+    /// Most times longer one side may be than the other.
+    pub max_aspect_ratio: u32,
+}
+
+impl Default for ImageLimits {
+    fn default() -> Self {
+        ImageLimits {
+            max_pixels: 40_000_000,
+            max_side: 65_535,
+            max_aspect_ratio: 100,
+        }
+    }
 }
 
 impl ImageLimits {
@@ -32,6 +46,55 @@ impl ImageLimits {
     pub fn max_decoded_bytes(&self) -> u64 {
         self.max_pixels.saturating_mul(6)
     }
+
+    /// Refuses a declared size over a limit; the message names the limit
+    /// and the numbers.
+    pub fn check(&self, name: &str, (w, h): (u32, u32)) -> Result<(), MediaError> {
+        if w == 0 || h == 0 {
+            return Err(MediaError::Undecodable(format!(
+                "the {name} image is {w}x{h} pixels"
+            )));
+        }
+        let too_large = |why: String| {
+            Err(MediaError::TooLarge(format!(
+                "the {name} image declares {w}x{h} pixels, {why}"
+            )))
+        };
+        if u64::from(w) * u64::from(h) > self.max_pixels {
+            return too_large(format!(
+                "over the limit of {} pixels (media.max_image_pixels)",
+                self.max_pixels
+            ));
+        }
+        if w.max(h) > self.max_side {
+            return too_large(format!(
+                "a side of {} pixels, over the limit of {} (media.max_image_side)",
+                w.max(h),
+                self.max_side
+            ));
+        }
+        let (long, short) = (u64::from(w.max(h)), u64::from(w.min(h)));
+        if long > short * u64::from(self.max_aspect_ratio) {
+            return too_large(format!(
+                "an aspect ratio of {}:1, over the limit of {}:1 (media.max_aspect_ratio)",
+                long / short,
+                self.max_aspect_ratio
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What an image's header declares, read before any pixel is decoded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ImageHeader {
+    /// The size as stored, before orientation.
+    pub stored: (u32, u32),
+    /// The size after orientation, which answers are sized to.
+    pub oriented: (u32, u32),
+    /// Bytes per decoded pixel and channels of the file's colour type.
+    pub bytes_per_pixel: u8,
+    pub channels: u8,
 }
 
 /// An image turned into the model's input.
@@ -81,15 +144,47 @@ pub fn decode(
     decode_for(bytes, file_type, limits, None).map(|(image, _)| image)
 }
 
-/// Decodes an image headed for `target` (width, height): a large JPEG may
-/// come back smaller than it is (never smaller than the target); the size
-/// it is (after orientation) comes back beside it.
-fn decode_for(
+/// Reads what an image declares (size, colour type, orientation) and
+/// refuses it when that is over the limits, without decoding a pixel.
+pub fn probe(
     bytes: &[u8],
     file_type: FileType,
     limits: ImageLimits,
-    target: Option<(u32, u32)>,
-) -> Result<(DynamicImage, (u32, u32)), MediaError> {
+) -> Result<ImageHeader, MediaError> {
+    let (mut decoder, name) = open(bytes, file_type, limits)?;
+    let broken = |e: ImageError| image_error(&name, e, limits.max_decoded_bytes());
+    let (w, h) = decoder.dimensions();
+    limits.check(&name, (w, h))?;
+    let budget = limits.max_decoded_bytes();
+    if decoder.total_bytes() > budget {
+        return Err(MediaError::TooLarge(format!(
+            "the {name} image declares {w}x{h} pixels of {:?}, {} MiB decoded, over the limit of {} MiB",
+            decoder.color_type(),
+            decoder.total_bytes() >> 20,
+            budget >> 20
+        )));
+    }
+    let color = decoder.color_type();
+    let oriented = if is_turned(decoder.orientation().map_err(broken)?) {
+        (h, w)
+    } else {
+        (w, h)
+    };
+    Ok(ImageHeader {
+        stored: (w, h),
+        oriented,
+        bytes_per_pixel: color.bytes_per_pixel(),
+        channels: color.channel_count(),
+    })
+}
+
+/// A decoder for `bytes` with the decoded-size limit set, and the type's
+/// name for messages.
+fn open(
+    bytes: &[u8],
+    file_type: FileType,
+    limits: ImageLimits,
+) -> Result<(impl ImageDecoder + '_, String), MediaError> {
     let format = match file_type {
         FileType::Png => ImageFormat::Png,
         FileType::Jpeg => ImageFormat::Jpeg,
@@ -110,54 +205,54 @@ fn decode_for(
         )));
     }
     let budget = limits.max_decoded_bytes();
-    let broken = |e: ImageError| image_error(&name, e, budget);
     let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
     let mut decoder_limits = Limits::default();
     decoder_limits.max_alloc = Some(budget);
     reader.limits(decoder_limits);
-    let mut decoder = reader.into_decoder().map_err(broken)?;
-    let (w, h) = decoder.dimensions();
-    if w == 0 || h == 0 {
-        return Err(MediaError::Undecodable(format!(
-            "the {name} image is {w}x{h} pixels"
-        )));
-    }
-    if u64::from(w) * u64::from(h) > limits.max_pixels {
-        return Err(MediaError::TooLarge(format!(
-            "the {name} image declares {w}x{h} pixels, over the limit of {} pixels (media.max_image_pixels)",
-            limits.max_pixels
-        )));
-    }
-    if decoder.total_bytes() > budget {
-        return Err(MediaError::TooLarge(format!(
-            "the {name} image declares {w}x{h} pixels of {:?}, {} MiB decoded, over the limit of {} MiB",
-            decoder.color_type(),
-            decoder.total_bytes() >> 20,
-            budget >> 20
-        )));
-    }
-    let orientation = decoder.orientation().map_err(broken)?;
-    let turned = matches!(
+    let decoder = reader
+        .into_decoder()
+        .map_err(|e| image_error(&name, e, budget))?;
+    Ok((decoder, name))
+}
+
+fn is_turned(orientation: Orientation) -> bool {
+    matches!(
         orientation,
         Orientation::Rotate90
             | Orientation::Rotate270
             | Orientation::Rotate90FlipH
             | Orientation::Rotate270FlipH
-    );
-    let size = if turned { (h, w) } else { (w, h) };
+    )
+}
+
+/// Decodes an image headed for `target` (width, height): a large JPEG may
+/// come back smaller than it is (never smaller than the target); the size
+/// it is (after orientation) comes back beside it.
+fn decode_for(
+    bytes: &[u8],
+    file_type: FileType,
+    limits: ImageLimits,
+    target: Option<(u32, u32)>,
+) -> Result<(DynamicImage, (u32, u32)), MediaError> {
+    let header = probe(bytes, file_type, limits)?;
+    let (mut decoder, name) = open(bytes, file_type, limits)?;
+    let budget = limits.max_decoded_bytes();
+    let broken = |e: ImageError| image_error(&name, e, budget);
+    let orientation = decoder.orientation().map_err(broken)?;
+    let turned = is_turned(orientation);
     let scaled = target
         .filter(|_| file_type == FileType::Jpeg)
         .and_then(|(tw, th)| {
             let want = if turned { (th, tw) } else { (tw, th) };
             let max_bytes = usize::try_from(budget).unwrap_or(usize::MAX);
-            jpeg::decode_scaled(bytes, (w, h), want, max_bytes)
+            jpeg::decode_scaled(bytes, header.stored, want, max_bytes)
         });
     let mut image = match scaled {
         Some(image) => image,
         None => DynamicImage::from_decoder(decoder).map_err(broken)?,
     };
     image.apply_orientation(orientation);
-    Ok((image, size))
+    Ok((image, header.oriented))
 }
 
 /// The error for an image-crate failure: 415 for what it cannot read, the
@@ -276,7 +371,41 @@ impl Pixels {
 /// Resizes interleaved `pixel_type` pixels from `from` to `to` (width,
 /// height) with the resize every media path uses: a bilinear convolution
 /// whose support grows when shrinking, so downscaled images are not aliased.
+///
+/// The two directions run as two passes, in the order that leaves the
+/// smaller image between them ([`resize_middle`]): a 40,000,000 x 1 strip
+/// headed for 128 x 128 is shrunk along its width first (128 x 1), never
+/// stretched to 40,000,000 x 128 on the way, which is what one combined
+/// pass does for 8-bit pixels (and for float pixels the other way round).
 pub fn resize_plane(
+    pixels: &[u8],
+    pixel_type: PixelType,
+    from: (u32, u32),
+    to: (u32, u32),
+) -> Result<Vec<u8>, String> {
+    let middle = resize_middle(from, to);
+    if middle == from || middle == to {
+        return resize_pass(pixels, pixel_type, from, to);
+    }
+    let between = resize_pass(pixels, pixel_type, from, middle)?;
+    resize_pass(&between, pixel_type, middle, to)
+}
+
+/// The size between the two passes of a resize from `from` to `to`: the
+/// width changed first when that leaves fewer pixels, else the height.
+pub fn resize_middle(from: (u32, u32), to: (u32, u32)) -> (u32, u32) {
+    let area = |(w, h): (u32, u32)| u64::from(w) * u64::from(h);
+    let width_first = (to.0, from.1);
+    let height_first = (from.0, to.1);
+    if area(width_first) <= area(height_first) {
+        width_first
+    } else {
+        height_first
+    }
+}
+
+/// One resize call (one direction, or none when the sizes are equal).
+fn resize_pass(
     pixels: &[u8],
     pixel_type: PixelType,
     from: (u32, u32),
@@ -340,6 +469,8 @@ mod tests {
 
     const LIMITS: ImageLimits = ImageLimits {
         max_pixels: 1 << 24,
+        max_side: 65_535,
+        max_aspect_ratio: 100,
     };
 
     fn encode(image: DynamicImage, format: ImageFormat) -> Vec<u8> {
@@ -416,7 +547,10 @@ mod tests {
             matches!(err, MediaError::Undecodable(ref m) if m.contains("PNG")),
             "{err:?}"
         );
-        let small = ImageLimits { max_pixels: 1000 };
+        let small = ImageLimits {
+            max_pixels: 1000,
+            ..LIMITS
+        };
         let err = image_to_tensor(&png, FileType::Png, &grey_spec(), (8, 8), small).unwrap_err();
         assert!(
             matches!(err, MediaError::TooLarge(ref m) if m.contains("64x64")),

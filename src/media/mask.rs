@@ -23,16 +23,23 @@ pub struct MaskAnswer {
     /// An 8-bit greyscale PNG, 255 for foreground, base64 (standard alphabet).
     pub png_base64: String,
     /// One clockwise polygon of `[x, y]` boundary pixels per region: the
-    /// [`MAX_CONTOURS`] with the longest boundaries when there are more.
+    /// [`MAX_CONTOURS`] with the most points when there are more, within
+    /// [`MAX_CONTOUR_POINTS`] points in all.
     pub contours: Vec<Vec<[u32; 2]>>,
-    /// True when regions beyond [`MAX_CONTOURS`] were left out.
+    /// True when regions beyond those caps were left out.
     pub contours_truncated: bool,
 }
 
 /// Most contours in one answer (a noisy mask can hold millions of specks).
 pub const MAX_CONTOURS: usize = 1000;
 
-/// Builds the mask of `output` at `width` x `height`.
+/// Most contour points in one answer, all contours together.
+pub const MAX_CONTOUR_POINTS: usize = 200_000;
+
+/// Builds the mask of `output` at `width` x `height`. Each full-size buffer
+/// is dropped as soon as the next one is made: the map at the image's size
+/// (4 bytes a pixel) becomes the mask (1), which becomes the PNG and its
+/// base64; see [`mask_answer_bytes`](super::estimate::mask_answer_bytes).
 pub fn mask_answer(
     output: &Tensor,
     (width, height): (u32, u32),
@@ -47,8 +54,8 @@ pub fn mask_answer(
     let values = output
         .to_f32()
         .ok_or_else(|| format!("a mask output is FP32; this one is {}", output.dtype))?;
-    let resized = if (map_w, map_h) == (width as usize, height as usize) {
-        values
+    let mask: Vec<bool> = if (map_w, map_h) == (width as usize, height as usize) {
+        values.iter().map(|&v| v >= threshold).collect()
     } else {
         let from = (map_w as u32, map_h as u32);
         let bytes = resize_plane(
@@ -57,46 +64,39 @@ pub fn mask_answer(
             from,
             (width, height),
         )?;
-        bytemuck::pod_collect_to_vec(&bytes)
+        bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_ne_bytes([b[0], b[1], b[2], b[3]]) >= threshold)
+            .collect()
     };
-    let mask: Vec<bool> = resized.iter().map(|&v| v >= threshold).collect();
+    drop(values);
     let foreground = mask.iter().filter(|&&m| m).count();
-    let pixels: Vec<u8> = mask.iter().map(|&m| if m { 255 } else { 0 }).collect();
-    let mut png = Vec::new();
-    PngEncoder::new_with_quality(&mut png, CompressionType::Fast, FilterType::Adaptive)
-        .write_image(&pixels, width, height, ExtendedColorType::L8)
-        .map_err(|e| e.to_string())?;
-    let (contours, contours_truncated) =
-        longest(outer_contours(&mask, width as usize, height as usize));
+    let png = {
+        let pixels: Vec<u8> = mask.iter().map(|&m| if m { 255 } else { 0 }).collect();
+        let mut png = Vec::new();
+        PngEncoder::new_with_quality(&mut png, CompressionType::Fast, FilterType::Adaptive)
+            .write_image(&pixels, width, height, ExtendedColorType::L8)
+            .map_err(|e| e.to_string())?;
+        png
+    };
+    let png_base64 = base64::engine::general_purpose::STANDARD.encode(&png);
+    drop(png);
+    let (contours, contours_truncated) = outer_contours(
+        &mask,
+        width as usize,
+        height as usize,
+        MAX_CONTOURS,
+        MAX_CONTOUR_POINTS,
+    );
     Ok(MaskAnswer {
         width,
         height,
         threshold,
         foreground_fraction: foreground as f64 / mask.len().max(1) as f64,
-        png_base64: base64::engine::general_purpose::STANDARD.encode(png),
+        png_base64,
         contours,
         contours_truncated,
     })
-}
-
-/// At most [`MAX_CONTOURS`] contours, the longest, in their raster order.
-fn longest(contours: Vec<Vec<[u32; 2]>>) -> (Vec<Vec<[u32; 2]>>, bool) {
-    if contours.len() <= MAX_CONTOURS {
-        return (contours, false);
-    }
-    let mut order: Vec<usize> = (0..contours.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(contours[i].len()));
-    let mut keep = vec![false; contours.len()];
-    for &i in &order[..MAX_CONTOURS] {
-        keep[i] = true;
-    }
-    let kept = contours
-        .into_iter()
-        .zip(keep)
-        .filter(|(_, k)| *k)
-        .map(|(c, _)| c)
-        .collect();
-    (kept, true)
 }
 
 /// Height and width of a one-channel map: `[.., 1, H, W]` or `[.., H, W, 1]`

@@ -4,8 +4,10 @@
 //! [`MediaPool`](pool::MediaPool), never on the async workers.
 
 pub mod audio;
+pub mod budget;
 pub mod classes;
 pub mod contours;
+pub mod estimate;
 pub mod image;
 pub mod jpeg;
 pub mod mask;

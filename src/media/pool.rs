@@ -3,13 +3,15 @@
 //! their turn (without holding an async worker); beyond that a job is
 //! refused at once (429) rather than holding its upload in memory. A
 //! decoder that panics on a hostile file costs that request an error,
-//! nothing more.
+//! nothing more. The pool also holds the [`MemoryBudget`] jobs reserve
+//! their estimated memory from before they queue.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
+use super::budget::{MemoryBudget, Reservation};
 use super::MediaError;
 
 /// Runs CPU-bound media work off the async workers.
@@ -19,6 +21,7 @@ pub struct MediaPool {
     /// Jobs waiting for a thread, and how many may.
     waiting: Arc<AtomicUsize>,
     queue_capacity: usize,
+    memory: MemoryBudget,
 }
 
 /// Counts a waiting job until dropped.
@@ -36,7 +39,54 @@ impl MediaPool {
             permits: Arc::new(Semaphore::new(threads.max(1))),
             waiting: Arc::new(AtomicUsize::new(0)),
             queue_capacity,
+            memory: MemoryBudget::unbounded(),
         }
+    }
+
+    /// The same pool with `memory` bounding what its jobs reserve.
+    pub fn with_memory(mut self, memory: MemoryBudget) -> Self {
+        self.memory = memory;
+        self
+    }
+
+    /// The memory budget jobs reserve from.
+    pub fn memory(&self) -> &MemoryBudget {
+        &self.memory
+    }
+
+    /// Reserves `bytes` for a job on `what`: see [`MemoryBudget::reserve`].
+    pub fn reserve(&self, bytes: u64, what: &str) -> Result<Reservation, MediaError> {
+        self.memory.reserve(bytes, what)
+    }
+
+    /// Reserves what a job needing `total` bytes lacks beyond `held`: see
+    /// [`MemoryBudget::reserve_beyond`].
+    pub fn reserve_beyond(
+        &self,
+        total: u64,
+        held: &Reservation,
+        what: &str,
+    ) -> Result<Reservation, MediaError> {
+        self.memory.reserve_beyond(total, held.bytes(), what)
+    }
+
+    /// [`MediaPool::run`], the job holding `reservation` until it ends (a
+    /// job outlives a caller that stopped waiting, and so do its bytes).
+    pub async fn run_reserved<T, F>(
+        &self,
+        reservation: &Reservation,
+        job: F,
+    ) -> Result<T, MediaError>
+    where
+        T: Send + 'static,
+        F: FnOnce() -> Result<T, MediaError> + Send + 'static,
+    {
+        let held = reservation.clone();
+        self.run(move || {
+            let _held = held;
+            job()
+        })
+        .await
     }
 
     /// Runs `job` on a blocking thread once a slot is free. The slot is held

@@ -125,6 +125,7 @@ fn prepare_image(model: &ModelSpec, bytes: &[u8], runs: usize) -> Result<(f64, S
     let target = (spec.width.unwrap_or(128), spec.height.unwrap_or(128));
     let limits = ImageLimits {
         max_pixels: 100_000_000,
+        ..ImageLimits::default()
     };
     let mut size = String::new();
     let ms = median_ms(runs, || {
