@@ -69,6 +69,7 @@ impl From<gantry_actors::lifecycle::LifecycleError> for ApiError {
         match e {
             LifecycleError::UnknownModel(m) => ApiError::Infer(InferError::UnknownModel(m)),
             LifecycleError::Repository(why) => ApiError::BadRequest(why),
+            LifecycleError::InvalidName(why) => ApiError::BadRequest(why),
         }
     }
 }

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::batcher::{DrainReplica, RetireModel};
 use crate::model::ModelHandle;
-use crate::repository::{self, LoadError, ModelSettings, ModelSpec};
+use crate::repository::{self, LoadError, ModelSettings, ModelSpec, ScanOneError};
 use crate::supervisor::{register_model, start_replicas, ReplicaPlan, Supervisor};
 
 /// How long a replacement may take to get a ready replica before it is
@@ -26,6 +26,10 @@ const REPLACE_TIMEOUT: Duration = Duration::from_secs(300);
 pub enum LifecycleError {
     #[error("model '{0}' is not served here")]
     UnknownModel(String),
+    /// Not a name a model can have (see [`repository::check_name`]), or a
+    /// folder that resolves outside the repository; nothing was read.
+    #[error("{0}")]
+    InvalidName(String),
     #[error("{0}")]
     Repository(String),
 }
@@ -265,6 +269,8 @@ impl Handler<ScaleModel> for Supervisor {
     type Result = Result<(usize, usize), LifecycleError>;
 
     fn handle(&mut self, msg: ScaleModel, ctx: &mut Self::Context) -> Self::Result {
+        repository::check_name(&msg.model)
+            .map_err(|e| LifecycleError::InvalidName(e.to_string()))?;
         let before = self
             .rescale(&msg.model, msg.replicas, ctx)
             .ok_or_else(|| LifecycleError::UnknownModel(msg.model.clone()))?;
@@ -318,6 +324,8 @@ impl Handler<Reload> for Supervisor {
 impl Handler<LoadModel> for Supervisor {
     type Result = AtomicResponse<Self, Result<Change, LifecycleError>>;
 
+    /// A refused name changes nothing, not even the load errors that health
+    /// and the repository index report: it names no repository folder.
     fn handle(&mut self, msg: LoadModel, _ctx: &mut Self::Context) -> Self::Result {
         let dir = self.models_dir.clone();
         let name = msg.model.clone();
@@ -332,8 +340,15 @@ impl Handler<LoadModel> for Supervisor {
                     act.set_load_error(&msg.model, None);
                     Ok(act.apply_spec(spec, ctx))
                 }
-                Ok(None) => Err(LifecycleError::UnknownModel(msg.model)),
-                Err(error) => {
+                Ok(None) => {
+                    // No folder (any more): an earlier failure is stale.
+                    act.set_load_error(&msg.model, None);
+                    Err(LifecycleError::UnknownModel(msg.model))
+                }
+                Err(ScanOneError::Name(refused)) => {
+                    Err(LifecycleError::InvalidName(refused.to_string()))
+                }
+                Err(ScanOneError::Load(error)) => {
                     act.set_load_error(&msg.model, Some(error.clone()));
                     Err(LifecycleError::Repository(error))
                 }
@@ -346,6 +361,8 @@ impl Handler<UnloadModel> for Supervisor {
     type Result = Result<(), LifecycleError>;
 
     fn handle(&mut self, msg: UnloadModel, _ctx: &mut Self::Context) -> Self::Result {
+        repository::check_name(&msg.model)
+            .map_err(|e| LifecycleError::InvalidName(e.to_string()))?;
         if self.remove(&msg.model) {
             Ok(())
         } else {

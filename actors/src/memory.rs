@@ -4,13 +4,16 @@
 //! system RAM); the thread total is `cpu.threads` (default: the cores
 //! available). Replicas reserve their footprint (memory, and
 //! `intra_op_threads`) before they start; one that does not fit is not
-//! started.
+//! started, and is told when room is given back so it can ask again.
+//!
+//! A grant is a [`Reservation`] value: dropping it gives the reservation
+//! back, so reservations come back however their holder goes away.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use actix::{Actor, Context, Handler, Message, MessageResult};
+use actix::{Actor, Addr, AsyncContext, Context, Handler, Message, MessageResult, Recipient};
 use tracing::{info, warn};
 
 /// Where the total came from.
@@ -89,6 +92,8 @@ pub struct MemoryBudget {
     /// Per owner: (MB, threads).
     reservations: BTreeMap<String, (u64, usize)>,
     refused: Vec<Refusal>,
+    /// Refused owners to tell when room is given back.
+    waiting: BTreeMap<String, Recipient<BudgetFreed>>,
     /// Free MB, published for batchers to read without a message.
     free_shared: Arc<AtomicU64>,
 }
@@ -119,6 +124,7 @@ impl MemoryBudget {
             threads_total,
             reservations: BTreeMap::new(),
             refused: Vec::new(),
+            waiting: BTreeMap::new(),
             free_shared: Arc::new(AtomicU64::new(total_mb)),
         }
     }
@@ -143,6 +149,14 @@ impl MemoryBudget {
 
     fn free_mb(&self) -> u64 {
         self.total_mb.saturating_sub(self.reserved_mb())
+    }
+
+    /// Tells every refused owner that room was given back; each asks again
+    /// (and waits again if it still does not fit).
+    fn wake_waiters(&mut self) {
+        for (owner, waiter) in std::mem::take(&mut self.waiting) {
+            waiter.do_send(BudgetFreed { owner });
+        }
     }
 }
 
@@ -174,18 +188,92 @@ impl Actor for MemoryBudget {
 
 /// Reserve `mb` for `owner` (for example `unet-seg/0`).
 #[derive(Message)]
-#[rtype(result = "Result<(), Refusal>")]
+#[rtype(result = "Reservation")]
 pub struct Reserve {
     pub owner: String,
     pub mb: u64,
     /// CPU threads (the replica's `intra_op_threads`).
     pub threads: usize,
+    /// Told with [`BudgetFreed`] once room is given back, when this request
+    /// is refused, so that it can ask again instead of staying refused.
+    pub waiter: Option<Recipient<BudgetFreed>>,
+}
+
+/// Budget -> whoever was refused: a reservation was given back since `owner`
+/// was refused; ask again. Sent once per refusal.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct BudgetFreed {
+    pub owner: String,
+}
+
+/// The answer to [`Reserve`]: a claim on the owner's name in the budget,
+/// granted (it holds the memory and threads) or refused (recorded, and
+/// waiting for room). Dropping it gives back everything the budget holds for
+/// the owner, so a reservation comes back however its holder goes away: a
+/// replica slot removed, a message never handled, an actor stopped. There
+/// is one claim per owner; a newer one for the same owner replaces the
+/// older with [`Reservation::replaces`].
+pub struct Reservation {
+    owner: String,
+    refusal: Option<Refusal>,
+    /// `None` once forgotten, or when no budget answered.
+    budget: Option<Addr<MemoryBudget>>,
+}
+
+impl Reservation {
+    /// A refusal that holds nothing in any budget (the budget did not answer).
+    pub fn unanswered(owner: String, reason: String) -> Reservation {
+        Reservation {
+            refusal: Some(Refusal {
+                owner: owner.clone(),
+                required_mb: 0,
+                free_mb: 0,
+                reason,
+            }),
+            owner,
+            budget: None,
+        }
+    }
+
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// True when the budget granted it.
+    pub fn is_granted(&self) -> bool {
+        self.refusal.is_none()
+    }
+
+    /// Why it was refused; `None` when granted.
+    pub fn refusal(&self) -> Option<&Refusal> {
+        self.refusal.as_ref()
+    }
+
+    /// Takes the place of `older`, a claim for the same owner: the budget
+    /// holds one entry per owner, so giving `older` back would give back
+    /// this one.
+    pub fn replaces(self, mut older: Reservation) -> Reservation {
+        debug_assert_eq!(self.owner, older.owner);
+        older.budget = None;
+        self
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(budget) = self.budget.take() {
+            budget.do_send(Release {
+                owner: std::mem::take(&mut self.owner),
+            });
+        }
+    }
 }
 
 impl Handler<Reserve> for MemoryBudget {
-    type Result = Result<(), Refusal>;
+    type Result = MessageResult<Reserve>;
 
-    fn handle(&mut self, msg: Reserve, _ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, msg: Reserve, ctx: &mut Self::Context) -> Self::Result {
         let (had_mb, had_threads) = self.reservations.get(&msg.owner).copied().unwrap_or((0, 0));
         let free = self.free_mb() + had_mb;
         let free_threads = self.threads_total.saturating_sub(self.reserved_threads()) + had_threads;
@@ -202,9 +290,10 @@ impl Handler<Reserve> for MemoryBudget {
         } else {
             None
         };
+        let budget = Some(ctx.address());
         if let Some(reason) = reason {
             let refusal = Refusal {
-                owner: msg.owner,
+                owner: msg.owner.clone(),
                 required_mb: msg.mb,
                 free_mb: free,
                 reason,
@@ -216,16 +305,34 @@ impl Handler<Reserve> for MemoryBudget {
             );
             self.refused.retain(|r| r.owner != refusal.owner);
             self.refused.push(refusal.clone());
-            return Err(refusal);
+            match msg.waiter {
+                Some(waiter) => self.waiting.insert(msg.owner.clone(), waiter),
+                None => self.waiting.remove(&msg.owner),
+            };
+            return MessageResult(Reservation {
+                owner: msg.owner,
+                refusal: Some(refusal),
+                budget,
+            });
         }
         self.refused.retain(|r| r.owner != msg.owner);
-        self.reservations.insert(msg.owner, (msg.mb, msg.threads));
+        self.waiting.remove(&msg.owner);
+        self.reservations
+            .insert(msg.owner.clone(), (msg.mb, msg.threads));
         self.publish_free();
-        Ok(())
+        if msg.mb < had_mb || msg.threads < had_threads {
+            self.wake_waiters();
+        }
+        MessageResult(Reservation {
+            owner: msg.owner,
+            refusal: None,
+            budget,
+        })
     }
 }
 
-/// Give back what `owner` reserved.
+/// Give back what `owner` reserved, and forget its refusal if it was
+/// refused. [`Reservation`] sends it when dropped.
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct Release {
@@ -236,9 +343,13 @@ impl Handler<Release> for MemoryBudget {
     type Result = ();
 
     fn handle(&mut self, msg: Release, _ctx: &mut Self::Context) {
-        self.reservations.remove(&msg.owner);
+        let freed = self.reservations.remove(&msg.owner).is_some();
         self.refused.retain(|r| r.owner != msg.owner);
+        self.waiting.remove(&msg.owner);
         self.publish_free();
+        if freed {
+            self.wake_waiters();
+        }
     }
 }
 
@@ -290,45 +401,95 @@ impl Handler<GetMemorySnapshot> for MemoryBudget {
 mod tests {
     use super::*;
 
+    fn reserve(owner: &str, mb: u64, threads: usize) -> Reserve {
+        Reserve {
+            owner: owner.into(),
+            mb,
+            threads,
+            waiter: None,
+        }
+    }
+
     #[actix_rt::test]
     async fn refuses_what_does_not_fit_and_reports_it() {
         let budget = MemoryBudget::with_total(MemorySource::Config, 100, 2).start();
-        let reserve = |owner: &str, mb| Reserve {
-            owner: owner.into(),
-            mb,
-            threads: 1,
-        };
-        assert!(budget.send(reserve("a/0", 60)).await.unwrap().is_ok());
-        let refusal = budget.send(reserve("a/1", 60)).await.unwrap().unwrap_err();
+        let a0 = budget.send(reserve("a/0", 60, 1)).await.unwrap();
+        assert!(a0.is_granted());
+        let a1 = budget.send(reserve("a/1", 60, 1)).await.unwrap();
+        let refusal = a1.refusal().unwrap();
         assert_eq!((refusal.required_mb, refusal.free_mb), (60, 40));
         let snap = budget.send(GetMemorySnapshot).await.unwrap();
         assert_eq!((snap.reserved_mb, snap.free_mb), (60, 40));
         assert_eq!(snap.refused.len(), 1);
-        budget.do_send(Release {
-            owner: "a/0".into(),
-        });
-        assert!(budget.send(reserve("a/1", 60)).await.unwrap().is_ok());
+        drop(a0);
+        let a1 = budget
+            .send(reserve("a/1", 60, 1))
+            .await
+            .unwrap()
+            .replaces(a1);
+        assert!(a1.is_granted());
         let snap = budget.send(GetMemorySnapshot).await.unwrap();
         assert!(snap.refused.is_empty());
+        assert_eq!(snap.reserved_mb, 60);
     }
 
     #[actix_rt::test]
     async fn cpu_threads_are_a_budget_too() {
         let budget = MemoryBudget::with_total(MemorySource::Config, 10_000, 3).start();
-        let reserve = |owner: &str, threads| Reserve {
-            owner: owner.into(),
-            mb: 1,
-            threads,
-        };
-        assert!(budget.send(reserve("a/0", 2)).await.unwrap().is_ok());
-        let refusal = budget.send(reserve("a/1", 2)).await.unwrap().unwrap_err();
-        assert!(
-            refusal.reason.contains("needs 2 CPU threads"),
-            "{}",
-            refusal.reason
-        );
-        assert!(budget.send(reserve("b/0", 1)).await.unwrap().is_ok());
+        let a0 = budget.send(reserve("a/0", 1, 2)).await.unwrap();
+        assert!(a0.is_granted());
+        let a1 = budget.send(reserve("a/1", 1, 2)).await.unwrap();
+        let reason = &a1.refusal().unwrap().reason;
+        assert!(reason.contains("needs 2 CPU threads"), "{reason}");
+        let b0 = budget.send(reserve("b/0", 1, 1)).await.unwrap();
+        assert!(b0.is_granted());
         let snap = budget.send(GetMemorySnapshot).await.unwrap();
         assert_eq!((snap.threads_total, snap.threads_reserved), (3, 3));
+    }
+
+    /// Counts the [`BudgetFreed`] it is told.
+    struct Waiter(Arc<AtomicU64>);
+
+    impl Actor for Waiter {
+        type Context = Context<Self>;
+    }
+
+    impl Handler<BudgetFreed> for Waiter {
+        type Result = ();
+
+        fn handle(&mut self, _: BudgetFreed, _ctx: &mut Self::Context) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[actix_rt::test]
+    async fn a_dropped_claim_gives_everything_back_and_wakes_the_refused() {
+        let budget = MemoryBudget::with_total(MemorySource::Config, 100, 1).start();
+        let empty = budget.send(GetMemorySnapshot).await.unwrap();
+        let woken = Arc::new(AtomicU64::new(0));
+        let waiter = Waiter(woken.clone()).start().recipient();
+        let held = budget.send(reserve("a/0", 50, 1)).await.unwrap();
+        let mut asking = reserve("b/0", 10, 1);
+        asking.waiter = Some(waiter);
+        let refused = budget.send(asking).await.unwrap();
+        assert!(!refused.is_granted());
+        drop(held);
+        let snap = budget.send(GetMemorySnapshot).await.unwrap();
+        assert_eq!((snap.reserved_mb, snap.threads_reserved), (0, 0));
+        // The waiter's BudgetFreed went out while the release was handled.
+        tokio::task::yield_now().await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while woken.load(Ordering::SeqCst) == 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            woken.load(Ordering::SeqCst),
+            1,
+            "the refused owner is told once"
+        );
+        // The refusal itself is forgotten when its claim goes.
+        drop(refused);
+        let snap = budget.send(GetMemorySnapshot).await.unwrap();
+        assert_eq!(snap, empty);
     }
 }

@@ -140,10 +140,14 @@ pub fn estimate_memory_mb(file_bytes: u64) -> u64 {
     2 * file_bytes.div_ceil(MB) + 64
 }
 
-/// Reads every model folder under `dir`. Hidden folders and plain files are
-/// ignored; a folder that cannot be served becomes a [`LoadError`].
+/// Reads every model folder under `dir`. Hidden folders (`.`), folders
+/// starting with `_` and plain files are ignored; a folder that cannot be
+/// served (a bad name, a symbolic link out of `dir`, a broken `model.toml`)
+/// becomes a [`LoadError`].
 pub fn scan(dir: &Path) -> Result<RepositoryScan, String> {
     let entries = fs::read_dir(dir)
+        .map_err(|e| format!("cannot read model repository {}: {e}", dir.display()))?;
+    let root = fs::canonicalize(dir)
         .map_err(|e| format!("cannot read model repository {}: {e}", dir.display()))?;
     let mut folders: Vec<PathBuf> = entries
         .filter_map(Result::ok)
@@ -155,7 +159,14 @@ pub fn scan(dir: &Path) -> Result<RepositoryScan, String> {
     let mut scan = RepositoryScan::default();
     for folder in folders {
         let name = file_name(&folder);
-        match load_model(&folder, &name) {
+        let loaded = if resolves_inside(&root, &folder) {
+            load_model(&folder, &name)
+        } else if holds_model(&folder) {
+            Err(NameError::Outside(name.clone()).to_string())
+        } else {
+            Ok(None)
+        };
+        match loaded {
             Ok(Some(spec)) => scan.models.push(spec),
             Ok(None) => {}
             Err(error) => scan.errors.push(LoadError { model: name, error }),
@@ -164,31 +175,91 @@ pub fn scan(dir: &Path) -> Result<RepositoryScan, String> {
     Ok(scan)
 }
 
-/// Reads the one model folder `dir/name`; `Ok(None)` when it holds no model.
-pub fn scan_one(dir: &Path, name: &str) -> Result<Option<ModelSpec>, String> {
-    if !valid_name(name) {
-        return Err(format!("'{name}' is not a model name"));
+/// Longest model name accepted.
+pub const MAX_NAME_LEN: usize = 128;
+
+/// Why a name given to load or unload a model is refused before any file
+/// is read. Such a name leaves no trace: it is not a repository folder.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameError {
+    #[error("'{0}' is not a model name: model names are 1 to {MAX_NAME_LEN} letters, digits, '-', '_' and '.', and start with a letter or digit")]
+    Malformed(String),
+    #[error("a model name is at most {MAX_NAME_LEN} characters")]
+    TooLong,
+    #[error("model folder '{0}' resolves outside models.dir")]
+    Outside(String),
+}
+
+/// Checks that `name` can name a model folder: 1 to [`MAX_NAME_LEN`] ASCII
+/// letters, digits, `-`, `_` and `.`, starting with a letter or digit. So
+/// no separator, no `.` or `..`, and nothing the repository scan skips
+/// (names starting with `.` or `_`).
+pub fn check_name(name: &str) -> Result<(), NameError> {
+    if name.len() > MAX_NAME_LEN {
+        return Err(NameError::TooLong);
     }
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+    let starts_well = name.starts_with(|c: char| c.is_ascii_alphanumeric());
+    if !starts_well || !name.chars().all(allowed) {
+        return Err(NameError::Malformed(name.to_string()));
+    }
+    Ok(())
+}
+
+/// Why one named model could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ScanOneError {
+    /// The name is refused; nothing was read.
+    #[error(transparent)]
+    Name(#[from] NameError),
+    /// The folder holds a model that cannot be served.
+    #[error("{0}")]
+    Load(String),
+}
+
+/// Reads the one model folder `dir/name`; `Ok(None)` when it holds no
+/// model. The name is checked first, and the folder must resolve (symbolic
+/// links followed) inside `dir`.
+pub fn scan_one(dir: &Path, name: &str) -> Result<Option<ModelSpec>, ScanOneError> {
+    check_name(name)?;
     let folder = dir.join(name);
     if !folder.is_dir() {
         return Ok(None);
     }
-    load_model(&folder, name)
+    let root = fs::canonicalize(dir).map_err(|e| {
+        ScanOneError::Load(format!(
+            "cannot read model repository {}: {e}",
+            dir.display()
+        ))
+    })?;
+    if !resolves_inside(&root, &folder) {
+        return Err(NameError::Outside(name.to_string()).into());
+    }
+    load_model(&folder, name).map_err(ScanOneError::Load)
+}
+
+/// True when `folder`, symbolic links followed, is a folder strictly
+/// inside `root` (canonical). One that cannot be resolved is not.
+fn resolves_inside(root: &Path, folder: &Path) -> bool {
+    fs::canonicalize(folder).is_ok_and(|resolved| resolved.starts_with(root) && resolved != root)
+}
+
+/// True when `folder` has a model file or settings: a folder without
+/// either (scripts, say) is not a model.
+fn holds_model(folder: &Path) -> bool {
+    folder.join("model.onnx").exists() || folder.join("model.toml").exists()
 }
 
 /// Loads one folder; `Ok(None)` for a folder that holds no model at all
 /// (neither `model.onnx` nor `model.toml`), such as a scripts folder.
 fn load_model(folder: &Path, name: &str) -> Result<Option<ModelSpec>, String> {
-    let onnx_path = folder.join("model.onnx");
-    let toml_path = folder.join("model.toml");
-    if !onnx_path.exists() && !toml_path.exists() {
+    if !holds_model(folder) {
         return Ok(None);
     }
-    if !valid_name(name) {
-        return Err(format!(
-            "{}: model names use letters, digits, '-', '_' and '.' only",
-            folder.display()
-        ));
+    let onnx_path = folder.join("model.onnx");
+    let toml_path = folder.join("model.toml");
+    if let Err(e) = check_name(name) {
+        return Err(format!("{}: {e}", folder.display()));
     }
     let settings = if toml_path.exists() {
         let text =
@@ -238,13 +309,6 @@ fn read_labels(path: &Path) -> Result<Vec<String>, String> {
         ));
     }
     Ok(labels)
-}
-
-fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 fn file_name(path: &Path) -> String {
@@ -340,5 +404,50 @@ mod tests {
             "{}",
             scan.errors[0].error
         );
+    }
+
+    #[test]
+    fn model_names_are_names() {
+        for good in ["a", "unet-seg", "tiny_classifier", "v1.2", "A9", "a..b"] {
+            assert_eq!(check_name(good), Ok(()), "{good}");
+        }
+        let long = "n".repeat(MAX_NAME_LEN + 1);
+        for bad in [
+            "", ".", "..", ".hidden", "_private", "-flag", "a/b", "../a", "a\\b", "a b", "a\0",
+            "é", &long,
+        ] {
+            assert!(check_name(bad).is_err(), "{bad:?} passed");
+        }
+        assert_eq!(check_name(&"n".repeat(MAX_NAME_LEN)), Ok(()));
+    }
+
+    #[test]
+    fn a_folder_must_resolve_inside_the_repository() {
+        let outer = tempfile::tempdir().unwrap();
+        write(outer.path(), "model.onnx", "x");
+        write(outer.path(), "elsewhere/model.onnx", "x");
+        write(outer.path(), "elsewhere-scripts/run.py", "");
+        let dir = outer.path().join("models");
+        write(&dir, "a/model.onnx", "x");
+        std::os::unix::fs::symlink(outer.path().join("elsewhere"), dir.join("out")).unwrap();
+        std::os::unix::fs::symlink(outer.path().join("elsewhere-scripts"), dir.join("tools"))
+            .unwrap();
+        std::os::unix::fs::symlink(dir.join("a"), dir.join("alias")).unwrap();
+        assert_eq!(
+            scan_one(&dir, ".."),
+            Err(ScanOneError::Name(NameError::Malformed("..".into())))
+        );
+        assert_eq!(
+            scan_one(&dir, "out"),
+            Err(ScanOneError::Name(NameError::Outside("out".into())))
+        );
+        assert_eq!(scan_one(&dir, "alias").unwrap().unwrap().name, "alias");
+        assert_eq!(scan_one(&dir, "nope"), Ok(None));
+        let scan = scan(&dir).unwrap();
+        let served: Vec<_> = scan.models.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(served, ["a", "alias"]);
+        assert_eq!(scan.errors.len(), 1, "{:?}", scan.errors);
+        assert_eq!(scan.errors[0].model, "out");
+        assert!(scan.errors[0].error.contains("outside models.dir"));
     }
 }

@@ -14,10 +14,12 @@ use actix::{
 };
 use tracing::{error, info};
 
-use crate::batcher::{AttachReplica, Batcher, BatcherSnapshot, GetBatcherSnapshot};
+use crate::batcher::{
+    reserve_and_attach, AttachReplicaRequest, Batcher, BatcherSnapshot, GetBatcherSnapshot,
+};
 use crate::engine::checked::checked_factory;
 use crate::engine::EngineProvider;
-use crate::memory::{GetMemorySnapshot, MemoryBudget, MemoryConfig, MemorySnapshot, Reserve};
+use crate::memory::{GetMemorySnapshot, MemoryBudget, MemoryConfig, MemorySnapshot};
 use crate::model::{ModelHandle, ModelState};
 use crate::observer::BatchObserver;
 use crate::repository::{self, LoadError, ModelSpec};
@@ -184,7 +186,7 @@ pub(crate) fn register_model(
 ) -> Arc<ModelHandle> {
     let state = Arc::new(ModelState::default());
     let batcher = Batcher::new(spec.name.clone(), &spec.settings, state.clone(), observer)
-        .with_budget(budget.clone())
+        .with_budget(budget.clone(), spec.memory_mb)
         .start();
     Arc::new(ModelHandle {
         spec,
@@ -193,7 +195,8 @@ pub(crate) fn register_model(
     })
 }
 
-/// Starts each replica of a model that the memory budget grants.
+/// Starts each replica of a model that the memory budget grants; a refused
+/// one waits in its batcher for room.
 pub(crate) async fn start_replicas(
     handle: &ModelHandle,
     ids: Vec<usize>,
@@ -204,35 +207,16 @@ pub(crate) async fn start_replicas(
     let factory = checked_factory(provider.factory(spec), &spec.settings);
     info!(model = %spec.name, version = %spec.version, replicas = ids.len(), "starting replicas");
     for id in ids {
-        let reserve = Reserve {
+        let request = AttachReplicaRequest {
+            id,
             owner: format!("{}/{id}", spec.name),
             mb: spec.memory_mb,
             threads: spec.settings.intra_op_threads,
+            factory: factory.clone(),
+            warmup: spec.settings.warmup,
+            retry: false,
         };
-        let attach = match budget.send(reserve).await {
-            Ok(Ok(())) => AttachReplica::Start {
-                id,
-                factory: factory.clone(),
-                warmup: spec.settings.warmup,
-            },
-            Ok(Err(refusal)) => AttachReplica::Refused {
-                id,
-                reason: refusal.reason,
-            },
-            Err(e) => AttachReplica::Refused {
-                id,
-                reason: format!("memory budget unavailable: {e}"),
-            },
-        };
-        // A batcher that has already retired can take no replica: give the
-        // reservation back. A full mailbox is only busy: deliver anyway.
-        match handle.batcher.try_send(attach) {
-            Ok(()) => {}
-            Err(actix::dev::SendError::Full(attach)) => handle.batcher.do_send(attach),
-            Err(actix::dev::SendError::Closed(_)) => budget.do_send(crate::memory::Release {
-                owner: format!("{}/{id}", spec.name),
-            }),
-        }
+        reserve_and_attach(handle.batcher.clone(), budget.clone(), request).await;
     }
 }
 

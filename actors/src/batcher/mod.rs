@@ -33,7 +33,10 @@ mod replicas;
 mod snapshot;
 
 use replicas::ReplicaSlot;
-pub use replicas::{AttachReplica, DrainReplica, ReplicaState, RetireModel};
+pub use replicas::{
+    reserve_and_attach, AttachReplica, AttachReplicaRequest, DrainReplica, ReplicaState,
+    RetireModel,
+};
 pub use snapshot::{BatcherSnapshot, GetBatcherSnapshot, ReplicaSnapshot};
 
 /// Batches a replica may hold at once: the one running and one waiting, so
@@ -96,15 +99,17 @@ pub struct Batcher {
     round_robin: usize,
     wakeup: Option<(Instant, SpawnHandle)>,
     observer: Arc<dyn BatchObserver>,
-    /// Where drained replicas give their reservation back.
+    /// Where refused replicas ask again for a reservation.
     budget: Option<Addr<MemoryBudget>>,
+    /// What each replica reserves: MB and CPU threads.
+    footprint: (u64, usize),
     /// Set when the model is being removed: stop once the queue is empty.
     retiring: bool,
     /// A retiring batcher keeps its replicas serving until this instant,
     /// so requests that took its handle just before a swap still run.
     retire_after: Option<Instant>,
     /// Replicas drained before the supervisor's `AttachReplica` for them
-    /// arrived: when it does, their reservation is given back at once.
+    /// arrived: when it does, its reservation is dropped (given back) at once.
     drained_early: Vec<usize>,
     me: Option<Addr<Batcher>>,
     /// MB one item of a batch needs: `memory_per_item_mb`, else what warmup
@@ -138,6 +143,7 @@ impl Batcher {
             wakeup: None,
             observer,
             budget: None,
+            footprint: (0, settings.intra_op_threads),
             retiring: false,
             retire_after: None,
             drained_early: Vec::new(),
@@ -162,9 +168,11 @@ impl Batcher {
         }));
     }
 
-    /// Drained replicas release their reservation to `budget`.
-    pub fn with_budget(mut self, budget: Addr<MemoryBudget>) -> Self {
+    /// Refused replicas of `memory_mb` each ask `budget` again when it
+    /// has room; batches are capped at what its free memory holds.
+    pub fn with_budget(mut self, budget: Addr<MemoryBudget>, memory_mb: u64) -> Self {
         self.budget = Some(budget);
+        self.footprint.0 = memory_mb;
         self
     }
 
@@ -278,6 +286,10 @@ impl Batcher {
                 warn!(model = %self.model, replica = slot.id, "replica mailbox closed; failing its batch");
                 slot.state = ReplicaState::Failed("replica thread stopped".into());
                 slot.addr = None;
+                // Its thread is gone: nothing it held will ever report, and
+                // a drain must not wait for it.
+                slot.inflight_items = 0;
+                slot.inflight_batches = 0;
                 if let Some(me) = &self.me {
                     me.do_send(ReplicaFailed {
                         replica: slot.id,

@@ -1,6 +1,11 @@
 //! The batcher's replicas: their lifecycle as the batcher sees it (loading,
 //! ready, failed, refused, draining), starting and restarting them with
 //! backoff, draining them on scale-down and retiring the whole model.
+//!
+//! Each slot holds its replica's [`Reservation`]: removing the slot gives
+//! the memory and threads back, whatever removed it. A refused slot asks the
+//! budget again each time room is given back, so a replica refused while
+//! another instance was still draining starts once that one has gone.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +19,7 @@ use tracing::{info, warn};
 use super::Batcher;
 use crate::engine::EngineFactory;
 use crate::error::InferError;
-use crate::memory::Release;
+use crate::memory::{BudgetFreed, MemoryBudget, Reservation, Reserve};
 use crate::messages::{ReplicaFailed, ReplicaReady};
 use crate::replica::Replica;
 
@@ -52,8 +57,11 @@ pub(super) struct ReplicaSlot {
     pub(super) errors: u64,
     /// Times the replica came back after losing its engine.
     pub(super) restarts: u64,
-    /// How to start it again after a failure (`None` for refused slots).
+    /// How to start it (again, after a failure or a refusal).
     pub(super) factory: Option<Arc<dyn EngineFactory>>,
+    /// Its claim on the budget: granted, or refused and waiting for room.
+    /// Dropped with the slot, which gives it back.
+    pub(super) reservation: Option<Reservation>,
     pub(super) warmup: u32,
     /// Consecutive failed starts, for the restart backoff.
     pub(super) failures: u32,
@@ -132,17 +140,12 @@ impl Batcher {
             }
         }
         let model = self.model.clone();
-        let budget = self.budget.clone();
+        // A removed slot drops its reservation, which gives it back.
         self.replicas.retain(|slot| {
             let done =
                 slot.state == ReplicaState::Draining && slot.inflight_batches == 0 && !slot.loading;
             if done {
                 info!(model = %model, replica = slot.id, "replica drained and stopped");
-                if let Some(budget) = &budget {
-                    budget.do_send(Release {
-                        owner: format!("{model}/{}", slot.id),
-                    });
-                }
             }
             !done
         });
@@ -231,55 +234,104 @@ impl Handler<ReplicaFailed> for Batcher {
     }
 }
 
-/// Supervisor → batcher: start replica `id` (its memory is reserved), or
-/// record that the budget refused it. The batcher starts the replica itself
-/// so that the replica's slot exists before the replica can report back.
+/// Supervisor → batcher: start replica `id` when its reservation was
+/// granted, or record that the budget refused it (the slot then waits for
+/// room). The batcher starts the replica itself so that the replica's slot
+/// exists before the replica can report back. A message that is never
+/// handled (the batcher stopped) drops its reservation, giving it back.
 #[derive(Message)]
 #[rtype(result = "()")]
-pub enum AttachReplica {
-    Start {
-        id: usize,
-        factory: Arc<dyn EngineFactory>,
-        warmup: u32,
-    },
-    Refused {
-        id: usize,
-        reason: String,
-    },
+pub struct AttachReplica {
+    pub id: usize,
+    pub factory: Arc<dyn EngineFactory>,
+    pub warmup: u32,
+    pub reservation: Reservation,
+    /// The batcher asked again for a slot it already has (see
+    /// [`BudgetFreed`]); a slot gone since then takes nothing.
+    pub retry: bool,
+}
+
+/// Asks `budget` for replica `id` of `batcher`'s model and hands the answer
+/// to the batcher. Whatever happens to the answer on the way, a granted
+/// reservation is given back unless a replica slot holds it.
+pub async fn reserve_and_attach(
+    batcher: Addr<Batcher>,
+    budget: Addr<MemoryBudget>,
+    mut attach: AttachReplicaRequest,
+) {
+    let reserve = Reserve {
+        owner: attach.owner.clone(),
+        mb: attach.mb,
+        threads: attach.threads,
+        waiter: Some(batcher.clone().recipient()),
+    };
+    let reservation = match budget.send(reserve).await {
+        Ok(reservation) => reservation,
+        Err(e) => Reservation::unanswered(
+            std::mem::take(&mut attach.owner),
+            format!("memory budget unavailable: {e}"),
+        ),
+    };
+    let message = AttachReplica {
+        id: attach.id,
+        factory: attach.factory,
+        warmup: attach.warmup,
+        reservation,
+        retry: attach.retry,
+    };
+    // A full mailbox is only busy: deliver anyway. A closed one (the batcher
+    // retired) drops the message and with it the reservation.
+    if let Err(actix::dev::SendError::Full(message)) = batcher.try_send(message) {
+        batcher.do_send(message);
+    }
+}
+
+/// What [`reserve_and_attach`] asks for.
+pub struct AttachReplicaRequest {
+    pub id: usize,
+    /// The budget's name for it, `model/id`.
+    pub owner: String,
+    pub mb: u64,
+    pub threads: usize,
+    pub factory: Arc<dyn EngineFactory>,
+    pub warmup: u32,
+    pub retry: bool,
 }
 
 impl Handler<AttachReplica> for Batcher {
     type Result = ();
 
     fn handle(&mut self, msg: AttachReplica, ctx: &mut Self::Context) {
-        let id = match &msg {
-            AttachReplica::Start { id, .. } | AttachReplica::Refused { id, .. } => *id,
-        };
+        let AttachReplica {
+            id,
+            factory,
+            warmup,
+            reservation,
+            retry,
+        } = msg;
         let drained = self.drained_early.iter().position(|d| *d == id);
         if self.retiring || drained.is_some() {
             if let Some(index) = drained {
                 self.drained_early.swap_remove(index);
             }
-            if let Some(budget) = &self.budget {
-                budget.do_send(Release {
-                    owner: format!("{}/{id}", self.model),
-                });
-            }
+            drop(reservation);
             self.finish_drains(ctx);
             return;
         }
-        let (id, addr, state, factory, warmup) = match msg {
-            AttachReplica::Start {
-                id,
-                factory,
-                warmup,
-            } => {
-                let addr = self.spawn_replica(id, factory.clone(), warmup, ctx);
-                (id, Some(addr), ReplicaState::Loading, Some(factory), warmup)
-            }
-            AttachReplica::Refused { id, reason } => {
-                (id, None, ReplicaState::Refused(reason), None, 0)
-            }
+        if let Some(index) = self.replicas.iter().position(|r| r.id == id) {
+            self.retried(index, reservation, ctx);
+            return;
+        }
+        if retry {
+            // Drained while it asked again: the reservation goes back.
+            return;
+        }
+        let (addr, state) = match reservation.refusal() {
+            None => (
+                Some(self.spawn_replica(id, factory.clone(), warmup, ctx)),
+                ReplicaState::Loading,
+            ),
+            Some(refusal) => (None, ReplicaState::Refused(refusal.reason.clone())),
         };
         let loading = addr.is_some();
         self.replicas.push(ReplicaSlot {
@@ -291,13 +343,79 @@ impl Handler<AttachReplica> for Batcher {
             processed: 0,
             errors: 0,
             restarts: 0,
-            factory,
+            factory: Some(factory),
+            reservation: Some(reservation),
             warmup,
             failures: 0,
             failed_batches: 0,
             loading,
         });
         self.fail_queue_if_hopeless();
+    }
+}
+
+impl Batcher {
+    /// The budget's answer to a refused slot that asked again: granted, the
+    /// replica starts; refused, the slot keeps waiting with the new reason.
+    fn retried(&mut self, index: usize, reservation: Reservation, ctx: &mut Context<Self>) {
+        let slot = &mut self.replicas[index];
+        let ReplicaState::Refused(_) = slot.state else {
+            // Not a refused slot: it already holds the claim for this owner,
+            // which giving this one back would release.
+            if let Some(held) = slot.reservation.take() {
+                slot.reservation = Some(held.replaces(reservation));
+            }
+            return;
+        };
+        let refusal = reservation.refusal().map(|r| r.reason.clone());
+        slot.reservation = Some(match slot.reservation.take() {
+            Some(older) => reservation.replaces(older),
+            None => reservation,
+        });
+        if let Some(reason) = refusal {
+            slot.state = ReplicaState::Refused(reason);
+            return;
+        }
+        let (id, warmup) = (slot.id, slot.warmup);
+        let Some(factory) = slot.factory.clone() else {
+            return;
+        };
+        info!(model = %self.model, replica = id, "the budget has room again; starting the refused replica");
+        let addr = self.spawn_replica(id, factory, warmup, ctx);
+        let slot = &mut self.replicas[index];
+        slot.addr = Some(addr);
+        slot.state = ReplicaState::Loading;
+        slot.loading = true;
+    }
+}
+
+impl Handler<BudgetFreed> for Batcher {
+    type Result = ();
+
+    /// Room was given back: a refused slot asks again.
+    fn handle(&mut self, msg: BudgetFreed, ctx: &mut Self::Context) {
+        let (Some(budget), false) = (self.budget.clone(), self.retiring) else {
+            return;
+        };
+        let Some(slot) = self.replicas.iter().find(|slot| {
+            matches!(slot.state, ReplicaState::Refused(_))
+                && slot.reservation.as_ref().map(Reservation::owner) == Some(msg.owner.as_str())
+        }) else {
+            return;
+        };
+        let Some(factory) = slot.factory.clone() else {
+            return;
+        };
+        let request = AttachReplicaRequest {
+            id: slot.id,
+            owner: msg.owner,
+            mb: self.footprint.0,
+            threads: self.footprint.1,
+            factory,
+            warmup: slot.warmup,
+            retry: true,
+        };
+        actix::spawn(reserve_and_attach(ctx.address(), budget, request));
     }
 }
 
