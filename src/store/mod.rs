@@ -103,10 +103,10 @@ pub enum StoreError {
     #[error("cannot build the PostgreSQL pool: {0}")]
     Pool(String),
     /// No connection to PostgreSQL could be had.
-    #[error("PostgreSQL is unreachable: {0}")]
+    #[error("PostgreSQL is unreachable: {}", crate::tls::with_causes(.0))]
     Unavailable(#[from] PoolError),
     /// A query failed.
-    #[error("PostgreSQL query failed: {0}")]
+    #[error("PostgreSQL query failed: {}", crate::tls::with_causes(.0))]
     Query(#[from] tokio_postgres::Error),
     /// A query did not answer in time.
     #[error("PostgreSQL did not answer within {0:?}")]

@@ -41,6 +41,23 @@ pub enum TlsError {
     Config(String),
 }
 
+/// `error` and its causes, `: `-separated, each once. tokio-postgres keeps
+/// the reason of a failure (a refused certificate, the server's message) in
+/// the source, not in its own message.
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let part = next.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        cause = next.source();
+    }
+    text
+}
+
 /// The crypto provider every TLS connection uses.
 pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())

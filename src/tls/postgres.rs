@@ -118,7 +118,7 @@ pub fn target(database_url: &str, ca_file: Option<&Path>) -> Result<PgTarget, Pg
     let (rest, params) = split_tls_params(database_url)?;
     let mut config: tokio_postgres::Config = rest
         .parse()
-        .map_err(|e: tokio_postgres::Error| PgTlsError::Url(e.to_string()))?;
+        .map_err(|e: tokio_postgres::Error| PgTlsError::Url(super::with_causes(&e)))?;
     let mode = match &params.mode {
         Some(value) => SslMode::parse(value).ok_or_else(|| {
             PgTlsError::Url(format!(

@@ -7,6 +7,7 @@
 pub mod binary;
 pub mod live;
 pub mod postgres;
+pub mod tls;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
