@@ -182,6 +182,14 @@ pub struct CacheConfig {
     pub redis_url: String,
     /// Longest a Redis call may take before it counts as a miss, in ms.
     pub redis_timeout_ms: u64,
+    /// PEM bundle of the CAs to trust for a `rediss://` URL instead of the
+    /// public roots; empty means the public roots.
+    pub redis_ca_file: PathBuf,
+    /// PEM client certificate for Redis servers that require one (mutual
+    /// TLS); empty means none. Needs `redis_key_file`.
+    pub redis_cert_file: PathBuf,
+    /// PEM private key of `redis_cert_file`.
+    pub redis_key_file: PathBuf,
 }
 
 impl Default for CacheConfig {
@@ -192,8 +200,16 @@ impl Default for CacheConfig {
             ttl_s: 300,
             redis_url: String::new(),
             redis_timeout_ms: 5,
+            redis_ca_file: PathBuf::new(),
+            redis_cert_file: PathBuf::new(),
+            redis_key_file: PathBuf::new(),
         }
     }
+}
+
+/// `None` for an empty path (a key left at its default).
+fn non_empty(path: &Path) -> Option<PathBuf> {
+    (!path.as_os_str().is_empty()).then(|| path.to_path_buf())
 }
 
 /// A URL from config, else from the environment variable, else none.
@@ -366,6 +382,14 @@ impl Config {
         if self.media.max_batch_files == 0 {
             return Err(("media.max_batch_files", "must be at least 1".into()));
         }
+        if self.cache.redis_cert_file.as_os_str().is_empty()
+            != self.cache.redis_key_file.as_os_str().is_empty()
+        {
+            return Err((
+                "cache.redis_cert_file",
+                "and cache.redis_key_file must be set together".into(),
+            ));
+        }
         if !(self.memory.gpu_fraction > 0.0 && self.memory.gpu_fraction <= 1.0) {
             return Err(("memory.gpu_fraction", "must be in (0, 1]".into()));
         }
@@ -390,6 +414,11 @@ impl Config {
             ttl: std::time::Duration::from_secs(self.cache.ttl_s),
             redis_url: url_or_env(&self.cache.redis_url, "REDIS_URL"),
             redis_timeout: std::time::Duration::from_millis(self.cache.redis_timeout_ms),
+            redis_tls: crate::tls::redis::RedisTlsFiles {
+                ca_file: non_empty(&self.cache.redis_ca_file),
+                cert_file: non_empty(&self.cache.redis_cert_file),
+                key_file: non_empty(&self.cache.redis_key_file),
+            },
         })
     }
 

@@ -16,3 +16,4 @@ pub mod runtime;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod tls;

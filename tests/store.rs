@@ -43,6 +43,7 @@ fn config(url: &str) -> StoreConfig {
         batch_rows: 100,
         buffer_rows: 10_000,
         pool_size: 2,
+        ..StoreConfig::default()
     }
 }
 

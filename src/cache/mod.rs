@@ -46,6 +46,8 @@ pub struct CacheSettings {
     /// `None`: no L2.
     pub redis_url: Option<String>,
     pub redis_timeout: Duration,
+    /// Certificates for a `rediss://` URL.
+    pub redis_tls: crate::tls::redis::RedisTlsFiles,
 }
 
 /// Both levels.
@@ -66,7 +68,7 @@ fn weight(outputs: &Outputs) -> u32 {
 
 impl ResultCache {
     /// Builds the cache; connects to Redis in the background when a URL is
-    /// set. Fails only for an unparsable URL.
+    /// set. Fails only for an unparsable URL or unusable TLS files.
     pub fn new(settings: &CacheSettings) -> Result<ResultCache, String> {
         let l1 = Cache::builder()
             .max_capacity(settings.l1_capacity_mb * 1024 * 1024)
@@ -76,6 +78,7 @@ impl ResultCache {
         let l2 = match &settings.redis_url {
             Some(url) => Some(RedisCache::start(
                 url,
+                &settings.redis_tls,
                 settings.redis_timeout,
                 settings.ttl.as_secs().max(1),
             )?),

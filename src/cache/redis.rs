@@ -2,7 +2,8 @@
 //! that reconnects by itself. Redis is never allowed to slow requests down:
 //! every call has a short timeout, and a circuit breaker skips Redis for a
 //! while after repeated failures. A Redis that is down at start is connected
-//! in the background as soon as it comes up.
+//! in the background as soon as it comes up. `rediss://` URLs connect over
+//! TLS.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -12,6 +13,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::AsyncCommands;
 
 use super::key::CacheKey;
+use crate::tls::redis::RedisTlsFiles;
 
 /// Key prefix of every entry Gantry writes.
 pub const PREFIX: &str = "gantry:v1:";
@@ -47,10 +49,15 @@ pub struct RedisCache {
 impl RedisCache {
     /// Parses the URL and starts connecting in the background; serving does
     /// not wait for Redis. Must be called inside a long-lived tokio runtime
-    /// (the connection's driver task lives there).
-    pub fn start(url: &str, timeout: Duration, ttl_s: u64) -> Result<Arc<RedisCache>, String> {
-        let client =
-            redis::Client::open(url).map_err(|e| format!("cache.redis_url '{url}': {e}"))?;
+    /// (the connection's driver task lives there). A `rediss://` URL is
+    /// reached over TLS with `tls` applied (see [`crate::tls::redis`]).
+    pub fn start(
+        url: &str,
+        tls: &RedisTlsFiles,
+        timeout: Duration,
+        ttl_s: u64,
+    ) -> Result<Arc<RedisCache>, String> {
+        let client = crate::tls::redis::client(url, tls).map_err(|e| e.to_string())?;
         let cache = Arc::new(RedisCache {
             manager: RwLock::new(None),
             timeout,

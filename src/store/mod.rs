@@ -17,6 +17,7 @@ mod record;
 mod writer;
 
 use std::collections::VecDeque;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -26,7 +27,6 @@ use deadpool_postgres::{
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
-use tokio_postgres::NoTls;
 use uuid::Uuid;
 
 pub use record::{rfc3339, PredictionRow, StoredPrediction};
@@ -58,6 +58,10 @@ pub struct StoreConfig {
     pub buffer_rows: usize,
     /// Most connections to PostgreSQL.
     pub pool_size: usize,
+    /// PEM bundle of the CAs that sign PostgreSQL's certificate, used when
+    /// the URL names no `sslrootcert`; empty means none (see
+    /// [`crate::tls::postgres`] for what each `sslmode` checks).
+    pub ca_file: PathBuf,
 }
 
 impl Default for StoreConfig {
@@ -68,6 +72,7 @@ impl Default for StoreConfig {
             batch_rows: 500,
             buffer_rows: 100_000,
             pool_size: 4,
+            ca_file: PathBuf::new(),
         }
     }
 }
@@ -92,14 +97,18 @@ pub enum StoreError {
     /// [`PredictionLog::start`] was called outside a tokio runtime.
     #[error("the prediction log must be started inside a tokio runtime")]
     NoRuntime,
+    /// A TLS setting (`sslrootcert`, `sslcert`, `sslkey`, `store.ca_file`)
+    /// cannot be used.
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     /// The connection pool could not be built.
     #[error("cannot build the PostgreSQL pool: {0}")]
     Pool(String),
     /// No connection to PostgreSQL could be had.
-    #[error("PostgreSQL is unreachable: {0}")]
+    #[error("PostgreSQL is unreachable: {}", crate::tls::with_causes(.0))]
     Unavailable(#[from] PoolError),
     /// A query failed.
-    #[error("PostgreSQL query failed: {0}")]
+    #[error("PostgreSQL query failed: {}", crate::tls::with_causes(.0))]
     Query(#[from] tokio_postgres::Error),
     /// A query did not answer in time.
     #[error("PostgreSQL did not answer within {0:?}")]
@@ -380,14 +389,17 @@ impl Drop for PredictionLog {
     }
 }
 
-/// The pool: `database_url` with short connect and TCP timeouts, fast
+/// The pool: `database_url` (with its `sslmode`) with short connect and TCP timeouts, fast
 /// recycling (a closed connection is replaced on the next checkout), and
 /// bounded waits so a dead server never stalls a caller for long.
 fn build_pool(config: &StoreConfig) -> Result<Pool, StoreError> {
-    let mut pg: tokio_postgres::Config = config
-        .database_url
-        .parse()
-        .map_err(|e: tokio_postgres::Error| StoreError::InvalidUrl(e.to_string()))?;
+    let ca_file = Some(config.ca_file.as_path()).filter(|p| !p.as_os_str().is_empty());
+    let target =
+        crate::tls::postgres::target(&config.database_url, ca_file).map_err(|e| match e {
+            crate::tls::postgres::PgTlsError::Url(why) => StoreError::InvalidUrl(why),
+            crate::tls::postgres::PgTlsError::Tls(e) => StoreError::Tls(e),
+        })?;
+    let mut pg = target.config;
     if pg.get_hosts().is_empty() && pg.get_hostaddrs().is_empty() {
         return Err(StoreError::InvalidUrl("it names no host".into()));
     }
@@ -402,7 +414,7 @@ fn build_pool(config: &StoreConfig) -> Result<Pool, StoreError> {
     }
     let manager = Manager::from_config(
         pg,
-        NoTls,
+        target.tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },

@@ -9,6 +9,7 @@ pub mod database;
 pub mod live;
 pub mod postgres;
 pub mod raw;
+pub mod tls;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

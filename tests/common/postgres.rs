@@ -58,6 +58,35 @@ impl Cluster {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Copies `from` into the cluster's folder as `name`, owned by the
+    /// server's user and readable by it only (as PostgreSQL wants a key).
+    pub fn install_file(&self, from: &Path, name: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let to = self.dir.path().join(name);
+        std::fs::copy(from, &to).expect("copy into the cluster folder");
+        std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).unwrap();
+        if self.as_postgres {
+            run(Command::new("chown").arg("postgres").arg(&to));
+        }
+        to
+    }
+
+    /// Appends `settings` to `postgresql.conf` and replaces `pg_hba.conf`
+    /// with `hba` (before [`Cluster::start`]).
+    pub fn configure(&self, settings: &str, hba: &str) {
+        use std::io::Write;
+        let mut conf = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.data().join("postgresql.conf"))
+            .expect("postgresql.conf");
+        writeln!(conf, "{settings}").unwrap();
+        std::fs::write(self.data().join("pg_hba.conf"), hba).unwrap();
+    }
+
     pub fn start(&self) {
         let options = format!(
             "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
