@@ -7,6 +7,7 @@ pub mod files;
 pub mod form;
 pub mod health;
 pub mod metrics;
+pub mod openapi;
 pub mod predict;
 pub mod predictions;
 pub mod repository;
@@ -88,6 +89,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     metrics::config_metrics_api(cfg);
     stats::config_stats_api(cfg);
     v2::config_v2_api(cfg);
+    openapi::config_openapi_api(cfg);
 }
 
 /// A resource whose unmatched methods answer a JSON 405.

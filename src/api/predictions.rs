@@ -13,6 +13,9 @@ pub fn config_predictions_api(cfg: &mut web::ServiceConfig) {
     );
 }
 
+#[utoipa::path(get, path = "/api/optimized/predictions/{request_id}", tag = "predict",
+    params(("request_id" = String, Path, description = "The request id the answer carried")),
+    responses((status = 200, description = "The prediction's record", body = Object), super::openapi::RecordErrors))]
 async fn prediction(
     state: web::Data<AppState>,
     path: web::Path<String>,
