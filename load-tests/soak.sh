@@ -151,14 +151,17 @@ write("boundary", boundary)
 PY
 
 # stream NAME EXPECTED_STATUSES RATE CONCURRENCY PATH BODY [HEADER...]
+# (each stream's oha report goes to $reports, apart from the bodies)
+reports=$tmp/reports
+mkdir -p "$reports"
 stream() {
   local name=$1 expected=$2 rate=$3 concurrency=$4 path=$5 body=$6
   shift 6
   local headers=()
   for h in "$@"; do headers+=(-H "$h"); done
-  echo "$expected" >"$tmp/$name.expected"
+  echo "$expected" >"$reports/$name.expected"
   "$OHA" -z "$DURATION" -w -q "$rate" -c "$concurrency" --no-tui --output-format json -m POST \
-    "${headers[@]}" -D "$tmp/$body" "$url$path" >"$tmp/$name.json" 2>"$tmp/$name.err" &
+    "${headers[@]}" -D "$tmp/$body" "$url$path" >"$reports/$name.json" 2>"$reports/$name.err" &
   loads+=($!)
 }
 json=content-type:application/json
@@ -175,8 +178,8 @@ stream unknown-model 404 10 1 /api/optimized/predict unknown-model.json "$json"
 stream wrong-shape 422 10 1 /api/optimized/predict wrong-shape.json "$json"
 
 # Distinct bodies, so the result cache fills and evicts (50 a second).
-echo 200 >"$tmp/cache-fill.expected"
-python3 - "$url" "$duration_s" "$tmp/cache-fill.json" <<'PY' &
+echo 200 >"$reports/cache-fill.expected"
+python3 - "$url" "$duration_s" "$reports/cache-fill.json" <<'PY' &
 import json, random, sys, time, urllib.error, urllib.request
 url, seconds, out = sys.argv[1], float(sys.argv[2]), sys.argv[3]
 codes, errors, i = {}, {}, 0
@@ -235,10 +238,10 @@ health=$(curl -s -o /dev/null -w '%{http_code}' "$url/v2/health/ready" || true)
 
 machine="$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), \
 $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo)"
-python3 - "$OUT" "$tmp" "$warmup_s" "$duration_s" "$RSS_GROWTH_PCT" "$health" \
+python3 - "$OUT" "$reports" "$warmup_s" "$duration_s" "$RSS_GROWTH_PCT" "$health" \
   "$command" "$commit" "$machine" "$(date -u +%Y-%m-%d)" <<'PY'
 import csv, glob, json, os, sys
-out, tmp, warmup, duration, growth_pct, health, command, commit, machine, date = sys.argv[1:]
+out, reports, warmup, duration, growth_pct, health, command, commit, machine, date = sys.argv[1:]
 warmup, duration, growth_pct = float(warmup), float(duration), float(growth_pct)
 rows = [r for r in csv.DictReader(open(f"{out}/samples.csv")) if r["rss_mb"]]
 if duration < 2 * warmup:
@@ -264,11 +267,11 @@ for key, label in [("rss_mb", "RSS MB"), ("threads", "threads"), ("fds", "open f
 lines += ["", f"Server counters at the end: {last['requests_total']} requests, {last['errors_total']} errors "
           f"(errors include the deliberate bad requests). `/v2/health/ready` after: {health}.", "",
           "| stream | answers | statuses | connection errors | expected |", "| --- | --- | --- | --- | --- |"]
-for path in sorted(glob.glob(f"{tmp}/*.expected")):
+for path in sorted(glob.glob(f"{reports}/*.expected")):
     name = os.path.basename(path)[:-len(".expected")]
     expected = set(open(path).read().strip().split(","))
     try:
-        r = json.load(open(f"{tmp}/{name}.json"))
+        r = json.load(open(f"{reports}/{name}.json"))
     except Exception as e:
         failed.append(f"{name}: no report ({e})")
         continue
