@@ -26,7 +26,7 @@ pub fn config_predict_api(cfg: &mut web::ServiceConfig) {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-pub(super) struct PredictBody {
+struct PredictBody {
     model: String,
     inputs: BTreeMap<String, JsonTensorIn>,
     /// Only these outputs in the answer; all when absent.
