@@ -9,7 +9,7 @@ CARGO       ?= cargo
 
 export ORT_DYLIB_PATH := $(abspath $(ORT_LIB))
 
-.PHONY: run test onnxruntime venv models train evaluate bench bench-media lint fmt clean
+.PHONY: run test onnxruntime venv models train evaluate bench bench-media soak lint fmt clean
 
 run: $(ORT_LIB)
 	$(CARGO) run --release --bin gantry -- --config config/gantry.toml
@@ -34,6 +34,12 @@ bench: $(ORT_LIB)
 # SECONDS_PER_CELL=5).
 bench-media: $(ORT_LIB)
 	load-tests/media.sh
+
+# A steady mixed load for DURATION (default 30m), sampling the server's RSS,
+# threads and open file descriptors every INTERVAL seconds into
+# target/soak/samples.csv and target/soak/summary.md. Never run by CI.
+soak: $(ORT_LIB)
+	load-tests/soak.sh
 
 # ONNX Runtime from PyPI's onnxruntime wheel: the shared library it ships is
 # extracted into $(ORT_DIR)/; nothing else is downloaded at build or run time.

@@ -57,9 +57,13 @@ pub enum ApiError {
     Internal(String),
 }
 
-#[derive(Serialize)]
-struct ErrorBody<'a> {
+/// The body of every error answer.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct ErrorBody<'a> {
+    /// What went wrong, for people.
     error: String,
+    /// Stable machine-readable code, e.g. `model_not_found`, `queue_full`.
+    #[schema(example = "bad_request")]
     code: &'a str,
 }
 

@@ -75,12 +75,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct ScaleBody {
     replicas: usize,
 }
 
+#[utoipa::path(put, path = "/api/optimized/models/{model}/replicas", tag = "admin",
+    params(super::openapi::ModelParam), request_body = ScaleBody, security(("admin_token" = [])),
+    responses((status = 200, description = "Replicas before and after", body = super::openapi::Scaled), super::openapi::ScaleErrors))]
 async fn scale(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -110,6 +113,8 @@ async fn scale(
     })))
 }
 
+#[utoipa::path(post, path = "/api/optimized/reload", tag = "admin", security(("admin_token" = [])),
+    responses((status = 200, description = "What changed, and what failed to load", body = super::openapi::Reloaded), super::openapi::AdminErrors))]
 async fn reload(state: web::Data<AppState>, req: HttpRequest) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
     let report = state

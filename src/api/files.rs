@@ -23,8 +23,8 @@ pub fn config_files_api(cfg: &mut web::ServiceConfig) {
 }
 
 /// The answer to one file.
-#[derive(Serialize)]
-struct FileAnswer<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct FileAnswer<'a> {
     request_id: &'a str,
     /// The prediction's own id in the prediction log.
     prediction_id: String,
@@ -32,8 +32,10 @@ struct FileAnswer<'a> {
     model_version: &'a str,
     file: FileInfo<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     mask: Option<&'a MaskAnswer>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Object>>)]
     classes: Option<&'a [ClassScore]>,
     #[serde(skip_serializing_if = "Option::is_none")]
     outputs: Option<std::collections::BTreeMap<&'a str, JsonTensorOut<'a>>>,
@@ -44,7 +46,7 @@ struct FileAnswer<'a> {
 }
 
 /// What was uploaded, as Gantry read it.
-#[derive(Serialize, Default)]
+#[derive(Serialize, Default, utoipa::ToSchema)]
 struct FileInfo<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     name: Option<&'a str>,
@@ -64,7 +66,7 @@ struct FileInfo<'a> {
     shape: Option<&'a [usize]>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct FileTimings {
     decode: f64,
     queue: f64,
@@ -74,7 +76,7 @@ struct FileTimings {
 }
 
 /// One entry of a batch answer: the file's answer or its error.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 enum BatchEntry<'a> {
     Done {
@@ -94,7 +96,7 @@ enum BatchEntry<'a> {
     },
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct BatchAnswer<'a> {
     request_id: &'a str,
     model: &'a str,
@@ -128,6 +130,10 @@ pub async fn predict_upload(
 /// `POST /api/optimized/predict/batch`: every file predicted concurrently,
 /// answered in order. A failure of the whole request (the form, the model)
 /// is its one record; otherwise each file is.
+#[utoipa::path(post, path = "/api/optimized/predict/batch", tag = "predict",
+    params(super::openapi::RequestHeaders),
+    request_body(content = super::openapi::BatchUploadForm, content_type = "multipart/form-data"),
+    responses((status = 200, description = "One entry per file, in order", body = BatchAnswer), super::openapi::BatchErrors))]
 async fn predict_batch(
     state: web::Data<AppState>,
     req: HttpRequest,

@@ -14,7 +14,7 @@ pub fn config_health_api(cfg: &mut web::ServiceConfig) {
         .service(resource("/v2/health/ready").route(web::get().to(ready)));
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct ModelHealth {
     ready: bool,
     ready_replicas: usize,
@@ -22,13 +22,13 @@ struct ModelHealth {
 }
 
 /// State of an optional dependency: `up`, `down` or `disabled`.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Dependencies {
     redis: &'static str,
     postgres: &'static str,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Health {
     /// `ok`; `degraded` when a configured dependency is down (serving goes
     /// on); `unavailable` when a model has no ready replica (503).
@@ -44,6 +44,9 @@ fn all_ready(state: &AppState) -> bool {
     !state.service.is_shutting_down() && state.service.serving.models().iter().all(|m| m.is_ready())
 }
 
+#[utoipa::path(get, path = "/api/optimized/health", tag = "operations",
+    responses((status = 200, description = "Every model has a ready replica", body = Health),
+        (status = 503, description = "A model has no ready replica, or the server is shutting down", body = Health)))]
 async fn health(state: web::Data<AppState>) -> HttpResponse {
     let serving = &state.service.serving;
     let models: BTreeMap<String, ModelHealth> = serving
@@ -101,10 +104,15 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
     }
 }
 
+#[utoipa::path(get, path = "/v2/health/live", tag = "v2",
+    responses((status = 200, description = "The server is up", body = super::openapi::Live)))]
 async fn live() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "live": true }))
 }
 
+#[utoipa::path(get, path = "/v2/health/ready", tag = "v2",
+    responses((status = 200, description = "Every model is ready", body = super::openapi::Ready),
+        (status = 503, description = "A model is not ready, or the server is shutting down", body = super::openapi::Ready)))]
 async fn ready(state: web::Data<AppState>) -> HttpResponse {
     if all_ready(&state) {
         HttpResponse::Ok().json(serde_json::json!({ "ready": true }))

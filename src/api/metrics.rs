@@ -12,6 +12,8 @@ pub fn config_metrics_api(cfg: &mut web::ServiceConfig) {
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus metrics", body = String, content_type = "application/openmetrics-text"), super::openapi::ServerErrors))]
 async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let service = &state.service;
     let snapshot = server_snapshot(&state).await?;

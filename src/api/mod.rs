@@ -9,6 +9,7 @@ pub mod form;
 pub mod health;
 pub mod json_errors;
 pub mod metrics;
+pub mod openapi;
 pub mod predict;
 pub mod predictions;
 pub mod repository;
@@ -100,6 +101,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     metrics::config_metrics_api(cfg);
     stats::config_stats_api(cfg);
     v2::config_v2_api(cfg);
+    openapi::config_openapi_api(cfg);
 }
 
 /// A resource whose unmatched methods answer a JSON 405.

@@ -24,7 +24,7 @@ pub fn config_predict_api(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/api/optimized/predict").route(web::post().to(predict)));
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct PredictBody {
     model: String,
@@ -39,21 +39,25 @@ struct PredictBody {
     cache: Option<bool>,
     /// `"high"`, `"normal"` or `"low"`; overrides the `x-priority` header.
     #[serde(default)]
+    #[schema(value_type = Option<String>)]
     priority: Option<Value>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct JsonTensorIn {
     shape: Vec<usize>,
     datatype: String,
+    /// Values, flat in row-major order or nested by dimension.
+    #[schema(value_type = Vec<Value>)]
     data: Box<RawValue>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub(super) struct JsonTensorOut<'a> {
     shape: &'a [usize],
     datatype: &'static str,
+    #[schema(value_type = Vec<Value>)]
     data: JsonData<'a>,
 }
 
@@ -75,15 +79,15 @@ pub(super) fn json_outputs<'a>(
         .collect()
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Timings {
     queue: f64,
     inference: f64,
     total: f64,
 }
 
-#[derive(Serialize)]
-struct PredictAnswer<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct PredictAnswer<'a> {
     request_id: &'a str,
     /// The prediction's own id in the prediction log.
     prediction_id: String,
@@ -107,6 +111,10 @@ struct Decoded {
 
 /// Decodes, predicts and answers; the request's record is finished with
 /// the status actually sent, whatever step failed.
+#[utoipa::path(post, path = "/api/optimized/predict", tag = "predict",
+    params(super::openapi::RequestHeaders),
+    request_body(content((PredictBody = "application/json"), (super::openapi::UploadForm = "multipart/form-data"))),
+    responses((status = 200, description = "The prediction", body = super::openapi::PredictOk), super::openapi::PredictErrors))]
 async fn predict(
     state: web::Data<AppState>,
     req: HttpRequest,

@@ -31,6 +31,9 @@ struct Listed<'a> {
     predictions: Vec<StoredPrediction>,
 }
 
+#[utoipa::path(get, path = "/api/optimized/predictions/{request_id}", tag = "predict",
+    params(("request_id" = String, Path, description = "The request id the answer carried")),
+    responses((status = 200, description = "The prediction's record", body = Object), super::openapi::RecordErrors))]
 async fn prediction(
     state: web::Data<AppState>,
     req: HttpRequest,

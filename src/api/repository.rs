@@ -17,7 +17,7 @@ pub fn config_repository_api(cfg: &mut web::ServiceConfig) {
         .service(resource("/v2/repository/models/{model}/unload").route(web::post().to(unload)));
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct IndexEntry {
     name: String,
     version: String,
@@ -26,6 +26,8 @@ struct IndexEntry {
     reason: String,
 }
 
+#[utoipa::path(post, path = "/v2/repository/index", tag = "v2",
+    responses((status = 200, description = "Every model, served or failed", body = Vec<IndexEntry>)))]
 async fn index(state: web::Data<AppState>) -> HttpResponse {
     let serving = &state.service.serving;
     let mut entries: Vec<IndexEntry> = serving
@@ -56,6 +58,9 @@ async fn index(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(entries)
 }
 
+#[utoipa::path(post, path = "/v2/repository/models/{model}/load", tag = "admin",
+    params(super::openapi::ModelParam), security(("admin_token" = [])),
+    responses((status = 200, description = "What the load changed", body = super::openapi::Loaded), super::openapi::AdminErrors))]
 async fn load(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -74,6 +79,9 @@ async fn load(
     Ok(HttpResponse::Ok().json(serde_json::json!({ "change": change.as_str() })))
 }
 
+#[utoipa::path(post, path = "/v2/repository/models/{model}/unload", tag = "admin",
+    params(super::openapi::ModelParam), security(("admin_token" = [])),
+    responses((status = 200, description = "The model is unloaded", body = super::openapi::Unloaded), super::openapi::AdminErrors))]
 async fn unload(
     state: web::Data<AppState>,
     req: HttpRequest,

@@ -18,31 +18,33 @@ pub fn config_stats_api(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/api/optimized/stats").route(web::get().to(stats)));
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Stats {
     uptime_s: f64,
     model_pools: BTreeMap<String, Pool>,
     memory: Memory,
     performance_metrics: Performance,
     /// `null` when caching is off.
+    #[schema(value_type = Option<Object>)]
     cache: Option<CacheStats>,
     connection_pools: ConnectionPools,
     failed_models: BTreeMap<String, String>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct RedisPool {
     status: &'static str,
 }
 
 /// Each is `null` when that dependency is not configured.
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct ConnectionPools {
     redis: Option<RedisPool>,
+    #[schema(value_type = Option<Object>)]
     postgres: Option<StoreStats>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Pool {
     version: String,
     ready: bool,
@@ -51,7 +53,7 @@ struct Pool {
     batcher: BatcherStats,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Replica {
     id: usize,
     state: &'static str,
@@ -63,7 +65,7 @@ struct Replica {
     restarts: u64,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct BatcherStats {
     queue_depth: usize,
     batches: u64,
@@ -82,10 +84,11 @@ struct BatcherStats {
     /// before the batcher saw the request.
     rejected: u64,
     /// Batches run, by number of items: `{"1": 40, "8": 12}`.
+    #[schema(value_type = BTreeMap<String, u64>)]
     batch_fill: BTreeMap<usize, u64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Memory {
     source: &'static str,
     total_mb: u64,
@@ -97,7 +100,7 @@ struct Memory {
     refused: Vec<Refused>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Refused {
     replica: String,
     required_mb: u64,
@@ -105,7 +108,7 @@ struct Refused {
     reason: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct Performance {
     requests_total: u64,
     errors_total: u64,
@@ -113,13 +116,14 @@ struct Performance {
     models: BTreeMap<String, ModelPerformance>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct ModelPerformance {
     requests: u64,
     errors: u64,
     request_rate_per_s: f64,
     error_rate: f64,
     /// Of successes; `null` before the first.
+    #[schema(value_type = Option<Object>)]
     latency_ms: Option<Percentiles>,
     /// Answers since start by the HTTP status sent: `{"200": 40, "429": 2}`.
     statuses: BTreeMap<u16, u64>,
@@ -190,6 +194,8 @@ fn pool(m: &ModelSnapshot, mailbox_refusals: u64) -> Pool {
     }
 }
 
+#[utoipa::path(get, path = "/api/optimized/stats", tag = "operations",
+    responses((status = 200, description = "Replicas, batchers, memory and performance", body = Stats), super::openapi::ServerErrors))]
 async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let snapshot = server_snapshot(&state).await?;
     let metrics = &state.service.metrics;

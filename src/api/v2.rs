@@ -43,6 +43,8 @@ struct ModelPath {
     version: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v2", tag = "v2",
+    responses((status = 200, description = "Server metadata", body = super::openapi::ServerMetadata)))]
 async fn server_metadata() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({
         "name": "gantry",
@@ -63,8 +65,8 @@ fn model_at(state: &AppState, path: &ModelPath) -> Result<std::sync::Arc<ModelHa
     }
 }
 
-#[derive(Serialize)]
-struct TensorMetadata<'a> {
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct TensorMetadata<'a> {
     name: &'a str,
     datatype: &'static str,
     shape: Vec<i64>,
@@ -81,6 +83,8 @@ fn tensor_metadata(specs: &[TensorSpec]) -> Vec<TensorMetadata<'_>> {
         .collect()
 }
 
+#[utoipa::path(get, path = "/v2/models/{model}", tag = "v2", params(super::openapi::ModelParam),
+    responses((status = 200, description = "Model metadata", body = super::openapi::ModelMetadata), super::openapi::ModelErrors))]
 async fn model_metadata(
     state: web::Data<AppState>,
     path: web::Path<ModelPath>,
@@ -96,6 +100,10 @@ async fn model_metadata(
     })))
 }
 
+#[utoipa::path(get, path = "/v2/models/{model}/ready", tag = "v2", params(super::openapi::ModelParam),
+    responses((status = 200, description = "The model is ready", body = super::openapi::ModelReady),
+        (status = 503, description = "The model has no ready replica", body = super::openapi::ModelReady),
+        super::openapi::ModelErrors))]
 async fn model_ready(
     state: web::Data<AppState>,
     path: web::Path<ModelPath>,
@@ -109,7 +117,7 @@ async fn model_ready(
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct InferBody {
     #[serde(default)]
     id: Option<String>,
@@ -120,7 +128,7 @@ struct InferBody {
     outputs: Option<Vec<OutputBody>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct InputBody {
     name: String,
     shape: Vec<usize>,
@@ -128,10 +136,11 @@ struct InputBody {
     #[serde(default)]
     parameters: Map<String, Value>,
     #[serde(default)]
+    #[schema(value_type = Option<Vec<Value>>)]
     data: Option<Box<RawValue>>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 struct OutputBody {
     name: String,
     #[serde(default)]
@@ -141,6 +150,11 @@ struct OutputBody {
 /// Decodes, predicts and answers; the request's record is finished with
 /// the status actually sent, whatever step failed. The prediction's id in
 /// the log comes back in `x-prediction-id` (the v2 body has no place for it).
+#[utoipa::path(post, path = "/v2/models/{model}/infer", tag = "v2",
+    params(super::openapi::ModelParam, super::openapi::RequestHeaders, super::openapi::BinaryHeader),
+    request_body(content((InferBody = "application/json"), (super::openapi::BinaryInferBody = "application/octet-stream"))),
+    responses((status = 200, description = "The outputs", content((InferAnswer = "application/json"), (super::openapi::BinaryInferBody = "application/octet-stream"))),
+        super::openapi::InferErrors))]
 async fn infer(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -315,18 +329,20 @@ fn flag(parameters: &Map<String, Value>, key: &str) -> Result<bool, ApiError> {
     }
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct OutputAnswer<'a> {
     name: &'a str,
     datatype: &'static str,
     shape: &'a [usize],
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
     parameters: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<Value>>)]
     data: Option<JsonData<'a>>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 struct InferAnswer<'a> {
     model_name: &'a str,
     model_version: &'a str,
