@@ -68,6 +68,21 @@ pub fn tensor_from_json(
         .map_err(|e| ApiError::InvalidTensor(format!("input '{name}': {e}")))
 }
 
+/// Refuses a BOOL tensor from raw bytes (the binary extension) holding a
+/// byte other than 0 or 1, which is no boolean to ONNX Runtime.
+pub fn check_bools(name: &str, tensor: &Tensor) -> Result<(), ApiError> {
+    if tensor.dtype != DataType::Bool {
+        return Ok(());
+    }
+    match tensor.data.iter().position(|&b| b > 1) {
+        None => Ok(()),
+        Some(index) => Err(ApiError::InvalidTensor(format!(
+            "input '{name}': the byte {} at index {index} is not a value of BOOL (0 or 1)",
+            tensor.data[index]
+        ))),
+    }
+}
+
 /// Parses a KServe datatype name, with an error naming the input.
 pub fn parse_datatype(name: &str, datatype: &str) -> Result<DataType, ApiError> {
     DataType::parse(datatype).ok_or_else(|| {
@@ -430,6 +445,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("needs 4 values, data holds 3"), "{err}");
+    }
+
+    #[test]
+    fn binary_bools_are_zero_or_one() {
+        let ok = Tensor::new(DataType::Bool, vec![3], vec![0, 1, 1]).unwrap();
+        assert!(check_bools("x", &ok).is_ok());
+        let bad = Tensor::new(DataType::Bool, vec![3], vec![0, 1, 2]).unwrap();
+        let err = check_bools("x", &bad).unwrap_err().to_string();
+        assert!(err.contains("input 'x': the byte 2 at index 2"), "{err}");
+        let bytes = Tensor::new(DataType::Uint8, vec![1], vec![7]).unwrap();
+        assert!(check_bools("x", &bytes).is_ok());
     }
 
     #[test]

@@ -164,6 +164,29 @@ async fn values_that_do_not_fit_the_datatype_are_422() {
         assert_eq!(status, 422, "{answer}");
         expect_422(&answer, &[&format!("input '{name}'"), needle]);
     }
+    // Binary BOOL data holds bytes 0 or 1, nothing else.
+    let header = json!({"inputs": [{"name": "x_bool", "shape": [1, 2], "datatype": "BOOL", "parameters": {"binary_data_size": 2}}]})
+        .to_string();
+    let mut body = header.clone().into_bytes();
+    body.extend_from_slice(&[1, 2]);
+    let r = server
+        .client
+        .post(server.url("/v2/models/dtypes/infer"))
+        .header("Inference-Header-Content-Length", header.len())
+        .header("Content-Type", "application/octet-stream")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let answer: Value = r.json().await.unwrap();
+    expect_422(
+        &answer,
+        &[
+            "input 'x_bool'",
+            "the byte 2 at index 1 is not a value of BOOL",
+        ],
+    );
     // The server keeps serving.
     let (status, answer) = server
         .post("/v2/models/nonfinite/infer", &v2_input(json!([1, 1, 1, 1])))
