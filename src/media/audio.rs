@@ -192,6 +192,13 @@ fn decode(bytes: Bytes, file_type: FileType, spec: &AudioInput) -> Result<Clip, 
             "the {name} file has no usable audio: {why}"
         )));
     }
+    // A float file may hold NaN or infinities (or values whose mix
+    // overflows): no sound, and the resampler's FFT cannot take them.
+    if let Some(at) = mono.iter().position(|s| !s.is_finite()) {
+        return Err(MediaError::Undecodable(format!(
+            "the {name} file holds a sample that is not a finite number (NaN or infinity) at frame {at}"
+        )));
+    }
     let exact_length = matches!(file_type, FileType::Wav | FileType::Flac);
     if let Some(declared) = declared_frames.filter(|_| ended && exact_length) {
         if (mono.len() as u64) < declared {
@@ -452,6 +459,31 @@ mod tests {
             assert!(
                 matches!(err, MediaError::Undecodable(ref m) if m.contains("sample rate")),
                 "{err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn non_finite_samples_are_refused_not_resampled() {
+        // A 32-bit float WAV; the resampler's FFT panicked on NaN.
+        for bad in [f32::NAN, f32::INFINITY, f32::MAX] {
+            let mut samples = vec![0.25f32; 2000];
+            samples[700] = bad;
+            samples[701] = bad;
+            let data: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+            let mut file = wav(8000, 2, &[]);
+            file[20..22].copy_from_slice(&3u16.to_le_bytes());
+            file[28..32].copy_from_slice(&(8000u32 * 8).to_le_bytes());
+            file[32..34].copy_from_slice(&8u16.to_le_bytes());
+            file[34..36].copy_from_slice(&32u16.to_le_bytes());
+            file[4..8].copy_from_slice(&(36 + data.len() as u32).to_le_bytes());
+            file[40..44].copy_from_slice(&(data.len() as u32).to_le_bytes());
+            file.extend_from_slice(&data);
+            let err = audio_to_tensor(Bytes::from(file), FileType::Wav, &spec(16000, 1600), 2)
+                .unwrap_err();
+            assert!(
+                matches!(err, MediaError::Undecodable(ref m) if m.contains("not a finite number")),
+                "{bad}: {err:?}"
             );
         }
     }
