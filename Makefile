@@ -9,13 +9,34 @@ CARGO       ?= cargo
 
 export ORT_DYLIB_PATH := $(abspath $(ORT_LIB))
 
-.PHONY: run test onnxruntime venv models train evaluate bench bench-media soak lint fmt clean
+.PHONY: run test fuzz onnxruntime venv models train evaluate bench bench-media soak lint fmt clean
 
 run: $(ORT_LIB)
 	$(CARGO) run --release --bin gantry -- --config config/gantry.toml
 
 test: $(ORT_LIB) $(VENV)/.done
 	GANTRY_TEST_PYTHON=$(abspath $(VENV))/bin/python $(CARGO) nextest run --workspace --no-fail-fast
+
+# Runs each fuzz target for FUZZ_SECONDS (CI: 20) from its committed seeds
+# in fuzz/corpus/<target>/. New inputs go to fuzz/target/corpus/ (not
+# committed), a crash to fuzz/artifacts/<target>/ (see fuzz/README.md).
+# Stable Rust: no sanitizer (`-s none`; Rust code is memory safe, and a
+# panic or failed assertion is what the targets look for).
+FUZZ_SECONDS ?= 20
+FUZZ_TARGETS := json_tensor v2_binary npy multipart sniff image audio
+FUZZ_FLAGS   := -s none --debug-assertions
+
+fuzz:
+	cd fuzz && $(CARGO) fuzz build $(FUZZ_FLAGS)
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  case $$t in json_tensor|v2_binary) dict=-dict=dict/json.dict;; \
+	    multipart) dict=-dict=dict/multipart.dict;; *) dict=;; esac; \
+	  mkdir -p fuzz/target/corpus/$$t; \
+	  echo "fuzz $$t: $(FUZZ_SECONDS) s"; \
+	  (cd fuzz && $(CARGO) fuzz run $(FUZZ_FLAGS) $$t target/corpus/$$t corpus/$$t -- \
+	    -max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10 \
+	    -print_final_stats=1 $$dict); \
+	done
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -18,6 +18,8 @@ What it builds (paths are relative to the output root, by default the repo root)
     fixed/model.onnx          x f32[1,4] (fixed shape, served unbatched) -> y = x*3
     dynamic-image/model.onnx  image f32[batch,1,height,width] -> image_out = image*2 + 1
     scalar-in/model.onnx      x f32[] (scalar, served unbatched) -> y = x + 1
+    nonfinite/model.onnx      x f32[batch,4] -> y = x / 0 (f32), y64 = double(x) / 0 (f64):
+                              +Inf, -Inf and NaN from finite inputs
 
   Every model folder also gets a `model.toml` with its serving settings.
 
@@ -301,6 +303,25 @@ def build_scalar_in() -> onnx.ModelProto:
     return _model(graph, "Fixture: scalar input (shape []), y = x + 1.")
 
 
+def build_nonfinite() -> onnx.ModelProto:
+    shape = ["batch", 4]
+    graph = helper.make_graph(
+        [
+            helper.make_node("Div", ["x", "zero"], ["y"], name="div"),
+            helper.make_node("Cast", ["x"], ["x64"], name="cast", to=TensorProto.DOUBLE),
+            helper.make_node("Div", ["x64", "zero64"], ["y64"], name="div64"),
+        ],
+        "nonfinite",
+        inputs=[helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+        outputs=[
+            helper.make_tensor_value_info("y", TensorProto.FLOAT, shape),
+            helper.make_tensor_value_info("y64", TensorProto.DOUBLE, shape),
+        ],
+        initializer=[_const("zero", 0.0, np.float32), _const("zero64", 0.0, np.float64)],
+    )
+    return _model(graph, "Fixture: y = x / 0 in float32 and float64 (Inf, -Inf, NaN).")
+
+
 def _fixture_toml(description: str) -> str:
     return f"""\
 # Test fixture: {description}
@@ -349,6 +370,11 @@ def build_all(root: Path) -> list[Path]:
         f"{fx}/scalar-in",
         build_scalar_in(),
         _fixture_toml("x float32 scalar [] -> y = x + 1 (no batch dim: served unbatched)."),
+    )
+    emit(
+        f"{fx}/nonfinite",
+        build_nonfinite(),
+        _fixture_toml("x float32 [batch,4] -> y = x / 0 (float32), y64 = x / 0 (float64)."),
     )
     return written
 

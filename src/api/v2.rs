@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use actix_web::http::header;
+use actix_web::http::header::{self, HeaderValue};
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 use gantry_actors::signature::TensorSpec;
@@ -18,7 +18,7 @@ use super::predict::select_outputs;
 use super::{
     cache_allowed, header_priority, header_timeout, parse_json, read_body, resource, AppState,
 };
-use crate::codec::{parse_datatype, tensor_from_json, JsonData};
+use crate::codec::{check_bools, parse_datatype, tensor_from_json, JsonData};
 use crate::error::ApiError;
 use crate::request_id::Requested;
 use crate::service::{PredictCall, Prediction};
@@ -169,7 +169,8 @@ async fn infer(
         let body = read_body(&state, &req, payload).await?;
         let timeout = header_timeout(&req)?;
         let priority = header_priority(&req)?;
-        let (mut call, plan) = decode(&req, body, requested.id.clone(), timeout, priority)?;
+        let header_length = req.headers().get(HEADER_LENGTH);
+        let (mut call, plan) = decode(header_length, body, requested.id.clone(), timeout, priority)?;
         call.use_cache = cache_allowed(&req);
         let prediction = state
             .service
@@ -182,21 +183,25 @@ async fn infer(
 }
 
 /// What the answer needs from the request: its id, and how to send outputs.
-struct ResponsePlan {
+pub struct ResponsePlan {
     id: Option<String>,
     /// (output name, as binary) in answer order; `None` means all outputs.
     outputs: Option<Vec<(String, bool)>>,
     binary_default: bool,
 }
 
-fn decode(
-    req: &HttpRequest,
+/// Parses an infer request body: its JSON header (the first
+/// `header_length` bytes, from `Inference-Header-Content-Length`, else the
+/// whole body) and the binary tensor data after it. Pure, for the handler
+/// and the fuzz targets.
+pub fn decode(
+    header_length: Option<&HeaderValue>,
     body: Bytes,
     request_id: String,
     header_timeout: Option<Duration>,
     header_priority: Option<Priority>,
 ) -> Result<(PredictCall, ResponsePlan), ApiError> {
-    let (json, mut binary) = split_binary(req, &body)?;
+    let (json, mut binary) = split_binary(header_length, &body)?;
     let parsed: InferBody = parse_json(json)?;
     let mut inputs = Vec::with_capacity(parsed.inputs.len());
     for input in parsed.inputs {
@@ -212,8 +217,10 @@ fn decode(
                 let (bytes, rest) = binary.split_at(size);
                 binary = rest;
                 let dtype = parse_datatype(&input.name, &input.datatype)?;
-                Tensor::new(dtype, input.shape, bytes.to_vec())
-                    .map_err(|e| ApiError::InvalidTensor(format!("input '{}': {e}", input.name)))?
+                let tensor = Tensor::new(dtype, input.shape, bytes.to_vec())
+                    .map_err(|e| ApiError::InvalidTensor(format!("input '{}': {e}", input.name)))?;
+                check_bools(&input.name, &tensor)?;
+                tensor
             }
             (None, Some(data)) => {
                 tensor_from_json(&input.name, &input.datatype, input.shape, data)?
@@ -290,8 +297,11 @@ fn decode(
 }
 
 /// Splits the body at `Inference-Header-Content-Length` into JSON and binary.
-fn split_binary<'a>(req: &HttpRequest, body: &'a [u8]) -> Result<(&'a [u8], &'a [u8]), ApiError> {
-    let Some(value) = req.headers().get(HEADER_LENGTH) else {
+fn split_binary<'a>(
+    header_length: Option<&HeaderValue>,
+    body: &'a [u8],
+) -> Result<(&'a [u8], &'a [u8]), ApiError> {
+    let Some(value) = header_length else {
         return Ok((body, &[]));
     };
     let length = value

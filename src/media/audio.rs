@@ -83,6 +83,9 @@ pub fn worst_case_bytes(file_type: FileType, spec: &AudioInput) -> u64 {
 /// damaged or hostile (and would size the resampler absurdly).
 pub const SAMPLE_RATES: std::ops::RangeInclusive<u32> = 1_000..=384_000;
 
+/// Largest sample magnitude read from a (float) file.
+const MAX_SAMPLE: f32 = 1e6;
+
 /// Source frames at `rate` that cover the model's length.
 fn frames_for(spec: &AudioInput, rate: u32) -> usize {
     (spec.length as u64 * u64::from(rate)).div_ceil(u64::from(spec.sample_rate)) as usize
@@ -210,6 +213,14 @@ fn decode(bytes: Bytes, file_type: FileType, spec: &AudioInput) -> Result<Clip, 
         };
         return Err(MediaError::Undecodable(format!(
             "the {name} file has no usable audio: {why}"
+        )));
+    }
+    // A float file may hold NaN, infinities or huge values: no sound, and
+    // the resampler's FFT overflows on them. Audio lies within ±1 (some
+    // tools write ±32768); anything beyond ±1e6 is refused.
+    if let Some(at) = mono.iter().position(|s| s.is_nan() || s.abs() > MAX_SAMPLE) {
+        return Err(MediaError::Undecodable(format!(
+            "the {name} file holds a sample that is not a finite number within ±{MAX_SAMPLE:e} at frame {at}"
         )));
     }
     let exact_length = matches!(file_type, FileType::Wav | FileType::Flac);
@@ -472,6 +483,36 @@ mod tests {
             assert!(
                 matches!(err, MediaError::Undecodable(ref m) if m.contains("sample rate")),
                 "{err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn non_finite_samples_are_refused_not_resampled() {
+        // A 32-bit float WAV; the resampler's FFT panicked on NaN.
+        for (bad, other) in [
+            (f32::NAN, 0.0),
+            (f32::INFINITY, 0.0),
+            (3e38, 0.0),
+            (3e38, 3e38),
+        ] {
+            let mut samples = vec![0.25f32; 2000];
+            samples[700] = bad;
+            samples[701] = other;
+            let data: Vec<u8> = samples.iter().flat_map(|s| s.to_le_bytes()).collect();
+            let mut file = wav(8000, 2, &[]);
+            file[20..22].copy_from_slice(&3u16.to_le_bytes());
+            file[28..32].copy_from_slice(&(8000u32 * 8).to_le_bytes());
+            file[32..34].copy_from_slice(&8u16.to_le_bytes());
+            file[34..36].copy_from_slice(&32u16.to_le_bytes());
+            file[4..8].copy_from_slice(&(36 + data.len() as u32).to_le_bytes());
+            file[40..44].copy_from_slice(&(data.len() as u32).to_le_bytes());
+            file.extend_from_slice(&data);
+            let err = audio_to_tensor(Bytes::from(file), FileType::Wav, &spec(16000, 1600), 2)
+                .unwrap_err();
+            assert!(
+                matches!(err, MediaError::Undecodable(ref m) if m.contains("not a finite number within")),
+                "{bad}: {err:?}"
             );
         }
     }

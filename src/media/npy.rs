@@ -60,6 +60,9 @@ pub fn read_npy(bytes: &[u8]) -> Result<Tensor, NpyError> {
             payload.len()
         )));
     }
+    if dtype == DataType::Bool && payload.iter().any(|&b| b > 1) {
+        return Err(invalid("a bool array holds a byte other than 0 or 1"));
+    }
     let mut data = payload.to_vec();
     if big_endian && dtype.size() > 1 {
         for element in data.chunks_exact_mut(dtype.size()) {
@@ -234,5 +237,8 @@ mod tests {
         complex[at..at + 3].copy_from_slice(b"<c8");
         let err = read_npy(&complex).unwrap_err();
         assert!(err.to_string().contains("'<c8' is not supported"), "{err}");
+        let bools = write_npy(&Tensor::new(DataType::Bool, vec![2], vec![1, 2]).unwrap());
+        let err = read_npy(&bools).unwrap_err();
+        assert!(err.to_string().contains("other than 0 or 1"), "{err}");
     }
 }
