@@ -170,7 +170,8 @@ async fn infer(
         let timeout = header_timeout(&req)?;
         let priority = header_priority(&req)?;
         let header_length = req.headers().get(HEADER_LENGTH);
-        let (mut call, plan) = decode(header_length, body, requested.id.clone(), timeout, priority)?;
+        let (mut call, plan) =
+            decode(header_length, body, requested.id.clone(), timeout, priority)?;
         call.use_cache = cache_allowed(&req);
         let prediction = state
             .service

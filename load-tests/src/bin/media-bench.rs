@@ -100,7 +100,9 @@ fn row(name: &str, size: &str, prepare: f64, model: &ModelSpec, (one, eight): (f
 }
 
 fn model(dir: &Path, name: &str) -> Result<ModelSpec, String> {
-    scan_one(dir, name)?.ok_or_else(|| format!("no model '{name}' in {}", dir.display()))
+    scan_one(dir, name)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| format!("no model '{name}' in {}", dir.display()))
 }
 
 /// The median of `runs` timed calls of `f`, in milliseconds, after two warmups.
