@@ -272,40 +272,6 @@ async fn a_batch_upload_answers_every_file_in_order_and_one_bad_file_fails_alone
     );
 }
 
-/// A PNG that declares `width` x `height` pixels and holds almost nothing:
-/// a header, a few bytes of compressed data, the end.
-fn png_bomb(width: u32, height: u32) -> Vec<u8> {
-    fn crc32(bytes: &[u8]) -> u32 {
-        let mut crc = !0u32;
-        for &b in bytes {
-            crc ^= u32::from(b);
-            for _ in 0..8 {
-                crc = if crc & 1 == 1 {
-                    (crc >> 1) ^ 0xEDB8_8320
-                } else {
-                    crc >> 1
-                };
-            }
-        }
-        !crc
-    }
-    let mut ihdr = b"IHDR".to_vec();
-    ihdr.extend_from_slice(&width.to_be_bytes());
-    ihdr.extend_from_slice(&height.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 0, 0, 0, 0]);
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    for chunk in [
-        ihdr,
-        b"IDAT\x78\x9c\x63\x60\x00\x00".to_vec(),
-        b"IEND".to_vec(),
-    ] {
-        png.extend_from_slice(&(chunk.len() as u32 - 4).to_be_bytes());
-        png.extend_from_slice(&chunk);
-        png.extend_from_slice(&crc32(&chunk).to_be_bytes());
-    }
-    png
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_files_get_clear_errors_and_the_server_keeps_serving() {
     let (server, _repo) = server().await;
@@ -354,7 +320,7 @@ async fn bad_files_get_clear_errors_and_the_server_keeps_serving() {
         (
             "spheroid-seg",
             "bomb.png",
-            png_bomb(100_000, 100_000),
+            common::forged::png_header(100_000, 100_000),
             422,
             "file_too_large",
             "100000x100000",

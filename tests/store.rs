@@ -12,29 +12,13 @@ mod common;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use common::database::{admin_url as database_url, connect};
 use common::postgres::{free_port, Cluster};
 use gantry::store::migrations::{self, MIGRATIONS};
 use gantry::store::{
     PredictionLog, PredictionRow, StoreConfig, StoreError, StoreStats, StoredPrediction,
 };
-use tokio_postgres::NoTls;
 use uuid::Uuid;
-
-fn database_url() -> String {
-    std::env::var("GANTRY_TEST_DATABASE_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
-}
-
-/// A direct connection, for checking what the log wrote.
-async fn connect(url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(url, NoTls)
-        .await
-        .unwrap_or_else(|e| {
-            panic!("tests/store.rs needs PostgreSQL at {url} (trust auth; set GANTRY_TEST_DATABASE_URL): {e}")
-        });
-    tokio::spawn(connection);
-    client
-}
 
 fn config(url: &str) -> StoreConfig {
     StoreConfig {
@@ -246,61 +230,9 @@ async fn buffered_rows_are_found_and_flushed_on_demand() {
         .expect("clean up");
 }
 
-/// A database of this test alone, dropped when the guard is.
-struct TempDatabase {
-    admin_url: String,
-    name: String,
-}
-
-impl TempDatabase {
-    async fn create(admin_url: &str) -> TempDatabase {
-        let name = format!("gantry_store_{}", Uuid::new_v4().simple());
-        connect(admin_url)
-            .await
-            .batch_execute(&format!("CREATE DATABASE {name}"))
-            .await
-            .expect("create a database");
-        TempDatabase {
-            admin_url: admin_url.to_string(),
-            name,
-        }
-    }
-
-    fn url(&self) -> String {
-        let (base, _) = self
-            .admin_url
-            .rsplit_once('/')
-            .expect("the test URL names a database");
-        format!("{base}/{}", self.name)
-    }
-}
-
-impl Drop for TempDatabase {
-    fn drop(&mut self) {
-        let (url, name) = (self.admin_url.clone(), self.name.clone());
-        // A runtime of its own on a thread of its own: Drop may run inside
-        // the test's runtime.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            runtime.block_on(async {
-                if let Ok((client, connection)) = tokio_postgres::connect(&url, NoTls).await {
-                    tokio::spawn(connection);
-                    let _ = client
-                        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                        .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_apply_once_however_many_instances_start() {
-    let database = TempDatabase::create(&database_url()).await;
+    let database = common::database::TempDatabase::create().await;
     let url = database.url();
     // Three instances race on an empty database.
     let logs: Vec<Arc<PredictionLog>> = (0..3)

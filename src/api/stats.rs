@@ -126,6 +126,7 @@ struct ModelPerformance {
     #[schema(value_type = Option<Object>)]
     latency_ms: Option<Percentiles>,
     /// Answers since start by the HTTP status sent: `{"200": 40, "429": 2}`.
+    #[schema(value_type = BTreeMap<String, u64>)]
     statuses: BTreeMap<u16, u64>,
 }
 

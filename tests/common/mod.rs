@@ -6,6 +6,7 @@
 
 pub mod binary;
 pub mod database;
+pub mod forged;
 pub mod live;
 pub mod postgres;
 pub mod raw;
