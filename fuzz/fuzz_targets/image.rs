@@ -11,6 +11,8 @@ use libfuzzer_sys::fuzz_target;
 
 const LIMITS: ImageLimits = ImageLimits {
     max_pixels: 200 * 200,
+    max_side: 4096,
+    max_aspect_ratio: 100,
 };
 
 fuzz_target!(|input: &[u8]| {
