@@ -185,19 +185,10 @@ async fn a_failure_after_inference_is_counted_and_logged_with_the_status_sent() 
     let header = json!({
         "inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32", "parameters": {"binary_data_size": raw.len()}}],
         "outputs": [{"name": "nope", "parameters": {"binary_data": true}}]
-    })
-    .to_string();
-    let mut binary = header.clone().into_bytes();
-    binary.extend_from_slice(&raw);
+    });
     let r = server
-        .client
-        .post(server.url("/v2/models/v/infer"))
-        .header("Inference-Header-Content-Length", header.len())
-        .header("Content-Type", "application/octet-stream")
-        .body(binary)
-        .send()
-        .await
-        .unwrap();
+        .post_binary("/v2/models/v/infer", &header, &raw)
+        .await;
     let (status, v2_binary_id, _) = sent(r).await;
     assert_eq!(status, 422);
 

@@ -66,19 +66,10 @@ async fn the_binary_extension_carries_nan_and_infinities_as_ieee_bytes() {
             {"name": "y", "parameters": {"binary_data": true}},
             {"name": "y64", "parameters": {"binary_data": true}}
         ]
-    })
-    .to_string();
-    let mut body = header.clone().into_bytes();
-    body.extend_from_slice(&raw);
+    });
     let r = server
-        .client
-        .post(server.url("/v2/models/nonfinite/infer"))
-        .header("Inference-Header-Content-Length", header.len())
-        .header("Content-Type", "application/octet-stream")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+        .post_binary("/v2/models/nonfinite/infer", &header, &raw)
+        .await;
     assert_eq!(r.status(), 200);
     let json_len: usize = r.headers()["inference-header-content-length"]
         .to_str()
@@ -165,19 +156,10 @@ async fn values_that_do_not_fit_the_datatype_are_422() {
         expect_422(&answer, &[&format!("input '{name}'"), needle]);
     }
     // Binary BOOL data holds bytes 0 or 1, nothing else.
-    let header = json!({"inputs": [{"name": "x_bool", "shape": [1, 2], "datatype": "BOOL", "parameters": {"binary_data_size": 2}}]})
-        .to_string();
-    let mut body = header.clone().into_bytes();
-    body.extend_from_slice(&[1, 2]);
+    let header = json!({"inputs": [{"name": "x_bool", "shape": [1, 2], "datatype": "BOOL", "parameters": {"binary_data_size": 2}}]});
     let r = server
-        .client
-        .post(server.url("/v2/models/dtypes/infer"))
-        .header("Inference-Header-Content-Length", header.len())
-        .header("Content-Type", "application/octet-stream")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+        .post_binary("/v2/models/dtypes/infer", &header, &[1, 2])
+        .await;
     assert_eq!(r.status(), 422);
     let answer: Value = r.json().await.unwrap();
     expect_422(

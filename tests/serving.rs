@@ -327,19 +327,10 @@ async fn kserve_v2_binary_tensor_extension() {
     let header = json!({
         "inputs": [{"name": "features", "shape": [1, 64], "datatype": "FP32", "parameters": {"binary_data_size": raw.len()}}],
         "outputs": [{"name": "logits", "parameters": {"binary_data": true}}]
-    })
-    .to_string();
-    let mut body = header.clone().into_bytes();
-    body.extend_from_slice(&raw);
+    });
     let r = server
-        .client
-        .post(server.url("/v2/models/tiny-classifier/infer"))
-        .header("Inference-Header-Content-Length", header.len())
-        .header("Content-Type", "application/octet-stream")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+        .post_binary("/v2/models/tiny-classifier/infer", &header, &raw)
+        .await;
     assert_eq!(r.status(), 200);
     let json_len: usize = r.headers()["inference-header-content-length"]
         .to_str()

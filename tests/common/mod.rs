@@ -167,6 +167,22 @@ impl TestServer {
         (status, r.json().await.expect("JSON body"))
     }
 
+    /// POST of a v2 binary-extension body to `path`: the JSON `header`
+    /// followed by `raw`, with its `Inference-Header-Content-Length`.
+    pub async fn post_binary(&self, path: &str, header: &Value, raw: &[u8]) -> reqwest::Response {
+        let header = header.to_string();
+        let mut body = header.clone().into_bytes();
+        body.extend_from_slice(raw);
+        self.client
+            .post(self.url(path))
+            .header("Inference-Header-Content-Length", header.len())
+            .header("Content-Type", "application/octet-stream")
+            .body(body)
+            .send()
+            .await
+            .expect("request")
+    }
+
     /// Stats as JSON.
     pub async fn stats(&self) -> Value {
         let (status, body) = self.get("/api/optimized/stats").await;
