@@ -323,7 +323,16 @@ async fn batches_that_run_out_of_memory_are_split_and_the_cap_lowered() {
         assert_eq!(done.answer["batch_size"], 2, "{}", done.answer);
         batched.push(done.answer["outputs"]["y"].clone());
     }
-    let stats = batcher_stats(&server).await;
+    // The replica tells the batcher to lower the cap once the batch is
+    // done, which can be a moment after its requests have their answers.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stats = loop {
+        let stats = batcher_stats(&server).await;
+        if stats["cap_reason"] == "out_of_memory" || Instant::now() > deadline {
+            break stats;
+        }
+        pause(10).await;
+    };
     assert_eq!(stats["max_batch_size"], 2, "{stats}");
     assert_eq!(stats["cap_reason"], "out_of_memory", "{stats}");
     assert_eq!(stats["batch_fill"], json!({"1": 1, "8": 1}), "{stats}");

@@ -268,11 +268,49 @@ fn check_wav_chunks(bytes: &[u8]) -> Result<(), MediaError> {
             if top && id == b"LIST" && chunk.len() >= 4 {
                 walk(&chunk[4..], false)?;
             }
+            if top && id == b"fmt " {
+                check_wav_format(chunk)?;
+            }
             rest = rest.get(8 + len + len % 2..).unwrap_or_default();
         }
         Ok(())
     }
     walk(bytes.get(12..).unwrap_or_default(), true)
+}
+
+/// Refuses a WAV `fmt ` chunk that is too short or declares no channels,
+/// no bytes per frame, no bits per sample or a sample rate outside
+/// [`SAMPLE_RATES`]: the decoder divides by these (a rate of 0 made it
+/// panic), so they are checked before it reads them.
+fn check_wav_format(chunk: &[u8]) -> Result<(), MediaError> {
+    let damaged =
+        |what: String| MediaError::Undecodable(format!("the WAV file is damaged: {what}"));
+    if chunk.len() < 16 {
+        return Err(damaged(format!(
+            "its 'fmt ' chunk holds {} bytes, fewer than 16",
+            chunk.len()
+        )));
+    }
+    let u16_at = |i: usize| u16::from_le_bytes([chunk[i], chunk[i + 1]]);
+    let rate = u32::from_le_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]);
+    let (channels, block_align, bits) = (u16_at(2), u16_at(12), u16_at(14));
+    if !SAMPLE_RATES.contains(&rate) {
+        return Err(MediaError::Undecodable(format!(
+            "the WAV file declares a sample rate of {rate} Hz; Gantry reads {} to {} Hz",
+            SAMPLE_RATES.start(),
+            SAMPLE_RATES.end()
+        )));
+    }
+    for (value, what) in [
+        (channels, "channels"),
+        (block_align, "bytes per frame"),
+        (bits, "bits per sample"),
+    ] {
+        if value == 0 {
+            return Err(damaged(format!("its 'fmt ' chunk declares 0 {what}")));
+        }
+    }
+    Ok(())
 }
 
 /// True when a WAV's frame count comes from a data length of `0xFFFFFFFF`
@@ -485,6 +523,40 @@ mod tests {
                 "{err:?}"
             );
         }
+    }
+
+    #[test]
+    fn format_chunks_the_decoder_would_divide_by_are_refused() {
+        let frames: Vec<Vec<i16>> = (0..100).map(|i| vec![i as i16]).collect();
+        let clip = wav(8000, 1, &frames);
+        // (offset in the file, bytes, what the error names): a rate of 0
+        // panicked inside the decoder (found by the `audio` fuzz target).
+        for (at, bytes, named) in [
+            (24, &0u32.to_le_bytes()[..], "sample rate of 0 Hz"),
+            (22, &0u16.to_le_bytes()[..], "0 channels"),
+            (32, &0u16.to_le_bytes()[..], "0 bytes per frame"),
+            (34, &0u16.to_le_bytes()[..], "0 bits per sample"),
+        ] {
+            let mut bad = clip.clone();
+            bad[at..at + bytes.len()].copy_from_slice(bytes);
+            let err =
+                audio_to_tensor(Bytes::from(bad), FileType::Wav, &spec(8000, 200), 2).unwrap_err();
+            assert!(
+                matches!(err, MediaError::Undecodable(ref m) if m.contains(named)),
+                "{named}: {err:?}"
+            );
+        }
+        // A 'fmt ' chunk of 12 bytes.
+        let mut short = clip[..16].to_vec();
+        short.extend_from_slice(&12u32.to_le_bytes());
+        short.extend_from_slice(&clip[20..32]);
+        short.extend_from_slice(&clip[36..]);
+        let err =
+            audio_to_tensor(Bytes::from(short), FileType::Wav, &spec(8000, 200), 2).unwrap_err();
+        assert!(
+            matches!(err, MediaError::Undecodable(ref m) if m.contains("fewer than 16")),
+            "{err:?}"
+        );
     }
 
     #[test]
