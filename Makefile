@@ -3,16 +3,28 @@
 ORT_VERSION := 1.31.1
 ORT_DIR     := .onnxruntime
 ORT_LIB     := $(ORT_DIR)/libonnxruntime.so
+ORT_GPU_DIR := .onnxruntime-gpu
+ORT_GPU_LIB := $(ORT_GPU_DIR)/libonnxruntime.so
 VENV        := .venv
 PYTHON      ?= python3
 CARGO       ?= cargo
 
 export ORT_DYLIB_PATH := $(abspath $(ORT_LIB))
 
-.PHONY: run test fuzz onnxruntime venv models train evaluate bench bench-media soak lint fmt clean
+.PHONY: run run-gpu gpu-check test fuzz onnxruntime onnxruntime-gpu venv models train evaluate bench bench-media soak lint fmt clean
 
 run: $(ORT_LIB)
 	$(CARGO) run --release --bin gantry -- --config config/gantry.toml
+
+# The demo models on the GPU build of ONNX Runtime: models with device =
+# "auto" (the default) run on the GPUs when CUDA and cuDNN load.
+run-gpu: $(ORT_GPU_LIB)
+	ORT_DYLIB_PATH=$(abspath $(ORT_GPU_LIB)) $(CARGO) run --release --bin gantry -- --config config/gantry.toml
+
+# The GPU check (load-tests/gpu.sh): on a machine with an NVIDIA GPU and CUDA
+# 13, writes load-tests/GPU_RESULTS.md. Never run by CI.
+gpu-check: $(ORT_GPU_LIB)
+	load-tests/gpu.sh
 
 test: $(ORT_LIB) $(VENV)/.done
 	GANTRY_TEST_PYTHON=$(abspath $(VENV))/bin/python $(CARGO) nextest run --workspace --no-fail-fast
@@ -66,19 +78,33 @@ soak: $(ORT_LIB)
 # extracted into $(ORT_DIR)/; nothing else is downloaded at build or run time.
 onnxruntime: $(ORT_LIB)
 
-$(ORT_LIB):
-	rm -rf $(ORT_DIR) && mkdir -p $(ORT_DIR)/wheel
+# The GPU build from PyPI's onnxruntime-gpu wheel (CUDA 13, cuDNN 9), with
+# its CUDA provider library (about 284 MB), into $(ORT_GPU_DIR)/. CUDA and
+# cuDNN come from the system or from PyPI's nvidia-* wheels (README, GPUs).
+onnxruntime-gpu: $(ORT_GPU_LIB)
+
+# $(call ort_wheel,package,folder): the wheel's libonnxruntime* files into
+# folder/, with folder/libonnxruntime.so linking to the versioned library.
+define ort_wheel
+	rm -rf $(2) && mkdir -p $(2)/wheel
 	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: \
-		--dest $(ORT_DIR)/wheel onnxruntime==$(ORT_VERSION)
+		--dest $(2)/wheel $(1)==$(ORT_VERSION)
 	$(PYTHON) -c "import glob, os, zipfile; \
-		wheel = glob.glob('$(ORT_DIR)/wheel/onnxruntime-$(ORT_VERSION)-*.whl')[0]; \
+		wheel = glob.glob('$(2)/wheel/*.whl')[0]; \
 		z = zipfile.ZipFile(wheel); \
 		libs = [n for n in z.namelist() if os.path.basename(n).startswith('libonnxruntime')]; \
-		[open(os.path.join('$(ORT_DIR)', os.path.basename(n)), 'wb').write(z.read(n)) for n in libs]; \
+		[open(os.path.join('$(2)', os.path.basename(n)), 'wb').write(z.read(n)) for n in libs]; \
 		main = [os.path.basename(n) for n in libs if os.path.basename(n).startswith('libonnxruntime.so.')][0]; \
-		os.symlink(main, '$(ORT_LIB).tmp')"
-	rm -rf $(ORT_DIR)/wheel
-	mv $(ORT_LIB).tmp $(ORT_LIB)
+		os.symlink(main, '$(2)/libonnxruntime.so.tmp')"
+	rm -rf $(2)/wheel
+	mv $(2)/libonnxruntime.so.tmp $(2)/libonnxruntime.so
+endef
+
+$(ORT_LIB):
+	$(call ort_wheel,onnxruntime,$(ORT_DIR))
+
+$(ORT_GPU_LIB):
+	$(call ort_wheel,onnxruntime-gpu,$(ORT_GPU_DIR))
 
 # Python tools for the client tests and the demo-model script.
 venv: $(VENV)/.done
@@ -115,4 +141,4 @@ $(VENV_TRAIN)/.done: models/requirements-train.txt
 
 clean:
 	$(CARGO) clean
-	rm -rf $(ORT_DIR) $(VENV)
+	rm -rf $(ORT_DIR) $(ORT_GPU_DIR) $(VENV)

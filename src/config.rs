@@ -432,7 +432,6 @@ impl Config {
         gantry_actors::memory::MemoryConfig {
             limit_mb: (self.memory.limit_mb > 0).then_some(self.memory.limit_mb),
             gpu_fraction: self.memory.gpu_fraction,
-            use_nvml: true,
             cpu_threads: (self.cpu.threads > 0).then_some(self.cpu.threads),
         }
     }

@@ -12,6 +12,7 @@ use actix_web::dev::Server;
 use actix_web::http::KeepAlive;
 use actix_web::middleware::from_fn;
 use actix_web::{web, App, HttpServer};
+use gantry_actors::device::{GpuInventory, NvmlInventory};
 use gantry_actors::engine::EngineProvider;
 use gantry_actors::{Supervisor, SupervisorConfig};
 
@@ -59,17 +60,29 @@ pub enum StartError {
     Listen(#[from] std::io::Error),
 }
 
-/// Starts the actor system and the HTTP server on `listener`. Must run
-/// inside an actix `System`.
+/// Starts the actor system and the HTTP server on `listener`, placing
+/// replicas on the GPUs NVML finds. Must run inside an actix `System`.
 pub async fn start(
     config: &Config,
     listener: TcpListener,
     provider: Arc<dyn EngineProvider>,
 ) -> Result<RunningServer, StartError> {
+    start_with_gpus(config, listener, provider, Arc::new(NvmlInventory::open())).await
+}
+
+/// [`start`] with the GPUs of `gpus` instead of NVML's (tests of placement
+/// on machines without a GPU).
+pub async fn start_with_gpus(
+    config: &Config,
+    listener: TcpListener,
+    provider: Arc<dyn EngineProvider>,
+    gpus: Arc<dyn GpuInventory>,
+) -> Result<RunningServer, StartError> {
     let metrics = Arc::new(Metrics::default());
     let serving = Supervisor::start(SupervisorConfig {
         models_dir: config.models.dir.clone(),
         memory: config.memory_budget(),
+        gpus,
         provider,
         observer: metrics.clone(),
     })

@@ -90,7 +90,7 @@ async fn metrics_parse_and_move_with_traffic_and_agree_with_stats() {
         1.0
     );
     assert_eq!(
-        value(&before, "gantry_memory_budget_total_bytes{}"),
+        value(&before, "gantry_memory_budget_total_bytes{device=cpu}"),
         8192.0 * 1024.0 * 1024.0
     );
 

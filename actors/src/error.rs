@@ -41,4 +41,8 @@ pub enum EngineError {
     /// The runtime ran out of memory for this batch; a smaller batch may fit.
     #[error("out of memory: {0}")]
     OutOfMemory(String),
+    /// The device (a GPU) failed: nothing more can run on this engine, so
+    /// its replica fails and supervision starts it again.
+    #[error("the device failed: {0}")]
+    Device(String),
 }

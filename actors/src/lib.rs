@@ -9,6 +9,7 @@
 //! channel, and await the answer.
 
 pub mod batcher;
+pub mod device;
 pub mod engine;
 pub mod error;
 pub mod lifecycle;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
+use crate::device::{DevicePreference, Placement};
 use crate::processing::{self, InputProcessing, OutputProcessing};
 
 /// Per-model settings from `model.toml`; every key is optional.
@@ -34,6 +35,11 @@ pub struct ModelSettings {
     /// Memory one batch item needs; measured by warmup when absent (where
     /// the engine can tell). Caps batches at what the free budget holds.
     pub memory_per_item_mb: Option<u64>,
+    /// Where replicas run: `auto` (a GPU when one is usable, else the
+    /// CPU), `cpu` or `gpu`.
+    pub device: DevicePreference,
+    /// The GPU indices replicas may use; every visible one when absent.
+    pub gpus: Option<Vec<u32>>,
     /// `[input]`: how an uploaded file becomes the input tensor.
     pub input: InputProcessing,
     /// `[output]`: what the answer holds.
@@ -52,6 +58,8 @@ impl Default for ModelSettings {
             warmup: 1,
             max_priority_wait_ms: 1000,
             memory_per_item_mb: None,
+            device: DevicePreference::Auto,
+            gpus: None,
             input: InputProcessing::Tensor,
             output: OutputProcessing::Tensor,
         }
@@ -101,7 +109,26 @@ impl ModelSettings {
         if self.memory_per_item_mb == Some(0) {
             return Err(("memory_per_item_mb", "must be at least 1 when set"));
         }
+        if let Some(gpus) = &self.gpus {
+            if gpus.is_empty() {
+                return Err(("gpus", "must list at least one GPU index when set"));
+            }
+            if self.device == DevicePreference::Cpu {
+                return Err(("gpus", "cannot be set with device = \"cpu\""));
+            }
+            if (1..gpus.len()).any(|i| gpus[..i].contains(&gpus[i])) {
+                return Err(("gpus", "lists a GPU twice"));
+            }
+        }
         Ok(())
+    }
+
+    /// Where the model's replicas may be placed.
+    pub fn placement(&self) -> Placement {
+        Placement {
+            preference: self.device,
+            gpus: self.gpus.clone(),
+        }
     }
 }
 
@@ -363,6 +390,41 @@ mod tests {
         assert!(wrong_type.contains("max_batch_size"), "{wrong_type}");
         let zero = ModelSettings::parse("max_batch_size = 0\n", file).unwrap_err();
         assert!(zero.contains("key `max_batch_size`"), "{zero}");
+    }
+
+    #[test]
+    fn device_and_gpus_are_read_and_checked() {
+        let file = Path::new("models/m/model.toml");
+        let default = ModelSettings::parse("", file).unwrap();
+        assert_eq!(default.placement(), Placement::default());
+        assert_eq!(default.device, DevicePreference::Auto);
+        let gpu = ModelSettings::parse("device = \"gpu\"\ngpus = [1, 0]\n", file).unwrap();
+        assert_eq!(
+            gpu.placement(),
+            Placement {
+                preference: DevicePreference::Gpu,
+                gpus: Some(vec![1, 0])
+            }
+        );
+        let cpu = ModelSettings::parse("device = \"cpu\"\n", file).unwrap();
+        assert_eq!(cpu.placement(), Placement::cpu());
+        for (text, named) in [
+            ("device = \"tpu\"\n", "unknown variant `tpu`"),
+            ("device = \"GPU\"\n", "unknown variant `GPU`"),
+            ("gpus = []\n", "key `gpus` must list at least one"),
+            ("gpus = [-1]\n", "gpus"),
+            ("gpus = [0, 0]\n", "lists a GPU twice"),
+            (
+                "device = \"cpu\"\ngpus = [0]\n",
+                "cannot be set with device = \"cpu\"",
+            ),
+        ] {
+            let err = ModelSettings::parse(text, file).unwrap_err();
+            assert!(
+                err.contains(named) && err.contains("models/m/model.toml"),
+                "{text}: {err}"
+            );
+        }
     }
 
     #[test]

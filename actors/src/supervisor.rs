@@ -17,6 +17,7 @@ use tracing::{error, info};
 use crate::batcher::{
     reserve_and_attach, AttachReplicaRequest, Batcher, BatcherSnapshot, GetBatcherSnapshot,
 };
+use crate::device::{DeviceSetup, GpuInventory};
 use crate::engine::checked::checked_factory;
 use crate::engine::EngineProvider;
 use crate::memory::{GetMemorySnapshot, MemoryBudget, MemoryConfig, MemorySnapshot};
@@ -31,6 +32,8 @@ pub type ModelRegistry = Arc<RwLock<BTreeMap<String, Arc<ModelHandle>>>>;
 pub struct SupervisorConfig {
     pub models_dir: PathBuf,
     pub memory: MemoryConfig,
+    /// The GPUs replicas may be placed on (NVML on a real machine).
+    pub gpus: Arc<dyn GpuInventory>,
     pub provider: Arc<dyn EngineProvider>,
     /// Told about every batch (metrics).
     pub observer: Arc<dyn BatchObserver>,
@@ -115,7 +118,11 @@ impl Supervisor {
         for e in &scan.errors {
             error!(model = %e.model, error = %e.error, "model not loaded");
         }
-        let budget = MemoryBudget::from_config(&config.memory).start();
+        let setup = DeviceSetup {
+            inventory: config.gpus.clone(),
+            support: config.provider.gpu_support(),
+        };
+        let budget = MemoryBudget::from_config(&config.memory, setup).start();
         let registry = ModelRegistry::default();
         let load_errors = Arc::new(RwLock::new(scan.errors));
         // Every model is registered (not ready) before anyone can ask, so
@@ -212,6 +219,7 @@ pub(crate) async fn start_replicas(
             owner: format!("{}/{id}", spec.name),
             mb: spec.memory_mb,
             threads: spec.settings.intra_op_threads,
+            placement: spec.settings.placement(),
             factory: factory.clone(),
             warmup: spec.settings.warmup,
             retry: false,

@@ -57,6 +57,8 @@ struct Pool {
 struct Replica {
     id: usize,
     state: &'static str,
+    /// Where it runs: `cpu`, `gpu:0`, ...; `null` while refused.
+    device: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
     inflight: usize,
@@ -88,6 +90,8 @@ struct BatcherStats {
     batch_fill: BTreeMap<usize, u64>,
 }
 
+/// The top-level figures are the CPU's budget; `devices` has each
+/// device's, the CPU first.
 #[derive(Serialize, utoipa::ToSchema)]
 struct Memory {
     source: &'static str,
@@ -97,7 +101,40 @@ struct Memory {
     /// The cpu.threads budget and what replicas hold of it.
     threads_total: usize,
     threads_reserved: usize,
+    devices: Vec<DeviceMemory>,
     refused: Vec<Refused>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct DeviceMemory {
+    /// `cpu`, `gpu:0`, ...
+    device: String,
+    /// The GPU's name; absent for the CPU.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    name: Option<String>,
+    /// Where the total came from: `nvml`, `cgroup`, `config`, `system_ram`.
+    source: &'static str,
+    total_mb: u64,
+    reserved_mb: u64,
+    free_mb: u64,
+    /// GPUs only (NVML): memory in use on the GPU now, by any process.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    used_mb: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    utilization_percent: Option<u32>,
+}
+
+fn device_memory(d: &gantry_actors::memory::DeviceSnapshot) -> DeviceMemory {
+    DeviceMemory {
+        device: d.device.to_string(),
+        name: d.name.clone(),
+        source: d.source.as_str(),
+        total_mb: d.total_mb,
+        reserved_mb: d.reserved_mb,
+        free_mb: d.free_mb,
+        used_mb: d.used_mb,
+        utilization_percent: d.utilization_percent,
+    }
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -157,6 +194,7 @@ fn pool(m: &ModelSnapshot, mailbox_refusals: u64) -> Pool {
             .map(|r| Replica {
                 id: r.id,
                 state: r.state.name(),
+                device: r.device.map(|d| d.to_string()),
                 reason: match &r.state {
                     ReplicaState::Failed(why) | ReplicaState::Refused(why) => Some(why.clone()),
                     ReplicaState::Loading | ReplicaState::Ready | ReplicaState::Draining => None,
@@ -214,6 +252,7 @@ async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
             free_mb: snapshot.memory.free_mb,
             threads_total: snapshot.memory.threads_total,
             threads_reserved: snapshot.memory.threads_reserved,
+            devices: snapshot.memory.devices.iter().map(device_memory).collect(),
             refused: snapshot
                 .memory
                 .refused

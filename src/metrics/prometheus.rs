@@ -45,6 +45,18 @@ struct ReplicaStateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReplicaDeviceLabels {
+    model: String,
+    replica: String,
+    device: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeviceLabels {
+    device: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LevelLabels {
     level: String,
 }
@@ -210,6 +222,7 @@ fn state_registry(inputs: &ScrapeInputs, mailbox_refusals: impl Fn(&str) -> u64)
     let inflight = Family::<ReplicaLabels, Gauge>::default();
     let state = Family::<ReplicaStateLabels, Gauge>::default();
     let restarts = Family::<ReplicaLabels, Counter>::default();
+    let placed = Family::<ReplicaDeviceLabels, Gauge>::default();
     for m in &inputs.snapshot.models {
         let b = &m.batcher;
         queue_depth
@@ -234,6 +247,14 @@ fn state_registry(inputs: &ScrapeInputs, mailbox_refusals: impl Fn(&str) -> u64)
             };
             inflight.get_or_create(&labels).set(replica.inflight as i64);
             restarts.get_or_create(&labels).inc_by(replica.restarts);
+            if let Some(device) = replica.device {
+                let labels = ReplicaDeviceLabels {
+                    model: m.name.clone(),
+                    replica: replica.id.to_string(),
+                    device: device.to_string(),
+                };
+                placed.get_or_create(&labels).set(1);
+            }
             let labels = ReplicaStateLabels {
                 model: m.name.clone(),
                 replica: replica.id.to_string(),
@@ -282,28 +303,12 @@ fn state_registry(inputs: &ScrapeInputs, mailbox_refusals: impl Fn(&str) -> u64)
         "Times a replica came back after losing its engine",
         restarts,
     );
-
-    let memory = &inputs.snapshot.memory;
-    r.register_with_unit(
-        "memory_budget_total",
-        "Memory the replicas may reserve in all",
-        Unit::Bytes,
-        gauge(memory.total_mb as i64 * MB),
+    r.register(
+        "replica_device",
+        "The device each replica runs on (1 per replica, by device label)",
+        placed,
     );
-    r.register_with_unit(
-        "memory_budget_reserved",
-        "Memory reserved by running replicas",
-        Unit::Bytes,
-        gauge(memory.reserved_mb as i64 * MB),
-    );
-    if let Some(used) = memory.gpu_used_mb {
-        r.register_with_unit(
-            "gpu_memory_used",
-            "GPU memory in use (NVML)",
-            Unit::Bytes,
-            gauge(used as i64 * MB),
-        );
-    }
+    register_devices(&mut r, &inputs.snapshot.memory.devices);
 
     if let Some(cache) = inputs.cache {
         let hits = Family::<LevelLabels, Counter>::default();
@@ -355,4 +360,59 @@ fn state_registry(inputs: &ScrapeInputs, mailbox_refusals: impl Fn(&str) -> u64)
         );
     }
     r
+}
+
+/// Each device's budget (the CPU and every GPU used) and, for GPUs, what
+/// NVML says is in use, with a `device` label (`cpu`, `gpu:0`, ...).
+fn register_devices(r: &mut Registry, devices: &[gantry_actors::memory::DeviceSnapshot]) {
+    let total = Family::<DeviceLabels, Gauge>::default();
+    let reserved = Family::<DeviceLabels, Gauge>::default();
+    let free = Family::<DeviceLabels, Gauge>::default();
+    let used = Family::<DeviceLabels, Gauge>::default();
+    let utilization = Family::<DeviceLabels, Gauge>::default();
+    for d in devices {
+        let labels = DeviceLabels {
+            device: d.device.to_string(),
+        };
+        total.get_or_create(&labels).set(d.total_mb as i64 * MB);
+        reserved
+            .get_or_create(&labels)
+            .set(d.reserved_mb as i64 * MB);
+        free.get_or_create(&labels).set(d.free_mb as i64 * MB);
+        if let Some(mb) = d.used_mb {
+            used.get_or_create(&labels).set(mb as i64 * MB);
+        }
+        if let Some(percent) = d.utilization_percent {
+            utilization.get_or_create(&labels).set(i64::from(percent));
+        }
+    }
+    r.register_with_unit(
+        "memory_budget_total",
+        "Memory the replicas may reserve in all, per device",
+        Unit::Bytes,
+        total,
+    );
+    r.register_with_unit(
+        "memory_budget_reserved",
+        "Memory reserved by replicas, per device",
+        Unit::Bytes,
+        reserved,
+    );
+    r.register_with_unit(
+        "memory_budget_free",
+        "Memory of the budget not reserved, per device",
+        Unit::Bytes,
+        free,
+    );
+    r.register_with_unit(
+        "gpu_memory_used",
+        "GPU memory in use by any process (NVML)",
+        Unit::Bytes,
+        used,
+    );
+    r.register(
+        "gpu_utilization_percent",
+        "Share of time a GPU kernel ran over the last sample period (NVML)",
+        utilization,
+    );
 }

@@ -62,13 +62,26 @@ impl TestServer {
     /// Starts a server and waits until `/api/optimized/health` has answered
     /// at all (models may still be loading; see [`TestServer::wait_ready`]).
     pub fn start(config: Config, provider: Arc<dyn EngineProvider>) -> TestServer {
+        TestServer::start_with_gpus(config, provider, None)
+    }
+
+    /// [`TestServer::start`] with the GPUs of `gpus` instead of NVML's.
+    pub fn start_with_gpus(
+        config: Config,
+        provider: Arc<dyn EngineProvider>,
+        gpus: Option<Arc<dyn gantry_actors::device::GpuInventory>>,
+    ) -> TestServer {
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             actix_rt::System::new().block_on(async move {
                 let listener = TcpListener::bind("127.0.0.1:0").expect("bind port 0");
-                let running = gantry::server::start(&config, listener, provider)
-                    .await
-                    .expect("server starts");
+                let started = match gpus {
+                    Some(gpus) => {
+                        gantry::server::start_with_gpus(&config, listener, provider, gpus).await
+                    }
+                    None => gantry::server::start(&config, listener, provider).await,
+                };
+                let running = started.expect("server starts");
                 let started = (
                     running.addr,
                     running.server.handle(),

@@ -7,19 +7,20 @@
 //! has gone, or whose deadline passed, are removed before inference.
 //!
 //! The cap on items per batch is `max_batch_size`, lowered to what the free
-//! memory budget holds when the memory one item needs is known
+//! memory budget of the replica's device holds when the memory one item
+//! needs is known
 //! (`memory_per_item_mb`, or measured by warmup), and lowered for a while
 //! after a batch ran out of memory to the largest size that then ran.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, SpawnHandle, WrapFuture};
 use tracing::{info, warn};
 
+use crate::device::Device;
 use crate::error::InferError;
-use crate::memory::{MemoryBudget, ShareFreeMemory};
+use crate::memory::{FreeMemory, MemoryBudget, Reservation, ShareFreeMemory};
 use crate::messages::{
     BatchDone, Enqueue, InferRequest, ItemMemoryMeasured, RanOutOfMemory, ReplicaFailed, RunBatch,
 };
@@ -103,6 +104,8 @@ pub struct Batcher {
     budget: Option<Addr<MemoryBudget>>,
     /// What each replica reserves: MB and CPU threads.
     footprint: (u64, usize),
+    /// Where its replicas may run (`device`, `gpus`).
+    placement: crate::device::Placement,
     /// Set when the model is being removed: stop once the queue is empty.
     retiring: bool,
     /// A retiring batcher keeps its replicas serving until this instant,
@@ -116,8 +119,8 @@ pub struct Batcher {
     /// measured, else unknown.
     memory_per_item_mb: Option<u64>,
     memory_per_item_configured: bool,
-    /// The memory budget's free MB, kept current by the budget.
-    free_memory_mb: Option<Arc<AtomicU64>>,
+    /// The memory budget's free MB per device, kept current by the budget.
+    free_memory: Option<FreeMemory>,
     /// After running out of memory: the lowered cap, and until when.
     out_of_memory_cap: Option<(usize, Instant)>,
 }
@@ -144,13 +147,14 @@ impl Batcher {
             observer,
             budget: None,
             footprint: (0, settings.intra_op_threads),
+            placement: settings.placement(),
             retiring: false,
             retire_after: None,
             drained_early: Vec::new(),
             me: None,
             memory_per_item_mb: settings.memory_per_item_mb,
             memory_per_item_configured: settings.memory_per_item_mb.is_some(),
-            free_memory_mb: None,
+            free_memory: None,
             out_of_memory_cap: None,
         }
     }
@@ -163,7 +167,7 @@ impl Batcher {
         };
         let ask = async move { budget.send(ShareFreeMemory).await };
         ctx.spawn(ask.into_actor(self).map(|answer, this, _| match answer {
-            Ok(free) => this.free_memory_mb = Some(free),
+            Ok(free) => this.free_memory = Some(free),
             Err(e) => warn!(model = %this.model, error = %e, "memory budget did not share its free memory"),
         }));
     }
@@ -176,26 +180,44 @@ impl Batcher {
         self
     }
 
-    /// Items one batch may hold: the model's cap, or 1 for unbatched models.
-    fn batch_cap(&self) -> usize {
-        self.cap().0
+    /// Items one batch for a replica on `device` may hold: the model's cap,
+    /// or 1 for unbatched models.
+    fn batch_cap(&self, device: Device) -> usize {
+        self.cap_at(device, Instant::now()).0
     }
 
-    /// The batch cap and what set it: `max_batch_size`, lowered to what the
-    /// free memory holds (when the memory per item is known) and, for a
-    /// while after running out of memory, to the largest size that ran.
-    /// Never below 1.
+    /// The device replica `index` runs on (the CPU until it has one).
+    fn device_of(&self, index: usize) -> Device {
+        self.replicas[index]
+            .reservation
+            .as_ref()
+            .and_then(Reservation::device)
+            .unwrap_or(Device::Cpu)
+    }
+
+    /// The batch cap now and what set it, on the device of the first ready
+    /// replica (for stats).
     fn cap(&self) -> (usize, CapReason) {
-        self.cap_at(Instant::now())
+        let ready = self
+            .replicas
+            .iter()
+            .position(|r| r.state == ReplicaState::Ready);
+        let device = ready.map_or(Device::Cpu, |index| self.device_of(index));
+        self.cap_at(device, Instant::now())
     }
 
-    fn cap_at(&self, now: Instant) -> (usize, CapReason) {
+    /// The batch cap on `device` and what set it: `max_batch_size`, lowered
+    /// to what the device's free memory holds (when the memory per item is
+    /// known) and, for a while after running out of memory, to the largest
+    /// size that ran. Never below 1.
+    fn cap_at(&self, device: Device, now: Instant) -> (usize, CapReason) {
         if self.state.signature().is_some_and(|sig| !sig.is_batched()) {
             return (1, CapReason::Unbatched);
         }
         let mut cap = (self.max_batch_size.max(1), CapReason::MaxBatchSize);
-        if let (Some(per_item), Some(free)) = (self.memory_per_item_mb, &self.free_memory_mb) {
-            let fits = free.load(Ordering::Relaxed) / per_item.max(1);
+        let free = self.free_memory.as_ref().and_then(|f| f.free_mb(device));
+        if let (Some(per_item), Some(free)) = (self.memory_per_item_mb, free) {
+            let fits = free / per_item.max(1);
             let fits = usize::try_from(fits).unwrap_or(usize::MAX).max(1);
             if fits < cap.0 {
                 cap = (fits, CapReason::MemoryBudget);
@@ -229,8 +251,8 @@ impl Batcher {
 
     /// Sends every batch that may leave now and arms a timer for the next.
     fn dispatch(&mut self, ctx: &mut Context<Self>) {
-        let cap = self.batch_cap();
         while let Some(replica) = self.pick_replica() {
+            let cap = self.batch_cap(self.device_of(replica));
             let now = Instant::now();
             let idle = self.replicas[replica].inflight_batches == 0;
             let group = match self.queue.readiness(cap, self.window, now) {
@@ -244,6 +266,7 @@ impl Batcher {
                 self.send_batch(replica, entries);
             }
         }
+        let cap = self.cap().0;
         self.arm_wakeup(ctx, cap);
     }
 
@@ -501,6 +524,7 @@ impl Handler<ItemMemoryMeasured> for Batcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::memory::MemorySource;
     use crate::observer::NoObserver;
 
     fn batcher(settings: &str) -> Batcher {
@@ -519,14 +543,21 @@ mod tests {
         let mut b = batcher("max_batch_size = 8\nmemory_per_item_mb = 100\n");
         // No budget shared yet: the configured cap.
         assert_eq!(b.cap(), (8, CapReason::MaxBatchSize));
-        let free = Arc::new(AtomicU64::new(350));
-        b.free_memory_mb = Some(free.clone());
+        let budget = MemoryBudget::with_total(MemorySource::Config, 350, 1);
+        b.free_memory = Some(budget.free_memory());
         assert_eq!(b.cap(), (3, CapReason::MemoryBudget));
-        free.store(5000, Ordering::Relaxed);
+        let budget = MemoryBudget::with_total(MemorySource::Config, 5000, 1);
+        b.free_memory = Some(budget.free_memory());
         assert_eq!(b.cap(), (8, CapReason::MaxBatchSize));
         // Never below 1.
-        free.store(0, Ordering::Relaxed);
+        let budget = MemoryBudget::with_total(MemorySource::Config, 0, 1);
+        b.free_memory = Some(budget.free_memory());
         assert_eq!(b.cap(), (1, CapReason::MemoryBudget));
+        // A device the budget does not have does not cap.
+        assert_eq!(
+            b.cap_at(Device::Gpu(0), Instant::now()),
+            (8, CapReason::MaxBatchSize)
+        );
     }
 
     #[test]
@@ -534,14 +565,14 @@ mod tests {
         let mut b = batcher("max_batch_size = 8\n");
         let t0 = Instant::now();
         assert_eq!(b.lower_cap_after_out_of_memory(4, t0), 4);
-        assert_eq!(b.cap_at(t0), (4, CapReason::OutOfMemory));
+        assert_eq!(b.cap_at(Device::Cpu, t0), (4, CapReason::OutOfMemory));
         // A later, larger success does not raise a cap in force; a smaller one lowers it.
         assert_eq!(b.lower_cap_after_out_of_memory(6, t0), 4);
         assert_eq!(b.lower_cap_after_out_of_memory(0, t0), 1);
-        assert_eq!(b.cap_at(t0), (1, CapReason::OutOfMemory));
+        assert_eq!(b.cap_at(Device::Cpu, t0), (1, CapReason::OutOfMemory));
         // Once the hold is over, the configured cap is back...
         let later = t0 + OUT_OF_MEMORY_HOLD;
-        assert_eq!(b.cap_at(later), (8, CapReason::MaxBatchSize));
+        assert_eq!(b.cap_at(Device::Cpu, later), (8, CapReason::MaxBatchSize));
         // ...and a new shortage starts from scratch.
         assert_eq!(b.lower_cap_after_out_of_memory(2, later), 2);
     }

@@ -17,11 +17,12 @@ use actix::{ActorContext, Addr, AsyncContext, Context, Handler, Message};
 use tracing::{info, warn};
 
 use super::Batcher;
-use crate::engine::EngineFactory;
+use crate::device::{Device, Placement};
+use crate::engine::{EngineFactory, LoadTarget};
 use crate::error::InferError;
 use crate::memory::{BudgetFreed, MemoryBudget, Reservation, Reserve};
 use crate::messages::{ReplicaFailed, ReplicaReady};
-use crate::replica::Replica;
+use crate::replica::{Replica, ReplicaStart};
 
 /// Lifecycle of a replica as its batcher sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,22 +80,28 @@ fn restart_backoff(failures: u32) -> Duration {
 }
 
 impl Batcher {
+    /// Starts replica `id` on the device its `reservation` holds memory on.
     pub(super) fn spawn_replica(
         &self,
         id: usize,
         factory: Arc<dyn EngineFactory>,
         warmup: u32,
+        reservation: &Reservation,
         ctx: &mut Context<Self>,
     ) -> Addr<Replica> {
-        Replica::start(
+        let target = LoadTarget {
+            device: reservation.device().unwrap_or(Device::Cpu),
+            memory_mb: reservation.mb(),
+        };
+        let plan = ReplicaStart {
             id,
-            self.model.clone(),
+            model: self.model.clone(),
             factory,
+            target,
             warmup,
-            ctx.address(),
-            self.observer.clone(),
-            self.batch_cap(),
-        )
+            max_batch_size: self.batch_cap(target.device),
+        };
+        Replica::start(plan, ctx.address(), self.observer.clone())
     }
 
     /// Restarts replica `id` after its backoff, unless it is being removed.
@@ -115,11 +122,12 @@ impl Batcher {
             if !matches!(slot.state, ReplicaState::Failed(_)) || this.retiring {
                 return;
             }
-            let Some(factory) = slot.factory.clone() else {
+            let (Some(factory), Some(reservation)) =
+                (slot.factory.clone(), slot.reservation.as_ref())
+            else {
                 return;
             };
-            let warmup = slot.warmup;
-            let addr = this.spawn_replica(id, factory, warmup, ctx);
+            let addr = this.spawn_replica(id, factory, slot.warmup, reservation, ctx);
             if let Some(slot) = this.replicas.iter_mut().find(|r| r.id == id) {
                 slot.addr = Some(addr);
                 slot.state = ReplicaState::Loading;
@@ -263,6 +271,7 @@ pub async fn reserve_and_attach(
         owner: attach.owner.clone(),
         mb: attach.mb,
         threads: attach.threads,
+        placement: attach.placement,
         waiter: Some(batcher.clone().recipient()),
     };
     let reservation = match budget.send(reserve).await {
@@ -293,6 +302,8 @@ pub struct AttachReplicaRequest {
     pub owner: String,
     pub mb: u64,
     pub threads: usize,
+    /// Where the model's replicas may run.
+    pub placement: Placement,
     pub factory: Arc<dyn EngineFactory>,
     pub warmup: u32,
     pub retry: bool,
@@ -328,7 +339,7 @@ impl Handler<AttachReplica> for Batcher {
         }
         let (addr, state) = match reservation.refusal() {
             None => (
-                Some(self.spawn_replica(id, factory.clone(), warmup, ctx)),
+                Some(self.spawn_replica(id, factory.clone(), warmup, &reservation, ctx)),
                 ReplicaState::Loading,
             ),
             Some(refusal) => (None, ReplicaState::Refused(refusal.reason.clone())),
@@ -377,11 +388,13 @@ impl Batcher {
             return;
         }
         let (id, warmup) = (slot.id, slot.warmup);
-        let Some(factory) = slot.factory.clone() else {
+        let slot = &self.replicas[index];
+        let (Some(factory), Some(reservation)) = (slot.factory.clone(), slot.reservation.as_ref())
+        else {
             return;
         };
         info!(model = %self.model, replica = id, "the budget has room again; starting the refused replica");
-        let addr = self.spawn_replica(id, factory, warmup, ctx);
+        let addr = self.spawn_replica(id, factory, warmup, reservation, ctx);
         let slot = &mut self.replicas[index];
         slot.addr = Some(addr);
         slot.state = ReplicaState::Loading;
@@ -411,6 +424,7 @@ impl Handler<BudgetFreed> for Batcher {
             owner: msg.owner,
             mb: self.footprint.0,
             threads: self.footprint.1,
+            placement: self.placement.clone(),
             factory,
             warmup: slot.warmup,
             retry: true,

@@ -4,11 +4,15 @@ use actix::{Handler, Message};
 
 use super::replicas::ReplicaState;
 use super::{Batcher, BatcherCounters, CapReason};
+use crate::device::Device;
+use crate::memory::Reservation;
 
 /// One replica's view for stats.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReplicaSnapshot {
     pub id: usize,
+    /// Where it runs; `None` while refused (it holds no device yet).
+    pub device: Option<Device>,
     pub state: ReplicaState,
     pub inflight: usize,
     pub processed: u64,
@@ -53,6 +57,7 @@ impl Handler<GetBatcherSnapshot> for Batcher {
                 .iter()
                 .map(|r| ReplicaSnapshot {
                     id: r.id,
+                    device: r.reservation.as_ref().and_then(Reservation::device),
                     state: r.state.clone(),
                     inflight: r.inflight_items,
                     processed: r.processed,

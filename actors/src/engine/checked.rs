@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::{Engine, EngineFactory};
+use super::{Engine, EngineFactory, LoadTarget};
 use crate::error::EngineError;
 use crate::processing::{self, InputProcessing, OutputProcessing};
 use crate::repository::ModelSettings;
@@ -32,8 +32,8 @@ struct CheckedFactory {
 }
 
 impl EngineFactory for CheckedFactory {
-    fn load(&self) -> Result<Box<dyn Engine>, EngineError> {
-        let engine = self.inner.load()?;
+    fn load(&self, target: &LoadTarget) -> Result<Box<dyn Engine>, EngineError> {
+        let engine = self.inner.load(target)?;
         processing::fits(&self.input, &self.output, engine.signature()).map_err(|why| {
             EngineError::Load(format!("model.toml does not fit the model: {why}"))
         })?;

@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{Engine, EngineFactory, EngineProvider};
+use super::{Engine, EngineFactory, EngineProvider, LoadTarget};
+use crate::device::GpuSupport;
 use crate::error::EngineError;
 use crate::repository::ModelSpec;
 use crate::signature::{ModelSignature, TensorSpec};
@@ -32,6 +33,8 @@ pub struct FakeEngineFactory {
     pub batch_sizes: Arc<Mutex<Vec<usize>>>,
     /// Counts `load` calls, so tests can see replicas start.
     pub loads: Arc<AtomicUsize>,
+    /// Where each `load` was asked to run, in order.
+    pub targets: Arc<Mutex<Vec<LoadTarget>>>,
     /// The first this-many `load` calls fail (to test restarts).
     pub failing_loads: usize,
     /// The first `load` call panics (to test supervision of loading).
@@ -61,6 +64,7 @@ impl FakeEngineFactory {
             memory_per_item_mb: None,
             batch_sizes: Arc::default(),
             loads: Arc::default(),
+            targets: Arc::default(),
             failing_loads: 0,
             panic_on_first_load: false,
             panic_on: None,
@@ -75,7 +79,10 @@ impl FakeEngineFactory {
 }
 
 impl EngineFactory for FakeEngineFactory {
-    fn load(&self) -> Result<Box<dyn Engine>, EngineError> {
+    fn load(&self, target: &LoadTarget) -> Result<Box<dyn Engine>, EngineError> {
+        if let Ok(mut targets) = self.targets.lock() {
+            targets.push(*target);
+        }
         let earlier = self.loads.fetch_add(1, Ordering::SeqCst);
         assert!(
             !(self.panic_on_first_load && earlier == 0),
@@ -168,6 +175,9 @@ fn transform(input: &Tensor) -> Tensor {
 pub struct FakeProvider {
     pub default: FakeEngineFactory,
     pub per_model: HashMap<String, FakeEngineFactory>,
+    /// What it says about GPUs: fake engines "run" anywhere they are put,
+    /// so a test with a fixed GPU inventory can set this to `Ok(())`.
+    pub gpu_support: GpuSupport,
 }
 
 impl FakeProvider {
@@ -175,6 +185,7 @@ impl FakeProvider {
         FakeProvider {
             default,
             per_model: HashMap::new(),
+            gpu_support: Err("fake engines are told to use the CPU".into()),
         }
     }
 }
@@ -183,5 +194,9 @@ impl EngineProvider for FakeProvider {
     fn factory(&self, spec: &ModelSpec) -> Arc<dyn EngineFactory> {
         let config = self.per_model.get(&spec.name).unwrap_or(&self.default);
         Arc::new(config.clone())
+    }
+
+    fn gpu_support(&self) -> GpuSupport {
+        self.gpu_support.clone()
     }
 }

@@ -8,6 +8,7 @@ pub mod onnx;
 
 use std::sync::Arc;
 
+use crate::device::Device;
 use crate::error::EngineError;
 use crate::repository::ModelSpec;
 use crate::signature::ModelSignature;
@@ -27,12 +28,36 @@ pub trait Engine: Send {
     }
 }
 
+/// Where one replica's engine runs, as its reservation says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadTarget {
+    pub device: Device,
+    /// MB the budget reserved for it there; a GPU engine limits its memory
+    /// arena to it, so one model cannot take another's memory (0: no limit).
+    pub memory_mb: u64,
+}
+
+impl LoadTarget {
+    /// The CPU, with no memory limit of its own.
+    pub fn cpu() -> LoadTarget {
+        LoadTarget {
+            device: Device::Cpu,
+            memory_mb: 0,
+        }
+    }
+}
+
 /// Loads engines for one model; each replica calls `load` on its own thread.
 pub trait EngineFactory: Send + Sync {
-    fn load(&self) -> Result<Box<dyn Engine>, EngineError>;
+    fn load(&self, target: &LoadTarget) -> Result<Box<dyn Engine>, EngineError>;
 }
 
 /// Chooses the engine factory for a model of the repository.
 pub trait EngineProvider: Send + Sync {
     fn factory(&self, spec: &ModelSpec) -> Arc<dyn EngineFactory>;
+
+    /// Whether engines can run on a GPU at all; `Err` names what is missing.
+    fn gpu_support(&self) -> crate::device::GpuSupport {
+        Err("this engine runs on the CPU only".into())
+    }
 }

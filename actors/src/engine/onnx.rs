@@ -1,27 +1,36 @@
 //! The ONNX Runtime engine: one `ort` session per replica, loaded from the
-//! model repository, run on the replica's own thread.
+//! model repository, run on the replica's own thread, on the CPU or on GPU
+//! `n` through the CUDA execution provider.
 //!
 //! The runtime library is loaded dynamically (`load-dynamic`) from a path the
 //! application resolves; [`init_runtime`] must succeed once before any engine
-//! loads.
+//! loads. GPUs need the GPU build (PyPI's `onnxruntime-gpu`), whose CUDA
+//! provider library sits next to it and loads CUDA and cuDNN itself.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use ort::environment::Environment;
+use ort::ep::{ArenaExtendStrategy, ExecutionProvider, CUDA};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
 use ort::value::{
     DynValue, PrimitiveTensorElementType, Tensor as OrtTensor, TensorElementType, ValueType,
 };
 
-use super::{Engine, EngineFactory, EngineProvider};
+use super::{Engine, EngineFactory, EngineProvider, LoadTarget};
+use crate::device::Device;
 use crate::error::EngineError;
 use crate::repository::ModelSpec;
 use crate::signature::{ModelSignature, TensorSpec};
 use crate::tensor::{DataType, Tensor};
 
 static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
+/// Where the runtime library was loaded from.
+static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
+
+/// The CUDA provider library the GPU build ships next to the runtime.
+pub const CUDA_PROVIDER_LIBRARY: &str = "libonnxruntime_providers_cuda.so";
 
 /// Loads the ONNX Runtime shared library at `library` and creates the
 /// process's one environment. Calling it again is a no-op.
@@ -36,10 +45,36 @@ pub fn init_runtime(library: &Path) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start ONNX Runtime: {e}"))?;
     let _ = ENVIRONMENT.set(env);
+    let _ = LIBRARY.set(library.to_path_buf());
     Ok(())
 }
 
-/// Serves every model with ONNX Runtime on the CPU.
+/// Whether the loaded runtime can run sessions on GPUs: `Err` names what
+/// is missing (an uninitialised runtime, a CPU build, or the CUDA provider
+/// library). CUDA and cuDNN themselves are found when a session starts.
+pub fn cuda_support() -> Result<(), String> {
+    let library = LIBRARY
+        .get()
+        .ok_or_else(|| "ONNX Runtime is not initialised".to_string())?;
+    let compiled = CUDA::is_available()
+        .map_err(|e| format!("ONNX Runtime cannot list its execution providers: {e}"))?;
+    if !compiled {
+        return Err(format!(
+            "the ONNX Runtime library {} has no CUDA execution provider (a CPU build; `make onnxruntime-gpu` fetches the GPU build)",
+            library.display()
+        ));
+    }
+    let provider = library.with_file_name(CUDA_PROVIDER_LIBRARY);
+    if !provider.exists() {
+        return Err(format!(
+            "the CUDA provider library {} is missing",
+            provider.display()
+        ));
+    }
+    Ok(())
+}
+
+/// Serves every model with ONNX Runtime, on the CPU or a GPU.
 #[derive(Debug, Default)]
 pub struct OnnxProvider;
 
@@ -49,6 +84,10 @@ impl EngineProvider for OnnxProvider {
             path: spec.onnx_path.clone(),
             intra_op_threads: spec.settings.intra_op_threads,
         })
+    }
+
+    fn gpu_support(&self) -> crate::device::GpuSupport {
+        cuda_support()
     }
 }
 
@@ -60,7 +99,7 @@ pub struct OnnxFactory {
 }
 
 impl EngineFactory for OnnxFactory {
-    fn load(&self) -> Result<Box<dyn Engine>, EngineError> {
+    fn load(&self, target: &LoadTarget) -> Result<Box<dyn Engine>, EngineError> {
         let env = ENVIRONMENT
             .get()
             .ok_or_else(|| EngineError::Load("ONNX Runtime is not initialised".into()))?;
@@ -68,14 +107,35 @@ impl EngineFactory for OnnxFactory {
         let load = |e: ort::Error<ort::session::builder::SessionBuilder>| {
             EngineError::Load(format!("{path}: {e}"))
         };
-        let session = Session::builder(env)
+        let mut builder = Session::builder(env)
             .map_err(|e| EngineError::Load(e.to_string()))?
             .with_intra_threads(self.intra_op_threads)
             .map_err(load)?
             .with_inter_threads(1)
             .map_err(load)?
             .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(load)?
+            .map_err(load)?;
+        if let Device::Gpu(index) = target.device {
+            let device_id = i32::try_from(index)
+                .map_err(|_| EngineError::Load(format!("GPU index {index} is out of range")))?;
+            // The arena may take what the budget reserved, and no more: one
+            // model cannot take another's memory. Growing by what is asked
+            // (not powers of two) keeps it from overshooting the limit.
+            let mut cuda = CUDA::default()
+                .with_device_id(device_id)
+                .with_arena_extend_strategy(ArenaExtendStrategy::SameAsRequested);
+            if target.memory_mb > 0 {
+                cuda =
+                    cuda.with_memory_limit((target.memory_mb as usize).saturating_mul(1024 * 1024));
+            }
+            let cuda = cuda.build().error_on_failure();
+            builder = builder.with_execution_providers([cuda]).map_err(|e| {
+                EngineError::Load(format!(
+                    "{path}: the CUDA execution provider did not start on GPU {index}: {e}"
+                ))
+            })?;
+        }
+        let session = builder
             .commit_from_file(&self.path)
             .map_err(|e| EngineError::Load(format!("{path}: {e}")))?;
         let signature = ModelSignature {
@@ -85,6 +145,7 @@ impl EngineFactory for OnnxFactory {
         Ok(Box::new(OnnxEngine {
             session,
             signature,
+            device: target.device,
             resident_mb: None,
         }))
     }
@@ -132,8 +193,20 @@ fn from_ort(ty: TensorElementType) -> Option<DataType> {
 pub struct OnnxEngine {
     session: Session,
     signature: ModelSignature,
-    /// The process's resident memory after the last run, in MB.
+    device: Device,
+    /// Memory in use on its device after the last run, in MB: the
+    /// process's resident set on the CPU, the GPU's used memory (NVML).
     resident_mb: Option<u64>,
+}
+
+/// GPU `index`'s used memory in MB (NVML), opened once per process.
+fn gpu_used_mb(index: u32) -> Option<u64> {
+    static NVML: OnceLock<Option<nvml_wrapper::Nvml>> = OnceLock::new();
+    let nvml = NVML
+        .get_or_init(|| nvml_wrapper::Nvml::init().ok())
+        .as_ref()?;
+    let info = nvml.device_by_index(index).ok()?.memory_info().ok()?;
+    Some(info.used / (1024 * 1024))
 }
 
 /// The process's resident set (`VmRSS`), in MB; `None` off Linux.
@@ -168,22 +241,28 @@ impl Engine for OnnxEngine {
             result.push(from_value(value, spec.dtype).map_err(run_error)?);
         }
         drop(outputs);
-        self.resident_mb = resident_mb();
+        self.resident_mb = match self.device {
+            Device::Cpu => resident_mb(),
+            Device::Gpu(index) => gpu_used_mb(index),
+        };
         Ok(result)
     }
 
-    /// On the CPU, ONNX Runtime's arena grows to fit the largest batch run so
-    /// far and keeps that memory, so the resident set after a run at batch N
-    /// minus the one after batch 1 estimates what N - 1 items need. It is the
-    /// whole process's, so other replicas loading at the same moment can
-    /// only make the estimate larger (a smaller cap), never smaller.
+    /// ONNX Runtime's arena (on the CPU, and the CUDA provider's on a GPU)
+    /// grows to fit the largest batch run so far and keeps that memory, so
+    /// the memory in use after a run at batch N minus the one after batch 1
+    /// estimates what N - 1 items need. It is the whole process's (or the
+    /// whole GPU's), so other replicas loading at the same moment can only
+    /// make the estimate larger (a smaller cap), never smaller.
     fn last_peak_memory_mb(&self) -> Option<u64> {
         self.resident_mb
     }
 }
 
-/// Sorts runtime errors: allocation failures are out-of-memory (a smaller
-/// batch may fit), everything else is a plain run error.
+/// Sorts runtime errors: allocation failures (CUDA's included) are
+/// out-of-memory (a smaller batch may fit), other CUDA, cuBLAS and cuDNN
+/// failures are the device's (the replica restarts), inputs the runtime
+/// refuses are the request's, everything else is a plain run error.
 fn run_error<R>(e: ort::Error<R>) -> EngineError {
     let message = e.message().to_string();
     let lower = message.to_ascii_lowercase();
@@ -192,6 +271,16 @@ fn run_error<R>(e: ort::Error<R>) -> EngineError {
         || lower.contains("bad_alloc")
     {
         EngineError::OutOfMemory(message)
+    } else if [
+        "cuda failure",
+        "cuda error",
+        "cudnn failure",
+        "cublas failure",
+    ]
+    .iter()
+    .any(|sign| lower.contains(sign))
+    {
+        EngineError::Device(message)
     } else if e.code() == ort::ErrorCode::InvalidArgument {
         EngineError::Rejected(message)
     } else {

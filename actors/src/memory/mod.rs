@@ -1,51 +1,40 @@
-//! The resource budget: how much memory and how many CPU threads replicas
-//! may reserve in all. The memory total comes from NVML (GPU total x
-//! fraction) when a GPU is present, else from configuration (default 75% of
-//! system RAM); the thread total is `cpu.threads` (default: the cores
-//! available). Replicas reserve their footprint (memory, and
-//! `intra_op_threads`) before they start; one that does not fit is not
-//! started, and is told when room is given back so it can ask again.
+//! The resource budget: how much memory replicas may reserve on each
+//! device, and how many CPU threads in all. Each GPU's total is its memory
+//! from NVML x `memory.gpu_fraction`; the CPU's is `memory.limit_mb`, else
+//! the container's cgroup limit, else RAM (see [`totals`]). The thread
+//! total is `cpu.threads` (default: twice the cores available).
+//!
+//! A replica asks with its model's [`Placement`]: the budget chooses the
+//! device (the allowed GPU with the most free memory, so replicas spread
+//! over GPUs) and reserves its footprint there, with its
+//! `intra_op_threads`. One that does not fit is not started, and is told
+//! when room is given back so it can ask again; one that asks for a GPU
+//! where none is usable is refused with the reason.
 //!
 //! A grant is a [`Reservation`] value: dropping it gives the reservation
 //! back, so reservations come back however their holder goes away.
+
+mod reservation;
+pub mod totals;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use actix::{Actor, Addr, AsyncContext, Context, Handler, Message, MessageResult, Recipient};
+use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult, Recipient};
 use tracing::{info, warn};
 
-/// Where the total came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MemorySource {
-    /// NVML reported the GPU's memory.
-    Nvml,
-    /// `memory.limit_mb` from configuration.
-    Config,
-    /// 75% of the system's RAM.
-    SystemRam,
-}
+use crate::device::{self, Device, DeviceSetup, GpuInfo, Placement};
+pub use reservation::Reservation;
+pub use totals::MemorySource;
 
-impl MemorySource {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MemorySource::Nvml => "nvml",
-            MemorySource::Config => "config",
-            MemorySource::SystemRam => "system_ram",
-        }
-    }
-}
-
-/// How the budget's total is chosen.
+/// How the budget's totals are chosen.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MemoryConfig {
-    /// Explicit total; `None` means 75% of system RAM.
+    /// Explicit CPU total; `None` means the cgroup limit or RAM (75%).
     pub limit_mb: Option<u64>,
-    /// Share of GPU memory to use when NVML is present.
+    /// Share of each GPU's memory replicas may reserve.
     pub gpu_fraction: f64,
-    /// Ask NVML at all (tests switch it off for a fixed budget).
-    pub use_nvml: bool,
     /// CPU threads replicas may use in all; `None` means twice the cores
     /// available (see [`default_cpu_threads`]).
     pub cpu_threads: Option<usize>,
@@ -65,11 +54,27 @@ pub struct Refusal {
     pub owner: String,
     pub required_mb: u64,
     pub free_mb: u64,
-    /// Why, in words: which resource ran out.
+    /// Why, in words: which resource ran out, or which device is missing.
     pub reason: String,
 }
 
-/// The budget's state, for stats.
+/// One device's budget, for stats.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceSnapshot {
+    pub device: Device,
+    /// The GPU's name (NVML); `None` for the CPU.
+    pub name: Option<String>,
+    pub source: MemorySource,
+    pub total_mb: u64,
+    pub reserved_mb: u64,
+    pub free_mb: u64,
+    /// Memory in use now (NVML), for GPUs.
+    pub used_mb: Option<u64>,
+    pub utilization_percent: Option<u32>,
+}
+
+/// The budget's state, for stats. The top-level memory figures are the
+/// CPU's; `devices` has every device's, the CPU first.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MemorySnapshot {
     pub source: MemorySource,
@@ -78,77 +83,188 @@ pub struct MemorySnapshot {
     pub free_mb: u64,
     pub threads_total: usize,
     pub threads_reserved: usize,
-    /// GPU memory in use now, when NVML is the source.
-    pub gpu_used_mb: Option<u64>,
+    pub devices: Vec<DeviceSnapshot>,
+    /// MB per owner, whatever the device.
     pub reservations: BTreeMap<String, u64>,
     pub refused: Vec<Refusal>,
 }
 
-/// The memory budget actor.
-pub struct MemoryBudget {
+/// One device's total and its free MB, published for batchers.
+struct DeviceBudget {
+    name: Option<String>,
     source: MemorySource,
     total_mb: u64,
-    threads_total: usize,
-    /// Per owner: (MB, threads).
-    reservations: BTreeMap<String, (u64, usize)>,
-    refused: Vec<Refusal>,
-    /// Refused owners to tell when room is given back.
-    waiting: BTreeMap<String, Recipient<BudgetFreed>>,
-    /// Free MB, published for batchers to read without a message.
     free_shared: Arc<AtomicU64>,
 }
 
+/// What one owner holds.
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    device: Device,
+    mb: u64,
+    threads: usize,
+}
+
+/// The free MB of every device, kept current by the budget; batchers read
+/// it to cap batches at what the device their replica runs on holds.
+#[derive(Debug, Clone, Default)]
+pub struct FreeMemory(Arc<BTreeMap<Device, Arc<AtomicU64>>>);
+
+impl FreeMemory {
+    /// Free MB on `device`; `None` for a device the budget does not have.
+    pub fn free_mb(&self, device: Device) -> Option<u64> {
+        self.0.get(&device).map(|free| free.load(Ordering::Relaxed))
+    }
+}
+
+/// The memory budget actor.
+pub struct MemoryBudget {
+    devices: BTreeMap<Device, DeviceBudget>,
+    setup: DeviceSetup,
+    /// The GPUs visible when the budget started, or why none are.
+    visible: Result<Vec<GpuInfo>, String>,
+    threads_total: usize,
+    reservations: BTreeMap<String, Held>,
+    refused: Vec<Refusal>,
+    /// Refused owners to tell when room is given back.
+    waiting: BTreeMap<String, Recipient<BudgetFreed>>,
+    free: FreeMemory,
+}
+
 impl MemoryBudget {
-    /// Chooses the total: NVML first, then the configured limit, then RAM.
-    pub fn from_config(config: &MemoryConfig) -> Self {
-        let (source, total_mb) = match config.use_nvml.then(nvml_memory_mb).flatten() {
-            Some((gpu_mb, _)) => (
-                MemorySource::Nvml,
-                (gpu_mb as f64 * config.gpu_fraction) as u64,
-            ),
-            None => match config.limit_mb {
-                Some(limit) => (MemorySource::Config, limit),
-                None => (MemorySource::SystemRam, system_ram_mb() * 3 / 4),
-            },
-        };
-        info!(source = source.as_str(), total_mb, "memory budget");
+    /// A budget for the CPU and every usable GPU of `setup`.
+    pub fn from_config(config: &MemoryConfig, setup: DeviceSetup) -> Self {
+        let (source, cpu_mb) = totals::cpu_total_mb(config.limit_mb);
+        info!(
+            device = "cpu",
+            source = source.as_str(),
+            total_mb = cpu_mb,
+            "memory budget"
+        );
         let threads_total = config.cpu_threads.unwrap_or_else(default_cpu_threads);
         info!(threads_total, "cpu thread budget");
-        MemoryBudget::with_total(source, total_mb, threads_total)
+        let visible = setup.inventory.gpus();
+        let mut gpus = Vec::new();
+        match (&visible, &setup.support) {
+            (Ok(found), Ok(())) => {
+                for gpu in found {
+                    let total_mb = (gpu.total_mb as f64 * config.gpu_fraction) as u64;
+                    info!(device = %Device::Gpu(gpu.index), name = %gpu.name, total_mb, "memory budget");
+                    gpus.push((gpu.clone(), total_mb));
+                }
+            }
+            // Said once, at start: models with device = "auto" use the CPU.
+            (Err(why), _) | (Ok(_), Err(why)) => info!(reason = %why, "no GPU is used"),
+        }
+        let mut budget = MemoryBudget::new(source, cpu_mb, threads_total, setup);
+        budget.visible = visible;
+        for (gpu, total_mb) in gpus {
+            budget.add_device(
+                Device::Gpu(gpu.index),
+                Some(gpu.name),
+                MemorySource::Nvml,
+                total_mb,
+            );
+        }
+        budget
     }
 
+    /// A CPU-only budget of `total_mb` and `threads_total` threads.
     pub fn with_total(source: MemorySource, total_mb: u64, threads_total: usize) -> Self {
-        MemoryBudget {
-            source,
-            total_mb,
+        MemoryBudget::new(source, total_mb, threads_total, DeviceSetup::cpu_only())
+    }
+
+    /// A budget with the CPU's total and, for each GPU of `setup` (when its
+    /// support is `Ok`), a total of `gpu_totals_mb` (the inventory's total
+    /// when shorter): for tests of placement with a fixed inventory.
+    pub fn with_gpus(
+        cpu_mb: u64,
+        threads_total: usize,
+        setup: DeviceSetup,
+        gpu_totals_mb: &[u64],
+    ) -> Self {
+        let visible = setup.inventory.gpus();
+        let mut budget = MemoryBudget::new(MemorySource::Config, cpu_mb, threads_total, setup);
+        if let (Ok(gpus), Ok(())) = (&visible, &budget.setup.support) {
+            for (i, gpu) in gpus.iter().enumerate() {
+                let total = gpu_totals_mb.get(i).copied().unwrap_or(gpu.total_mb);
+                budget.add_device(
+                    Device::Gpu(gpu.index),
+                    Some(gpu.name.clone()),
+                    MemorySource::Nvml,
+                    total,
+                );
+            }
+        }
+        budget.visible = visible;
+        budget
+    }
+
+    fn new(source: MemorySource, cpu_mb: u64, threads_total: usize, setup: DeviceSetup) -> Self {
+        let mut budget = MemoryBudget {
+            devices: BTreeMap::new(),
+            setup,
+            visible: Err("no GPU inventory".into()),
             threads_total,
             reservations: BTreeMap::new(),
             refused: Vec::new(),
             waiting: BTreeMap::new(),
-            free_shared: Arc::new(AtomicU64::new(total_mb)),
-        }
+            free: FreeMemory::default(),
+        };
+        budget.add_device(Device::Cpu, None, source, cpu_mb);
+        budget
     }
 
-    /// The free MB, kept current as reservations come and go; batchers read
-    /// it to cap batches at what memory holds.
-    pub fn free_mb_shared(&self) -> Arc<AtomicU64> {
-        self.free_shared.clone()
+    fn add_device(
+        &mut self,
+        device: Device,
+        name: Option<String>,
+        source: MemorySource,
+        total_mb: u64,
+    ) {
+        let free_shared = Arc::new(AtomicU64::new(total_mb));
+        self.devices.insert(
+            device,
+            DeviceBudget {
+                name,
+                source,
+                total_mb,
+                free_shared: free_shared.clone(),
+            },
+        );
+        let mut shared: BTreeMap<Device, Arc<AtomicU64>> = (*self.free.0).clone();
+        shared.insert(device, free_shared);
+        self.free = FreeMemory(Arc::new(shared));
+    }
+
+    /// The free MB of every device, kept current as reservations come and go.
+    pub fn free_memory(&self) -> FreeMemory {
+        self.free.clone()
     }
 
     fn publish_free(&self) {
-        self.free_shared.store(self.free_mb(), Ordering::Relaxed);
+        for (device, budget) in &self.devices {
+            budget
+                .free_shared
+                .store(self.free_mb(*device), Ordering::Relaxed);
+        }
     }
 
-    fn reserved_mb(&self) -> u64 {
-        self.reservations.values().map(|(mb, _)| mb).sum()
+    fn reserved_mb(&self, device: Device) -> u64 {
+        self.reservations
+            .values()
+            .filter(|held| held.device == device)
+            .map(|held| held.mb)
+            .sum()
     }
 
     fn reserved_threads(&self) -> usize {
-        self.reservations.values().map(|(_, threads)| threads).sum()
+        self.reservations.values().map(|held| held.threads).sum()
     }
 
-    fn free_mb(&self) -> u64 {
-        self.total_mb.saturating_sub(self.reserved_mb())
+    fn free_mb(&self, device: Device) -> u64 {
+        let total = self.devices.get(&device).map_or(0, |d| d.total_mb);
+        total.saturating_sub(self.reserved_mb(device))
     }
 
     /// Tells every refused owner that room was given back; each asks again
@@ -158,35 +274,40 @@ impl MemoryBudget {
             waiter.do_send(BudgetFreed { owner });
         }
     }
-}
 
-/// GPU 0's (total, used) memory from NVML; `None` when there is no NVML or no GPU.
-fn nvml_memory_mb() -> Option<(u64, u64)> {
-    let nvml = nvml_wrapper::Nvml::init().ok()?;
-    let device = nvml.device_by_index(0).ok()?;
-    let info = device.memory_info().ok()?;
-    Some((info.total / (1024 * 1024), info.used / (1024 * 1024)))
-}
-
-/// Total RAM from `/proc/meminfo`, or 4 GiB when it cannot be read.
-fn system_ram_mb() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("MemTotal:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map(|kb| kb / 1024)
-        .unwrap_or(4096)
+    /// The device for `mb` among `candidates`: the one the owner already
+    /// holds memory on if it still fits there, else the one with the most
+    /// free memory (ties: the lowest index). `Err` is the most free MB any
+    /// candidate has.
+    fn choose(&self, candidates: &[Device], mb: u64, had: Option<Held>) -> Result<Device, u64> {
+        let free = |device: Device| {
+            let back = had.filter(|h| h.device == device).map_or(0, |h| h.mb);
+            self.free_mb(device) + back
+        };
+        if let Some(held) = had.filter(|h| candidates.contains(&h.device)) {
+            if mb <= free(held.device) {
+                return Ok(held.device);
+            }
+        }
+        let best = candidates
+            .iter()
+            .copied()
+            .filter(|d| self.devices.contains_key(d))
+            .max_by_key(|&d| (free(d), std::cmp::Reverse(d)));
+        match best {
+            Some(device) if mb <= free(device) => Ok(device),
+            Some(device) => Err(free(device)),
+            None => Err(0),
+        }
+    }
 }
 
 impl Actor for MemoryBudget {
     type Context = Context<Self>;
 }
 
-/// Reserve `mb` for `owner` (for example `unet-seg/0`).
+/// Reserve `mb` for `owner` (for example `unet-seg/0`) on a device its
+/// model's `placement` allows.
 #[derive(Message)]
 #[rtype(result = "Reservation")]
 pub struct Reserve {
@@ -194,6 +315,7 @@ pub struct Reserve {
     pub mb: u64,
     /// CPU threads (the replica's `intra_op_threads`).
     pub threads: usize,
+    pub placement: Placement,
     /// Told with [`BudgetFreed`] once room is given back, when this request
     /// is refused, so that it can ask again instead of staying refused.
     pub waiter: Option<Recipient<BudgetFreed>>,
@@ -207,124 +329,98 @@ pub struct BudgetFreed {
     pub owner: String,
 }
 
-/// The answer to [`Reserve`]: a claim on the owner's name in the budget,
-/// granted (it holds the memory and threads) or refused (recorded, and
-/// waiting for room). Dropping it gives back everything the budget holds for
-/// the owner, so a reservation comes back however its holder goes away: a
-/// replica slot removed, a message never handled, an actor stopped. There
-/// is one claim per owner; a newer one for the same owner replaces the
-/// older with [`Reservation::replaces`].
-pub struct Reservation {
-    owner: String,
-    refusal: Option<Refusal>,
-    /// `None` once forgotten, or when no budget answered.
-    budget: Option<Addr<MemoryBudget>>,
-}
-
-impl Reservation {
-    /// A refusal that holds nothing in any budget (the budget did not answer).
-    pub fn unanswered(owner: String, reason: String) -> Reservation {
-        Reservation {
-            refusal: Some(Refusal {
-                owner: owner.clone(),
-                required_mb: 0,
-                free_mb: 0,
-                reason,
-            }),
-            owner,
-            budget: None,
-        }
-    }
-
-    pub fn owner(&self) -> &str {
-        &self.owner
-    }
-
-    /// True when the budget granted it.
-    pub fn is_granted(&self) -> bool {
-        self.refusal.is_none()
-    }
-
-    /// Why it was refused; `None` when granted.
-    pub fn refusal(&self) -> Option<&Refusal> {
-        self.refusal.as_ref()
-    }
-
-    /// Takes the place of `older`, a claim for the same owner: the budget
-    /// holds one entry per owner, so giving `older` back would give back
-    /// this one.
-    pub fn replaces(self, mut older: Reservation) -> Reservation {
-        debug_assert_eq!(self.owner, older.owner);
-        older.budget = None;
-        self
-    }
-}
-
-impl Drop for Reservation {
-    fn drop(&mut self) {
-        if let Some(budget) = self.budget.take() {
-            budget.do_send(Release {
-                owner: std::mem::take(&mut self.owner),
-            });
-        }
-    }
-}
-
 impl Handler<Reserve> for MemoryBudget {
     type Result = MessageResult<Reserve>;
 
     fn handle(&mut self, msg: Reserve, ctx: &mut Self::Context) -> Self::Result {
-        let (had_mb, had_threads) = self.reservations.get(&msg.owner).copied().unwrap_or((0, 0));
-        let free = self.free_mb() + had_mb;
+        let had = self.reservations.get(&msg.owner).copied();
+        let had_threads = had.map_or(0, |h| h.threads);
         let free_threads = self.threads_total.saturating_sub(self.reserved_threads()) + had_threads;
-        let reason = if msg.mb > free {
-            Some(format!(
-                "needs {} MB of memory, the budget has {free} MB free",
-                msg.mb
-            ))
-        } else if msg.threads > free_threads {
-            Some(format!(
-                "needs {} CPU threads, the cpu.threads budget has {free_threads} free",
-                msg.threads
-            ))
-        } else {
-            None
+        let mut waiter = msg.waiter;
+        let chosen = match device::candidates(&msg.placement, &self.visible, &self.setup.support) {
+            // Waiting for room would not help: the device is missing.
+            Err(why) => {
+                waiter = None;
+                Err((0, why))
+            }
+            Ok(candidates) => self.choose(&candidates, msg.mb, had).map_err(|free| {
+                let on = match candidates.as_slice() {
+                    [one] => format!("{one}"),
+                    many => {
+                        let names: Vec<String> = many.iter().map(Device::to_string).collect();
+                        format!("the most free on any of {}", names.join(", "))
+                    }
+                };
+                (
+                    free,
+                    format!(
+                        "needs {} MB of memory, the budget has {free} MB free ({on})",
+                        msg.mb
+                    ),
+                )
+            }),
         };
+        let chosen = chosen.and_then(|device| {
+            if msg.threads > free_threads {
+                Err((
+                    self.free_mb(device),
+                    format!(
+                        "needs {} CPU threads, the cpu.threads budget has {free_threads} free",
+                        msg.threads
+                    ),
+                ))
+            } else {
+                Ok(device)
+            }
+        });
         let budget = Some(ctx.address());
-        if let Some(reason) = reason {
-            let refusal = Refusal {
-                owner: msg.owner.clone(),
-                required_mb: msg.mb,
-                free_mb: free,
-                reason,
-            };
-            warn!(
-                replica = %refusal.owner,
-                reason = %refusal.reason,
-                "replica does not fit in the resource budget; not started"
-            );
-            self.refused.retain(|r| r.owner != refusal.owner);
-            self.refused.push(refusal.clone());
-            match msg.waiter {
-                Some(waiter) => self.waiting.insert(msg.owner.clone(), waiter),
-                None => self.waiting.remove(&msg.owner),
-            };
-            return MessageResult(Reservation {
-                owner: msg.owner,
-                refusal: Some(refusal),
-                budget,
-            });
-        }
+        let device = match chosen {
+            Ok(device) => device,
+            Err((free_mb, reason)) => {
+                let refusal = Refusal {
+                    owner: msg.owner.clone(),
+                    required_mb: msg.mb,
+                    free_mb,
+                    reason,
+                };
+                warn!(
+                    replica = %refusal.owner,
+                    reason = %refusal.reason,
+                    "replica does not fit in the resource budget; not started"
+                );
+                self.refused.retain(|r| r.owner != refusal.owner);
+                self.refused.push(refusal.clone());
+                match waiter {
+                    Some(waiter) => self.waiting.insert(msg.owner.clone(), waiter),
+                    None => self.waiting.remove(&msg.owner),
+                };
+                return MessageResult(Reservation {
+                    owner: msg.owner,
+                    device: None,
+                    mb: 0,
+                    refusal: Some(refusal),
+                    budget,
+                });
+            }
+        };
         self.refused.retain(|r| r.owner != msg.owner);
         self.waiting.remove(&msg.owner);
-        self.reservations
-            .insert(msg.owner.clone(), (msg.mb, msg.threads));
+        let held = Held {
+            device,
+            mb: msg.mb,
+            threads: msg.threads,
+        };
+        self.reservations.insert(msg.owner.clone(), held);
         self.publish_free();
-        if msg.mb < had_mb || msg.threads < had_threads {
+        let gave_back =
+            had.is_some_and(|h| h.device != device || h.mb > msg.mb || h.threads > msg.threads);
+        if gave_back {
             self.wake_waiters();
         }
         MessageResult(Reservation {
             owner: msg.owner,
+            device: Some(device),
+            mb: msg.mb,
             refusal: None,
             budget,
         })
@@ -353,17 +449,17 @@ impl Handler<Release> for MemoryBudget {
     }
 }
 
-/// Asks for the shared free MB (see [`MemoryBudget::free_mb_shared`]); a
-/// batcher asks once, when it starts.
+/// Asks for the shared free MB of every device (see
+/// [`MemoryBudget::free_memory`]); a batcher asks once, when it starts.
 #[derive(Message)]
-#[rtype(result = "Arc<AtomicU64>")]
+#[rtype(result = "FreeMemory")]
 pub struct ShareFreeMemory;
 
 impl Handler<ShareFreeMemory> for MemoryBudget {
     type Result = MessageResult<ShareFreeMemory>;
 
     fn handle(&mut self, _: ShareFreeMemory, _ctx: &mut Self::Context) -> Self::Result {
-        MessageResult(self.free_mb_shared())
+        MessageResult(self.free_memory())
     }
 }
 
@@ -376,23 +472,41 @@ impl Handler<GetMemorySnapshot> for MemoryBudget {
     type Result = MessageResult<GetMemorySnapshot>;
 
     fn handle(&mut self, _: GetMemorySnapshot, _ctx: &mut Self::Context) -> Self::Result {
+        let devices: Vec<DeviceSnapshot> = self
+            .devices
+            .iter()
+            .map(|(&device, budget)| {
+                let usage = match device {
+                    Device::Gpu(index) => self.setup.inventory.usage(index),
+                    Device::Cpu => None,
+                };
+                DeviceSnapshot {
+                    device,
+                    name: budget.name.clone(),
+                    source: budget.source,
+                    total_mb: budget.total_mb,
+                    reserved_mb: self.reserved_mb(device),
+                    free_mb: self.free_mb(device),
+                    used_mb: usage.map(|u| u.used_mb),
+                    utilization_percent: usage.map(|u| u.utilization_percent),
+                }
+            })
+            .collect();
+        let cpu = &devices[0];
         MessageResult(MemorySnapshot {
-            source: self.source,
-            total_mb: self.total_mb,
-            reserved_mb: self.reserved_mb(),
-            free_mb: self.free_mb(),
+            source: cpu.source,
+            total_mb: cpu.total_mb,
+            reserved_mb: cpu.reserved_mb,
+            free_mb: cpu.free_mb,
             threads_total: self.threads_total,
             threads_reserved: self.reserved_threads(),
-            gpu_used_mb: (self.source == MemorySource::Nvml)
-                .then(nvml_memory_mb)
-                .flatten()
-                .map(|(_, used)| used),
             reservations: self
                 .reservations
                 .iter()
-                .map(|(owner, (mb, _))| (owner.clone(), *mb))
+                .map(|(owner, held)| (owner.clone(), held.mb))
                 .collect(),
             refused: self.refused.clone(),
+            devices,
         })
     }
 }
@@ -400,12 +514,15 @@ impl Handler<GetMemorySnapshot> for MemoryBudget {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::device::{DevicePreference, FixedInventory};
+    use actix::Addr;
 
     fn reserve(owner: &str, mb: u64, threads: usize) -> Reserve {
         Reserve {
             owner: owner.into(),
             mb,
             threads,
+            placement: Placement::cpu(),
             waiter: None,
         }
     }
@@ -491,5 +608,150 @@ mod tests {
         drop(refused);
         let snap = budget.send(GetMemorySnapshot).await.unwrap();
         assert_eq!(snap, empty);
+    }
+
+    fn on(owner: &str, mb: u64, placement: Placement) -> Reserve {
+        Reserve {
+            placement,
+            ..reserve(owner, mb, 1)
+        }
+    }
+
+    fn gpus(preference: DevicePreference, gpus: Option<Vec<u32>>) -> Placement {
+        Placement { preference, gpus }
+    }
+
+    /// A budget of 10 GB of CPU and the fake GPUs `totals_mb`, usable.
+    fn with_fake_gpus(totals_mb: &[u64]) -> Addr<MemoryBudget> {
+        let setup = DeviceSetup {
+            inventory: Arc::new(FixedInventory::with_gpus(totals_mb)),
+            support: Ok(()),
+        };
+        MemoryBudget::with_gpus(10_000, 64, setup, &[]).start()
+    }
+
+    #[actix_rt::test]
+    async fn replicas_spread_over_the_gpus_by_free_memory() {
+        let budget = with_fake_gpus(&[1000, 1000]);
+        let auto = gpus(DevicePreference::Auto, None);
+        let mut held = Vec::new();
+        for i in 0..4 {
+            held.push(
+                budget
+                    .send(on(&format!("m/{i}"), 300, auto.clone()))
+                    .await
+                    .unwrap(),
+            );
+        }
+        let devices: Vec<Option<Device>> = held.iter().map(Reservation::device).collect();
+        let (g0, g1) = (Some(Device::Gpu(0)), Some(Device::Gpu(1)));
+        assert_eq!(devices, [g0, g1, g0, g1]);
+        let snap = budget.send(GetMemorySnapshot).await.unwrap();
+        let reserved: Vec<(String, u64, u64)> = snap
+            .devices
+            .iter()
+            .map(|d| (d.device.to_string(), d.reserved_mb, d.free_mb))
+            .collect();
+        assert_eq!(
+            reserved,
+            [
+                ("cpu".into(), 0, 10_000),
+                ("gpu:0".into(), 600, 400),
+                ("gpu:1".into(), 600, 400)
+            ]
+        );
+        // The top-level figures are the CPU's, untouched by GPU replicas.
+        assert_eq!((snap.reserved_mb, snap.free_mb), (0, 10_000));
+        // A scale-up goes where the most is free: gpu:1 once gpu:0 is fuller.
+        let extra = budget.send(on("n/0", 100, auto.clone())).await.unwrap();
+        assert_eq!(extra.device(), g0);
+        let next = budget.send(on("n/1", 100, auto.clone())).await.unwrap();
+        assert_eq!(next.device(), g1);
+        // Batchers see each device's free memory.
+        let free = budget.send(ShareFreeMemory).await.unwrap();
+        assert_eq!(free.free_mb(Device::Gpu(0)), Some(300));
+        assert_eq!(free.free_mb(Device::Cpu), Some(10_000));
+        drop(held);
+        let snap = budget.send(GetMemorySnapshot).await.unwrap();
+        assert_eq!(snap.devices[1].reserved_mb, 100);
+        assert_eq!(free.free_mb(Device::Gpu(0)), Some(900));
+    }
+
+    #[actix_rt::test]
+    async fn unequal_gpus_fill_the_larger_first_and_gpus_limits_the_choice() {
+        let budget = with_fake_gpus(&[1000, 3000]);
+        let auto = gpus(DevicePreference::Auto, None);
+        let a = budget.send(on("a/0", 500, auto.clone())).await.unwrap();
+        let b = budget.send(on("a/1", 500, auto.clone())).await.unwrap();
+        assert_eq!(
+            (a.device(), b.device()),
+            (Some(Device::Gpu(1)), Some(Device::Gpu(1)))
+        );
+        let only_first = gpus(DevicePreference::Gpu, Some(vec![0]));
+        let c = budget
+            .send(on("b/0", 600, only_first.clone()))
+            .await
+            .unwrap();
+        assert_eq!(c.device(), Some(Device::Gpu(0)));
+        let d = budget.send(on("b/1", 600, only_first)).await.unwrap();
+        let reason = &d.refusal().unwrap().reason;
+        assert!(
+            reason.contains("needs 600 MB") && reason.contains("400 MB free (gpu:0)"),
+            "{reason}"
+        );
+        // device = "cpu" stays on the CPU even with GPUs free.
+        let e = budget.send(on("c/0", 600, Placement::cpu())).await.unwrap();
+        assert_eq!(e.device(), Some(Device::Cpu));
+    }
+
+    #[actix_rt::test]
+    async fn a_gpu_model_without_a_usable_gpu_is_refused_with_the_reason() {
+        let setup = DeviceSetup {
+            inventory: Arc::new(FixedInventory::none("NVML is not usable: no driver")),
+            support: Ok(()),
+        };
+        let budget = MemoryBudget::with_gpus(1000, 4, setup, &[]).start();
+        let woken = Arc::new(AtomicU64::new(0));
+        let mut asking = on("m/0", 100, gpus(DevicePreference::Gpu, None));
+        asking.waiter = Some(Waiter(woken.clone()).start().recipient());
+        let refused = budget.send(asking).await.unwrap();
+        let reason = &refused.refusal().unwrap().reason;
+        assert!(
+            reason.contains("device = \"gpu\" but no GPU is usable: NVML is not usable"),
+            "{reason}"
+        );
+        // Auto serves on the CPU instead.
+        let auto = budget
+            .send(on("n/0", 100, gpus(DevicePreference::Auto, None)))
+            .await
+            .unwrap();
+        assert_eq!(auto.device(), Some(Device::Cpu));
+        // Room given back does not wake a model waiting for a missing GPU.
+        drop(auto);
+        let snap = budget.send(GetMemorySnapshot).await.unwrap();
+        assert_eq!(snap.refused.len(), 1);
+        assert_eq!(snap.devices.len(), 1, "no GPU budget without a GPU");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert_eq!(woken.load(Ordering::SeqCst), 0);
+    }
+
+    #[actix_rt::test]
+    async fn gpus_without_engine_support_get_no_budget() {
+        let setup = DeviceSetup {
+            inventory: Arc::new(FixedInventory::with_gpus(&[1000])),
+            support: Err("the CPU build of ONNX Runtime".into()),
+        };
+        let budget = MemoryBudget::with_gpus(1000, 4, setup, &[]).start();
+        let snap = budget.send(GetMemorySnapshot).await.unwrap();
+        assert_eq!(snap.devices.len(), 1);
+        let gpu = budget
+            .send(on("m/0", 100, gpus(DevicePreference::Gpu, None)))
+            .await
+            .unwrap();
+        assert!(gpu
+            .refusal()
+            .unwrap()
+            .reason
+            .contains("the CPU build of ONNX Runtime"));
     }
 }

@@ -19,7 +19,7 @@ use actix::{Actor, Addr, Handler, SyncContext};
 use tracing::{debug, error, info, info_span, warn};
 
 use crate::batcher::Batcher;
-use crate::engine::{Engine, EngineFactory};
+use crate::engine::{Engine, EngineFactory, LoadTarget};
 use crate::error::{EngineError, InferError};
 use crate::messages::{
     BatchDone, InferOutcome, InferRequest, ItemMemoryMeasured, RanOutOfMemory, ReplicaFailed,
@@ -32,11 +32,24 @@ use crate::tensor::Tensor;
 mod split;
 use split::SplitRun;
 
+/// What a replica is started with.
+pub struct ReplicaStart {
+    pub id: usize,
+    pub model: String,
+    pub factory: Arc<dyn EngineFactory>,
+    pub target: LoadTarget,
+    pub warmup: u32,
+    /// The model's batch cap on its device; warmup runs at it.
+    pub max_batch_size: usize,
+}
+
 /// One model instance.
 pub struct Replica {
     id: usize,
     model: String,
     factory: Arc<dyn EngineFactory>,
+    /// The device it runs on and the memory reserved there.
+    target: LoadTarget,
     warmup: u32,
     /// The model's batch cap when the replica started; warmup runs at it.
     max_batch_size: usize,
@@ -48,20 +61,17 @@ pub struct Replica {
 impl Replica {
     /// Starts a replica on a new thread; it reports readiness to `batcher`.
     pub fn start(
-        id: usize,
-        model: String,
-        factory: Arc<dyn EngineFactory>,
-        warmup: u32,
+        plan: ReplicaStart,
         batcher: Addr<Batcher>,
         observer: Arc<dyn BatchObserver>,
-        max_batch_size: usize,
     ) -> Addr<Replica> {
         actix::SyncArbiter::start(1, move || Replica {
-            id,
-            model: model.clone(),
-            factory: factory.clone(),
-            warmup,
-            max_batch_size,
+            id: plan.id,
+            model: plan.model.clone(),
+            factory: plan.factory.clone(),
+            target: plan.target,
+            warmup: plan.warmup,
+            max_batch_size: plan.max_batch_size,
             engine: None,
             batcher: batcher.clone(),
             observer: observer.clone(),
@@ -73,7 +83,7 @@ impl Replica {
     /// where the engine reports its memory, the MB one item needs.
     fn load(&mut self) -> Result<(ModelSignature, Option<u64>), EngineError> {
         let started = Instant::now();
-        let mut engine = self.factory.load()?;
+        let mut engine = self.factory.load(&self.target)?;
         let signature = engine.signature().clone();
         let cap = if signature.is_batched() {
             self.max_batch_size.max(1)
@@ -96,6 +106,7 @@ impl Replica {
         info!(
             model = %self.model,
             replica = self.id,
+            device = %self.target.device,
             load_ms = started.elapsed().as_millis() as u64,
             warmup_batch_sizes = ?[1, cap],
             mb_per_item,
@@ -234,6 +245,7 @@ impl Handler<RunBatch> for Replica {
             largest_ok: 0,
             ran_out: None,
             panicked: None,
+            device_failed: None,
             failed: 0,
             faults: 0,
         };
@@ -242,11 +254,12 @@ impl Handler<RunBatch> for Replica {
             largest_ok,
             ran_out,
             panicked,
+            device_failed,
             failed,
             faults,
             ..
         } = run;
-        let engine_fault = faults > 0 || panicked.is_some();
+        let engine_fault = faults > 0 || panicked.is_some() || device_failed.is_some();
         let inference = started.elapsed();
         if let Some(why) = panicked {
             error!(error = %why, "engine panicked; reloading the replica");
@@ -273,6 +286,14 @@ impl Handler<RunBatch> for Replica {
             failed_items: failed.min(items),
             engine_fault,
         });
+        if let Some(why) = device_failed {
+            error!(error = %why, device = %self.target.device, "the device failed; the replica stops and is restarted");
+            self.engine = None;
+            self.batcher.do_send(ReplicaFailed {
+                replica: self.id,
+                error: format!("the device failed: {why}"),
+            });
+        }
     }
 }
 
@@ -408,6 +429,7 @@ mod tests {
             largest_ok: 0,
             ran_out: None,
             panicked: None,
+            device_failed: None,
             failed: 0,
             faults: 0,
         };
@@ -419,7 +441,7 @@ mod tests {
     fn a_batch_that_runs_out_of_memory_is_split_down_to_what_fits() {
         let mut factory = FakeEngineFactory::vector(4);
         factory.fail_above = Some(2);
-        let mut engine = factory.load().unwrap();
+        let mut engine = factory.load(&LoadTarget::cpu()).unwrap();
         // Five one-row requests and one of three rows: 8 rows in all.
         let (mut entries, mut answers) = (Vec::new(), Vec::new());
         for (i, rows) in [1, 1, 1, 3, 1, 1].into_iter().enumerate() {
@@ -450,7 +472,7 @@ mod tests {
     fn a_request_fails_only_when_a_single_row_cannot_run() {
         let mut factory = FakeEngineFactory::vector(4);
         factory.fail_above = Some(0);
-        let mut engine = factory.load().unwrap();
+        let mut engine = factory.load(&LoadTarget::cpu()).unwrap();
         let (a, mut answer_a) = request(1, 1.0);
         let (b, mut answer_b) = request(2, 2.0);
         let (largest_ok, ran_out, failed) = run(engine.as_mut(), vec![a, b]);

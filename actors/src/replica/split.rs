@@ -17,6 +17,8 @@ pub(super) struct SplitRun<'a> {
     pub(super) ran_out: Option<usize>,
     /// Why the engine panicked; nothing more runs on it.
     pub(super) panicked: Option<String>,
+    /// Why its device failed; nothing more runs on it either.
+    pub(super) device_failed: Option<String>,
     /// Items whose requests were answered with an error.
     pub(super) failed: usize,
     /// Failures that were the engine's fault (not out of memory, not inputs
@@ -28,9 +30,10 @@ impl SplitRun<'_> {
     pub(super) fn batch(&mut self, entries: Vec<InferRequest>) {
         let items: usize = entries.iter().map(|e| e.items).sum();
         let started = Instant::now();
-        let result = match &self.panicked {
-            Some(why) => Err(EngineError::Run(format!("engine panicked: {why}"))),
-            None => {
+        let result = match (&self.panicked, &self.device_failed) {
+            (Some(why), _) => Err(EngineError::Run(format!("engine panicked: {why}"))),
+            (None, Some(why)) => Err(EngineError::Run(format!("the device failed: {why}"))),
+            (None, None) => {
                 let inputs = stack_inputs(&entries);
                 self.infer(&inputs)
             }
@@ -57,6 +60,10 @@ impl SplitRun<'_> {
                     }
                     EngineError::Rejected(_) => {}
                     EngineError::Run(_) | EngineError::Load(_) => self.faults += 1,
+                    EngineError::Device(ref why) => {
+                        self.faults += 1;
+                        self.device_failed.get_or_insert_with(|| why.clone());
+                    }
                 }
                 warn!(error = %e, batch_size = items, "batch failed");
                 self.failed += items;

@@ -24,7 +24,7 @@ use gantry::media::audio::audio_to_tensor;
 use gantry::media::image::{image_to_tensor, ImageLimits};
 use gantry::media::sniff::sniff;
 use gantry_actors::engine::onnx::{init_runtime, OnnxFactory};
-use gantry_actors::engine::EngineFactory;
+use gantry_actors::engine::{EngineFactory, LoadTarget};
 use gantry_actors::processing::InputProcessing;
 use gantry_actors::repository::{scan_one, ModelSpec};
 use gantry_actors::Tensor;
@@ -165,7 +165,9 @@ fn inference(model: &ModelSpec, runs: usize) -> Result<(f64, f64), String> {
         path: model.onnx_path.clone(),
         intra_op_threads: 1,
     };
-    let mut engine = factory.load().map_err(|e| e.to_string())?;
+    let mut engine = factory
+        .load(&LoadTarget::cpu())
+        .map_err(|e| e.to_string())?;
     let spec = engine.signature().inputs[0].clone();
     let mut per_item = [0.0; 2];
     for (slot, batch) in [1usize, 8].into_iter().enumerate() {

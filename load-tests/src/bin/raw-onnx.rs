@@ -23,8 +23,9 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
+use gantry_actors::device::Device;
 use gantry_actors::engine::onnx::{init_runtime, OnnxFactory};
-use gantry_actors::engine::{Engine, EngineFactory};
+use gantry_actors::engine::{Engine, EngineFactory, LoadTarget};
 use gantry_actors::signature::TensorSpec;
 use gantry_actors::{DataType, Tensor};
 
@@ -44,6 +45,10 @@ struct Args {
     /// How long to measure, after warmup, in seconds.
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
+    /// Run on this GPU through the CUDA execution provider (needs the GPU
+    /// build of ONNX Runtime, `make onnxruntime-gpu`); the CPU when absent.
+    #[arg(long)]
+    gpu: Option<u32>,
 }
 
 /// Warmup: at least this many runs, and at least this long.
@@ -73,7 +78,14 @@ fn run(args: &Args) -> Result<serde_json::Value, String> {
         path: args.model.clone(),
         intra_op_threads: args.threads,
     };
-    let mut engine = factory.load().map_err(|e| e.to_string())?;
+    let target = match args.gpu {
+        Some(index) => LoadTarget {
+            device: Device::Gpu(index),
+            memory_mb: 0,
+        },
+        None => LoadTarget::cpu(),
+    };
+    let mut engine = factory.load(&target).map_err(|e| e.to_string())?;
     let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
     let inputs = engine
         .signature()
@@ -103,6 +115,7 @@ fn run(args: &Args) -> Result<serde_json::Value, String> {
     let runs = times.len() as f64;
     Ok(serde_json::json!({
         "model": args.model.display().to_string(),
+        "device": target.device.to_string(),
         "threads": args.threads,
         "batch": args.batch,
         "inferences": times.len(),
