@@ -264,24 +264,28 @@ impl Engine for OnnxEngine {
 /// failures are the device's (the replica restarts), inputs the runtime
 /// refuses are the request's, everything else is a plain run error.
 fn run_error<R>(e: ort::Error<R>) -> EngineError {
-    let message = e.message().to_string();
+    classify(e.message().to_string(), e.code())
+}
+
+fn classify(message: String, code: ort::ErrorCode) -> EngineError {
     let lower = message.to_ascii_lowercase();
     if lower.contains("failed to allocate memory")
         || lower.contains("out of memory")
         || lower.contains("bad_alloc")
     {
         EngineError::OutOfMemory(message)
-    } else if [
-        "cuda failure",
-        "cuda error",
-        "cudnn failure",
-        "cublas failure",
-    ]
-    .iter()
-    .any(|sign| lower.contains(sign))
+    } else if code == ort::ErrorCode::DeviceReset
+        || [
+            "cuda failure",
+            "cuda error",
+            "cudnn failure",
+            "cublas failure",
+        ]
+        .iter()
+        .any(|sign| lower.contains(sign))
     {
         EngineError::Device(message)
-    } else if e.code() == ort::ErrorCode::InvalidArgument {
+    } else if code == ort::ErrorCode::InvalidArgument {
         EngineError::Rejected(message)
     } else {
         EngineError::Run(message)
@@ -346,5 +350,41 @@ fn from_value(value: &DynValue, dtype: DataType) -> ort::Result<Tensor> {
         DataType::Int64 => typed::<i64>(value, dtype),
         DataType::Fp32 => typed::<f32>(value, dtype),
         DataType::Fp64 => typed::<f64>(value, dtype),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ort::ErrorCode;
+
+    #[test]
+    fn runtime_errors_are_sorted_by_what_can_be_done() {
+        let kind = |message: &str, code| match classify(message.to_string(), code) {
+            EngineError::OutOfMemory(_) => "oom",
+            EngineError::Device(_) => "device",
+            EngineError::Rejected(_) => "rejected",
+            EngineError::Run(_) => "run",
+            EngineError::Load(_) => "load",
+        };
+        // CUDA's own out-of-memory splits the batch like the CPU's.
+        let cuda_oom =
+            "CUDA failure 2: out of memory ; GPU=0 ; hostname=h ; file=cuda_allocator.cc";
+        assert_eq!(kind(cuda_oom, ErrorCode::GenericFailure), "oom");
+        let arena = "Failed to allocate memory for requested buffer of size 1073741824";
+        assert_eq!(kind(arena, ErrorCode::RuntimeException), "oom");
+        let illegal = "CUDA failure 700: an illegal memory access was encountered ; GPU=0";
+        assert_eq!(kind(illegal, ErrorCode::GenericFailure), "device");
+        let cudnn = "CUDNN failure 4: CUDNN_STATUS_INTERNAL_ERROR ; GPU=1";
+        assert_eq!(kind(cudnn, ErrorCode::GenericFailure), "device");
+        assert_eq!(
+            kind("Unexpected input data type", ErrorCode::InvalidArgument),
+            "rejected"
+        );
+        assert_eq!(kind("device lost", ErrorCode::DeviceReset), "device");
+        assert_eq!(
+            kind("Non-zero status code returned", ErrorCode::GenericFailure),
+            "run"
+        );
     }
 }
