@@ -41,60 +41,13 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 echo "== building (release)"
 "$CARGO" build --release --quiet -p gantry --bin gantry -p gantry-load-tests --bin raw-onnx
 
-if [[ -z ${OHA:-} ]]; then
-  if command -v oha >/dev/null; then
-    OHA=oha
-  else
-    if [[ ! -x .tools/bin/oha ]]; then
-      echo "== installing oha into .tools/ (once)"
-      "$CARGO" install oha --locked --root .tools
-    fi
-    OHA=$root/.tools/bin/oha
-  fi
-fi
-
 source "$root/load-tests/start-gantry.sh"
+source "$root/load-tests/bench-lib.sh"
+find_oha
 start_gantry
 
 # Request bodies: fixed pseudo-random inputs, as smoke.sh sends them.
-python3 - "$tmp" <<'PY'
-import json, random, struct, sys
-out = sys.argv[1]
-random.seed(1)
-tiny = {"model": "tiny-classifier",
-        "inputs": {"features": {"shape": [1, 64], "datatype": "FP32",
-                                "data": [random.random() for _ in range(64)]}}}
-open(f"{out}/tiny-classifier.body", "w").write(json.dumps(tiny))
-pixels = 3 * 128 * 128
-header = json.dumps({"inputs": [{"name": "image", "shape": [1, 3, 128, 128], "datatype": "FP32",
-                                 "parameters": {"binary_data_size": pixels * 4}}],
-                     "outputs": [{"name": "mask", "parameters": {"binary_data": True}}]}).encode()
-body = header + struct.pack(f"<{pixels}f", *(random.random() for _ in range(pixels)))
-open(f"{out}/unet-seg.body", "wb").write(body)
-open(f"{out}/unet-seg.len", "w").write(str(len(header)))
-PY
-
-# model.toml keys with Gantry's defaults.
-setting() {
-  python3 - "models/$1/model.toml" "$2" "$3" <<'PY'
-import os, sys, tomllib
-path, key, default = sys.argv[1:]
-print(tomllib.load(open(path, "rb")).get(key, int(default)) if os.path.exists(path) else default)
-PY
-}
-
-oha_run() { # model concurrency output
-  local args=(-z "$DURATION" -c "$2" -w --no-tui --output-format json -m POST)
-  case $1 in
-    tiny-classifier)
-      "$OHA" "${args[@]}" -H "content-type: application/json" \
-        -D "$tmp/$1.body" "$url/api/optimized/predict" >"$3" ;;
-    unet-seg)
-      "$OHA" "${args[@]}" -H "content-type: application/octet-stream" \
-        -H "inference-header-content-length: $(cat "$tmp/$1.len")" \
-        -D "$tmp/$1.body" "$url/v2/models/$1/infer" >"$3" ;;
-  esac
-}
+python3 load-tests/bodies.py "$tmp"
 
 for model in $MODELS; do
   batch=$(setting "$model" max_batch_size 8)
@@ -113,9 +66,7 @@ for model in $MODELS; do
   done
 done
 
-kill "$server"
-wait "$server" 2>/dev/null || true
-server=""
+stop_gantry
 
 python3 - "$tmp" "$MODELS" "$command" "$commit" "$(readlink -f .onnxruntime/libonnxruntime.so 2>/dev/null || true)" <<'PY'
 import datetime, json, os, re, sys

@@ -1,0 +1,23 @@
+"""Request bodies for the benchmarks: fixed pseudo-random inputs, as smoke.sh
+sends them. `python3 load-tests/bodies.py DIR` writes into DIR:
+
+  tiny-classifier.body  REST JSON for /api/optimized/predict (64 floats)
+  unet-seg.body         a KServe v2 binary-extension body for
+                        /v2/models/unet-seg/infer: the JSON header, then one
+                        3 x 128 x 128 FP32 image, mask asked back as binary
+  unet-seg.len          the header's length (Inference-Header-Content-Length)
+"""
+import json, random, struct, sys
+out = sys.argv[1]
+random.seed(1)
+tiny = {"model": "tiny-classifier",
+        "inputs": {"features": {"shape": [1, 64], "datatype": "FP32",
+                                "data": [random.random() for _ in range(64)]}}}
+open(f"{out}/tiny-classifier.body", "w").write(json.dumps(tiny))
+pixels = 3 * 128 * 128
+header = json.dumps({"inputs": [{"name": "image", "shape": [1, 3, 128, 128], "datatype": "FP32",
+                                 "parameters": {"binary_data_size": pixels * 4}}],
+                     "outputs": [{"name": "mask", "parameters": {"binary_data": True}}]}).encode()
+body = header + struct.pack(f"<{pixels}f", *(random.random() for _ in range(pixels)))
+open(f"{out}/unet-seg.body", "wb").write(body)
+open(f"{out}/unet-seg.len", "w").write(str(len(header)))
