@@ -80,14 +80,7 @@ fn sample(page: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 }
 
 async fn page(server: &TestServer) -> String {
-    let r = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.text().await.unwrap()
+    server.metrics_page().await
 }
 
 /// Answers of `model` by status, as `/metrics` counts them.

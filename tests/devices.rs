@@ -138,15 +138,7 @@ async fn replicas_spread_over_two_gpus_and_each_device_reports() {
     assert_eq!(stats["memory"]["devices"][1]["source"], "nvml");
     // The top level is the CPU's budget, as before.
     assert_eq!(stats["memory"]["reserved_mb"], 100);
-    let metrics = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics_page().await;
     for line in [
         "gantry_memory_budget_total_bytes{device=\"gpu:1\"} 4194304000",
         "gantry_memory_budget_reserved_bytes{device=\"gpu:0\"} 2097152000",

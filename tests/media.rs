@@ -133,15 +133,7 @@ async fn spheroid_masks_match_their_ground_truth_in_every_image_format() {
     assert_eq!(answer["mask"]["threshold"], 1.5);
 
     // Preparing uploads and shaping answers are timed per model.
-    let page = server
-        .client
-        .get(server.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = server.metrics_page().await;
     for series in [
         "media_prepare_duration_seconds",
         "media_postprocess_duration_seconds",

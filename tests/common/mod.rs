@@ -202,6 +202,13 @@ impl TestServer {
         assert_eq!(status, 200, "{body}");
         body
     }
+
+    /// The `/metrics` page as text.
+    pub async fn metrics_page(&self) -> String {
+        let r = self.client.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.text().await.unwrap()
+    }
 }
 
 impl Drop for TestServer {
