@@ -14,6 +14,7 @@ pub mod mask;
 pub mod npy;
 pub mod pool;
 pub mod sniff;
+mod wav;
 
 /// Why a file could not be used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
