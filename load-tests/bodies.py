@@ -1,5 +1,5 @@
-"""Request bodies for the benchmarks: fixed pseudo-random inputs, as smoke.sh
-sends them. `python3 load-tests/bodies.py DIR` writes into DIR:
+"""Request bodies for the benchmarks (bench.sh, smoke.sh, gpu.sh): fixed
+pseudo-random inputs. `python3 load-tests/bodies.py DIR` writes into DIR:
 
   tiny-classifier.body  REST JSON for /api/optimized/predict (64 floats)
   unet-seg.body         a KServe v2 binary-extension body for

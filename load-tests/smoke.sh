@@ -15,22 +15,7 @@ DURATION=${DURATION:-10s}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 
-python3 - "$tmp" <<'PY'
-import json, random, struct, sys
-out = sys.argv[1]
-random.seed(1)
-tiny = {"model": "tiny-classifier",
-        "inputs": {"features": {"shape": [1, 64], "datatype": "FP32",
-                                "data": [random.random() for _ in range(64)]}}}
-open(f"{out}/tiny.json", "w").write(json.dumps(tiny))
-pixels = 3 * 128 * 128
-header = json.dumps({"inputs": [{"name": "image", "shape": [1, 3, 128, 128], "datatype": "FP32",
-                                 "parameters": {"binary_data_size": pixels * 4}}],
-                     "outputs": [{"name": "mask", "parameters": {"binary_data": True}}]}).encode()
-body = header + struct.pack(f"<{pixels}f", *(random.random() for _ in range(pixels)))
-open(f"{out}/unet.bin", "wb").write(body)
-open(f"{out}/unet.len", "w").write(str(len(header)))
-PY
+python3 "$(dirname "$0")/bodies.py" "$tmp"
 
 summary() {
   # oha's text summary: keep throughput, percentiles and status counts.
@@ -40,11 +25,11 @@ summary() {
 for c in 1 32; do
   echo "== tiny-classifier, REST JSON, concurrency $c, $DURATION"
   "$OHA" -z "$DURATION" -c "$c" --no-tui -m POST -H "content-type: application/json" \
-    -D "$tmp/tiny.json" "$URL/api/optimized/predict" | summary
+    -D "$tmp/tiny-classifier.body" "$URL/api/optimized/predict" | summary
   echo "== unet-seg, v2 binary, concurrency $c, $DURATION"
   "$OHA" -z "$DURATION" -c "$c" --no-tui -m POST -H "content-type: application/octet-stream" \
-    -H "inference-header-content-length: $(cat "$tmp/unet.len")" \
-    -D "$tmp/unet.bin" "$URL/v2/models/unet-seg/infer" | summary
+    -H "inference-header-content-length: $(cat "$tmp/unet-seg.len")" \
+    -D "$tmp/unet-seg.body" "$URL/v2/models/unet-seg/infer" | summary
 done
 curl -s "$URL/api/optimized/stats" | python3 -c '
 import json, sys

@@ -143,29 +143,8 @@ impl MemoryBudget {
         );
         let threads_total = config.cpu_threads.unwrap_or_else(default_cpu_threads);
         info!(threads_total, "cpu thread budget");
-        let visible = setup.inventory.gpus();
-        let mut gpus = Vec::new();
-        match (&visible, &setup.support) {
-            (Ok(found), Ok(())) => {
-                for gpu in found {
-                    let total_mb = (gpu.total_mb as f64 * config.gpu_fraction) as u64;
-                    info!(device = %Device::Gpu(gpu.index), name = %gpu.name, total_mb, "memory budget");
-                    gpus.push((gpu.clone(), total_mb));
-                }
-            }
-            // Said once, at start: models with device = "auto" use the CPU.
-            (Err(why), _) | (Ok(_), Err(why)) => info!(reason = %why, "no GPU is used"),
-        }
         let mut budget = MemoryBudget::new(source, cpu_mb, threads_total, setup);
-        budget.visible = visible;
-        for (gpu, total_mb) in gpus {
-            budget.add_device(
-                Device::Gpu(gpu.index),
-                Some(gpu.name),
-                MemorySource::Nvml,
-                total_mb,
-            );
-        }
+        budget.add_usable_gpus(config.gpu_fraction);
         budget
     }
 
@@ -174,30 +153,37 @@ impl MemoryBudget {
         MemoryBudget::new(source, total_mb, threads_total, DeviceSetup::cpu_only())
     }
 
-    /// A budget with the CPU's total and, for each GPU of `setup` (when its
-    /// support is `Ok`), a total of `gpu_totals_mb` (the inventory's total
-    /// when shorter): for tests of placement with a fixed inventory.
-    pub fn with_gpus(
-        cpu_mb: u64,
-        threads_total: usize,
-        setup: DeviceSetup,
-        gpu_totals_mb: &[u64],
-    ) -> Self {
-        let visible = setup.inventory.gpus();
+    /// A budget of `cpu_mb` for the CPU and, when `setup`'s support is
+    /// `Ok`, each of its GPUs at its whole total: for tests of placement
+    /// with a fixed inventory.
+    pub fn with_gpus(cpu_mb: u64, threads_total: usize, setup: DeviceSetup) -> Self {
         let mut budget = MemoryBudget::new(MemorySource::Config, cpu_mb, threads_total, setup);
-        if let (Ok(gpus), Ok(())) = (&visible, &budget.setup.support) {
-            for (i, gpu) in gpus.iter().enumerate() {
-                let total = gpu_totals_mb.get(i).copied().unwrap_or(gpu.total_mb);
-                budget.add_device(
-                    Device::Gpu(gpu.index),
-                    Some(gpu.name.clone()),
-                    MemorySource::Nvml,
-                    total,
-                );
-            }
-        }
-        budget.visible = visible;
+        budget.add_usable_gpus(1.0);
         budget
+    }
+
+    /// Adds a budget of `fraction` of each visible GPU's memory, when the
+    /// engine can use GPUs; otherwise says once why no GPU is used (models
+    /// with device = "auto" then run on the CPU).
+    fn add_usable_gpus(&mut self, fraction: f64) {
+        self.visible = self.setup.inventory.gpus();
+        let gpus = match (&self.visible, &self.setup.support) {
+            (Ok(found), Ok(())) => found.clone(),
+            (Err(why), _) | (Ok(_), Err(why)) => {
+                info!(reason = %why, "no GPU is used");
+                return;
+            }
+        };
+        for gpu in gpus {
+            let total_mb = (gpu.total_mb as f64 * fraction) as u64;
+            info!(device = %Device::Gpu(gpu.index), name = %gpu.name, total_mb, "memory budget");
+            self.add_device(
+                Device::Gpu(gpu.index),
+                Some(gpu.name),
+                MemorySource::Nvml,
+                total_mb,
+            );
+        }
     }
 
     fn new(source: MemorySource, cpu_mb: u64, threads_total: usize, setup: DeviceSetup) -> Self {

@@ -115,7 +115,7 @@ fn with_fake_gpus(totals_mb: &[u64]) -> Addr<MemoryBudget> {
         inventory: Arc::new(FixedInventory::with_gpus(totals_mb)),
         support: Ok(()),
     };
-    MemoryBudget::with_gpus(10_000, 64, setup, &[]).start()
+    MemoryBudget::with_gpus(10_000, 64, setup).start()
 }
 
 #[actix_rt::test]
@@ -198,7 +198,7 @@ async fn a_gpu_model_without_a_usable_gpu_is_refused_with_the_reason() {
         inventory: Arc::new(FixedInventory::none("NVML is not usable: no driver")),
         support: Ok(()),
     };
-    let budget = MemoryBudget::with_gpus(1000, 4, setup, &[]).start();
+    let budget = MemoryBudget::with_gpus(1000, 4, setup).start();
     let woken = Arc::new(AtomicU64::new(0));
     let mut asking = on("m/0", 100, gpus(DevicePreference::Gpu, None));
     asking.waiter = Some(Waiter(woken.clone()).start().recipient());
@@ -229,7 +229,7 @@ async fn gpus_without_engine_support_get_no_budget() {
         inventory: Arc::new(FixedInventory::with_gpus(&[1000])),
         support: Err("the CPU build of ONNX Runtime".into()),
     };
-    let budget = MemoryBudget::with_gpus(1000, 4, setup, &[]).start();
+    let budget = MemoryBudget::with_gpus(1000, 4, setup).start();
     let snap = budget.send(GetMemorySnapshot).await.unwrap();
     assert_eq!(snap.devices.len(), 1);
     let gpu = budget
