@@ -11,7 +11,7 @@ CARGO       ?= cargo
 
 export ORT_DYLIB_PATH := $(abspath $(ORT_LIB))
 
-.PHONY: run run-gpu gpu-check test fuzz onnxruntime onnxruntime-gpu venv models train evaluate bench bench-media soak lint fmt clean
+.PHONY: run run-gpu gpu-check test deploy-check docker-test fuzz onnxruntime onnxruntime-gpu venv models train evaluate bench bench-micro bench-media soak lint fmt clean
 
 run: $(ORT_LIB)
 	$(CARGO) run --release --bin gantry -- --config config/gantry.toml
@@ -50,6 +50,18 @@ fuzz:
 	    -print_final_stats=1 $$dict); \
 	done
 
+# The deployment files (deploy/README.md): Kubernetes manifests rendered and
+# strictly validated, alert rules and their unit tests (promtool), the
+# Grafana dashboard's series, compose.yaml and haproxy.cfg.
+deploy-check:
+	deploy/check.sh
+
+# Builds the container image (`docker build .`, base images made locally
+# when no registry is reachable) and checks it: health, a JSON prediction
+# and an image upload, non-root, read-only root, SIGTERM drains to exit 0.
+docker-test:
+	deploy/docker/test.sh
+
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
@@ -61,6 +73,11 @@ fmt:
 # load-tests/RESULTS.md (DURATION=10s, OHA=path to skip installing oha).
 bench: $(ORT_LIB)
 	load-tests/bench.sh
+
+# Criterion microbenchmarks: JSON tensors in and out next to serde_json, and
+# the statistics counters' cost per request, into load-tests/MICRO_RESULTS.md.
+bench-micro: $(ORT_LIB)
+	load-tests/micro.sh
 
 # Image and audio decode time next to inference time, and uploads served
 # over HTTP, written to load-tests/MEDIA_RESULTS.md (ITERATIONS=50,
@@ -112,6 +129,11 @@ venv: $(VENV)/.done
 $(VENV)/.done: tests/clients/requirements.txt models/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet -r tests/clients/requirements.txt -r models/requirements.txt
+	# Silero VAD (MIT), a stateful model for the sequence tests, from its PyPI wheel.
+	rm -rf $(VENV)/silero && $(VENV)/bin/pip download --quiet --no-deps --dest $(VENV)/silero silero-vad==6.2.3
+	$(VENV)/bin/python -c "import glob, zipfile; \
+		z = zipfile.ZipFile(glob.glob('$(VENV)/silero/*.whl')[0]); \
+		open('$(VENV)/silero_vad.onnx', 'wb').write(z.read('silero_vad/data/silero_vad.onnx'))"
 	touch $@
 
 # Rebuild the demo and fixture models (their .onnx files are committed).

@@ -6,6 +6,8 @@ pseudo-random inputs. `python3 load-tests/bodies.py DIR` writes into DIR:
                         /v2/models/unet-seg/infer: the JSON header, then one
                         3 x 128 x 128 FP32 image, mask asked back as binary
   unet-seg.len          the header's length (Inference-Header-Content-Length)
+  unet-seg.json         the same kind of image as v2 JSON (values to 4 decimals,
+                        about 340 KB), mask answered as JSON
 """
 import json, random, struct, sys
 out = sys.argv[1]
@@ -21,3 +23,6 @@ header = json.dumps({"inputs": [{"name": "image", "shape": [1, 3, 128, 128], "da
 body = header + struct.pack(f"<{pixels}f", *(random.random() for _ in range(pixels)))
 open(f"{out}/unet-seg.body", "wb").write(body)
 open(f"{out}/unet-seg.len", "w").write(str(len(header)))
+image = [round(random.random(), 4) for _ in range(pixels)]
+as_json = {"inputs": [{"name": "image", "shape": [1, 3, 128, 128], "datatype": "FP32", "data": image}]}
+open(f"{out}/unet-seg.json", "w").write(json.dumps(as_json, separators=(",", ":")))

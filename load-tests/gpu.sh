@@ -147,7 +147,7 @@ echo "== speed: unet-seg on the GPU"
 url=$gpu_url
 python3 load-tests/bodies.py "$tmp"
 batch=$(setting unet-seg max_batch_size 8)
-threads=$(setting unet-seg intra_op_threads 1)
+threads=$(setting unet-seg intra_op_threads 0)
 echo "$batch $threads" >"$tmp/unet-seg.settings"
 for c in 1 32; do
   echo "== unet-seg: oha, concurrency $c, $DURATION"
@@ -159,7 +159,7 @@ stop_gantry "$gpu_server"
 
 gpu_index=$(check device-index unet-seg "$tmp/placement.json")
 for b in 1 "$batch"; do
-  echo "== unet-seg: raw ONNX Runtime on gpu:$gpu_index, $threads thread(s), batch $b, ${RAW_SECONDS}s"
+  echo "== unet-seg: raw ONNX Runtime on gpu:$gpu_index, batch $b, ${RAW_SECONDS}s"
   ORT_DYLIB_PATH=$ort_gpu target/release/raw-onnx --model models/unet-seg/model.onnx --gpu "$gpu_index" \
     --threads "$threads" --batch "$b" --seconds "$RAW_SECONDS" >"$tmp/unet-seg.raw$b" ||
     fail "raw-onnx failed on gpu:$gpu_index (its error is above)"

@@ -113,7 +113,8 @@ def main(tmp, command, commit, ort_lib):
     w(f"\n## Speed: {MODEL} served on the GPU next to raw ONNX Runtime with the CUDA provider\n")
     w(f"Served: oha for the run's duration through the KServe v2 binary extension (as `make bench`), "
       f"the CPU reference server stopped. Raw: `raw-onnx --gpu <index>` on {raw[1].get('device', '?')} with "
-      f"{threads} intra-op thread(s), after the server was stopped.\n")
+      (f"{threads} intra-op thread(s)" if threads else "the shared intra-op pool of every core")
+      + ", after the server was stopped.\n")
     w(table(("Concurrency", "Served req/s", "p50 ms", "p95 ms", "p99 ms", "Errors", "Avg batch",
              "Raw batch", "Raw items/s", "Served/raw"),
             [(c, f"{s['rps']:,.1f}", f"{s['p50']:.2f}", f"{s['p95']:.2f}", f"{s['p99']:.2f}", s["errors"],

@@ -20,6 +20,10 @@ What it builds (paths are relative to the output root, by default the repo root)
     scalar-in/model.onnx      x f32[] (scalar, served unbatched) -> y = x + 1
     nonfinite/model.onnx      x f32[batch,4] -> y = x / 0 (f32), y64 = double(x) / 0 (f64):
                               +Inf, -Inf and NaN from finite inputs
+    half-and-text/model.onnx  x_fp16/x_bf16 [batch,2] -> y_* = x*2 (through float32);
+                              x_str string [batch,2] -> y_str (the same strings)
+    accumulator/model.onnx    a sequence model: sum = acc_in + x, acc_out its implicit state,
+                              the control inputs START/END/READY/CORRID echoed
 
   Every model folder also gets a `model.toml` with its serving settings.
 
@@ -192,6 +196,9 @@ replicas = 1
 max_batch_size = 8
 # How long the batcher waits to fill a batch before running what it has.
 batch_window_ms = 100
+# Memory each replica reserves from its device's budget: the weights and a
+# full batch's activations. On a GPU the CUDA arena is limited to it.
+memory_mb = 512
 """
 
 
@@ -322,6 +329,73 @@ def build_nonfinite() -> onnx.ModelProto:
     return _model(graph, "Fixture: y = x / 0 in float32 and float64 (Inf, -Inf, NaN).")
 
 
+def build_half_and_text() -> onnx.ModelProto:
+    shape = ["batch", 2]
+    nodes, inits, inputs, outputs = [], [_const("two", 2.0, np.float32)], [], []
+    for suffix, elem in [("fp16", TensorProto.FLOAT16), ("bf16", TensorProto.BFLOAT16)]:
+        x, y = f"x_{suffix}", f"y_{suffix}"
+        inputs.append(helper.make_tensor_value_info(x, elem, shape))
+        outputs.append(helper.make_tensor_value_info(y, elem, shape))
+        nodes += [
+            helper.make_node("Cast", [x], [f"{x}_f32"], name=f"up_{suffix}", to=TensorProto.FLOAT),
+            helper.make_node("Mul", [f"{x}_f32", "two"], [f"{y}_f32"], name=f"mul_{suffix}"),
+            helper.make_node("Cast", [f"{y}_f32"], [y], name=f"down_{suffix}", to=elem),
+        ]
+    inputs.append(helper.make_tensor_value_info("x_str", TensorProto.STRING, shape))
+    outputs.append(helper.make_tensor_value_info("y_str", TensorProto.STRING, shape))
+    nodes.append(helper.make_node("Identity", ["x_str"], ["y_str"], name="same_str"))
+    graph = helper.make_graph(nodes, "half_and_text", inputs, outputs, initializer=inits)
+    return _model(graph, "Fixture: FP16 and BF16 doubled (through float32), strings as they are.")
+
+
+def build_accumulator() -> onnx.ModelProto:
+    col = ["batch", 1]
+    f32, i32, i64 = TensorProto.FLOAT, TensorProto.INT32, TensorProto.INT64
+    inputs = [
+        helper.make_tensor_value_info(name, elem, col)
+        for name, elem in [
+            ("x", f32), ("acc_in", f32), ("START", i32), ("END", i32), ("READY", i32),
+            ("CORRID", i64),
+        ]
+    ]
+    outputs = [
+        helper.make_tensor_value_info(name, elem, col)
+        for name, elem in [
+            ("sum", f32), ("acc_out", f32), ("start_out", i32), ("end_out", i32),
+            ("ready_out", i32), ("corrid_out", i64),
+        ]
+    ]
+    nodes = [
+        helper.make_node("Add", ["acc_in", "x"], ["sum"], name="add"),
+        helper.make_node("Identity", ["sum"], ["acc_out"], name="keep"),
+        helper.make_node("Identity", ["START"], ["start_out"], name="start"),
+        helper.make_node("Identity", ["END"], ["end_out"], name="end"),
+        helper.make_node("Identity", ["READY"], ["ready_out"], name="ready"),
+        helper.make_node("Identity", ["CORRID"], ["corrid_out"], name="corrid"),
+    ]
+    graph = helper.make_graph(nodes, "accumulator", inputs, outputs)
+    return _model(graph, "Fixture: a running sum kept in implicit state, controls echoed.")
+
+
+ACCUMULATOR_TOML = """\
+# Test fixture: a stateful running sum. x f32 [batch,1] -> sum = acc_in + x;
+# acc_out (= sum) is the implicit state fed back as acc_in; the control
+# inputs the server fills are echoed as start_out/end_out/ready_out/corrid_out.
+max_batch_size = 8
+batch_window_ms = 20
+
+[sequence]
+start = "START"
+end = "END"
+ready = "READY"
+corrid = "CORRID"
+
+[[sequence.state]]
+input = "acc_in"
+output = "acc_out"
+"""
+
+
 def _fixture_toml(description: str) -> str:
     return f"""\
 # Test fixture: {description}
@@ -376,6 +450,15 @@ def build_all(root: Path) -> list[Path]:
         build_nonfinite(),
         _fixture_toml("x float32 [batch,4] -> y = x / 0 (float32), y64 = x / 0 (float64)."),
     )
+    emit(
+        f"{fx}/half-and-text",
+        build_half_and_text(),
+        _fixture_toml(
+            "x_fp16/x_bf16 [batch,2] -> y_* = x*2 (computed in float32);"
+            " x_str string [batch,2] -> y_str = x_str."
+        ),
+    )
+    emit(f"{fx}/accumulator", build_accumulator(), ACCUMULATOR_TOML)
     return written
 
 

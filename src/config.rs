@@ -78,6 +78,10 @@ pub struct ServerConfig {
     pub request_timeout_ms: u64,
     /// How long shutdown waits for in-flight requests, in seconds.
     pub shutdown_timeout_s: u64,
+    /// On SIGTERM, seconds during which readiness is already 503 but
+    /// predictions are still served, so load balancers stop routing here
+    /// before new requests are refused.
+    pub drain_delay_s: u64,
     /// Bearer token of the admin routes (scaling, reload, model load and
     /// unload); empty means they answer loopback clients only, and only
     /// requests that came through no proxy.
@@ -108,6 +112,7 @@ impl Default for ServerConfig {
             body_limit_mb: 64,
             request_timeout_ms: 30_000,
             shutdown_timeout_s: 30,
+            drain_delay_s: 0,
             admin_token: String::new(),
             header_timeout_ms: 5_000,
             body_timeout_ms: 60_000,
@@ -153,19 +158,48 @@ impl Default for MemoryConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// Path of `libonnxruntime.so`; empty means `ORT_DYLIB_PATH`, then the
     /// `.onnxruntime/` folder that `make onnxruntime` fills.
     pub onnxruntime_lib: String,
+    /// Threads of ONNX Runtime's one intra-op pool, which every session
+    /// shares (models with `intra_op_threads` have their own); 0 means the
+    /// cores available to the process.
+    pub intra_op_threads: usize,
+    /// Whether the pool's idle threads spin briefly before they sleep.
+    pub spinning: bool,
 }
 
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        let threads = gantry_actors::engine::onnx::RuntimeThreads::default();
+        RuntimeConfig {
+            onnxruntime_lib: String::new(),
+            intra_op_threads: threads.intra_op,
+            spinning: threads.spinning,
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// The shared thread pool ONNX Runtime starts with.
+    pub fn threads(&self) -> gantry_actors::engine::onnx::RuntimeThreads {
+        gantry_actors::engine::onnx::RuntimeThreads {
+            intra_op: self.intra_op_threads,
+            spinning: self.spinning,
+        }
+    }
+}
+
+/// `[cpu]`, kept so that configurations written for the thread budget still
+/// load: `threads` is read and ignored (with a warning at start), since
+/// every session now shares one pool and no replica is refused for threads.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct CpuConfig {
-    /// CPU threads all replicas may use (sum of `intra_op_threads`); 0 means
-    /// twice the cores available.
+    /// No longer used; see `runtime.intra_op_threads`.
     pub threads: usize,
 }
 
@@ -432,7 +466,6 @@ impl Config {
         gantry_actors::memory::MemoryConfig {
             limit_mb: (self.memory.limit_mb > 0).then_some(self.memory.limit_mb),
             gpu_fraction: self.memory.gpu_fraction,
-            cpu_threads: (self.cpu.threads > 0).then_some(self.cpu.threads),
         }
     }
 }

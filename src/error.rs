@@ -74,6 +74,7 @@ impl From<gantry_actors::lifecycle::LifecycleError> for ApiError {
             LifecycleError::UnknownModel(m) => ApiError::Infer(InferError::UnknownModel(m)),
             LifecycleError::Repository(why) => ApiError::BadRequest(why),
             LifecycleError::InvalidName(why) => ApiError::BadRequest(why),
+            LifecycleError::InvalidOverride(why) => ApiError::BadRequest(why),
         }
     }
 }
@@ -130,6 +131,8 @@ impl ApiError {
                 InferError::DeadlineExceeded { .. } => "deadline_exceeded",
                 InferError::Inference(_) => "inference_failed",
                 InferError::ShuttingDown => "shutting_down",
+                InferError::Sequence(_) => "sequence_error",
+                InferError::TooManySequences { .. } => "too_many_sequences",
             },
         }
     }
@@ -166,6 +169,8 @@ impl ResponseError for ApiError {
                 InferError::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
                 InferError::Inference(_) => StatusCode::INTERNAL_SERVER_ERROR,
                 InferError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+                InferError::Sequence(_) => StatusCode::BAD_REQUEST,
+                InferError::TooManySequences { .. } => StatusCode::TOO_MANY_REQUESTS,
             },
         }
     }

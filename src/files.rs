@@ -138,6 +138,8 @@ impl FilePredictor<'_> {
             timeout: Some(left),
             use_cache: options.use_cache,
             priority: options.priority,
+            sequence: None,
+            pin: None,
         };
         let prediction = self.service.predict(model, call, pending).await?;
         let post_started = Instant::now();

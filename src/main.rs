@@ -57,7 +57,14 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    if let Err(e) = init_runtime(&library) {
+    // Microsoft's ONNX Runtime builds keep a device id and a telemetry
+    // database under ~/.cache when loaded; a server writes nothing of the
+    // kind (and may run on a read-only root). Set while the process has one
+    // thread, before the library is loaded; an operator's own value wins.
+    if std::env::var_os("ORT_DISABLE_TELEMETRY").is_none() {
+        std::env::set_var("ORT_DISABLE_TELEMETRY", "1");
+    }
+    if let Err(e) = init_runtime(&library, config.runtime.threads()) {
         eprintln!("gantry: {e}");
         return ExitCode::from(1);
     }

@@ -23,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::request_id;
 use crate::service::InferenceService;
 use crate::store::{PredictionLog, StoreConfig};
+use crate::triton::shared_memory::SharedMemoryRegistry;
 
 /// A server that is accepting connections.
 pub struct RunningServer {
@@ -40,6 +41,8 @@ impl RunningServer {
     /// still buffers (at most `flush_timeout`).
     pub async fn run_until_stopped(self, flush_timeout: Duration) -> std::io::Result<()> {
         let result = self.server.await;
+        // No request is left to copy: close the shared memory objects.
+        self.state.shared_memory.unregister_all();
         if let Some(log) = self.log {
             log.flush(flush_timeout).await;
         }
@@ -78,6 +81,14 @@ pub async fn start_with_gpus(
     provider: Arc<dyn EngineProvider>,
     gpus: Arc<dyn GpuInventory>,
 ) -> Result<RunningServer, StartError> {
+    if config.cpu.threads > 0 {
+        tracing::warn!(
+            cpu_threads = config.cpu.threads,
+            "cpu.threads is no longer used and is ignored: every ONNX Runtime session shares \
+             one thread pool (runtime.intra_op_threads, the cores by default) and no model is \
+             refused for threads"
+        );
+    }
     let metrics = Arc::new(Metrics::default());
     let serving = Supervisor::start(SupervisorConfig {
         models_dir: config.models.dir.clone(),
@@ -111,13 +122,19 @@ pub async fn start_with_gpus(
             default_timeout: Duration::from_millis(config.server.request_timeout_ms),
             cache,
             log: log.clone(),
+            draining: AtomicBool::new(false),
             shutting_down: AtomicBool::new(false),
+            sequences: Default::default(),
         },
         body_limit: (config.server.body_limit_mb * 1024 * 1024) as usize,
         body_timeout: Duration::from_millis(config.server.body_timeout_ms),
-        drain: drain::Drain::new(Duration::from_secs(config.server.shutdown_timeout_s)),
+        drain: drain::Drain::new(
+            Duration::from_secs(config.server.drain_delay_s),
+            Duration::from_secs(config.server.shutdown_timeout_s),
+        ),
         admin_token: Some(config.server.admin_token.clone()).filter(|t| !t.is_empty()),
         media: MediaSettings::from_config(&config.media),
+        shared_memory: SharedMemoryRegistry::default(),
     });
     let shared = state.clone();
     let addr = listener.local_addr()?;
@@ -167,10 +184,11 @@ pub async fn start_with_gpus(
     })
 }
 
-/// SIGTERM/SIGINT: readiness turns 503 and every new request is answered
-/// 503 `shutting_down` with `Connection: close` (also on open keep-alive
-/// connections), while requests admitted before the signal finish (within
-/// `server.shutdown_timeout_s`); then the server stops. SIGHUP: reload the
+/// SIGTERM/SIGINT: readiness turns 503 at once; after
+/// `server.drain_delay_s` (predictions still served meanwhile) every new
+/// request is answered 503 `shutting_down` with `Connection: close` (also
+/// on open keep-alive connections), while requests admitted before finish
+/// (within `server.shutdown_timeout_s`); then the server stops. SIGHUP: reload the
 /// model repository.
 pub async fn handle_signals(server: actix_web::dev::ServerHandle, state: web::Data<AppState>) {
     use tokio::signal::unix::{signal, SignalKind};
@@ -199,14 +217,21 @@ pub async fn handle_signals(server: actix_web::dev::ServerHandle, state: web::Da
     drain_and_stop(server, state).await;
 }
 
-/// Turns readiness 503 and refuses new requests, waits for the admitted
-/// ones (at most `server.shutdown_timeout_s`), then stops the server: gracefully when
-/// they have all been answered, at once when the time ran out.
+/// Turns readiness 503, serves on for the drain delay, then refuses new
+/// requests, waits for the admitted ones (at most
+/// `server.shutdown_timeout_s`) and stops the server: gracefully when they
+/// have all been answered, at once when the time ran out.
 pub async fn drain_and_stop(server: actix_web::dev::ServerHandle, state: web::Data<AppState>) {
-    state
-        .service
-        .shutting_down
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    use std::sync::atomic::Ordering::SeqCst;
+    state.service.draining.store(true, SeqCst);
+    if !state.drain.delay.is_zero() {
+        tracing::info!(
+            delay_s = state.drain.delay.as_secs_f64(),
+            "shutting down: readiness is 503; still serving until load balancers stop routing here"
+        );
+        tokio::time::sleep(state.drain.delay).await;
+    }
+    state.service.shutting_down.store(true, SeqCst);
     tracing::info!(
         in_flight = state.drain.in_flight(),
         "shutting down: readiness is 503, new requests are refused, finishing in-flight requests"

@@ -6,7 +6,9 @@
 //! log row) is noted on its [`Pending`] record, which the handler finishes
 //! with the status it sends ([`outcome`]).
 
+mod control;
 mod outcome;
+pub mod sequences;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -17,10 +19,13 @@ use gantry_actors::{InferError, ModelHandle, Priority, Serving, Tensor};
 use tokio::sync::oneshot;
 
 pub use self::outcome::Pending;
+use crate::cache::coalesce::Turn;
 use crate::cache::{CacheKey, CacheLevel, Outputs, ResultCache};
 use crate::metrics::Metrics;
 use crate::request_id::Requested;
 use crate::store::PredictionLog;
+
+use self::sequences::{SequenceCall, Sequences};
 
 /// A decoded prediction request.
 #[derive(Debug)]
@@ -33,6 +38,10 @@ pub struct PredictCall {
     pub use_cache: bool,
     /// Where the request queues among the model's waiting requests.
     pub priority: Priority,
+    /// Its place in a sequence, for a sequence model.
+    pub sequence: Option<SequenceCall>,
+    /// The replica that must run it while ready (set for sequences).
+    pub pin: Option<usize>,
 }
 
 /// A finished prediction.
@@ -46,9 +55,16 @@ pub struct Prediction {
     pub replica: Option<usize>,
     pub queue_ms: f64,
     pub inference_ms: f64,
+    /// Stacking the batch's inputs and splitting its outputs.
+    pub input_ms: f64,
+    pub output_ms: f64,
     pub total_ms: f64,
+    /// Items the request held (its batch dimension).
+    pub items: usize,
     /// The cache level that answered, if any.
     pub cache: Option<CacheLevel>,
+    /// How long asking the cache took, when it was asked.
+    pub cache_lookup_ms: Option<f64>,
 }
 
 /// Shared by all HTTP workers.
@@ -58,14 +74,26 @@ pub struct InferenceService {
     pub default_timeout: Duration,
     pub cache: Option<Arc<ResultCache>>,
     pub log: Option<Arc<PredictionLog>>,
-    /// Set on SIGTERM/SIGINT: readiness turns 503 and new requests are
-    /// refused while in-flight ones finish.
+    /// Set on SIGTERM/SIGINT: readiness answers 503 while predictions are
+    /// still served (for `server.drain_delay_s`), so load balancers stop
+    /// routing here first.
+    pub draining: AtomicBool,
+    /// Set when the drain delay is over: new requests are refused while
+    /// in-flight ones finish.
     pub shutting_down: AtomicBool,
+    /// Open sequences of sequence models.
+    pub sequences: Sequences,
 }
 
 impl InferenceService {
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Relaxed)
+    }
+
+    /// True from the signal on: readiness answers 503, whether or not new
+    /// requests are still served.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed) || self.is_shutting_down()
     }
 
     /// The model called `name`, or `UnknownModel`.
@@ -96,6 +124,13 @@ impl InferenceService {
             return Err(InferError::ShuttingDown);
         }
         pending.reached = true;
+        if handle.spec.settings.sequence.is_some() || call.sequence.is_some() {
+            let prediction = self
+                .predict_in_sequence(handle, call, started, pending)
+                .await?;
+            pending.ran(&prediction);
+            return Ok(prediction);
+        }
         let key = (self.cache.is_some() || self.log.is_some())
             .then(|| CacheKey::of(handle.name(), &handle.spec.version, &call.inputs));
         if self.log.is_some() {
@@ -115,28 +150,59 @@ impl InferenceService {
         pending: &mut Pending,
     ) -> Result<Prediction, InferError> {
         let cache = self.cache.as_ref().filter(|_| call.use_cache).zip(key);
+        let mut cache_lookup_ms = None;
+        let mut leader = None;
         if let Some((cache, key)) = cache {
-            if let Some((outputs, level)) = cache.get(&key).await {
-                return Ok(Prediction {
-                    model,
-                    outputs,
-                    batch_size: None,
-                    replica: None,
-                    queue_ms: 0.0,
-                    inference_ms: 0.0,
-                    total_ms: started.elapsed().as_secs_f64() * 1000.0,
-                    cache: Some(level),
-                });
+            let asked = Instant::now();
+            let found = cache.get(&key).await;
+            let lookup_ms = asked.elapsed().as_secs_f64() * 1000.0;
+            if let Some((outputs, level)) = found {
+                return Ok(answered_from(
+                    model, &call, outputs, level, started, lookup_ms,
+                ));
+            }
+            cache_lookup_ms = Some(lookup_ms);
+            match cache.join(key) {
+                Turn::Lead(lead) => leader = Some(lead),
+                Turn::Follow(follower) => {
+                    let deadline = self.deadline(call.timeout, started);
+                    match tokio::time::timeout_at(deadline.into(), follower.outputs()).await {
+                        Ok(Some(outputs)) => {
+                            let level = CacheLevel::Coalesced;
+                            return Ok(answered_from(
+                                model, &call, outputs, level, started, lookup_ms,
+                            ));
+                        }
+                        // The leader ended without outputs: run it here.
+                        Ok(None) => {}
+                        Err(_elapsed) => {
+                            return Err(InferError::DeadlineExceeded {
+                                waited_ms: started.elapsed().as_millis() as u64,
+                            })
+                        }
+                    }
+                }
             }
         }
-        let prediction = self.infer(model, call, started, pending).await?;
+        // A leader that fails is dropped here, and its followers run their own.
+        let mut prediction = self.infer(model, call, started, pending).await?;
+        prediction.cache_lookup_ms = cache_lookup_ms;
         if let Some((cache, key)) = cache {
             cache.put(key, prediction.outputs.clone());
+        }
+        if let Some(leader) = leader {
+            leader.publish(prediction.outputs.clone());
         }
         Ok(prediction)
     }
 
-    async fn infer(
+    /// When a call that arrived at `started` with `timeout` (or none) must
+    /// have its answer.
+    fn deadline(&self, timeout: Option<std::time::Duration>, started: Instant) -> Instant {
+        started + timeout.unwrap_or(self.default_timeout)
+    }
+
+    pub(super) async fn infer(
         &self,
         model: Arc<ModelHandle>,
         call: PredictCall,
@@ -145,7 +211,7 @@ impl InferenceService {
     ) -> Result<Prediction, InferError> {
         let signature = model.ready_signature()?;
         let validated = signature.validate(call.inputs, model.spec.settings.max_batch_size)?;
-        let deadline = started + call.timeout.unwrap_or(self.default_timeout);
+        let deadline = self.deadline(call.timeout, started);
         let (reply, answer) = oneshot::channel();
         model
             .submit(InferRequest {
@@ -154,6 +220,7 @@ impl InferenceService {
                 items: validated.items,
                 deadline,
                 priority: call.priority,
+                pin: call.pin,
                 enqueued: started,
                 span: tracing::Span::current(),
                 reply,
@@ -193,8 +260,42 @@ impl InferenceService {
             replica: Some(outcome.replica),
             queue_ms: outcome.queue_ms,
             inference_ms: outcome.inference_ms,
+            input_ms: outcome.input_ms,
+            output_ms: outcome.output_ms,
             total_ms: started.elapsed().as_secs_f64() * 1000.0,
+            items: validated.items,
             cache: None,
+            cache_lookup_ms: None,
         })
+    }
+}
+
+/// The answer to a request whose outputs came without an inference of its
+/// own: from a cache level, or from the identical request that ran.
+fn answered_from(
+    model: Arc<ModelHandle>,
+    call: &PredictCall,
+    outputs: Outputs,
+    level: CacheLevel,
+    started: Instant,
+    lookup_ms: f64,
+) -> Prediction {
+    let items = model
+        .state
+        .signature()
+        .map_or(1, |s| s.items_of(&call.inputs));
+    Prediction {
+        model,
+        outputs,
+        batch_size: None,
+        replica: None,
+        queue_ms: 0.0,
+        inference_ms: 0.0,
+        input_ms: 0.0,
+        output_ms: 0.0,
+        total_ms: started.elapsed().as_secs_f64() * 1000.0,
+        items,
+        cache: Some(level),
+        cache_lookup_ms: Some(lookup_ms),
     }
 }

@@ -254,6 +254,10 @@ async fn serve_until_redis(server: &TestServer, want: &str) -> usize {
         if health["dependencies"]["redis"] == want {
             let expected = if want == "up" { "ok" } else { "degraded" };
             assert_eq!(health["status"], expected, "{health}");
+            // The alerting gauge says the same as health.
+            let gauge = format!("gantry_cache_l2_up {}", u8::from(want == "up"));
+            let page = server.metrics_page().await;
+            assert!(page.lines().any(|l| l == gauge), "no `{gauge}` in:\n{page}");
             return served;
         }
         assert!(
@@ -295,4 +299,79 @@ async fn redis_down_at_start_is_connected_when_it_comes_up() {
     serve_until_redis(&server, "down").await;
     redis.start();
     serve_until_redis(&server, "up").await;
+}
+
+/// Identical requests that miss together run the model once: the first
+/// computes, the others wait for its outputs (`"cache": "coalesced"`), and
+/// a request whose leader fails runs on its own instead of inheriting the
+/// error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identical_concurrent_misses_run_once() {
+    use gantry_actors::engine::fake::{FakeEngineFactory, FakeProvider};
+    let repo = Repo::new().fake("slow", "max_batch_size = 1\nwarmup = 0\n");
+    let mut factory =
+        FakeEngineFactory::vector(4).with_delay(Duration::from_millis(300), Duration::ZERO);
+    factory.poison = Some(666.0);
+    let provider = std::sync::Arc::new(FakeProvider::new(factory));
+    let mut config = common::config(repo.path());
+    config.cache.redis_url = String::new();
+    let server = TestServer::ready(config, provider).await;
+    let body = |v: f32| json!({"model": "slow", "inputs": {"x": tensor(&[1, 4], "FP32", json!([v, 0, 0, 0]))}});
+    let items = |stats: &Value| {
+        stats["model_pools"]["slow"]["batcher"]["items"]
+            .as_u64()
+            .unwrap()
+    };
+
+    let before = items(&server.stats().await);
+    let same = body(3.0);
+    let answers = futures_util::future::join_all(
+        (0..8).map(|_| server.post("/api/optimized/predict", &same)),
+    )
+    .await;
+    let mut levels: Vec<String> = answers
+        .iter()
+        .map(|(status, answer)| {
+            assert_eq!(*status, 200, "{answer}");
+            assert_eq!(answer["outputs"]["y"]["data"][0], 7.0, "{answer}");
+            answer["cache"].as_str().unwrap_or("none").to_string()
+        })
+        .collect();
+    levels.sort();
+    assert_eq!(
+        levels,
+        ["coalesced"; 7]
+            .iter()
+            .chain(&["none"])
+            .copied()
+            .collect::<Vec<_>>()
+    );
+    let stats = server.stats().await;
+    assert_eq!(
+        items(&stats) - before,
+        1,
+        "one inference for eight requests"
+    );
+    assert_eq!(stats["cache"]["coalesced"], 7, "{}", stats["cache"]);
+    let metrics = server.metrics_page().await;
+    assert!(
+        metrics.contains("gantry_cache_coalesced_total 7"),
+        "{metrics}"
+    );
+
+    // A failing leader: its followers run their own inference (and fail on
+    // their own, with their own answer).
+    let poisoned = body(666.0);
+    let answers = futures_util::future::join_all(
+        (0..3).map(|_| server.post("/api/optimized/predict", &poisoned)),
+    )
+    .await;
+    for (status, answer) in &answers {
+        assert_eq!(
+            (*status, answer["code"].as_str()),
+            (500, Some("inference_failed")),
+            "{answer}"
+        );
+    }
+    assert_eq!(server.stats().await["cache"]["coalesced"], 7);
 }

@@ -158,3 +158,33 @@ async fn sighup_reloads_the_model_repository() {
     assert_eq!(gantry.exit_status().await.code(), Some(0));
     drop(repo);
 }
+
+/// ONNX Runtime's own telemetry (a device id and a database under
+/// `~/.cache`, which Microsoft's builds write when loaded) stays off: the
+/// server writes nothing into its home, so it also runs on a read-only root.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runtime_writes_no_telemetry_files() {
+    let repo = Repo::new().copy("models/tiny-classifier", "tiny-classifier", None);
+    let home = tempfile::tempdir().unwrap();
+    let home_path = home.path().to_str().unwrap();
+    let gantry = Gantry::spawn(repo.path(), &[("HOME", home_path)]);
+    let client = reqwest::Client::new();
+    gantry.wait_for_200(&client, "/v2/health/ready").await;
+    gantry.signal("TERM");
+    assert_eq!(gantry.exit_status().await.code(), Some(0));
+    let written: Vec<_> = walk(home.path());
+    assert!(written.is_empty(), "written into HOME: {written:?}");
+    drop(repo);
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flat_map(|e| {
+            let path = e.unwrap().path();
+            let mut below = if path.is_dir() { walk(&path) } else { vec![] };
+            below.push(path);
+            below
+        })
+        .collect()
+}

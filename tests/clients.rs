@@ -2,6 +2,13 @@
 //! - the official Triton HTTP client (`tritonclient[http]`, pinned in
 //!   tests/clients/requirements.txt) works unmodified against Gantry's KServe
 //!   v2 endpoints (tests/clients/triton_client.py);
+//! - the same client, sync, gevent `async_infer` and asyncio, speaks the rest
+//!   of Triton's HTTP protocol: model configuration, statistics, model
+//!   control, compression (tests/clients/triton_protocol.py);
+//! - the same client, sync and asyncio, with inputs and outputs in system
+//!   shared memory regions (tests/clients/triton_shm.py);
+//! - the same client, sync and asyncio, running sequences on stateful models
+//!   (an accumulator fixture and Silero VAD; tests/clients/triton_sequences.py);
 //! - a Python backend posting files with `requests`, as a Flask app would
 //!   (tests/clients/flask_client.py);
 //! - a Node 20 backend posting files with `fetch` and `FormData`
@@ -52,6 +59,126 @@ async fn triton_http_client_works_against_v2_endpoints() {
         .to_string();
     let script = common::root().join("tests/clients/triton_client.py");
     run_client(python, vec![script.display().to_string(), host_port]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triton_http_client_speaks_the_rest_of_the_protocol() {
+    let python = python();
+    let repo = common::Repo::new()
+        .copy("tests/fixtures/models/dtypes", "dtypes", None)
+        .copy("tests/fixtures/models/half-and-text", "half-and-text", None)
+        .copy("models/night-calls", "night-calls", None)
+        .copy("models/tiny-classifier", "tiny-classifier", None);
+    let server =
+        common::TestServer::ready(common::config(repo.path()), common::onnx_provider()).await;
+    // A folder whose model.onnx is not one, for `load_model("broken")` to
+    // refuse. Written once the server is ready: present at startup, a model
+    // that never loads would keep health at 503.
+    let broken = repo.path().join("broken");
+    std::fs::create_dir_all(&broken).unwrap();
+    std::fs::write(
+        broken.join("model.onnx"),
+        b"not an ONNX model \x00\x01\x02\xff",
+    )
+    .unwrap();
+    let host_port = server
+        .base
+        .strip_prefix("http://")
+        .expect("base starts with http://")
+        .to_string();
+    let script = common::root().join("tests/clients/triton_protocol.py");
+    run_client(python, vec![script.display().to_string(), host_port]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triton_http_client_shares_memory_with_the_server() {
+    let python = python();
+    let repo = common::Repo::new()
+        .copy("tests/fixtures/models/dtypes", "dtypes", None)
+        .copy("models/tiny-classifier", "tiny-classifier", None);
+    let server =
+        common::TestServer::ready(common::config(repo.path()), common::onnx_provider()).await;
+    let host_port = server
+        .base
+        .strip_prefix("http://")
+        .expect("base starts with http://")
+        .to_string();
+    let script = common::root().join("tests/clients/triton_shm.py");
+    run_client(python, vec![script.display().to_string(), host_port]).await;
+}
+
+/// With an admin token set, the shared memory routes and an infer request
+/// naming a region need it (tritonclient sends it with `headers=`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triton_http_client_shares_memory_only_with_the_admin_token() {
+    let python = python();
+    let repo = common::Repo::new().copy("tests/fixtures/models/dtypes", "dtypes", None);
+    let mut config = common::config(repo.path());
+    config.server.admin_token = "shm-token".into();
+    let server = common::TestServer::ready(config, common::onnx_provider()).await;
+    let host_port = server
+        .base
+        .strip_prefix("http://")
+        .expect("base starts with http://")
+        .to_string();
+    let script = common::root().join("tests/clients/triton_shm.py");
+    let args = vec![script.display().to_string(), host_port, "shm-token".into()];
+    run_client(python, args).await;
+}
+
+/// Silero VAD's `silero_vad.onnx`, which `make venv` takes from the
+/// `silero-vad` wheel on PyPI (`GANTRY_TEST_SILERO` may name another).
+fn silero() -> PathBuf {
+    let path = std::env::var_os("GANTRY_TEST_SILERO")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| common::root().join(".venv/silero_vad.onnx"));
+    assert!(
+        path.exists(),
+        "{} does not exist; run `make venv` (it extracts Silero VAD from the silero-vad wheel)",
+        path.display()
+    );
+    path
+}
+
+/// Silero VAD as a sequence model: the server carries its recurrent state
+/// (`state` in, `stateN` out) from one 512-sample chunk to the next.
+const SILERO_TOML: &str = "\
+max_batch_size = 1
+# Warmup's zero-filled inputs are no audio chunk.
+warmup = 0
+
+[sequence]
+[[sequence.state]]
+input = \"state\"
+output = \"stateN\"
+dims = [2, 1, 128]
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triton_http_client_runs_sequences_on_stateful_models() {
+    let python = python();
+    let fixture = std::fs::read_to_string(
+        common::root().join("tests/fixtures/models/accumulator/model.toml"),
+    )
+    .unwrap();
+    let quick = fixture.replace("[sequence]\n", "[sequence]\nmax_sequence_idle_ms = 500\n");
+    assert_ne!(quick, fixture, "the fixture has a [sequence] table");
+    let repo = common::Repo::new().copy(
+        "tests/fixtures/models/accumulator",
+        "accumulator",
+        Some(&quick),
+    );
+    let vad = repo.path().join("silero-vad");
+    std::fs::create_dir_all(&vad).unwrap();
+    std::fs::copy(silero(), vad.join("model.onnx")).unwrap();
+    std::fs::write(vad.join("model.toml"), SILERO_TOML).unwrap();
+    let server =
+        common::TestServer::ready(common::config(repo.path()), common::onnx_provider()).await;
+    let host_port = server.base.trim_start_matches("http://").to_string();
+    let script = common::root().join("tests/clients/triton_sequences.py");
+    let onnx = vad.join("model.onnx").display().to_string();
+    run_client(python, vec![script.display().to_string(), host_port, onnx]).await;
 }
 
 /// Runs `program args..` on a blocking thread and fails the test with its

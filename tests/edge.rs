@@ -1,8 +1,8 @@
 //! The HTTP edge against clients that misbehave on purpose, over raw TCP:
 //! bodies cut before their closing boundary, heads and bodies that stop
 //! arriving, idle keep-alive connections, more connections than the cap,
-//! admin calls through a proxy, actix's own error answers, and requests on
-//! open keep-alive connections after SIGTERM.
+//! admin calls through a proxy, actix's own error answers, requests on
+//! open keep-alive connections after SIGTERM, and the drain delay.
 
 mod common;
 
@@ -347,6 +347,62 @@ async fn after_sigterm_keep_alive_requests_get_503_while_in_flight_ones_finish()
     assert_eq!(response.status, 200, "{:?}", response.json());
     assert_eq!(response.json()["replicas"], 1);
 
+    assert_eq!(gantry.exit_status().await.code(), Some(0));
+}
+
+/// `server.drain_delay_s` on the real binary: from SIGTERM readiness is 503
+/// while predictions are still answered 200 (a load balancer takes the
+/// instance out of rotation meanwhile); only after the delay are new
+/// requests refused, and the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_drain_delay_keeps_serving_while_readiness_is_503() {
+    let repo = Repo::new().copy("models/tiny-classifier", "tiny-classifier", None);
+    let gantry = Gantry::spawn(
+        repo.path(),
+        &[
+            ("GANTRY__CACHE__ENABLED", "false"),
+            ("GANTRY__SERVER__DRAIN_DELAY_S", "2"),
+        ],
+    );
+    let client = reqwest::Client::new();
+    gantry.wait_for_200(&client, "/v2/health/ready").await;
+    let predict = |client: reqwest::Client| {
+        let url = format!("{}/v2/models/tiny-classifier/infer", gantry.base);
+        async move {
+            let body = serde_json::json!({"inputs": [{"name": "features", "shape": [1, 64],
+                "datatype": "FP32", "data": vec![0.5f32; 64]}]});
+            let response = client.post(url).json(&body).send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.json::<Value>().await.unwrap())
+        }
+    };
+    assert_eq!(predict(client.clone()).await.0, 200);
+
+    let signalled = std::time::Instant::now();
+    gantry.signal("TERM");
+    wait_for_log(&gantry, "still serving").await;
+    let (status, ready) = get_json(&gantry.base, "/v2/health/ready").await;
+    assert_eq!(status, 503, "readiness during the delay: {ready}");
+    let (status, health) = get_json(&gantry.base, "/api/optimized/health").await;
+    assert_eq!(
+        (status, health["status"].as_str()),
+        (503, Some("shutting_down"))
+    );
+    let (status, answer) = predict(client.clone()).await;
+    assert_eq!(status, 200, "predictions go on during the delay: {answer}");
+
+    wait_for_log(&gantry, "new requests are refused").await;
+    assert!(
+        signalled.elapsed() >= Duration::from_secs(2),
+        "requests were refused before the delay was over"
+    );
+    // Now a new request is refused (503), or meets a closed listener once
+    // nothing is left in flight.
+    let url = format!("{}/v2/models/tiny-classifier/infer", gantry.base);
+    if let Ok(response) = reqwest::Client::new().post(url).body("{}").send().await {
+        let answer: Value = response.json().await.unwrap();
+        assert_eq!(answer["code"], "shutting_down", "{answer}");
+    }
     assert_eq!(gantry.exit_status().await.code(), Some(0));
 }
 

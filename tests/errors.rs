@@ -164,8 +164,8 @@ async fn every_error_status_has_a_json_body() {
         (x(&[1, 4], json!([1, 2, 3])), "needs 4 values"),
         (x(&[5, 4], json!(vec![0; 20])), "max_batch_size 4"),
         (
-            json!({"x": tensor(&[1, 4], "FP16", json!([1, 2, 3, 4]))}),
-            "'FP16' is not supported",
+            json!({"x": tensor(&[1, 4], "FP8", json!([1, 2, 3, 4]))}),
+            "'FP8' is not supported",
         ),
     ];
     for (inputs, needle) in cases {

@@ -77,7 +77,7 @@ fn value(samples: &HashMap<String, f64>, key: &str) -> f64 {
 async fn metrics_parse_and_move_with_traffic_and_agree_with_stats() {
     let repo = Repo::new().fake(
         "m",
-        "replicas = 2\nmax_batch_size = 4\nbatch_window_ms = 5\n",
+        "replicas = 2\nmax_batch_size = 4\nbatch_window_ms = 5\nqueue_capacity = 70\n",
     );
     let provider = Arc::new(FakeProvider::new(FakeEngineFactory::vector(4)));
     let server = TestServer::ready(common::config(repo.path()), provider).await;
@@ -145,6 +145,7 @@ async fn metrics_parse_and_move_with_traffic_and_agree_with_stats() {
     assert_eq!(moved("gantry_cache_hits_total{level=l1}"), 1.0);
     assert_eq!(moved("gantry_cache_misses_total{level=l1}"), 4.0);
     assert_eq!(value(&after, "gantry_queue_depth{model=m}"), 0.0);
+    assert_eq!(value(&after, "gantry_queue_capacity{model=m}"), 70.0);
 
     // Stats tell the same story.
     let stats = server.stats().await;

@@ -18,10 +18,10 @@ use serde_json::{json, Value};
 
 const ROUNDS: usize = 5;
 
-/// A config whose CPU thread budget is `threads` (memory stays 8 GB).
-fn tight(repo: &Repo, threads: usize) -> gantry::config::Config {
+/// A config whose memory budget holds `slots` replicas of 100 MB.
+fn tight(repo: &Repo, slots: u64) -> gantry::config::Config {
     let mut config = no_cache(common::config(repo.path()));
-    config.cpu.threads = threads;
+    config.memory.limit_mb = 100 * slots;
     config
 }
 
@@ -46,12 +46,12 @@ async fn settled(server: &TestServer, model: &str, replicas: usize, before: &Val
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unload_then_load_serves_again_with_the_same_budget() {
-    // One thread in all: the reloaded replica fits only once the unloaded
-    // one has given its thread back.
+    // Room for one replica: the reloaded replica fits only once the
+    // unloaded one has given its memory back.
     let repo = Repo::new().fake("m", "memory_mb = 100\n");
     let server = TestServer::ready(tight(&repo, 1), provider(0)).await;
     let before = server.stats().await;
-    assert_eq!(before["memory"]["threads_reserved"], 1);
+    assert_eq!(before["memory"]["reserved_mb"], 100);
     for round in 0..ROUNDS {
         let unload = "/v2/repository/models/m/unload";
         let (status, answer) = admin(&server, Method::POST, unload, Some(json!({}))).await;
@@ -69,7 +69,7 @@ async fn unload_then_load_serves_again_with_the_same_budget() {
 async fn scaling_down_and_up_again_and_again_keeps_the_budget_exact() {
     // Replicas take a while to warm up, so scaling down catches some still
     // loading (they hold their reservation until their thread reports) and
-    // scaling up again finds the thread budget full for a while.
+    // scaling up again finds the memory budget full for a while.
     let repo = Repo::new().fake("m", "memory_mb = 100\n");
     let server = TestServer::ready(tight(&repo, 3), provider(30)).await;
     let before = server.stats().await;
@@ -86,7 +86,7 @@ async fn scaling_down_and_up_again_and_again_keeps_the_budget_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reloading_a_changed_model_again_and_again_keeps_the_budget_exact() {
-    // Two threads: the replacement and the instance it replaces, side by side.
+    // Room for two: the replacement and the instance it replaces, side by side.
     let repo = Repo::new().fake("m", "memory_mb = 100\n");
     let server = TestServer::ready(tight(&repo, 2), provider(0)).await;
     let before = server.stats().await;
@@ -109,9 +109,8 @@ async fn reloading_a_changed_model_again_and_again_keeps_the_budget_exact() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn loads_that_fail_leave_the_budget_as_it_was() {
-    // `broken` never starts (every load of its engine fails, so it keeps
-    // restarting); `huge` does not fit the budget; `garbled` has a
-    // model.toml that does not parse.
+    // `broken` never starts (every load of its engine fails); `huge` does
+    // not fit the budget; `garbled` has a model.toml that does not parse.
     let repo = Repo::new().fake("m", "memory_mb = 100\n");
     let mut fakes = FakeProvider::new(FakeEngineFactory::vector(4));
     let mut broken = FakeEngineFactory::vector(4);
@@ -124,17 +123,19 @@ async fn loads_that_fail_leave_the_budget_as_it_was() {
         .fake("huge", "memory_mb = 100000\n")
         .fake("garbled", "replicas = \"two\"\n");
     for round in 0..ROUNDS {
-        for (model, state) in [("broken", "failed"), ("huge", "refused")] {
+        for (model, why) in [("broken", "could not load"), ("huge", "budget")] {
+            // The load answers once the model's replica failed or was
+            // refused, and the model is gone again.
             let load = format!("/v2/repository/models/{model}/load");
             let (status, answer) = admin(&server, Method::POST, &load, Some(json!({}))).await;
-            assert_eq!((status, answer["change"].as_str()), (200, Some("added")));
-            until(&server, &format!("{model} {state}"), |s| {
-                replica_states(s, model) == [state]
-            })
-            .await;
+            assert_eq!(status, 400, "{answer}");
+            let error = answer["error"].as_str().unwrap_or_default();
+            assert!(error.contains(model) && error.contains(why), "{answer}");
+            let stats = server.stats().await;
+            assert!(stats["model_pools"].get(model).is_none(), "{stats}");
             let unload = format!("/v2/repository/models/{model}/unload");
             let (status, answer) = admin(&server, Method::POST, &unload, Some(json!({}))).await;
-            assert_eq!(status, 200, "{answer}");
+            assert_eq!(status, 404, "{answer}");
         }
         let load = "/v2/repository/models/garbled/load";
         let (status, answer) = admin(&server, Method::POST, load, Some(json!({}))).await;

@@ -109,7 +109,7 @@ async fn full_batches_leave_before_the_window_and_partial_ones_after_it() {
     let server = TestServer::ready(common::config(repo.path()), slow_fake(400)).await;
     for (model, wave, expected) in [("full", 4, 4), ("partial", 3, 3)] {
         // The first request occupies the replica; the wave queues behind it.
-        let first_body = body(model, 0.0);
+        let first_body = body(model, 100.0);
         let first = server.post("/api/optimized/predict", &first_body);
         let wave = async {
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -181,32 +181,67 @@ async fn replicas_over_the_memory_budget_are_refused_and_reported() {
     );
 }
 
+/// Twenty copies of the MLP (real ONNX Runtime sessions, two replicas
+/// each) on a machine of two cores: every session shares the one pool, so
+/// none is refused for threads, and each answers. A configuration that
+/// still sets the retired `cpu.threads` budget loads, and is not obeyed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn replicas_beyond_the_cpu_thread_budget_are_refused_and_reported() {
-    let repo = Repo::new().fake("a", "replicas = 2\nintra_op_threads = 2\n");
+async fn twenty_models_share_the_cores_and_all_serve() {
+    let mut repo = Repo::new();
+    let names: Vec<String> = (0..20).map(|i| format!("mlp-{i:02}")).collect();
+    for name in &names {
+        let toml = "replicas = 2\nmax_batch_size = 32\nbatch_window_ms = 2\n";
+        repo = repo.copy("models/tiny-classifier", name, Some(toml));
+    }
     let mut config = common::config(repo.path());
     config.cpu.threads = 3;
-    let server = TestServer::ready(config, slow_fake(0)).await;
-    let stats = server.stats().await;
-    let replicas = &stats["model_pools"]["a"]["replicas"];
-    assert_eq!(replicas[0]["state"], "ready");
-    assert_eq!(replicas[1]["state"], "refused");
-    assert!(
-        replicas[1]["reason"]
-            .as_str()
-            .unwrap()
-            .contains("needs 2 CPU threads"),
-        "{replicas}"
-    );
-    let memory = &stats["memory"];
-    assert_eq!(
-        (
-            memory["threads_total"].as_u64(),
-            memory["threads_reserved"].as_u64()
-        ),
-        (Some(3), Some(2))
-    );
-    assert_eq!(memory["refused"][0]["replica"], "a/1");
+    let server = TestServer::ready(config, common::onnx_provider()).await;
+    // Ready answers once each model has one ready replica; the second ones
+    // may still be warming up.
+    let stats = common::live::until(&server, "every replica of every model ready", |s| {
+        s["model_pools"].as_object().is_some_and(|pools| {
+            pools.len() == 20
+                && pools.values().all(|p| {
+                    p["replicas"]
+                        .as_array()
+                        .is_some_and(|r| r.iter().all(|r| r["state"] == "ready"))
+                })
+        })
+    })
+    .await;
+    for name in &names {
+        let replicas = stats["model_pools"][name]["replicas"].as_array().unwrap();
+        let states: Vec<&str> = replicas
+            .iter()
+            .map(|r| r["state"].as_str().unwrap())
+            .collect();
+        assert_eq!(states, ["ready", "ready"], "{name}: {replicas:?}");
+    }
+    assert_eq!(stats["memory"]["refused"], json!([]));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(stats["runtime"]["intra_op_threads"], cores);
+    let features: Vec<f32> = (0..64).map(|i| i as f32 / 64.0).collect();
+    let mut first: Option<Value> = None;
+    for name in &names {
+        let body = json!({
+            "model": name,
+            "inputs": {"features": tensor(&[1, 64], "FP32", json!(features))},
+            "cache": false,
+        });
+        let (status, answer) = server.post("/api/optimized/predict", &body).await;
+        assert_eq!(status, 200, "{name}: {answer}");
+        let logits = answer["outputs"]["logits"]["data"].clone();
+        assert_eq!(
+            logits.as_array().map(Vec::len),
+            Some(10),
+            "{name}: {answer}"
+        );
+        // The same weights answer the same, whichever copy runs them.
+        match &first {
+            None => first = Some(logits),
+            Some(expected) => assert_eq!(&logits, expected, "{name}"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,7 +5,7 @@
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum InferError {
     /// No model of that name is served.
-    #[error("model '{0}' is not served here")]
+    #[error("Request for unknown model: '{0}' is not found")]
     UnknownModel(String),
     /// The model exists but has no ready replica (loading, refused, failed).
     #[error("model '{0}' has no ready replica")]
@@ -25,6 +25,14 @@ pub enum InferError {
     /// The server is stopping and takes no new work.
     #[error("the server is shutting down")]
     ShuttingDown,
+    /// A request of a sequence that is not open (never started, ended, or
+    /// released after being idle), or sequence parameters that do not fit
+    /// the model.
+    #[error("{0}")]
+    Sequence(String),
+    /// The model holds as many open sequences as it may.
+    #[error("model '{model}' holds {limit} open sequences, its most; end one or retry later")]
+    TooManySequences { model: String, limit: usize },
 }
 
 /// Errors of an [`Engine`](crate::engine::Engine): loading a model or running it.

@@ -22,6 +22,7 @@ pub mod processing;
 pub mod queue;
 pub mod replica;
 pub mod repository;
+pub mod sequence;
 pub mod signature;
 pub mod supervisor;
 pub mod tensor;

@@ -24,7 +24,7 @@ const REPLACE_TIMEOUT: Duration = Duration::from_secs(300);
 /// Why a lifecycle operation could not be done.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum LifecycleError {
-    #[error("model '{0}' is not served here")]
+    #[error("Request for unknown model: '{0}' is not found")]
     UnknownModel(String),
     /// Not a name a model can have (see [`repository::check_name`]), or a
     /// folder that resolves outside the repository; nothing was read.
@@ -32,6 +32,10 @@ pub enum LifecycleError {
     InvalidName(String),
     #[error("{0}")]
     Repository(String),
+    /// A load's settings override that the model's settings refuse; the
+    /// file itself is fine, and nothing changed.
+    #[error("{0}")]
+    InvalidOverride(String),
 }
 
 /// What one model became.
@@ -78,11 +82,32 @@ pub struct ScaleModel {
 #[rtype(result = "Result<ReloadReport, LifecycleError>")]
 pub struct Reload;
 
-/// (Re)load one model folder.
+/// (Re)load one model folder, with `model.toml` keys overridden for this
+/// load when `overrides` is set.
 #[derive(Message)]
-#[rtype(result = "Result<Change, LifecycleError>")]
+#[rtype(result = "Result<Loading, LifecycleError>")]
 pub struct LoadModel {
     pub model: String,
+    pub overrides: Option<toml::Table>,
+}
+
+/// What a load started: the change, and the instance that will serve the
+/// model once it has a ready replica (for a replacement, the new one; it
+/// takes the name from the current one when ready).
+#[derive(Debug, Clone)]
+pub struct Loading {
+    pub change: Change,
+    pub handle: Arc<ModelHandle>,
+}
+
+/// A load whose instance will not become ready (its replicas failed, or it
+/// took too long): a new model is removed and reported failed with
+/// `reason`, a replacement is dropped and the current model keeps serving.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AbandonLoad {
+    pub handle: Arc<ModelHandle>,
+    pub reason: String,
 }
 
 /// Stop serving one model.
@@ -253,6 +278,16 @@ impl Supervisor {
         true
     }
 
+    /// Notes `model` as unloaded (with the version it served) or, with
+    /// `None`, as loaded or gone.
+    fn set_unloaded(&self, model: &str, version: Option<String>) {
+        let mut unloaded = self.unloaded.write().unwrap_or_else(|e| e.into_inner());
+        match version {
+            Some(version) => unloaded.insert(model.to_string(), version),
+            None => unloaded.remove(model),
+        };
+    }
+
     fn set_load_error(&self, model: &str, error: Option<String>) {
         let mut errors = self.load_errors.write().unwrap_or_else(|e| e.into_inner());
         errors.retain(|e| e.model != model);
@@ -300,6 +335,7 @@ impl Handler<Reload> for Supervisor {
             let present: Vec<String> = scan.models.iter().map(|m| m.name.clone()).collect();
             for spec in scan.models {
                 let name = spec.name.clone();
+                act.set_unloaded(&name, None);
                 report.changes.push((name, act.apply_spec(spec, ctx)));
             }
             let failed: Vec<String> = scan.errors.iter().map(|e| e.model.clone()).collect();
@@ -309,6 +345,10 @@ impl Handler<Reload> for Supervisor {
                 .filter(|name| !present.contains(name) && !failed.contains(name))
                 .cloned()
                 .collect();
+            act.unloaded
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .retain(|name, _| present.contains(name) || failed.contains(name));
             for name in gone {
                 act.remove(&name);
                 report.changes.push((name, Change::Removed));
@@ -321,16 +361,43 @@ impl Handler<Reload> for Supervisor {
     }
 }
 
-impl Handler<LoadModel> for Supervisor {
-    type Result = AtomicResponse<Self, Result<Change, LifecycleError>>;
+/// Why reading a folder for a load failed.
+enum ReadFailure {
+    Scan(ScanOneError),
+    /// The folder reads without the override but not with it.
+    Override(String),
+}
 
-    /// A refused name changes nothing, not even the load errors that health
-    /// and the repository index report: it names no repository folder.
+/// Reads `dir/name` with `overrides`; a failure that only the override
+/// causes is told apart from one of the folder itself.
+fn read_for_load(
+    dir: &std::path::Path,
+    name: &str,
+    overrides: Option<&toml::Table>,
+) -> Result<Option<ModelSpec>, ReadFailure> {
+    match repository::scan_one_with(dir, name, overrides) {
+        Err(ScanOneError::Load(why)) if overrides.is_some() => {
+            match repository::scan_one(dir, name) {
+                Ok(Some(_)) => Err(ReadFailure::Override(why)),
+                Ok(None) => Ok(None),
+                Err(e) => Err(ReadFailure::Scan(e)),
+            }
+        }
+        read => read.map_err(ReadFailure::Scan),
+    }
+}
+
+impl Handler<LoadModel> for Supervisor {
+    type Result = AtomicResponse<Self, Result<Loading, LifecycleError>>;
+
+    /// A refused name or override changes nothing, not even the load errors
+    /// that health and the repository index report.
     fn handle(&mut self, msg: LoadModel, _ctx: &mut Self::Context) -> Self::Result {
         let dir = self.models_dir.clone();
         let name = msg.model.clone();
+        let overrides = msg.overrides;
         let read = async move {
-            tokio::task::spawn_blocking(move || repository::scan_one(&dir, &name))
+            tokio::task::spawn_blocking(move || read_for_load(&dir, &name, overrides.as_ref()))
                 .await
                 .map_err(|e| LifecycleError::Repository(e.to_string()))
         };
@@ -338,22 +405,58 @@ impl Handler<LoadModel> for Supervisor {
             move |read, act, ctx| match read? {
                 Ok(Some(spec)) => {
                     act.set_load_error(&msg.model, None);
-                    Ok(act.apply_spec(spec, ctx))
+                    act.set_unloaded(&msg.model, None);
+                    let change = act.apply_spec(spec, ctx);
+                    let handle = match act.replacing.get(&msg.model) {
+                        Some((_, pending)) if change == Change::Replacing => pending.clone(),
+                        _ => act.plans[&msg.model].handle.clone(),
+                    };
+                    Ok(Loading { change, handle })
                 }
                 Ok(None) => {
                     // No folder (any more): an earlier failure is stale.
                     act.set_load_error(&msg.model, None);
+                    act.set_unloaded(&msg.model, None);
                     Err(LifecycleError::UnknownModel(msg.model))
                 }
-                Err(ScanOneError::Name(refused)) => {
+                Err(ReadFailure::Scan(ScanOneError::Name(refused))) => {
                     Err(LifecycleError::InvalidName(refused.to_string()))
                 }
-                Err(ScanOneError::Load(error)) => {
+                Err(ReadFailure::Scan(ScanOneError::Load(error))) => {
                     act.set_load_error(&msg.model, Some(error.clone()));
                     Err(LifecycleError::Repository(error))
                 }
+                Err(ReadFailure::Override(error)) => Err(LifecycleError::InvalidOverride(error)),
             },
         )))
+    }
+}
+
+impl Handler<AbandonLoad> for Supervisor {
+    type Result = ();
+
+    fn handle(&mut self, msg: AbandonLoad, _ctx: &mut Self::Context) {
+        let name = msg.handle.name().to_string();
+        let pending = self
+            .replacing
+            .get(&name)
+            .is_some_and(|(_, p)| Arc::ptr_eq(p, &msg.handle));
+        if pending {
+            if let Some((_, fresh)) = self.replacing.remove(&name) {
+                fresh.batcher.do_send(RetireModel);
+            }
+            warn!(model = %name, reason = %msg.reason, "load abandoned; the current model keeps serving");
+            return;
+        }
+        let serving = self
+            .plans
+            .get(&name)
+            .is_some_and(|p| Arc::ptr_eq(&p.handle, &msg.handle));
+        if serving && !msg.handle.is_ready() {
+            self.remove(&name);
+            self.set_load_error(&name, Some(msg.reason.clone()));
+            warn!(model = %name, reason = %msg.reason, "load failed; model removed");
+        }
     }
 }
 
@@ -363,7 +466,12 @@ impl Handler<UnloadModel> for Supervisor {
     fn handle(&mut self, msg: UnloadModel, _ctx: &mut Self::Context) -> Self::Result {
         repository::check_name(&msg.model)
             .map_err(|e| LifecycleError::InvalidName(e.to_string()))?;
+        let version = self
+            .plans
+            .get(&msg.model)
+            .map(|p| p.handle.spec.version.clone());
         if self.remove(&msg.model) {
+            self.set_unloaded(&msg.model, version);
             Ok(())
         } else {
             Err(LifecycleError::UnknownModel(msg.model))

@@ -24,6 +24,10 @@ pub struct InferOutcome {
     pub queue_ms: f64,
     /// Time the engine spent on the whole batch.
     pub inference_ms: f64,
+    /// Time spent stacking the batch's inputs.
+    pub input_ms: f64,
+    /// Time spent splitting the batch's outputs into the requests' rows.
+    pub output_ms: f64,
 }
 
 pub type InferReply = oneshot::Sender<Result<InferOutcome, InferError>>;
@@ -40,6 +44,9 @@ pub struct InferRequest {
     pub deadline: Instant,
     /// Higher levels leave the queue first; FIFO within a level.
     pub priority: Priority,
+    /// The replica (id) that must run it while that replica is ready: a
+    /// sequence's requests stay on the replica that ran its first one.
+    pub pin: Option<usize>,
     /// When the batcher received it (set on arrival).
     pub enqueued: Instant,
     /// The request's tracing span, so log lines on the batcher and the

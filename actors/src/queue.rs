@@ -17,19 +17,24 @@ use crate::tensor::DataType;
 pub const DEFAULT_MAX_PRIORITY_WAIT: Duration = Duration::from_millis(1000);
 
 /// What must agree for two requests to be stacked: per input, the datatype
-/// and every dimension after the first.
+/// and every dimension after the first; and the replica they are pinned
+/// to, if any (a sequence's requests stay on one replica).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ShapeKey(Vec<(DataType, Vec<usize>)>);
+pub struct ShapeKey {
+    shapes: Vec<(DataType, Vec<usize>)>,
+    pin: Option<usize>,
+}
 
 impl ShapeKey {
     pub fn of(request: &InferRequest) -> Self {
-        ShapeKey(
-            request
+        ShapeKey {
+            shapes: request
                 .inputs
                 .iter()
                 .map(|t| (t.dtype, t.shape.iter().skip(1).copied().collect()))
                 .collect(),
-        )
+            pin: request.pin,
+        }
     }
 }
 
@@ -127,6 +132,11 @@ impl PendingQueue {
         self.requests == 0
     }
 
+    /// True when some waiting requests are pinned to a replica.
+    pub fn has_pins(&self) -> bool {
+        self.groups.iter().any(|g| g.key.pin.is_some())
+    }
+
     pub fn push(&mut self, request: InferRequest) {
         let key = ShapeKey::of(&request);
         self.requests += 1;
@@ -150,10 +160,25 @@ impl PendingQueue {
     /// request is most urgent; else the most urgent group, and the instant
     /// the earliest group falls due.
     pub fn readiness(&self, cap: usize, window: Duration, now: Instant) -> Readiness {
+        self.readiness_for(cap, window, now, |_| true)
+    }
+
+    /// [`readiness`](Self::readiness) among the groups whose pin `allowed`
+    /// accepts (`None`: not pinned).
+    pub fn readiness_for(
+        &self,
+        cap: usize,
+        window: Duration,
+        now: Instant,
+        allowed: impl Fn(Option<usize>) -> bool,
+    ) -> Readiness {
         let mut most_urgent: Option<(usize, Urgency)> = None;
         let mut due: Option<(usize, Urgency)> = None;
         let mut earliest: Option<Instant> = None;
         for (index, group) in self.groups.iter().enumerate() {
+            if !allowed(group.key.pin) {
+                continue;
+            }
             let (Some(oldest), Some((_, urgency))) =
                 (group.oldest(), group.next(now, self.max_wait))
             else {
@@ -267,6 +292,7 @@ mod tests {
             items,
             deadline: enqueued + Duration::from_secs(30),
             priority: Priority::Normal,
+            pin: None,
             enqueued,
             span: tracing::Span::none(),
             reply,
@@ -301,6 +327,35 @@ mod tests {
         assert_eq!(batch.len(), 2);
         assert!(batch.iter().all(|r| r.inputs[0].shape[1] == 4));
         assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn pinned_requests_group_by_replica_and_wait_for_it() {
+        let t0 = Instant::now();
+        let window = Duration::from_millis(10);
+        let mut q = PendingQueue::default();
+        let pinned = |replica| InferRequest {
+            pin: Some(replica),
+            ..request(4, 1, t0)
+        };
+        q.push(pinned(1));
+        q.push(pinned(1));
+        q.push(pinned(2));
+        assert!(q.has_pins());
+        let late = t0 + window;
+        // Replica 1 sees its own group (and nothing pinned elsewhere).
+        let mine = q.readiness_for(8, window, late, |pin| pin.is_none_or(|p| p == 1));
+        let Readiness::Due(group) = mine else {
+            panic!("{mine:?}")
+        };
+        let batch = take_all(&mut q, group, 8, late);
+        assert_eq!(batch.len(), 2);
+        assert!(batch.iter().all(|r| r.pin == Some(1)));
+        assert_eq!(
+            q.readiness_for(8, window, late, |pin| pin.is_none_or(|p| p == 1)),
+            Readiness::Empty
+        );
+        assert!(matches!(q.readiness(8, window, late), Readiness::Due(_)));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::device::{DevicePreference, Placement};
 use crate::processing::{self, InputProcessing, OutputProcessing};
+pub use crate::sequence::{SequenceSettings, StateSettings};
 
 /// Per-model settings from `model.toml`; every key is optional.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -22,8 +23,9 @@ pub struct ModelSettings {
     pub max_batch_size: usize,
     /// How long the oldest request may wait for a batch to fill.
     pub batch_window_ms: u64,
-    /// ONNX Runtime intra-op threads per replica.
-    pub intra_op_threads: usize,
+    /// ONNX Runtime intra-op threads of a pool of each replica's own;
+    /// `None` (the default) draws on the process's shared pool.
+    pub intra_op_threads: Option<usize>,
     /// Memory reserved per replica; estimated from the file size when absent.
     pub memory_mb: Option<u64>,
     /// Most requests waiting in the model's queue.
@@ -44,6 +46,8 @@ pub struct ModelSettings {
     pub input: InputProcessing,
     /// `[output]`: what the answer holds.
     pub output: OutputProcessing,
+    /// `[sequence]`: a stateful model, served sequence by sequence.
+    pub sequence: Option<SequenceSettings>,
 }
 
 impl Default for ModelSettings {
@@ -52,7 +56,7 @@ impl Default for ModelSettings {
             replicas: 1,
             max_batch_size: 8,
             batch_window_ms: 100,
-            intra_op_threads: 1,
+            intra_op_threads: None,
             memory_mb: None,
             queue_capacity: 1000,
             warmup: 1,
@@ -62,6 +66,7 @@ impl Default for ModelSettings {
             gpus: None,
             input: InputProcessing::Tensor,
             output: OutputProcessing::Tensor,
+            sequence: None,
         }
     }
 }
@@ -90,11 +95,35 @@ impl ModelSettings {
         Ok(settings)
     }
 
+    /// The settings of `text` with `overrides` applied: top-level keys
+    /// replace the file's, tables (`[input]`, `[output]`) merge key by key.
+    /// Errors name the overridden file.
+    pub fn with_overrides(
+        text: &str,
+        overrides: &toml::Table,
+        file: &Path,
+    ) -> Result<Self, String> {
+        let mut merged: toml::Table =
+            toml::from_str(text).map_err(|e| format!("{}: {}", file.display(), e.message()))?;
+        for (key, value) in overrides {
+            match (merged.get_mut(key), value) {
+                (Some(toml::Value::Table(table)), toml::Value::Table(patch)) => {
+                    table.extend(patch.clone());
+                }
+                _ => {
+                    merged.insert(key.clone(), value.clone());
+                }
+            }
+        }
+        let label = format!("{} with the load's config override", file.display());
+        ModelSettings::parse(&merged.to_string(), Path::new(&label))
+    }
+
     fn check(&self) -> Result<(), (&'static str, &'static str)> {
         if self.max_batch_size == 0 {
             return Err(("max_batch_size", "must be at least 1"));
         }
-        if self.intra_op_threads == 0 {
+        if self.intra_op_threads == Some(0) {
             return Err(("intra_op_threads", "must be at least 1"));
         }
         if self.queue_capacity == 0 {
@@ -108,6 +137,18 @@ impl ModelSettings {
         }
         if self.memory_per_item_mb == Some(0) {
             return Err(("memory_per_item_mb", "must be at least 1 when set"));
+        }
+        if let Some(sequence) = &self.sequence {
+            if sequence.max_sequences == 0 {
+                return Err(("sequence.max_sequences", "must be at least 1"));
+            }
+            if sequence.max_sequence_idle_ms == 0 {
+                return Err(("sequence.max_sequence_idle_ms", "must be at least 1"));
+            }
+            let names: Vec<&str> = sequence.server_inputs().collect();
+            if (1..names.len()).any(|i| names[..i].contains(&names[i])) {
+                return Err(("sequence", "names one input twice"));
+            }
         }
         if let Some(gpus) = &self.gpus {
             if gpus.is_empty() {
@@ -187,7 +228,7 @@ pub fn scan(dir: &Path) -> Result<RepositoryScan, String> {
     for folder in folders {
         let name = file_name(&folder);
         let loaded = if resolves_inside(&root, &folder) {
-            load_model(&folder, &name)
+            load_model(&folder, &name, None)
         } else if holds_model(&folder) {
             Err(NameError::Outside(name.clone()).to_string())
         } else {
@@ -248,6 +289,17 @@ pub enum ScanOneError {
 /// model. The name is checked first, and the folder must resolve (symbolic
 /// links followed) inside `dir`.
 pub fn scan_one(dir: &Path, name: &str) -> Result<Option<ModelSpec>, ScanOneError> {
+    scan_one_with(dir, name, None)
+}
+
+/// [`scan_one`] with `overrides`: `model.toml` keys that replace the
+/// file's (tables merge key by key), as a load request may ask. The merged
+/// settings are checked like the file's own.
+pub fn scan_one_with(
+    dir: &Path,
+    name: &str,
+    overrides: Option<&toml::Table>,
+) -> Result<Option<ModelSpec>, ScanOneError> {
     check_name(name)?;
     let folder = dir.join(name);
     if !folder.is_dir() {
@@ -262,7 +314,7 @@ pub fn scan_one(dir: &Path, name: &str) -> Result<Option<ModelSpec>, ScanOneErro
     if !resolves_inside(&root, &folder) {
         return Err(NameError::Outside(name.to_string()).into());
     }
-    load_model(&folder, name).map_err(ScanOneError::Load)
+    load_model(&folder, name, overrides).map_err(ScanOneError::Load)
 }
 
 /// True when `folder`, symbolic links followed, is a folder strictly
@@ -279,7 +331,11 @@ fn holds_model(folder: &Path) -> bool {
 
 /// Loads one folder; `Ok(None)` for a folder that holds no model at all
 /// (neither `model.onnx` nor `model.toml`), such as a scripts folder.
-fn load_model(folder: &Path, name: &str) -> Result<Option<ModelSpec>, String> {
+fn load_model(
+    folder: &Path,
+    name: &str,
+    overrides: Option<&toml::Table>,
+) -> Result<Option<ModelSpec>, String> {
     if !holds_model(folder) {
         return Ok(None);
     }
@@ -288,12 +344,14 @@ fn load_model(folder: &Path, name: &str) -> Result<Option<ModelSpec>, String> {
     if let Err(e) = check_name(name) {
         return Err(format!("{}: {e}", folder.display()));
     }
-    let settings = if toml_path.exists() {
-        let text =
-            fs::read_to_string(&toml_path).map_err(|e| format!("{}: {e}", toml_path.display()))?;
-        ModelSettings::parse(&text, &toml_path)?
+    let text = if toml_path.exists() {
+        fs::read_to_string(&toml_path).map_err(|e| format!("{}: {e}", toml_path.display()))?
     } else {
-        ModelSettings::default()
+        String::new()
+    };
+    let settings = match overrides {
+        Some(overrides) => ModelSettings::with_overrides(&text, overrides, &toml_path)?,
+        None => ModelSettings::parse(&text, &toml_path)?,
     };
     if !onnx_path.is_file() {
         return Err(format!("{}: file not found", onnx_path.display()));

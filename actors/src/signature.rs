@@ -97,6 +97,7 @@ impl ModelSignature {
                     spec.name, tensor.dtype, spec.dtype
                 )));
             }
+            check_text(spec, &tensor)?;
             let this_added = batched && tensor.shape.len() + 1 == spec.dims.len();
             if this_added {
                 tensor.shape.insert(0, 1);
@@ -137,6 +138,20 @@ impl ModelSignature {
         })
     }
 
+    /// Items a request of `named` inputs (already validated once) holds:
+    /// its batch dimension, 1 for single items and unbatched models.
+    pub fn items_of(&self, named: &[(String, Tensor)]) -> usize {
+        let Some(spec) = self.inputs.first().filter(|_| self.is_batched()) else {
+            return 1;
+        };
+        named
+            .iter()
+            .find(|(name, _)| *name == spec.name)
+            .filter(|(_, t)| t.shape.len() == spec.dims.len())
+            .and_then(|(_, t)| t.shape.first().copied())
+            .unwrap_or(1)
+    }
+
     fn input_names(&self) -> String {
         let names: Vec<String> = self
             .inputs
@@ -144,6 +159,25 @@ impl ModelSignature {
             .map(|s| format!("'{}'", s.name))
             .collect();
         format!("[{}]", names.join(", "))
+    }
+}
+
+/// BYTES inputs feed ONNX string tensors, which hold UTF-8 text without
+/// NUL: anything else is the request's fault, answered before it queues.
+fn check_text(spec: &TensorSpec, tensor: &Tensor) -> Result<(), InferError> {
+    let Some(elements) = tensor.bytes_elements() else {
+        return Ok(());
+    };
+    match elements
+        .iter()
+        .position(|e| std::str::from_utf8(e).map_or(true, |t| t.contains('\0')))
+    {
+        None => Ok(()),
+        Some(index) => Err(InferError::InvalidInput(format!(
+            "input '{}': BYTES element {index} is not UTF-8 text without NUL, which \
+             the model's string input needs",
+            spec.name
+        ))),
     }
 }
 

@@ -46,10 +46,16 @@ pub struct Serving {
     pub registry: ModelRegistry,
     /// Repository folders that could not be served, and why.
     pub load_errors: LoadErrors,
+    /// Models unloaded on request, with the version they served: the
+    /// repository index keeps listing them (`UNAVAILABLE`) until loaded.
+    pub unloaded: UnloadedModels,
 }
 
 /// Repository folders that could not be served; replaced on every reload.
 pub type LoadErrors = Arc<RwLock<Vec<LoadError>>>;
+
+/// Unloaded models by name, with the version each served.
+pub type UnloadedModels = Arc<RwLock<BTreeMap<String, String>>>;
 
 impl Serving {
     /// Looks a model up by name.
@@ -80,6 +86,7 @@ pub struct Supervisor {
     pub(crate) budget: Addr<MemoryBudget>,
     pub(crate) registry: ModelRegistry,
     pub(crate) load_errors: LoadErrors,
+    pub(crate) unloaded: UnloadedModels,
     /// The replicas each served model should have, by name.
     pub(crate) plans: BTreeMap<String, ReplicaPlan>,
     /// Next replica id per model name, never reused: a replacement or a
@@ -125,6 +132,7 @@ impl Supervisor {
         let budget = MemoryBudget::from_config(&config.memory, setup).start();
         let registry = ModelRegistry::default();
         let load_errors = Arc::new(RwLock::new(scan.errors));
+        let unloaded = UnloadedModels::default();
         // Every model is registered (not ready) before anyone can ask, so
         // health is never "all ready" over a half-read repository.
         let observer = config.observer;
@@ -148,6 +156,7 @@ impl Supervisor {
             budget,
             registry: registry.clone(),
             load_errors: load_errors.clone(),
+            unloaded: unloaded.clone(),
             plans,
             issued_ids,
             replacing: BTreeMap::new(),
@@ -158,6 +167,7 @@ impl Supervisor {
             supervisor,
             registry,
             load_errors,
+            unloaded,
         })
     }
 }
@@ -218,7 +228,6 @@ pub(crate) async fn start_replicas(
             id,
             owner: format!("{}/{id}", spec.name),
             mb: spec.memory_mb,
-            threads: spec.settings.intra_op_threads,
             placement: spec.settings.placement(),
             factory: factory.clone(),
             warmup: spec.settings.warmup,

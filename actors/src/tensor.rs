@@ -4,6 +4,11 @@
 //! Keeping the payload as bytes makes batching dtype-agnostic: stacking
 //! requests along the batch dimension and splitting outputs back are plain
 //! byte copies, whatever the element type.
+//!
+//! BYTES (strings) elements vary in length: a BYTES tensor's data is its
+//! elements in row-major order, each a little-endian `u32` length and that
+//! many bytes (the layout of Triton's binary tensor extension), so stacking
+//! is still a byte copy and splitting walks the length prefixes.
 
 use std::fmt;
 
@@ -21,11 +26,15 @@ pub enum DataType {
     Int64,
     Fp32,
     Fp64,
+    Fp16,
+    Bf16,
+    Bytes,
 }
 
 impl DataType {
-    /// Every supported datatype, for listings and error messages.
-    pub const ALL: [DataType; 11] = [
+    /// Every supported datatype, for listings and error messages. New ones
+    /// go at the end: the result cache stores a datatype as its index here.
+    pub const ALL: [DataType; 14] = [
         DataType::Bool,
         DataType::Uint8,
         DataType::Uint16,
@@ -37,16 +46,26 @@ impl DataType {
         DataType::Int64,
         DataType::Fp32,
         DataType::Fp64,
+        DataType::Fp16,
+        DataType::Bf16,
+        DataType::Bytes,
     ];
 
-    /// Size of one element in bytes (BOOL is one byte, 0 or 1).
+    /// Size of one element in bytes (BOOL is one byte, 0 or 1). BYTES
+    /// elements vary: 4 is the size of an empty one (its length prefix),
+    /// the least any element takes.
     pub fn size(self) -> usize {
         match self {
             DataType::Bool | DataType::Uint8 | DataType::Int8 => 1,
-            DataType::Uint16 | DataType::Int16 => 2,
-            DataType::Uint32 | DataType::Int32 | DataType::Fp32 => 4,
+            DataType::Uint16 | DataType::Int16 | DataType::Fp16 | DataType::Bf16 => 2,
+            DataType::Uint32 | DataType::Int32 | DataType::Fp32 | DataType::Bytes => 4,
             DataType::Uint64 | DataType::Int64 | DataType::Fp64 => 8,
         }
+    }
+
+    /// True for BYTES, whose elements vary in length.
+    pub fn is_variable(self) -> bool {
+        self == DataType::Bytes
     }
 
     /// The KServe v2 datatype name (`FP32`, `INT64`, `BOOL`, ...).
@@ -63,6 +82,9 @@ impl DataType {
             DataType::Int64 => "INT64",
             DataType::Fp32 => "FP32",
             DataType::Fp64 => "FP64",
+            DataType::Fp16 => "FP16",
+            DataType::Bf16 => "BF16",
+            DataType::Bytes => "BYTES",
         }
     }
 
@@ -96,9 +118,87 @@ pub struct TensorSizeError {
     pub actual: usize,
 }
 
+/// Why BYTES data does not hold the elements its shape needs.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum BytesLayoutError {
+    #[error("shape {shape:?} of BYTES needs {expected} elements, the data holds {found} and then ends inside a length prefix or an element")]
+    Truncated {
+        shape: Vec<usize>,
+        expected: usize,
+        found: usize,
+    },
+    #[error("shape {shape:?} of BYTES needs {expected} elements, {extra} bytes follow them")]
+    Trailing {
+        shape: Vec<usize>,
+        expected: usize,
+        extra: usize,
+    },
+}
+
+/// The byte offset where each of `count` BYTES elements ends, walking the
+/// length prefixes; `None` when `data` ends inside one.
+fn bytes_element_ends(data: &[u8], count: usize) -> Result<Vec<usize>, usize> {
+    let mut ends = Vec::with_capacity(count.min(data.len() / 4));
+    let mut at = 0usize;
+    while ends.len() < count {
+        let Some(prefix) = data.get(at..at + 4) else {
+            return Err(ends.len());
+        };
+        let len = u32::from_le_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+        let end = at + 4 + len;
+        if end > data.len() {
+            return Err(ends.len());
+        }
+        ends.push(end);
+        at = end;
+    }
+    Ok(ends)
+}
+
+/// Serializes strings as BYTES data: each a `u32` length and its bytes.
+pub fn bytes_data<'a>(elements: impl IntoIterator<Item = &'a [u8]>) -> Vec<u8> {
+    let mut data = Vec::new();
+    for element in elements {
+        data.extend_from_slice(&(element.len() as u32).to_le_bytes());
+        data.extend_from_slice(element);
+    }
+    data
+}
+
+/// A tensor construction failed: wrong byte length, or BYTES data that
+/// does not hold its elements.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum TensorError {
+    #[error(transparent)]
+    Size(#[from] TensorSizeError),
+    #[error(transparent)]
+    Bytes(#[from] BytesLayoutError),
+}
+
 impl Tensor {
-    /// Builds a tensor, checking that the byte length matches the shape.
-    pub fn new(dtype: DataType, shape: Vec<usize>, data: Vec<u8>) -> Result<Self, TensorSizeError> {
+    /// Builds a tensor, checking that the byte length matches the shape
+    /// (for BYTES, that the data holds exactly its elements).
+    pub fn new(dtype: DataType, shape: Vec<usize>, data: Vec<u8>) -> Result<Self, TensorError> {
+        if dtype.is_variable() {
+            let expected = element_count(&shape);
+            let ends = bytes_element_ends(&data, expected).map_err(|found| {
+                BytesLayoutError::Truncated {
+                    shape: shape.clone(),
+                    expected,
+                    found,
+                }
+            })?;
+            let used = ends.last().copied().unwrap_or(0);
+            if used != data.len() {
+                return Err(BytesLayoutError::Trailing {
+                    shape,
+                    expected,
+                    extra: data.len() - used,
+                }
+                .into());
+            }
+            return Ok(Tensor { dtype, shape, data });
+        }
         let expected = element_count(&shape).saturating_mul(dtype.size());
         if expected != data.len() {
             return Err(TensorSizeError {
@@ -106,12 +206,31 @@ impl Tensor {
                 shape,
                 expected,
                 actual: data.len(),
-            });
+            }
+            .into());
         }
         Ok(Tensor { dtype, shape, data })
     }
 
-    /// A zero-filled tensor (used for warmup runs).
+    /// The elements of a BYTES tensor; `None` for other datatypes.
+    pub fn bytes_elements(&self) -> Option<Vec<&[u8]>> {
+        if !self.dtype.is_variable() {
+            return None;
+        }
+        let ends = bytes_element_ends(&self.data, self.len()).ok()?;
+        let mut start = 0;
+        Some(
+            ends.into_iter()
+                .map(|end| {
+                    let element = &self.data[start + 4..end];
+                    start = end;
+                    element
+                })
+                .collect(),
+        )
+    }
+
+    /// A zero-filled tensor (used for warmup runs); BYTES elements empty.
     pub fn zeros(dtype: DataType, shape: Vec<usize>) -> Self {
         let len = element_count(&shape) * dtype.size();
         Tensor {
@@ -122,7 +241,7 @@ impl Tensor {
     }
 
     /// Builds an FP32 tensor from values (tests and tools).
-    pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> Result<Self, TensorSizeError> {
+    pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> Result<Self, TensorError> {
         Tensor::new(DataType::Fp32, shape, bytemuck::cast_slice(values).to_vec())
     }
 
@@ -183,13 +302,32 @@ impl Tensor {
         if rows.len() == 1 {
             return Some(vec![self]);
         }
-        let row_bytes = self.data.len().checked_div(total).unwrap_or(0);
+        // Where each row ends: fixed strides, or for BYTES the end of each
+        // row's last element.
+        let row_ends: Vec<usize> = if self.dtype.is_variable() {
+            let per_row = element_count(&self.shape[1..]);
+            let ends = bytes_element_ends(&self.data, self.len()).ok()?;
+            (1..=total)
+                .map(|r| {
+                    if r * per_row == 0 {
+                        0
+                    } else {
+                        ends[r * per_row - 1]
+                    }
+                })
+                .collect()
+        } else {
+            let row_bytes = self.data.len().checked_div(total).unwrap_or(0);
+            (1..=total).map(|r| r * row_bytes).collect()
+        };
         let mut out = Vec::with_capacity(rows.len());
         let mut offset = 0;
+        let mut row = 0;
         for &n in rows {
             let mut shape = self.shape.clone();
             shape[0] = n;
-            let end = offset + n * row_bytes;
+            row += n;
+            let end = if row == 0 { 0 } else { row_ends[row - 1] };
             out.push(Tensor {
                 dtype: self.dtype,
                 shape,
@@ -217,7 +355,7 @@ mod tests {
         for d in DataType::ALL {
             assert_eq!(DataType::parse(d.as_str()), Some(d));
         }
-        assert_eq!(DataType::parse("FP16"), None);
+        assert_eq!(DataType::parse("FP8"), None);
         assert_eq!(DataType::parse("fp32"), None);
     }
 
@@ -225,7 +363,10 @@ mod tests {
     fn new_checks_byte_length() {
         assert!(Tensor::new(DataType::Fp32, vec![2, 2], vec![0; 16]).is_ok());
         let err = Tensor::new(DataType::Fp32, vec![2, 2], vec![0; 15]).unwrap_err();
-        assert_eq!(err.expected, 16);
+        assert!(matches!(
+            err,
+            TensorError::Size(TensorSizeError { expected: 16, .. })
+        ));
     }
 
     #[test]
@@ -236,6 +377,38 @@ mod tests {
         assert_eq!(joined.shape, vec![3, 3]);
         let parts = joined.split_batch(&[1, 2]).unwrap();
         assert_eq!(parts, vec![a, b]);
+    }
+
+    #[test]
+    fn bytes_tensors_check_their_layout_and_split_by_rows() {
+        let words: [&[u8]; 6] = [b"a", b"", b"ccc", b"dd", b"\xff\x00", b"zz"];
+        let data = bytes_data(words);
+        let t = Tensor::new(DataType::Bytes, vec![3, 2], data.clone()).unwrap();
+        assert_eq!(t.bytes_elements().unwrap(), words);
+        let parts = t.clone().split_batch(&[1, 2]).unwrap();
+        assert_eq!(parts[0].bytes_elements().unwrap(), &words[..2]);
+        assert_eq!(parts[1].bytes_elements().unwrap(), &words[2..]);
+        let joined = Tensor::concat_batch(&[&parts[0], &parts[1]]);
+        assert_eq!(joined, t);
+        assert!(matches!(
+            Tensor::new(DataType::Bytes, vec![7], data.clone()),
+            Err(TensorError::Bytes(BytesLayoutError::Truncated {
+                found: 6,
+                ..
+            }))
+        ));
+        assert!(matches!(
+            Tensor::new(DataType::Bytes, vec![5], data.clone()),
+            Err(TensorError::Bytes(BytesLayoutError::Trailing {
+                extra: 6,
+                ..
+            }))
+        ));
+        let mut lying = data;
+        lying[0] = 200;
+        assert!(Tensor::new(DataType::Bytes, vec![6], lying).is_err());
+        let empty = Tensor::zeros(DataType::Bytes, vec![2, 2]);
+        assert_eq!(empty.bytes_elements().unwrap(), vec![b"" as &[u8]; 4]);
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! Draining on shutdown. Once SIGTERM/SIGINT has set the service's
-//! `shutting_down` flag, every new request (on a new connection or on an
+//! Draining on shutdown. SIGTERM/SIGINT first sets the service's
+//! `draining` flag: readiness answers 503 while predictions are still
+//! served for `server.drain_delay_s`, so load balancers stop routing here.
+//! Once the `shutting_down` flag follows, every new request (on a new connection or on an
 //! open keep-alive one) is answered at once with a JSON 503
 //! `shutting_down` and `Connection: close`; health and readiness probes
 //! still run (and answer 503 themselves). Requests admitted before the flag
@@ -30,6 +32,9 @@ const PROBES: [&str; 3] = [
 #[derive(Debug)]
 pub struct Drain {
     in_flight: AtomicUsize,
+    /// How long requests are still served after the signal while readiness
+    /// is 503 (`server.drain_delay_s`).
+    pub delay: Duration,
     /// How long shutdown waits for them (`server.shutdown_timeout_s`).
     timeout: Duration,
 }
@@ -44,9 +49,10 @@ impl Drop for Admitted<'_> {
 }
 
 impl Drain {
-    pub fn new(timeout: Duration) -> Drain {
+    pub fn new(delay: Duration, timeout: Duration) -> Drain {
         Drain {
             in_flight: AtomicUsize::new(0),
+            delay,
             timeout,
         }
     }

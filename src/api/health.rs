@@ -41,7 +41,7 @@ struct Health {
 
 /// True when every served model has a ready replica.
 fn all_ready(state: &AppState) -> bool {
-    !state.service.is_shutting_down() && state.service.serving.models().iter().all(|m| m.is_ready())
+    !state.service.is_draining() && state.service.serving.models().iter().all(|m| m.is_ready())
 }
 
 #[utoipa::path(get, path = "/api/optimized/health", tag = "operations",
@@ -91,7 +91,7 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
             .map(|e| (e.model.clone(), e.error.clone()))
             .collect(),
     };
-    if service.is_shutting_down() {
+    if service.is_draining() {
         return HttpResponse::ServiceUnavailable().json(Health {
             status: "shutting_down",
             ..body

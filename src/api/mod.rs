@@ -4,15 +4,19 @@
 
 pub mod admin;
 pub mod drain;
+pub mod encoding;
 pub mod files;
 pub mod form;
 pub mod health;
 pub mod json_errors;
 pub mod metrics;
+pub mod model_config;
 pub mod openapi;
 pub mod predict;
 pub mod predictions;
 pub mod repository;
+pub mod shared_memory;
+pub mod statistics;
 pub mod stats;
 pub mod v2;
 
@@ -30,6 +34,7 @@ use crate::media::budget::MemoryBudget;
 use crate::media::image::ImageLimits;
 use crate::media::pool::MediaPool;
 use crate::service::InferenceService;
+use crate::triton::shared_memory::SharedMemoryRegistry;
 
 /// State shared by every worker.
 pub struct AppState {
@@ -43,6 +48,8 @@ pub struct AppState {
     /// Bearer token of the admin routes; `None`: loopback clients only.
     pub admin_token: Option<String>,
     pub media: MediaSettings,
+    /// Triton's system shared memory regions, registered by clients.
+    pub shared_memory: SharedMemoryRegistry,
 }
 
 /// How uploaded files are handled.
@@ -100,9 +107,25 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     health::config_health_api(cfg);
     metrics::config_metrics_api(cfg);
     stats::config_stats_api(cfg);
+    model_config::config_model_config_api(cfg);
+    statistics::config_statistics_api(cfg);
+    shared_memory::config_shared_memory_api(cfg);
     v2::config_v2_api(cfg);
     openapi::config_openapi_api(cfg);
 }
+
+/// The protocol extensions `GET /v2` lists: those of Triton's that Gantry
+/// serves.
+pub const EXTENSIONS: &[&str] = &[
+    "binary_tensor_data",
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "model_configuration",
+    "statistics",
+    "system_shared_memory",
+    "classification",
+    "sequence",
+];
 
 /// A resource whose unmatched methods answer a JSON 405.
 pub fn resource(path: &str) -> actix_web::Resource {
@@ -141,8 +164,9 @@ pub async fn not_found(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiE
     )))
 }
 
-/// Reads the whole body, answering 413 as soon as it exceeds the limit and
-/// 408 when it has not arrived within `server.body_timeout_ms`.
+/// Reads the whole body, inflating it when it is compressed, answering 413
+/// as soon as it (or what it inflates to) exceeds the limit and 408 when it
+/// has not arrived within `server.body_timeout_ms`.
 pub async fn read_body(
     state: &AppState,
     req: &HttpRequest,
@@ -179,6 +203,7 @@ async fn read_whole_body(
     let too_large = || ApiError::PayloadTooLarge {
         limit_mb: state.limit_mb(),
     };
+    let encoding = encoding::request_encoding(req.headers())?;
     let declared = declared_length(req);
     if declared.is_some_and(|n| n > state.body_limit) {
         return Err(too_large());
@@ -194,7 +219,11 @@ async fn read_whole_body(
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(body.freeze())
+    match encoding {
+        // The inflated size counts against the same limit.
+        Some(encoding) => encoding::inflate(body.freeze(), encoding, state.body_limit).await,
+        None => Ok(body.freeze()),
+    }
 }
 
 /// The body length the client declared in `Content-Length`, if any.

@@ -44,10 +44,18 @@ use crate::error::ErrorBody;
         super::health::ready,
         super::v2::model_metadata,
         super::v2::model_ready,
+        super::model_config::config,
+        super::statistics::all_models,
+        super::statistics::one_model,
         super::v2::infer,
         super::repository::index,
         super::repository::load,
         super::repository::unload,
+        super::shared_memory::register,
+        super::shared_memory::unregister,
+        super::shared_memory::unregister_all,
+        super::shared_memory::status_all,
+        super::shared_memory::status,
         openapi_json,
     ),
     components(schemas(ErrorBody)),
@@ -56,7 +64,7 @@ use crate::error::ErrorBody;
         (name = "predict", description = "Predictions on JSON tensors and uploaded files"),
         (name = "v2", description = "KServe v2 / Open Inference Protocol"),
         (name = "operations", description = "Health, statistics and metrics"),
-        (name = "admin", description = "Scaling, reload and model load/unload (admin token)"),
+        (name = "admin", description = "Scaling, reload, model load/unload and shared memory regions (admin token)"),
     )
 )]
 pub struct ApiDoc;
@@ -150,8 +158,9 @@ error_set! {
     PredictErrors = [400, 404, 413, 415, 422, 429, 500, 503, 504];
     /// A batch upload: the form and the model (each file fails in its entry).
     BatchErrors = [400, 404, 413, 415, 422, 429, 500, 503, 504];
-    /// A KServe v2 inference.
-    InferErrors = [400, 404, 413, 415, 422, 429, 500, 503, 504];
+    /// A KServe v2 inference (401 and 403: one that names shared memory
+    /// regions, without admin authorization).
+    InferErrors = [400, 401, 403, 404, 413, 415, 422, 429, 500, 503, 504];
     /// A prediction record.
     RecordErrors = [401, 403, 404, 503];
     /// A model's metadata or readiness.

@@ -192,6 +192,8 @@ fn decode_json(body: &[u8], request_id: &str) -> Result<Decoded, ApiError> {
             timeout: positive_ms(parsed.timeout_ms, "timeout_ms")?,
             use_cache: parsed.cache.unwrap_or(true),
             priority: Priority::default(),
+            sequence: None,
+            pin: None,
         },
         outputs: parsed.outputs,
         priority: parsed.priority.as_ref().map(body_priority).transpose()?,

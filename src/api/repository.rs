@@ -1,15 +1,18 @@
 //! The Triton model repository API: `POST /v2/repository/index`, and
 //! `POST /v2/repository/models/{m}/load` and `/unload`, so Triton clients
 //! (`load_model`, `unload_model`, `get_model_repository_index`) work. Load
-//! and unload are admin routes.
+//! answers once the model serves, and may override its settings; an
+//! unloaded model stays in the index as `UNAVAILABLE`. Load and unload are
+//! admin routes.
 
 use actix_web::{web, HttpRequest, HttpResponse};
-use gantry_actors::lifecycle::{LoadModel, UnloadModel};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 use super::admin::authorize;
-use super::{resource, AppState};
+use super::{parse_json, read_body, resource, AppState};
 use crate::error::ApiError;
+use crate::triton::config_override::overrides_from_config;
 
 pub fn config_repository_api(cfg: &mut web::ServiceConfig) {
     cfg.service(resource("/v2/repository/index").route(web::post().to(index)))
@@ -21,7 +24,8 @@ pub fn config_repository_api(cfg: &mut web::ServiceConfig) {
 struct IndexEntry {
     name: String,
     version: String,
-    /// `READY`, `UNAVAILABLE` (no ready replica) or `FAILED` (cannot load).
+    /// `READY`, `UNAVAILABLE` (no ready replica, or unloaded) or `FAILED`
+    /// (cannot load).
     state: &'static str,
     reason: String,
 }
@@ -49,6 +53,17 @@ async fn index(state: web::Data<AppState>) -> HttpResponse {
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .clone();
+    let unloaded = serving
+        .unloaded
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    entries.extend(unloaded.into_iter().map(|(name, version)| IndexEntry {
+        name,
+        version,
+        state: "UNAVAILABLE",
+        reason: "unloaded".into(),
+    }));
     entries.extend(failed.into_iter().map(|e| IndexEntry {
         name: e.model,
         version: String::new(),
@@ -58,24 +73,69 @@ async fn index(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok().json(entries)
 }
 
+/// A load request's body: Triton's `parameters`, of which `config` (a
+/// JSON object, as text or inline) overrides the model's settings.
+#[derive(Deserialize, Default, utoipa::ToSchema)]
+struct LoadBody {
+    #[serde(default)]
+    parameters: Map<String, Value>,
+}
+
+/// The settings override a load body asks for, if any.
+fn load_overrides(model: &str, body: &[u8]) -> Result<Option<toml::Table>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    let body: LoadBody = parse_json(body)?;
+    let mut overrides = None;
+    for (key, value) in body.parameters {
+        match (key.as_str(), value) {
+            ("config", Value::String(text)) => {
+                overrides = Some(overrides_from_config(model, &text).map_err(ApiError::BadRequest)?)
+            }
+            ("config", value @ Value::Object(_)) => {
+                overrides = Some(
+                    overrides_from_config(model, &value.to_string())
+                        .map_err(ApiError::BadRequest)?,
+                )
+            }
+            ("config", other) => {
+                return Err(ApiError::BadRequest(format!(
+                    "parameters.config must be a JSON object (or its text), not {other}"
+                )))
+            }
+            (key, _) if key.starts_with("file:") => {
+                return Err(ApiError::BadRequest(format!(
+                    "parameters.{key}: loading model files sent with the request is not \
+                     supported; put them in the model repository"
+                )))
+            }
+            (key, _) => {
+                return Err(ApiError::BadRequest(format!(
+                    "parameters.{key} is not a load parameter (config is)"
+                )))
+            }
+        }
+    }
+    Ok(overrides)
+}
+
+/// Answers once the model serves (or with why it cannot): the next
+/// request finds it ready.
 #[utoipa::path(post, path = "/v2/repository/models/{model}/load", tag = "admin",
     params(super::openapi::ModelParam), security(("admin_token" = [])),
-    responses((status = 200, description = "What the load changed", body = super::openapi::Loaded), super::openapi::AdminErrors))]
+    request_body(content = Option<LoadBody>, content_type = "application/json"),
+    responses((status = 200, description = "The model serves; what the load changed", body = super::openapi::Loaded), super::openapi::AdminErrors))]
 async fn load(
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<String>,
+    payload: web::Payload,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
-    let change = state
-        .service
-        .serving
-        .supervisor
-        .send(LoadModel {
-            model: path.into_inner(),
-        })
-        .await
-        .map_err(|e| ApiError::Internal(format!("supervisor did not answer: {e}")))??;
+    let body = read_body(&state, &req, payload).await?;
+    let overrides = load_overrides(&path, &body)?;
+    let change = state.service.load_model(&path, overrides).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({ "change": change.as_str() })))
 }
 
@@ -88,14 +148,6 @@ async fn unload(
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
-    state
-        .service
-        .serving
-        .supervisor
-        .send(UnloadModel {
-            model: path.into_inner(),
-        })
-        .await
-        .map_err(|e| ApiError::Internal(format!("supervisor did not answer: {e}")))??;
+    state.service.unload_model(&path).await?;
     Ok(HttpResponse::Ok().json(serde_json::json!({})))
 }

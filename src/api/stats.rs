@@ -23,12 +23,22 @@ struct Stats {
     uptime_s: f64,
     model_pools: BTreeMap<String, Pool>,
     memory: Memory,
+    runtime: Runtime,
     performance_metrics: Performance,
     /// `null` when caching is off.
     #[schema(value_type = Option<Object>)]
     cache: Option<CacheStats>,
     connection_pools: ConnectionPools,
     failed_models: BTreeMap<String, String>,
+}
+
+/// ONNX Runtime's shared thread pool.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Runtime {
+    /// Threads of the intra-op pool every session shares (models with
+    /// `intra_op_threads` have their own); `null` before ONNX Runtime
+    /// starts or with another engine.
+    intra_op_threads: Option<usize>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -98,9 +108,6 @@ struct Memory {
     total_mb: u64,
     reserved_mb: u64,
     free_mb: u64,
-    /// The cpu.threads budget and what replicas hold of it.
-    threads_total: usize,
-    threads_reserved: usize,
     devices: Vec<DeviceMemory>,
     refused: Vec<Refused>,
 }
@@ -250,8 +257,6 @@ async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
             total_mb: snapshot.memory.total_mb,
             reserved_mb: snapshot.memory.reserved_mb,
             free_mb: snapshot.memory.free_mb,
-            threads_total: snapshot.memory.threads_total,
-            threads_reserved: snapshot.memory.threads_reserved,
             devices: snapshot.memory.devices.iter().map(device_memory).collect(),
             refused: snapshot
                 .memory
@@ -264,6 +269,9 @@ async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
                     reason: r.reason.clone(),
                 })
                 .collect(),
+        },
+        runtime: Runtime {
+            intra_op_threads: gantry_actors::engine::onnx::shared_pool_threads(),
         },
         performance_metrics: Performance {
             requests_total: metrics.requests_total(),

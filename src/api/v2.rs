@@ -1,7 +1,9 @@
 //! The KServe v2 / Open Inference Protocol: server and model metadata,
 //! readiness, and inference with JSON tensors or Triton's binary tensor
 //! extension (`Inference-Header-Content-Length`), so standard Triton and
-//! KServe HTTP clients work unmodified.
+//! KServe HTTP clients work unmodified. Inputs and outputs may also be in
+//! shared memory regions (Triton's system shared memory extension,
+//! [`super::shared_memory`]).
 
 use std::time::Duration;
 
@@ -14,14 +16,19 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
+use super::admin::authorize;
+use super::encoding::{accepted_encoding, compress, Encoding};
 use super::predict::select_outputs;
+use super::shared_memory::{self as shm, OutputRegions, SharedInput, SharedRef};
 use super::{
     cache_allowed, header_priority, header_timeout, parse_json, read_body, resource, AppState,
 };
 use crate::codec::{check_bools, parse_datatype, tensor_from_json, JsonData};
 use crate::error::ApiError;
 use crate::request_id::Requested;
+use crate::service::sequences::SequenceCall;
 use crate::service::{PredictCall, Prediction};
+use crate::triton::classification::top_classes;
 
 const HEADER_LENGTH: &str = "inference-header-content-length";
 
@@ -37,10 +44,11 @@ pub fn config_v2_api(cfg: &mut web::ServiceConfig) {
     }
 }
 
+/// A model in a v2 path, with the version when the path names one.
 #[derive(Deserialize)]
-struct ModelPath {
-    model: String,
-    version: Option<String>,
+pub(super) struct ModelPath {
+    pub model: String,
+    pub version: Option<String>,
 }
 
 #[utoipa::path(get, path = "/v2", tag = "v2",
@@ -49,12 +57,15 @@ async fn server_metadata() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({
         "name": "gantry",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data"],
+        "extensions": super::EXTENSIONS,
     }))
 }
 
 /// The model named in the path, checking the version when one is given.
-fn model_at(state: &AppState, path: &ModelPath) -> Result<std::sync::Arc<ModelHandle>, ApiError> {
+pub(super) fn model_at(
+    state: &AppState,
+    path: &ModelPath,
+) -> Result<std::sync::Arc<ModelHandle>, ApiError> {
     let model = state.service.model(&path.model)?;
     match &path.version {
         Some(v) if *v != model.spec.version => Err(ApiError::NotFound(format!(
@@ -72,9 +83,15 @@ pub(super) struct TensorMetadata<'a> {
     shape: Vec<i64>,
 }
 
-fn tensor_metadata(specs: &[TensorSpec]) -> Vec<TensorMetadata<'_>> {
+/// The tensors clients see: those the server fills or keeps (a sequence
+/// model's control and state tensors) are left out, as `hidden` says.
+fn tensor_metadata<'a>(
+    specs: &'a [TensorSpec],
+    hidden: impl Fn(&str) -> bool,
+) -> Vec<TensorMetadata<'a>> {
     specs
         .iter()
+        .filter(|s| !hidden(&s.name))
         .map(|s| TensorMetadata {
             name: &s.name,
             datatype: s.dtype.as_str(),
@@ -91,12 +108,17 @@ async fn model_metadata(
 ) -> Result<HttpResponse, ApiError> {
     let model = model_at(&state, &path)?;
     let signature = model.ready_signature()?;
+    let sequence = model.spec.settings.sequence.as_ref();
     Ok(HttpResponse::Ok().json(serde_json::json!({
         "name": model.name(),
         "versions": [model.spec.version],
         "platform": "onnxruntime_onnx",
-        "inputs": tensor_metadata(&signature.inputs),
-        "outputs": tensor_metadata(&signature.outputs),
+        "inputs": tensor_metadata(&signature.inputs, |name| {
+            sequence.is_some_and(|seq| seq.fills_input(name))
+        }),
+        "outputs": tensor_metadata(&signature.outputs, |name| {
+            sequence.is_some_and(|seq| seq.keeps_output(name))
+        }),
     })))
 }
 
@@ -170,44 +192,104 @@ async fn infer(
         let timeout = header_timeout(&req)?;
         let priority = header_priority(&req)?;
         let header_length = req.headers().get(HEADER_LENGTH);
-        let (mut call, plan) =
+        let (mut call, mut plan) =
             decode(header_length, body, requested.id.clone(), timeout, priority)?;
         call.use_cache = cache_allowed(&req);
+        let regions = resolve_shared(&state, &req, &mut call, &mut plan)?;
         let prediction = state
             .service
             .predict(model.name(), call, &mut pending)
             .await?;
-        encode(&prediction, plan)
+        regions.write(&prediction.outputs)?;
+        respond(encode(&prediction, plan)?, accepted_encoding(req.headers())).await
     }
     .await;
     pending.finish(answered)
 }
 
-/// What the answer needs from the request: its id, and how to send outputs.
-pub struct ResponsePlan {
+/// When the request names shared memory regions (an admin matter, as
+/// registering them is): reads its inputs that are there into `call`, and
+/// finds the regions its outputs go to, before anything runs.
+fn resolve_shared(
+    state: &AppState,
+    req: &HttpRequest,
+    call: &mut PredictCall,
+    plan: &mut InferPlan,
+) -> Result<OutputRegions, ApiError> {
+    let inputs = std::mem::take(&mut plan.shared_inputs);
+    let outputs: Vec<(&str, &SharedRef)> = plan
+        .outputs
+        .iter()
+        .flatten()
+        .filter_map(|o| o.shared.as_ref().map(|at| (o.name.as_str(), at)))
+        .collect();
+    if inputs.is_empty() && outputs.is_empty() {
+        return Ok(OutputRegions::default());
+    }
+    authorize(state, req)?;
+    let regions = OutputRegions::resolve(&state.shared_memory, outputs)?;
+    shm::read_inputs(&state.shared_memory, call, inputs)?;
+    Ok(regions)
+}
+
+/// What the request still needs once its body is decoded: the inputs to
+/// read from shared memory, and how to answer (its id, which outputs, how).
+pub struct InferPlan {
     id: Option<String>,
-    /// (output name, as binary) in answer order; `None` means all outputs.
-    outputs: Option<Vec<(String, bool)>>,
+    /// In answer order; `None` means all outputs.
+    outputs: Option<Vec<RequestedOutput>>,
     binary_default: bool,
+    /// Inputs whose bytes are in shared memory: not in the call yet.
+    shared_inputs: Vec<SharedInput>,
+}
+
+/// An output the request asks for, and how it is sent.
+struct RequestedOutput {
+    name: String,
+    binary: bool,
+    /// Written into shared memory instead (`binary` then does not count).
+    shared: Option<SharedRef>,
+    /// Answered as its top classes (Triton's classification extension).
+    classes: Option<usize>,
 }
 
 /// Parses an infer request body: its JSON header (the first
 /// `header_length` bytes, from `Inference-Header-Content-Length`, else the
 /// whole body) and the binary tensor data after it. Pure, for the handler
-/// and the fuzz targets.
+/// and the fuzz targets: inputs in shared memory are left in the plan, for
+/// the handler to read.
 pub fn decode(
     header_length: Option<&HeaderValue>,
     body: Bytes,
     request_id: String,
     header_timeout: Option<Duration>,
     header_priority: Option<Priority>,
-) -> Result<(PredictCall, ResponsePlan), ApiError> {
+) -> Result<(PredictCall, InferPlan), ApiError> {
     let (json, mut binary) = split_binary(header_length, &body)?;
     let parsed: InferBody = parse_json(json)?;
     let mut inputs = Vec::with_capacity(parsed.inputs.len());
+    let mut shared_inputs = Vec::new();
     for input in parsed.inputs {
-        let tensor = match (binary_size(&input.parameters, &input.name)?, &input.data) {
-            (Some(size), _) => {
+        let shared = shm::shared_ref(&input.parameters, "input", &input.name)?;
+        let size = binary_size(&input.parameters, &input.name)?;
+        let tensor = match (shared, size, &input.data) {
+            (Some(at), None, None) => {
+                shared_inputs.push(SharedInput {
+                    position: inputs.len() + shared_inputs.len(),
+                    dtype: parse_datatype(&input.name, &input.datatype)?,
+                    name: input.name,
+                    shape: input.shape,
+                    at,
+                });
+                continue;
+            }
+            (Some(_), _, _) => {
+                return Err(ApiError::BadRequest(format!(
+                    "input '{}' names a shared memory region and also carries data",
+                    input.name
+                )))
+            }
+            (None, Some(size), _) => {
                 if size > binary.len() {
                     return Err(ApiError::BadRequest(format!(
                         "input '{}' declares {size} binary bytes, only {} remain in the body",
@@ -223,10 +305,10 @@ pub fn decode(
                 check_bools(&input.name, &tensor)?;
                 tensor
             }
-            (None, Some(data)) => {
+            (None, None, Some(data)) => {
                 tensor_from_json(&input.name, &input.datatype, input.shape, data)?
             }
-            (None, None) => {
+            (None, None, None) => {
                 return Err(ApiError::BadRequest(format!(
                     "input '{}' has neither 'data' nor a binary_data_size parameter",
                     input.name
@@ -275,7 +357,20 @@ pub fn decode(
                         None => binary_default,
                         Some(_) => flag(&o.parameters, "binary_data")?,
                     };
-                    Ok((o.name, binary))
+                    let shared = shm::shared_ref(&o.parameters, "output", &o.name)?;
+                    let classes = class_count(&o.parameters, &o.name)?;
+                    if classes.is_some() && shared.is_some() {
+                        return Err(ApiError::BadRequest(format!(
+                            "output '{}': classification cannot be written to shared memory",
+                            o.name
+                        )));
+                    }
+                    Ok(RequestedOutput {
+                        name: o.name,
+                        binary,
+                        shared,
+                        classes,
+                    })
                 })
                 .collect::<Result<Vec<_>, ApiError>>()?,
         ),
@@ -286,13 +381,17 @@ pub fn decode(
         timeout,
         use_cache: true,
         priority,
+        sequence: SequenceCall::from_parameters(&parsed.parameters)
+            .map_err(ApiError::BadRequest)?,
+        pin: None,
     };
     Ok((
         call,
-        ResponsePlan {
+        InferPlan {
             id: parsed.id,
             outputs,
             binary_default,
+            shared_inputs,
         },
     ))
 }
@@ -362,20 +461,58 @@ struct InferAnswer<'a> {
     outputs: Vec<OutputAnswer<'a>>,
 }
 
-fn encode(p: &Prediction, plan: ResponsePlan) -> Result<HttpResponse, ApiError> {
+/// `parameters.classification` of a requested output: a positive integer.
+fn class_count(parameters: &Map<String, Value>, output: &str) -> Result<Option<usize>, ApiError> {
+    match parameters.get("classification") {
+        None => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .filter(|&k| k > 0)
+            .map(|k| Some(k as usize))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "output '{output}': parameters.classification must be a positive integer, not {v}"
+                ))
+            }),
+    }
+}
+
+/// The answer; outputs in shared memory are already written (the handler
+/// wrote them), and are listed with the bytes written instead of data.
+/// Outputs asked with `classification` are answered as their top classes.
+fn encode(p: &Prediction, plan: InferPlan) -> Result<EncodedAnswer, ApiError> {
     let names: Option<Vec<String>> = plan
         .outputs
         .as_ref()
-        .map(|o| o.iter().map(|(n, _)| n.clone()).collect());
+        .map(|o| o.iter().map(|o| o.name.clone()).collect());
     let selected = select_outputs(&p.outputs, names.as_deref())?;
+    let classified: Vec<Option<Tensor>> = selected
+        .iter()
+        .enumerate()
+        .map(|(index, (name, tensor))| {
+            let k = plan.outputs.as_ref().and_then(|list| list[index].classes);
+            k.map(|k| {
+                top_classes(tensor, k, p.model.spec.labels.as_deref())
+                    .map_err(|why| ApiError::InvalidTensor(format!("output '{name}': {why}")))
+            })
+            .transpose()
+        })
+        .collect::<Result<_, _>>()?;
+    let selected: Vec<(&String, &Tensor)> = selected
+        .into_iter()
+        .zip(&classified)
+        .map(|(output, classes)| (&output.0, classes.as_ref().unwrap_or(&output.1)))
+        .collect();
     let mut binary_parts: Vec<&[u8]> = Vec::new();
     let mut outputs = Vec::with_capacity(selected.len());
     for (index, (name, tensor)) in selected.into_iter().enumerate() {
-        let as_binary = match &plan.outputs {
-            Some(list) => list[index].1,
-            None => plan.binary_default,
+        let (as_binary, shared) = match &plan.outputs {
+            Some(list) => (list[index].binary, list[index].shared.as_ref()),
+            None => (plan.binary_default, None),
         };
-        let (parameters, data) = if as_binary {
+        let (parameters, data) = if let Some(at) = shared {
+            (Some(shm::answer_parameters(at, tensor.data.len())), None)
+        } else if as_binary {
             binary_parts.push(&tensor.data);
             (
                 Some(serde_json::json!({ "binary_data_size": tensor.data.len() })),
@@ -400,18 +537,53 @@ fn encode(p: &Prediction, plan: ResponsePlan) -> Result<HttpResponse, ApiError> 
     };
     let json = serde_json::to_vec(&answer).map_err(|e| ApiError::Internal(e.to_string()))?;
     if binary_parts.is_empty() {
-        return Ok(HttpResponse::Ok()
-            .content_type("application/json")
-            .body(json));
+        return Ok(EncodedAnswer {
+            body: json,
+            header_length: None,
+        });
     }
     let header_length = json.len();
     let mut body = json;
     for part in binary_parts {
         body.extend_from_slice(part);
     }
-    Ok(HttpResponse::Ok()
-        .content_type("application/octet-stream")
-        .insert_header((HEADER_LENGTH, header_length.to_string()))
-        .insert_header((header::CACHE_CONTROL, "no-store"))
-        .body(body))
+    Ok(EncodedAnswer {
+        body,
+        header_length: Some(header_length),
+    })
+}
+
+/// An infer answer's body: JSON, or (with `header_length`) a JSON header
+/// followed by binary tensor data.
+pub struct EncodedAnswer {
+    pub body: Vec<u8>,
+    pub header_length: Option<usize>,
+}
+
+/// The HTTP answer for `answer`, compressed with `encoding` when the
+/// client accepts one (`Inference-Header-Content-Length` still counts the
+/// uncompressed JSON header, as Triton's clients expect).
+async fn respond(
+    answer: EncodedAnswer,
+    encoding: Option<Encoding>,
+) -> Result<HttpResponse, ApiError> {
+    let mut response = HttpResponse::Ok();
+    match answer.header_length {
+        None => response.content_type("application/json"),
+        Some(length) => response
+            .content_type("application/octet-stream")
+            .insert_header((HEADER_LENGTH, length.to_string()))
+            .insert_header((header::CACHE_CONTROL, "no-store")),
+    };
+    let body = Bytes::from(answer.body);
+    Ok(match encoding {
+        None => response.body(body),
+        Some(encoding) => {
+            let (compressed, name) = compress(body, encoding).await?;
+            response
+                .insert_header((header::CONTENT_ENCODING, name))
+                .insert_header((header::VARY, "accept-encoding"))
+                .body(compressed)
+        }
+    })
 }

@@ -1,8 +1,10 @@
 //! The result cache: L1 in process (moka, bounded in bytes, with TTL) and an
 //! optional shared L2 in Redis. A lookup tries L1, then L2 (an L2 hit fills
 //! L1); only successful results are stored, in both levels, the Redis write
-//! off the request path.
+//! off the request path. Concurrent misses of one key run once
+//! ([`coalesce`]).
 
+pub mod coalesce;
 pub mod encoding;
 pub mod key;
 pub mod redis;
@@ -27,6 +29,9 @@ pub type Outputs = Arc<Vec<(String, Tensor)>>;
 pub enum CacheLevel {
     L1,
     L2,
+    /// Not from a level: from the identical request that was running when
+    /// this one missed.
+    Coalesced,
 }
 
 impl CacheLevel {
@@ -34,6 +39,7 @@ impl CacheLevel {
         match self {
             CacheLevel::L1 => "l1",
             CacheLevel::L2 => "l2",
+            CacheLevel::Coalesced => "coalesced",
         }
     }
 }
@@ -56,6 +62,7 @@ pub struct ResultCache {
     l2: Option<Arc<RedisCache>>,
     l1_hits: AtomicU64,
     l1_misses: AtomicU64,
+    in_flight: Arc<coalesce::InFlight>,
 }
 
 fn weight(outputs: &Outputs) -> u32 {
@@ -89,6 +96,7 @@ impl ResultCache {
             l2,
             l1_hits: AtomicU64::new(0),
             l1_misses: AtomicU64::new(0),
+            in_flight: Arc::default(),
         })
     }
 
@@ -108,6 +116,12 @@ impl ResultCache {
         let outputs = Arc::new(outputs);
         self.l1.insert(*key, outputs.clone());
         Some((outputs, CacheLevel::L2))
+    }
+
+    /// After a miss: whether this request computes `key` or waits for the
+    /// identical request that does.
+    pub fn join(&self, key: CacheKey) -> coalesce::Turn {
+        self.in_flight.join(key)
     }
 
     /// Stores a successful result in L1 now and in L2 in the background.
@@ -147,6 +161,7 @@ impl ResultCache {
             },
             l1,
             l2,
+            coalesced: self.in_flight.coalesced(),
         }
     }
 }
@@ -173,4 +188,7 @@ pub struct CacheStats {
     pub l2: Option<L2Stats>,
     /// Lookups answered by either level.
     pub hit_rate: f64,
+    /// Requests that missed while an identical request ran, answered with
+    /// its outputs instead of running the model again.
+    pub coalesced: u64,
 }

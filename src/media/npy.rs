@@ -126,6 +126,7 @@ fn parse_descr(descr: &str) -> Result<(DataType, bool), NpyError> {
         "i8" => DataType::Int64,
         "f4" => DataType::Fp32,
         "f8" => DataType::Fp64,
+        "f2" => DataType::Fp16,
         _ => {
             return Err(NpyError::Invalid(format!(
                 "datatype '{descr}' is not supported"
@@ -153,6 +154,9 @@ fn parse_shape(text: &str) -> Result<Vec<usize>, NpyError> {
 }
 
 /// Writes a tensor as a version 1 `.npy` file (tests, tools, load generators).
+///
+/// # Panics
+/// For BF16 and BYTES, which `.npy` has no datatype for.
 pub fn write_npy(tensor: &Tensor) -> Vec<u8> {
     let descr = match tensor.dtype {
         DataType::Bool => "|b1",
@@ -166,6 +170,10 @@ pub fn write_npy(tensor: &Tensor) -> Vec<u8> {
         DataType::Int64 => "<i8",
         DataType::Fp32 => "<f4",
         DataType::Fp64 => "<f8",
+        DataType::Fp16 => "<f2",
+        DataType::Bf16 | DataType::Bytes => {
+            panic!("a .npy file holds no {}", tensor.dtype)
+        }
     };
     let dims: Vec<String> = tensor.shape.iter().map(|d| d.to_string()).collect();
     let shape = match dims.len() {
@@ -191,7 +199,10 @@ mod tests {
 
     #[test]
     fn round_trips_every_datatype_and_scalars() {
-        for dtype in DataType::ALL {
+        let written = DataType::ALL
+            .into_iter()
+            .filter(|d| !matches!(d, DataType::Bf16 | DataType::Bytes));
+        for dtype in written {
             for shape in [vec![2, 3], vec![4], vec![]] {
                 let data: Vec<u8> = (0..element_count(&shape) * dtype.size())
                     .map(|i| {

@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use gantry_actors::observer::BatchObserver;
+use gantry_actors::observer::{BatchObserver, BatchReport};
+
+use crate::triton::statistics::{ComputeTimes, Statistics};
 
 use self::prometheus::{EventSeries, ModelLabels, StatusLabels, UNKNOWN_MODEL};
 use self::window::{Window, WindowSummary};
@@ -25,6 +27,8 @@ pub struct Metrics {
     /// Answers since start per served model, by HTTP status.
     statuses: Mutex<HashMap<String, BTreeMap<u16, u64>>>,
     pub series: EventSeries,
+    /// Triton's statistics extension.
+    pub statistics: Statistics,
 }
 
 impl Default for Metrics {
@@ -36,6 +40,7 @@ impl Default for Metrics {
             windows: RwLock::new(HashMap::new()),
             statuses: Mutex::new(HashMap::new()),
             series: EventSeries::default(),
+            statistics: Statistics::default(),
         }
     }
 }
@@ -167,24 +172,24 @@ impl Metrics {
 }
 
 impl BatchObserver for Metrics {
-    fn batch_finished(
-        &self,
-        model: &str,
-        _replica: usize,
-        items: usize,
-        inference: Duration,
-        _ok: bool,
-    ) {
+    fn batch_finished(&self, batch: &BatchReport<'_>) {
         let labels = ModelLabels {
-            model: model.to_string(),
+            model: batch.model.to_string(),
         };
         self.series
             .inference_duration
             .get_or_create(&labels)
-            .observe(inference.as_secs_f64());
+            .observe(batch.inference.as_secs_f64());
         self.series
             .batch_size
             .get_or_create(&labels)
-            .observe(items as f64);
+            .observe(batch.items as f64);
+        let phases = ComputeTimes {
+            input: batch.input,
+            infer: batch.infer,
+            output: batch.output,
+        };
+        self.statistics
+            .record_batch(batch.model, batch.items, &phases);
     }
 }

@@ -215,6 +215,7 @@ const MB: i64 = 1024 * 1024;
 fn state_registry(inputs: &ScrapeInputs, mailbox_refusals: impl Fn(&str) -> u64) -> Registry {
     let mut r = Registry::with_prefix("gantry");
     let queue_depth = Family::<ModelLabels, Gauge>::default();
+    let queue_capacity = Family::<ModelLabels, Gauge>::default();
     let rejected = Family::<ModelLabels, Counter>::default();
     let expired = Family::<ModelLabels, Counter>::default();
     let cancelled = Family::<ModelLabels, Counter>::default();
@@ -228,6 +229,9 @@ fn state_registry(inputs: &ScrapeInputs, mailbox_refusals: impl Fn(&str) -> u64)
         queue_depth
             .get_or_create(&model(&m.name))
             .set(b.queue_depth as i64);
+        queue_capacity
+            .get_or_create(&model(&m.name))
+            .set(b.queue_capacity as i64);
         rejected
             .get_or_create(&model(&m.name))
             .inc_by(b.counters.rejected + mailbox_refusals(&m.name));
@@ -267,6 +271,11 @@ fn state_registry(inputs: &ScrapeInputs, mailbox_refusals: impl Fn(&str) -> u64)
         "queue_depth",
         "Requests waiting in the model's batcher",
         queue_depth,
+    );
+    r.register(
+        "queue_capacity",
+        "Requests the model's queue holds at most; beyond, new ones are answered 429",
+        queue_capacity,
     );
     r.register(
         "requests_rejected",
@@ -326,11 +335,25 @@ fn state_registry(inputs: &ScrapeInputs, mailbox_refusals: impl Fn(&str) -> u64)
         }
         r.register("cache_hits", "Result cache hits by level", hits);
         r.register("cache_misses", "Result cache misses by level", misses);
+        let coalesced = Counter::<u64>::default();
+        coalesced.inc_by(cache.coalesced);
+        r.register(
+            "cache_coalesced",
+            "Requests that missed while an identical request ran, answered with its outputs",
+            coalesced,
+        );
         r.register(
             "cache_entries",
             "Entries in the in-process cache",
             gauge(cache.l1.entries as i64),
         );
+        if let Some(l2) = &cache.l2 {
+            r.register(
+                "cache_l2_up",
+                "1 when Redis (the shared L2 cache) answers, 0 while it is skipped",
+                gauge(i64::from(l2.status == "up")),
+            );
+        }
     }
     if let Some(store) = inputs.store {
         r.register(

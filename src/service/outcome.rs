@@ -20,12 +20,17 @@ use crate::error::ApiError;
 use crate::metrics::{Metrics, RequestRecord};
 use crate::request_id::{new_prediction_id, Requested, PREDICTION_HEADER};
 use crate::store::{PredictionLog, PredictionRow};
+use crate::triton::statistics::{ComputeTimes, RequestOutcome};
 
 /// What ran, for the record.
 #[derive(Debug, Clone, Copy)]
 struct Ran {
     queue_ms: f64,
     inference_ms: f64,
+    input_ms: f64,
+    output_ms: f64,
+    items: usize,
+    cache_lookup_ms: Option<f64>,
     batch_size: Option<usize>,
     replica: Option<usize>,
     cache: Option<CacheLevel>,
@@ -104,6 +109,10 @@ impl Pending {
         self.ran = Some(Ran {
             queue_ms: p.queue_ms,
             inference_ms: p.inference_ms,
+            input_ms: p.input_ms,
+            output_ms: p.output_ms,
+            items: p.items,
+            cache_lookup_ms: p.cache_lookup_ms,
             batch_size: p.batch_size,
             replica: p.replica,
             cache: p.cache,
@@ -139,6 +148,11 @@ impl Pending {
             duration,
             queued: ran.map(|r| Duration::from_secs_f64(r.queue_ms.max(0.0) / 1000.0)),
         });
+        if let Some(model) = model {
+            self.metrics
+                .statistics
+                .record_request(model.name(), &request_outcome(status, duration, self.ran));
+        }
         if let Some(model) = model.filter(|_| self.refused_at_mailbox) {
             self.metrics.record_mailbox_refusal(model.name());
         }
@@ -165,5 +179,24 @@ impl Pending {
             cache_level: self.ran.and_then(|r| r.cache).map(CacheLevel::as_str),
             created_at: self.created_at,
         });
+    }
+}
+
+/// What Triton's statistics count of a request answered `status`.
+fn request_outcome(status: u16, duration: Duration, ran: Option<Ran>) -> RequestOutcome {
+    let ms = |v: f64| Duration::from_secs_f64(v.max(0.0) / 1000.0);
+    RequestOutcome {
+        ok: status < 400,
+        duration,
+        items: ran.map_or(1, |r| r.items),
+        ran: ran.filter(|r| r.cache.is_none()).map(|r| {
+            let phases = ComputeTimes {
+                input: ms(r.input_ms),
+                infer: ms(r.inference_ms),
+                output: ms(r.output_ms),
+            };
+            (ms(r.queue_ms), phases)
+        }),
+        cache: ran.and_then(|r| Some((r.cache.is_some(), ms(r.cache_lookup_ms?)))),
     }
 }

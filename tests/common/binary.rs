@@ -85,9 +85,22 @@ impl Gantry {
     }
 
     /// Waits for the process to exit.
-    pub async fn exit_status(mut self) -> ExitStatus {
-        tokio::task::spawn_blocking(move || self.child.wait().expect("wait"))
-            .await
-            .expect("no panic")
+    pub async fn exit_status(self) -> ExitStatus {
+        tokio::task::spawn_blocking(move || {
+            let mut gantry = self;
+            gantry.child.wait().expect("wait")
+        })
+        .await
+        .expect("no panic")
+    }
+}
+
+impl Drop for Gantry {
+    /// A test that fails midway leaves no server behind.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }

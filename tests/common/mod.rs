@@ -32,7 +32,7 @@ pub fn root() -> PathBuf {
 pub fn onnx_provider() -> Arc<dyn EngineProvider> {
     let library = gantry::runtime::locate_onnxruntime("")
         .unwrap_or_else(|e| panic!("tests need ONNX Runtime: {e}"));
-    init_runtime(&library).expect("ONNX Runtime loads");
+    init_runtime(&library, Default::default()).expect("ONNX Runtime loads");
     Arc::new(OnnxProvider)
 }
 
@@ -42,8 +42,6 @@ pub fn config(models: &Path) -> Config {
     config.models.dir = models.to_path_buf();
     config.server.workers = 2;
     config.memory.limit_mb = 8192;
-    // Tests run more replicas than this machine has cores.
-    config.cpu.threads = 64;
     config
 }
 

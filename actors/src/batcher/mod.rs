@@ -102,8 +102,8 @@ pub struct Batcher {
     observer: Arc<dyn BatchObserver>,
     /// Where refused replicas ask again for a reservation.
     budget: Option<Addr<MemoryBudget>>,
-    /// What each replica reserves: MB and CPU threads.
-    footprint: (u64, usize),
+    /// What each replica reserves, in MB.
+    footprint_mb: u64,
     /// Where its replicas may run (`device`, `gpus`).
     placement: crate::device::Placement,
     /// Set when the model is being removed: stop once the queue is empty.
@@ -146,7 +146,7 @@ impl Batcher {
             wakeup: None,
             observer,
             budget: None,
-            footprint: (0, settings.intra_op_threads),
+            footprint_mb: 0,
             placement: settings.placement(),
             retiring: false,
             retire_after: None,
@@ -176,7 +176,7 @@ impl Batcher {
     /// has room; batches are capped at what its free memory holds.
     pub fn with_budget(mut self, budget: Addr<MemoryBudget>, memory_mb: u64) -> Self {
         self.budget = Some(budget);
-        self.footprint.0 = memory_mb;
+        self.footprint_mb = memory_mb;
         self
     }
 
@@ -250,24 +250,69 @@ impl Batcher {
     }
 
     /// Sends every batch that may leave now and arms a timer for the next.
+    /// Requests pinned to a replica (a sequence's) go only to it while it is
+    /// ready, to any replica once it is not.
     fn dispatch(&mut self, ctx: &mut Context<Self>) {
-        while let Some(replica) = self.pick_replica() {
-            let cap = self.batch_cap(self.device_of(replica));
-            let now = Instant::now();
-            let idle = self.replicas[replica].inflight_batches == 0;
-            let group = match self.queue.readiness(cap, self.window, now) {
-                Readiness::Empty => break,
-                Readiness::Due(group) => group,
-                Readiness::NotYet(group, _) if idle => group,
-                Readiness::NotYet(_, _) => break,
+        while let Some(first) = self.pick_replica() {
+            let candidates = if self.queue.has_pins() {
+                self.ready_by_load(first)
+            } else {
+                vec![first]
             };
-            let entries = self.take_live(group, cap);
-            if !entries.is_empty() {
-                self.send_batch(replica, entries);
+            let mut sent = false;
+            for replica in candidates {
+                if let Some(entries) = self.batch_for(replica) {
+                    if !entries.is_empty() {
+                        self.send_batch(replica, entries);
+                    }
+                    sent = true;
+                    break;
+                }
+            }
+            if !sent {
+                break;
             }
         }
         let cap = self.cap().0;
         self.arm_wakeup(ctx, cap);
+    }
+
+    /// The batch replica `index` should run now, if one may leave.
+    fn batch_for(&mut self, index: usize) -> Option<Vec<InferRequest>> {
+        let cap = self.batch_cap(self.device_of(index));
+        let now = Instant::now();
+        let slot = &self.replicas[index];
+        let idle = slot.inflight_batches == 0;
+        let id = slot.id;
+        let ready: Vec<usize> = self
+            .replicas
+            .iter()
+            .filter(|r| r.state == ReplicaState::Ready)
+            .map(|r| r.id)
+            .collect();
+        let allowed = |pin: Option<usize>| pin.is_none_or(|p| p == id || !ready.contains(&p));
+        let group = match self.queue.readiness_for(cap, self.window, now, allowed) {
+            Readiness::Empty => return None,
+            Readiness::Due(group) => group,
+            Readiness::NotYet(group, _) if idle => group,
+            Readiness::NotYet(_, _) => return None,
+        };
+        Some(self.take_live(group, cap))
+    }
+
+    /// Ready replicas that can take a batch, `first` (the least loaded)
+    /// first, then by load.
+    fn ready_by_load(&self, first: usize) -> Vec<usize> {
+        let mut others: Vec<usize> = (0..self.replicas.len())
+            .filter(|&i| {
+                let slot = &self.replicas[i];
+                i != first
+                    && slot.state == ReplicaState::Ready
+                    && slot.inflight_batches < PIPELINE_DEPTH
+            })
+            .collect();
+        others.sort_by_key(|&i| self.replicas[i].inflight_items);
+        std::iter::once(first).chain(others).collect()
     }
 
     fn send_batch(&mut self, replica: usize, entries: Vec<InferRequest>) {
@@ -522,58 +567,4 @@ impl Handler<ItemMemoryMeasured> for Batcher {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::memory::MemorySource;
-    use crate::observer::NoObserver;
-
-    fn batcher(settings: &str) -> Batcher {
-        let settings = ModelSettings::parse(settings, std::path::Path::new("m/model.toml"))
-            .expect("valid settings");
-        Batcher::new(
-            "m".into(),
-            &settings,
-            Arc::new(ModelState::default()),
-            Arc::new(NoObserver),
-        )
-    }
-
-    #[test]
-    fn the_cap_follows_free_memory_when_the_memory_per_item_is_known() {
-        let mut b = batcher("max_batch_size = 8\nmemory_per_item_mb = 100\n");
-        // No budget shared yet: the configured cap.
-        assert_eq!(b.cap(), (8, CapReason::MaxBatchSize));
-        let budget = MemoryBudget::with_total(MemorySource::Config, 350, 1);
-        b.free_memory = Some(budget.free_memory());
-        assert_eq!(b.cap(), (3, CapReason::MemoryBudget));
-        let budget = MemoryBudget::with_total(MemorySource::Config, 5000, 1);
-        b.free_memory = Some(budget.free_memory());
-        assert_eq!(b.cap(), (8, CapReason::MaxBatchSize));
-        // Never below 1.
-        let budget = MemoryBudget::with_total(MemorySource::Config, 0, 1);
-        b.free_memory = Some(budget.free_memory());
-        assert_eq!(b.cap(), (1, CapReason::MemoryBudget));
-        // A device the budget does not have does not cap.
-        assert_eq!(
-            b.cap_at(Device::Gpu(0), Instant::now()),
-            (8, CapReason::MaxBatchSize)
-        );
-    }
-
-    #[test]
-    fn running_out_of_memory_lowers_the_cap_for_a_while() {
-        let mut b = batcher("max_batch_size = 8\n");
-        let t0 = Instant::now();
-        assert_eq!(b.lower_cap_after_out_of_memory(4, t0), 4);
-        assert_eq!(b.cap_at(Device::Cpu, t0), (4, CapReason::OutOfMemory));
-        // A later, larger success does not raise a cap in force; a smaller one lowers it.
-        assert_eq!(b.lower_cap_after_out_of_memory(6, t0), 4);
-        assert_eq!(b.lower_cap_after_out_of_memory(0, t0), 1);
-        assert_eq!(b.cap_at(Device::Cpu, t0), (1, CapReason::OutOfMemory));
-        // Once the hold is over, the configured cap is back...
-        let later = t0 + OUT_OF_MEMORY_HOLD;
-        assert_eq!(b.cap_at(Device::Cpu, later), (8, CapReason::MaxBatchSize));
-        // ...and a new shortage starts from scratch.
-        assert_eq!(b.lower_cap_after_out_of_memory(2, later), 2);
-    }
-}
+mod tests;

@@ -3,7 +3,7 @@
 //! backoff, draining them on scale-down and retiring the whole model.
 //!
 //! Each slot holds its replica's [`Reservation`]: removing the slot gives
-//! the memory and threads back, whatever removed it. A refused slot asks the
+//! the memory back, whatever removed it. A refused slot asks the
 //! budget again each time room is given back, so a replica refused while
 //! another instance was still draining starts once that one has gone.
 
@@ -71,6 +71,8 @@ pub(super) struct ReplicaSlot {
     /// Its thread is loading an engine: memory is in use even if the slot
     /// drains, so the reservation is kept until the thread reports.
     pub(super) loading: bool,
+    /// Why its last start or engine failed; cleared once it is ready again.
+    pub(super) last_error: Option<String>,
 }
 
 /// Delay before restarting a replica that failed `failures` times in a row:
@@ -212,6 +214,7 @@ impl Handler<ReplicaReady> for Batcher {
                 slot.restarts += 1;
             }
             slot.failures = 0;
+            slot.last_error = None;
             slot.state = ReplicaState::Ready;
         }
         self.update_ready_count();
@@ -232,6 +235,7 @@ impl Handler<ReplicaFailed> for Batcher {
             slot.addr = None;
             slot.inflight_batches = 0;
         } else {
+            slot.last_error = Some(msg.error.clone());
             slot.state = ReplicaState::Failed(msg.error);
             slot.addr = None;
             self.schedule_restart(msg.replica, ctx);
@@ -270,7 +274,6 @@ pub async fn reserve_and_attach(
     let reserve = Reserve {
         owner: attach.owner.clone(),
         mb: attach.mb,
-        threads: attach.threads,
         placement: attach.placement,
         waiter: Some(batcher.clone().recipient()),
     };
@@ -301,7 +304,6 @@ pub struct AttachReplicaRequest {
     /// The budget's name for it, `model/id`.
     pub owner: String,
     pub mb: u64,
-    pub threads: usize,
     /// Where the model's replicas may run.
     pub placement: Placement,
     pub factory: Arc<dyn EngineFactory>,
@@ -360,6 +362,7 @@ impl Handler<AttachReplica> for Batcher {
             failures: 0,
             failed_batches: 0,
             loading,
+            last_error: None,
         });
         self.fail_queue_if_hopeless();
     }
@@ -422,8 +425,7 @@ impl Handler<BudgetFreed> for Batcher {
         let request = AttachReplicaRequest {
             id: slot.id,
             owner: msg.owner,
-            mb: self.footprint.0,
-            threads: self.footprint.1,
+            mb: self.footprint_mb,
             placement: self.placement.clone(),
             factory,
             warmup: slot.warmup,

@@ -18,12 +18,17 @@ pub struct ReplicaSnapshot {
     pub processed: u64,
     pub errors: u64,
     pub restarts: u64,
+    /// Why its last start failed, until it is ready again (a restart
+    /// after a failure shows `loading` with the failure kept here).
+    pub last_error: Option<String>,
 }
 
 /// A batcher's view for stats.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BatcherSnapshot {
     pub queue_depth: usize,
+    /// Requests the queue holds at most (`queue_capacity`); beyond, 429.
+    pub queue_capacity: usize,
     /// The batch cap in force now.
     pub max_batch_size: usize,
     /// What set it.
@@ -47,6 +52,7 @@ impl Handler<GetBatcherSnapshot> for Batcher {
         let (max_batch_size, cap_reason) = self.cap();
         actix::MessageResult(BatcherSnapshot {
             queue_depth: self.queue.len(),
+            queue_capacity: self.queue_capacity,
             max_batch_size,
             cap_reason,
             memory_per_item_mb: self.memory_per_item_mb,
@@ -63,6 +69,7 @@ impl Handler<GetBatcherSnapshot> for Batcher {
                     processed: r.processed,
                     errors: r.errors,
                     restarts: r.restarts,
+                    last_error: r.last_error.clone(),
                 })
                 .collect(),
         })

@@ -4,13 +4,16 @@
 //!
 //! The runtime library is loaded dynamically (`load-dynamic`) from a path the
 //! application resolves; [`init_runtime`] must succeed once before any engine
-//! loads. GPUs need the GPU build (PyPI's `onnxruntime-gpu`), whose CUDA
+//! loads. It creates ONNX Runtime's global thread pools, sized to the cores:
+//! every session runs its operators there (a lone request gets every core,
+//! concurrent batches share them), unless its model sets
+//! `intra_op_threads`, which gives each of its sessions a pool of its own. GPUs need the GPU build (PyPI's `onnxruntime-gpu`), whose CUDA
 //! provider library sits next to it and loads CUDA and cuDNN itself.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
-use ort::environment::Environment;
+use ort::environment::{Environment, GlobalThreadPoolOptions};
 use ort::ep::{ArenaExtendStrategy, ExecutionProvider, CUDA};
 use ort::session::builder::GraphOptimizationLevel;
 use ort::session::Session;
@@ -28,24 +31,71 @@ use crate::tensor::{DataType, Tensor};
 static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
 /// Where the runtime library was loaded from.
 static LIBRARY: OnceLock<PathBuf> = OnceLock::new();
+/// The shared intra-op pool's size.
+static SHARED_THREADS: OnceLock<usize> = OnceLock::new();
+
+/// ONNX Runtime's shared thread pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuntimeThreads {
+    /// Intra-op threads every session shares (the calling thread counts
+    /// as one); 0 means the cores available to the process.
+    pub intra_op: usize,
+    /// Whether idle pool threads spin briefly for more work before they
+    /// sleep: lower latency between operators, CPU burnt while idle.
+    pub spinning: bool,
+}
+
+impl Default for RuntimeThreads {
+    fn default() -> Self {
+        RuntimeThreads {
+            intra_op: 0,
+            spinning: true,
+        }
+    }
+}
+
+/// The shared pool's size once the runtime is initialised.
+pub fn shared_pool_threads() -> Option<usize> {
+    SHARED_THREADS.get().copied()
+}
 
 /// The CUDA provider library the GPU build ships next to the runtime.
 pub const CUDA_PROVIDER_LIBRARY: &str = "libonnxruntime_providers_cuda.so";
 
 /// Loads the ONNX Runtime shared library at `library` and creates the
-/// process's one environment. Calling it again is a no-op.
-pub fn init_runtime(library: &Path) -> Result<(), String> {
+/// process's one environment with its shared thread pool. Calling it again
+/// is a no-op (the first call's pool stays).
+pub fn init_runtime(library: &Path, threads: RuntimeThreads) -> Result<(), String> {
     if ENVIRONMENT.get().is_some() {
         return Ok(());
     }
+    let intra_op = match threads.intra_op {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
     let builder = ort::init_from(library)
         .map_err(|e| format!("cannot load ONNX Runtime from {}: {e}", library.display()))?;
+    let pool = GlobalThreadPoolOptions::default()
+        .with_intra_threads(intra_op)
+        .and_then(|pool| pool.with_inter_threads(1))
+        .and_then(|pool| pool.with_spin_control(threads.spinning))
+        .map_err(|e| format!("cannot configure ONNX Runtime's thread pool: {e}"))?;
     let env = builder
         .with_name("gantry")
+        // Microsoft's builds turn telemetry on by default; a server sends
+        // nothing about its models anywhere.
+        .with_telemetry(false)
+        .with_global_thread_pool(pool)
         .build()
         .map_err(|e| format!("cannot start ONNX Runtime: {e}"))?;
     let _ = ENVIRONMENT.set(env);
     let _ = LIBRARY.set(library.to_path_buf());
+    let _ = SHARED_THREADS.set(intra_op);
+    tracing::info!(
+        intra_op_threads = intra_op,
+        spinning = threads.spinning,
+        "ONNX Runtime thread pool shared by every session"
+    );
     Ok(())
 }
 
@@ -95,7 +145,9 @@ impl EngineProvider for OnnxProvider {
 #[derive(Debug)]
 pub struct OnnxFactory {
     pub path: PathBuf,
-    pub intra_op_threads: usize,
+    /// A pool of this many threads for each session; `None` shares the
+    /// process's pool.
+    pub intra_op_threads: Option<usize>,
 }
 
 impl EngineFactory for OnnxFactory {
@@ -109,12 +161,17 @@ impl EngineFactory for OnnxFactory {
         };
         let mut builder = Session::builder(env)
             .map_err(|e| EngineError::Load(e.to_string()))?
-            .with_intra_threads(self.intra_op_threads)
-            .map_err(load)?
-            .with_inter_threads(1)
-            .map_err(load)?
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(load)?;
+        if let Some(threads) = self.intra_op_threads {
+            builder = builder
+                .with_independent_thread_pool()
+                .map_err(load)?
+                .with_intra_threads(threads)
+                .map_err(load)?
+                .with_inter_threads(1)
+                .map_err(load)?;
+        }
         if let Device::Gpu(index) = target.device {
             let device_id = i32::try_from(index)
                 .map_err(|_| EngineError::Load(format!("GPU index {index} is out of range")))?;
@@ -185,6 +242,9 @@ fn from_ort(ty: TensorElementType) -> Option<DataType> {
         TensorElementType::Int64 => DataType::Int64,
         TensorElementType::Float32 => DataType::Fp32,
         TensorElementType::Float64 => DataType::Fp64,
+        TensorElementType::Float16 => DataType::Fp16,
+        TensorElementType::Bfloat16 => DataType::Bf16,
+        TensorElementType::String => DataType::Bytes,
         _ => return None,
     })
 }
@@ -316,6 +376,29 @@ fn to_value(tensor: &Tensor) -> ort::Result<DynValue> {
         DataType::Int64 => typed::<i64>(tensor),
         DataType::Fp32 => typed::<f32>(tensor),
         DataType::Fp64 => typed::<f64>(tensor),
+        DataType::Fp16 => typed::<half::f16>(tensor),
+        DataType::Bf16 => typed::<half::bf16>(tensor),
+        DataType::Bytes => {
+            // ONNX Runtime's string tensors take UTF-8 text without NUL.
+            let shape: Vec<i64> = tensor.shape.iter().map(|&d| d as i64).collect();
+            let elements = tensor.bytes_elements().unwrap_or_default();
+            let mut strings = Vec::with_capacity(elements.len());
+            for (index, element) in elements.into_iter().enumerate() {
+                match std::str::from_utf8(element) {
+                    Ok(text) if !text.contains('\0') => strings.push(text.to_string()),
+                    _ => {
+                        return Err(ort::Error::new_with_code(
+                            ort::ErrorCode::InvalidArgument,
+                            format!(
+                                "BYTES element {index} is not UTF-8 text without NUL, \
+                                 which ONNX string tensors need"
+                            ),
+                        ))
+                    }
+                }
+            }
+            Ok(OrtTensor::from_string_array((shape, &strings[..]))?.into_dyn())
+        }
     }
 }
 
@@ -350,6 +433,16 @@ fn from_value(value: &DynValue, dtype: DataType) -> ort::Result<Tensor> {
         DataType::Int64 => typed::<i64>(value, dtype),
         DataType::Fp32 => typed::<f32>(value, dtype),
         DataType::Fp64 => typed::<f64>(value, dtype),
+        DataType::Fp16 => typed::<half::f16>(value, dtype),
+        DataType::Bf16 => typed::<half::bf16>(value, dtype),
+        DataType::Bytes => {
+            let (shape, strings) = value.try_extract_strings()?;
+            Ok(Tensor {
+                dtype,
+                shape: shape.iter().map(|&d| d.max(0) as usize).collect(),
+                data: crate::tensor::bytes_data(strings.iter().map(String::as_bytes)),
+            })
+        }
     }
 }
 

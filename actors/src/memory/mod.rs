@@ -1,13 +1,13 @@
-//! The resource budget: how much memory replicas may reserve on each
-//! device, and how many CPU threads in all. Each GPU's total is its memory
-//! from NVML x `memory.gpu_fraction`; the CPU's is `memory.limit_mb`, else
-//! the container's cgroup limit, else RAM (see [`totals`]). The thread
-//! total is `cpu.threads` (default: twice the cores available).
+//! The memory budget: how much memory replicas may reserve on each
+//! device. Each GPU's total is its memory from NVML x `memory.gpu_fraction`;
+//! the CPU's is `memory.limit_mb`, else the container's cgroup limit, else
+//! RAM (see [`totals`]). CPU threads are not budgeted: every session draws
+//! on ONNX Runtime's one shared pool, so no replica is refused for threads.
 //!
 //! A replica asks with its model's [`Placement`]: the budget chooses the
 //! device (the allowed GPU with the most free memory, so replicas spread
-//! over GPUs) and reserves its footprint there, with its
-//! `intra_op_threads`. One that does not fit is not started, and is told
+//! over GPUs) and reserves its footprint there. One that does not fit is
+//! not started, and is told
 //! when room is given back so it can ask again; one that asks for a GPU
 //! where none is usable is refused with the reason.
 //!
@@ -35,17 +35,6 @@ pub struct MemoryConfig {
     pub limit_mb: Option<u64>,
     /// Share of each GPU's memory replicas may reserve.
     pub gpu_fraction: f64,
-    /// CPU threads replicas may use in all; `None` means twice the cores
-    /// available (see [`default_cpu_threads`]).
-    pub cpu_threads: Option<usize>,
-}
-
-/// The CPU thread budget when none is configured: twice the cores. A
-/// replica's session sits idle between batches, so a machine serving several
-/// models can hold one replica of each beyond its core count; the budget
-/// still stops replica counts that would only fight over the cores.
-pub fn default_cpu_threads() -> usize {
-    2 * std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// A replica that did not fit.
@@ -81,8 +70,6 @@ pub struct MemorySnapshot {
     pub total_mb: u64,
     pub reserved_mb: u64,
     pub free_mb: u64,
-    pub threads_total: usize,
-    pub threads_reserved: usize,
     pub devices: Vec<DeviceSnapshot>,
     /// MB per owner, whatever the device.
     pub reservations: BTreeMap<String, u64>,
@@ -102,7 +89,6 @@ struct DeviceBudget {
 struct Held {
     device: Device,
     mb: u64,
-    threads: usize,
 }
 
 /// The free MB of every device, kept current by the budget; batchers read
@@ -123,7 +109,6 @@ pub struct MemoryBudget {
     setup: DeviceSetup,
     /// The GPUs visible when the budget started, or why none are.
     visible: Result<Vec<GpuInfo>, String>,
-    threads_total: usize,
     reservations: BTreeMap<String, Held>,
     refused: Vec<Refusal>,
     /// Refused owners to tell when room is given back.
@@ -141,23 +126,21 @@ impl MemoryBudget {
             total_mb = cpu_mb,
             "memory budget"
         );
-        let threads_total = config.cpu_threads.unwrap_or_else(default_cpu_threads);
-        info!(threads_total, "cpu thread budget");
-        let mut budget = MemoryBudget::new(source, cpu_mb, threads_total, setup);
+        let mut budget = MemoryBudget::new(source, cpu_mb, setup);
         budget.add_usable_gpus(config.gpu_fraction);
         budget
     }
 
-    /// A CPU-only budget of `total_mb` and `threads_total` threads.
-    pub fn with_total(source: MemorySource, total_mb: u64, threads_total: usize) -> Self {
-        MemoryBudget::new(source, total_mb, threads_total, DeviceSetup::cpu_only())
+    /// A CPU-only budget of `total_mb`.
+    pub fn with_total(source: MemorySource, total_mb: u64) -> Self {
+        MemoryBudget::new(source, total_mb, DeviceSetup::cpu_only())
     }
 
     /// A budget of `cpu_mb` for the CPU and, when `setup`'s support is
     /// `Ok`, each of its GPUs at its whole total: for tests of placement
     /// with a fixed inventory.
-    pub fn with_gpus(cpu_mb: u64, threads_total: usize, setup: DeviceSetup) -> Self {
-        let mut budget = MemoryBudget::new(MemorySource::Config, cpu_mb, threads_total, setup);
+    pub fn with_gpus(cpu_mb: u64, setup: DeviceSetup) -> Self {
+        let mut budget = MemoryBudget::new(MemorySource::Config, cpu_mb, setup);
         budget.add_usable_gpus(1.0);
         budget
     }
@@ -186,12 +169,11 @@ impl MemoryBudget {
         }
     }
 
-    fn new(source: MemorySource, cpu_mb: u64, threads_total: usize, setup: DeviceSetup) -> Self {
+    fn new(source: MemorySource, cpu_mb: u64, setup: DeviceSetup) -> Self {
         let mut budget = MemoryBudget {
             devices: BTreeMap::new(),
             setup,
             visible: Err("no GPU inventory".into()),
-            threads_total,
             reservations: BTreeMap::new(),
             refused: Vec::new(),
             waiting: BTreeMap::new(),
@@ -242,10 +224,6 @@ impl MemoryBudget {
             .filter(|held| held.device == device)
             .map(|held| held.mb)
             .sum()
-    }
-
-    fn reserved_threads(&self) -> usize {
-        self.reservations.values().map(|held| held.threads).sum()
     }
 
     fn free_mb(&self, device: Device) -> u64 {
@@ -299,8 +277,6 @@ impl Actor for MemoryBudget {
 pub struct Reserve {
     pub owner: String,
     pub mb: u64,
-    /// CPU threads (the replica's `intra_op_threads`).
-    pub threads: usize,
     pub placement: Placement,
     /// Told with [`BudgetFreed`] once room is given back, when this request
     /// is refused, so that it can ask again instead of staying refused.
@@ -320,8 +296,6 @@ impl Handler<Reserve> for MemoryBudget {
 
     fn handle(&mut self, msg: Reserve, ctx: &mut Self::Context) -> Self::Result {
         let had = self.reservations.get(&msg.owner).copied();
-        let had_threads = had.map_or(0, |h| h.threads);
-        let free_threads = self.threads_total.saturating_sub(self.reserved_threads()) + had_threads;
         let mut waiter = msg.waiter;
         let chosen = match device::candidates(&msg.placement, &self.visible, &self.setup.support) {
             // Waiting for room would not help: the device is missing.
@@ -346,19 +320,6 @@ impl Handler<Reserve> for MemoryBudget {
                 )
             }),
         };
-        let chosen = chosen.and_then(|device| {
-            if msg.threads > free_threads {
-                Err((
-                    self.free_mb(device),
-                    format!(
-                        "needs {} CPU threads, the cpu.threads budget has {free_threads} free",
-                        msg.threads
-                    ),
-                ))
-            } else {
-                Ok(device)
-            }
-        });
         let budget = Some(ctx.address());
         let device = match chosen {
             Ok(device) => device,
@@ -372,7 +333,7 @@ impl Handler<Reserve> for MemoryBudget {
                 warn!(
                     replica = %refusal.owner,
                     reason = %refusal.reason,
-                    "replica does not fit in the resource budget; not started"
+                    "replica does not fit in the memory budget; not started"
                 );
                 self.refused.retain(|r| r.owner != refusal.owner);
                 self.refused.push(refusal.clone());
@@ -391,15 +352,10 @@ impl Handler<Reserve> for MemoryBudget {
         };
         self.refused.retain(|r| r.owner != msg.owner);
         self.waiting.remove(&msg.owner);
-        let held = Held {
-            device,
-            mb: msg.mb,
-            threads: msg.threads,
-        };
+        let held = Held { device, mb: msg.mb };
         self.reservations.insert(msg.owner.clone(), held);
         self.publish_free();
-        let gave_back =
-            had.is_some_and(|h| h.device != device || h.mb > msg.mb || h.threads > msg.threads);
+        let gave_back = had.is_some_and(|h| h.device != device || h.mb > msg.mb);
         if gave_back {
             self.wake_waiters();
         }
@@ -484,8 +440,6 @@ impl Handler<GetMemorySnapshot> for MemoryBudget {
             total_mb: cpu.total_mb,
             reserved_mb: cpu.reserved_mb,
             free_mb: cpu.free_mb,
-            threads_total: self.threads_total,
-            threads_reserved: self.reserved_threads(),
             reservations: self
                 .reservations
                 .iter()

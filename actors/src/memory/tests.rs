@@ -1,15 +1,14 @@
-//! The budget actor: refusals, threads, claims given back, and placement
+//! The budget actor: refusals, claims given back, and placement
 //! over a fixed inventory of fake GPUs.
 
 use super::*;
 use crate::device::{DevicePreference, FixedInventory};
 use actix::Addr;
 
-fn reserve(owner: &str, mb: u64, threads: usize) -> Reserve {
+fn reserve(owner: &str, mb: u64) -> Reserve {
     Reserve {
         owner: owner.into(),
         mb,
-        threads,
         placement: Placement::cpu(),
         waiter: None,
     }
@@ -17,39 +16,21 @@ fn reserve(owner: &str, mb: u64, threads: usize) -> Reserve {
 
 #[actix_rt::test]
 async fn refuses_what_does_not_fit_and_reports_it() {
-    let budget = MemoryBudget::with_total(MemorySource::Config, 100, 2).start();
-    let a0 = budget.send(reserve("a/0", 60, 1)).await.unwrap();
+    let budget = MemoryBudget::with_total(MemorySource::Config, 100).start();
+    let a0 = budget.send(reserve("a/0", 60)).await.unwrap();
     assert!(a0.is_granted());
-    let a1 = budget.send(reserve("a/1", 60, 1)).await.unwrap();
+    let a1 = budget.send(reserve("a/1", 60)).await.unwrap();
     let refusal = a1.refusal().unwrap();
     assert_eq!((refusal.required_mb, refusal.free_mb), (60, 40));
     let snap = budget.send(GetMemorySnapshot).await.unwrap();
     assert_eq!((snap.reserved_mb, snap.free_mb), (60, 40));
     assert_eq!(snap.refused.len(), 1);
     drop(a0);
-    let a1 = budget
-        .send(reserve("a/1", 60, 1))
-        .await
-        .unwrap()
-        .replaces(a1);
+    let a1 = budget.send(reserve("a/1", 60)).await.unwrap().replaces(a1);
     assert!(a1.is_granted());
     let snap = budget.send(GetMemorySnapshot).await.unwrap();
     assert!(snap.refused.is_empty());
     assert_eq!(snap.reserved_mb, 60);
-}
-
-#[actix_rt::test]
-async fn cpu_threads_are_a_budget_too() {
-    let budget = MemoryBudget::with_total(MemorySource::Config, 10_000, 3).start();
-    let a0 = budget.send(reserve("a/0", 1, 2)).await.unwrap();
-    assert!(a0.is_granted());
-    let a1 = budget.send(reserve("a/1", 1, 2)).await.unwrap();
-    let reason = &a1.refusal().unwrap().reason;
-    assert!(reason.contains("needs 2 CPU threads"), "{reason}");
-    let b0 = budget.send(reserve("b/0", 1, 1)).await.unwrap();
-    assert!(b0.is_granted());
-    let snap = budget.send(GetMemorySnapshot).await.unwrap();
-    assert_eq!((snap.threads_total, snap.threads_reserved), (3, 3));
 }
 
 /// Counts the [`BudgetFreed`] it is told.
@@ -69,18 +50,18 @@ impl Handler<BudgetFreed> for Waiter {
 
 #[actix_rt::test]
 async fn a_dropped_claim_gives_everything_back_and_wakes_the_refused() {
-    let budget = MemoryBudget::with_total(MemorySource::Config, 100, 1).start();
+    let budget = MemoryBudget::with_total(MemorySource::Config, 100).start();
     let empty = budget.send(GetMemorySnapshot).await.unwrap();
     let woken = Arc::new(AtomicU64::new(0));
     let waiter = Waiter(woken.clone()).start().recipient();
-    let held = budget.send(reserve("a/0", 50, 1)).await.unwrap();
-    let mut asking = reserve("b/0", 10, 1);
+    let held = budget.send(reserve("a/0", 60)).await.unwrap();
+    let mut asking = reserve("b/0", 50);
     asking.waiter = Some(waiter);
     let refused = budget.send(asking).await.unwrap();
     assert!(!refused.is_granted());
     drop(held);
     let snap = budget.send(GetMemorySnapshot).await.unwrap();
-    assert_eq!((snap.reserved_mb, snap.threads_reserved), (0, 0));
+    assert_eq!(snap.reserved_mb, 0);
     // The waiter's BudgetFreed went out while the release was handled.
     tokio::task::yield_now().await;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -101,7 +82,7 @@ async fn a_dropped_claim_gives_everything_back_and_wakes_the_refused() {
 fn on(owner: &str, mb: u64, placement: Placement) -> Reserve {
     Reserve {
         placement,
-        ..reserve(owner, mb, 1)
+        ..reserve(owner, mb)
     }
 }
 
@@ -115,7 +96,7 @@ fn with_fake_gpus(totals_mb: &[u64]) -> Addr<MemoryBudget> {
         inventory: Arc::new(FixedInventory::with_gpus(totals_mb)),
         support: Ok(()),
     };
-    MemoryBudget::with_gpus(10_000, 64, setup).start()
+    MemoryBudget::with_gpus(10_000, setup).start()
 }
 
 #[actix_rt::test]
@@ -198,7 +179,7 @@ async fn a_gpu_model_without_a_usable_gpu_is_refused_with_the_reason() {
         inventory: Arc::new(FixedInventory::none("NVML is not usable: no driver")),
         support: Ok(()),
     };
-    let budget = MemoryBudget::with_gpus(1000, 4, setup).start();
+    let budget = MemoryBudget::with_gpus(1000, setup).start();
     let woken = Arc::new(AtomicU64::new(0));
     let mut asking = on("m/0", 100, gpus(DevicePreference::Gpu, None));
     asking.waiter = Some(Waiter(woken.clone()).start().recipient());
@@ -229,7 +210,7 @@ async fn gpus_without_engine_support_get_no_budget() {
         inventory: Arc::new(FixedInventory::with_gpus(&[1000])),
         support: Err("the CPU build of ONNX Runtime".into()),
     };
-    let budget = MemoryBudget::with_gpus(1000, 4, setup).start();
+    let budget = MemoryBudget::with_gpus(1000, setup).start();
     let snap = budget.send(GetMemorySnapshot).await.unwrap();
     assert_eq!(snap.devices.len(), 1);
     let gpu = budget

@@ -13,7 +13,7 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::{Actor, Addr, Handler, SyncContext};
 use tracing::{debug, error, info, info_span, warn};
@@ -25,7 +25,7 @@ use crate::messages::{
     BatchDone, InferOutcome, InferRequest, ItemMemoryMeasured, RanOutOfMemory, ReplicaFailed,
     ReplicaReady, RunBatch,
 };
-use crate::observer::BatchObserver;
+use crate::observer::{BatchObserver, BatchReport};
 use crate::signature::ModelSignature;
 use crate::tensor::Tensor;
 
@@ -237,18 +237,7 @@ impl Handler<RunBatch> for Replica {
             return;
         };
         let started = Instant::now();
-        let mut run = SplitRun {
-            engine: engine.as_mut(),
-            model: &self.model,
-            batch_id: msg.batch_id,
-            replica: self.id,
-            largest_ok: 0,
-            ran_out: None,
-            panicked: None,
-            device_failed: None,
-            failed: 0,
-            faults: 0,
-        };
+        let mut run = SplitRun::new(engine.as_mut(), &self.model, msg.batch_id, self.id);
         run.batch(msg.entries);
         let SplitRun {
             largest_ok,
@@ -257,6 +246,9 @@ impl Handler<RunBatch> for Replica {
             device_failed,
             failed,
             faults,
+            input_time,
+            infer_time,
+            output_time,
             ..
         } = run;
         let engine_fault = faults > 0 || panicked.is_some() || device_failed.is_some();
@@ -278,8 +270,16 @@ impl Handler<RunBatch> for Replica {
             });
         }
         let ok = failed == 0;
-        self.observer
-            .batch_finished(&self.model, self.id, items, inference, ok);
+        self.observer.batch_finished(&BatchReport {
+            model: &self.model,
+            replica: self.id,
+            items,
+            inference,
+            input: input_time,
+            infer: infer_time,
+            output: output_time,
+            ok,
+        });
         self.batcher.do_send(BatchDone {
             replica: self.id,
             items,
@@ -319,6 +319,7 @@ struct BatchFacts<'a> {
     batch_size: usize,
     started: Instant,
     inference_ms: f64,
+    input_ms: f64,
 }
 
 fn split_and_answer(entries: Vec<InferRequest>, outputs: Vec<Tensor>, facts: BatchFacts) -> bool {
@@ -329,8 +330,9 @@ fn split_and_answer(entries: Vec<InferRequest>, outputs: Vec<Tensor>, facts: Bat
         batch_size,
         started,
         inference_ms,
+        input_ms,
     } = facts;
-    let outcome = |entry: &InferRequest, outputs: Vec<Tensor>| {
+    let outcome = |entry: &InferRequest, outputs: Vec<Tensor>, output_ms: f64| {
         let queue_ms = started
             .saturating_duration_since(entry.enqueued)
             .as_secs_f64()
@@ -347,14 +349,17 @@ fn split_and_answer(entries: Vec<InferRequest>, outputs: Vec<Tensor>, facts: Bat
             replica,
             queue_ms,
             inference_ms,
+            input_ms,
+            output_ms,
         }
     };
     if entries.len() == 1 {
         let entry = entries.into_iter().next().expect("one entry");
-        let result = outcome(&entry, outputs);
+        let result = outcome(&entry, outputs, 0.0);
         entry.answer(Ok(result));
         return true;
     }
+    let splitting = Instant::now();
     let rows: Vec<usize> = entries.iter().map(|e| e.items).collect();
     let mut per_entry: Vec<Vec<Tensor>> = vec![Vec::with_capacity(outputs.len()); entries.len()];
     for output in outputs {
@@ -370,8 +375,9 @@ fn split_and_answer(entries: Vec<InferRequest>, outputs: Vec<Tensor>, facts: Bat
             slot.push(part);
         }
     }
+    let output_ms = splitting.elapsed().as_secs_f64() * 1000.0;
     for (entry, outputs) in entries.into_iter().zip(per_entry) {
-        let result = outcome(&entry, outputs);
+        let result = outcome(&entry, outputs, output_ms);
         entry.answer(Ok(result));
     }
     true
@@ -413,6 +419,7 @@ mod tests {
             items: rows,
             deadline: now + Duration::from_secs(30),
             priority: Priority::Normal,
+            pin: None,
             enqueued: now,
             span: tracing::Span::none(),
             reply,
@@ -421,18 +428,7 @@ mod tests {
     }
 
     fn run(engine: &mut dyn Engine, entries: Vec<InferRequest>) -> (usize, Option<usize>, usize) {
-        let mut run = SplitRun {
-            engine,
-            model: "m",
-            batch_id: 0,
-            replica: 0,
-            largest_ok: 0,
-            ran_out: None,
-            panicked: None,
-            device_failed: None,
-            failed: 0,
-            faults: 0,
-        };
+        let mut run = SplitRun::new(engine, "m", 0, 0);
         run.batch(entries);
         (run.largest_ok, run.ran_out, run.failed)
     }

@@ -24,9 +24,38 @@ pub(super) struct SplitRun<'a> {
     /// Failures that were the engine's fault (not out of memory, not inputs
     /// the runtime rejected).
     pub(super) faults: usize,
+    /// Time spent stacking inputs, in the engine, and splitting outputs,
+    /// over every (sub-)batch.
+    pub(super) input_time: Duration,
+    pub(super) infer_time: Duration,
+    pub(super) output_time: Duration,
 }
 
-impl SplitRun<'_> {
+impl<'a> SplitRun<'a> {
+    /// A run of batch `batch_id` on `engine`, nothing counted yet.
+    pub(super) fn new(
+        engine: &'a mut dyn Engine,
+        model: &'a str,
+        batch_id: u64,
+        replica: usize,
+    ) -> Self {
+        SplitRun {
+            engine,
+            model,
+            batch_id,
+            replica,
+            largest_ok: 0,
+            ran_out: None,
+            panicked: None,
+            device_failed: None,
+            failed: 0,
+            faults: 0,
+            input_time: Duration::ZERO,
+            infer_time: Duration::ZERO,
+            output_time: Duration::ZERO,
+        }
+    }
+
     pub(super) fn batch(&mut self, entries: Vec<InferRequest>) {
         let items: usize = entries.iter().map(|e| e.items).sum();
         let started = Instant::now();
@@ -35,11 +64,13 @@ impl SplitRun<'_> {
             (None, Some(why)) => Err(EngineError::Run(format!("the device failed: {why}"))),
             (None, None) => {
                 let inputs = stack_inputs(&entries);
-                self.infer(&inputs)
+                let stacked = started.elapsed();
+                self.input_time += stacked;
+                self.infer(&inputs).map(|outputs| (outputs, stacked))
             }
         };
         match result {
-            Ok(outputs) => self.answer(entries, outputs, items, started),
+            Ok((outputs, stacked)) => self.answer(entries, outputs, items, started, stacked),
             Err(EngineError::OutOfMemory(why)) if items > 1 => {
                 self.ran_out.get_or_insert(items);
                 warn!(error = %why, batch_size = items, "batch ran out of memory; splitting it in halves");
@@ -77,7 +108,9 @@ impl SplitRun<'_> {
     fn rows(&mut self, entry: InferRequest) {
         let started = Instant::now();
         match self.split_rows(entry.inputs.clone(), entry.items) {
-            Ok((outputs, largest)) => self.answer(vec![entry], outputs, largest, started),
+            Ok((outputs, largest)) => {
+                self.answer(vec![entry], outputs, largest, started, Duration::ZERO)
+            }
             Err(e) => {
                 warn!(error = %e, batch_size = entry.items, "request failed");
                 self.failed += entry.items;
@@ -140,7 +173,10 @@ impl SplitRun<'_> {
             return Err(EngineError::Run(format!("engine panicked: {why}")));
         }
         let engine = &mut *self.engine;
-        match catch_unwind(AssertUnwindSafe(|| engine.infer(inputs))) {
+        let started = Instant::now();
+        let result = catch_unwind(AssertUnwindSafe(|| engine.infer(inputs)));
+        self.infer_time += started.elapsed();
+        match result {
             Ok(result) => result,
             Err(panic) => {
                 let why = panic_message(&panic);
@@ -150,15 +186,17 @@ impl SplitRun<'_> {
         }
     }
 
-    /// Answers the requests of a (sub-)batch of `items` that ran.
+    /// Answers the requests of a (sub-)batch of `items` that ran, started
+    /// at `started` with `stacked` spent stacking its inputs.
     fn answer(
         &mut self,
         entries: Vec<InferRequest>,
         outputs: Vec<Tensor>,
         items: usize,
         started: Instant,
+        stacked: Duration,
     ) {
-        let inference_ms = started.elapsed().as_secs_f64() * 1000.0;
+        let inference_ms = started.elapsed().saturating_sub(stacked).as_secs_f64() * 1000.0;
         debug!(inference_ms, batch_size = items, "batch ran");
         let total: usize = entries.iter().map(|e| e.items).sum();
         let facts = BatchFacts {
@@ -168,8 +206,12 @@ impl SplitRun<'_> {
             batch_size: items,
             started,
             inference_ms,
+            input_ms: stacked.as_secs_f64() * 1000.0,
         };
-        if split_and_answer(entries, outputs, facts) {
+        let splitting = Instant::now();
+        let answered = split_and_answer(entries, outputs, facts);
+        self.output_time += splitting.elapsed();
+        if answered {
             self.largest_ok = self.largest_ok.max(items);
         } else {
             self.failed += total;

@@ -54,7 +54,10 @@ fn main() -> ExitCode {
 }
 
 fn run(args: &Args) -> Result<(), String> {
-    init_runtime(&gantry::runtime::locate_onnxruntime("").map_err(|e| e.to_string())?)?;
+    init_runtime(
+        &gantry::runtime::locate_onnxruntime("").map_err(|e| e.to_string())?,
+        Default::default(),
+    )?;
     let seg = model(&args.models, "spheroid-seg")?;
     let calls = model(&args.models, "night-calls")?;
     let read =
@@ -163,7 +166,7 @@ fn prepare_audio(model: &ModelSpec, bytes: &Bytes, runs: usize) -> Result<(f64, 
 fn inference(model: &ModelSpec, runs: usize) -> Result<(f64, f64), String> {
     let factory = OnnxFactory {
         path: model.onnx_path.clone(),
-        intra_op_threads: 1,
+        intra_op_threads: Some(1),
     };
     let mut engine = factory
         .load(&LoadTarget::cpu())

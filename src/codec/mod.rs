@@ -1,6 +1,9 @@
 //! Tensors in JSON: decoding a `data` array (flat row-major, or nested) into
 //! little-endian bytes of the declared datatype, and writing tensor bytes back
 //! out as a flat JSON array, without building an intermediate value tree.
+//! Arrays of plain numbers, what clients send, take a one-pass scanner
+//! ([`scan`]); anything else (strings, booleans, null, a value that does not
+//! fit) the general serde path, which also words the errors.
 //!
 //! Every value must fit its datatype: a number outside an integer type's
 //! range, a fraction for an integer type, a finite number beyond FP32's
@@ -12,13 +15,16 @@
 
 use std::fmt;
 
-use gantry_actors::tensor::{element_count, DataType, Tensor};
+use gantry_actors::tensor::{bytes_data, element_count, DataType, Tensor};
+use half::{bf16, f16};
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde::ser::{SerializeSeq, Serializer};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
 use crate::error::ApiError;
+
+mod scan;
 
 /// The JSON strings that stand for the float values JSON cannot write.
 pub const NAN: &str = "NaN";
@@ -33,11 +39,37 @@ pub fn tensor_from_json(
     data: &RawValue,
 ) -> Result<Tensor, ApiError> {
     let dtype = parse_datatype(name, datatype)?;
+    if dtype.is_variable() {
+        return bytes_from_json(name, shape, data);
+    }
     let count = element_count(&shape);
     // Each JSON value takes at least two bytes ("0,"), which bounds what a
     // declared shape may make us allocate before the data is read.
     let at_most = data.get().len() / 2 + 1;
-    let mut bytes = Vec::with_capacity(count.min(at_most) * dtype.size());
+    let capacity = count.min(at_most);
+    let bytes = match scan::plain_numbers(dtype, data.get().as_bytes(), capacity) {
+        Some(bytes) => bytes,
+        None => general(name, dtype, data, capacity)?,
+    };
+    let got = bytes.len() / dtype.size();
+    if got != count {
+        return Err(ApiError::InvalidTensor(format!(
+            "input '{name}': shape {shape:?} needs {count} values, data holds {got}"
+        )));
+    }
+    Tensor::new(dtype, shape, bytes)
+        .map_err(|e| ApiError::InvalidTensor(format!("input '{name}': {e}")))
+}
+
+/// The general path: any JSON the data may hold, through serde, with the
+/// reason and index of the first value that does not fit.
+fn general(
+    name: &str,
+    dtype: DataType,
+    data: &RawValue,
+    capacity: usize,
+) -> Result<Vec<u8>, ApiError> {
+    let mut bytes = Vec::with_capacity(capacity * dtype.size());
     let mut refused = None;
     let mut de = serde_json::Deserializer::from_str(data.get());
     let decoded = Flatten {
@@ -58,13 +90,38 @@ pub fn tensor_from_json(
             None => format!("input '{name}': {e}"),
         }));
     }
-    let got = bytes.len() / dtype.size();
-    if got != count {
+    Ok(bytes)
+}
+
+/// Builds a BYTES tensor from JSON strings (flat or nested), each one
+/// element: its UTF-8 bytes.
+fn bytes_from_json(name: &str, shape: Vec<usize>, data: &RawValue) -> Result<Tensor, ApiError> {
+    fn flatten<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a [u8]>) -> Result<(), String> {
+        match value {
+            serde_json::Value::String(text) => {
+                out.push(text.as_bytes());
+                Ok(())
+            }
+            serde_json::Value::Array(items) => items.iter().try_for_each(|item| flatten(item, out)),
+            other => Err(format!(
+                "the value {other} at index {} is not a value of BYTES (a string)",
+                out.len()
+            )),
+        }
+    }
+    let value: serde_json::Value = serde_json::from_str(data.get())
+        .map_err(|e| ApiError::InvalidTensor(format!("input '{name}': {e}")))?;
+    let mut elements = Vec::new();
+    flatten(&value, &mut elements)
+        .map_err(|why| ApiError::InvalidTensor(format!("input '{name}': {why}")))?;
+    let count = element_count(&shape);
+    if elements.len() != count {
         return Err(ApiError::InvalidTensor(format!(
-            "input '{name}': shape {shape:?} needs {count} values, data holds {got}"
+            "input '{name}': shape {shape:?} needs {count} values, data holds {}",
+            elements.len()
         )));
     }
-    Tensor::new(dtype, shape, bytes)
+    Tensor::new(DataType::Bytes, shape, bytes_data(elements))
         .map_err(|e| ApiError::InvalidTensor(format!("input '{name}': {e}")))
 }
 
@@ -111,6 +168,9 @@ fn range(dtype: DataType) -> String {
         DataType::Int64 => format!("{} to {}", i64::MIN, i64::MAX),
         DataType::Fp32 => floats(&f32::MAX),
         DataType::Fp64 => floats(&f64::MAX),
+        DataType::Fp16 => floats(&f16::MAX.to_f32()),
+        DataType::Bf16 => floats(&bf16::MAX.to_f32()),
+        DataType::Bytes => "strings".into(),
     }
 }
 
@@ -179,6 +239,21 @@ impl Flatten<'_> {
                 out.extend_from_slice(&(v as f64).to_le_bytes());
                 true
             }
+            DataType::Fp16 => {
+                let x = f16::from_f64(v as f64);
+                if x.is_finite() {
+                    out.extend_from_slice(&x.to_le_bytes());
+                }
+                x.is_finite()
+            }
+            DataType::Bf16 => {
+                let x = bf16::from_f64(v as f64);
+                if x.is_finite() {
+                    out.extend_from_slice(&x.to_le_bytes());
+                }
+                x.is_finite()
+            }
+            DataType::Bytes => false,
         };
         match stored {
             true => Ok(()),
@@ -199,6 +274,22 @@ impl Flatten<'_> {
             }
             DataType::Fp64 => {
                 self.out.extend_from_slice(&v.to_le_bytes());
+                Ok(())
+            }
+            DataType::Fp16 => {
+                let narrowed = f16::from_f64(v);
+                if narrowed.is_infinite() && v.is_finite() {
+                    return Err(self.refuse(format_args!("{v:?}"), "is out of range for"));
+                }
+                self.out.extend_from_slice(&narrowed.to_le_bytes());
+                Ok(())
+            }
+            DataType::Bf16 => {
+                let narrowed = bf16::from_f64(v);
+                if narrowed.is_infinite() && v.is_finite() {
+                    return Err(self.refuse(format_args!("{v:?}"), "is out of range for"));
+                }
+                self.out.extend_from_slice(&narrowed.to_le_bytes());
                 Ok(())
             }
             // Whole numbers written with a fraction part or an exponent
@@ -273,7 +364,9 @@ impl<'de> Visitor<'de> for Flatten<'_> {
             _ => return Err(self.refuse(format_args!("{v:?}"), "is not a value of")),
         };
         match self.dtype {
-            DataType::Fp32 | DataType::Fp64 => self.push_float(special),
+            DataType::Fp32 | DataType::Fp64 | DataType::Fp16 | DataType::Bf16 => {
+                self.push_float(special)
+            }
             _ => Err(self.refuse(format_args!("{v:?}"), "is not a value of")),
         }
     }
@@ -345,136 +438,34 @@ impl Serialize for JsonData<'_> {
                     float_element(&mut seq, v, v.is_finite(), v)?;
                 }
             }
+            DataType::Fp16 => {
+                for c in t.data.chunks_exact(2) {
+                    let v = f16::from_le_bytes([c[0], c[1]]).to_f32();
+                    float_element(&mut seq, v, v.is_finite(), f64::from(v))?;
+                }
+            }
+            DataType::Bf16 => {
+                for c in t.data.chunks_exact(2) {
+                    let v = bf16::from_le_bytes([c[0], c[1]]).to_f32();
+                    float_element(&mut seq, v, v.is_finite(), f64::from(v))?;
+                }
+            }
+            DataType::Bytes => {
+                // ONNX Runtime's strings are UTF-8; anything else could only
+                // be written lossily, so it is refused.
+                for element in t.bytes_elements().unwrap_or_default() {
+                    let text = std::str::from_utf8(element).map_err(|_| {
+                        serde::ser::Error::custom(
+                            "a BYTES element is not UTF-8; ask for the output as binary data",
+                        )
+                    })?;
+                    seq.serialize_element(text)?;
+                }
+            }
         }
         seq.end()
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn decode(datatype: &str, shape: Vec<usize>, json: &str) -> Result<Tensor, ApiError> {
-        let raw: Box<RawValue> = serde_json::from_str(json).unwrap();
-        tensor_from_json("x", datatype, shape, &raw)
-    }
-
-    fn encode(t: &Tensor) -> String {
-        serde_json::to_string(&JsonData(t)).unwrap()
-    }
-
-    #[test]
-    fn flat_and_nested_arrays_decode_alike() {
-        let flat = decode("FP32", vec![2, 2], "[1, 2.5, 3, 4]").unwrap();
-        let nested = decode("FP32", vec![2, 2], "[[1, 2.5], [3, 4]]").unwrap();
-        assert_eq!(flat, nested);
-        assert_eq!(flat.to_f32().unwrap(), vec![1.0, 2.5, 3.0, 4.0]);
-    }
-
-    #[test]
-    fn every_datatype_round_trips_through_json() {
-        let cases = [
-            ("BOOL", "[true,false,true]"),
-            ("UINT8", "[0,7,255]"),
-            ("UINT16", "[0,7,65535]"),
-            ("UINT32", "[0,7,4294967295]"),
-            ("UINT64", "[0,7,18446744073709551615]"),
-            ("INT8", "[-128,0,127]"),
-            ("INT16", "[-32768,0,32767]"),
-            ("INT32", "[-2147483648,0,2147483647]"),
-            ("INT64", "[-9223372036854775808,0,9223372036854775807]"),
-            ("FP32", "[-1.5,0.0,3.25]"),
-            ("FP32", "[-3.4028235e+38,1e-45,3.4028235e+38]"),
-            ("FP64", "[-1.5,0.0,1e+300]"),
-        ];
-        for (datatype, json) in cases {
-            let t = decode(datatype, vec![3], json).unwrap();
-            assert_eq!(t.dtype.as_str(), datatype);
-            assert_eq!(encode(&t), json, "{datatype}");
-        }
-        // Whole numbers written as floats are integers.
-        let t = decode("INT32", vec![3], "[3.0, -1e3, 0.0]").unwrap();
-        assert_eq!(encode(&t), "[3,-1000,0]");
-        assert_eq!(
-            encode(&decode("BOOL", vec![2], "[1, 0.0]").unwrap()),
-            "[true,false]"
-        );
-    }
-
-    #[test]
-    fn values_that_do_not_fit_are_refused_with_index_and_range() {
-        let cases = [
-            ("FP32", "[0, 1e39]", "the value 1e39 at index 1 is out of range for FP32 (-3.4028235e38 to 3.4028235e38"),
-            ("FP32", "[[0, 1], [-3.5e38, 2]]", "the value -3.5e38 at index 2 is out of range for FP32"),
-            ("FP64", "[1, 1e400]", "the value at index 1 is out of range for FP64 (-1.7976931348623157e308"),
-            ("UINT8", "[[1, 2], [3, 256]]", "the value 256 at index 3 is out of range for UINT8 (0 to 255)"),
-            ("UINT8", "[-1]", "the value -1 at index 0 is out of range for UINT8 (0 to 255)"),
-            ("UINT16", "[65536]", "65536 at index 0 is out of range for UINT16 (0 to 65535)"),
-            ("UINT32", "[-5]", "-5 at index 0 is out of range for UINT32 (0 to 4294967295)"),
-            ("UINT64", "[18446744073709551616]", "the value 18446744073709551616 at index 0 is out of range for UINT64 (0 to 18446744073709551615)"),
-            ("INT8", "[127, -129]", "-129 at index 1 is out of range for INT8 (-128 to 127)"),
-            ("INT16", "[32768]", "32768 at index 0 is out of range for INT16 (-32768 to 32767)"),
-            ("INT32", "[2147483648]", "out of range for INT32 (-2147483648 to 2147483647)"),
-            ("INT32", "[1e10]", "10000000000 at index 0 is out of range for INT32"),
-            ("INT64", "[9223372036854775808]", "out of range for INT64 (-9223372036854775808 to 9223372036854775807)"),
-            ("INT64", "[-9223372036854775809]", "at index 0 is out of range for INT64"),
-            ("INT32", "[1, 1.5]", "the value 1.5 at index 1 is not a whole number, as needed by INT32"),
-            ("UINT8", "[0.5]", "0.5 at index 0 is not a whole number, as needed by UINT8"),
-            ("BOOL", "[true, 2]", "the value 2 at index 1 is not a value of BOOL (true or false, or 0 or 1)"),
-            ("BOOL", "[0.5]", "0.5 at index 0 is not a value of BOOL"),
-            ("BOOL", "[\"true\"]", "\"true\" at index 0 is not a value of BOOL"),
-            ("FP32", "[true]", "true at index 0 is not a value of FP32"),
-            ("FP32", "[\"a\"]", "\"a\" at index 0 is not a value of FP32 (-3.4028235e38 to 3.4028235e38, or the strings \"NaN\", \"Infinity\", \"-Infinity\")"),
-            ("FP32", "[1, null]", "null at index 1 is not a value of FP32"),
-            ("FP64", "[\"nan\"]", "\"nan\" at index 0 is not a value of FP64"),
-            ("INT32", "[\"NaN\"]", "\"NaN\" at index 0 is not a value of INT32"),
-            ("FP16", "[1]", "datatype 'FP16' is not supported"),
-        ];
-        for (datatype, json, needle) in cases {
-            let err = decode(datatype, vec![4], json).unwrap_err();
-            assert!(matches!(err, ApiError::InvalidTensor(_)), "{err:?}");
-            let err = err.to_string();
-            assert!(err.contains("input 'x'"), "{err} lacks the input name");
-            assert!(
-                err.contains(needle),
-                "{datatype} {json}: {err} lacks {needle}"
-            );
-            assert!(!err.contains("line 1"), "{err}");
-        }
-        let err = decode("FP32", vec![2, 2], "[1, 2, 3]")
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("needs 4 values, data holds 3"), "{err}");
-    }
-
-    #[test]
-    fn binary_bools_are_zero_or_one() {
-        let ok = Tensor::new(DataType::Bool, vec![3], vec![0, 1, 1]).unwrap();
-        assert!(check_bools("x", &ok).is_ok());
-        let bad = Tensor::new(DataType::Bool, vec![3], vec![0, 1, 2]).unwrap();
-        let err = check_bools("x", &bad).unwrap_err().to_string();
-        assert!(err.contains("input 'x': the byte 2 at index 2"), "{err}");
-        let bytes = Tensor::new(DataType::Uint8, vec![1], vec![7]).unwrap();
-        assert!(check_bools("x", &bytes).is_ok());
-    }
-
-    #[test]
-    fn nan_and_infinities_are_strings_both_ways() {
-        let t =
-            Tensor::from_f32(vec![4], &[f32::NAN, f32::INFINITY, f32::NEG_INFINITY, -0.5]).unwrap();
-        let json = encode(&t);
-        assert_eq!(json, r#"["NaN","Infinity","-Infinity",-0.5]"#);
-        let back = decode("FP32", vec![4], &json).unwrap().to_f32().unwrap();
-        assert!(back[0].is_nan());
-        assert_eq!(back[1..], [f32::INFINITY, f32::NEG_INFINITY, -0.5]);
-
-        let wide: Vec<u8> = [f64::NEG_INFINITY, f64::NAN, 1e300]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
-        let t = Tensor::new(DataType::Fp64, vec![3], wide).unwrap();
-        let json = encode(&t);
-        assert_eq!(json, r#"["-Infinity","NaN",1e+300]"#);
-        assert_eq!(encode(&decode("FP64", vec![3], &json).unwrap()), json);
-    }
-}
+mod tests;

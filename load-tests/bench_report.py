@@ -1,0 +1,154 @@
+"""The report of `make bench` (load-tests/bench.sh): reads the oha runs,
+stats snapshots and raw-onnx runs bench.sh left in its scratch folder,
+takes the median of each figure over the repeated runs, and writes the
+tables and the goals to stdout and to load-tests/RESULTS.md.
+
+Usage: bench_report.py TMP REPEAT COMMAND COMMIT ORT_LIBRARY
+"""
+import datetime
+import json
+import os
+import re
+import statistics
+import sys
+
+tmp, repeat, command, commit, ort_lib = sys.argv[1], int(sys.argv[2]), *sys.argv[3:6]
+cells = os.path.join(tmp, "cells")
+
+
+def load(name):
+    return json.load(open(os.path.join(cells, name)))
+
+
+def median(values):
+    return statistics.median(values) if values else 0.0
+
+
+def served(name, model=None):
+    """Median requests/s, latency percentiles (ms), errors in all, and the
+    average batch the batcher formed, over the runs of one cell."""
+    runs = []
+    for k in range(1, repeat + 1):
+        o = load(f"{name}.{k}.json")
+        status = {int(c): n for c, n in (o.get("statusCodeDistribution") or {}).items()}
+        ok = status.get(200, 0)
+        errors = sum(n for c, n in status.items() if c != 200) + sum((o.get("errorDistribution") or {}).values())
+        p = o["latencyPercentiles"]
+        run = {"rps": ok / o["summary"]["total"], "errors": errors, "ok": ok}
+        for q in ("p50", "p95", "p99"):
+            run[q] = (p.get(q) or 0.0) * 1e3
+        if model:
+            b0, b1 = (load(f"{name}.{k}.{s}")["model_pools"][model]["batcher"] for s in ("before", "after"))
+            batches = b1["batches"] - b0["batches"]
+            run["items"] = b1["items"] - b0["items"]
+            run["avg_batch"] = run["items"] / batches if batches else 0.0
+        runs.append(run)
+    out = {key: median([r[key] for r in runs]) for key in runs[0] if key != "errors"}
+    out["errors"] = sum(r["errors"] for r in runs)
+    out["runs"] = [round(r["rps"], 1) for r in runs]
+    return out
+
+
+def raw(model, batch):
+    runs = [load(f"raw.{model}.b{batch}.{k}") for k in range(1, repeat + 1)]
+    return {key: median([r[key] for r in runs]) for key in ("items_per_s", "p50_ms", "p95_ms", "p99_ms")} | {
+        "threads": runs[0].get("threads", 0)}
+
+
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
+mem_kib = int(next(l.split()[1] for l in open("/proc/meminfo") if l.startswith("MemTotal")))
+cores = os.cpu_count()
+ort = re.search(r"libonnxruntime\.so\.([\d.]+)$", ort_lib)
+
+health = served("health-live")
+mlp = {c: served(f"tiny-classifier.json.c{c}", "tiny-classifier") for c in (1, 32)}
+unet = {c: served(f"unet-seg.json.c{c}", "unet-seg") for c in (1, 32)}
+unet_binary = served("unet-seg.binary.c1", "unet-seg")
+hit = served("tiny-classifier.hit.c1")
+raws = {("unet-seg", b): raw("unet-seg", b) for b in (1, 2, 4, 8)}
+raws.update({("tiny-classifier", b): raw("tiny-classifier", b) for b in (1, 32)})
+best_unet_batch = max((b for (m, b) in raws if m == "unet-seg"), key=lambda b: raws[("unet-seg", b)]["items_per_s"])
+best_unet = raws[("unet-seg", best_unet_batch)]
+ready, answered = map(int, open(os.path.join(tmp, "many.result")).read().split())
+
+rows = [
+    ("GET /v2/health/live", 32, health, None),
+    ("tiny-classifier (MLP), JSON", 1, mlp[1], raws[("tiny-classifier", 1)]),
+    ("tiny-classifier (MLP), JSON", 32, mlp[32], raws[("tiny-classifier", 32)]),
+    ("tiny-classifier (MLP), JSON, cache hits", 1, hit, None),
+    ("unet-seg, v2 JSON", 1, unet[1], raws[("unet-seg", 1)]),
+    ("unet-seg, v2 JSON", 32, unet[32], best_unet),
+    ("unet-seg, v2 binary", 1, unet_binary, raws[("unet-seg", 1)]),
+]
+
+
+def goal(text, measured, ok):
+    return (text, measured, "PASS" if ok else "MISS")
+
+
+gap = unet[1]["p50"] - raws[("unet-seg", 1)]["p50_ms"]
+unet_ratio = unet[32]["rps"] / best_unet["items_per_s"]
+mlp_ratio = mlp[32]["rps"] / health["rps"]
+goals = [
+    goal("unet-seg JSON, concurrency 1: p50 <= one raw inference on all cores + 1.5 ms",
+         f"p50 {unet[1]['p50']:.2f} ms vs raw batch-1 p50 {raws[('unet-seg', 1)]['p50_ms']:.2f} ms (+{gap:.2f} ms)",
+         gap <= 1.5 and unet[1]["errors"] == 0),
+    goal("unet-seg JSON, concurrency 32: >= 0.95 x raw ONNX Runtime's best throughput on all cores",
+         f"{unet_ratio:.3f} ({unet[32]['rps']:,.1f} vs {best_unet['items_per_s']:,.1f} items/s at raw batch {best_unet_batch})",
+         unet_ratio >= 0.95 and unet[32]["errors"] == 0),
+    goal("MLP JSON, concurrency 32: >= 0.6 x GET /v2/health/live at concurrency 32, p99 < 5 ms",
+         f"{mlp_ratio:.3f} ({mlp[32]['rps']:,.0f} vs {health['rps']:,.0f} req/s), p99 {mlp[32]['p99']:.2f} ms",
+         mlp_ratio >= 0.6 and mlp[32]["p99"] < 5 and mlp[32]["errors"] == 0),
+    goal("MLP JSON, concurrency 1: p50 <= 0.15 ms", f"p50 {mlp[1]['p50']:.3f} ms",
+         mlp[1]["p50"] <= 0.15 and mlp[1]["errors"] == 0),
+    goal("MLP JSON, cache hits at concurrency 1: p50 < 0.2 ms", f"p50 {hit['p50']:.3f} ms",
+         hit["p50"] < 0.2 and hit["errors"] == 0),
+    goal("20 copies of the MLP in one repository: all ready, each answering",
+         f"{ready} of 20 ready, {answered} of 20 answered 200", ready == 20 and answered == 20),
+]
+
+out = []
+w = out.append
+w("# `make bench` results\n")
+w("Written by `load-tests/bench.sh` (report: `load-tests/bench_report.py`); every `make bench`")
+w("rewrites this file. See `load-tests/README.md` for what is measured.\n")
+w(f"- Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}")
+w(f"- Machine: {cores} cores, {cpu}, {mem_kib / 1024 / 1024:.1f} GiB RAM; the load generator (oha) "
+  "shares the cores with the server, raw ONNX Runtime runs alone")
+w(f"- Command: `{command}`")
+w(f"- Code: commit {commit}")
+w("- Server: release `target/release/gantry --config config/gantry.toml` on a scratch repository whose "
+  "`model.toml` files hold only `replicas` and `max_batch_size` (unet-seg 2 and 8, tiny-classifier 2 and 32), "
+  "result cache off (on for the cache-hit row), no Redis or Postgres"
+  + (f"; ONNX Runtime {ort.group(1)} (CPU)" if ort else ""))
+w(f"- Every figure is the median of {repeat} runs of one cell; req/s of each run in the last column. "
+  "Raw: `raw-onnx`, the engine a replica uses on the same shared pool of every core, no HTTP\n")
+w("| Cell | Concurrency | Served req/s | p50 ms | p95 ms | p99 ms | Errors | Avg batch | Raw items/s (batch) | Served/raw | Runs (req/s) |")
+w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+for name, c, s, r in rows:
+    batch = f"{s['avg_batch']:.2f}" if "avg_batch" in s else ""
+    raw_cell, ratio = "", ""
+    if r is not None:
+        b = next(b for (m, b), v in raws.items() if v is r)
+        raw_cell, ratio = f"{r['items_per_s']:,.1f} ({b})", f"{s['rps'] / r['items_per_s']:.3f}"
+    w(f"| {name} | {c} | {s['rps']:,.1f} | {s['p50']:.3f} | {s['p95']:.3f} | {s['p99']:.3f} | {s['errors']} "
+      f"| {batch} | {raw_cell} | {ratio} | {', '.join(f'{x:,.1f}' for x in s['runs'])} |")
+for name, c, s, _ in rows:
+    if "items" in s and s["items"] < s["ok"]:
+        w(f"\n**Warning**: {name} at concurrency {c} answered {s['ok']:.0f} requests but inferred "
+          f"{s['items']:.0f} items: some answers did not come from ONNX Runtime (cache?).")
+w("\nRaw ONNX Runtime, per inference (`raw-onnx`, shared pool of every core, no HTTP):\n")
+w("| Model | Batch | Items/s | p50 ms | p95 ms | p99 ms |")
+w("| --- | ---: | ---: | ---: | ---: | ---: |")
+for (model, b), r in raws.items():
+    w(f"| {model} | {b} | {r['items_per_s']:,.1f} | {r['p50_ms']:.3f} | {r['p95_ms']:.3f} | {r['p99_ms']:.3f} |")
+w("\nGoals:\n")
+w("| Goal | Measured | Result |")
+w("| --- | --- | --- |")
+for text, measured, verdict in goals:
+    w(f"| {text} | {measured} | {verdict} |")
+text = "\n".join(out) + "\n"
+open("load-tests/RESULTS.md", "w").write(text)
+print()
+print(text, end="")
+print("\n(written to load-tests/RESULTS.md)")

@@ -1,0 +1,150 @@
+//! Model control as Triton clients expect it: a load answers once the model
+//! serves (or with the reason it cannot), an unload takes the model out of
+//! service while the repository index keeps listing it.
+//!
+//! The supervisor starts a load and names the instance that will serve; the
+//! wait here watches that instance: ready and registered is done; every
+//! replica failed or refused by the memory budget, or no ready replica
+//! within [`LOAD_TIMEOUT`], abandons the load (a new model is removed and
+//! reported failed, a replacement is dropped and the current one keeps
+//! serving) and answers the reason.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use gantry_actors::batcher::{GetBatcherSnapshot, ReplicaState};
+use gantry_actors::lifecycle::{AbandonLoad, Change, LifecycleError, LoadModel, UnloadModel};
+use gantry_actors::supervisor::GetSnapshot;
+use gantry_actors::ModelHandle;
+
+use super::InferenceService;
+
+/// Longest a load waits for its first ready replica (as long as a
+/// replacement may take in the supervisor).
+pub const LOAD_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// How often a waiting load looks at its instance.
+const POLL: Duration = Duration::from_millis(20);
+
+/// How long a load whose replicas the memory budget refused waits for room
+/// (an instance draining gives its memory back within moments) when the
+/// model could fit the budget at all.
+const REFUSED_GRACE: Duration = Duration::from_secs(10);
+
+impl InferenceService {
+    /// Loads (or reloads) `model`, with `overrides` of its `model.toml`
+    /// keys, and answers when it serves.
+    pub async fn load_model(
+        &self,
+        model: &str,
+        overrides: Option<toml::Table>,
+    ) -> Result<Change, LifecycleError> {
+        let loading = self
+            .serving
+            .supervisor
+            .send(LoadModel {
+                model: model.to_string(),
+                overrides,
+            })
+            .await
+            .map_err(|e| supervisor_gone(&e))??;
+        self.wait_until_serving(&loading.handle).await?;
+        Ok(loading.change)
+    }
+
+    /// Takes `model` out of service; what it queued is still answered.
+    pub async fn unload_model(&self, model: &str) -> Result<(), LifecycleError> {
+        self.serving
+            .supervisor
+            .send(UnloadModel {
+                model: model.to_string(),
+            })
+            .await
+            .map_err(|e| supervisor_gone(&e))?
+    }
+
+    async fn wait_until_serving(&self, handle: &Arc<ModelHandle>) -> Result<(), LifecycleError> {
+        let name = handle.name();
+        let deadline = Instant::now() + LOAD_TIMEOUT;
+        let mut refused_since: Option<Instant> = None;
+        loop {
+            let registered = self
+                .serving
+                .model(name)
+                .is_some_and(|m| Arc::ptr_eq(&m, handle));
+            if handle.state.desired_replicas() == 0 || (handle.is_ready() && registered) {
+                return Ok(());
+            }
+            let superseded = || {
+                LifecycleError::Repository(format!(
+                    "the load of model '{name}' was superseded by another load or unload"
+                ))
+            };
+            let snapshot = handle
+                .batcher
+                .send(GetBatcherSnapshot)
+                .await
+                .map_err(|_| superseded())?;
+            let (mut failed, mut refused) = (Vec::new(), Vec::new());
+            for replica in &snapshot.replicas {
+                match (&replica.state, &replica.last_error) {
+                    (ReplicaState::Ready, _) => {}
+                    (ReplicaState::Refused(why), _) => refused.push(why.clone()),
+                    (_, Some(why)) => failed.push(why.clone()),
+                    (_, None) => {}
+                }
+            }
+            let stuck = !snapshot.replicas.is_empty()
+                && failed.len() + refused.len() == snapshot.replicas.len();
+            if stuck && failed.is_empty() {
+                let since = *refused_since.get_or_insert_with(Instant::now);
+                if since.elapsed() < REFUSED_GRACE && self.could_fit(handle).await {
+                    tokio::time::sleep(POLL).await;
+                    continue;
+                }
+            } else {
+                refused_since = None;
+            }
+            let reason = if stuck {
+                let why = failed
+                    .first()
+                    .or(refused.first())
+                    .cloned()
+                    .unwrap_or_default();
+                Some(format!("failed to load model '{name}': {why}"))
+            } else if Instant::now() >= deadline {
+                Some(format!(
+                    "model '{name}' had no ready replica within {} s",
+                    LOAD_TIMEOUT.as_secs()
+                ))
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                self.serving.supervisor.do_send(AbandonLoad {
+                    handle: handle.clone(),
+                    reason: reason.clone(),
+                });
+                return Err(LifecycleError::Repository(reason));
+            }
+            tokio::time::sleep(POLL).await;
+        }
+    }
+}
+
+impl InferenceService {
+    /// True when one replica of `handle` fits some device's whole budget
+    /// of memory, so a refusal may pass once others give room.
+    async fn could_fit(&self, handle: &ModelHandle) -> bool {
+        let Ok(Ok(snapshot)) = self.serving.supervisor.send(GetSnapshot).await else {
+            return false;
+        };
+        let memory = &snapshot.memory;
+        let spec = &handle.spec;
+        memory.devices.iter().any(|d| spec.memory_mb <= d.total_mb)
+    }
+}
+
+fn supervisor_gone(e: &actix::MailboxError) -> LifecycleError {
+    LifecycleError::Repository(format!("the supervisor did not answer: {e}"))
+}

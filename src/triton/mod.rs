@@ -1,0 +1,21 @@
+//! Triton's HTTP protocol beyond the KServe v2 core: the model
+//! configuration a model answers with, the configuration override a load
+//! may carry, the statistics extension's counters, and the registry of
+//! the system shared memory extension. The handlers live in `api`.
+
+pub mod classification;
+pub mod config_override;
+pub mod model_config;
+pub mod shared_memory;
+pub mod statistics;
+
+use gantry_actors::DataType;
+
+/// Triton's name of a datatype in a model configuration (`TYPE_FP32`;
+/// BYTES is `TYPE_STRING` there).
+pub fn config_type(dtype: DataType) -> String {
+    match dtype {
+        DataType::Bytes => "TYPE_STRING".into(),
+        other => format!("TYPE_{}", other.as_str()),
+    }
+}
