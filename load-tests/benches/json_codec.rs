@@ -11,7 +11,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use gantry::codec::{tensor_from_json, JsonData};
+use gantry::codec::{json_array, tensor_from_json, JsonData};
 use gantry_actors::Tensor;
 use serde_json::value::RawValue;
 
@@ -41,6 +41,14 @@ fn codec(c: &mut Criterion) {
         group.bench_function("gantry codec", |b| {
             b.iter(|| tensor_from_json("x", "FP32", shape.clone(), black_box(raw)).unwrap())
         });
+        // What a request pays: serde_json finds the `data` array's end
+        // (checking it) before the scanner reads it.
+        group.bench_function("gantry codec + RawValue", |b| {
+            b.iter(|| {
+                let raw: &RawValue = serde_json::from_str(black_box(&text)).unwrap();
+                tensor_from_json("x", "FP32", shape.clone(), raw).unwrap()
+            })
+        });
         group.bench_function("serde_json Vec<f32>", |b| {
             b.iter(|| serde_json::from_str::<Vec<f32>>(black_box(&text)).unwrap())
         });
@@ -52,6 +60,13 @@ fn codec(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(written.len() as u64));
         group.bench_function("gantry codec", |b| {
             b.iter(|| serde_json::to_vec(&JsonData(black_box(&tensor))).unwrap())
+        });
+        group.bench_function("gantry writer alone", |b| {
+            b.iter(|| {
+                let mut out = Vec::new();
+                json_array(black_box(&tensor), &mut out).unwrap();
+                out
+            })
         });
         group.bench_function("serde_json Vec<f32>", |b| {
             b.iter(|| serde_json::to_vec(black_box(&floats)).unwrap())

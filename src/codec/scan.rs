@@ -4,9 +4,12 @@
 //! per element.
 //!
 //! Hand-written because no crate scans a JSON number array into typed
-//! bytes; the float parsing itself is `fast-float2` (Eisel-Lemire, correctly
-//! rounded). `make bench-micro` compares it with serde_json: faster on small
-//! tensors, not yet on large ones (load-tests/MICRO_RESULTS.md).
+//! bytes. Floats are read in the same pass that finds them: a plain
+//! decimal whose digits and power of ten are both exact in the type
+//! (`0.1234`: 1234 / 10^4, what clients mostly send) is one correctly
+//! rounded division (Clinger's fast path); anything longer, or with an
+//! exponent, goes to `fast-float2` (Eisel-Lemire, correctly rounded).
+//! `make bench-micro` compares it with serde_json (load-tests/MICRO_RESULTS.md).
 //!
 //! The text comes from a `RawValue`, which serde_json has already checked
 //! is valid JSON, so the scanner only splits tokens. It gives up (`None`)
@@ -23,6 +26,122 @@ use half::{bf16, f16};
 /// anything the general path must judge. `capacity` is the number of
 /// elements to reserve room for.
 pub fn plain_numbers(dtype: DataType, text: &[u8], capacity: usize) -> Option<Vec<u8>> {
+    match dtype {
+        DataType::Fp32 => floats::<f32>(text, capacity),
+        DataType::Fp64 => floats::<f64>(text, capacity),
+        _ => tokens(dtype, text, capacity),
+    }
+}
+
+/// A float type the one-pass reader writes: which decimals it reads
+/// exactly, and how.
+trait Float: Copy + 'static + std::ops::Div<Output = Self> + std::ops::Neg<Output = Self> {
+    /// The largest integer every smaller one of which is exact in the type.
+    const EXACT_MANTISSA: u64;
+    /// 10^0.. up to the last power of ten that is exact in the type.
+    const POWERS: &'static [Self];
+    fn from_mantissa(m: u64) -> Self;
+    fn parse(token: &[u8]) -> Option<Self>;
+    fn append(self, out: &mut Vec<u8>);
+}
+
+impl Float for f32 {
+    const EXACT_MANTISSA: u64 = 1 << 24;
+    const POWERS: &'static [f32] = &[1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10];
+    fn from_mantissa(m: u64) -> f32 {
+        m as f32
+    }
+    fn parse(token: &[u8]) -> Option<f32> {
+        fast_float2::parse::<f32, _>(token)
+            .ok()
+            .filter(|v| v.is_finite())
+    }
+    fn append(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_le_bytes());
+    }
+}
+
+impl Float for f64 {
+    const EXACT_MANTISSA: u64 = 1 << 53;
+    const POWERS: &'static [f64] = &[
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
+        1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+    ];
+    fn from_mantissa(m: u64) -> f64 {
+        m as f64
+    }
+    fn parse(token: &[u8]) -> Option<f64> {
+        fast_float2::parse::<f64, _>(token)
+            .ok()
+            .filter(|v| v.is_finite())
+    }
+    fn append(self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.to_le_bytes());
+    }
+}
+
+/// Reads the digits at `text[*i..]` into `m`, returning how many there were.
+#[inline(always)]
+fn digits(text: &[u8], i: &mut usize, m: &mut u64) -> u32 {
+    let start = *i;
+    while let Some(d) = text.get(*i).map(|b| b.wrapping_sub(b'0')).filter(|&d| d < 10) {
+        *m = m.wrapping_mul(10).wrapping_add(u64::from(d));
+        *i += 1;
+    }
+    (*i - start) as u32
+}
+
+/// FP32 and FP64 in one pass: each number is read while it is found.
+fn floats<F: Float>(text: &[u8], capacity: usize) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(capacity * std::mem::size_of::<F>());
+    let n = text.len();
+    let mut i = 0;
+    while i < n {
+        let start = i;
+        match text[i] {
+            b'[' | b']' | b',' | b' ' | b'\n' | b'\r' | b'\t' => {
+                i += 1;
+                continue;
+            }
+            b'-' => i += 1,
+            b'0'..=b'9' => {}
+            _ => return None,
+        }
+        let mut m = 0u64;
+        let whole = digits(text, &mut i, &mut m);
+        let mut fraction = 0;
+        if text.get(i) == Some(&b'.') {
+            i += 1;
+            fraction = digits(text, &mut i, &mut m);
+        }
+        if whole == 0 {
+            return None;
+        }
+        let exponent = matches!(text.get(i), Some(b'e' | b'E'));
+        // At most 19 digits cannot have wrapped the u64.
+        let exact = whole + fraction <= 19
+            && m <= F::EXACT_MANTISSA
+            && (fraction as usize) < F::POWERS.len();
+        let v = if exact && !exponent {
+            let v = F::from_mantissa(m) / F::POWERS[fraction as usize];
+            if text[start] == b'-' {
+                -v
+            } else {
+                v
+            }
+        } else {
+            while i < n && matches!(text[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-') {
+                i += 1;
+            }
+            F::parse(&text[start..i])?
+        };
+        v.append(&mut out);
+    }
+    Some(out)
+}
+
+/// Every other datatype: each token found, then read.
+fn tokens(dtype: DataType, text: &[u8], capacity: usize) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(capacity * dtype.size());
     let n = text.len();
     let mut i = 0;
@@ -55,16 +174,8 @@ pub fn plain_numbers(dtype: DataType, text: &[u8], capacity: usize) -> Option<Ve
 /// value of it.
 fn push(dtype: DataType, token: &[u8], out: &mut Vec<u8>) -> Option<()> {
     match dtype {
-        DataType::Fp32 => {
-            let v: f32 = fast_float2::parse(token).ok()?;
-            v.is_finite()
-                .then(|| out.extend_from_slice(&v.to_le_bytes()))
-        }
-        DataType::Fp64 => {
-            let v: f64 = fast_float2::parse(token).ok()?;
-            v.is_finite()
-                .then(|| out.extend_from_slice(&v.to_le_bytes()))
-        }
+        DataType::Fp32 => f32::parse(token).map(|v| v.append(out)),
+        DataType::Fp64 => f64::parse(token).map(|v| v.append(out)),
         DataType::Fp16 => {
             let v = f16::from_f64(fast_float2::parse(token).ok()?);
             v.is_finite()

@@ -275,3 +275,86 @@ fn the_wire_speed_path_leaves_what_it_cannot_judge_to_the_general_one() {
         Some(u64::MAX.to_le_bytes().to_vec())
     );
 }
+
+#[test]
+fn short_decimals_take_the_exact_division_and_round_as_rust_does() {
+    // Mantissas around FP32's and FP64's exact limits (2^24, 2^53), with
+    // every count of fraction digits the fast path takes and one more, and
+    // signs, leading zeros and negative zero.
+    let mut tokens: Vec<String> = Vec::new();
+    for m in [
+        0u64,
+        1,
+        7,
+        1234,
+        99_999,
+        16_777_215,
+        16_777_216,
+        16_777_217,
+        123_456_789,
+        9_007_199_254_740_992,
+        9_007_199_254_740_993,
+        1_234_567_890_123_456_789,
+    ] {
+        for fraction in 0..=23usize {
+            let digits = format!("{m:0>width$}", width = fraction + 1);
+            let (whole, frac) = digits.split_at(digits.len() - fraction);
+            let token = if fraction == 0 {
+                whole.to_string()
+            } else {
+                format!("{whole}.{frac}")
+            };
+            tokens.push(format!("-{token}"));
+            tokens.push(token);
+        }
+    }
+    tokens.push("-0".into());
+    tokens.push("0.000000000000000000001".into());
+    let text = format!("[{}]", tokens.join(","));
+    let fp32: Vec<u8> = tokens
+        .iter()
+        .flat_map(|t| t.parse::<f32>().unwrap().to_le_bytes())
+        .collect();
+    let fp64: Vec<u8> = tokens
+        .iter()
+        .flat_map(|t| t.parse::<f64>().unwrap().to_le_bytes())
+        .collect();
+    let n = tokens.len();
+    assert_eq!(
+        scan::plain_numbers(DataType::Fp32, text.as_bytes(), n),
+        Some(fp32)
+    );
+    assert_eq!(
+        scan::plain_numbers(DataType::Fp64, text.as_bytes(), n),
+        Some(fp64)
+    );
+}
+
+#[test]
+fn the_writer_writes_what_serde_json_writes() {
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let floats: Vec<f32> = (0..3000)
+        .map(|i| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            match i % 3 {
+                0 => f32::from_bits(seed as u32 & 0x7f7f_ffff) * if seed & 1 == 0 { 1.0 } else { -1.0 },
+                1 => (seed % 10_000) as f32 / 10_000.0,
+                _ => (seed % 1000) as f32 - 500.0,
+            }
+        })
+        .collect();
+    let t = Tensor::from_f32(vec![floats.len()], &floats).unwrap();
+    assert_eq!(encode(&t), serde_json::to_string(&floats).unwrap());
+    let doubles: Vec<f64> = floats.iter().map(|&v| f64::from(v) / 3.0).collect();
+    let bytes: Vec<u8> = doubles.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let t = Tensor::new(DataType::Fp64, vec![doubles.len()], bytes).unwrap();
+    assert_eq!(encode(&t), serde_json::to_string(&doubles).unwrap());
+    let ints: Vec<i64> = vec![0, -1, i64::MIN, i64::MAX, 42];
+    let bytes: Vec<u8> = ints.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let t = Tensor::new(DataType::Int64, vec![ints.len()], bytes).unwrap();
+    assert_eq!(encode(&t), serde_json::to_string(&ints).unwrap());
+    let empty = Tensor::new(DataType::Fp32, vec![0], Vec::new()).unwrap();
+    assert_eq!(encode(&empty), "[]");
+}
