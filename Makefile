@@ -11,7 +11,7 @@ CARGO       ?= cargo
 
 export ORT_DYLIB_PATH := $(abspath $(ORT_LIB))
 
-.PHONY: run run-gpu gpu-check test deploy-check docker-test fuzz onnxruntime onnxruntime-gpu venv models train evaluate bench bench-micro bench-media soak lint fmt clean
+.PHONY: run run-gpu gpu-check test deploy-check docker-test fuzz onnxruntime onnxruntime-gpu venv models train evaluate bench bench-micro profile bench-media soak lint fmt clean
 
 run: $(ORT_LIB)
 	$(CARGO) run --release --bin gantry -- --config config/gantry.toml
@@ -78,6 +78,11 @@ bench: $(ORT_LIB)
 # the statistics counters' cost per request, into load-tests/MICRO_RESULTS.md.
 bench-micro: $(ORT_LIB)
 	load-tests/micro.sh
+
+# Instructions per request of each stage of a small request's path, under
+# callgrind, into load-tests/PROFILE.md (needs valgrind).
+profile: $(ORT_LIB)
+	load-tests/profile.sh
 
 # Image and audio decode time next to inference time, and uploads served
 # over HTTP, written to load-tests/MEDIA_RESULTS.md (ITERATIONS=50,

@@ -7,7 +7,8 @@
 # request of each stage of the path (inclusive counts of the functions
 # that stand for it) to load-tests/PROFILE.md. Instruction counts, unlike
 # times, barely move on a noisy machine. Needs valgrind
-# (apt-get install valgrind).
+# (apt-get install valgrind). The raw callgrind files and the annotated
+# listing stay in target/profile/ (kcachegrind or callgrind_annotate read them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -63,9 +64,9 @@ while True:
 
 rng = random.Random(7)
 def body():
-    values = [round(rng.uniform(-1, 1), 4) for _ in range(64)]
+    values = [rng.random() for _ in range(64)]
     return json.dumps({"model": "tiny-classifier",
-                       "inputs": {"input": {"shape": [1, 64], "datatype": "FP32", "data": values}}})
+                       "inputs": {"features": {"shape": [1, 64], "datatype": "FP32", "data": values}}})
 
 c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
 def send(n):
@@ -85,8 +86,11 @@ kill "$pid"
 wait "$pid" 2>/dev/null || true
 pid=""
 
-out=$(ls "$tmp"/callgrind.out* | tr '\n' ' ')
-# shellcheck disable=SC2086 # one argument per thread's file
-callgrind_annotate --inclusive=yes --threshold=100 $out >"$tmp/inclusive.txt"
-python3 load-tests/profile_report.py "$tmp/inclusive.txt" "$REQUESTS" "$command" "$commit" \
+# The dump taken after the profiled requests (callgrind.out.1); the file
+# written at exit holds only the shutdown.
+out=$tmp/callgrind.out.1
+mkdir -p target/profile
+callgrind_annotate --inclusive=yes --threshold=100 "$out" >target/profile/inclusive.txt
+cp "$out" target/profile/
+python3 load-tests/profile_report.py target/profile/inclusive.txt "$REQUESTS" "$command" "$commit" \
   | tee load-tests/PROFILE.md

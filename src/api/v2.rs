@@ -23,7 +23,7 @@ use super::shared_memory::{self as shm, OutputRegions, SharedInput, SharedRef};
 use super::{
     cache_allowed, header_priority, header_timeout, parse_json, read_body, resource, AppState,
 };
-use crate::codec::{check_bools, parse_datatype, tensor_from_json, JsonData};
+use crate::codec::{check_bools, object_with_array, parse_datatype, tensor_from_json, JsonData};
 use crate::error::ApiError;
 use crate::request_id::Requested;
 use crate::service::sequences::SequenceCall;
@@ -448,6 +448,8 @@ struct OutputAnswer<'a> {
     #[schema(value_type = Option<Object>)]
     parameters: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    /// Always `None` when encoded: `answer_json` writes the array after
+    /// the other members. Declared for the API's schema.
     #[schema(value_type = Option<Vec<Value>>)]
     data: Option<JsonData<'a>>,
 }
@@ -519,23 +521,26 @@ fn encode(p: &Prediction, plan: InferPlan) -> Result<EncodedAnswer, ApiError> {
                 None,
             )
         } else {
-            (None, Some(JsonData(tensor)))
+            (None, Some(tensor))
         };
-        outputs.push(OutputAnswer {
-            name,
-            datatype: tensor.dtype.as_str(),
-            shape: &tensor.shape,
-            parameters,
+        outputs.push((
+            OutputAnswer {
+                name,
+                datatype: tensor.dtype.as_str(),
+                shape: &tensor.shape,
+                parameters,
+                data: None,
+            },
             data,
-        });
+        ));
     }
     let answer = InferAnswer {
         model_name: p.model.name(),
         model_version: &p.model.spec.version,
         id: plan.id.as_deref(),
-        outputs,
+        outputs: Vec::new(),
     };
-    let json = serde_json::to_vec(&answer).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let json = answer_json(&answer, &outputs).map_err(ApiError::Internal)?;
     if binary_parts.is_empty() {
         return Ok(EncodedAnswer {
             body: json,
@@ -551,6 +556,32 @@ fn encode(p: &Prediction, plan: InferPlan) -> Result<EncodedAnswer, ApiError> {
         body,
         header_length: Some(header_length),
     })
+}
+
+/// The answer's JSON: `answer` (its `outputs` empty) through serde, then
+/// each output, its data array written by the codec straight into the
+/// buffer ([`object_with_array`]) rather than through serde per element.
+fn answer_json(
+    answer: &InferAnswer,
+    outputs: &[(OutputAnswer, Option<&Tensor>)],
+) -> Result<Vec<u8>, String> {
+    let mut json = serde_json::to_vec(answer).map_err(|e| e.to_string())?;
+    // `outputs` is the answer's last member: `..."outputs":[]}`.
+    if !json.ends_with(b"[]}") {
+        return Err("the answer's outputs are not its last member".into());
+    }
+    json.truncate(json.len() - 2);
+    for (index, (output, data)) in outputs.iter().enumerate() {
+        if index > 0 {
+            json.push(b',');
+        }
+        match data {
+            Some(tensor) => object_with_array(&mut json, output, "data", tensor)?,
+            None => serde_json::to_writer(&mut json, output).map_err(|e| e.to_string())?,
+        }
+    }
+    json.extend_from_slice(b"]}");
+    Ok(json)
 }
 
 /// An infer answer's body: JSON, or (with `header_length`) a JSON header

@@ -18,7 +18,7 @@ use std::fmt;
 use gantry_actors::tensor::{bytes_data, element_count, DataType, Tensor};
 use half::{bf16, f16};
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
-use serde::ser::Serializer;
+use serde::ser::{SerializeSeq, Serializer};
 use serde::Serialize;
 use serde_json::value::RawValue;
 
@@ -27,7 +27,7 @@ use crate::error::ApiError;
 mod scan;
 mod write;
 
-pub use write::json_array;
+pub use write::{json_array, object_with_array};
 
 /// The JSON strings that stand for the float values JSON cannot write.
 pub const NAN: &str = "NaN";
@@ -381,20 +381,93 @@ impl<'de> Visitor<'de> for Flatten<'_> {
 
 /// Serializes a tensor's elements as a flat JSON array of its datatype;
 /// float NaN and infinities as the strings `"NaN"`, `"Infinity"` and
-/// `"-Infinity"`.
+/// `"-Infinity"`: the same text as [`json_array`], through serde, for
+/// answers that nest tensors where [`object_with_array`] cannot reach.
 pub struct JsonData<'a>(pub &'a Tensor);
 
+/// A float as a JSON number, or as its string when JSON has no number for it.
+fn float_element<S: SerializeSeq, F: Serialize>(
+    seq: &mut S,
+    v: F,
+    finite: bool,
+    wide: f64,
+) -> Result<(), S::Error> {
+    if finite {
+        seq.serialize_element(&v)
+    } else if wide.is_nan() {
+        seq.serialize_element(NAN)
+    } else if wide > 0.0 {
+        seq.serialize_element(INFINITY)
+    } else {
+        seq.serialize_element(NEG_INFINITY)
+    }
+}
+
 impl Serialize for JsonData<'_> {
-    /// The array is written by [`json_array`] and handed to serde_json as
-    /// raw JSON: serde_json checks it once (a fast scan) instead of being
-    /// called per element.
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut text = Vec::new();
-        json_array(self.0, &mut text).map_err(serde::ser::Error::custom)?;
-        let text = String::from_utf8(text).map_err(serde::ser::Error::custom)?;
-        RawValue::from_string(text)
-            .map_err(serde::ser::Error::custom)?
-            .serialize(serializer)
+        let t = self.0;
+        let mut seq = serializer.serialize_seq(Some(t.len()))?;
+        macro_rules! each {
+            ($ty:ty, $n:expr) => {
+                for c in t.data.chunks_exact($n) {
+                    seq.serialize_element(&<$ty>::from_le_bytes(
+                        c.try_into().expect("chunk size"),
+                    ))?;
+                }
+            };
+        }
+        match t.dtype {
+            DataType::Bool => {
+                for &b in &t.data {
+                    seq.serialize_element(&(b != 0))?;
+                }
+            }
+            DataType::Uint8 => each!(u8, 1),
+            DataType::Uint16 => each!(u16, 2),
+            DataType::Uint32 => each!(u32, 4),
+            DataType::Uint64 => each!(u64, 8),
+            DataType::Int8 => each!(i8, 1),
+            DataType::Int16 => each!(i16, 2),
+            DataType::Int32 => each!(i32, 4),
+            DataType::Int64 => each!(i64, 8),
+            DataType::Fp32 => {
+                for c in t.data.chunks_exact(4) {
+                    let v = f32::from_le_bytes(c.try_into().expect("chunk size"));
+                    float_element(&mut seq, v, v.is_finite(), f64::from(v))?;
+                }
+            }
+            DataType::Fp64 => {
+                for c in t.data.chunks_exact(8) {
+                    let v = f64::from_le_bytes(c.try_into().expect("chunk size"));
+                    float_element(&mut seq, v, v.is_finite(), v)?;
+                }
+            }
+            DataType::Fp16 => {
+                for c in t.data.chunks_exact(2) {
+                    let v = f16::from_le_bytes([c[0], c[1]]).to_f32();
+                    float_element(&mut seq, v, v.is_finite(), f64::from(v))?;
+                }
+            }
+            DataType::Bf16 => {
+                for c in t.data.chunks_exact(2) {
+                    let v = bf16::from_le_bytes([c[0], c[1]]).to_f32();
+                    float_element(&mut seq, v, v.is_finite(), f64::from(v))?;
+                }
+            }
+            DataType::Bytes => {
+                // ONNX Runtime's strings are UTF-8; anything else could only
+                // be written lossily, so it is refused.
+                for element in t.bytes_elements().unwrap_or_default() {
+                    let text = std::str::from_utf8(element).map_err(|_| {
+                        serde::ser::Error::custom(
+                            "a BYTES element is not UTF-8; ask for the output as binary data",
+                        )
+                    })?;
+                    seq.serialize_element(text)?;
+                }
+            }
+        }
+        seq.end()
     }
 }
 

@@ -7,8 +7,9 @@
 //! bytes. Floats are read in the same pass that finds them: a plain
 //! decimal whose digits and power of ten are both exact in the type
 //! (`0.1234`: 1234 / 10^4, what clients mostly send) is one correctly
-//! rounded division (Clinger's fast path); anything longer, or with an
-//! exponent, goes to `fast-float2` (Eisel-Lemire, correctly rounded).
+//! rounded division (Clinger's fast path; FP32 also takes it through FP64
+//! for the 16-17 digits Python and NumPy write); anything longer, or with
+//! an exponent, goes to `fast-float2` (Eisel-Lemire, correctly rounded).
 //! `make bench-micro` compares it with serde_json (load-tests/MICRO_RESULTS.md).
 //!
 //! The text comes from a `RawValue`, which serde_json has already checked
@@ -41,6 +42,12 @@ trait Float: Copy + 'static + std::ops::Div<Output = Self> + std::ops::Neg<Outpu
     /// 10^0.. up to the last power of ten that is exact in the type.
     const POWERS: &'static [Self];
     fn from_mantissa(m: u64) -> Self;
+    /// `m / 10^fraction` correctly rounded, when a short computation
+    /// gives it; `None` sends the token to `fast-float2`.
+    fn from_decimal(m: u64, fraction: u32) -> Option<Self> {
+        (m <= Self::EXACT_MANTISSA && (fraction as usize) < Self::POWERS.len())
+            .then(|| Self::from_mantissa(m) / Self::POWERS[fraction as usize])
+    }
     fn parse(token: &[u8]) -> Option<Self>;
     fn append(self, out: &mut Vec<u8>);
 }
@@ -50,6 +57,21 @@ impl Float for f32 {
     const POWERS: &'static [f32] = &[1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10];
     fn from_mantissa(m: u64) -> f32 {
         m as f32
+    }
+    /// Digits beyond FP32's exact range (Python writes 16-17 of them) are
+    /// divided in FP64, exactly rounded there, then narrowed: the one way
+    /// that could round twice is an FP64 result lying exactly halfway
+    /// between two FP32 values (every such point is an FP64 value), which
+    /// is left to `fast-float2`.
+    fn from_decimal(m: u64, fraction: u32) -> Option<f32> {
+        if m <= Self::EXACT_MANTISSA && (fraction as usize) < Self::POWERS.len() {
+            return Some(m as f32 / Self::POWERS[fraction as usize]);
+        }
+        let wide = f64::from_decimal(m, fraction)?;
+        // The 29 bits FP32 drops from FP64's mantissa: 1 then 28 zeros is
+        // the halfway point.
+        let dropped = wide.to_bits() & ((1 << 29) - 1);
+        (dropped != 1 << 28).then_some(wide as f32)
     }
     fn parse(token: &[u8]) -> Option<f32> {
         fast_float2::parse::<f32, _>(token)
@@ -119,11 +141,10 @@ fn floats<F: Float>(text: &[u8], capacity: usize) -> Option<Vec<u8>> {
         }
         let exponent = matches!(text.get(i), Some(b'e' | b'E'));
         // At most 19 digits cannot have wrapped the u64.
-        let exact = whole + fraction <= 19
-            && m <= F::EXACT_MANTISSA
-            && (fraction as usize) < F::POWERS.len();
-        let v = if exact && !exponent {
-            let v = F::from_mantissa(m) / F::POWERS[fraction as usize];
+        let short = (whole + fraction <= 19 && !exponent)
+            .then(|| F::from_decimal(m, fraction))
+            .flatten();
+        let v = if let Some(v) = short {
             if text[start] == b'-' {
                 -v
             } else {

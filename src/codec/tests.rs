@@ -358,3 +358,37 @@ fn the_writer_writes_what_serde_json_writes() {
     let empty = Tensor::new(DataType::Fp32, vec![0], Vec::new()).unwrap();
     assert_eq!(encode(&empty), "[]");
 }
+
+#[test]
+fn python_length_decimals_round_to_fp32_as_rust_does() {
+    // What Python's json and NumPy's tolist() write: 16-17 significant
+    // digits of an FP64 value, at several magnitudes, and FP32 ties
+    // (odd integers just above 2^24) that a double rounding would get wrong.
+    let mut seed = 0x0123_4567_89ab_cdef_u64;
+    let mut tokens: Vec<String> = (0..50_000)
+        .map(|i| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            let unit = (seed >> 11) as f64 / (1u64 << 53) as f64;
+            format!("{:?}", unit * [1.0, 1e-3, 1e3, 1e6][i % 4])
+        })
+        .collect();
+    tokens.extend((0..200).map(|k| format!("{}", (1u64 << 24) + 2 * k + 1)));
+    tokens.extend((0..200).map(|k| format!("{}.0", (1u64 << 25) + 4 * k + 2)));
+    // The shortest decimals of FP32 halfway points (FP64 values): they are
+    // not the points themselves, so the right FP32 is above or below.
+    tokens.extend((0..2000u64).map(|k| {
+        let halfway = f64::from_bits((0x3fe0_0000_0000_0000 | (k * 7919 % (1 << 23)) << 29) | 1 << 28);
+        format!("{halfway:?}")
+    }));
+    let text = format!("[{}]", tokens.join(","));
+    let expected: Vec<u8> = tokens
+        .iter()
+        .flat_map(|t| t.parse::<f32>().unwrap().to_le_bytes())
+        .collect();
+    assert_eq!(
+        scan::plain_numbers(DataType::Fp32, text.as_bytes(), tokens.len()),
+        Some(expected)
+    );
+}

@@ -3,10 +3,12 @@
 //! serde_json itself uses), integers with `itoa`, one `extend_from_slice`
 //! each, without serde's per-element calls. NaN and infinities are written
 //! as the strings `"NaN"`, `"Infinity"`, `"-Infinity"`; BYTES elements as
-//! JSON strings (through serde_json, which escapes them).
+//! JSON strings (through serde_json, which escapes them). [`object_with_array`]
+//! puts such an array as the last member of an object serde writes.
 
 use gantry_actors::tensor::{DataType, Tensor};
 use half::{bf16, f16};
+use serde::Serialize;
 
 use super::{INFINITY, NAN, NEG_INFINITY};
 
@@ -91,5 +93,31 @@ pub fn json_array(tensor: &Tensor, out: &mut Vec<u8>) -> Result<(), String> {
         }
     }
     out.push(b']');
+    Ok(())
+}
+
+/// Appends `head` (a struct, as serde writes it) with one more member,
+/// `key`, whose value is `tensor`'s JSON array: `{...head's members,
+/// "key":[...]}`. Large answers are mostly this array; writing it here
+/// spares serde's per-element calls and a second pass over raw JSON.
+pub fn object_with_array<H: Serialize>(
+    out: &mut Vec<u8>,
+    head: &H,
+    key: &str,
+    tensor: &Tensor,
+) -> Result<(), String> {
+    let start = out.len();
+    serde_json::to_writer(&mut *out, head).map_err(|e| e.to_string())?;
+    if out.last() != Some(&b'}') || out.get(start) != Some(&b'{') {
+        return Err("the JSON head is not an object".into());
+    }
+    out.pop();
+    if out.len() > start + 1 {
+        out.push(b',');
+    }
+    serde_json::to_writer(&mut *out, key).map_err(|e| e.to_string())?;
+    out.push(b':');
+    json_array(tensor, out)?;
+    out.push(b'}');
     Ok(())
 }

@@ -1,0 +1,111 @@
+"""load-tests/PROFILE.md from `callgrind_annotate --inclusive=yes` output.
+
+Usage: profile_report.py INCLUSIVE.txt REQUESTS COMMAND COMMIT
+
+Each stage of a small request's path is stood for by the functions whose
+names match its patterns; a stage's figure is the largest inclusive count
+among them (the outermost one: nested matches are inside it), divided by
+the number of requests. Callgrind counts user-space instructions only: the
+kernel's side of socket reads and writes, and time spent waiting, are not
+in these figures.
+"""
+
+import datetime
+import os
+import re
+import sys
+
+# (stage, what it covers, patterns on demangled function names)
+STAGES = [
+    ("HTTP/1 request parsing", "actix-http's decoder: request line, headers, body framing",
+     [r"actix_http::h1::decoder::MessageType>::decode", r"actix_http::h1::codec::Codec as tokio_util::codec::decoder::Decoder>::decode"]),
+    ("HTTP/1 answer writing", "actix-http's encoder: status line, headers, body",
+     [r"actix_http::h1::encoder::MessageType>::encode", r"actix_http::h1::codec::Codec as tokio_util::codec::encoder::Encoder"]),
+    ("Request body JSON", "the predict body through serde_json (RawValue for data)",
+     [r"serde_json::de::from_(slice|str|trait)<.*PredictBody", r"serde_json::de::from_(slice|str)"]),
+    ("Tensor decode", "the data array into FP32 bytes (codec scanner)",
+     [r"gantry::codec::tensor_from_json"]),
+    ("Answer JSON", "the answer's JSON, data arrays included",
+     [r"serde_json::ser::to_vec", r"serde_json::ser::to_writer"]),
+    ("Tensor encode", "the output arrays (codec writer)",
+     [r"gantry::codec::write::json_array"]),
+    ("Batcher", "queueing, window, dispatch to a replica",
+     [r"gantry_actors::batcher::.*handle", r"gantry_actors::batcher::Batcher.*::dispatch", r"gantry_actors::batcher::Batcher.*::flush"]),
+    ("Replica: batch assembly and split", "stacking inputs, splitting outputs",
+     [r"gantry_actors::tensor::concat", r"gantry_actors::replica::split"]),
+    ("ONNX Runtime run", "Session::run: the MLP's inference",
+     [r"ort::session::Session::run", r"OrtApis::Run", r"onnxruntime::InferenceSession::Run"]),
+    ("Metrics", "Prometheus counters and histograms, statistics",
+     [r"gantry::metrics::", r"gantry_actors::observer::"]),
+    ("Request record", "request id, logging, the prediction log entry",
+     [r"gantry::api::request::", r"gantry::service::record"]),
+    ("Allocator", "malloc, free, realloc (everywhere, inclusive)",
+     [r"^malloc$", r"^free$", r"^realloc$", r"^calloc$"]),
+]
+
+LINE = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(.*?)\s*$")
+
+
+def function_name(where):
+    """`file:function [binary]` -> `function`."""
+    where = re.sub(r"\s+\[[^\]]*\]$", "", where)
+    # The file part ends at the first ':' that is not part of '::'.
+    m = re.match(r"^(\?\?\?|[^:]*?(?<!:)):(?!:)(.*)$", where)
+    return m.group(2) if m else where
+
+
+def main():
+    path, requests, command, commit = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    total = None
+    functions = {}
+    for line in open(path, errors="replace"):
+        m = LINE.match(line)
+        if not m:
+            continue
+        count = int(m.group(1).replace(",", ""))
+        where = m.group(2)
+        if "PROGRAM TOTALS" in where:
+            total = count
+            continue
+        name = function_name(where)
+        functions[name] = max(count, functions.get(name, 0))
+    if total is None:
+        sys.exit("profile_report: no PROGRAM TOTALS in the callgrind output")
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
+    out = [
+        "# `make profile` results\n",
+        "Written by `load-tests/profile.sh` (callgrind); every run rewrites this file.\n",
+        f"- Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- Machine: {os.cpu_count()} cores, {cpu}",
+        f"- Command: `{command}`",
+        f"- Code: commit {commit}",
+        f"- Workload: {requests} REST JSON predictions of tiny-classifier (64 FP32 in, 10 out), one at a time on "
+        "one keep-alive connection, cache off; counted after 200 warm-up requests\n",
+        f"Instructions per request, all threads: **{total / requests:,.0f}** (user space; the kernel's socket work "
+        "and waiting are not counted).\n",
+        "| Stage | Covers | Instructions per request | Share |",
+        "| --- | --- | ---: | ---: |",
+    ]
+    for stage, covers, patterns in STAGES:
+        matched = [(c, n) for n, c in functions.items() if any(re.search(p, n) for p in patterns)]
+        if not matched:
+            out.append(f"| {stage} | {covers} | not seen | |")
+            continue
+        count, _ = max(matched)
+        out.append(f"| {stage} | {covers} | {count / requests:,.0f} | {100 * count / total:.1f}% |")
+    out += [
+        "\nThe heaviest functions of Gantry and its crates (inclusive, per request):\n",
+        "| Function | Instructions per request |",
+        "| --- | ---: |",
+    ]
+    ours = sorted(((c, n) for n, c in functions.items()
+                   if re.match(r"<?(gantry|actix|ort|serde_json|tokio|tracing|prometheus)", n)), reverse=True)
+    for count, name in ours[:30]:
+        short = re.sub(r"::h[0-9a-f]{16}$", "", name)
+        if len(short) > 110:
+            short = short[:107] + "..."
+        out.append(f"| `{short.replace('|', '/')}` | {count / requests:,.0f} |")
+    print("\n".join(out))
+
+
+main()
