@@ -4,8 +4,9 @@ Usage: profile_report.py INCLUSIVE.txt REQUESTS COMMAND COMMIT
 
 Each stage of a small request's path is stood for by the functions whose
 names match its patterns; a stage's figure is the largest inclusive count
-among them (the outermost one: nested matches are inside it), divided by
-the number of requests. Callgrind counts user-space instructions only: the
+among them (the outermost one: nested matches are inside it), or their sum
+when the patterns name different steps, divided by the number of
+requests. Stages nest ("all of it" rows hold the rows after them). Callgrind counts user-space instructions only: the
 kernel's side of socket reads and writes, and time spent waiting, are not
 in these figures.
 """
@@ -18,30 +19,34 @@ import sys
 # (stage, what it covers, patterns on demangled function names)
 STAGES = [
     ("HTTP/1 request parsing", "actix-http's decoder: request line, headers, body framing",
-     [r"actix_http::h1::decoder::MessageType>::decode", r"actix_http::h1::codec::Codec as tokio_util::codec::decoder::Decoder>::decode"]),
+     [r"actix_http::h1::codec::Codec as tokio_util::codec::decoder::Decoder>::decode"]),
     ("HTTP/1 answer writing", "actix-http's encoder: status line, headers, body",
-     [r"actix_http::h1::encoder::MessageType>::encode", r"actix_http::h1::codec::Codec as tokio_util::codec::encoder::Encoder"]),
-    ("Request body JSON", "the predict body through serde_json (RawValue for data)",
-     [r"serde_json::de::from_(slice|str|trait)<.*PredictBody", r"serde_json::de::from_(slice|str)"]),
-    ("Tensor decode", "the data array into FP32 bytes (codec scanner)",
-     [r"gantry::codec::tensor_from_json"]),
-    ("Answer JSON", "the answer's JSON, data arrays included",
-     [r"serde_json::ser::to_vec", r"serde_json::ser::to_writer"]),
-    ("Tensor encode", "the output arrays (codec writer)",
-     [r"gantry::codec::write::json_array"]),
-    ("Batcher", "queueing, window, dispatch to a replica",
-     [r"gantry_actors::batcher::.*handle", r"gantry_actors::batcher::Batcher.*::dispatch", r"gantry_actors::batcher::Batcher.*::flush"]),
-    ("Replica: batch assembly and split", "stacking inputs, splitting outputs",
-     [r"gantry_actors::tensor::concat", r"gantry_actors::replica::split"]),
-    ("ONNX Runtime run", "Session::run: the MLP's inference",
-     [r"ort::session::Session::run", r"OrtApis::Run", r"onnxruntime::InferenceSession::Run"]),
-    ("Metrics", "Prometheus counters and histograms, statistics",
-     [r"gantry::metrics::", r"gantry_actors::observer::"]),
-    ("Request record", "request id, logging, the prediction log entry",
-     [r"gantry::api::request::", r"gantry::service::record"]),
+     [r"actix_http::h1::codec::Codec as tokio_util::codec::encoder::Encoder"]),
+    ("Request id and span", "the id, the request's tracing span and its fields",
+     [r"^tracing::span::Span::new$"]),
+    ("Handler, all of it", "gantry's predict handler: body read, decode, the inference's round trip, answer",
+     [r"^gantry::api::predict::predict::\{\{closure\}\}$"]),
+    ("Body read", "the body's bytes gathered from the payload stream",
+     [r"^gantry::api::read_body::\{\{closure\}\}$"]),
+    ("Request JSON", "the predict body through serde_json (the data array found as raw JSON)",
+     [r"^gantry::api::parse_json$"]),
+    ("Tensor decode", "the data array into FP32 bytes (the codec's scanner)",
+     [r"^gantry::codec::tensor_from_json$"]),
+    ("Batcher", "queueing, the window, dispatch to a replica, the batch's return",
+     [r"Batcher as actix::handler::Handler<gantry_actors::messages::Enqueue>>::handle$",
+      r"Batcher as actix::handler::Handler<gantry_actors::messages::BatchDone>>::handle$"]),
+    ("Replica, all of it", "the batch on its replica: stacking, the engine, splitting",
+     [r"Replica as actix::handler::Handler<gantry_actors::messages::RunBatch>>::handle$"]),
+    ("ONNX Runtime run", "Session::run alone: the MLP's inference",
+     [r"^ort::session::run::<impl ort::session::Session>::run$"]),
+    ("Answer", "the answer's JSON and the HTTP response",
+     [r"^gantry::api::predict::answer$"]),
+    ("Outcome and metrics", "the request's outcome recorded: counters, histograms, statistics",
+     [r"^gantry::service::outcome::Pending::finish$"]),
     ("Allocator", "malloc, free, realloc (everywhere, inclusive)",
-     [r"^malloc$", r"^free$", r"^realloc$", r"^calloc$"]),
+     [r"^malloc$", r"^free$", r"^realloc$"]),
 ]
+
 
 LINE = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(.*?)\s*$")
 
@@ -49,6 +54,7 @@ LINE = re.compile(r"^\s*([\d,]+)\s+\(\s*[\d.]+%\)\s+(.*?)\s*$")
 def function_name(where):
     """`file:function [binary]` -> `function`."""
     where = re.sub(r"\s+\[[^\]]*\]$", "", where)
+    where = re.sub(r"\s+\([\d,]+x\)$", "", where)
     # The file part ends at the first ':' that is not part of '::'.
     m = re.match(r"^(\?\?\?|[^:]*?(?<!:)):(?!:)(.*)$", where)
     return m.group(2) if m else where
@@ -91,7 +97,9 @@ def main():
         if not matched:
             out.append(f"| {stage} | {covers} | not seen | |")
             continue
-        count, _ = max(matched)
+        # One pattern's matches nest (take the outermost); different
+        # patterns are different steps (add them).
+        count = sum(max((c for n, c in functions.items() if re.search(p, n)), default=0) for p in patterns)
         out.append(f"| {stage} | {covers} | {count / requests:,.0f} | {100 * count / total:.1f}% |")
     out += [
         "\nThe heaviest functions of Gantry and its crates (inclusive, per request):\n",
@@ -99,7 +107,8 @@ def main():
         "| --- | ---: |",
     ]
     ours = sorted(((c, n) for n, c in functions.items()
-                   if re.match(r"<?(gantry|actix|ort|serde_json|tokio|tracing|prometheus)", n)), reverse=True)
+                   if re.match(r"<?(gantry|ort::|serde_json|actix_http::h1::codec)", n) and "{{closure}}" not in n),
+                  reverse=True)
     for count, name in ours[:30]:
         short = re.sub(r"::h[0-9a-f]{16}$", "", name)
         if len(short) > 110:
