@@ -86,8 +86,8 @@ impl Float for f32 {
 impl Float for f64 {
     const EXACT_MANTISSA: u64 = 1 << 53;
     const POWERS: &'static [f64] = &[
-        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15,
-        1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+        1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
     ];
     fn from_mantissa(m: u64) -> f64 {
         m as f64
@@ -106,7 +106,11 @@ impl Float for f64 {
 #[inline(always)]
 fn digits(text: &[u8], i: &mut usize, m: &mut u64) -> u32 {
     let start = *i;
-    while let Some(d) = text.get(*i).map(|b| b.wrapping_sub(b'0')).filter(|&d| d < 10) {
+    while let Some(d) = text
+        .get(*i)
+        .map(|b| b.wrapping_sub(b'0'))
+        .filter(|&d| d < 10)
+    {
         *m = m.wrapping_mul(10).wrapping_add(u64::from(d));
         *i += 1;
     }

@@ -339,7 +339,10 @@ fn the_writer_writes_what_serde_json_writes() {
             seed ^= seed >> 7;
             seed ^= seed << 17;
             match i % 3 {
-                0 => f32::from_bits(seed as u32 & 0x7f7f_ffff) * if seed & 1 == 0 { 1.0 } else { -1.0 },
+                0 => {
+                    f32::from_bits(seed as u32 & 0x7f7f_ffff)
+                        * if seed & 1 == 0 { 1.0 } else { -1.0 }
+                }
                 1 => (seed % 10_000) as f32 / 10_000.0,
                 _ => (seed % 1000) as f32 - 500.0,
             }
@@ -379,7 +382,8 @@ fn python_length_decimals_round_to_fp32_as_rust_does() {
     // The shortest decimals of FP32 halfway points (FP64 values): they are
     // not the points themselves, so the right FP32 is above or below.
     tokens.extend((0..2000u64).map(|k| {
-        let halfway = f64::from_bits((0x3fe0_0000_0000_0000 | (k * 7919 % (1 << 23)) << 29) | 1 << 28);
+        let halfway =
+            f64::from_bits((0x3fe0_0000_0000_0000 | (k * 7919 % (1 << 23)) << 29) | 1 << 28);
         format!("{halfway:?}")
     }));
     let text = format!("[{}]", tokens.join(","));

@@ -66,11 +66,7 @@ pub fn json_array(tensor: &Tensor, out: &mut Vec<u8>) -> Result<(), String> {
         DataType::Int16 => each!(i16, 2, |v, o| int(i128::from(v), o)),
         DataType::Int32 => each!(i32, 4, |v, o| int(i128::from(v), o)),
         DataType::Int64 => each!(i64, 8, |v, o| int(i128::from(v), o)),
-        DataType::Fp32 => each!(f32, 4, |v: f32, o| float(
-            f64::from(v),
-            floats.format(v),
-            o
-        )),
+        DataType::Fp32 => each!(f32, 4, |v: f32, o| float(f64::from(v), floats.format(v), o)),
         DataType::Fp64 => each!(f64, 8, |v: f64, o| float(v, floats.format(v), o)),
         DataType::Fp16 => each!(f16, 2, |v: f16, o| {
             let v = v.to_f32();
@@ -81,7 +77,12 @@ pub fn json_array(tensor: &Tensor, out: &mut Vec<u8>) -> Result<(), String> {
             float(f64::from(v), floats.format(v), o)
         }),
         DataType::Bytes => {
-            for (index, element) in tensor.bytes_elements().unwrap_or_default().iter().enumerate() {
+            for (index, element) in tensor
+                .bytes_elements()
+                .unwrap_or_default()
+                .iter()
+                .enumerate()
+            {
                 if index > 0 {
                     out.push(b',');
                 }
