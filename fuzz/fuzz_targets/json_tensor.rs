@@ -1,14 +1,16 @@
 //! The JSON tensor codec (`gantry::codec`): any datatype, any small shape,
 //! any `data` value. A tensor it accepts has exactly the bytes its shape
 //! needs, and its answer (NaN and infinities included) decodes back to the
-//! same values.
+//! same values. The text inside a request body, with the inputs' number
+//! arrays lifted out (`LiftedBody`), reads back exactly as serde alone
+//! reads it, and is refused exactly when serde refuses it.
 //!
 //! Input: byte 0 picks the datatype, byte 1 the rank (0 to 3), the next
 //! `rank` bytes the dimensions (0 to 15); the rest is the JSON text.
 
 #![no_main]
 
-use gantry::codec::{tensor_from_json, JsonData};
+use gantry::codec::{tensor_from_json, JsonData, LiftedBody};
 use gantry_actors::tensor::{element_count, DataType, Tensor};
 use libfuzzer_sys::fuzz_target;
 use serde_json::value::RawValue;
@@ -27,11 +29,12 @@ fuzz_target!(|input: &[u8]| {
     let Ok(text) = std::str::from_utf8(text) else {
         return;
     };
+    lifting_keeps_the_meaning(text);
     // What the request parser hands the codec: one JSON value of any kind.
     let Ok(data) = serde_json::from_str::<Box<RawValue>>(text) else {
         return;
     };
-    let Ok(tensor) = tensor_from_json("x", dtype.as_str(), shape.clone(), &data) else {
+    let Ok(tensor) = tensor_from_json("x", dtype.as_str(), shape.clone(), data.get()) else {
         return;
     };
     assert_eq!(tensor.dtype, dtype);
@@ -43,9 +46,36 @@ fuzz_target!(|input: &[u8]| {
 
     let answer = serde_json::to_string(&JsonData(&tensor)).expect("a tensor serializes");
     let raw: Box<RawValue> = serde_json::from_str(&answer).expect("an answer is JSON");
-    let again = tensor_from_json("x", dtype.as_str(), shape, &raw).expect("an answer decodes");
+    let again = tensor_from_json("x", dtype.as_str(), shape, raw.get()).expect("an answer decodes");
     same_values(&tensor, &again);
 });
+
+#[derive(serde::Deserialize)]
+struct Body<'a> {
+    #[serde(borrow)]
+    inputs: Vec<Input<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Input<'a> {
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+/// `text` as an input's data in a v2 body: lifted or not, the same texts
+/// and the same error.
+fn lifting_keeps_the_meaning(text: &str) {
+    let body = format!(r#"{{"inputs": [{{"data": {text}}}, {{"data": [1, 2]}}]}}"#);
+    let lifted = LiftedBody::new(body.as_bytes());
+    let through_lift = lifted
+        .parse::<Body>()
+        .map(|b| b.inputs.iter().map(|i| lifted.data(i.data).to_string()).collect::<Vec<_>>())
+        .map_err(|e| e.to_string());
+    let alone = serde_json::from_str::<Body>(&body)
+        .map(|b| b.inputs.iter().map(|i| i.data.get().to_string()).collect::<Vec<_>>())
+        .map_err(|e| format!("invalid JSON body: {e}"));
+    assert_eq!(through_lift, alone);
+}
 
 /// Integers and booleans come back exactly; floats keep NaN, infinities and
 /// their value up to the last bit of JSON number parsing.

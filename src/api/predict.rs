@@ -12,10 +12,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::{
-    cache_allowed, header_priority, header_timeout, parse_json, read_body, resource, AppState,
-};
-use crate::codec::{tensor_from_json, JsonData};
+use super::{cache_allowed, header_priority, header_timeout, read_body, resource, AppState};
+use crate::codec::{tensor_from_json, JsonData, LiftedBody};
 use crate::error::ApiError;
 use crate::request_id::Requested;
 use crate::service::{PredictCall, Prediction};
@@ -26,9 +24,10 @@ pub fn config_predict_api(cfg: &mut web::ServiceConfig) {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct PredictBody {
+struct PredictBody<'a> {
     model: String,
-    inputs: BTreeMap<String, JsonTensorIn>,
+    #[serde(borrow)]
+    inputs: BTreeMap<String, JsonTensorIn<'a>>,
     /// Only these outputs in the answer; all when absent.
     #[serde(default)]
     outputs: Option<Vec<String>>,
@@ -45,12 +44,13 @@ struct PredictBody {
 
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct JsonTensorIn {
+struct JsonTensorIn<'a> {
     shape: Vec<usize>,
     datatype: String,
     /// Values, flat in row-major order or nested by dimension.
+    #[serde(borrow)]
     #[schema(value_type = Vec<Value>)]
-    data: Box<RawValue>,
+    data: &'a RawValue,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -175,12 +175,13 @@ fn content_type(req: &HttpRequest) -> String {
 }
 
 fn decode_json(body: &[u8], request_id: &str) -> Result<Decoded, ApiError> {
-    let parsed: PredictBody = parse_json(body)?;
+    let lifted = LiftedBody::new(body);
+    let parsed: PredictBody = lifted.parse()?;
     let inputs = parsed
         .inputs
         .into_iter()
         .map(|(name, t)| {
-            let tensor = tensor_from_json(&name, &t.datatype, t.shape, &t.data)?;
+            let tensor = tensor_from_json(&name, &t.datatype, t.shape, lifted.data(t.data))?;
             Ok((name, tensor))
         })
         .collect::<Result<Vec<_>, ApiError>>()?;

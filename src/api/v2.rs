@@ -20,10 +20,10 @@ use super::admin::authorize;
 use super::encoding::{accepted_encoding, compress, Encoding};
 use super::predict::select_outputs;
 use super::shared_memory::{self as shm, OutputRegions, SharedInput, SharedRef};
-use super::{
-    cache_allowed, header_priority, header_timeout, parse_json, read_body, resource, AppState,
+use super::{cache_allowed, header_priority, header_timeout, read_body, resource, AppState};
+use crate::codec::{
+    check_bools, object_with_array, parse_datatype, tensor_from_json, JsonData, LiftedBody,
 };
-use crate::codec::{check_bools, object_with_array, parse_datatype, tensor_from_json, JsonData};
 use crate::error::ApiError;
 use crate::request_id::Requested;
 use crate::service::sequences::SequenceCall;
@@ -140,26 +140,28 @@ async fn model_ready(
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
-struct InferBody {
+struct InferBody<'a> {
     #[serde(default)]
     id: Option<String>,
     #[serde(default)]
     parameters: Map<String, Value>,
-    inputs: Vec<InputBody>,
+    #[serde(borrow)]
+    inputs: Vec<InputBody<'a>>,
     #[serde(default)]
     outputs: Option<Vec<OutputBody>>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
-struct InputBody {
+struct InputBody<'a> {
     name: String,
     shape: Vec<usize>,
     datatype: String,
     #[serde(default)]
     parameters: Map<String, Value>,
-    #[serde(default)]
+    /// Borrowed: a lifted array's placeholder is found by where it lies.
+    #[serde(default, borrow)]
     #[schema(value_type = Option<Vec<Value>>)]
-    data: Option<Box<RawValue>>,
+    data: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -266,7 +268,8 @@ pub fn decode(
     header_priority: Option<Priority>,
 ) -> Result<(PredictCall, InferPlan), ApiError> {
     let (json, mut binary) = split_binary(header_length, &body)?;
-    let parsed: InferBody = parse_json(json)?;
+    let lifted = LiftedBody::new(json);
+    let parsed: InferBody = lifted.parse()?;
     let mut inputs = Vec::with_capacity(parsed.inputs.len());
     let mut shared_inputs = Vec::new();
     for input in parsed.inputs {
@@ -306,7 +309,7 @@ pub fn decode(
                 tensor
             }
             (None, None, Some(data)) => {
-                tensor_from_json(&input.name, &input.datatype, input.shape, data)?
+                tensor_from_json(&input.name, &input.datatype, input.shape, lifted.data(data))?
             }
             (None, None, None) => {
                 return Err(ApiError::BadRequest(format!(

@@ -20,12 +20,14 @@ use half::{bf16, f16};
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde::ser::{SerializeSeq, Serializer};
 use serde::Serialize;
-use serde_json::value::RawValue;
 
 use crate::error::ApiError;
 
+mod lift;
 mod scan;
 mod write;
+
+pub use lift::LiftedBody;
 
 pub use write::{json_array, object_with_array};
 
@@ -35,11 +37,13 @@ pub const INFINITY: &str = "Infinity";
 pub const NEG_INFINITY: &str = "-Infinity";
 
 /// Builds a tensor from a JSON `data` array; `name` is used in errors.
+/// `data` is valid JSON: a `RawValue`'s text, or an array [`LiftedBody`]
+/// checked.
 pub fn tensor_from_json(
     name: &str,
     datatype: &str,
     shape: Vec<usize>,
-    data: &RawValue,
+    data: &str,
 ) -> Result<Tensor, ApiError> {
     let dtype = parse_datatype(name, datatype)?;
     if dtype.is_variable() {
@@ -48,9 +52,9 @@ pub fn tensor_from_json(
     let count = element_count(&shape);
     // Each JSON value takes at least two bytes ("0,"), which bounds what a
     // declared shape may make us allocate before the data is read.
-    let at_most = data.get().len() / 2 + 1;
+    let at_most = data.len() / 2 + 1;
     let capacity = count.min(at_most);
-    let bytes = match scan::plain_numbers(dtype, data.get().as_bytes(), capacity) {
+    let bytes = match scan::plain_numbers(dtype, data.as_bytes(), capacity) {
         Some(bytes) => bytes,
         None => general(name, dtype, data, capacity)?,
     };
@@ -66,15 +70,10 @@ pub fn tensor_from_json(
 
 /// The general path: any JSON the data may hold, through serde, with the
 /// reason and index of the first value that does not fit.
-fn general(
-    name: &str,
-    dtype: DataType,
-    data: &RawValue,
-    capacity: usize,
-) -> Result<Vec<u8>, ApiError> {
+fn general(name: &str, dtype: DataType, data: &str, capacity: usize) -> Result<Vec<u8>, ApiError> {
     let mut bytes = Vec::with_capacity(capacity * dtype.size());
     let mut refused = None;
-    let mut de = serde_json::Deserializer::from_str(data.get());
+    let mut de = serde_json::Deserializer::from_str(data);
     let decoded = Flatten {
         dtype,
         out: &mut bytes,
@@ -98,7 +97,7 @@ fn general(
 
 /// Builds a BYTES tensor from JSON strings (flat or nested), each one
 /// element: its UTF-8 bytes.
-fn bytes_from_json(name: &str, shape: Vec<usize>, data: &RawValue) -> Result<Tensor, ApiError> {
+fn bytes_from_json(name: &str, shape: Vec<usize>, data: &str) -> Result<Tensor, ApiError> {
     fn flatten<'a>(value: &'a serde_json::Value, out: &mut Vec<&'a [u8]>) -> Result<(), String> {
         match value {
             serde_json::Value::String(text) => {
@@ -112,7 +111,7 @@ fn bytes_from_json(name: &str, shape: Vec<usize>, data: &RawValue) -> Result<Ten
             )),
         }
     }
-    let value: serde_json::Value = serde_json::from_str(data.get())
+    let value: serde_json::Value = serde_json::from_str(data)
         .map_err(|e| ApiError::InvalidTensor(format!("input '{name}': {e}")))?;
     let mut elements = Vec::new();
     flatten(&value, &mut elements)

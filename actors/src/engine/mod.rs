@@ -20,9 +20,9 @@ pub trait Engine: Send {
     fn signature(&self) -> &ModelSignature;
     fn infer(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, EngineError>;
 
-    /// Memory in use after the last `infer`, in MB, where the engine can
-    /// measure it; `None` where it cannot. Warmup reads it at batch 1 and at
-    /// the cap to learn the memory one item needs.
+    /// Memory in use on the engine's device, in MB, where the engine can
+    /// measure it; `None` where it cannot. Warmup reads it right after its
+    /// runs at batch 1 and at the cap to learn the memory one item needs.
     fn last_peak_memory_mb(&self) -> Option<u64> {
         None
     }

@@ -16,9 +16,10 @@ use std::sync::{Arc, OnceLock};
 use ort::environment::{Environment, GlobalThreadPoolOptions};
 use ort::ep::{ArenaExtendStrategy, ExecutionProvider, CUDA};
 use ort::session::builder::GraphOptimizationLevel;
-use ort::session::Session;
+use ort::session::{Session, SessionInputValue};
 use ort::value::{
-    DynValue, PrimitiveTensorElementType, Tensor as OrtTensor, TensorElementType, ValueType,
+    DynValue, PrimitiveTensorElementType, Tensor as OrtTensor, TensorElementType, TensorRef,
+    ValueType,
 };
 
 use super::{Engine, EngineFactory, EngineProvider, LoadTarget};
@@ -203,7 +204,6 @@ impl EngineFactory for OnnxFactory {
             session,
             signature,
             device: target.device,
-            resident_mb: None,
         }))
     }
 }
@@ -254,9 +254,6 @@ pub struct OnnxEngine {
     session: Session,
     signature: ModelSignature,
     device: Device,
-    /// Memory in use on its device after the last run, in MB: the
-    /// process's resident set on the CPU, the GPU's used memory (NVML).
-    resident_mb: Option<u64>,
 }
 
 /// GPU `index`'s used memory in MB (NVML), opened once per process.
@@ -300,11 +297,6 @@ impl Engine for OnnxEngine {
                 .ok_or_else(|| EngineError::Run(format!("output '{}' is missing", spec.name)))?;
             result.push(from_value(value, spec.dtype).map_err(run_error)?);
         }
-        drop(outputs);
-        self.resident_mb = match self.device {
-            Device::Cpu => resident_mb(),
-            Device::Gpu(index) => gpu_used_mb(index),
-        };
         Ok(result)
     }
 
@@ -314,8 +306,14 @@ impl Engine for OnnxEngine {
     /// estimates what N - 1 items need. It is the whole process's (or the
     /// whole GPU's), so other replicas loading at the same moment can only
     /// make the estimate larger (a smaller cap), never smaller.
+    ///
+    /// Read when asked (warmup asks right after its runs), not after every
+    /// run: a file read or an NVML call per batch would cost every request.
     fn last_peak_memory_mb(&self) -> Option<u64> {
-        self.resident_mb
+        match self.device {
+            Device::Cpu => resident_mb(),
+            Device::Gpu(index) => gpu_used_mb(index),
+        }
     }
 }
 
@@ -352,19 +350,27 @@ fn classify(message: String, code: ort::ErrorCode) -> EngineError {
     }
 }
 
-fn to_value(tensor: &Tensor) -> ort::Result<DynValue> {
+/// The tensor as a session input: its bytes lent to ONNX Runtime when they
+/// are aligned for the element type (what the allocator gives in practice),
+/// copied into an aligned buffer otherwise.
+fn to_value(tensor: &Tensor) -> ort::Result<SessionInputValue<'_>> {
     fn typed<T: PrimitiveTensorElementType + bytemuck::Pod + std::fmt::Debug>(
         tensor: &Tensor,
-    ) -> ort::Result<DynValue> {
+    ) -> ort::Result<SessionInputValue<'_>> {
         let shape: Vec<i64> = tensor.shape.iter().map(|&d| d as i64).collect();
-        let data: Vec<T> = bytemuck::pod_collect_to_vec(&tensor.data);
-        Ok(OrtTensor::from_array((shape, data))?.into_dyn())
+        match bytemuck::try_cast_slice::<u8, T>(&tensor.data) {
+            Ok(data) => Ok(TensorRef::from_array_view((shape, data))?.into()),
+            Err(_) => {
+                let data: Vec<T> = bytemuck::pod_collect_to_vec(&tensor.data);
+                Ok(OrtTensor::from_array((shape, data))?.into())
+            }
+        }
     }
     match tensor.dtype {
         DataType::Bool => {
             let shape: Vec<i64> = tensor.shape.iter().map(|&d| d as i64).collect();
             let data: Vec<bool> = tensor.data.iter().map(|&b| b != 0).collect();
-            Ok(OrtTensor::from_array((shape, data))?.into_dyn())
+            Ok(OrtTensor::from_array((shape, data))?.into())
         }
         DataType::Uint8 => typed::<u8>(tensor),
         DataType::Uint16 => typed::<u16>(tensor),
@@ -397,7 +403,7 @@ fn to_value(tensor: &Tensor) -> ort::Result<DynValue> {
                     }
                 }
             }
-            Ok(OrtTensor::from_string_array((shape, &strings[..]))?.into_dyn())
+            Ok(OrtTensor::from_string_array((shape, &strings[..]))?.into())
         }
     }
 }

@@ -298,9 +298,10 @@ impl Handler<RunBatch> for Replica {
 }
 
 /// Stacks each input of every entry along the batch dimension.
-fn stack_inputs(entries: &[InferRequest]) -> Vec<Tensor> {
+fn stack_inputs(entries: &[InferRequest]) -> std::borrow::Cow<'_, [Tensor]> {
     if entries.len() == 1 {
-        return entries[0].inputs.clone();
+        // A lone request runs on its own tensors: no copy.
+        return std::borrow::Cow::Borrowed(&entries[0].inputs);
     }
     (0..entries[0].inputs.len())
         .map(|i| {
@@ -310,7 +311,6 @@ fn stack_inputs(entries: &[InferRequest]) -> Vec<Tensor> {
         .collect()
 }
 
-/// Splits every output back into the entries' rows and answers each entry.
 /// What every request of a batch is told about it.
 struct BatchFacts<'a> {
     model: &'a str,
@@ -322,6 +322,7 @@ struct BatchFacts<'a> {
     input_ms: f64,
 }
 
+/// Splits every output back into the entries' rows and answers each entry.
 fn split_and_answer(entries: Vec<InferRequest>, outputs: Vec<Tensor>, facts: BatchFacts) -> bool {
     let BatchFacts {
         model,

@@ -1,0 +1,463 @@
+//! Tensor data lifted out of a JSON body before serde reads it.
+//!
+//! serde_json checks every number of a `data` array it hands over as a
+//! `RawValue`, which on a large tensor costs as much as decoding it. Here a
+//! pass over the body's structure finds each input's `data` (the value of
+//! key `data` in an object directly inside the root's `inputs`, an array in
+//! the v2 protocol and an object in the REST one), checks that it is an
+//! array of JSON numbers (strictly, by JSON's grammar) and puts `[]` in
+//! its place in a copy of the rest of the body, the skeleton, which serde
+//! then parses. [`LiftedBody::data`] gives back the original text of a
+//! placeholder that serde borrowed, by where it lies in the skeleton; any
+//! other `RawValue` is its own text.
+//!
+//! Hand-written: no JSON crate skips a number array without parsing each
+//! number. An array that holds anything else (strings, `null`, booleans),
+//! and every key elsewhere, stays in the skeleton for serde to judge, so
+//! what is accepted, and every error message, is what serde alone gives:
+//! a skeleton serde refuses is parsed again from the original body for the
+//! message.
+
+use std::ops::Range;
+
+use serde_json::value::RawValue;
+
+use crate::error::ApiError;
+
+/// Arrays nested deeper than this are left to serde (and its own limit).
+const MAX_DEPTH: usize = 64;
+
+/// A JSON body with its inputs' number arrays lifted out.
+pub struct LiftedBody<'a> {
+    body: &'a [u8],
+    /// The body with `[]` for each lifted array; empty when none was.
+    skeleton: Vec<u8>,
+    /// Where each placeholder starts in the skeleton, and the range of the
+    /// array it stands for in the body, in order.
+    lifted: Vec<(usize, Range<usize>)>,
+}
+
+impl<'a> LiftedBody<'a> {
+    pub fn new(body: &'a [u8]) -> Self {
+        let spans = data_arrays(body);
+        let mut lifted = Vec::with_capacity(spans.len());
+        let mut skeleton = Vec::new();
+        if !spans.is_empty() {
+            let kept: usize = body.len() - spans.iter().map(|s| s.len()).sum::<usize>();
+            skeleton.reserve(kept + 2 * spans.len());
+            let mut from = 0;
+            for span in spans {
+                skeleton.extend_from_slice(&body[from..span.start]);
+                lifted.push((skeleton.len(), span.clone()));
+                skeleton.extend_from_slice(b"[]");
+                from = span.end;
+            }
+            skeleton.extend_from_slice(&body[from..]);
+        }
+        LiftedBody {
+            body,
+            skeleton,
+            lifted,
+        }
+    }
+
+    /// What serde parses: the skeleton, or the body when nothing was lifted.
+    fn text(&self) -> &[u8] {
+        if self.lifted.is_empty() {
+            self.body
+        } else {
+            &self.skeleton
+        }
+    }
+
+    /// The body through serde, with serde's message (line, column of the
+    /// body as sent) on failure.
+    pub fn parse<'s, T: serde::Deserialize<'s>>(&'s self) -> Result<T, ApiError> {
+        let error = match serde_json::from_slice(self.text()) {
+            Ok(parsed) => return Ok(parsed),
+            Err(e) if self.lifted.is_empty() => e,
+            // Parsed again as sent: the error's line and column are the body's.
+            Err(e) => serde_json::from_slice::<T>(self.body).err().unwrap_or(e),
+        };
+        Err(ApiError::BadRequest(format!("invalid JSON body: {error}")))
+    }
+
+    /// The text `raw` stands for: the lifted array when `raw` is one of the
+    /// placeholders serde borrowed from the skeleton, else `raw` itself.
+    pub fn data<'s>(&'s self, raw: &'s RawValue) -> &'s str {
+        let text = raw.get();
+        if self.lifted.is_empty() {
+            return text;
+        }
+        let at = (text.as_ptr() as usize).wrapping_sub(self.skeleton.as_ptr() as usize);
+        match self.lifted.binary_search_by_key(&at, |(offset, _)| *offset) {
+            Ok(index) if text.len() == 2 => {
+                let span = self.lifted[index].1.clone();
+                // Lifted arrays hold ASCII only (brackets, commas, spaces
+                // and number characters), so this never fails.
+                std::str::from_utf8(&self.body[span]).unwrap_or(text)
+            }
+            _ => text,
+        }
+    }
+}
+
+/// What a container the structure pass is inside stands for.
+#[derive(Clone, Copy, PartialEq)]
+enum Role {
+    Other,
+    /// The value of the root's `inputs` (an array or an object).
+    Inputs,
+    /// An object directly inside `inputs`: one input.
+    Input,
+}
+
+/// The byte ranges of the inputs' `data` number arrays in `body`, in order.
+/// Only the structure is followed (strings skipped with their escapes);
+/// the rest of the JSON is serde's to check.
+fn data_arrays(body: &[u8]) -> Vec<Range<usize>> {
+    let mut spans = Vec::new();
+    // Open containers: whether each is an object, and its role.
+    let mut stack: Vec<(bool, Role)> = Vec::new();
+    // The last key read, when it matters: `inputs` in the root, `data` in
+    // an input.
+    let mut key_inputs = false;
+    let mut key_data = false;
+    let mut expect_key = false;
+    let mut i = 0;
+    let n = body.len();
+    while i < n {
+        match body[i] {
+            b'"' => {
+                let Some(end) = string_end(body, i) else {
+                    return spans;
+                };
+                if expect_key {
+                    let key = &body[i + 1..end - 1];
+                    key_inputs = stack.len() == 1 && key == b"inputs";
+                    key_data = stack.last() == Some(&(true, Role::Input)) && key == b"data";
+                    expect_key = false;
+                }
+                i = end;
+                continue;
+            }
+            open @ (b'{' | b'[') => {
+                if key_data && open == b'[' {
+                    if let Some(end) = number_array_end(body, i) {
+                        spans.push(i..end);
+                        key_data = false;
+                        i = end;
+                        continue;
+                    }
+                }
+                let object = open == b'{';
+                let role = match stack.last() {
+                    Some((true, Role::Other)) if stack.len() == 1 && key_inputs => Role::Inputs,
+                    Some((_, Role::Inputs)) if object => Role::Input,
+                    _ => Role::Other,
+                };
+                stack.push((object, role));
+                expect_key = object;
+                key_inputs = false;
+                key_data = false;
+            }
+            b'}' | b']' => {
+                stack.pop();
+                key_inputs = false;
+                key_data = false;
+                expect_key = false;
+            }
+            b',' => {
+                expect_key = matches!(stack.last(), Some((true, _)));
+                key_inputs = false;
+                key_data = false;
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    spans
+}
+
+/// The index just past the string that starts at `start` (a quote).
+fn string_end(body: &[u8], start: usize) -> Option<usize> {
+    let mut i = start + 1;
+    loop {
+        match *body.get(i)? {
+            b'"' => return Some(i + 1),
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
+}
+
+/// The index just past the array at `start` when it is, by JSON's grammar,
+/// an array (nested or flat) of numbers only; `None` otherwise.
+fn number_array_end(body: &[u8], start: usize) -> Option<usize> {
+    let n = body.len();
+    let mut i = start + 1;
+    let mut depth = 1usize;
+    // After `[` a value or `]`; after a value `,` or `]`; after `,` a value.
+    let mut after_value = false;
+    let mut after_comma = false;
+    while i < n {
+        let b = body[i];
+        match b {
+            b' ' | b'\n' | b'\r' | b'\t' => i += 1,
+            b'[' if !after_value => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return None;
+                }
+                after_comma = false;
+                i += 1;
+            }
+            b']' if !after_comma => {
+                depth -= 1;
+                i += 1;
+                if depth == 0 {
+                    return Some(i);
+                }
+                after_value = true;
+            }
+            b',' if after_value => {
+                after_value = false;
+                after_comma = true;
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' if !after_value => {
+                i = number_end(body, i)?;
+                after_value = true;
+                after_comma = false;
+            }
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// The index just past the JSON number at `start`: `-`? (`0` | [1-9][0-9]*)
+/// (`.` [0-9]+)? ([eE] [+-]? [0-9]+)?
+fn number_end(body: &[u8], start: usize) -> Option<usize> {
+    let digit = |i: usize| body.get(i).is_some_and(u8::is_ascii_digit);
+    let mut i = start;
+    if body[i] == b'-' {
+        i += 1;
+    }
+    match body.get(i)? {
+        b'0' => i += 1,
+        b'1'..=b'9' => {
+            while digit(i) {
+                i += 1;
+            }
+        }
+        _ => return None,
+    }
+    if body.get(i) == Some(&b'.') {
+        i += 1;
+        if !digit(i) {
+            return None;
+        }
+        while digit(i) {
+            i += 1;
+        }
+    }
+    if matches!(body.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(body.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        if !digit(i) {
+            return None;
+        }
+        while digit(i) {
+            i += 1;
+        }
+    }
+    Some(i)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Deserialize, Debug)]
+    struct Body<'a> {
+        #[serde(borrow)]
+        inputs: Vec<Input<'a>>,
+        #[serde(default)]
+        parameters: serde_json::Map<String, serde_json::Value>,
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    struct Input<'a> {
+        #[serde(borrow)]
+        data: &'a RawValue,
+    }
+
+    /// What each input's data reads as, through the lifted body and through
+    /// serde alone on the body as sent: they must agree, and so must errors.
+    fn both(body: &str) -> (Result<Vec<String>, String>, Result<Vec<String>, String>) {
+        let lifted = LiftedBody::new(body.as_bytes());
+        let through_lift = lifted
+            .parse::<Body>()
+            .map(|b| {
+                b.inputs
+                    .iter()
+                    .map(|i| lifted.data(i.data).to_string())
+                    .collect()
+            })
+            .map_err(|e| e.to_string());
+        let alone = serde_json::from_str::<Body>(body)
+            .map(|b| b.inputs.iter().map(|i| i.data.get().to_string()).collect())
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")).to_string());
+        (through_lift, alone)
+    }
+
+    #[test]
+    fn number_arrays_of_inputs_are_lifted_and_read_back_as_sent() {
+        let body = r#"{"inputs": [{"name": "a", "data": [1, -2.5e3, 0.25]},
+            {"data": [[1,2],[3,4]], "name": "b"}], "parameters": {"data": [9]}}"#;
+        let lifted = LiftedBody::new(body.as_bytes());
+        assert_eq!(lifted.lifted.len(), 2);
+        let parsed: Body = lifted.parse().unwrap();
+        let texts: Vec<&str> = parsed.inputs.iter().map(|i| lifted.data(i.data)).collect();
+        assert_eq!(texts, ["[1, -2.5e3, 0.25]", "[[1,2],[3,4]]"]);
+        // Only the inputs' data: parameters keep theirs.
+        assert_eq!(parsed.parameters["data"], serde_json::json!([9]));
+
+        // The REST body: inputs by name.
+        let rest = r#"{"model": "m", "inputs": {"x": {"shape": [2], "data": [1,2]}}}"#;
+        let lifted = LiftedBody::new(rest.as_bytes());
+        assert_eq!(lifted.lifted.len(), 1);
+        assert_eq!(
+            lifted.lifted[0]
+                .1
+                .clone()
+                .map(|i| rest.as_bytes()[i] as char)
+                .collect::<String>(),
+            "[1,2]"
+        );
+    }
+
+    #[test]
+    fn anything_but_numbers_stays_for_serde() {
+        for data in [
+            r#"["a", 1]"#,
+            "[null]",
+            "[true, false]",
+            r#"[{"x": 1}]"#,
+            r#"["NaN"]"#,
+            "[01]",
+            "[1.]",
+            "[.5]",
+            "[-]",
+            "[1e]",
+            "[1e+]",
+            "[+1]",
+            "[1,]",
+            "[,1]",
+            "[1 2]",
+            "[[1] [2]]",
+            "[[1],2",
+            "[Infinity]",
+        ] {
+            let body = format!(r#"{{"inputs": [{{"data": {data}}}]}}"#);
+            let lifted = LiftedBody::new(body.as_bytes());
+            assert!(lifted.lifted.is_empty(), "{data} was lifted");
+            let (through_lift, alone) = both(&body);
+            assert_eq!(through_lift, alone, "{data}");
+        }
+        // Deeper than the limit: left to serde.
+        let deep = format!(
+            "{}1{}",
+            "[".repeat(MAX_DEPTH + 1),
+            "]".repeat(MAX_DEPTH + 1)
+        );
+        let body = format!(r#"{{"inputs": [{{"data": {deep}}}]}}"#);
+        assert!(LiftedBody::new(body.as_bytes()).lifted.is_empty());
+    }
+
+    #[test]
+    fn a_placeholder_the_client_wrote_is_its_own_text() {
+        let body = r#"{"inputs": [{"data": []}, {"data": [5]}]}"#;
+        let (through_lift, alone) = both(body);
+        assert_eq!(through_lift.unwrap(), ["[]", "[5]"]);
+        assert_eq!(alone.unwrap(), ["[]", "[5]"]);
+    }
+
+    #[test]
+    fn errors_name_the_place_in_the_body_as_sent() {
+        for body in [
+            r#"{"inputs": [{"data": [1, 2, 3]}], "x": }"#,
+            r#"{"inputs": [{"data": [1, 2, 3]}, {"data": [4]}"#,
+            r#"{"inputs": [{"data": [1, 2, 3], "data": [4]}]}"#,
+            r#"{"inputs": [{"data": [1, 2, 3]} {"data": [4]}]}"#,
+            r#"{"inputs": [{"data": [1, 2, 3]}]}   x"#,
+            r#"{"inputs": [{"data": [1, 2, 3]}], "p": "\q"}"#,
+            r#"{"inputs": [{"da\"ta": [1]}]}"#,
+        ] {
+            let (through_lift, alone) = both(body);
+            assert!(alone.is_err(), "{body}");
+            assert_eq!(through_lift, alone, "{body}");
+        }
+    }
+
+    /// Bodies built from pieces, valid and not: the lifted path accepts and
+    /// refuses exactly what serde does, with the same data and messages.
+    #[test]
+    fn lifting_never_changes_what_a_body_means() {
+        let pieces = [
+            "{",
+            "}",
+            "[",
+            "]",
+            ",",
+            ":",
+            " ",
+            r#""inputs""#,
+            r#""data""#,
+            r#""name""#,
+            "1",
+            "-0.5",
+            "2e3",
+            "01",
+            r#""s""#,
+            "null",
+            "[1,2]",
+            "[[1],[2]]",
+            "[1,",
+            r#""\"""#,
+        ];
+        let tails = [
+            "}]}",
+            r#"}, {"data": [3, 4]}]}"#,
+            r#"}], "data": [1]}"#,
+            r#", "data": [2]}]}"#,
+            "}]",
+            "}]} 1",
+            r#"}], "parameters": {"inputs": [{"data": [1]}]}}"#,
+            "",
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let mut agreed_ok = 0;
+        for _ in 0..20_000 {
+            let mut body = String::from(r#"{"inputs": [{"data": "#);
+            for _ in 0..(next() % 4) {
+                body.push_str(pieces[(next() % pieces.len() as u64) as usize]);
+            }
+            body.push_str(tails[(next() % tails.len() as u64) as usize]);
+            let (through_lift, alone) = both(&body);
+            assert_eq!(through_lift, alone, "{body}");
+            let was_lifted = !LiftedBody::new(body.as_bytes()).lifted.is_empty();
+            agreed_ok += usize::from(alone.is_ok() && was_lifted);
+        }
+        assert!(agreed_ok > 100, "{agreed_ok} valid bodies had data lifted");
+    }
+}
