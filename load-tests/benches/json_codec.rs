@@ -3,7 +3,10 @@
 //! behind every answer) next to serde_json's default path (`Vec<f32>`
 //! from and to text), in the same run, for a 3 x 128 x 128 FP32 image (the
 //! UNet's input, values to 4 decimals as clients send them) and a 64-value
-//! feature vector (the MLP's).
+//! feature vector (the MLP's). The request groups read a whole v2 infer
+//! body: the inputs' arrays lifted out before serde (`LiftedBody`, what the
+//! server does) next to serde checking them as a `RawValue` first, and
+//! serde_json's default path (a struct with a `Vec<f32>`).
 //!
 //! `cargo bench -p gantry-load-tests --bench json_codec`; figures in
 //! load-tests/RESULTS.md.
@@ -11,7 +14,7 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use gantry::codec::{json_array, tensor_from_json, JsonData};
+use gantry::codec::{json_array, tensor_from_json, JsonData, LiftedBody};
 use gantry_actors::Tensor;
 use serde_json::value::RawValue;
 
@@ -30,6 +33,39 @@ fn values(n: usize) -> (Vec<f32>, String) {
     (v, text)
 }
 
+/// A v2 infer body as the server reads it.
+#[derive(serde::Deserialize)]
+struct Body<'a> {
+    #[serde(borrow)]
+    inputs: Vec<Input<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+#[allow(dead_code)]
+struct Input<'a> {
+    name: String,
+    shape: Vec<usize>,
+    datatype: String,
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+/// The same body through serde_json's default path.
+#[derive(serde::Deserialize)]
+#[allow(dead_code)]
+struct VecBody {
+    inputs: Vec<VecInput>,
+}
+
+#[derive(serde::Deserialize)]
+#[allow(dead_code)]
+struct VecInput {
+    name: String,
+    shape: Vec<usize>,
+    datatype: String,
+    data: Vec<f32>,
+}
+
 fn codec(c: &mut Criterion) {
     for (label, shape) in [("3x128x128", vec![1, 3, 128, 128]), ("64", vec![1, 64])] {
         let n: usize = shape.iter().product();
@@ -39,18 +75,35 @@ fn codec(c: &mut Criterion) {
         let mut group = c.benchmark_group(format!("json in, FP32 {label}"));
         group.throughput(Throughput::Bytes(text.len() as u64));
         group.bench_function("gantry codec", |b| {
-            b.iter(|| tensor_from_json("x", "FP32", shape.clone(), black_box(raw)).unwrap())
-        });
-        // What a request pays: serde_json finds the `data` array's end
-        // (checking it) before the scanner reads it.
-        group.bench_function("gantry codec + RawValue", |b| {
-            b.iter(|| {
-                let raw: &RawValue = serde_json::from_str(black_box(&text)).unwrap();
-                tensor_from_json("x", "FP32", shape.clone(), raw).unwrap()
-            })
+            b.iter(|| tensor_from_json("x", "FP32", shape.clone(), black_box(raw.get())).unwrap())
         });
         group.bench_function("serde_json Vec<f32>", |b| {
             b.iter(|| serde_json::from_str::<Vec<f32>>(black_box(&text)).unwrap())
+        });
+        group.finish();
+
+        let body = format!(
+            r#"{{"inputs": [{{"name": "x", "shape": {shape:?}, "datatype": "FP32", "data": {text}}}]}}"#
+        );
+        let mut group = c.benchmark_group(format!("json request body in, FP32 {label}"));
+        group.throughput(Throughput::Bytes(body.len() as u64));
+        group.bench_function("gantry: data lifted, rest through serde", |b| {
+            b.iter(|| {
+                let lifted = LiftedBody::new(black_box(body.as_bytes()));
+                let parsed: Body = lifted.parse().unwrap();
+                let input = &parsed.inputs[0];
+                tensor_from_json("x", "FP32", input.shape.clone(), lifted.data(input.data)).unwrap()
+            })
+        });
+        group.bench_function("gantry codec after serde's RawValue check", |b| {
+            b.iter(|| {
+                let parsed: Body = serde_json::from_str(black_box(&body)).unwrap();
+                let input = &parsed.inputs[0];
+                tensor_from_json("x", "FP32", input.shape.clone(), input.data.get()).unwrap()
+            })
+        });
+        group.bench_function("serde_json Vec<f32>", |b| {
+            b.iter(|| serde_json::from_str::<VecBody>(black_box(&body)).unwrap())
         });
         group.finish();
 
