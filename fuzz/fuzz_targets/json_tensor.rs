@@ -62,18 +62,31 @@ struct Input<'a> {
     data: &'a RawValue,
 }
 
-/// `text` as an input's data in a v2 body: lifted or not, the same texts
-/// and the same error.
+/// `text` as an input's data in a v2 body, decoded as FP32 of shape [2]:
+/// lifted or not, the same tensors and the same error.
 fn lifting_keeps_the_meaning(text: &str) {
     let body = format!(r#"{{"inputs": [{{"data": {text}}}, {{"data": [1, 2]}}]}}"#);
+    let decode = |text: &str| tensor_from_json("x", "FP32", vec![2], text);
     let lifted = LiftedBody::new(body.as_bytes());
     let through_lift = lifted
         .parse::<Body>()
-        .map(|b| b.inputs.iter().map(|i| lifted.data(i.data).to_string()).collect::<Vec<_>>())
+        .and_then(|b| {
+            b.inputs
+                .iter()
+                .map(|i| decode(lifted.data(i.data)).map(|t| t.data))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| lifted.refused::<Body>(e))
+        })
         .map_err(|e| e.to_string());
-    let alone = serde_json::from_str::<Body>(&body)
-        .map(|b| b.inputs.iter().map(|i| i.data.get().to_string()).collect::<Vec<_>>())
-        .map_err(|e| format!("invalid JSON body: {e}"));
+    let alone = match serde_json::from_str::<Body>(&body) {
+        Ok(b) => b
+            .inputs
+            .iter()
+            .map(|i| decode(i.data.get()).map(|t| t.data))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(format!("invalid JSON body: {e}")),
+    };
     assert_eq!(through_lift, alone);
 }
 

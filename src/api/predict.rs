@@ -181,7 +181,8 @@ fn decode_json(body: &[u8], request_id: &str) -> Result<Decoded, ApiError> {
         .inputs
         .into_iter()
         .map(|(name, t)| {
-            let tensor = tensor_from_json(&name, &t.datatype, t.shape, lifted.data(t.data))?;
+            let tensor = tensor_from_json(&name, &t.datatype, t.shape, lifted.data(t.data))
+                .map_err(|e| lifted.refused::<PredictBody>(e))?;
             Ok((name, tensor))
         })
         .collect::<Result<Vec<_>, ApiError>>()?;

@@ -309,7 +309,8 @@ pub fn decode(
                 tensor
             }
             (None, None, Some(data)) => {
-                tensor_from_json(&input.name, &input.datatype, input.shape, lifted.data(data))?
+                tensor_from_json(&input.name, &input.datatype, input.shape, lifted.data(data))
+                    .map_err(|e| lifted.refused::<InferBody>(e))?
             }
             (None, None, None) => {
                 return Err(ApiError::BadRequest(format!(

@@ -12,8 +12,10 @@
 //! an exponent, goes to `fast-float2` (Eisel-Lemire, correctly rounded).
 //! `make bench-micro` compares it with serde_json (load-tests/MICRO_RESULTS.md).
 //!
-//! The text comes from a `RawValue`, which serde_json has already checked
-//! is valid JSON, so the scanner only splits tokens. It gives up (`None`)
+//! The text comes from a `RawValue`, which serde_json has checked, or from
+//! a body's lifted array (`lift.rs`), which no parser has: the scanner
+//! reads it by JSON's grammar (brackets, commas, numbers as JSON writes
+//! them) and gives up on anything else. It gives up (`None`)
 //! on anything but brackets, commas, whitespace and numbers that fit the
 //! datatype as they are written (and `true`/`false` for BOOL): strings,
 //! `null`, objects, an integer written with a fraction or an exponent, a
@@ -117,15 +119,57 @@ fn digits(text: &[u8], i: &mut usize, m: &mut u64) -> u32 {
     (*i - start) as u32
 }
 
-/// FP32 and FP64 in one pass: each number is read while it is found.
+/// The significant token before, for JSON's grammar of a (nested) array of
+/// numbers: a value may follow the start, `[` or `,`; `,` follows a value;
+/// `]` follows `[` or a value.
+#[derive(Clone, Copy, PartialEq)]
+enum Before {
+    Start,
+    Open,
+    Comma,
+    Value,
+}
+
+impl Before {
+    /// Moves past a bracket or comma; `None` where JSON allows none.
+    #[inline(always)]
+    fn punctuation(&mut self, byte: u8) -> Option<()> {
+        *self = match (byte, *self) {
+            (b'[', Before::Start | Before::Open | Before::Comma) => Before::Open,
+            (b']', Before::Open | Before::Value) => Before::Value,
+            (b',', Before::Value) => Before::Comma,
+            _ => return None,
+        };
+        Some(())
+    }
+
+    /// Moves past a number; `None` where no value may stand.
+    #[inline(always)]
+    fn value(&mut self) -> Option<()> {
+        if *self == Before::Value {
+            return None;
+        }
+        *self = Before::Value;
+        Some(())
+    }
+}
+
+/// FP32 and FP64 in one pass: each number is read while it is found, by
+/// JSON's grammar (the text may not have been checked by a parser).
 fn floats<F: Float>(text: &[u8], capacity: usize) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(capacity * std::mem::size_of::<F>());
     let n = text.len();
     let mut i = 0;
+    let mut before = Before::Start;
     while i < n {
         let start = i;
         match text[i] {
-            b'[' | b']' | b',' | b' ' | b'\n' | b'\r' | b'\t' => {
+            b' ' | b'\n' | b'\r' | b'\t' => {
+                i += 1;
+                continue;
+            }
+            byte @ (b'[' | b']' | b',') => {
+                before.punctuation(byte)?;
                 i += 1;
                 continue;
             }
@@ -133,15 +177,21 @@ fn floats<F: Float>(text: &[u8], capacity: usize) -> Option<Vec<u8>> {
             b'0'..=b'9' => {}
             _ => return None,
         }
+        before.value()?;
+        let first = i;
         let mut m = 0u64;
         let whole = digits(text, &mut i, &mut m);
+        // JSON writes no leading zeros (`01`) and no bare sign.
+        if whole == 0 || (whole > 1 && text[first] == b'0') {
+            return None;
+        }
         let mut fraction = 0;
         if text.get(i) == Some(&b'.') {
             i += 1;
             fraction = digits(text, &mut i, &mut m);
-        }
-        if whole == 0 {
-            return None;
+            if fraction == 0 {
+                return None;
+            }
         }
         let exponent = matches!(text.get(i), Some(b'e' | b'E'));
         // At most 19 digits cannot have wrapped the u64.
@@ -155,44 +205,95 @@ fn floats<F: Float>(text: &[u8], capacity: usize) -> Option<Vec<u8>> {
                 v
             }
         } else {
-            while i < n && matches!(text[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-') {
+            if exponent {
                 i += 1;
+                if matches!(text.get(i), Some(b'+' | b'-')) {
+                    i += 1;
+                }
+                let mut ignored = 0;
+                if digits(text, &mut i, &mut ignored) == 0 {
+                    return None;
+                }
             }
             F::parse(&text[start..i])?
         };
         v.append(&mut out);
     }
-    Some(out)
+    (before == Before::Value).then_some(out)
 }
 
-/// Every other datatype: each token found, then read.
+/// Every other datatype: each token found, checked by JSON's grammar,
+/// then read.
 fn tokens(dtype: DataType, text: &[u8], capacity: usize) -> Option<Vec<u8>> {
     let mut out = Vec::with_capacity(capacity * dtype.size());
     let n = text.len();
     let mut i = 0;
+    let mut before = Before::Start;
     while i < n {
         match text[i] {
-            b'[' | b']' | b',' | b' ' | b'\n' | b'\r' | b'\t' => i += 1,
+            b' ' | b'\n' | b'\r' | b'\t' => i += 1,
+            byte @ (b'[' | b']' | b',') => {
+                before.punctuation(byte)?;
+                i += 1;
+            }
             b'-' | b'0'..=b'9' => {
+                before.value()?;
                 let start = i;
                 i += 1;
                 while i < n && matches!(text[i], b'0'..=b'9' | b'.' | b'e' | b'E' | b'+' | b'-') {
                     i += 1;
                 }
-                push(dtype, &text[start..i], &mut out)?;
+                let token = &text[start..i];
+                if !json_number(token) {
+                    return None;
+                }
+                push(dtype, token, &mut out)?;
             }
             b't' if dtype == DataType::Bool && text[i..].starts_with(b"true") => {
+                before.value()?;
                 out.push(1);
                 i += 4;
             }
             b'f' if dtype == DataType::Bool && text[i..].starts_with(b"false") => {
+                before.value()?;
                 out.push(0);
                 i += 5;
             }
             _ => return None,
         }
     }
-    Some(out)
+    (before == Before::Value).then_some(out)
+}
+
+/// Whether `token` is a JSON number: `-`? (`0` | [1-9][0-9]*)
+/// (`.` [0-9]+)? ([eE] [+-]? [0-9]+)?
+fn json_number(token: &[u8]) -> bool {
+    let digits = |rest: &[u8]| rest.iter().take_while(|b| b.is_ascii_digit()).count();
+    let mut rest = token.strip_prefix(b"-").unwrap_or(token);
+    let whole = digits(rest);
+    if whole == 0 || (whole > 1 && rest[0] == b'0') {
+        return false;
+    }
+    rest = &rest[whole..];
+    if let Some(after) = rest.strip_prefix(b".") {
+        let fraction = digits(after);
+        if fraction == 0 {
+            return false;
+        }
+        rest = &after[fraction..];
+    }
+    if let [b'e' | b'E', after @ ..] = rest {
+        let after = after
+            .strip_prefix(b"+")
+            .or_else(|| after.strip_prefix(b"-"))
+            .unwrap_or(after);
+        let exponent = digits(after);
+        if exponent == 0 {
+            return false;
+        }
+        rest = &after[exponent..];
+    }
+    rest.is_empty()
 }
 
 /// Appends one number token as `dtype`; `None` when it is not plainly a
