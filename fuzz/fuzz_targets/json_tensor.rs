@@ -10,7 +10,7 @@
 
 #![no_main]
 
-use gantry::codec::{tensor_from_json, JsonData, LiftedBody};
+use gantry::codec::{both_ways, tensor_from_json, JsonData};
 use gantry_actors::tensor::{element_count, DataType, Tensor};
 use libfuzzer_sys::fuzz_target;
 use serde_json::value::RawValue;
@@ -50,43 +50,11 @@ fuzz_target!(|input: &[u8]| {
     same_values(&tensor, &again);
 });
 
-#[derive(serde::Deserialize)]
-struct Body<'a> {
-    #[serde(borrow)]
-    inputs: Vec<Input<'a>>,
-}
-
-#[derive(serde::Deserialize)]
-struct Input<'a> {
-    #[serde(borrow)]
-    data: &'a RawValue,
-}
-
 /// `text` as an input's data in a v2 body, decoded as FP32 of shape [2]:
 /// lifted or not, the same tensors and the same error.
 fn lifting_keeps_the_meaning(text: &str) {
     let body = format!(r#"{{"inputs": [{{"data": {text}}}, {{"data": [1, 2]}}]}}"#);
-    let decode = |text: &str| tensor_from_json("x", "FP32", vec![2], text);
-    let lifted = LiftedBody::new(body.as_bytes());
-    let through_lift = lifted
-        .parse::<Body>()
-        .and_then(|b| {
-            b.inputs
-                .iter()
-                .map(|i| decode(lifted.data(i.data)).map(|t| t.data))
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| lifted.refused::<Body>(e))
-        })
-        .map_err(|e| e.to_string());
-    let alone = match serde_json::from_str::<Body>(&body) {
-        Ok(b) => b
-            .inputs
-            .iter()
-            .map(|i| decode(i.data.get()).map(|t| t.data))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string()),
-        Err(e) => Err(format!("invalid JSON body: {e}")),
-    };
+    let (through_lift, alone) = both_ways(&body);
     assert_eq!(through_lift, alone);
 }
 

@@ -247,53 +247,59 @@ fn number_array_end(body: &[u8], start: usize) -> Option<usize> {
     None
 }
 
+/// A v2-shaped body, for [`both_ways`].
+#[derive(serde::Deserialize, Debug)]
+struct Body<'a> {
+    #[serde(borrow)]
+    inputs: Vec<Input<'a>>,
+    /// Read by the tests: a `data` key here is not an input's.
+    #[serde(default)]
+    #[cfg_attr(not(test), allow(dead_code))]
+    parameters: serde_json::Map<String, serde_json::Value>,
+}
+
+#[derive(serde::Deserialize, Debug)]
+struct Input<'a> {
+    #[serde(borrow)]
+    data: &'a RawValue,
+}
+
+/// Decoded tensors' bytes, or the error's message.
+pub type Decoded = Result<Vec<Vec<u8>>, String>;
+
+/// Each input's data of a v2-shaped `body` decoded as FP32 of shape [2],
+/// through the lifted body (as the handlers do) and through serde alone on
+/// the body as sent; they must agree, errors included. For the tests and
+/// the fuzz target.
+#[doc(hidden)]
+pub fn both_ways(body: &str) -> (Decoded, Decoded) {
+    let decode = |text: &str| crate::codec::tensor_from_json("x", "FP32", vec![2], text);
+    let lifted = LiftedBody::new(body.as_bytes());
+    let through_lift = lifted
+        .parse::<Body>()
+        .and_then(|b| {
+            b.inputs
+                .iter()
+                .map(|i| decode(lifted.data(i.data)).map(|t| t.data))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| lifted.refused::<Body>(e))
+        })
+        .map_err(|e| e.to_string());
+    let alone = serde_json::from_str::<Body>(body)
+        .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
+        .and_then(|b| {
+            b.inputs
+                .iter()
+                .map(|i| decode(i.data.get()).map(|t| t.data))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(|e| e.to_string());
+    (through_lift, alone)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[derive(serde::Deserialize, Debug)]
-    struct Body<'a> {
-        #[serde(borrow)]
-        inputs: Vec<Input<'a>>,
-        #[serde(default)]
-        parameters: serde_json::Map<String, serde_json::Value>,
-    }
-
-    #[derive(serde::Deserialize, Debug)]
-    struct Input<'a> {
-        #[serde(borrow)]
-        data: &'a RawValue,
-    }
-
-    type Decoded = Result<Vec<Vec<u8>>, String>;
-
-    /// Each input's data decoded as FP32 of shape [2], through the lifted
-    /// body (as the handlers do) and through serde alone on the body as
-    /// sent: they must agree, errors included.
-    fn both(body: &str) -> (Decoded, Decoded) {
-        let decode = |text: &str| crate::codec::tensor_from_json("x", "FP32", vec![2], text);
-        let lifted = LiftedBody::new(body.as_bytes());
-        let through_lift = lifted
-            .parse::<Body>()
-            .and_then(|b| {
-                b.inputs
-                    .iter()
-                    .map(|i| decode(lifted.data(i.data)).map(|t| t.data))
-                    .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| lifted.refused::<Body>(e))
-            })
-            .map_err(|e| e.to_string());
-        let alone = serde_json::from_str::<Body>(body)
-            .map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
-            .and_then(|b| {
-                b.inputs
-                    .iter()
-                    .map(|i| decode(i.data.get()).map(|t| t.data))
-                    .collect::<Result<Vec<_>, _>>()
-            })
-            .map_err(|e| e.to_string());
-        (through_lift, alone)
-    }
 
     #[test]
     fn number_arrays_of_inputs_are_lifted_and_read_back_as_sent() {
@@ -336,7 +342,7 @@ mod tests {
                 LiftedBody::new(body.as_bytes()).lifted.is_empty(),
                 "{data} was lifted"
             );
-            let (through_lift, alone) = both(&body);
+            let (through_lift, alone) = both_ways(&body);
             assert_eq!(through_lift, alone, "{data}");
         }
         // Deeper than the limit: left to serde.
@@ -379,7 +385,7 @@ mod tests {
                 !LiftedBody::new(body.as_bytes()).lifted.is_empty(),
                 "{data} was not lifted"
             );
-            let (through_lift, alone) = both(&body);
+            let (through_lift, alone) = both_ways(&body);
             assert_eq!(through_lift, alone, "{data}");
         }
     }
@@ -404,7 +410,7 @@ mod tests {
             r#"{"inputs": [{"data": [1, 2, 3]}], "p": "\q"}"#,
             r#"{"inputs": [{"da\"ta": [1]}]}"#,
         ] {
-            let (through_lift, alone) = both(body);
+            let (through_lift, alone) = both_ways(body);
             assert!(alone.is_err(), "{body}");
             assert_eq!(through_lift, alone, "{body}");
         }
@@ -460,7 +466,7 @@ mod tests {
                 body.push_str(pieces[(next() % pieces.len() as u64) as usize]);
             }
             body.push_str(tails[(next() % tails.len() as u64) as usize]);
-            let (through_lift, alone) = both(&body);
+            let (through_lift, alone) = both_ways(&body);
             assert_eq!(through_lift, alone, "{body}");
             let was_lifted = !LiftedBody::new(body.as_bytes()).lifted.is_empty();
             agreed_ok += usize::from(alone.is_ok() && was_lifted);

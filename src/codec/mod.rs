@@ -27,7 +27,7 @@ mod lift;
 mod scan;
 mod write;
 
-pub use lift::LiftedBody;
+pub use lift::{both_ways, LiftedBody};
 
 pub use write::{json_array, object_with_array};
 
