@@ -28,8 +28,9 @@ STAGES = [
      [r"^gantry::api::predict::predict::\{\{closure\}\}$"]),
     ("Body read", "the body's bytes gathered from the payload stream",
      [r"^gantry::api::read_body::\{\{closure\}\}$"]),
-    ("Request JSON", "the predict body through serde_json (the data array found as raw JSON)",
-     [r"^gantry::api::parse_json$"]),
+    ("Request JSON", "the body's structure pass lifting the data array out (LiftedBody::new), "
+     "then serde_json on the rest",
+     [r"^gantry::codec::lift::LiftedBody::new$", r"^serde_json::de::from_trait$"]),
     ("Tensor decode", "the data array into FP32 bytes (the codec's scanner)",
      [r"^gantry::codec::tensor_from_json$"]),
     ("Batcher", "queueing, the window, dispatch to a replica, the batch's return",
