@@ -153,7 +153,7 @@ impl Engine for FakeEngine {
         Ok(outputs)
     }
 
-    fn last_peak_memory_mb(&self) -> Option<u64> {
+    fn memory_in_use_mb(&self) -> Option<u64> {
         let per_item = self.config.memory_per_item_mb?;
         Some(100 + per_item * self.last_items as u64)
     }

@@ -23,7 +23,7 @@ pub trait Engine: Send {
     /// Memory in use on the engine's device, in MB, where the engine can
     /// measure it; `None` where it cannot. Warmup reads it right after its
     /// runs at batch 1 and at the cap to learn the memory one item needs.
-    fn last_peak_memory_mb(&self) -> Option<u64> {
+    fn memory_in_use_mb(&self) -> Option<u64> {
         None
     }
 }

@@ -309,7 +309,7 @@ impl Engine for OnnxEngine {
     ///
     /// Read when asked (warmup asks right after its runs), not after every
     /// run: a file read or an NVML call per batch would cost every request.
-    fn last_peak_memory_mb(&self) -> Option<u64> {
+    fn memory_in_use_mb(&self) -> Option<u64> {
         match self.device {
             Device::Cpu => resident_mb(),
             Device::Gpu(index) => gpu_used_mb(index),

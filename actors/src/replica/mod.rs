@@ -93,10 +93,10 @@ impl Replica {
         let mut peaks = (None, None);
         for _ in 0..self.warmup {
             warm_up(engine.as_mut(), &signature, 1)?;
-            peaks.0 = engine.last_peak_memory_mb();
+            peaks.0 = engine.memory_in_use_mb();
             if cap > 1 {
                 warm_up(engine.as_mut(), &signature, cap)?;
-                peaks.1 = engine.last_peak_memory_mb();
+                peaks.1 = engine.memory_in_use_mb();
             }
         }
         let mb_per_item = match peaks {
