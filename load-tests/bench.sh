@@ -11,7 +11,7 @@
 #   - GET /v2/health/live at concurrency 32: the server's own ceiling;
 #   - the MLP as REST JSON at concurrency 1 and 32;
 #   - unet-seg as v2 JSON (340 KB bodies) at concurrency 1 and 32, and
-#     through the binary extension at concurrency 1 (what JSON costs);
+#     through the binary extension at concurrency 1 and 32 (what JSON costs);
 #   - the MLP again on a server with the cache on, every request a hit;
 #   - raw-onnx: ONNX Runtime through Gantry's engine, no HTTP, on the same
 #     shared pool of every core, at batch 1 and at each power of two up to
@@ -93,7 +93,9 @@ done
 for c in 1 32; do
   cell "unet-seg.json.c$c" "$c" "${json[@]}" -D "$tmp/unet-seg.json" "$url/v2/models/unet-seg/infer"
 done
-cell unet-seg.binary.c1 1 "${binary[@]}" -D "$tmp/unet-seg.body" "$url/v2/models/unet-seg/infer"
+for c in 1 32; do
+  cell "unet-seg.binary.c$c" "$c" "${binary[@]}" -D "$tmp/unet-seg.body" "$url/v2/models/unet-seg/infer"
+done
 stop_gantry
 
 start_gantry GANTRY__MODELS__DIR="$repo" GANTRY__CACHE__ENABLED=true

@@ -63,7 +63,7 @@ ort = re.search(r"libonnxruntime\.so\.([\d.]+)$", ort_lib)
 health = served("health-live")
 mlp = {c: served(f"tiny-classifier.json.c{c}", "tiny-classifier") for c in (1, 32)}
 unet = {c: served(f"unet-seg.json.c{c}", "unet-seg") for c in (1, 32)}
-unet_binary = served("unet-seg.binary.c1", "unet-seg")
+unet_binary = {c: served(f"unet-seg.binary.c{c}", "unet-seg") for c in (1, 32)}
 hit = served("tiny-classifier.hit.c1")
 raws = {("unet-seg", b): raw("unet-seg", b) for b in (1, 2, 4, 8)}
 raws.update({("tiny-classifier", b): raw("tiny-classifier", b) for b in (1, 32)})
@@ -78,7 +78,8 @@ rows = [
     ("tiny-classifier (MLP), JSON, cache hits", 1, hit, None),
     ("unet-seg, v2 JSON", 1, unet[1], raws[("unet-seg", 1)]),
     ("unet-seg, v2 JSON", 32, unet[32], best_unet),
-    ("unet-seg, v2 binary", 1, unet_binary, raws[("unet-seg", 1)]),
+    ("unet-seg, v2 binary", 1, unet_binary[1], raws[("unet-seg", 1)]),
+    ("unet-seg, v2 binary", 32, unet_binary[32], best_unet),
 ]
 
 

@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
@@ -170,6 +171,10 @@ pub struct RuntimeConfig {
     pub intra_op_threads: usize,
     /// Whether the pool's idle threads spin briefly before they sleep.
     pub spinning: bool,
+    /// CPU runs on the shared pool predicted (from the session's last time
+    /// per item) to take at least this many ms take the pool one at a
+    /// time; shorter runs never wait. 0 turns it off.
+    pub exclusive_run_ms: f64,
 }
 
 impl Default for RuntimeConfig {
@@ -179,6 +184,7 @@ impl Default for RuntimeConfig {
             onnxruntime_lib: String::new(),
             intra_op_threads: threads.intra_op,
             spinning: threads.spinning,
+            exclusive_run_ms: threads.exclusive_run.as_secs_f64() * 1000.0,
         }
     }
 }
@@ -189,6 +195,7 @@ impl RuntimeConfig {
         gantry_actors::engine::onnx::RuntimeThreads {
             intra_op: self.intra_op_threads,
             spinning: self.spinning,
+            exclusive_run: Duration::from_secs_f64(self.exclusive_run_ms.max(0.0) / 1000.0),
         }
     }
 }
@@ -426,6 +433,12 @@ impl Config {
         }
         if !(self.memory.gpu_fraction > 0.0 && self.memory.gpu_fraction <= 1.0) {
             return Err(("memory.gpu_fraction", "must be in (0, 1]".into()));
+        }
+        if !(self.runtime.exclusive_run_ms >= 0.0 && self.runtime.exclusive_run_ms <= 60_000.0) {
+            return Err((
+                "runtime.exclusive_run_ms",
+                "must be between 0 and 60000".into(),
+            ));
         }
         if self
             .log

@@ -328,3 +328,75 @@ async fn stats_report_every_documented_key() {
         assert!(latency[key].as_f64().unwrap() >= 0.0, "{latency}");
     }
 }
+
+/// Long CPU runs on the shared pool take it one at a time, short ones never
+/// wait: two replicas of the UNet (milliseconds a run) take the gate and,
+/// kept busy together, wait for each other; the MLP beside it (microseconds
+/// a run) never takes it. Both are counted in the stats and `/metrics`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_runs_take_the_shared_pool_in_turn_and_short_ones_pass() {
+    let repo = Repo::new()
+        .copy(
+            "models/unet-seg",
+            "unet",
+            Some("replicas = 2\nmax_batch_size = 1\n"),
+        )
+        .copy(
+            "models/tiny-classifier",
+            "mlp",
+            Some("replicas = 1\nmax_batch_size = 1\n"),
+        );
+    let mut config = common::config(repo.path());
+    config.runtime.exclusive_run_ms = 1.0;
+    let server = TestServer::ready(config, common::onnx_provider()).await;
+    let gate = |stats: &Value| {
+        let g = &stats["runtime"]["pool_gate"];
+        (
+            g["gated_runs"].as_u64().unwrap(),
+            g["waited_runs"].as_u64().unwrap(),
+        )
+    };
+    let stats = common::live::until(&server, "both unet replicas ready", |s| {
+        s["model_pools"]["unet"]["replicas"]
+            .as_array()
+            .is_some_and(|r| r.iter().all(|r| r["state"] == "ready"))
+    })
+    .await;
+    assert_eq!(stats["runtime"]["exclusive_run_ms"], 1.0);
+    let before = gate(&stats);
+
+    // The MLP alone: microseconds a run, never gated.
+    let features: Vec<f32> = (0..64).map(|i| i as f32 / 64.0).collect();
+    for _ in 0..20 {
+        let body = json!({"model": "mlp", "inputs": {"features": tensor(&[1, 64], "FP32", json!(features))}, "cache": false});
+        let (status, answer) = server.post("/api/optimized/predict", &body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    assert_eq!(
+        gate(&server.stats().await),
+        before,
+        "MLP runs took the gate"
+    );
+
+    // Sixteen UNet requests at once, one item a run on two replicas.
+    let image = json!(common::noise(7, 3 * 128 * 128));
+    let answers = futures_util::future::join_all((0..16).map(|_| {
+        let body = json!({"model": "unet", "inputs": {"image": tensor(&[1, 3, 128, 128], "FP32", image.clone())}, "cache": false});
+        let server = &server;
+        async move { server.post("/api/optimized/predict", &body).await }
+    }))
+    .await;
+    for (status, answer) in &answers {
+        assert_eq!(*status, 200, "{answer}");
+    }
+    let after = gate(&server.stats().await);
+    assert!(after.0 >= before.0 + 16, "{before:?} -> {after:?}");
+    assert!(after.1 > before.1, "no run waited: {before:?} -> {after:?}");
+    let page = server.metrics_page().await;
+    let line = page
+        .lines()
+        .find(|l| l.starts_with("gantry_cpu_pool_gate_runs_total "))
+        .unwrap_or_else(|| panic!("no gate series in {page}"));
+    assert!(line.ends_with(&format!(" {}", after.0)), "{line}");
+    assert!(page.contains("gantry_cpu_pool_gate_wait_seconds_total "));
+}

@@ -26,6 +26,7 @@ async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
             snapshot: &snapshot,
             cache: cache.as_ref(),
             store: store.as_ref(),
+            pool_gate: gantry_actors::engine::pool_gate::POOL_GATE.stats(),
         })
         .map_err(|e| ApiError::Internal(format!("cannot encode metrics: {e}")))?;
     Ok(HttpResponse::Ok().content_type(CONTENT_TYPE).body(page))

@@ -13,7 +13,7 @@ use serde_json::value::RawValue;
 use serde_json::Value;
 
 use super::{cache_allowed, header_priority, header_timeout, read_body, resource, AppState};
-use crate::codec::{tensor_from_json, JsonData, LiftedBody};
+use crate::codec::{object_with_array, tensor_from_json, JsonData, LiftedBody};
 use crate::error::ApiError;
 use crate::request_id::Requested;
 use crate::service::{PredictCall, Prediction};
@@ -93,11 +93,19 @@ pub(super) struct PredictAnswer<'a> {
     prediction_id: String,
     model: &'a str,
     model_version: &'a str,
-    outputs: BTreeMap<&'a str, JsonTensorOut<'a>>,
     batch_size: Option<usize>,
     replica: Option<usize>,
     timings_ms: Timings,
     cache: Option<&'static str>,
+    /// The last member: [`answer_json`] writes it.
+    outputs: BTreeMap<&'a str, JsonTensorOut<'a>>,
+}
+
+/// A JSON tensor without its data, which [`object_with_array`] appends.
+#[derive(Serialize)]
+struct JsonTensorHead<'a> {
+    shape: &'a [usize],
+    datatype: &'static str,
 }
 
 /// A decoded request: which model, which call, which outputs to return.
@@ -224,13 +232,16 @@ fn answer(
     p: &Prediction,
     only: Option<&[String]>,
 ) -> Result<HttpResponse, ApiError> {
-    let outputs = json_outputs(select_outputs(&p.outputs, only)?.into_iter());
-    Ok(HttpResponse::Ok().json(PredictAnswer {
+    let mut outputs = select_outputs(&p.outputs, only)?;
+    // By name, each once, as a map of them serializes.
+    outputs.sort_by(|a, b| a.0.cmp(&b.0));
+    outputs.dedup_by(|a, b| a.0 == b.0);
+    let head = PredictAnswer {
         request_id,
         prediction_id,
         model: p.model.name(),
         model_version: &p.model.spec.version,
-        outputs,
+        outputs: BTreeMap::new(),
         batch_size: p.batch_size,
         replica: p.replica,
         timings_ms: Timings {
@@ -239,7 +250,37 @@ fn answer(
             total: round3(p.total_ms),
         },
         cache: p.cache.map(|level| level.as_str()),
-    }))
+    };
+    let body = answer_json(&head, &outputs).map_err(ApiError::Internal)?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/json")
+        .body(body))
+}
+
+/// The answer's JSON: `head` (its `outputs` empty) through serde, then each
+/// output, its data array written by the codec straight into the buffer
+/// ([`object_with_array`]) rather than through serde per element.
+fn answer_json(head: &PredictAnswer, outputs: &[&(String, Tensor)]) -> Result<Vec<u8>, String> {
+    let mut json = serde_json::to_vec(head).map_err(|e| e.to_string())?;
+    // `outputs` is the answer's last member: `..."outputs":{}}`.
+    if !json.ends_with(b"{}}") {
+        return Err("the answer's outputs are not its last member".into());
+    }
+    json.truncate(json.len() - 2);
+    for (index, (name, tensor)) in outputs.iter().enumerate() {
+        if index > 0 {
+            json.push(b',');
+        }
+        serde_json::to_writer(&mut json, name).map_err(|e| e.to_string())?;
+        json.push(b':');
+        let head = JsonTensorHead {
+            shape: &tensor.shape,
+            datatype: tensor.dtype.as_str(),
+        };
+        object_with_array(&mut json, &head, "data", tensor)?;
+    }
+    json.extend_from_slice(b"}}");
+    Ok(json)
 }
 
 /// The outputs named in `only` (in that order), or all; an unknown name is 422.

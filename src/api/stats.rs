@@ -39,6 +39,21 @@ struct Runtime {
     /// `intra_op_threads` have their own); `null` before ONNX Runtime
     /// starts or with another engine.
     intra_op_threads: Option<usize>,
+    /// CPU runs predicted to take at least this long take the shared pool
+    /// one at a time (`runtime.exclusive_run_ms`; 0: never).
+    exclusive_run_ms: f64,
+    pool_gate: PoolGate,
+}
+
+/// The shared pool's gate since start.
+#[derive(Serialize, utoipa::ToSchema)]
+struct PoolGate {
+    /// Runs long enough to take it.
+    gated_runs: u64,
+    /// Of those, runs that waited for another run to finish.
+    waited_runs: u64,
+    /// Time those runs waited, in total.
+    wait_ms_total: f64,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -244,6 +259,7 @@ fn pool(m: &ModelSnapshot, mailbox_refusals: u64) -> Pool {
     responses((status = 200, description = "Replicas, batchers, memory and performance", body = Stats), super::openapi::ServerErrors))]
 async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let snapshot = server_snapshot(&state).await?;
+    let gate = gantry_actors::engine::pool_gate::POOL_GATE.stats();
     let metrics = &state.service.metrics;
     let stats = Stats {
         uptime_s: (snapshot.uptime_s * 1000.0).round() / 1000.0,
@@ -272,6 +288,12 @@ async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
         },
         runtime: Runtime {
             intra_op_threads: gantry_actors::engine::onnx::shared_pool_threads(),
+            exclusive_run_ms: gate.threshold_us as f64 / 1000.0,
+            pool_gate: PoolGate {
+                gated_runs: gate.gated_runs,
+                waited_runs: gate.waited_runs,
+                wait_ms_total: gate.wait_us as f64 / 1000.0,
+            },
         },
         performance_metrics: Performance {
             requests_total: metrics.requests_total(),

@@ -12,6 +12,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
 
+use std::sync::atomic::AtomicU64;
+
+use gantry_actors::engine::pool_gate::PoolGateStats;
 use gantry_actors::supervisor::ServerSnapshot;
 
 use crate::cache::CacheStats;
@@ -156,6 +159,8 @@ pub struct ScrapeInputs<'a> {
     pub snapshot: &'a ServerSnapshot,
     pub cache: Option<&'a CacheStats>,
     pub store: Option<&'a StoreStats>,
+    /// The shared CPU pool's gate for long runs.
+    pub pool_gate: PoolGateStats,
 }
 
 impl EventSeries {
@@ -355,6 +360,24 @@ fn state_registry(inputs: &ScrapeInputs, mailbox_refusals: impl Fn(&str) -> u64)
             );
         }
     }
+    let gate = &inputs.pool_gate;
+    r.register(
+        "cpu_pool_gate_runs",
+        "CPU runs long enough to take the shared pool one at a time (runtime.exclusive_run_ms)",
+        counter(gate.gated_runs),
+    );
+    r.register(
+        "cpu_pool_gate_waits",
+        "Of those, runs that waited for another run to finish",
+        counter(gate.waited_runs),
+    );
+    let wait_seconds = Counter::<f64, AtomicU64>::default();
+    wait_seconds.inc_by(gate.wait_us as f64 / 1e6);
+    r.register(
+        "cpu_pool_gate_wait_seconds",
+        "Time runs waited for the shared pool",
+        wait_seconds,
+    );
     if let Some(store) = inputs.store {
         r.register(
             "prediction_log_rows_written",

@@ -5,6 +5,7 @@
 pub mod checked;
 pub mod fake;
 pub mod onnx;
+pub mod pool_gate;
 
 use std::sync::Arc;
 

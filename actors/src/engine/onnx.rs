@@ -6,12 +6,15 @@
 //! application resolves; [`init_runtime`] must succeed once before any engine
 //! loads. It creates ONNX Runtime's global thread pools, sized to the cores:
 //! every session runs its operators there (a lone request gets every core,
-//! concurrent batches share them), unless its model sets
-//! `intra_op_threads`, which gives each of its sessions a pool of its own. GPUs need the GPU build (PyPI's `onnxruntime-gpu`), whose CUDA
-//! provider library sits next to it and loads CUDA and cuDNN itself.
+//! concurrent batches share them; long runs take turns, see
+//! [`super::pool_gate`]), unless its model sets `intra_op_threads`, which
+//! gives each of its sessions a pool of its own. GPUs need the GPU build
+//! (PyPI's `onnxruntime-gpu`), whose CUDA provider library sits next to it
+//! and loads CUDA and cuDNN itself.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use ort::environment::{Environment, GlobalThreadPoolOptions};
 use ort::ep::{ArenaExtendStrategy, ExecutionProvider, CUDA};
@@ -22,6 +25,7 @@ use ort::value::{
     ValueType,
 };
 
+use super::pool_gate::{RunLength, POOL_GATE};
 use super::{Engine, EngineFactory, EngineProvider, LoadTarget};
 use crate::device::Device;
 use crate::error::EngineError;
@@ -44,6 +48,9 @@ pub struct RuntimeThreads {
     /// Whether idle pool threads spin briefly for more work before they
     /// sleep: lower latency between operators, CPU burnt while idle.
     pub spinning: bool,
+    /// CPU runs on the shared pool predicted to take at least this long
+    /// take it one at a time ([`super::pool_gate`]); zero: never.
+    pub exclusive_run: Duration,
 }
 
 impl Default for RuntimeThreads {
@@ -51,6 +58,7 @@ impl Default for RuntimeThreads {
         RuntimeThreads {
             intra_op: 0,
             spinning: true,
+            exclusive_run: Duration::from_millis(1),
         }
     }
 }
@@ -92,9 +100,11 @@ pub fn init_runtime(library: &Path, threads: RuntimeThreads) -> Result<(), Strin
     let _ = ENVIRONMENT.set(env);
     let _ = LIBRARY.set(library.to_path_buf());
     let _ = SHARED_THREADS.set(intra_op);
+    POOL_GATE.set_threshold(threads.exclusive_run);
     tracing::info!(
         intra_op_threads = intra_op,
         spinning = threads.spinning,
+        exclusive_run_ms = threads.exclusive_run.as_secs_f64() * 1000.0,
         "ONNX Runtime thread pool shared by every session"
     );
     Ok(())
@@ -204,6 +214,8 @@ impl EngineFactory for OnnxFactory {
             session,
             signature,
             device: target.device,
+            shared_pool: target.device == Device::Cpu && self.intra_op_threads.is_none(),
+            run_length: RunLength::default(),
         }))
     }
 }
@@ -254,6 +266,10 @@ pub struct OnnxEngine {
     session: Session,
     signature: ModelSignature,
     device: Device,
+    /// Whether its runs use the process's shared CPU pool (and so take
+    /// [`POOL_GATE`] when long).
+    shared_pool: bool,
+    run_length: RunLength,
 }
 
 /// GPU `index`'s used memory in MB (NVML), opened once per process.
@@ -289,7 +305,18 @@ impl Engine for OnnxEngine {
         for (spec, tensor) in self.signature.inputs.iter().zip(inputs) {
             values.push((spec.name.as_str(), to_value(tensor).map_err(run_error)?));
         }
-        let outputs = self.session.run(values).map_err(run_error)?;
+        let items = inputs.first().and_then(Tensor::batch_len).unwrap_or(1);
+        let outputs = if self.shared_pool {
+            let entered = POOL_GATE.enter(self.run_length.predict(items));
+            let started = Instant::now();
+            let outputs = self.session.run(values);
+            self.run_length.record(items, started.elapsed());
+            drop(entered);
+            outputs
+        } else {
+            self.session.run(values)
+        }
+        .map_err(run_error)?;
         let mut result = Vec::with_capacity(self.signature.outputs.len());
         for spec in &self.signature.outputs {
             let value = outputs

@@ -80,6 +80,8 @@ fn run(args: &Args) -> Result<serde_json::Value, String> {
     let threads = RuntimeThreads {
         intra_op: args.threads,
         spinning: args.spinning,
+        // One session alone: the gate (as a replica has it) is never waited on.
+        ..RuntimeThreads::default()
     };
     init_runtime(&onnxruntime()?, threads)?;
     let factory = OnnxFactory {
