@@ -11,7 +11,8 @@
 #   - GET /v2/health/live at concurrency 32: the server's own ceiling;
 #   - the MLP as REST JSON at concurrency 1 and 32;
 #   - unet-seg as v2 JSON (340 KB bodies) at concurrency 1 and 32, and
-#     through the binary extension at concurrency 1 and 32 (what JSON costs);
+#     through the binary extension at concurrency 1 and 32 (what JSON costs),
+#     and as JSON answered gzipped at concurrency 1 (what compression costs);
 #   - the MLP again on a server with the cache on, every request a hit;
 #   - raw-onnx: ONNX Runtime through Gantry's engine, no HTTP, on the same
 #     shared pool of every core, at batch 1 and at each power of two up to
@@ -81,8 +82,12 @@ cell() {
     curl -s "$url/api/optimized/stats" >"$tmp/cells/$name.$k.after"
   done
 }
-json=(-m POST -H "content-type: application/json")
-binary=(-m POST -H "content-type: application/octet-stream"
+# oha asks for gzip answers (`accept-encoding: gzip, compress, deflate, br`)
+# unless told otherwise; Triton's clients ask for none unless set to, so the
+# cells ask for identity, and one cell for a gzipped answer shows its cost.
+json=(-m POST -H "content-type: application/json" -H "accept-encoding: identity")
+gzipped=(-m POST -H "content-type: application/json" -H "accept-encoding: gzip")
+binary=(-m POST -H "content-type: application/octet-stream" -H "accept-encoding: identity"
   -H "inference-header-content-length: $(cat "$tmp/unet-seg.len")")
 
 start_gantry GANTRY__MODELS__DIR="$repo"
@@ -93,6 +98,7 @@ done
 for c in 1 32; do
   cell "unet-seg.json.c$c" "$c" "${json[@]}" -D "$tmp/unet-seg.json" "$url/v2/models/unet-seg/infer"
 done
+cell unet-seg.gzip.c1 1 "${gzipped[@]}" -D "$tmp/unet-seg.json" "$url/v2/models/unet-seg/infer"
 for c in 1 32; do
   cell "unet-seg.binary.c$c" "$c" "${binary[@]}" -D "$tmp/unet-seg.body" "$url/v2/models/unet-seg/infer"
 done

@@ -63,6 +63,7 @@ ort = re.search(r"libonnxruntime\.so\.([\d.]+)$", ort_lib)
 health = served("health-live")
 mlp = {c: served(f"tiny-classifier.json.c{c}", "tiny-classifier") for c in (1, 32)}
 unet = {c: served(f"unet-seg.json.c{c}", "unet-seg") for c in (1, 32)}
+unet_gzip = served("unet-seg.gzip.c1", "unet-seg")
 unet_binary = {c: served(f"unet-seg.binary.c{c}", "unet-seg") for c in (1, 32)}
 hit = served("tiny-classifier.hit.c1")
 raws = {("unet-seg", b): raw("unet-seg", b) for b in (1, 2, 4, 8)}
@@ -78,6 +79,7 @@ rows = [
     ("tiny-classifier (MLP), JSON, cache hits", 1, hit, None),
     ("unet-seg, v2 JSON", 1, unet[1], raws[("unet-seg", 1)]),
     ("unet-seg, v2 JSON", 32, unet[32], best_unet),
+    ("unet-seg, v2 JSON, answer gzipped", 1, unet_gzip, raws[("unet-seg", 1)]),
     ("unet-seg, v2 binary", 1, unet_binary[1], raws[("unet-seg", 1)]),
     ("unet-seg, v2 binary", 32, unet_binary[32], best_unet),
 ]
@@ -120,7 +122,8 @@ w(f"- Command: `{command}`")
 w(f"- Code: commit {commit}")
 w("- Server: release `target/release/gantry --config config/gantry.toml` on a scratch repository whose "
   "`model.toml` files hold only `replicas` and `max_batch_size` (unet-seg 2 and 8, tiny-classifier 2 and 32), "
-  "result cache off (on for the cache-hit row), no Redis or Postgres"
+  "result cache off (on for the cache-hit row), no Redis or Postgres; requests ask for answers "
+  "uncompressed (`accept-encoding: identity`, as Triton's clients do by default) except the gzipped row"
   + (f"; ONNX Runtime {ort.group(1)} (CPU)" if ort else ""))
 w(f"- Every figure is the median of {repeat} runs of one cell; req/s of each run in the last column. "
   "Raw: `raw-onnx`, the engine a replica uses on the same shared pool of every core, no HTTP\n")

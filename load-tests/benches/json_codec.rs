@@ -3,7 +3,8 @@
 //! behind every answer) next to serde_json's default path (`Vec<f32>`
 //! from and to text), in the same run, for a 3 x 128 x 128 FP32 image (the
 //! UNet's input, values to 4 decimals as clients send them) and a 64-value
-//! feature vector (the MLP's). The request groups read a whole v2 infer
+//! feature vector (the MLP's), also with 16-17 digits a value as Python
+//! writes random floats. The request groups read a whole v2 infer
 //! body: the inputs' arrays lifted out before serde (`LiftedBody`, what the
 //! server does) next to serde checking them as a `RawValue` first, and
 //! serde_json's default path (a struct with a `Vec<f32>`).
@@ -18,18 +19,30 @@ use gantry::codec::{json_array, tensor_from_json, JsonData, LiftedBody};
 use gantry_actors::Tensor;
 use serde_json::value::RawValue;
 
-/// `n` pseudo-random values in [0, 1) with 4 decimals, as JSON text.
-fn values(n: usize) -> (Vec<f32>, String) {
+/// `n` pseudo-random values in [0, 1) as JSON text: with 4 decimals, or
+/// (`full`) as FP64's shortest round-trip text, 16-17 digits, which is
+/// what Python's `json.dumps` of `random.random()` values or NumPy's
+/// `tolist()` sends.
+fn values(n: usize, full: bool) -> (Vec<f32>, String) {
     let mut seed = 0x9E37_79B9_7F4A_7C15_u64;
-    let v: Vec<f32> = (0..n)
+    let wide: Vec<f64> = (0..n)
         .map(|_| {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
-            ((seed >> 11) % 10_000) as f32 / 10_000.0
+            if full {
+                (seed >> 11) as f64 / (1u64 << 53) as f64
+            } else {
+                ((seed >> 11) % 10_000) as f64 / 10_000.0
+            }
         })
         .collect();
-    let text = serde_json::to_string(&v).unwrap();
+    let v: Vec<f32> = wide.iter().map(|&x| x as f32).collect();
+    let text = if full {
+        serde_json::to_string(&wide).unwrap()
+    } else {
+        serde_json::to_string(&v).unwrap()
+    };
     (v, text)
 }
 
@@ -67,9 +80,13 @@ struct VecInput {
 }
 
 fn codec(c: &mut Criterion) {
-    for (label, shape) in [("3x128x128", vec![1, 3, 128, 128]), ("64", vec![1, 64])] {
+    for (label, shape, full) in [
+        ("3x128x128", vec![1, 3, 128, 128], false),
+        ("64", vec![1, 64], false),
+        ("64, 17 digits", vec![1, 64], true),
+    ] {
         let n: usize = shape.iter().product();
-        let (floats, text) = values(n);
+        let (floats, text) = values(n, full);
         let raw: &RawValue = serde_json::from_str(&text).unwrap();
 
         let mut group = c.benchmark_group(format!("json in, FP32 {label}"));
