@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make bench-micro`: the criterion microbenchmarks of load-tests/benches/
-# (json_codec: JSON tensors in and out next to serde_json; statistics: the
+# (json_codec: JSON tensors in and out next to serde_json; compression: an
+# answer deflated by zlib-rs next to miniz_oxide; statistics: the
 # statistics counters' cost per request), then their medians, with the
 # machine, the date and the command, into load-tests/MICRO_RESULTS.md.
 set -euo pipefail
@@ -13,7 +14,7 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
   commit+=" with uncommitted changes"
 
 rm -rf target/criterion
-"$CARGO" bench -p gantry-load-tests --bench json_codec --bench statistics
+"$CARGO" bench -p gantry-load-tests --bench json_codec --bench compression --bench statistics
 
 python3 - "$command" "$commit" <<'PY'
 import datetime, glob, json, os, sys
