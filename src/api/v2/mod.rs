@@ -1,0 +1,228 @@
+//! The KServe v2 / Open Inference Protocol: server and model metadata,
+//! readiness, and inference with JSON tensors or Triton's binary tensor
+//! extension (`Inference-Header-Content-Length`), so standard Triton and
+//! KServe HTTP clients work unmodified. Inputs and outputs may also be in
+//! shared memory regions (Triton's system shared memory extension,
+//! [`super::shared_memory`]). Requests are read in [`decode`], answers
+//! written in [`encode`]; this module holds the routes and handlers.
+
+mod decode;
+mod encode;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest, HttpResponse};
+use bytes::Bytes;
+use gantry_actors::signature::TensorSpec;
+use gantry_actors::ModelHandle;
+use serde::{Deserialize, Serialize};
+
+use super::admin::authorize;
+use super::encoding::{accepted_encoding, compress, Encoding};
+use super::shared_memory::{self as shm, OutputRegions, SharedRef};
+use super::{cache_allowed, header_priority, header_timeout, read_body, resource, AppState};
+use crate::error::ApiError;
+use crate::request_id::Requested;
+use crate::service::PredictCall;
+use decode::InferBody;
+pub use decode::{decode, InferPlan};
+use encode::{encode, EncodedAnswer, InferAnswer};
+
+const HEADER_LENGTH: &str = "inference-header-content-length";
+
+pub fn config_v2_api(cfg: &mut web::ServiceConfig) {
+    cfg.service(resource("/v2").route(web::get().to(server_metadata)));
+    for prefix in [
+        "/v2/models/{model}",
+        "/v2/models/{model}/versions/{version}",
+    ] {
+        cfg.service(resource(prefix).route(web::get().to(model_metadata)))
+            .service(resource(&format!("{prefix}/ready")).route(web::get().to(model_ready)))
+            .service(resource(&format!("{prefix}/infer")).route(web::post().to(infer)));
+    }
+}
+
+/// A model in a v2 path, with the version when the path names one.
+#[derive(Deserialize)]
+pub(super) struct ModelPath {
+    pub model: String,
+    pub version: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v2", tag = "v2",
+    responses((status = 200, description = "Server metadata", body = super::openapi::ServerMetadata)))]
+async fn server_metadata() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({
+        "name": "gantry",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": super::EXTENSIONS,
+    }))
+}
+
+/// The model named in the path, checking the version when one is given.
+pub(super) fn model_at(
+    state: &AppState,
+    path: &ModelPath,
+) -> Result<std::sync::Arc<ModelHandle>, ApiError> {
+    let model = state.service.model(&path.model)?;
+    match &path.version {
+        Some(v) if *v != model.spec.version => Err(ApiError::NotFound(format!(
+            "model '{}' has no version '{v}'; it serves version '{}'",
+            path.model, model.spec.version
+        ))),
+        _ => Ok(model),
+    }
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub(super) struct TensorMetadata<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: Vec<i64>,
+}
+
+/// The tensors clients see: those the server fills or keeps (a sequence
+/// model's control and state tensors) are left out, as `hidden` says.
+fn tensor_metadata<'a>(
+    specs: &'a [TensorSpec],
+    hidden: impl Fn(&str) -> bool,
+) -> Vec<TensorMetadata<'a>> {
+    specs
+        .iter()
+        .filter(|s| !hidden(&s.name))
+        .map(|s| TensorMetadata {
+            name: &s.name,
+            datatype: s.dtype.as_str(),
+            shape: s.shape_i64(),
+        })
+        .collect()
+}
+
+#[utoipa::path(get, path = "/v2/models/{model}", tag = "v2", params(super::openapi::ModelParam),
+    responses((status = 200, description = "Model metadata", body = super::openapi::ModelMetadata), super::openapi::ModelErrors))]
+async fn model_metadata(
+    state: web::Data<AppState>,
+    path: web::Path<ModelPath>,
+) -> Result<HttpResponse, ApiError> {
+    let model = model_at(&state, &path)?;
+    let signature = model.ready_signature()?;
+    let sequence = model.spec.settings.sequence.as_ref();
+    Ok(HttpResponse::Ok().json(serde_json::json!({
+        "name": model.name(),
+        "versions": [model.spec.version],
+        "platform": "onnxruntime_onnx",
+        "inputs": tensor_metadata(&signature.inputs, |name| {
+            sequence.is_some_and(|seq| seq.fills_input(name))
+        }),
+        "outputs": tensor_metadata(&signature.outputs, |name| {
+            sequence.is_some_and(|seq| seq.keeps_output(name))
+        }),
+    })))
+}
+
+#[utoipa::path(get, path = "/v2/models/{model}/ready", tag = "v2", params(super::openapi::ModelParam),
+    responses((status = 200, description = "The model is ready", body = super::openapi::ModelReady),
+        (status = 503, description = "The model has no ready replica", body = super::openapi::ModelReady),
+        super::openapi::ModelErrors))]
+async fn model_ready(
+    state: web::Data<AppState>,
+    path: web::Path<ModelPath>,
+) -> Result<HttpResponse, ApiError> {
+    let model = model_at(&state, &path)?;
+    let body = serde_json::json!({ "name": model.name(), "ready": model.is_ready() });
+    Ok(if model.is_ready() {
+        HttpResponse::Ok().json(body)
+    } else {
+        HttpResponse::ServiceUnavailable().json(body)
+    })
+}
+
+/// Decodes, predicts and answers; the request's record is finished with
+/// the status actually sent, whatever step failed. The prediction's id in
+/// the log comes back in `x-prediction-id` (the v2 body has no place for it).
+#[utoipa::path(post, path = "/v2/models/{model}/infer", tag = "v2",
+    params(super::openapi::ModelParam, super::openapi::RequestHeaders, super::openapi::BinaryHeader),
+    request_body(content((InferBody = "application/json"), (super::openapi::BinaryInferBody = "application/octet-stream"))),
+    responses((status = 200, description = "The outputs", content((InferAnswer = "application/json"), (super::openapi::BinaryInferBody = "application/octet-stream"))),
+        super::openapi::InferErrors))]
+async fn infer(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<ModelPath>,
+    payload: web::Payload,
+    requested: Requested,
+) -> HttpResponse {
+    let mut pending = state.service.open(&requested);
+    let answered = async {
+        let model = model_at(&state, &path)?;
+        pending.attribute(model.clone());
+        let body = read_body(&state, &req, payload).await?;
+        let timeout = header_timeout(&req)?;
+        let priority = header_priority(&req)?;
+        let header_length = req.headers().get(HEADER_LENGTH);
+        let (mut call, mut plan) =
+            decode(header_length, body, requested.id.clone(), timeout, priority)?;
+        call.use_cache = cache_allowed(&req);
+        let regions = resolve_shared(&state, &req, &mut call, &mut plan)?;
+        let prediction = state
+            .service
+            .predict(model.name(), call, &mut pending)
+            .await?;
+        regions.write(&prediction.outputs)?;
+        respond(encode(&prediction, plan)?, accepted_encoding(req.headers())).await
+    }
+    .await;
+    pending.finish(answered)
+}
+
+/// When the request names shared memory regions (an admin matter, as
+/// registering them is): reads its inputs that are there into `call`, and
+/// finds the regions its outputs go to, before anything runs.
+fn resolve_shared(
+    state: &AppState,
+    req: &HttpRequest,
+    call: &mut PredictCall,
+    plan: &mut InferPlan,
+) -> Result<OutputRegions, ApiError> {
+    let inputs = std::mem::take(&mut plan.shared_inputs);
+    let outputs: Vec<(&str, &SharedRef)> = plan
+        .outputs
+        .iter()
+        .flatten()
+        .filter_map(|o| o.shared.as_ref().map(|at| (o.name.as_str(), at)))
+        .collect();
+    if inputs.is_empty() && outputs.is_empty() {
+        return Ok(OutputRegions::default());
+    }
+    authorize(state, req)?;
+    let regions = OutputRegions::resolve(&state.shared_memory, outputs)?;
+    shm::read_inputs(&state.shared_memory, call, inputs)?;
+    Ok(regions)
+}
+
+/// The HTTP answer for `answer`, compressed with `encoding` when the
+/// client accepts one (`Inference-Header-Content-Length` still counts the
+/// uncompressed JSON header, as Triton's clients expect).
+async fn respond(
+    answer: EncodedAnswer,
+    encoding: Option<Encoding>,
+) -> Result<HttpResponse, ApiError> {
+    let mut response = HttpResponse::Ok();
+    match answer.header_length {
+        None => response.content_type("application/json"),
+        Some(length) => response
+            .content_type("application/octet-stream")
+            .insert_header((HEADER_LENGTH, length.to_string()))
+            .insert_header((header::CACHE_CONTROL, "no-store")),
+    };
+    let body = Bytes::from(answer.body);
+    Ok(match encoding {
+        None => response.body(body),
+        Some(encoding) => {
+            let (compressed, name) = compress(body, encoding).await?;
+            response
+                .insert_header((header::CONTENT_ENCODING, name))
+                .insert_header((header::VARY, "accept-encoding"))
+                .body(compressed)
+        }
+    })
+}
