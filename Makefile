@@ -11,7 +11,7 @@ CARGO       ?= cargo
 
 export ORT_DYLIB_PATH := $(abspath $(ORT_LIB))
 
-.PHONY: run run-gpu gpu-check test deploy-check docker-test fuzz onnxruntime onnxruntime-gpu venv models train evaluate bench bench-micro profile bench-media soak lint fmt clean
+.PHONY: run run-gpu gpu-check test deploy-check docker-test fuzz onnxruntime onnxruntime-gpu venv models train evaluate bench bench-micro profile cpu-split bench-media soak lint fmt clean
 
 run: $(ORT_LIB)
 	$(CARGO) run --release --bin gantry -- --config config/gantry.toml
@@ -73,6 +73,12 @@ fmt:
 # load-tests/RESULTS.md (DURATION=10s, OHA=path to skip installing oha).
 bench: $(ORT_LIB)
 	load-tests/bench.sh
+
+# Where the CPU goes at concurrency 32 (server vs load generator, kernel vs
+# user, HTTP workers vs replicas; perf when present), into
+# load-tests/CPU_SPLIT.md.
+cpu-split: $(ORT_LIB)
+	load-tests/cpu-split.sh
 
 # Criterion microbenchmarks: JSON tensors in and out next to serde_json, and
 # the statistics counters' cost per request, into load-tests/MICRO_RESULTS.md.

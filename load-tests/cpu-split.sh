@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# `make cpu-split`: where the CPU goes under load, for the cells whose goals
+# are bounded by the machine (load-tests/README.md, "What bounds the goals").
+#
+#   make cpu-split      # DURATION=6s a cell; OHA=/path/to/oha skips the install
+#
+# Serves the `make bench` repository (unet-seg 2 replicas, max batch 8;
+# tiny-classifier 2 and 32; cache off) and loads it at concurrency 32 with
+# oha on the same cores: GET /v2/health/live, the MLP as REST JSON, unet-seg
+# as v2 JSON and v2 binary (answers uncompressed). For each cell: the
+# server's and the load generator's CPU (utime + stime from /proc over the
+# middle of the cell), the server's CPU time per request and, where `perf`
+# (Debian's linux-perf) can sample the server, its samples split between
+# the kernel and user space and between its threads (`actix-rt|...`: the
+# HTTP workers; `gantry`: the replicas, ONNX Runtime's pool and the rest),
+# and the kernel functions that take most. Writes load-tests/CPU_SPLIT.md.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+DURATION=${DURATION:-6s}
+CARGO=${CARGO:-cargo}
+seconds=${DURATION%s}
+
+command="make cpu-split"
+[[ -n ${MAKELEVEL:-} ]] || command="load-tests/cpu-split.sh"
+for var in DURATION OHA; do
+  if printenv "$var" >/dev/null; then command="$var=$(printenv "$var" | sed "s|^$root/||") $command"; fi
+done
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+[[ -z $(git status --porcelain -- src actors Cargo.toml Cargo.lock config models load-tests 2>/dev/null) ]] ||
+  commit+=" with uncommitted changes"
+
+echo "== building (release)"
+"$CARGO" build --release --quiet -p gantry --bin gantry
+
+source "$root/load-tests/start-gantry.sh"
+source "$root/load-tests/bench-lib.sh"
+find_oha
+python3 load-tests/bodies.py "$tmp"
+repo=$tmp/models
+mkdir -p "$repo/unet-seg" "$repo/tiny-classifier"
+cp models/unet-seg/model.onnx "$repo/unet-seg/"
+printf 'replicas = 2\nmax_batch_size = 8\n' >"$repo/unet-seg/model.toml"
+cp models/tiny-classifier/model.onnx "$repo/tiny-classifier/"
+printf 'replicas = 2\nmax_batch_size = 32\n' >"$repo/tiny-classifier/model.toml"
+
+perf_ok=false
+if command -v perf >/dev/null && perf record -q -e cpu-clock -o "$tmp/probe.data" -- true >/dev/null 2>&1; then
+  perf_ok=true
+else
+  echo "== perf cannot sample here (apt-get install linux-perf); CPU time only"
+fi
+
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+mkdir -p "$tmp/cells"
+# cell NAME oha-arguments...: oha for DURATION at concurrency 32; CPU ticks
+# of both processes and perf samples of the server over its middle.
+cell() {
+  local name=$1 window
+  shift
+  window=$(python3 -c "print(max(1.0, $seconds - 2.0))")
+  echo "== $name, concurrency 32, $DURATION"
+  "$OHA" -z "$DURATION" -c 32 -w --no-tui --output-format json "$@" >"$tmp/cells/$name.json" &
+  local oha=$! g0 g1 o0 o1 t0 t1
+  sleep 1
+  g0=$(ticks "$server") o0=$(ticks "$oha") t0=$(date +%s.%N)
+  if $perf_ok; then
+    perf record -q -F 999 -e cpu-clock -p "$server" -o "$tmp/cells/$name.perf" -- sleep "$window" >/dev/null 2>&1 || true
+  else
+    sleep "$window"
+  fi
+  g1=$(ticks "$server") o1=$(ticks "$oha") t1=$(date +%s.%N)
+  wait "$oha"
+  echo "$g0 $g1 $o0 $o1 $t0 $t1 $(getconf CLK_TCK)" >"$tmp/cells/$name.ticks"
+  if $perf_ok; then
+    perf report -i "$tmp/cells/$name.perf" --stdio -g none --sort comm,dso 2>/dev/null >"$tmp/cells/$name.threads" || true
+    perf report -i "$tmp/cells/$name.perf" --stdio -g none --sort dso,sym 2>/dev/null >"$tmp/cells/$name.symbols" || true
+  fi
+}
+
+json=(-m POST -H "content-type: application/json" -H "accept-encoding: identity")
+binary=(-m POST -H "content-type: application/octet-stream" -H "accept-encoding: identity"
+  -H "inference-header-content-length: $(cat "$tmp/unet-seg.len")")
+start_gantry GANTRY__MODELS__DIR="$repo"
+cell health-live "$url/v2/health/live"
+cell mlp-json "${json[@]}" -D "$tmp/tiny-classifier.body" "$url/api/optimized/predict"
+cell unet-json "${json[@]}" -D "$tmp/unet-seg.json" "$url/v2/models/unet-seg/infer"
+cell unet-binary "${binary[@]}" -D "$tmp/unet-seg.body" "$url/v2/models/unet-seg/infer"
+stop_gantry
+
+python3 - "$tmp/cells" "$command" "$commit" "$perf_ok" <<'PY'
+import datetime, json, os, re, sys
+
+cells, command, commit, perf_ok = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "true"
+names = [("health-live", "GET /v2/health/live"), ("mlp-json", "tiny-classifier (MLP), REST JSON"),
+         ("unet-json", "unet-seg, v2 JSON"), ("unet-binary", "unet-seg, v2 binary")]
+line = re.compile(r"^\s*([\d.]+)%\s+(\S+)\s+(\S.*?)\s*$")
+
+
+def shares(path):
+    """perf report rows: (percent, first key, second key)."""
+    if not os.path.exists(path):
+        return []
+    return [(float(m[1]), m[2], m[3]) for m in map(line.match, open(path, errors="replace")) if m]
+
+
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "unknown")
+out = ["# `make cpu-split` results\n",
+       "Written by `load-tests/cpu-split.sh`; every run rewrites this file. Where the CPU goes at concurrency 32 "
+       "with the load generator (oha) on the same cores; see load-tests/README.md.\n",
+       f"- Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}",
+       f"- Machine: {os.cpu_count()} cores, {cpu}",
+       f"- Command: `{command}`",
+       f"- Code: commit {commit}",
+       "- Server: the `make bench` repository (unet-seg 2 replicas, max batch 8; tiny-classifier 2 and 32), "
+       "cache off, answers uncompressed\n",
+       "| Cell | req/s | Server cores | oha cores | Server CPU us/request | Kernel share of server | "
+       "HTTP workers (actix-rt) | Replicas, ONNX Runtime, rest (gantry) |",
+       "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+kernel_top = {}
+for key, label in names:
+    o = json.load(open(f"{cells}/{key}.json"))
+    rps = o["summary"]["requestsPerSec"]
+    g0, g1, o0, o1, t0, t1, hz = map(float, open(f"{cells}/{key}.ticks").read().split())
+    span = t1 - t0
+    server_cores, oha_cores = (g1 - g0) / hz / span, (o1 - o0) / hz / span
+    per_request = server_cores * 1e6 / rps if rps else 0.0
+    kernel = workers = rest = ""
+    rows = shares(f"{cells}/{key}.threads")
+    if rows:
+        kernel = f"{sum(p for p, _, dso in rows if dso == '[kernel.kallsyms]'):.1f}%"
+        workers = f"{sum(p for p, comm, _ in rows if comm.startswith('actix-rt')):.1f}%"
+        rest = f"{sum(p for p, comm, _ in rows if not comm.startswith('actix-rt')):.1f}%"
+    symbols = shares(f"{cells}/{key}.symbols")
+    kernel_top[label] = [(p, sym) for p, dso, sym in symbols if dso == "[kernel.kallsyms]"][:6]
+    out.append(f"| {label} | {rps:,.0f} | {server_cores:.2f} | {oha_cores:.2f} | {per_request:.1f} | "
+               f"{kernel} | {workers} | {rest} |")
+if perf_ok:
+    out.append("\nThe kernel functions taking most of the server's samples (share of all its samples):\n")
+    out.append("| Cell | Kernel functions |")
+    out.append("| --- | --- |")
+    for label, top in kernel_top.items():
+        out.append(f"| {label} | " + ", ".join(f"`{s.removeprefix('[k] ')}` {p:.1f}%" for p, s in top) + " |")
+else:
+    out.append("\n(perf could not sample the server here: no kernel/user split.)")
+text = "\n".join(out) + "\n"
+open("load-tests/CPU_SPLIT.md", "w").write(text)
+print(text, end="")
+PY
