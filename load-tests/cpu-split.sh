@@ -2,7 +2,7 @@
 # `make cpu-split`: where the CPU goes under load, for the cells whose goals
 # are bounded by the machine (load-tests/README.md, "What bounds the goals").
 #
-#   make cpu-split      # DURATION=6s a cell; OHA=/path/to/oha skips the install
+#   make cpu-split      # DURATION=6s measured a cell; OHA=/path/to/oha skips the install
 #
 # Serves the `make bench` repository (unet-seg 2 replicas, max batch 8;
 # tiny-classifier 2 and 32; cache off) and loads it at concurrency 32 with
@@ -12,7 +12,8 @@
 # middle of the cell), the server's CPU time per request and, where `perf`
 # (Debian's linux-perf) can sample the server, its samples split between
 # the kernel and user space and between its threads (`actix-rt|...`: the
-# HTTP workers; `gantry`: the replicas, ONNX Runtime's pool and the rest),
+# HTTP workers; `gantry`: the batchers on the main thread, the replicas and
+# ONNX Runtime's pool),
 # and the kernel functions that take most. Writes load-tests/CPU_SPLIT.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,9 +59,11 @@ mkdir -p "$tmp/cells"
 cell() {
   local name=$1 window
   shift
-  window=$(python3 -c "print(max(1.0, $seconds - 2.0))")
-  echo "== $name, concurrency 32, $DURATION"
-  "$OHA" -z "$DURATION" -c 32 -w --no-tui --output-format json "$@" >"$tmp/cells/$name.json" &
+  # oha runs past the measured window on both sides: 1 s before it, and
+  # long enough after it for perf to stop and write its samples.
+  window=$seconds
+  echo "== $name, concurrency 32, $DURATION measured"
+  "$OHA" -z "$(python3 -c "print($seconds + 5)")s" -c 32 -w --no-tui --output-format json "$@" >"$tmp/cells/$name.json" &
   local oha=$! g0 g1 o0 o1 t0 t1
   sleep 1
   g0=$(ticks "$server") o0=$(ticks "$oha") t0=$(date +%s.%N)
