@@ -44,10 +44,13 @@ COPY Makefile ./
 RUN make onnxruntime ${ORT_VERSION:+ORT_VERSION=$ORT_VERSION} PYTHON=python3 \
     && ls -l .onnxruntime/
 # The workspace's manifests (load-tests is a member: its Cargo.toml is read,
-# its sources are not built) and the two crates the binary is made of.
+# its sources are not built), the two crates the binary is made of, and the
+# gRPC protocol build.rs compiles.
 COPY Cargo.toml Cargo.lock ./
 COPY load-tests/Cargo.toml load-tests/
 COPY actors actors
+COPY build.rs ./
+COPY proto proto
 COPY src src
 # The project's release profile (as `make run`) without its line tables: they
 # are 100 of the binary's 120 MB. Backtraces keep function names (the symbol
@@ -94,10 +97,12 @@ COPY deploy/docker/healthcheck.sh /usr/local/bin/gantry-healthcheck
 ENV ORT_DYLIB_PATH=/opt/onnxruntime/libonnxruntime.so \
     NO_COLOR=1 \
     GANTRY__SERVER__BIND=0.0.0.0:8080 \
+    GANTRY__SERVER__GRPC_BIND=0.0.0.0:8001 \
     GANTRY__MODELS__DIR=/models
 # Numeric, so that Kubernetes' runAsNonRoot can check it.
 USER 10001:10001
-EXPOSE 8080
+# HTTP, and gRPC (KServe v2 / Triton).
+EXPOSE 8080 8001
 # Readiness (GET /v2/health/ready answers 200 once every model has a ready
 # replica, 503 while loading or draining) over bash's /dev/tcp: the slim base
 # has no curl, and bash is already there, so the check adds nothing to the

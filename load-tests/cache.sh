@@ -20,7 +20,7 @@ trap cleanup EXIT
 
 start() { # port, l1_capacity_mb
   GANTRY__CACHE__REDIS_URL="$REDIS" GANTRY__CACHE__L1_CAPACITY_MB="$2" GANTRY__CACHE__REDIS_TIMEOUT_MS=50 \
-    "$BIN" --bind "127.0.0.1:$1" >"$tmp/server-$1.log" 2>&1 &
+    "$BIN" --bind "127.0.0.1:$1" --grpc-bind= >"$tmp/server-$1.log" 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do
     curl -sf "http://127.0.0.1:$1/api/optimized/health" >/dev/null && return

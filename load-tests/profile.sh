@@ -42,7 +42,7 @@ echo "== serving under callgrind on 127.0.0.1:$port"
 # and the model's load are not counted): callgrind_control -i on below.
 env -u REDIS_URL -u DATABASE_URL GANTRY__CACHE__ENABLED=false GANTRY__MODELS__DIR="$tmp/models" \
   valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$tmp/callgrind.out" \
-  target/release/gantry --config config/gantry.toml --bind "127.0.0.1:$port" >"$tmp/server.log" 2>&1 &
+  target/release/gantry --config config/gantry.toml --bind "127.0.0.1:$port" --grpc-bind= >"$tmp/server.log" 2>&1 &
 pid=$!
 
 python3 - "$port" "$REQUESTS" "$pid" <<'PY'

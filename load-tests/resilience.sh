@@ -28,7 +28,7 @@ cp models/tiny-classifier/model.onnx models/tiny-classifier/model.toml "$tmp/mod
 # The cache is off so every request is inferred (replicas share ONNX
 # Runtime's one thread pool, so four fit on a two-core machine).
 GANTRY__CACHE__ENABLED=false \
-  "$BIN" --bind "127.0.0.1:$port" --models "$tmp/models" >"$tmp/server.log" 2>&1 &
+  "$BIN" --bind "127.0.0.1:$port" --grpc-bind= --models "$tmp/models" >"$tmp/server.log" 2>&1 &
 pid=$!
 for _ in $(seq 100); do curl -sf "$url/api/optimized/health" >/dev/null && break; sleep 0.1; done
 

@@ -97,7 +97,7 @@ echo "== starting gantry on $url (cache on)"
 env -u REDIS_URL -u DATABASE_URL \
   ${SOAK_REDIS_URL:+REDIS_URL=$SOAK_REDIS_URL} ${SOAK_DATABASE_URL:+DATABASE_URL=$SOAK_DATABASE_URL} \
   GANTRY__CACHE__ENABLED=true \
-  target/release/gantry --config config/gantry.toml --bind "127.0.0.1:$port" >"$OUT/server.log" 2>&1 &
+  target/release/gantry --config config/gantry.toml --bind "127.0.0.1:$port" --grpc-bind= >"$OUT/server.log" 2>&1 &
 server=$!
 code=000
 for _ in $(seq 600); do

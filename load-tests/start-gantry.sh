@@ -8,7 +8,8 @@
 # healthy, and sets `$url` and `$server` (its pid). Its arguments are extra
 # environment for the server (e.g. ORT_DYLIB_PATH=...). The server's log goes
 # to `$gantry_log` (default `$tmp/server.log`); it gets `$gantry_wait_s`
-# seconds (default 60) to become healthy.
+# seconds (default 60) to become healthy. gRPC is off unless `$grpc_bind`
+# names its address (servers here may run side by side).
 # `stop_gantry [PID]` stops one server (default `$server`) and waits for it.
 
 tmp=$(mktemp -d)
@@ -32,7 +33,7 @@ start_gantry() {
   url=http://127.0.0.1:$port
   echo "== starting gantry on $url (cache off)"
   env -u REDIS_URL -u DATABASE_URL GANTRY__CACHE__ENABLED=false "$@" \
-    target/release/gantry --config config/gantry.toml --bind "127.0.0.1:$port" >"$log" 2>&1 &
+    target/release/gantry --config config/gantry.toml --bind "127.0.0.1:$port" --grpc-bind="${grpc_bind:-}" >"$log" 2>&1 &
   server=$!
   servers+=("$server")
   local code=000

@@ -71,6 +71,8 @@ impl Default for MediaConfig {
 pub struct ServerConfig {
     /// Address to listen on.
     pub bind: String,
+    /// Address of the gRPC server (KServe v2 / Triton); empty turns it off.
+    pub grpc_bind: String,
     /// HTTP worker threads; 0 means one per core.
     pub workers: usize,
     /// Largest request body accepted, in MiB.
@@ -109,6 +111,7 @@ impl Default for ServerConfig {
     fn default() -> Self {
         ServerConfig {
             bind: "127.0.0.1:8080".into(),
+            grpc_bind: "127.0.0.1:8001".into(),
             workers: 0,
             body_limit_mb: 64,
             request_timeout_ms: 30_000,
@@ -291,6 +294,7 @@ impl Default for LogConfig {
 pub struct Overrides {
     pub models_dir: Option<PathBuf>,
     pub bind: Option<String>,
+    pub grpc_bind: Option<String>,
     pub log_format: Option<LogFormat>,
 }
 
@@ -336,6 +340,9 @@ impl Config {
         if let Some(bind) = &overrides.bind {
             figment = figment.merge(Serialized::default("server.bind", bind));
         }
+        if let Some(bind) = &overrides.grpc_bind {
+            figment = figment.merge(Serialized::default("server.grpc_bind", bind));
+        }
         if let Some(format) = overrides.log_format {
             figment = figment.merge(Serialized::default("log.format", format));
         }
@@ -367,6 +374,16 @@ impl Config {
             return Err((
                 "server.bind",
                 format!("'{}' is not an IP:port address", self.server.bind),
+            ));
+        }
+        if !self.server.grpc_bind.is_empty() && self.server.grpc_bind.parse::<SocketAddr>().is_err()
+        {
+            return Err((
+                "server.grpc_bind",
+                format!(
+                    "'{}' is not an IP:port address (empty turns gRPC off)",
+                    self.server.grpc_bind
+                ),
             ));
         }
         if self.server.workers > 1024 {
@@ -540,11 +557,13 @@ mod tests {
     fn flags_win_over_the_file() {
         let overrides = Overrides {
             bind: Some("127.0.0.1:9999".into()),
+            grpc_bind: Some(String::new()),
             models_dir: Some("elsewhere".into()),
             log_format: Some(LogFormat::Json),
         };
         let config = Config::load(&shipped(), true, &overrides).unwrap();
         assert_eq!(config.server.bind, "127.0.0.1:9999");
+        assert_eq!(config.server.grpc_bind, "");
         assert_eq!(config.models.dir, PathBuf::from("elsewhere"));
         assert_eq!(config.log.format, LogFormat::Json);
     }

@@ -1,6 +1,8 @@
-//! The one error type of the HTTP layer and its one mapping to HTTP: every
-//! error answers `{"error": "...", "code": "..."}` with its status, and a full
-//! queue adds `Retry-After`.
+//! The one error type of the API and its one mapping to HTTP: every error
+//! answers `{"error": "...", "code": "..."}` with its status, and a full
+//! queue adds `Retry-After`. gRPC answers the same error with the status
+//! code that follows from the HTTP one ([`ApiError::grpc_status`]) and the
+//! same message.
 
 use actix_web::http::{header, StatusCode};
 use actix_web::{HttpResponse, ResponseError};
@@ -191,5 +193,30 @@ impl ResponseError for ApiError {
             error: self.to_string(),
             code: self.code(),
         })
+    }
+}
+
+impl ApiError {
+    /// The gRPC status for this error: its code follows from the HTTP
+    /// status (so the two protocols cannot disagree), its message is the
+    /// same text.
+    pub fn grpc_status(&self) -> tonic::Status {
+        use tonic::Code;
+        let status = self.status_code();
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), error = %self, "gRPC request failed");
+        }
+        let code = match status.as_u16() {
+            400 | 413 | 415 | 422 => Code::InvalidArgument,
+            401 => Code::Unauthenticated,
+            403 => Code::PermissionDenied,
+            404 => Code::NotFound,
+            405 | 501 => Code::Unimplemented,
+            408 | 504 => Code::DeadlineExceeded,
+            429 => Code::ResourceExhausted,
+            503 => Code::Unavailable,
+            _ => Code::Internal,
+        };
+        tonic::Status::new(code, self.to_string())
     }
 }

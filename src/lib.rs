@@ -1,6 +1,6 @@
 //! Gantry: an actor-based ONNX inference orchestrator. This crate is the
 //! application around the actor core (`gantry-actors`): configuration, the
-//! HTTP API (REST and KServe v2), tensor codecs, logging and startup.
+//! HTTP API (REST and KServe v2), the gRPC server (KServe v2 / Triton), tensor codecs, logging and startup.
 
 pub mod api;
 pub mod cache;
@@ -8,6 +8,7 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod files;
+pub mod grpc;
 pub mod logging;
 pub mod media;
 pub mod metrics;

@@ -24,6 +24,10 @@ struct Cli {
     /// Address to listen on (overrides `server.bind`), e.g. 127.0.0.1:8080.
     #[arg(long, value_name = "ADDR")]
     bind: Option<String>,
+    /// Address of the gRPC server (overrides `server.grpc_bind`), e.g.
+    /// 127.0.0.1:8001; an empty value turns it off.
+    #[arg(long, value_name = "ADDR")]
+    grpc_bind: Option<String>,
     /// Log format (overrides `log.format`).
     #[arg(long, value_enum)]
     log_format: Option<LogFormat>,
@@ -36,6 +40,7 @@ fn main() -> ExitCode {
     let overrides = Overrides {
         models_dir: cli.models,
         bind: cli.bind,
+        grpc_bind: cli.grpc_bind,
         log_format: cli.log_format,
     };
     let (file, required) = match cli.config {

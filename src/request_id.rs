@@ -46,7 +46,9 @@ pub struct Requested {
     pub from_client: bool,
 }
 
-fn acceptable(id: &str) -> bool {
+/// Whether a client's request id is kept: 1-128 characters of letters,
+/// digits and `-_.:`.
+pub fn acceptable_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 128
         && id
@@ -63,7 +65,7 @@ pub async fn assign(
         .headers()
         .get(&HEADER)
         .and_then(|v| v.to_str().ok())
-        .filter(|v| acceptable(v))
+        .filter(|v| acceptable_id(v))
         .map(str::to_string);
     let from_client = chosen.is_some();
     let id = chosen.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());

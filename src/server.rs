@@ -1,5 +1,6 @@
 //! Builds and starts the server: the actor system first, then the HTTP
-//! listener with its limits for slow and idle clients (`[server]` keys).
+//! listener with its limits for slow and idle clients (`[server]` keys),
+//! and the gRPC server beside it (`server.grpc_bind`).
 //! Tests call [`start`] with a listener on port 0 and any engine provider;
 //! `main` calls it with ONNX Runtime.
 
@@ -19,6 +20,7 @@ use gantry_actors::{Supervisor, SupervisorConfig};
 use crate::api::{self, drain, json_errors, AppState, MediaSettings};
 use crate::cache::ResultCache;
 use crate::config::Config;
+use crate::grpc::GrpcServer;
 use crate::metrics::Metrics;
 use crate::request_id;
 use crate::service::InferenceService;
@@ -34,6 +36,8 @@ pub struct RunningServer {
     pub log: Option<Arc<PredictionLog>>,
     /// What every worker shares (for signal handling).
     pub state: web::Data<AppState>,
+    /// The gRPC server, unless `server.grpc_bind` is empty.
+    pub grpc: Option<GrpcServer>,
 }
 
 impl RunningServer {
@@ -41,6 +45,11 @@ impl RunningServer {
     /// still buffers (at most `flush_timeout`).
     pub async fn run_until_stopped(self, flush_timeout: Duration) -> std::io::Result<()> {
         let result = self.server.await;
+        // HTTP has stopped after the drain (which counted gRPC calls too):
+        // gRPC stops accepting and finishes what is still under way.
+        if let Some(grpc) = self.grpc {
+            let _ = tokio::task::spawn_blocking(move || grpc.stop()).await;
+        }
         // No request is left to copy: close the shared memory objects.
         self.state.shared_memory.unregister_all();
         if let Some(log) = self.log {
@@ -146,6 +155,16 @@ pub async fn start_with_gpus(
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
+    // Bound before HTTP starts, so a taken gRPC port fails the start whole.
+    let grpc_listener = match server_config.grpc_bind.as_str() {
+        "" => None,
+        bind => Some(TcpListener::bind(bind).map_err(|e| {
+            StartError::Listen(std::io::Error::new(
+                e.kind(),
+                format!("gRPC on {bind} (server.grpc_bind): {e}"),
+            ))
+        })?),
+    };
     let http = HttpServer::new(move || {
         // The last `wrap` runs first: the request id, then draining, then
         // JSON for actix's own error answers.
@@ -175,12 +194,17 @@ pub async fn start_with_gpus(
     .disable_signals();
     let server = http.listen(listener)?.run();
     tracing::info!(%addr, "listening");
+    let grpc = match grpc_listener {
+        Some(listener) => Some(GrpcServer::start(shared.clone(), listener, workers)?),
+        None => None,
+    };
 
     Ok(RunningServer {
         addr,
         server,
         log,
         state: shared,
+        grpc,
     })
 }
 

@@ -23,6 +23,8 @@ fn gantry() -> Command {
             command.env_remove(key);
         }
     }
+    // gRPC off: tests run side by side.
+    command.env("GANTRY__SERVER__GRPC_BIND", "");
     command
 }
 

@@ -9,6 +9,10 @@
 //!   shared memory regions (tests/clients/triton_shm.py);
 //! - the same client, sync and asyncio, running sequences on stateful models
 //!   (an accumulator fixture and Silero VAD; tests/clients/triton_sequences.py);
+//! - the official Triton gRPC client (`tritonclient[grpc]`, sync and asyncio)
+//!   against Gantry's gRPC server: health, metadata, inference with raw and
+//!   typed contents, errors as status codes, gzip, `grpc.health.v1`
+//!   (tests/clients/triton_grpc.py);
 //! - a Python backend posting files with `requests`, as a Flask app would
 //!   (tests/clients/flask_client.py);
 //! - a Node 20 backend posting files with `fetch` and `FormData`
@@ -59,6 +63,26 @@ async fn triton_http_client_works_against_v2_endpoints() {
         .to_string();
     let script = common::root().join("tests/clients/triton_client.py");
     run_client(python, vec![script.display().to_string(), host_port]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triton_grpc_client_works_against_the_grpc_server() {
+    let python = python();
+    let repo = common::Repo::new()
+        .copy("tests/fixtures/models/dtypes", "dtypes", None)
+        .copy("models/tiny-classifier", "tiny-classifier", None);
+    let mut config = common::config(repo.path());
+    config.server.grpc_bind = "127.0.0.1:0".into();
+    config.cache.enabled = false;
+    let server = common::TestServer::ready(config, common::onnx_provider()).await;
+    let grpc = server.grpc.clone().expect("gRPC is on");
+    let script = common::root().join("tests/clients/triton_grpc.py");
+    run_client(python, vec![script.display().to_string(), grpc]).await;
+    // The calls were counted as HTTP's are, with the statuses they map from.
+    let stats = server.stats().await;
+    let statuses = &stats["performance_metrics"]["models"]["tiny-classifier"]["statuses"];
+    assert_eq!(statuses["200"], 39, "{statuses}");
+    assert_eq!(statuses["422"], 2, "{statuses}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

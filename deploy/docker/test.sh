@@ -103,17 +103,20 @@ log "image $IMAGE: $SIZE_MB MB"
   fail "unexpected CMD"
 [ "$(docker image inspect -f '{{.Config.StopSignal}}' "$IMAGE")" = SIGTERM ] || fail "STOPSIGNAL is not SIGTERM"
 docker image inspect -f '{{json .Config.ExposedPorts}}' "$IMAGE" | grep -q '"8080/tcp"' || fail "8080 not exposed"
+docker image inspect -f '{{json .Config.ExposedPorts}}' "$IMAGE" | grep -q '"8001/tcp"' || fail "8001 (gRPC) not exposed"
 
 # --- run -----------------------------------------------------------------------
 T=$(now)
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 URL="http://127.0.0.1:$PORT"
+GRPC_PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 log "docker run --read-only --tmpfs /tmp --network host, on 127.0.0.1:$PORT"
 # The healthcheck's interval is shortened so that the test sees it turn healthy.
 # A memory limit, so that the budget must come from the container's cgroup.
 docker run -d --name "$NAME" --network host --read-only --tmpfs /tmp --memory 3g \
   --health-interval 2s --health-start-period 60s \
-  -e GANTRY__SERVER__BIND="127.0.0.1:$PORT" "$IMAGE" >/dev/null
+  -e GANTRY__SERVER__BIND="127.0.0.1:$PORT" -e GANTRY__SERVER__GRPC_BIND="127.0.0.1:$GRPC_PORT" \
+  "$IMAGE" >/dev/null
 
 ready=
 for _ in $(seq 120); do

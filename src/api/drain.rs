@@ -40,7 +40,7 @@ pub struct Drain {
 }
 
 /// One admitted request; uncounted when dropped (answered or abandoned).
-struct Admitted<'a>(&'a Drain);
+pub(crate) struct Admitted<'a>(&'a Drain);
 
 impl Drop for Admitted<'_> {
     fn drop(&mut self) {
@@ -57,7 +57,7 @@ impl Drain {
         }
     }
 
-    fn admit(&self) -> Admitted<'_> {
+    pub(crate) fn admit(&self) -> Admitted<'_> {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         Admitted(self)
     }

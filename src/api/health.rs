@@ -40,7 +40,7 @@ struct Health {
 }
 
 /// True when every served model has a ready replica.
-fn all_ready(state: &AppState) -> bool {
+pub(crate) fn all_ready(state: &AppState) -> bool {
     !state.service.is_draining() && state.service.serving.models().iter().all(|m| m.is_ready())
 }
 

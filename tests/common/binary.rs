@@ -25,7 +25,15 @@ impl Gantry {
         let library = gantry::runtime::locate_onnxruntime("").expect("make onnxruntime has run");
         let mut command = Command::new(env!("CARGO_BIN_EXE_gantry"));
         command
-            .args(["--bind", "127.0.0.1:0", "--log-format", "json", "--models"])
+            // gRPC off: tests run side by side.
+            .args([
+                "--bind",
+                "127.0.0.1:0",
+                "--grpc-bind=",
+                "--log-format",
+                "json",
+                "--models",
+            ])
             .arg(models)
             .arg("--config")
             .arg(super::root().join("config/gantry.toml"))

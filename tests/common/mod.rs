@@ -41,6 +41,8 @@ pub fn config(models: &Path) -> Config {
     let mut config = Config::default();
     config.models.dir = models.to_path_buf();
     config.server.workers = 2;
+    // Tests run side by side: gRPC only where a test asks (port 0).
+    config.server.grpc_bind = String::new();
     config.memory.limit_mb = 8192;
     config
 }
@@ -48,6 +50,8 @@ pub fn config(models: &Path) -> Config {
 /// A running server; stopped when dropped.
 pub struct TestServer {
     pub base: String,
+    /// `host:port` of the gRPC server, when the config turned it on.
+    pub grpc: Option<String>,
     handle: actix_web::dev::ServerHandle,
     pub client: reqwest::Client,
     /// What the server's workers share (to flip shutdown, say).
@@ -82,6 +86,7 @@ impl TestServer {
                 let running = started.expect("server starts");
                 let started = (
                     running.addr,
+                    running.grpc.as_ref().map(|g| g.addr.to_string()),
                     running.server.handle(),
                     running.state.clone(),
                     actix_rt::Arbiter::current(),
@@ -90,11 +95,12 @@ impl TestServer {
                 let _ = running.run_until_stopped(Duration::from_secs(10)).await;
             });
         });
-        let (addr, handle, state, arbiter) = rx
+        let (addr, grpc, handle, state, arbiter) = rx
             .recv_timeout(Duration::from_secs(30))
             .expect("server started");
         TestServer {
             base: format!("http://{addr}"),
+            grpc,
             handle,
             state,
             arbiter,

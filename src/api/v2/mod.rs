@@ -43,7 +43,7 @@ pub fn config_v2_api(cfg: &mut web::ServiceConfig) {
 
 /// A model in a v2 path, with the version when the path names one.
 #[derive(Deserialize)]
-pub(super) struct ModelPath {
+pub(crate) struct ModelPath {
     pub model: String,
     pub version: Option<String>,
 }
@@ -59,7 +59,7 @@ async fn server_metadata() -> HttpResponse {
 }
 
 /// The model named in the path, checking the version when one is given.
-pub(super) fn model_at(
+pub(crate) fn model_at(
     state: &AppState,
     path: &ModelPath,
 ) -> Result<std::sync::Arc<ModelHandle>, ApiError> {
@@ -74,15 +74,15 @@ pub(super) fn model_at(
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-pub(super) struct TensorMetadata<'a> {
-    name: &'a str,
-    datatype: &'static str,
-    shape: Vec<i64>,
+pub(crate) struct TensorMetadata<'a> {
+    pub name: &'a str,
+    pub datatype: &'static str,
+    pub shape: Vec<i64>,
 }
 
 /// The tensors clients see: those the server fills or keeps (a sequence
 /// model's control and state tensors) are left out, as `hidden` says.
-fn tensor_metadata<'a>(
+pub(crate) fn tensor_metadata<'a>(
     specs: &'a [TensorSpec],
     hidden: impl Fn(&str) -> bool,
 ) -> Vec<TensorMetadata<'a>> {

@@ -1,0 +1,141 @@
+//! KServe v2 / Triton gRPC beside HTTP: `inference.GRPCInferenceService`
+//! (Triton's `grpc_service.proto`, vendored in `proto/triton/`) and the
+//! standard `grpc.health.v1` service, on `server.grpc_bind`.
+//!
+//! The server runs on a tokio runtime of its own (its threads named
+//! `grpc`), so the HTTP workers and the actor system keep theirs; every
+//! RPC goes through the same [`crate::service::InferenceService`] as HTTP
+//! ([`service`]). Messages are bounded by `server.body_limit_mb`, and gzip
+//! is accepted and, when the client asks, sent. The health service answers
+//! SERVING for the server (`""`) and the inference service while every
+//! model has a ready replica and no shutdown has begun, as
+//! `/v2/health/ready` does. [`GrpcServer::stop`] stops accepting RPCs and
+//! waits for those under way.
+
+mod service;
+mod tensors;
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use actix_web::web;
+use tokio::sync::oneshot;
+use tonic::codec::CompressionEncoding;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+
+use crate::api::AppState;
+
+/// The code tonic generates from `proto/triton/` (package `inference`).
+#[allow(clippy::all, missing_docs)]
+pub mod proto {
+    tonic::include_proto!("inference");
+}
+
+use proto::grpc_inference_service_server::GrpcInferenceServiceServer;
+
+/// The service name clients and probes ask the health service about.
+const SERVICE_NAME: &str = "inference.GRPCInferenceService";
+
+/// A gRPC server that is accepting RPCs.
+pub struct GrpcServer {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl GrpcServer {
+    /// Serves gRPC on `listener` with `threads` runtime threads.
+    pub fn start(
+        state: web::Data<AppState>,
+        listener: TcpListener,
+        threads: usize,
+    ) -> std::io::Result<GrpcServer> {
+        let addr = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("grpc")
+            .enable_all()
+            .build()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let limit = state.body_limit;
+        let thread = std::thread::Builder::new()
+            .name("grpc".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let listener = match tokio::net::TcpListener::from_std(listener) {
+                        Ok(listener) => listener,
+                        Err(e) => {
+                            tracing::error!(error = %e, "gRPC cannot use its listener");
+                            return;
+                        }
+                    };
+                    let (reporter, health) = tonic_health::server::health_reporter();
+                    tokio::spawn(report_health(state.clone(), reporter));
+                    let inference = GrpcInferenceServiceServer::new(service::Inference { state })
+                        .max_decoding_message_size(limit)
+                        .max_encoding_message_size(usize::MAX)
+                        .accept_compressed(CompressionEncoding::Gzip)
+                        .send_compressed(CompressionEncoding::Gzip);
+                    let served = tonic::transport::Server::builder()
+                        .add_service(health)
+                        .add_service(inference)
+                        .serve_with_incoming_shutdown(
+                            TcpIncoming::from(listener).with_nodelay(Some(true)),
+                            async {
+                                let _ = stopped.await;
+                            },
+                        )
+                        .await;
+                    if let Err(e) = served {
+                        tracing::error!(error = %e, "gRPC server failed");
+                    }
+                });
+            })?;
+        tracing::info!(%addr, "gRPC listening");
+        Ok(GrpcServer {
+            addr,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops accepting RPCs, waits for those under way, then returns.
+    pub fn stop(mut self) {
+        self.shut_down();
+    }
+
+    fn shut_down(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for GrpcServer {
+    fn drop(&mut self) {
+        self.shut_down();
+    }
+}
+
+/// Keeps the health service's answer in step with readiness.
+async fn report_health(state: web::Data<AppState>, reporter: tonic_health::server::HealthReporter) {
+    let mut last = None;
+    loop {
+        let status = if crate::api::health::all_ready(&state) {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        if last != Some(status) {
+            reporter.set_service_status("", status).await;
+            reporter.set_service_status(SERVICE_NAME, status).await;
+            last = Some(status);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}

@@ -1,0 +1,339 @@
+//! `inference.GRPCInferenceService` over the one [`InferenceService`]
+//! facade the HTTP handlers use: readiness, metadata and inference run
+//! the same code, so batching, priorities, deadlines, the cache, the
+//! prediction log, metrics and stats behave alike on both protocols.
+//! Errors are the HTTP ones, as gRPC statuses ([`ApiError::grpc_status`]).
+//!
+//! [`InferenceService`]: crate::service::InferenceService
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use actix_web::web;
+use futures_util::Stream;
+use tonic::metadata::MetadataMap;
+use tonic::{Request, Response, Status};
+
+use super::proto::grpc_inference_service_server::GrpcInferenceService;
+use super::proto::*;
+use super::tensors;
+use crate::api::health::all_ready;
+use crate::api::predict::select_outputs;
+use crate::api::v2::{model_at, tensor_metadata, ModelPath};
+use crate::api::{AppState, EXTENSIONS};
+use crate::error::ApiError;
+use crate::request_id::{acceptable_id, Requested};
+use crate::service::PredictCall;
+
+/// The gRPC service: what every RPC shares.
+pub struct Inference {
+    pub state: web::Data<AppState>,
+}
+
+type Answer<T> = Result<Response<T>, Status>;
+
+/// What the RPCs not served yet answer.
+fn not_yet(rpc: &str) -> Status {
+    Status::unimplemented(format!(
+        "{rpc} is not served over gRPC yet; the HTTP API has it (see the README)"
+    ))
+}
+
+fn model_path(name: String, version: String) -> ModelPath {
+    ModelPath {
+        model: name,
+        version: Some(version).filter(|v| !v.is_empty()),
+    }
+}
+
+/// `grpc-timeout` (gRPC's deadline: digits and a unit of H, M, S, m, u or
+/// n), which becomes the request's timeout as `timeout_ms` does over HTTP.
+fn grpc_timeout(metadata: &MetadataMap) -> Result<Option<Duration>, ApiError> {
+    let Some(value) = metadata.get("grpc-timeout") else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or_default();
+    let bad = || ApiError::BadRequest(format!("grpc-timeout '{text}' is not a gRPC timeout"));
+    let (digits, unit) = text.split_at(text.len().saturating_sub(1));
+    let amount: u64 = digits.parse().map_err(|_| bad())?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return Err(bad()),
+    };
+    Ok(Some(timeout.max(Duration::from_millis(1))))
+}
+
+/// The request's id: the client's `x-request-id` when acceptable, else a
+/// new one (as over HTTP).
+fn requested(metadata: &MetadataMap) -> Requested {
+    let chosen = metadata
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| acceptable_id(v))
+        .map(str::to_string);
+    Requested {
+        from_client: chosen.is_some(),
+        id: chosen.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
+    }
+}
+
+impl Inference {
+    async fn infer(&self, request: Request<ModelInferRequest>) -> Answer<ModelInferResponse> {
+        let state = &self.state;
+        let requested = requested(request.metadata());
+        let timeout = grpc_timeout(request.metadata()).map_err(|e| e.grpc_status())?;
+        let request = request.into_inner();
+        // Counted for shutdown like an HTTP request: a drain waits for it.
+        let admitted = state.drain.admit();
+        let mut pending = state.service.open(&requested);
+        let answered = async {
+            let model = model_at(
+                state,
+                &model_path(request.model_name, request.model_version),
+            )?;
+            pending.attribute(model.clone());
+            let call = PredictCall {
+                request_id: requested.id.clone(),
+                inputs: tensors::inputs(request.inputs, request.raw_input_contents)?,
+                timeout,
+                use_cache: true,
+                priority: Default::default(),
+                sequence: None,
+                pin: None,
+            };
+            let prediction = state
+                .service
+                .predict(model.name(), call, &mut pending)
+                .await?;
+            let names: Vec<String> = request.outputs.into_iter().map(|o| o.name).collect();
+            let only = (!names.is_empty()).then_some(names.as_slice());
+            let (outputs, raw): (Vec<_>, Vec<_>) = select_outputs(&prediction.outputs, only)?
+                .into_iter()
+                .map(|(name, tensor)| tensors::output(name, tensor))
+                .unzip();
+            Ok::<_, ApiError>(ModelInferResponse {
+                model_name: model.name().to_string(),
+                model_version: model.spec.version.clone(),
+                id: request.id,
+                parameters: Default::default(),
+                outputs,
+                raw_output_contents: raw,
+            })
+        }
+        .await;
+        let reached = pending.reached_model();
+        let prediction_id = pending.prediction_id();
+        let answer = match answered {
+            Ok(body) => {
+                pending.finish_with(200, None);
+                let mut response = Response::new(body);
+                if reached {
+                    if let Ok(value) = prediction_id.to_string().parse() {
+                        response.metadata_mut().insert("x-prediction-id", value);
+                    }
+                }
+                Ok(response)
+            }
+            Err(e) => {
+                pending.finish_with(
+                    actix_web::ResponseError::status_code(&e).as_u16(),
+                    Some(e.to_string()),
+                );
+                Err(e.grpc_status())
+            }
+        };
+        drop(admitted);
+        answer
+    }
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for Inference {
+    async fn server_live(&self, _: Request<ServerLiveRequest>) -> Answer<ServerLiveResponse> {
+        Ok(Response::new(ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(&self, _: Request<ServerReadyRequest>) -> Answer<ServerReadyResponse> {
+        Ok(Response::new(ServerReadyResponse {
+            ready: all_ready(&self.state),
+        }))
+    }
+
+    async fn model_ready(&self, request: Request<ModelReadyRequest>) -> Answer<ModelReadyResponse> {
+        let request = request.into_inner();
+        let model = model_at(&self.state, &model_path(request.name, request.version))
+            .map_err(|e| e.grpc_status())?;
+        Ok(Response::new(ModelReadyResponse {
+            ready: model.is_ready(),
+        }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<ServerMetadataRequest>,
+    ) -> Answer<ServerMetadataResponse> {
+        Ok(Response::new(ServerMetadataResponse {
+            name: "gantry".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            extensions: EXTENSIONS.iter().map(|e| e.to_string()).collect(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<ModelMetadataRequest>,
+    ) -> Answer<ModelMetadataResponse> {
+        let request = request.into_inner();
+        let metadata = || -> Result<ModelMetadataResponse, ApiError> {
+            let model = model_at(&self.state, &model_path(request.name, request.version))?;
+            let signature = model.ready_signature()?;
+            let sequence = model.spec.settings.sequence.as_ref();
+            let convert =
+                |t: crate::api::v2::TensorMetadata| model_metadata_response::TensorMetadata {
+                    name: t.name.to_string(),
+                    datatype: t.datatype.to_string(),
+                    shape: t.shape,
+                };
+            Ok(ModelMetadataResponse {
+                name: model.name().to_string(),
+                versions: vec![model.spec.version.clone()],
+                platform: "onnxruntime_onnx".into(),
+                inputs: tensor_metadata(&signature.inputs, |name| {
+                    sequence.is_some_and(|seq| seq.fills_input(name))
+                })
+                .into_iter()
+                .map(convert)
+                .collect(),
+                outputs: tensor_metadata(&signature.outputs, |name| {
+                    sequence.is_some_and(|seq| seq.keeps_output(name))
+                })
+                .into_iter()
+                .map(convert)
+                .collect(),
+            })
+        };
+        metadata().map(Response::new).map_err(|e| e.grpc_status())
+    }
+
+    async fn model_infer(&self, request: Request<ModelInferRequest>) -> Answer<ModelInferResponse> {
+        self.infer(request).await
+    }
+
+    type ModelStreamInferStream =
+        Pin<Box<dyn Stream<Item = Result<ModelStreamInferResponse, Status>> + Send>>;
+
+    async fn model_stream_infer(
+        &self,
+        _: Request<tonic::Streaming<ModelInferRequest>>,
+    ) -> Answer<Self::ModelStreamInferStream> {
+        Err(not_yet("ModelStreamInfer"))
+    }
+
+    async fn model_config(&self, _: Request<ModelConfigRequest>) -> Answer<ModelConfigResponse> {
+        Err(not_yet("ModelConfig"))
+    }
+
+    async fn model_statistics(
+        &self,
+        _: Request<ModelStatisticsRequest>,
+    ) -> Answer<ModelStatisticsResponse> {
+        Err(not_yet("ModelStatistics"))
+    }
+
+    async fn repository_index(
+        &self,
+        _: Request<RepositoryIndexRequest>,
+    ) -> Answer<RepositoryIndexResponse> {
+        Err(not_yet("RepositoryIndex"))
+    }
+
+    async fn repository_model_load(
+        &self,
+        _: Request<RepositoryModelLoadRequest>,
+    ) -> Answer<RepositoryModelLoadResponse> {
+        Err(not_yet("RepositoryModelLoad"))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        _: Request<RepositoryModelUnloadRequest>,
+    ) -> Answer<RepositoryModelUnloadResponse> {
+        Err(not_yet("RepositoryModelUnload"))
+    }
+
+    async fn system_shared_memory_status(
+        &self,
+        _: Request<SystemSharedMemoryStatusRequest>,
+    ) -> Answer<SystemSharedMemoryStatusResponse> {
+        Err(not_yet("SystemSharedMemoryStatus"))
+    }
+
+    async fn system_shared_memory_register(
+        &self,
+        _: Request<SystemSharedMemoryRegisterRequest>,
+    ) -> Answer<SystemSharedMemoryRegisterResponse> {
+        Err(not_yet("SystemSharedMemoryRegister"))
+    }
+
+    async fn system_shared_memory_unregister(
+        &self,
+        _: Request<SystemSharedMemoryUnregisterRequest>,
+    ) -> Answer<SystemSharedMemoryUnregisterResponse> {
+        Err(not_yet("SystemSharedMemoryUnregister"))
+    }
+
+    async fn cuda_shared_memory_status(
+        &self,
+        _: Request<CudaSharedMemoryStatusRequest>,
+    ) -> Answer<CudaSharedMemoryStatusResponse> {
+        Err(Status::unimplemented("CUDA shared memory is not supported"))
+    }
+
+    async fn cuda_shared_memory_register(
+        &self,
+        _: Request<CudaSharedMemoryRegisterRequest>,
+    ) -> Answer<CudaSharedMemoryRegisterResponse> {
+        Err(Status::unimplemented("CUDA shared memory is not supported"))
+    }
+
+    async fn cuda_shared_memory_unregister(
+        &self,
+        _: Request<CudaSharedMemoryUnregisterRequest>,
+    ) -> Answer<CudaSharedMemoryUnregisterResponse> {
+        Err(Status::unimplemented("CUDA shared memory is not supported"))
+    }
+
+    async fn trace_setting(&self, _: Request<TraceSettingRequest>) -> Answer<TraceSettingResponse> {
+        Err(Status::unimplemented("trace settings are not supported"))
+    }
+
+    async fn log_settings(&self, _: Request<LogSettingsRequest>) -> Answer<LogSettingsResponse> {
+        Err(Status::unimplemented("log settings are not supported"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_read_every_unit_and_refuse_the_rest() {
+        let with = |v: &str| {
+            let mut m = MetadataMap::new();
+            m.insert("grpc-timeout", v.parse().unwrap());
+            grpc_timeout(&m)
+        };
+        assert_eq!(with("2S").unwrap(), Some(Duration::from_secs(2)));
+        assert_eq!(with("1500m").unwrap(), Some(Duration::from_millis(1500)));
+        assert_eq!(with("1H").unwrap(), Some(Duration::from_secs(3600)));
+        assert_eq!(with("10n").unwrap(), Some(Duration::from_millis(1)));
+        assert!(with("5x").is_err());
+        assert!(with("S").is_err());
+        assert_eq!(grpc_timeout(&MetadataMap::new()).unwrap(), None);
+    }
+}

@@ -1,0 +1,193 @@
+"""Drives Gantry's gRPC server with the official Triton gRPC client.
+
+Usage: triton_grpc.py GRPC_HOST:PORT
+
+Expects a server serving the `dtypes` fixture (tests/fixtures/models/dtypes)
+and the `tiny-classifier` demo model. Checks, with `tritonclient.grpc` (sync)
+and `tritonclient.grpc.aio` (asyncio): liveness, readiness, server and
+model metadata, inference of every fixture datatype through
+`raw_input_contents`, the same request with typed `contents` (built with the
+client's own protobuf classes), errors as gRPC status codes, gzip, many
+concurrent calls, and the standard `grpc.health.v1` service. Prints one line
+per check and exits non-zero on the first failure. Run by tests/clients.rs.
+"""
+
+import asyncio
+import sys
+
+import grpc
+import numpy as np
+import tritonclient.grpc as grpcclient
+import tritonclient.grpc.aio as aioclient
+from tritonclient.grpc import service_pb2
+from tritonclient.utils import InferenceServerException
+
+DTYPES = "dtypes"
+CLASSIFIER = "tiny-classifier"
+
+# Input name, Triton datatype, numpy dtype, output name.
+DTYPE_TENSORS = [
+    ("x_fp32", "FP32", np.float32, "y_fp32"),
+    ("x_fp64", "FP64", np.float64, "y_fp64"),
+    ("x_i32", "INT32", np.int32, "y_i32"),
+    ("x_i64", "INT64", np.int64, "y_i64"),
+    ("x_u8", "UINT8", np.uint8, "y_u8"),
+    ("x_bool", "BOOL", np.bool_, "y_bool"),
+]
+
+VALUES = {
+    "x_fp32": np.array([[1.5, -2.25], [3.0, 0.125], [-7.5, 100.0]], dtype=np.float32),
+    "x_fp64": np.array([[1e-3, -2.5], [1e10, 0.1], [-3.75, 42.0]], dtype=np.float64),
+    "x_i32": np.array([[1, -2], [300, -400000], [7, 2**30 - 1]], dtype=np.int32),
+    "x_i64": np.array([[5, -6], [2**40, -(2**41)], [0, 123456789012]], dtype=np.int64),
+    "x_u8": np.array([[0, 255], [128, 254], [1, 17]], dtype=np.uint8),
+    "x_bool": np.array([[True, False], [False, False], [True, True]], dtype=np.bool_),
+}
+
+EXPECTED = {
+    "y_fp32": VALUES["x_fp32"] * np.float32(2),
+    "y_fp64": VALUES["x_fp64"] * np.float64(2),
+    "y_i32": VALUES["x_i32"] * np.int32(2),
+    "y_i64": VALUES["x_i64"] * np.int64(2),
+    "y_u8": (VALUES["x_u8"].astype(np.uint16) + 1).astype(np.uint8),
+    "y_bool": np.logical_not(VALUES["x_bool"]),
+}
+
+
+def check(label, condition, detail=""):
+    if not condition:
+        print(f"FAIL {label}: {detail}", flush=True)
+        sys.exit(1)
+    print(f"ok   {label}", flush=True)
+
+
+def features(rows):
+    return np.arange(rows * 64, dtype=np.float32).reshape(rows, 64) / 100.0
+
+
+def classifier_inputs(module, x):
+    tensor = module.InferInput("features", list(x.shape), "FP32")
+    tensor.set_data_from_numpy(x)
+    return [tensor]
+
+
+def fails_with(label, code, call, text=""):
+    try:
+        call()
+    except InferenceServerException as e:
+        check(label, e.status() == str(code) and text in e.message(), f"{e.status()}: {e.message()}")
+        return
+    check(label, False, "no error")
+
+
+def health(url, service):
+    """grpc.health.v1.Health/Check, messages encoded by hand (field 1)."""
+    with grpc.insecure_channel(url) as channel:
+        check_rpc = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=lambda s: b"\x0a" + bytes([len(s)]) + s.encode() if s else b"",
+            response_deserializer=lambda b: b[1] if len(b) >= 2 and b[0] == 0x08 else 0,
+        )
+        return check_rpc(service, timeout=5)
+
+
+def main():
+    if len(sys.argv) != 2:
+        print("usage: triton_grpc.py GRPC_HOST:PORT", file=sys.stderr)
+        sys.exit(2)
+    url = sys.argv[1]
+    client = grpcclient.InferenceServerClient(url=url)
+
+    check("is_server_live", client.is_server_live() is True)
+    check("is_server_ready", client.is_server_ready() is True)
+    check("is_model_ready(tiny-classifier)", client.is_model_ready(CLASSIFIER) is True)
+    check("is_model_ready(dtypes)", client.is_model_ready(DTYPES) is True)
+    fails_with("is_model_ready of an unknown model: NOT_FOUND", grpc.StatusCode.NOT_FOUND,
+               lambda: client.is_model_ready("nope"), "nope")
+
+    meta = client.get_server_metadata(as_json=True)
+    check("get_server_metadata", meta.get("name") == "gantry" and "binary_tensor_data" in meta.get("extensions", []),
+          f"{meta}")
+    meta = client.get_model_metadata(CLASSIFIER, as_json=True)
+    inputs = meta.get("inputs", [])
+    check("get_model_metadata(tiny-classifier)",
+          meta.get("name") == CLASSIFIER and inputs and inputs[0]["name"] == "features"
+          and inputs[0]["datatype"] == "FP32" and inputs[0]["shape"] == ["-1", "64"],
+          f"{meta}")
+
+    # Every fixture datatype through raw_input_contents.
+    tensors = []
+    for name, datatype, _, _ in DTYPE_TENSORS:
+        t = grpcclient.InferInput(name, list(VALUES[name].shape), datatype)
+        t.set_data_from_numpy(VALUES[name])
+        tensors.append(t)
+    result = client.infer(DTYPES, tensors)
+    for _, _, _, out in DTYPE_TENSORS:
+        got, want = result.as_numpy(out), EXPECTED[out]
+        check(f"infer(dtypes) raw: {out}", got is not None and got.dtype == want.dtype and np.array_equal(got, want),
+              f"got {got!r}, want {want!r}")
+
+    # The classifier, whole and with one output asked for; gzip both ways.
+    x = features(3)
+    whole = client.infer(CLASSIFIER, classifier_inputs(grpcclient, x))
+    logits = whole.as_numpy("logits")
+    check("infer(tiny-classifier): logits [3, 10]", logits is not None and logits.shape == (3, 10), f"{logits}")
+    asked = client.infer(CLASSIFIER, classifier_inputs(grpcclient, x),
+                         outputs=[grpcclient.InferRequestedOutput("logits")], request_id="grpc-1",
+                         compression_algorithm="gzip")
+    check("infer with an output asked, gzip: the same logits",
+          np.allclose(asked.as_numpy("logits"), logits, atol=1e-6)
+          and asked.get_response().id == "grpc-1", f"{asked.get_response()}")
+
+    # The same request with typed contents instead of raw bytes.
+    request = service_pb2.ModelInferRequest(model_name=CLASSIFIER)
+    typed = request.inputs.add(name="features", datatype="FP32", shape=[3, 64])
+    typed.contents.fp32_contents.extend(x.flatten().tolist())
+    response = client._client_stub.ModelInfer(request)
+    raw = np.frombuffer(response.raw_output_contents[0], dtype=np.float32).reshape(3, 10)
+    check("infer with typed contents: the same logits", np.allclose(raw, logits, atol=1e-6),
+          f"{response}")
+
+    # Errors: the HTTP ones, as gRPC status codes with the same messages.
+    fails_with("infer on an unknown model: NOT_FOUND", grpc.StatusCode.NOT_FOUND,
+               lambda: client.infer("nope", classifier_inputs(grpcclient, x)), "nope")
+    fails_with("infer with a wrong shape: INVALID_ARGUMENT", grpc.StatusCode.INVALID_ARGUMENT,
+               lambda: client.infer(CLASSIFIER, classifier_inputs(grpcclient, features(2)[:, :63].copy())),
+               "features")
+    short = service_pb2.ModelInferRequest(model_name=CLASSIFIER)
+    short.inputs.add(name="features", datatype="FP32", shape=[1, 64])
+    short.raw_input_contents.append(b"\x00" * 12)
+    try:
+        client._client_stub.ModelInfer(short)
+        check("infer with too few raw bytes: INVALID_ARGUMENT", False, "no error")
+    except grpc.RpcError as e:
+        check("infer with too few raw bytes: INVALID_ARGUMENT",
+              e.code() == grpc.StatusCode.INVALID_ARGUMENT and "features" in e.details(), f"{e.code()}: {e.details()}")
+    fails_with("infer on a model version not served: NOT_FOUND", grpc.StatusCode.NOT_FOUND,
+               lambda: client.infer(CLASSIFIER, classifier_inputs(grpcclient, x), model_version="99"), "99")
+    fails_with("get_model_config: UNIMPLEMENTED for now", grpc.StatusCode.UNIMPLEMENTED,
+               lambda: client.get_model_config(CLASSIFIER), "ModelConfig")
+
+    # asyncio: many calls at once, each its own answer.
+    async def many():
+        async with aioclient.InferenceServerClient(url=url) as aio:
+            check("aio is_server_ready", await aio.is_server_ready() is True)
+            rows = [features(1) + i for i in range(32)]
+            results = await asyncio.gather(*(aio.infer(CLASSIFIER, classifier_inputs(aioclient, r)) for r in rows))
+            alone = [client.infer(CLASSIFIER, classifier_inputs(grpcclient, r)).as_numpy("logits") for r in rows[:4]]
+            check("aio: 32 concurrent infers answered",
+                  all(r.as_numpy("logits").shape == (1, 10) for r in results))
+            check("aio: each answer is its own request's",
+                  all(np.allclose(results[i].as_numpy("logits"), alone[i], atol=1e-5) for i in range(4)))
+
+    asyncio.run(many())
+
+    check("grpc.health.v1 Check(\"\"): SERVING", health(url, "") == 1)
+    check("grpc.health.v1 Check(inference.GRPCInferenceService): SERVING",
+          health(url, "inference.GRPCInferenceService") == 1)
+    client.close()
+    print("all gRPC checks passed", flush=True)
+
+
+if __name__ == "__main__":
+    main()
