@@ -11,7 +11,8 @@
 //!   (an accumulator fixture and Silero VAD; tests/clients/triton_sequences.py);
 //! - the official Triton gRPC client (`tritonclient[grpc]`, sync and asyncio)
 //!   against Gantry's gRPC server: health, metadata, inference with raw and
-//!   typed contents, errors as status codes, gzip, `grpc.health.v1`
+//!   typed contents, request parameters and sequences, errors as status
+//!   codes, gzip, `grpc.health.v1`
 //!   (tests/clients/triton_grpc.py);
 //! - a Python backend posting files with `requests`, as a Flask app would
 //!   (tests/clients/flask_client.py);
@@ -70,6 +71,7 @@ async fn triton_grpc_client_works_against_the_grpc_server() {
     let python = python();
     let repo = common::Repo::new()
         .copy("tests/fixtures/models/dtypes", "dtypes", None)
+        .copy("tests/fixtures/models/accumulator", "accumulator", None)
         .copy("models/tiny-classifier", "tiny-classifier", None);
     let mut config = common::config(repo.path());
     config.server.grpc_bind = "127.0.0.1:0".into();
@@ -81,8 +83,9 @@ async fn triton_grpc_client_works_against_the_grpc_server() {
     // The calls were counted as HTTP's are, with the statuses they map from.
     let stats = server.stats().await;
     let statuses = &stats["performance_metrics"]["models"]["tiny-classifier"]["statuses"];
-    assert_eq!(statuses["200"], 39, "{statuses}");
+    assert_eq!(statuses["200"], 40, "{statuses}");
     assert_eq!(statuses["422"], 2, "{statuses}");
+    assert_eq!(statuses["400"], 1, "{statuses}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -128,10 +128,10 @@ fn codec(c: &mut Criterion) {
         let written = serde_json::to_vec(&JsonData(&tensor)).unwrap();
         let mut group = c.benchmark_group(format!("json out, FP32 {label}"));
         group.throughput(Throughput::Bytes(written.len() as u64));
-        group.bench_function("gantry codec JsonData (serde, REST answers)", |b| {
+        group.bench_function("gantry codec JsonData (serde, per-file answers)", |b| {
             b.iter(|| serde_json::to_vec(&JsonData(black_box(&tensor))).unwrap())
         });
-        group.bench_function("gantry codec json_array (v2 answers)", |b| {
+        group.bench_function("gantry codec json_array (v2 and REST answers)", |b| {
             b.iter(|| {
                 let mut out = Vec::new();
                 json_array(black_box(&tensor), &mut out).unwrap();

@@ -19,7 +19,7 @@ use super::proto::*;
 use super::tensors;
 use crate::api::health::all_ready;
 use crate::api::predict::select_outputs;
-use crate::api::v2::{model_at, tensor_metadata, ModelPath};
+use crate::api::v2::{call_parameters, model_at, tensor_metadata, ModelPath};
 use crate::api::{AppState, EXTENSIONS};
 use crate::error::ApiError;
 use crate::request_id::{acceptable_id, Requested};
@@ -68,6 +68,29 @@ fn grpc_timeout(metadata: &MetadataMap) -> Result<Option<Duration>, ApiError> {
     Ok(Some(timeout.max(Duration::from_millis(1))))
 }
 
+/// A request's `parameters` as the JSON values HTTP requests carry, so both
+/// read them with the same code ([`call_parameters`]).
+fn json_parameters(
+    parameters: std::collections::HashMap<String, InferParameter>,
+) -> serde_json::Map<String, serde_json::Value> {
+    use infer_parameter::ParameterChoice;
+    use serde_json::Value;
+    parameters
+        .into_iter()
+        .map(|(key, p)| {
+            let value = match p.parameter_choice {
+                None => Value::Null,
+                Some(ParameterChoice::BoolParam(b)) => Value::Bool(b),
+                Some(ParameterChoice::Int64Param(i)) => Value::from(i),
+                Some(ParameterChoice::Uint64Param(u)) => Value::from(u),
+                Some(ParameterChoice::DoubleParam(d)) => Value::from(d),
+                Some(ParameterChoice::StringParam(s)) => Value::String(s),
+            };
+            (key, value)
+        })
+        .collect()
+}
+
 /// The request's id: the client's `x-request-id` when acceptable, else a
 /// new one (as over HTTP).
 fn requested(metadata: &MetadataMap) -> Requested {
@@ -97,13 +120,17 @@ impl Inference {
                 &model_path(request.model_name, request.model_version),
             )?;
             pending.attribute(model.clone());
+            // `parameters.timeout` wins over `grpc-timeout`, as it wins over
+            // the timeout header over HTTP.
+            let (timeout, priority, sequence) =
+                call_parameters(&json_parameters(request.parameters), timeout, None)?;
             let call = PredictCall {
                 request_id: requested.id.clone(),
                 inputs: tensors::inputs(request.inputs, request.raw_input_contents)?,
                 timeout,
                 use_cache: true,
-                priority: Default::default(),
-                sequence: None,
+                priority,
+                sequence,
                 pin: None,
             };
             let prediction = state

@@ -2,12 +2,13 @@
 
 Usage: triton_grpc.py GRPC_HOST:PORT
 
-Expects a server serving the `dtypes` fixture (tests/fixtures/models/dtypes)
-and the `tiny-classifier` demo model. Checks, with `tritonclient.grpc` (sync)
+Expects a server serving the `dtypes` and `accumulator` fixtures
+(tests/fixtures/models/) and the `tiny-classifier` demo model. Checks, with `tritonclient.grpc` (sync)
 and `tritonclient.grpc.aio` (asyncio): liveness, readiness, server and
 model metadata, inference of every fixture datatype through
 `raw_input_contents`, the same request with typed `contents` (built with the
-client's own protobuf classes), errors as gRPC status codes, gzip, many
+client's own protobuf classes), request parameters (priority, timeout, a
+sequence on the stateful fixture), errors as gRPC status codes, gzip, many
 concurrent calls, and the standard `grpc.health.v1` service. Prints one line
 per check and exits non-zero on the first failure. Run by tests/clients.rs.
 """
@@ -24,6 +25,7 @@ from tritonclient.utils import InferenceServerException
 
 DTYPES = "dtypes"
 CLASSIFIER = "tiny-classifier"
+ACC = "accumulator"
 
 # Input name, Triton datatype, numpy dtype, output name.
 DTYPE_TENSORS = [
@@ -167,6 +169,26 @@ def main():
                lambda: client.infer(CLASSIFIER, classifier_inputs(grpcclient, x), model_version="99"), "99")
     fails_with("get_model_config: UNIMPLEMENTED for now", grpc.StatusCode.UNIMPLEMENTED,
                lambda: client.get_model_config(CLASSIFIER), "ModelConfig")
+
+    # Request parameters, read as over HTTP: priority, timeout, sequences.
+    check("infer with priority 1 and a timeout",
+          client.infer(CLASSIFIER, classifier_inputs(grpcclient, x), priority=1, timeout=5_000_000)
+          .as_numpy("logits").shape == (3, 10))
+    fails_with("infer with priority 7: INVALID_ARGUMENT", grpc.StatusCode.INVALID_ARGUMENT,
+               lambda: client.infer(CLASSIFIER, classifier_inputs(grpcclient, x), priority=7), "priority")
+
+    def acc(value, **sequence):
+        t = grpcclient.InferInput("x", [1, 1], "FP32")
+        t.set_data_from_numpy(np.full((1, 1), value, dtype=np.float32))
+        return client.infer(ACC, [t], **sequence).as_numpy("sum").item()
+
+    check("sequence starts: sum 1", acc(1.0, sequence_id=41, sequence_start=True) == 1.0)
+    check("sequence goes on: sum 3", acc(2.0, sequence_id=41) == 3.0)
+    check("sequence ends: sum 6", acc(3.0, sequence_id=41, sequence_end=True) == 6.0)
+    fails_with("an ended sequence without start: INVALID_ARGUMENT", grpc.StatusCode.INVALID_ARGUMENT,
+               lambda: acc(1.0, sequence_id=41), "is not open")
+    fails_with("a sequence model without sequence_id: INVALID_ARGUMENT", grpc.StatusCode.INVALID_ARGUMENT,
+               lambda: acc(1.0), "sequence_id")
 
     # asyncio: many calls at once, each its own answer.
     async def many():

@@ -144,30 +144,8 @@ pub fn decode(
             binary.len()
         )));
     }
-    let timeout = match parsed.parameters.get("timeout") {
-        None => header_timeout,
-        Some(v) => Some(Duration::from_micros(
-            v.as_u64().filter(|&us| us > 0).ok_or_else(|| {
-                ApiError::BadRequest(
-                    "parameters.timeout must be a positive integer (microseconds)".into(),
-                )
-            })?,
-        )),
-    };
-    let priority = match parsed.parameters.get("priority") {
-        None => header_priority.unwrap_or_default(),
-        Some(v) => v
-            .as_i64()
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "parameters.priority must be an integer from 1 (high) to 3 (low), not {v}"
-                ))
-            })
-            .and_then(|level| {
-                Priority::from_level(level)
-                    .map_err(|e| ApiError::BadRequest(format!("parameters.{e}")))
-            })?,
-    };
+    let (timeout, priority, sequence) =
+        call_parameters(&parsed.parameters, header_timeout, header_priority)?;
     let binary_default = flag(&parsed.parameters, "binary_data_output")?;
     let outputs = match parsed.outputs {
         None => None,
@@ -202,8 +180,7 @@ pub fn decode(
         timeout,
         use_cache: true,
         priority,
-        sequence: SequenceCall::from_parameters(&parsed.parameters)
-            .map_err(ApiError::BadRequest)?,
+        sequence,
         pin: None,
     };
     Ok((
@@ -215,6 +192,43 @@ pub fn decode(
             shared_inputs,
         },
     ))
+}
+
+/// What a request's `parameters` say of how it runs, as Triton names them
+/// (over HTTP and gRPC alike): `timeout` (microseconds; else the header's),
+/// `priority` (1 high to 3 low; else the header's) and the sequence
+/// parameters (`sequence_id`, `sequence_start`, `sequence_end`).
+pub(crate) fn call_parameters(
+    parameters: &Map<String, Value>,
+    header_timeout: Option<Duration>,
+    header_priority: Option<Priority>,
+) -> Result<(Option<Duration>, Priority, Option<SequenceCall>), ApiError> {
+    let timeout = match parameters.get("timeout") {
+        None => header_timeout,
+        Some(v) => Some(Duration::from_micros(
+            v.as_u64().filter(|&us| us > 0).ok_or_else(|| {
+                ApiError::BadRequest(
+                    "parameters.timeout must be a positive integer (microseconds)".into(),
+                )
+            })?,
+        )),
+    };
+    let priority = match parameters.get("priority") {
+        None => header_priority.unwrap_or_default(),
+        Some(v) => v
+            .as_i64()
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "parameters.priority must be an integer from 1 (high) to 3 (low), not {v}"
+                ))
+            })
+            .and_then(|level| {
+                Priority::from_level(level)
+                    .map_err(|e| ApiError::BadRequest(format!("parameters.{e}")))
+            })?,
+    };
+    let sequence = SequenceCall::from_parameters(parameters).map_err(ApiError::BadRequest)?;
+    Ok((timeout, priority, sequence))
 }
 
 /// Splits the body at `Inference-Header-Content-Length` into JSON and binary.

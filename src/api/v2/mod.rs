@@ -23,6 +23,7 @@ use super::{cache_allowed, header_priority, header_timeout, read_body, resource,
 use crate::error::ApiError;
 use crate::request_id::Requested;
 use crate::service::PredictCall;
+pub(crate) use decode::call_parameters;
 use decode::InferBody;
 pub use decode::{decode, InferPlan};
 use encode::{encode, EncodedAnswer, InferAnswer};
