@@ -1,6 +1,10 @@
 //! Compiles Triton's gRPC protocol (`proto/triton/`, vendored) into Rust
-//! with tonic and prost. protox parses the `.proto` files (pure Rust), so
-//! no `protoc` needs to be installed.
+//! with tonic and prost, and writes its descriptors to
+//! `$OUT_DIR/triton_descriptors.bin` (read by `src/grpc/json.rs`). protox
+//! parses the `.proto` files (pure Rust), so no `protoc` needs to be
+//! installed.
+
+use prost::Message;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
@@ -11,6 +15,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={file}");
     }
     let descriptors = protox::compile(files, ["proto/triton"])?;
+    let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("triton_descriptors.bin"),
+        descriptors.encode_to_vec(),
+    )?;
     tonic_prost_build::configure()
         .build_client(false)
         .build_server(true)

@@ -27,7 +27,16 @@ async fn config(
     state: web::Data<AppState>,
     path: web::Path<ModelPath>,
 ) -> Result<HttpResponse, ApiError> {
-    let model = model_at(&state, &path)?;
+    Ok(HttpResponse::Ok().json(config_json(&state, &path).await?))
+}
+
+/// The configuration of the model at `path`, in Triton's JSON form (HTTP
+/// answers it; gRPC reads it into its `ModelConfig` message).
+pub(crate) async fn config_json(
+    state: &AppState,
+    path: &ModelPath,
+) -> Result<serde_json::Value, ApiError> {
+    let model = model_at(state, path)?;
     // The signature comes from a session: known once a replica has loaded.
     let signature = model
         .state
@@ -39,5 +48,5 @@ async fn config(
         .await
         .map_err(|_| InferError::ModelNotReady(model.name().to_string()))?;
     let devices: Vec<_> = snapshot.replicas.iter().filter_map(|r| r.device).collect();
-    Ok(HttpResponse::Ok().json(model_config(&model, signature, &devices)))
+    Ok(model_config(&model, signature, &devices))
 }

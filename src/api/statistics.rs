@@ -24,15 +24,30 @@ pub fn config_statistics_api(cfg: &mut web::ServiceConfig) {
 #[utoipa::path(get, path = "/v2/models/stats", tag = "v2",
     responses((status = 200, description = "Every served model's statistics, in Triton's form", body = Object)))]
 async fn all_models(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(statistics_json(&state, None).unwrap_or_default())
+}
+
+/// `{"model_stats": [...]}` in Triton's form: of the model at `path`, or of
+/// every served model (HTTP answers it; gRPC reads it into its message).
+pub(crate) fn statistics_json(
+    state: &AppState,
+    path: Option<&ModelPath>,
+) -> Result<serde_json::Value, ApiError> {
     let statistics = &state.service.metrics.statistics;
-    let stats: Vec<_> = state
-        .service
-        .serving
-        .models()
-        .iter()
-        .map(|m| statistics.model_stats(m.name(), &m.spec.version))
-        .collect();
-    HttpResponse::Ok().json(json!({ "model_stats": stats }))
+    let stats: Vec<_> = match path {
+        Some(path) => {
+            let model = model_at(state, path)?;
+            vec![statistics.model_stats(model.name(), &model.spec.version)]
+        }
+        None => state
+            .service
+            .serving
+            .models()
+            .iter()
+            .map(|m| statistics.model_stats(m.name(), &m.spec.version))
+            .collect(),
+    };
+    Ok(json!({ "model_stats": stats }))
 }
 
 #[utoipa::path(get, path = "/v2/models/{model}/stats", tag = "v2", params(super::openapi::ModelParam),
@@ -42,11 +57,5 @@ async fn one_model(
     state: web::Data<AppState>,
     path: web::Path<ModelPath>,
 ) -> Result<HttpResponse, ApiError> {
-    let model = model_at(&state, &path)?;
-    let stats = state
-        .service
-        .metrics
-        .statistics
-        .model_stats(model.name(), &model.spec.version);
-    Ok(HttpResponse::Ok().json(json!({ "model_stats": [stats] })))
+    Ok(HttpResponse::Ok().json(statistics_json(&state, Some(&path))?))
 }

@@ -12,6 +12,7 @@
 //! `/v2/health/ready` does. [`GrpcServer::stop`] stops accepting RPCs and
 //! waits for those under way.
 
+mod json;
 mod service;
 mod tensors;
 

@@ -16,9 +16,11 @@ use tonic::{Request, Response, Status};
 
 use super::proto::grpc_inference_service_server::GrpcInferenceService;
 use super::proto::*;
-use super::tensors;
+use super::{json, tensors};
 use crate::api::health::all_ready;
+use crate::api::model_config::config_json;
 use crate::api::predict::select_outputs;
+use crate::api::statistics::statistics_json;
 use crate::api::v2::{call_parameters, model_at, tensor_metadata, ModelPath};
 use crate::api::{AppState, EXTENSIONS};
 use crate::error::ApiError;
@@ -261,15 +263,33 @@ impl GrpcInferenceService for Inference {
         Err(not_yet("ModelStreamInfer"))
     }
 
-    async fn model_config(&self, _: Request<ModelConfigRequest>) -> Answer<ModelConfigResponse> {
-        Err(not_yet("ModelConfig"))
+    async fn model_config(
+        &self,
+        request: Request<ModelConfigRequest>,
+    ) -> Answer<ModelConfigResponse> {
+        let request = request.into_inner();
+        let path = model_path(request.name, request.version);
+        let answer = async {
+            let config = config_json(&self.state, &path).await?;
+            json::message(
+                "inference.ModelConfigResponse",
+                &serde_json::json!({ "config": config }),
+            )
+        };
+        answer.await.map(Response::new).map_err(|e| e.grpc_status())
     }
 
+    /// Every served model's statistics when the request names none.
     async fn model_statistics(
         &self,
-        _: Request<ModelStatisticsRequest>,
+        request: Request<ModelStatisticsRequest>,
     ) -> Answer<ModelStatisticsResponse> {
-        Err(not_yet("ModelStatistics"))
+        let request = request.into_inner();
+        let path = (!request.name.is_empty()).then(|| model_path(request.name, request.version));
+        statistics_json(&self.state, path.as_ref())
+            .and_then(|stats| json::message("inference.ModelStatisticsResponse", &stats))
+            .map(Response::new)
+            .map_err(|e| e.grpc_status())
     }
 
     async fn repository_index(

@@ -20,7 +20,7 @@ import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
-from tritonclient.grpc import service_pb2
+from tritonclient.grpc import model_config_pb2, service_pb2
 from tritonclient.utils import InferenceServerException
 
 DTYPES = "dtypes"
@@ -167,8 +167,24 @@ def main():
               e.code() == grpc.StatusCode.INVALID_ARGUMENT and "features" in e.details(), f"{e.code()}: {e.details()}")
     fails_with("infer on a model version not served: NOT_FOUND", grpc.StatusCode.NOT_FOUND,
                lambda: client.infer(CLASSIFIER, classifier_inputs(grpcclient, x), model_version="99"), "99")
-    fails_with("get_model_config: UNIMPLEMENTED for now", grpc.StatusCode.UNIMPLEMENTED,
-               lambda: client.get_model_config(CLASSIFIER), "ModelConfig")
+    fails_with("get_model_repository_index: UNIMPLEMENTED for now", grpc.StatusCode.UNIMPLEMENTED,
+               lambda: client.get_model_repository_index(), "RepositoryIndex")
+
+    # Configuration and statistics: Triton's messages, from the JSON HTTP answers.
+    config = client.get_model_config(CLASSIFIER).config
+    check("get_model_config(tiny-classifier)",
+          config.name == CLASSIFIER and config.max_batch_size > 0 and config.input[0].name == "features"
+          and config.input[0].data_type == model_config_pb2.TYPE_FP32
+          and list(config.input[0].dims) == [64], f"{config}")
+    fails_with("get_model_config of an unknown model: NOT_FOUND", grpc.StatusCode.NOT_FOUND,
+               lambda: client.get_model_config("nope"), "nope")
+    stats = client.get_inference_statistics(CLASSIFIER).model_stats
+    check("get_inference_statistics(tiny-classifier)",
+          len(stats) == 1 and stats[0].name == CLASSIFIER and stats[0].inference_count >= 6
+          and stats[0].inference_stats.success.count >= 3, f"{stats}")
+    every = client.get_inference_statistics().model_stats
+    check("get_inference_statistics(): every model",
+          sorted(s.name for s in every) == sorted([ACC, DTYPES, CLASSIFIER]), f"{every}")
 
     # Request parameters, read as over HTTP: priority, timeout, sequences.
     check("infer with priority 1 and a timeout",
