@@ -11,8 +11,8 @@
 //!   (an accumulator fixture and Silero VAD; tests/clients/triton_sequences.py);
 //! - the official Triton gRPC client (`tritonclient[grpc]`, sync and asyncio)
 //!   against Gantry's gRPC server: health, metadata, inference with raw and
-//!   typed contents, request parameters and sequences, errors as status
-//!   codes, gzip, `grpc.health.v1`
+//!   typed contents, request parameters and sequences, configuration and
+//!   statistics, streaming, errors as status codes, gzip, `grpc.health.v1`
 //!   (tests/clients/triton_grpc.py);
 //! - a Python backend posting files with `requests`, as a Flask app would
 //!   (tests/clients/flask_client.py);
@@ -83,7 +83,7 @@ async fn triton_grpc_client_works_against_the_grpc_server() {
     // The calls were counted as HTTP's are, with the statuses they map from.
     let stats = server.stats().await;
     let statuses = &stats["performance_metrics"]["models"]["tiny-classifier"]["statuses"];
-    assert_eq!(statuses["200"], 40, "{statuses}");
+    assert_eq!(statuses["200"], 56, "{statuses}");
     assert_eq!(statuses["422"], 2, "{statuses}");
     assert_eq!(statuses["400"], 1, "{statuses}");
 }

@@ -107,78 +107,137 @@ fn requested(metadata: &MetadataMap) -> Requested {
     }
 }
 
-impl Inference {
-    async fn infer(&self, request: Request<ModelInferRequest>) -> Answer<ModelInferResponse> {
-        let state = &self.state;
-        let requested = requested(request.metadata());
-        let timeout = grpc_timeout(request.metadata()).map_err(|e| e.grpc_status())?;
-        let request = request.into_inner();
-        // Counted for shutdown like an HTTP request: a drain waits for it.
-        let admitted = state.drain.admit();
-        let mut pending = state.service.open(&requested);
-        let answered = async {
-            let model = model_at(
-                state,
-                &model_path(request.model_name, request.model_version),
-            )?;
-            pending.attribute(model.clone());
-            // `parameters.timeout` wins over `grpc-timeout`, as it wins over
-            // the timeout header over HTTP.
-            let (timeout, priority, sequence) =
-                call_parameters(&json_parameters(request.parameters), timeout, None)?;
-            let call = PredictCall {
-                request_id: requested.id.clone(),
-                inputs: tensors::inputs(request.inputs, request.raw_input_contents)?,
-                timeout,
-                use_cache: true,
-                priority,
-                sequence,
-                pin: None,
-            };
-            let prediction = state
-                .service
-                .predict(model.name(), call, &mut pending)
-                .await?;
-            let names: Vec<String> = request.outputs.into_iter().map(|o| o.name).collect();
-            let only = (!names.is_empty()).then_some(names.as_slice());
-            let (outputs, raw): (Vec<_>, Vec<_>) = select_outputs(&prediction.outputs, only)?
-                .into_iter()
-                .map(|(name, tensor)| tensors::output(name, tensor))
-                .unzip();
-            Ok::<_, ApiError>(ModelInferResponse {
-                model_name: model.name().to_string(),
-                model_version: model.spec.version.clone(),
-                id: request.id,
-                parameters: Default::default(),
-                outputs,
-                raw_output_contents: raw,
-            })
+/// One inference through the service, its record finished with the status
+/// it maps to: the answer and, when it reached its model, the prediction's
+/// id in the log. Owns what it uses, so a stream can run many at once.
+async fn infer(
+    state: web::Data<AppState>,
+    metadata: MetadataMap,
+    request: ModelInferRequest,
+) -> Result<(ModelInferResponse, Option<uuid::Uuid>), Status> {
+    let requested = requested(&metadata);
+    let timeout = grpc_timeout(&metadata).map_err(|e| e.grpc_status())?;
+    // Counted for shutdown like an HTTP request: a drain waits for it.
+    let admitted = state.drain.admit();
+    let mut pending = state.service.open(&requested);
+    let answered = async {
+        let model = model_at(
+            &state,
+            &model_path(request.model_name, request.model_version),
+        )?;
+        pending.attribute(model.clone());
+        // `parameters.timeout` wins over `grpc-timeout`, as it wins over the
+        // timeout header over HTTP.
+        let (timeout, priority, sequence) =
+            call_parameters(&json_parameters(request.parameters), timeout, None)?;
+        let call = PredictCall {
+            request_id: requested.id.clone(),
+            inputs: tensors::inputs(request.inputs, request.raw_input_contents)?,
+            timeout,
+            use_cache: true,
+            priority,
+            sequence,
+            pin: None,
+        };
+        let prediction = state
+            .service
+            .predict(model.name(), call, &mut pending)
+            .await?;
+        let names: Vec<String> = request.outputs.into_iter().map(|o| o.name).collect();
+        let only = (!names.is_empty()).then_some(names.as_slice());
+        let (outputs, raw): (Vec<_>, Vec<_>) = select_outputs(&prediction.outputs, only)?
+            .into_iter()
+            .map(|(name, tensor)| tensors::output(name, tensor))
+            .unzip();
+        Ok::<_, ApiError>(ModelInferResponse {
+            model_name: model.name().to_string(),
+            model_version: model.spec.version.clone(),
+            id: request.id,
+            parameters: Default::default(),
+            outputs,
+            raw_output_contents: raw,
+        })
+    }
+    .await;
+    let logged = pending.reached_model().then(|| pending.prediction_id());
+    let answer = match answered {
+        Ok(body) => {
+            pending.finish_with(200, None);
+            Ok((body, logged))
         }
-        .await;
-        let reached = pending.reached_model();
-        let prediction_id = pending.prediction_id();
-        let answer = match answered {
-            Ok(body) => {
-                pending.finish_with(200, None);
-                let mut response = Response::new(body);
-                if reached {
-                    if let Ok(value) = prediction_id.to_string().parse() {
-                        response.metadata_mut().insert("x-prediction-id", value);
+        Err(e) => {
+            pending.finish_with(
+                actix_web::ResponseError::status_code(&e).as_u16(),
+                Some(e.to_string()),
+            );
+            Err(e.grpc_status())
+        }
+    };
+    drop(admitted);
+    answer
+}
+
+/// A stream's requests, run as they arrive (many at once, as separate
+/// unary calls would be), answered in the order they finish; an error is
+/// an answer with its message, and the stream goes on. The stream ends
+/// when the client closes its side and every answer is out, or once
+/// shutdown begins (no new request is read; those running finish). A
+/// client that goes away drops the requests still running, which leave
+/// their queues.
+fn stream(
+    state: web::Data<AppState>,
+    metadata: MetadataMap,
+    mut incoming: tonic::Streaming<ModelInferRequest>,
+) -> futures_util::stream::BoxStream<'static, Result<ModelStreamInferResponse, Status>> {
+    use futures_util::stream::{FuturesUnordered, StreamExt};
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut running = FuturesUnordered::new();
+        let mut shutdown_check = tokio::time::interval(Duration::from_millis(100));
+        let mut reading = true;
+        while reading || !running.is_empty() {
+            tokio::select! {
+                next = incoming.message(), if reading => match next {
+                    Ok(Some(request)) => {
+                        let id = request.id.clone();
+                        let model_name = request.model_name.clone();
+                        let call = infer(state.clone(), metadata.clone(), request);
+                        running.push(async move {
+                            match call.await {
+                                Ok((answer, _)) => ModelStreamInferResponse {
+                                    error_message: String::new(),
+                                    infer_response: Some(answer),
+                                },
+                                Err(status) => ModelStreamInferResponse {
+                                    error_message: status.message().to_string(),
+                                    infer_response: Some(ModelInferResponse {
+                                        model_name,
+                                        id,
+                                        ..Default::default()
+                                    }),
+                                },
+                            }
+                        });
+                    }
+                    Ok(None) | Err(_) => reading = false,
+                },
+                Some(answer) = running.next(), if !running.is_empty() => {
+                    if tx.send(Ok(answer)).await.is_err() {
+                        return;
                     }
                 }
-                Ok(response)
+                _ = shutdown_check.tick(), if reading => {
+                    if state.service.is_shutting_down() {
+                        reading = false;
+                    }
+                }
             }
-            Err(e) => {
-                pending.finish_with(
-                    actix_web::ResponseError::status_code(&e).as_u16(),
-                    Some(e.to_string()),
-                );
-                Err(e.grpc_status())
-            }
-        };
-        drop(admitted);
-        answer
-    }
+        }
+    });
+    futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|item| (item, rx))
+    })
+    .boxed()
 }
 
 #[tonic::async_trait]
@@ -250,7 +309,13 @@ impl GrpcInferenceService for Inference {
     }
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Answer<ModelInferResponse> {
-        self.infer(request).await
+        let metadata = request.metadata().clone();
+        let (answer, logged) = infer(self.state.clone(), metadata, request.into_inner()).await?;
+        let mut response = Response::new(answer);
+        if let Some(value) = logged.and_then(|id| id.to_string().parse().ok()) {
+            response.metadata_mut().insert("x-prediction-id", value);
+        }
+        Ok(response)
     }
 
     type ModelStreamInferStream =
@@ -258,9 +323,14 @@ impl GrpcInferenceService for Inference {
 
     async fn model_stream_infer(
         &self,
-        _: Request<tonic::Streaming<ModelInferRequest>>,
+        request: Request<tonic::Streaming<ModelInferRequest>>,
     ) -> Answer<Self::ModelStreamInferStream> {
-        Err(not_yet("ModelStreamInfer"))
+        let metadata = request.metadata().clone();
+        Ok(Response::new(stream(
+            self.state.clone(),
+            metadata,
+            request.into_inner(),
+        )))
     }
 
     async fn model_config(

@@ -8,12 +8,14 @@ and `tritonclient.grpc.aio` (asyncio): liveness, readiness, server and
 model metadata, inference of every fixture datatype through
 `raw_input_contents`, the same request with typed `contents` (built with the
 client's own protobuf classes), request parameters (priority, timeout, a
-sequence on the stateful fixture), errors as gRPC status codes, gzip, many
-concurrent calls, and the standard `grpc.health.v1` service. Prints one line
+sequence on the stateful fixture), configuration and statistics, a
+bidirectional stream, errors as gRPC status codes, gzip, many concurrent
+calls, and the standard `grpc.health.v1` service. Prints one line
 per check and exits non-zero on the first failure. Run by tests/clients.rs.
 """
 
 import asyncio
+import queue
 import sys
 
 import grpc
@@ -205,6 +207,25 @@ def main():
                lambda: acc(1.0, sequence_id=41), "is not open")
     fails_with("a sequence model without sequence_id: INVALID_ARGUMENT", grpc.StatusCode.INVALID_ARGUMENT,
                lambda: acc(1.0), "sequence_id")
+
+    # A bidirectional stream: requests answered as they finish, errors as
+    # answers with their message, the stream going on after them.
+    answers = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    rows = [features(1) + i for i in range(8)]
+    for i, r in enumerate(rows):
+        client.async_stream_infer(CLASSIFIER, classifier_inputs(grpcclient, r), request_id=f"s{i}")
+    client.async_stream_infer("nope", classifier_inputs(grpcclient, rows[0]), request_id="bad")
+    client.stop_stream()
+    got = [answers.get(timeout=10) for _ in range(9)]
+    ok = {r.get_response().id: r.as_numpy("logits") for r, e in got if e is None}
+    errors = [e for r, e in got if e is not None]
+    check("stream: 8 answers by request id", sorted(ok) == [f"s{i}" for i in range(8)], f"{sorted(ok)}")
+    check("stream: each answer is its request's",
+          all(np.allclose(ok[f"s{i}"], client.infer(CLASSIFIER, classifier_inputs(grpcclient, r)).as_numpy("logits"),
+                          atol=1e-5) for i, r in enumerate(rows)))
+    check("stream: an unknown model is an error answer, the stream goes on",
+          len(errors) == 1 and "nope" in errors[0].message(), f"{errors}")
 
     # asyncio: many calls at once, each its own answer.
     async def many():
