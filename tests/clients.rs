@@ -12,7 +12,9 @@
 //! - the official Triton gRPC client (`tritonclient[grpc]`, sync and asyncio)
 //!   against Gantry's gRPC server: health, metadata, inference with raw and
 //!   typed contents, request parameters and sequences, configuration and
-//!   statistics, streaming, errors as status codes, gzip, `grpc.health.v1`
+//!   statistics, streaming, the repository RPCs (admin: the bearer token in
+//!   metadata, tests/clients/triton_grpc_admin.py), errors as status codes,
+//!   gzip, `grpc.health.v1`
 //!   (tests/clients/triton_grpc.py);
 //! - a Python backend posting files with `requests`, as a Flask app would
 //!   (tests/clients/flask_client.py);
@@ -86,6 +88,23 @@ async fn triton_grpc_client_works_against_the_grpc_server() {
     assert_eq!(statuses["200"], 56, "{statuses}");
     assert_eq!(statuses["422"], 2, "{statuses}");
     assert_eq!(statuses["400"], 1, "{statuses}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_admin_rpcs_need_the_bearer_token() {
+    let python = python();
+    let repo = common::Repo::new().copy("models/tiny-classifier", "tiny-classifier", None);
+    let mut config = common::config(repo.path());
+    config.server.grpc_bind = "127.0.0.1:0".into();
+    config.server.admin_token = "grpc-s3cret".into();
+    let server = common::TestServer::ready(config, common::onnx_provider()).await;
+    let grpc = server.grpc.clone().expect("gRPC is on");
+    let script = common::root().join("tests/clients/triton_grpc_admin.py");
+    run_client(
+        python,
+        vec![script.display().to_string(), grpc, "grpc-s3cret".into()],
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

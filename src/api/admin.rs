@@ -22,16 +22,39 @@ pub fn config_admin_api(cfg: &mut web::ServiceConfig) {
 
 /// Lets the request through when it may use admin routes.
 pub fn authorize(state: &AppState, req: &HttpRequest) -> Result<(), ApiError> {
-    check_admin(state.admin_token.as_deref(), req)
+    check_admin(state.admin_token.as_deref(), &caller_of(req))
 }
 
-fn check_admin(token: Option<&str>, req: &HttpRequest) -> Result<(), ApiError> {
+/// An HTTP request as an admin caller.
+fn caller_of(req: &HttpRequest) -> Caller<'_> {
+    let headers = req.headers();
+    Caller {
+        authorization: headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok()),
+        peer: req.peer_addr(),
+        forwarded: FORWARDING_HEADERS
+            .iter()
+            .copied()
+            .find(|h| headers.contains_key(*h)),
+    }
+}
+
+/// Who asks for an admin route, whatever the protocol: its
+/// `Authorization` value, its TCP peer, and the first forwarding header
+/// (HTTP) or metadata key (gRPC) it carries.
+pub(crate) struct Caller<'a> {
+    pub authorization: Option<&'a str>,
+    pub peer: Option<std::net::SocketAddr>,
+    pub forwarded: Option<&'static str>,
+}
+
+/// The admin check of HTTP and gRPC alike.
+pub(crate) fn check_admin(token: Option<&str>, caller: &Caller) -> Result<(), ApiError> {
     match token {
         Some(token) => {
-            let given = req
-                .headers()
-                .get(header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
+            let given = caller
+                .authorization
                 .and_then(|v| v.strip_prefix("Bearer "))
                 .ok_or_else(|| {
                     ApiError::Unauthorized("admin routes need Authorization: Bearer <token>".into())
@@ -43,8 +66,8 @@ fn check_admin(token: Option<&str>, req: &HttpRequest) -> Result<(), ApiError> {
             }
         }
         None => {
-            let loopback = req
-                .peer_addr()
+            let loopback = caller
+                .peer
                 .is_some_and(|a| a.ip().to_canonical().is_loopback());
             if !loopback {
                 return Err(ApiError::Forbidden(
@@ -52,10 +75,7 @@ fn check_admin(token: Option<&str>, req: &HttpRequest) -> Result<(), ApiError> {
                         .into(),
                 ));
             }
-            match FORWARDING_HEADERS
-                .iter()
-                .find(|h| req.headers().contains_key(**h))
-            {
+            match caller.forwarded {
                 Some(forwarded) => Err(ApiError::Forbidden(format!(
                     "this request came through a proxy ({forwarded} header): admin routes \
                      behind a proxy need server.admin_token to be set"
@@ -68,7 +88,7 @@ fn check_admin(token: Option<&str>, req: &HttpRequest) -> Result<(), ApiError> {
 
 /// Headers a proxy adds: their presence means the TCP peer is the proxy,
 /// not the client.
-const FORWARDING_HEADERS: [&str; 3] = ["forwarded", "x-forwarded-for", "x-real-ip"];
+pub(crate) const FORWARDING_HEADERS: [&str; 3] = ["forwarded", "x-forwarded-for", "x-real-ip"];
 
 /// Compares without stopping at the first difference.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -148,9 +168,9 @@ mod tests {
 
     #[test]
     fn without_a_token_only_loopback_clients_pass() {
-        assert!(check_admin(None, &from("127.0.0.1").to_http_request()).is_ok());
-        assert!(check_admin(None, &from("[::1]").to_http_request()).is_ok());
-        let err = check_admin(None, &from("10.1.2.3").to_http_request()).unwrap_err();
+        assert!(check_admin(None, &caller_of(&from("127.0.0.1").to_http_request())).is_ok());
+        assert!(check_admin(None, &caller_of(&from("[::1]").to_http_request())).is_ok());
+        let err = check_admin(None, &caller_of(&from("10.1.2.3").to_http_request())).unwrap_err();
         assert!(matches!(err, ApiError::Forbidden(_)));
     }
 
@@ -160,7 +180,7 @@ mod tests {
             let proxied = from("127.0.0.1")
                 .insert_header((header, "for=203.0.113.7"))
                 .to_http_request();
-            match check_admin(None, &proxied) {
+            match check_admin(None, &caller_of(&proxied)) {
                 Err(ApiError::Forbidden(why)) => {
                     assert!(why.contains("server.admin_token"), "{why}")
                 }
@@ -172,7 +192,7 @@ mod tests {
             .insert_header(("authorization", "Bearer s3cret"))
             .to_http_request();
         assert!(
-            check_admin(Some("s3cret"), &with_token).is_ok(),
+            check_admin(Some("s3cret"), &caller_of(&with_token)).is_ok(),
             "a token works through a proxy"
         );
     }
@@ -182,24 +202,24 @@ mod tests {
         let token = Some("s3cret");
         let remote = || from("10.1.2.3");
         assert!(matches!(
-            check_admin(token, &remote().to_http_request()),
+            check_admin(token, &caller_of(&remote().to_http_request())),
             Err(ApiError::Unauthorized(_))
         ));
         let wrong = remote()
             .insert_header(("authorization", "Bearer nope"))
             .to_http_request();
         assert!(matches!(
-            check_admin(token, &wrong),
+            check_admin(token, &caller_of(&wrong)),
             Err(ApiError::Unauthorized(_))
         ));
         let local_without = from("127.0.0.1").to_http_request();
         assert!(
-            check_admin(token, &local_without).is_err(),
+            check_admin(token, &caller_of(&local_without)).is_err(),
             "a token binds loopback too"
         );
         let right = remote()
             .insert_header(("authorization", "Bearer s3cret"))
             .to_http_request();
-        assert!(check_admin(token, &right).is_ok());
+        assert!(check_admin(token, &caller_of(&right)).is_ok());
     }
 }

@@ -21,18 +21,23 @@ pub fn config_repository_api(cfg: &mut web::ServiceConfig) {
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
-struct IndexEntry {
-    name: String,
-    version: String,
+pub(crate) struct IndexEntry {
+    pub name: String,
+    pub version: String,
     /// `READY`, `UNAVAILABLE` (no ready replica, or unloaded) or `FAILED`
     /// (cannot load).
-    state: &'static str,
-    reason: String,
+    pub state: &'static str,
+    pub reason: String,
 }
 
 #[utoipa::path(post, path = "/v2/repository/index", tag = "v2",
     responses((status = 200, description = "Every model, served or failed", body = Vec<IndexEntry>)))]
 async fn index(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(index_entries(&state))
+}
+
+/// Every model of the repository: served (ready or not), unloaded, failed.
+pub(crate) fn index_entries(state: &AppState) -> Vec<IndexEntry> {
     let serving = &state.service.serving;
     let mut entries: Vec<IndexEntry> = serving
         .models()
@@ -70,7 +75,7 @@ async fn index(state: web::Data<AppState>) -> HttpResponse {
         state: "FAILED",
         reason: e.error,
     }));
-    HttpResponse::Ok().json(entries)
+    entries
 }
 
 /// A load request's body: Triton's `parameters`, of which `config` (a
@@ -87,8 +92,16 @@ fn load_overrides(model: &str, body: &[u8]) -> Result<Option<toml::Table>, ApiEr
         return Ok(None);
     }
     let body: LoadBody = parse_json(body)?;
+    overrides_from_parameters(model, body.parameters)
+}
+
+/// The settings override a load's `parameters` ask for (HTTP and gRPC).
+pub(crate) fn overrides_from_parameters(
+    model: &str,
+    parameters: Map<String, Value>,
+) -> Result<Option<toml::Table>, ApiError> {
     let mut overrides = None;
-    for (key, value) in body.parameters {
+    for (key, value) in parameters {
         match (key.as_str(), value) {
             ("config", Value::String(text)) => {
                 overrides = Some(overrides_from_config(model, &text).map_err(ApiError::BadRequest)?)

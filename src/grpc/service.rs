@@ -17,9 +17,11 @@ use tonic::{Request, Response, Status};
 use super::proto::grpc_inference_service_server::GrpcInferenceService;
 use super::proto::*;
 use super::{json, tensors};
+use crate::api::admin::{check_admin, Caller, FORWARDING_HEADERS};
 use crate::api::health::all_ready;
 use crate::api::model_config::config_json;
 use crate::api::predict::select_outputs;
+use crate::api::repository::{index_entries, overrides_from_parameters};
 use crate::api::statistics::statistics_json;
 use crate::api::v2::{call_parameters, model_at, tensor_metadata, ModelPath};
 use crate::api::{AppState, EXTENSIONS};
@@ -87,6 +89,44 @@ fn json_parameters(
                 Some(ParameterChoice::Uint64Param(u)) => Value::from(u),
                 Some(ParameterChoice::DoubleParam(d)) => Value::from(d),
                 Some(ParameterChoice::StringParam(s)) => Value::String(s),
+            };
+            (key, value)
+        })
+        .collect()
+}
+
+/// Lets an admin RPC through as HTTP's admin routes do: the bearer token in
+/// `authorization` metadata, or with no token set, a loopback peer and no
+/// forwarding metadata.
+fn authorize<T>(state: &AppState, request: &Request<T>) -> Result<(), Status> {
+    let metadata = request.metadata();
+    let caller = Caller {
+        authorization: metadata.get("authorization").and_then(|v| v.to_str().ok()),
+        peer: request.remote_addr(),
+        forwarded: FORWARDING_HEADERS
+            .iter()
+            .copied()
+            .find(|key| metadata.contains_key(*key)),
+    };
+    check_admin(state.admin_token.as_deref(), &caller).map_err(|e| e.grpc_status())
+}
+
+/// A load's parameters as the JSON HTTP's load body holds (`config` is a
+/// JSON text; `file:` keys are refused there as here).
+fn load_parameters(
+    parameters: std::collections::HashMap<String, ModelRepositoryParameter>,
+) -> serde_json::Map<String, serde_json::Value> {
+    use model_repository_parameter::ParameterChoice;
+    use serde_json::Value;
+    parameters
+        .into_iter()
+        .map(|(key, p)| {
+            let value = match p.parameter_choice {
+                None => Value::Null,
+                Some(ParameterChoice::BoolParam(b)) => Value::Bool(b),
+                Some(ParameterChoice::Int64Param(i)) => Value::from(i),
+                Some(ParameterChoice::StringParam(s)) => Value::String(s),
+                Some(ParameterChoice::BytesParam(b)) => Value::String(format!("{} bytes", b.len())),
             };
             (key, value)
         })
@@ -362,25 +402,59 @@ impl GrpcInferenceService for Inference {
             .map_err(|e| e.grpc_status())
     }
 
+    /// Every model, or (`ready`) the ready ones.
     async fn repository_index(
         &self,
-        _: Request<RepositoryIndexRequest>,
+        request: Request<RepositoryIndexRequest>,
     ) -> Answer<RepositoryIndexResponse> {
-        Err(not_yet("RepositoryIndex"))
+        let ready_only = request.into_inner().ready;
+        let models = index_entries(&self.state)
+            .into_iter()
+            .filter(|e| !ready_only || e.state == "READY")
+            .map(|e| repository_index_response::ModelIndex {
+                name: e.name,
+                version: e.version,
+                state: e.state.to_string(),
+                reason: e.reason,
+            })
+            .collect();
+        Ok(Response::new(RepositoryIndexResponse { models }))
     }
 
+    /// Answers once the model serves, as HTTP's load does.
     async fn repository_model_load(
         &self,
-        _: Request<RepositoryModelLoadRequest>,
+        request: Request<RepositoryModelLoadRequest>,
     ) -> Answer<RepositoryModelLoadResponse> {
-        Err(not_yet("RepositoryModelLoad"))
+        authorize(&self.state, &request)?;
+        let request = request.into_inner();
+        let loaded = async {
+            let overrides = overrides_from_parameters(
+                &request.model_name,
+                load_parameters(request.parameters),
+            )?;
+            self.state
+                .service
+                .load_model(&request.model_name, overrides)
+                .await?;
+            Ok::<_, ApiError>(())
+        };
+        loaded.await.map_err(|e| e.grpc_status())?;
+        Ok(Response::new(RepositoryModelLoadResponse {}))
     }
 
     async fn repository_model_unload(
         &self,
-        _: Request<RepositoryModelUnloadRequest>,
+        request: Request<RepositoryModelUnloadRequest>,
     ) -> Answer<RepositoryModelUnloadResponse> {
-        Err(not_yet("RepositoryModelUnload"))
+        authorize(&self.state, &request)?;
+        let model = request.into_inner().model_name;
+        self.state
+            .service
+            .unload_model(&model)
+            .await
+            .map_err(|e| ApiError::from(e).grpc_status())?;
+        Ok(Response::new(RepositoryModelUnloadResponse {}))
     }
 
     async fn system_shared_memory_status(

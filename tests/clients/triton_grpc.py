@@ -169,8 +169,8 @@ def main():
               e.code() == grpc.StatusCode.INVALID_ARGUMENT and "features" in e.details(), f"{e.code()}: {e.details()}")
     fails_with("infer on a model version not served: NOT_FOUND", grpc.StatusCode.NOT_FOUND,
                lambda: client.infer(CLASSIFIER, classifier_inputs(grpcclient, x), model_version="99"), "99")
-    fails_with("get_model_repository_index: UNIMPLEMENTED for now", grpc.StatusCode.UNIMPLEMENTED,
-               lambda: client.get_model_repository_index(), "RepositoryIndex")
+    fails_with("get_system_shared_memory_status: UNIMPLEMENTED for now", grpc.StatusCode.UNIMPLEMENTED,
+               lambda: client.get_system_shared_memory_status(), "SystemSharedMemoryStatus")
 
     # Configuration and statistics: Triton's messages, from the JSON HTTP answers.
     config = client.get_model_config(CLASSIFIER).config
@@ -240,6 +240,24 @@ def main():
                   all(np.allclose(results[i].as_numpy("logits"), alone[i], atol=1e-5) for i in range(4)))
 
     asyncio.run(many())
+
+    # The repository: index, unload, load (admin RPCs: loopback, no token set).
+    index = {m.name: m.state for m in client.get_model_repository_index().models}
+    check("get_model_repository_index", index == {ACC: "READY", DTYPES: "READY", CLASSIFIER: "READY"}, f"{index}")
+    client.unload_model(DTYPES)
+    unloaded = {m.name: (m.state, m.reason) for m in client.get_model_repository_index().models}
+    check("unload_model: listed as unloaded", unloaded.get(DTYPES) == ("UNAVAILABLE", "unloaded"), f"{unloaded}")
+    fails_with("is_model_ready on an unloaded model: NOT_FOUND", grpc.StatusCode.NOT_FOUND,
+               lambda: client.is_model_ready(DTYPES), DTYPES)
+    fails_with("infer on an unloaded model: NOT_FOUND", grpc.StatusCode.NOT_FOUND,
+               lambda: client.infer(DTYPES, tensors), DTYPES)
+    client.load_model(DTYPES)
+    check("load_model: ready again", client.is_model_ready(DTYPES) is True)
+    ready = sorted(m.name for m in client._client_stub.RepositoryIndex(
+        service_pb2.RepositoryIndexRequest(ready=True)).models)
+    check("RepositoryIndex(ready=True) after the load", ready == sorted([ACC, DTYPES, CLASSIFIER]), f"{ready}")
+    fails_with("load_model with an unknown parameter: INVALID_ARGUMENT", grpc.StatusCode.INVALID_ARGUMENT,
+               lambda: client.load_model(DTYPES, files={"file:1/model.onnx": b"x"}), "file:")
 
     check("grpc.health.v1 Check(\"\"): SERVING", health(url, "") == 1)
     check("grpc.health.v1 Check(inference.GRPCInferenceService): SERVING",
