@@ -364,6 +364,19 @@ impl Handler<AttachReplica> for Batcher {
             loading,
             last_error: None,
         });
+        if !loading {
+            // Room may have been given back between the budget refusing this
+            // slot and the slot being recorded here: its BudgetFreed then
+            // found no slot. Asking once more closes that gap; a refusal now
+            // is recorded, and the next room given back asks again.
+            let owner = self
+                .replicas
+                .last()
+                .and_then(|slot| slot.reservation.as_ref().map(|r| r.owner().to_string()));
+            if let Some(owner) = owner {
+                self.ask_again(owner, ctx);
+            }
+        }
         self.fail_queue_if_hopeless();
     }
 }
@@ -410,12 +423,20 @@ impl Handler<BudgetFreed> for Batcher {
 
     /// Room was given back: a refused slot asks again.
     fn handle(&mut self, msg: BudgetFreed, ctx: &mut Self::Context) {
+        self.ask_again(msg.owner, ctx);
+    }
+}
+
+impl Batcher {
+    /// The refused slot whose reservation `owner` names asks the budget
+    /// again; its answer comes back as a retried [`AttachReplica`].
+    fn ask_again(&mut self, owner: String, ctx: &mut Context<Self>) {
         let (Some(budget), false) = (self.budget.clone(), self.retiring) else {
             return;
         };
         let Some(slot) = self.replicas.iter().find(|slot| {
             matches!(slot.state, ReplicaState::Refused(_))
-                && slot.reservation.as_ref().map(Reservation::owner) == Some(msg.owner.as_str())
+                && slot.reservation.as_ref().map(Reservation::owner) == Some(owner.as_str())
         }) else {
             return;
         };
@@ -424,7 +445,7 @@ impl Handler<BudgetFreed> for Batcher {
         };
         let request = AttachReplicaRequest {
             id: slot.id,
-            owner: msg.owner,
+            owner,
             mb: self.footprint_mb,
             placement: self.placement.clone(),
             factory,
