@@ -36,13 +36,6 @@ pub struct Inference {
 
 type Answer<T> = Result<Response<T>, Status>;
 
-/// What the RPCs not served yet answer.
-fn not_yet(rpc: &str) -> Status {
-    Status::unimplemented(format!(
-        "{rpc} is not served over gRPC yet; the HTTP API has it (see the README)"
-    ))
-}
-
 fn model_path(name: String, version: String) -> ModelPath {
     ModelPath {
         model: name,
@@ -183,6 +176,17 @@ async fn infer(
             .service
             .predict(model.name(), call, &mut pending)
             .await?;
+        if let Some(o) = request
+            .outputs
+            .iter()
+            .find(|o| o.parameters.contains_key("shared_memory_region"))
+        {
+            return Err(ApiError::BadRequest(format!(
+                "output '{}': outputs in shared memory are not written over gRPC yet; use the \
+                 HTTP API",
+                o.name
+            )));
+        }
         let names: Vec<String> = request.outputs.into_iter().map(|o| o.name).collect();
         let only = (!names.is_empty()).then_some(names.as_slice());
         let (outputs, raw): (Vec<_>, Vec<_>) = select_outputs(&prediction.outputs, only)?
@@ -457,25 +461,61 @@ impl GrpcInferenceService for Inference {
         Ok(Response::new(RepositoryModelUnloadResponse {}))
     }
 
+    /// The region named, or every region when the request names none.
     async fn system_shared_memory_status(
         &self,
-        _: Request<SystemSharedMemoryStatusRequest>,
+        request: Request<SystemSharedMemoryStatusRequest>,
     ) -> Answer<SystemSharedMemoryStatusResponse> {
-        Err(not_yet("SystemSharedMemoryStatus"))
+        authorize(&self.state, &request)?;
+        let name = request.into_inner().name;
+        let regions = self
+            .state
+            .shared_memory
+            .status(Some(name.as_str()).filter(|n| !n.is_empty()))
+            .map_err(|e| e.grpc_status())?
+            .into_iter()
+            .map(|r| {
+                let status = system_shared_memory_status_response::RegionStatus {
+                    name: r.name.clone(),
+                    key: r.key,
+                    offset: r.offset,
+                    byte_size: r.byte_size,
+                };
+                (r.name, status)
+            })
+            .collect();
+        Ok(Response::new(SystemSharedMemoryStatusResponse { regions }))
     }
 
     async fn system_shared_memory_register(
         &self,
-        _: Request<SystemSharedMemoryRegisterRequest>,
+        request: Request<SystemSharedMemoryRegisterRequest>,
     ) -> Answer<SystemSharedMemoryRegisterResponse> {
-        Err(not_yet("SystemSharedMemoryRegister"))
+        authorize(&self.state, &request)?;
+        let r = request.into_inner();
+        self.state
+            .shared_memory
+            .register(&r.name, &r.key, r.offset, r.byte_size)
+            .map_err(|e| e.grpc_status())?;
+        Ok(Response::new(SystemSharedMemoryRegisterResponse {}))
     }
 
+    /// The region named (success when there is none, as in Triton), or
+    /// every region when the request names none.
     async fn system_shared_memory_unregister(
         &self,
-        _: Request<SystemSharedMemoryUnregisterRequest>,
+        request: Request<SystemSharedMemoryUnregisterRequest>,
     ) -> Answer<SystemSharedMemoryUnregisterResponse> {
-        Err(not_yet("SystemSharedMemoryUnregister"))
+        authorize(&self.state, &request)?;
+        match request.into_inner().name.as_str() {
+            "" => {
+                self.state.shared_memory.unregister_all();
+            }
+            name => {
+                self.state.shared_memory.unregister(name);
+            }
+        }
+        Ok(Response::new(SystemSharedMemoryUnregisterResponse {}))
     }
 
     async fn cuda_shared_memory_status(

@@ -32,6 +32,13 @@ pub fn inputs(
     inputs
         .into_iter()
         .map(|input| {
+            if input.parameters.contains_key("shared_memory_region") {
+                return Err(ApiError::BadRequest(format!(
+                    "input '{}': inputs in shared memory are not read over gRPC yet; send its \
+                     bytes, or use the HTTP API",
+                    input.name
+                )));
+            }
             let dtype = parse_datatype(&input.name, &input.datatype)?;
             let shape = shape(&input.name, &input.shape)?;
             let data = match raw.next() {

@@ -8,8 +8,8 @@ and `tritonclient.grpc.aio` (asyncio): liveness, readiness, server and
 model metadata, inference of every fixture datatype through
 `raw_input_contents`, the same request with typed `contents` (built with the
 client's own protobuf classes), request parameters (priority, timeout, a
-sequence on the stateful fixture), configuration and statistics, a
-bidirectional stream, errors as gRPC status codes, gzip, many concurrent
+sequence on the stateful fixture), configuration and statistics, shared
+memory regions, the repository, a bidirectional stream, errors as gRPC status codes, gzip, many concurrent
 calls, and the standard `grpc.health.v1` service. Prints one line
 per check and exits non-zero on the first failure. Run by tests/clients.rs.
 """
@@ -22,6 +22,7 @@ import grpc
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as aioclient
+import tritonclient.utils.shared_memory as shm
 from tritonclient.grpc import model_config_pb2, service_pb2
 from tritonclient.utils import InferenceServerException
 
@@ -169,8 +170,8 @@ def main():
               e.code() == grpc.StatusCode.INVALID_ARGUMENT and "features" in e.details(), f"{e.code()}: {e.details()}")
     fails_with("infer on a model version not served: NOT_FOUND", grpc.StatusCode.NOT_FOUND,
                lambda: client.infer(CLASSIFIER, classifier_inputs(grpcclient, x), model_version="99"), "99")
-    fails_with("get_system_shared_memory_status: UNIMPLEMENTED for now", grpc.StatusCode.UNIMPLEMENTED,
-               lambda: client.get_system_shared_memory_status(), "SystemSharedMemoryStatus")
+    fails_with("get_cuda_shared_memory_status: UNIMPLEMENTED", grpc.StatusCode.UNIMPLEMENTED,
+               lambda: client.get_cuda_shared_memory_status(), "CUDA")
 
     # Configuration and statistics: Triton's messages, from the JSON HTTP answers.
     config = client.get_model_config(CLASSIFIER).config
@@ -240,6 +241,25 @@ def main():
                   all(np.allclose(results[i].as_numpy("logits"), alone[i], atol=1e-5) for i in range(4)))
 
     asyncio.run(many())
+
+    # System shared memory regions: register, status, unregister (admin RPCs).
+    handle = shm.create_shared_memory_region("grpc_in", "/gantry_grpc_test", 256, create_only=True)
+    try:
+        client.register_system_shared_memory("grpc_in", "/gantry_grpc_test", 256)
+        regions = client.get_system_shared_memory_status().regions
+        check("shared memory: registered and listed",
+              list(regions) == ["grpc_in"] and regions["grpc_in"].byte_size == 256, f"{regions}")
+        fails_with("shared memory: a taken name: INVALID_ARGUMENT", grpc.StatusCode.INVALID_ARGUMENT,
+                   lambda: client.register_system_shared_memory("grpc_in", "/gantry_grpc_test", 256), "grpc_in")
+        t = grpcclient.InferInput("features", [1, 64], "FP32")
+        t.set_shared_memory("grpc_in", 256)
+        fails_with("shared memory inputs over gRPC: INVALID_ARGUMENT naming HTTP", grpc.StatusCode.INVALID_ARGUMENT,
+                   lambda: client.infer(CLASSIFIER, [t]), "HTTP API")
+        client.unregister_system_shared_memory("grpc_in")
+        check("shared memory: unregistered", len(client.get_system_shared_memory_status().regions) == 0)
+        client.unregister_system_shared_memory()
+    finally:
+        shm.destroy_shared_memory_region(handle)
 
     # The repository: index, unload, load (admin RPCs: loopback, no token set).
     index = {m.name: m.state for m in client.get_model_repository_index().models}
