@@ -1,6 +1,9 @@
 # shellcheck shell=bash disable=SC2154 # root, tmp, url: set by the sourcing script
-# Sourced by bench.sh and gpu.sh (after start-gantry.sh, from the repository
-# root; `$root` is that root):
+# Sourced by bench.sh, cpu-split.sh and gpu.sh (after start-gantry.sh, from
+# the repository root; `$root` is that root):
+#   bench_repository DIR     the `make bench` repository in DIR: unet-seg and
+#                            tiny-classifier with only `replicas` (2) and
+#                            `max_batch_size` (8 and 32) in their model.toml
 #   find_oha [--no-install]  sets `$OHA`: as given, else oha on PATH, else
 #                            .tools/bin/oha, installed there with
 #                            `$CARGO install oha --locked` when it is missing
@@ -11,6 +14,14 @@
 #                            OUTPUT (tiny-classifier as REST JSON, unet-seg
 #                            through the v2 binary extension; bodies from
 #                            load-tests/bodies.py in `$tmp`)
+
+bench_repository() {
+  mkdir -p "$1/unet-seg" "$1/tiny-classifier"
+  cp models/unet-seg/model.onnx "$1/unet-seg/"
+  printf 'replicas = 2\nmax_batch_size = 8\n' >"$1/unet-seg/model.toml"
+  cp models/tiny-classifier/model.onnx "$1/tiny-classifier/"
+  printf 'replicas = 2\nmax_batch_size = 32\n' >"$1/tiny-classifier/model.toml"
+}
 
 # shellcheck disable=SC2120 # the argument is optional
 find_oha() {

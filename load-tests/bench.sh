@@ -57,11 +57,7 @@ python3 load-tests/bodies.py "$tmp"
 # The scratch repositories: the two models with only replicas and
 # max_batch_size, and twenty copies of the MLP.
 repo=$tmp/models
-mkdir -p "$repo/unet-seg" "$repo/tiny-classifier"
-cp models/unet-seg/model.onnx "$repo/unet-seg/"
-printf 'replicas = 2\nmax_batch_size = 8\n' >"$repo/unet-seg/model.toml"
-cp models/tiny-classifier/model.onnx "$repo/tiny-classifier/"
-printf 'replicas = 2\nmax_batch_size = 32\n' >"$repo/tiny-classifier/model.toml"
+bench_repository "$repo"
 many=$tmp/many
 for i in $(seq -w 1 20); do
   mkdir -p "$many/mlp-$i"

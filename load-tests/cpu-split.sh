@@ -39,11 +39,7 @@ source "$root/load-tests/bench-lib.sh"
 find_oha
 python3 load-tests/bodies.py "$tmp"
 repo=$tmp/models
-mkdir -p "$repo/unet-seg" "$repo/tiny-classifier"
-cp models/unet-seg/model.onnx "$repo/unet-seg/"
-printf 'replicas = 2\nmax_batch_size = 8\n' >"$repo/unet-seg/model.toml"
-cp models/tiny-classifier/model.onnx "$repo/tiny-classifier/"
-printf 'replicas = 2\nmax_batch_size = 32\n' >"$repo/tiny-classifier/model.toml"
+bench_repository "$repo"
 
 perf_ok=false
 if command -v perf >/dev/null && perf record -q -e cpu-clock -o "$tmp/probe.data" -- true >/dev/null 2>&1; then

@@ -25,38 +25,15 @@ import tritonclient.grpc.aio as aioclient
 import tritonclient.utils.shared_memory as shm
 from tritonclient.grpc import model_config_pb2, service_pb2
 from tritonclient.utils import InferenceServerException
+from triton_client import DTYPE_TENSORS, dtypes_expected, dtypes_inputs
 
 DTYPES = "dtypes"
 CLASSIFIER = "tiny-classifier"
 ACC = "accumulator"
 
-# Input name, Triton datatype, numpy dtype, output name.
-DTYPE_TENSORS = [
-    ("x_fp32", "FP32", np.float32, "y_fp32"),
-    ("x_fp64", "FP64", np.float64, "y_fp64"),
-    ("x_i32", "INT32", np.int32, "y_i32"),
-    ("x_i64", "INT64", np.int64, "y_i64"),
-    ("x_u8", "UINT8", np.uint8, "y_u8"),
-    ("x_bool", "BOOL", np.bool_, "y_bool"),
-]
-
-VALUES = {
-    "x_fp32": np.array([[1.5, -2.25], [3.0, 0.125], [-7.5, 100.0]], dtype=np.float32),
-    "x_fp64": np.array([[1e-3, -2.5], [1e10, 0.1], [-3.75, 42.0]], dtype=np.float64),
-    "x_i32": np.array([[1, -2], [300, -400000], [7, 2**30 - 1]], dtype=np.int32),
-    "x_i64": np.array([[5, -6], [2**40, -(2**41)], [0, 123456789012]], dtype=np.int64),
-    "x_u8": np.array([[0, 255], [128, 254], [1, 17]], dtype=np.uint8),
-    "x_bool": np.array([[True, False], [False, False], [True, True]], dtype=np.bool_),
-}
-
-EXPECTED = {
-    "y_fp32": VALUES["x_fp32"] * np.float32(2),
-    "y_fp64": VALUES["x_fp64"] * np.float64(2),
-    "y_i32": VALUES["x_i32"] * np.int32(2),
-    "y_i64": VALUES["x_i64"] * np.int64(2),
-    "y_u8": (VALUES["x_u8"].astype(np.uint16) + 1).astype(np.uint8),
-    "y_bool": np.logical_not(VALUES["x_bool"]),
-}
+# The fixture's tensors, inputs and expected outputs: the HTTP client test's.
+VALUES = dtypes_inputs()
+EXPECTED = dtypes_expected(VALUES)
 
 
 def check(label, condition, detail=""):
