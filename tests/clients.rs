@@ -13,8 +13,10 @@
 //!   against Gantry's gRPC server: health, metadata, inference with raw and
 //!   typed contents, request parameters and sequences, configuration and
 //!   statistics, streaming, the repository RPCs (admin: the bearer token in
-//!   metadata, tests/clients/triton_grpc_admin.py), errors as status codes,
-//!   gzip, `grpc.health.v1`
+//!   metadata, tests/clients/triton_grpc_admin.py), deadlines and
+//!   cancellation dropping calls before inference
+//!   (tests/clients/triton_grpc_deadlines.py), errors as status codes, gzip,
+//!   `grpc.health.v1`
 //!   (tests/clients/triton_grpc.py);
 //! - a Python backend posting files with `requests`, as a Flask app would
 //!   (tests/clients/flask_client.py);
@@ -29,6 +31,9 @@ mod common;
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
+
+use gantry_actors::engine::fake::{FakeEngineFactory, FakeProvider};
 
 /// The Python interpreter with tritonclient installed; panics when none is found.
 fn python() -> PathBuf {
@@ -88,6 +93,54 @@ async fn triton_grpc_client_works_against_the_grpc_server() {
     assert_eq!(statuses["200"], 56, "{statuses}");
     assert_eq!(statuses["422"], 2, "{statuses}");
     assert_eq!(statuses["400"], 2, "{statuses}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_deadlines_and_cancellations_leave_the_queue() {
+    let python = python();
+    let repo = common::Repo::new().fake(
+        "slow",
+        "replicas = 1\nmax_batch_size = 1\nbatch_window_ms = 1\n",
+    );
+    let mut config = common::config(repo.path());
+    config.server.grpc_bind = "127.0.0.1:0".into();
+    config.cache.enabled = false;
+    let provider = std::sync::Arc::new(FakeProvider::new(
+        FakeEngineFactory::vector(4).with_delay(Duration::from_millis(1000), Duration::ZERO),
+    ));
+    let server = common::TestServer::ready(config, provider).await;
+    let grpc = server.grpc.clone().expect("gRPC is on");
+    let script = common::root().join("tests/clients/triton_grpc_deadlines.py");
+    run_client(python, vec![script.display().to_string(), grpc]).await;
+    // Neither ran: each was dropped before inference (in the queue, or as
+    // the batch waiting on the replica), and only the first was inferred.
+    let stats = common::live::until(&server, "the queue settled", |s| {
+        let pool = &s["model_pools"]["slow"];
+        pool["batcher"]["queue_depth"] == 0 && pool["replicas"][0]["inflight"] == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let stats_after = server.stats().await;
+    assert_eq!(
+        stats["model_pools"], stats_after["model_pools"],
+        "still running"
+    );
+    let pool = &stats_after["model_pools"]["slow"];
+    assert_eq!(pool["batcher"]["items"], 1 + 1, "{pool}"); // warmup's and the first
+    assert_eq!(pool["replicas"][0]["processed"], 1 + 1, "{pool}");
+    // The deadline's call is answered 504 (DEADLINE_EXCEEDED) when the
+    // server's timeout fires before the client's own deadline resets the
+    // call (both are 100 ms); a call cancelled first gets no answer and is
+    // not counted as answered, so nothing else may appear.
+    let statuses = &stats_after["performance_metrics"]["models"]["slow"]["statuses"];
+    assert_eq!(statuses["200"], 1, "{statuses}");
+    let others: Vec<&String> = statuses
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter(|k| *k != "200")
+        .collect();
+    assert!(others.iter().all(|k| *k == "504"), "{statuses}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
