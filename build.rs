@@ -2,7 +2,8 @@
 //! with tonic and prost, and writes its descriptors to
 //! `$OUT_DIR/triton_descriptors.bin` (read by `src/grpc/json.rs`). protox
 //! parses the `.proto` files (pure Rust), so no `protoc` needs to be
-//! installed.
+//! installed. The client is generated too, for the gRPC load generator
+//! (`load-tests/src/bin/grpc-load.rs`) and the tests that call the server.
 
 use prost::Message;
 
@@ -21,7 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         descriptors.encode_to_vec(),
     )?;
     tonic_prost_build::configure()
-        .build_client(false)
+        .build_client(true)
         .build_server(true)
         .compile_fds(descriptors)?;
     Ok(())

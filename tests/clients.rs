@@ -16,8 +16,9 @@
 //!   metadata, tests/clients/triton_grpc_admin.py), deadlines and
 //!   cancellation dropping calls before inference
 //!   (tests/clients/triton_grpc_deadlines.py), errors as status codes, gzip,
-//!   `grpc.health.v1`
-//!   (tests/clients/triton_grpc.py);
+//!   `grpc.health.v1` (tests/clients/triton_grpc.py), and inputs and outputs
+//!   in system shared memory, sync, asyncio and streamed
+//!   (tests/clients/triton_grpc_shm.py);
 //! - a Python backend posting files with `requests`, as a Flask app would
 //!   (tests/clients/flask_client.py);
 //! - a Node 20 backend posting files with `fetch` and `FormData`
@@ -90,9 +91,9 @@ async fn triton_grpc_client_works_against_the_grpc_server() {
     // The calls were counted as HTTP's are, with the statuses they map from.
     let stats = server.stats().await;
     let statuses = &stats["performance_metrics"]["models"]["tiny-classifier"]["statuses"];
-    assert_eq!(statuses["200"], 56, "{statuses}");
+    assert_eq!(statuses["200"], 58, "{statuses}");
     assert_eq!(statuses["422"], 2, "{statuses}");
-    assert_eq!(statuses["400"], 2, "{statuses}");
+    assert_eq!(statuses["400"], 1, "{statuses}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -141,6 +142,36 @@ async fn grpc_deadlines_and_cancellations_leave_the_queue() {
         .filter(|k| *k != "200")
         .collect();
     assert!(others.iter().all(|k| *k == "504"), "{statuses}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triton_grpc_client_shares_memory_with_the_server() {
+    let python = python();
+    let repo = common::Repo::new()
+        .copy("tests/fixtures/models/dtypes", "dtypes", None)
+        .copy("models/tiny-classifier", "tiny-classifier", None);
+    let mut config = common::config(repo.path());
+    config.server.grpc_bind = "127.0.0.1:0".into();
+    let server = common::TestServer::ready(config, common::onnx_provider()).await;
+    let grpc = server.grpc.clone().expect("gRPC is on");
+    let script = common::root().join("tests/clients/triton_grpc_shm.py");
+    run_client(python, vec![script.display().to_string(), grpc]).await;
+}
+
+/// With an admin token set, an infer naming a region needs it over gRPC
+/// too (tritonclient sends it with `headers=`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn triton_grpc_client_shares_memory_only_with_the_admin_token() {
+    let python = python();
+    let repo = common::Repo::new().copy("tests/fixtures/models/dtypes", "dtypes", None);
+    let mut config = common::config(repo.path());
+    config.server.grpc_bind = "127.0.0.1:0".into();
+    config.server.admin_token = "shm-token".into();
+    let server = common::TestServer::ready(config, common::onnx_provider()).await;
+    let grpc = server.grpc.clone().expect("gRPC is on");
+    let script = common::root().join("tests/clients/triton_grpc_shm.py");
+    let args = vec![script.display().to_string(), grpc, "shm-token".into()];
+    run_client(python, args).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -328,7 +328,7 @@ async fn after_sigterm_keep_alive_requests_get_503_while_in_flight_ones_finish()
     raw::send(&mut in_flight, &body[..4]).await;
 
     gantry.signal("TERM");
-    wait_for_log(&gantry, "shutting down").await;
+    gantry.wait_for_log("shutting down");
 
     raw::send(&mut idle, &raw::get("/api/optimized/stats")).await;
     let response = raw::response(&mut idle)
@@ -380,7 +380,7 @@ async fn the_drain_delay_keeps_serving_while_readiness_is_503() {
 
     let signalled = std::time::Instant::now();
     gantry.signal("TERM");
-    wait_for_log(&gantry, "still serving").await;
+    gantry.wait_for_log("still serving");
     let (status, ready) = get_json(&gantry.base, "/v2/health/ready").await;
     assert_eq!(status, 503, "readiness during the delay: {ready}");
     let (status, health) = get_json(&gantry.base, "/api/optimized/health").await;
@@ -391,7 +391,7 @@ async fn the_drain_delay_keeps_serving_while_readiness_is_503() {
     let (status, answer) = predict(client.clone()).await;
     assert_eq!(status, 200, "predictions go on during the delay: {answer}");
 
-    wait_for_log(&gantry, "new requests are refused").await;
+    gantry.wait_for_log("new requests are refused");
     assert!(
         signalled.elapsed() >= Duration::from_secs(2),
         "requests were refused before the delay was over"
@@ -412,18 +412,4 @@ async fn get_json(base: &str, path: &str) -> (u16, Value) {
     raw::send(&mut stream, &raw::get(path)).await;
     let response = raw::response(&mut stream).await.expect("an answer");
     (response.status, response.json())
-}
-
-async fn wait_for_log(gantry: &Gantry, text: &str) {
-    let deadline = std::time::Instant::now() + raw::PATIENCE;
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let event = gantry
-            .events
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("no log line with '{text}'"));
-        if event["message"].as_str().unwrap_or_default().contains(text) {
-            return;
-        }
-    }
 }

@@ -5,14 +5,17 @@
 //! The server runs on a tokio runtime of its own (its threads named
 //! `grpc`), so the HTTP workers and the actor system keep theirs; every
 //! RPC goes through the same [`crate::service::InferenceService`] as HTTP
-//! ([`service`]). Messages are bounded by `server.body_limit_mb`, and gzip
-//! is accepted and, when the client asks, sent. The health service answers
+//! ([`service`]). Messages are bounded by `server.body_limit_mb` (a bigger
+//! one, or one that inflates past it, is RESOURCE_EXHAUSTED, as gRPC's own
+//! servers answer; see [`too_large_is_resource_exhausted`]), and gzip is
+//! accepted and, when the client asks, sent. The health service answers
 //! SERVING for the server (`""`) and the inference service while every
 //! model has a ready replica and no shutdown has begun, as
 //! `/v2/health/ready` does. [`GrpcServer::stop`] stops accepting RPCs and
 //! waits for those under way.
 
 mod json;
+mod parameters;
 mod service;
 mod tensors;
 
@@ -80,6 +83,9 @@ impl GrpcServer {
                         .accept_compressed(CompressionEncoding::Gzip)
                         .send_compressed(CompressionEncoding::Gzip);
                     let served = tonic::transport::Server::builder()
+                        .layer(tower::util::MapResponseLayer::new(
+                            too_large_is_resource_exhausted,
+                        ))
                         .add_service(health)
                         .add_service(inference)
                         .serve_with_incoming_shutdown(
@@ -121,6 +127,28 @@ impl Drop for GrpcServer {
     fn drop(&mut self) {
         self.shut_down();
     }
+}
+
+/// tonic refuses a message over the size limit with OUT_OF_RANGE, and one
+/// that inflates past it with RESOURCE_EXHAUSTED; gRPC's own servers (and
+/// Triton) answer RESOURCE_EXHAUSTED for both, which is what clients retry
+/// on and alert on. A unary call refused before its handler runs is a
+/// trailers-only answer, its status in the headers: that one is rewritten.
+/// Gantry's handlers never answer OUT_OF_RANGE ([`ApiError::grpc_status`]),
+/// so nothing else is. A stream's message that is too large ends the
+/// stream, and `service::stream` answers it the same way.
+///
+/// [`ApiError::grpc_status`]: crate::error::ApiError::grpc_status
+fn too_large_is_resource_exhausted<B>(mut response: http1::Response<B>) -> http1::Response<B> {
+    let headers = response.headers_mut();
+    let out_of_range = (tonic::Code::OutOfRange as i32).to_string();
+    if headers.get("grpc-status").and_then(|v| v.to_str().ok()) == Some(out_of_range.as_str()) {
+        let exhausted = (tonic::Code::ResourceExhausted as i32).to_string();
+        if let Ok(value) = http1::HeaderValue::from_str(&exhausted) {
+            headers.insert("grpc-status", value);
+        }
+    }
+    response
 }
 
 /// Keeps the health service's answer in step with readiness.

@@ -6,6 +6,7 @@
 //!
 //! [`InferenceService`]: crate::service::InferenceService
 
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::time::Duration;
 
@@ -14,6 +15,7 @@ use futures_util::Stream;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
+use super::parameters::{json_parameters, load_parameters};
 use super::proto::grpc_inference_service_server::GrpcInferenceService;
 use super::proto::*;
 use super::{json, tensors};
@@ -22,6 +24,7 @@ use crate::api::health::all_ready;
 use crate::api::model_config::config_json;
 use crate::api::predict::select_outputs;
 use crate::api::repository::{index_entries, overrides_from_parameters};
+use crate::api::shared_memory::{self as shm, OutputRegions, SharedInput, SharedRef};
 use crate::api::statistics::statistics_json;
 use crate::api::v2::{call_parameters, model_at, tensor_metadata, ModelPath};
 use crate::api::{AppState, EXTENSIONS};
@@ -65,65 +68,67 @@ fn grpc_timeout(metadata: &MetadataMap) -> Result<Option<Duration>, ApiError> {
     Ok(Some(timeout.max(Duration::from_millis(1))))
 }
 
-/// A request's `parameters` as the JSON values HTTP requests carry, so both
-/// read them with the same code ([`call_parameters`]).
-fn json_parameters(
-    parameters: std::collections::HashMap<String, InferParameter>,
-) -> serde_json::Map<String, serde_json::Value> {
-    use infer_parameter::ParameterChoice;
-    use serde_json::Value;
-    parameters
-        .into_iter()
-        .map(|(key, p)| {
-            let value = match p.parameter_choice {
-                None => Value::Null,
-                Some(ParameterChoice::BoolParam(b)) => Value::Bool(b),
-                Some(ParameterChoice::Int64Param(i)) => Value::from(i),
-                Some(ParameterChoice::Uint64Param(u)) => Value::from(u),
-                Some(ParameterChoice::DoubleParam(d)) => Value::from(d),
-                Some(ParameterChoice::StringParam(s)) => Value::String(s),
-            };
-            (key, value)
-        })
-        .collect()
-}
-
 /// Lets an admin RPC through as HTTP's admin routes do: the bearer token in
 /// `authorization` metadata, or with no token set, a loopback peer and no
 /// forwarding metadata.
 fn authorize<T>(state: &AppState, request: &Request<T>) -> Result<(), Status> {
-    let metadata = request.metadata();
+    authorize_caller(state, request.metadata(), request.remote_addr()).map_err(|e| e.grpc_status())
+}
+
+/// The admin check of a call from `peer` with `metadata`.
+fn authorize_caller(
+    state: &AppState,
+    metadata: &MetadataMap,
+    peer: Option<SocketAddr>,
+) -> Result<(), ApiError> {
     let caller = Caller {
         authorization: metadata.get("authorization").and_then(|v| v.to_str().ok()),
-        peer: request.remote_addr(),
+        peer,
         forwarded: FORWARDING_HEADERS
             .iter()
             .copied()
             .find(|key| metadata.contains_key(*key)),
     };
-    check_admin(state.admin_token.as_deref(), &caller).map_err(|e| e.grpc_status())
+    check_admin(state.admin_token.as_deref(), &caller)
 }
 
-/// A load's parameters as the JSON HTTP's load body holds (`config` is a
-/// JSON text; `file:` keys are refused there as here).
-fn load_parameters(
-    parameters: std::collections::HashMap<String, ModelRepositoryParameter>,
-) -> serde_json::Map<String, serde_json::Value> {
-    use model_repository_parameter::ParameterChoice;
-    use serde_json::Value;
-    parameters
-        .into_iter()
-        .map(|(key, p)| {
-            let value = match p.parameter_choice {
-                None => Value::Null,
-                Some(ParameterChoice::BoolParam(b)) => Value::Bool(b),
-                Some(ParameterChoice::Int64Param(i)) => Value::from(i),
-                Some(ParameterChoice::StringParam(s)) => Value::String(s),
-                Some(ParameterChoice::BytesParam(b)) => Value::String(format!("{} bytes", b.len())),
-            };
-            (key, value)
-        })
-        .collect()
+/// The caller of an inference: what authorizes its use of shared memory.
+#[derive(Clone)]
+struct Origin {
+    metadata: MetadataMap,
+    peer: Option<SocketAddr>,
+}
+
+impl Origin {
+    fn of<T>(request: &Request<T>) -> Origin {
+        Origin {
+            metadata: request.metadata().clone(),
+            peer: request.remote_addr(),
+        }
+    }
+}
+
+/// When the request names shared memory regions (an admin matter, as over
+/// HTTP): reads its inputs that are there into `call`, and finds the
+/// regions its outputs go to, before anything runs.
+fn resolve_shared(
+    state: &AppState,
+    origin: &Origin,
+    call: &mut PredictCall,
+    inputs: Vec<SharedInput>,
+    outputs: &[(String, Option<SharedRef>)],
+) -> Result<OutputRegions, ApiError> {
+    let outputs: Vec<(&str, &SharedRef)> = outputs
+        .iter()
+        .filter_map(|(name, at)| at.as_ref().map(|at| (name.as_str(), at)))
+        .collect();
+    if inputs.is_empty() && outputs.is_empty() {
+        return Ok(OutputRegions::default());
+    }
+    authorize_caller(state, &origin.metadata, origin.peer)?;
+    let regions = OutputRegions::resolve(&state.shared_memory, outputs)?;
+    shm::read_inputs(&state.shared_memory, call, inputs)?;
+    Ok(regions)
 }
 
 /// The request's id: the client's `x-request-id` when acceptable, else a
@@ -145,11 +150,11 @@ fn requested(metadata: &MetadataMap) -> Requested {
 /// id in the log. Owns what it uses, so a stream can run many at once.
 async fn infer(
     state: web::Data<AppState>,
-    metadata: MetadataMap,
+    origin: Origin,
     request: ModelInferRequest,
 ) -> Result<(ModelInferResponse, Option<uuid::Uuid>), Status> {
-    let requested = requested(&metadata);
-    let timeout = grpc_timeout(&metadata).map_err(|e| e.grpc_status())?;
+    let requested = requested(&origin.metadata);
+    let timeout = grpc_timeout(&origin.metadata).map_err(|e| e.grpc_status())?;
     // Counted for shutdown like an HTTP request: a drain waits for it.
     let admitted = state.drain.admit();
     let mut pending = state.service.open(&requested);
@@ -163,36 +168,39 @@ async fn infer(
         // timeout header over HTTP.
         let (timeout, priority, sequence) =
             call_parameters(&json_parameters(request.parameters), timeout, None)?;
-        let call = PredictCall {
+        let inputs = tensors::inputs(request.inputs, request.raw_input_contents)?;
+        let asked = request
+            .outputs
+            .into_iter()
+            .map(|o| {
+                let at = shm::shared_ref(&json_parameters(o.parameters), "output", &o.name)?;
+                Ok((o.name, at))
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        let mut call = PredictCall {
             request_id: requested.id.clone(),
-            inputs: tensors::inputs(request.inputs, request.raw_input_contents)?,
+            inputs: inputs.carried,
             timeout,
             use_cache: true,
             priority,
             sequence,
             pin: None,
         };
+        let regions = resolve_shared(&state, &origin, &mut call, inputs.shared, &asked)?;
         let prediction = state
             .service
             .predict(model.name(), call, &mut pending)
             .await?;
-        if let Some(o) = request
-            .outputs
-            .iter()
-            .find(|o| o.parameters.contains_key("shared_memory_region"))
-        {
-            return Err(ApiError::BadRequest(format!(
-                "output '{}': outputs in shared memory are not written over gRPC yet; use the \
-                 HTTP API",
-                o.name
-            )));
-        }
-        let names: Vec<String> = request.outputs.into_iter().map(|o| o.name).collect();
+        regions.write(&prediction.outputs)?;
+        let names: Vec<String> = asked.iter().map(|(name, _)| name.clone()).collect();
         let only = (!names.is_empty()).then_some(names.as_slice());
-        let (outputs, raw): (Vec<_>, Vec<_>) = select_outputs(&prediction.outputs, only)?
-            .into_iter()
-            .map(|(name, tensor)| tensors::output(name, tensor))
-            .unzip();
+        let selected = select_outputs(&prediction.outputs, only)?;
+        let (outputs, raw) = tensors::outputs(&selected, |name| {
+            asked
+                .iter()
+                .find(|(asked, _)| asked == name)
+                .and_then(|(_, at)| at.as_ref())
+        });
         Ok::<_, ApiError>(ModelInferResponse {
             model_name: model.name().to_string(),
             model_version: model.spec.version.clone(),
@@ -223,14 +231,16 @@ async fn infer(
 
 /// A stream's requests, run as they arrive (many at once, as separate
 /// unary calls would be), answered in the order they finish; an error is
-/// an answer with its message, and the stream goes on. The stream ends
+/// an answer with its message, and the stream goes on. A message the
+/// server cannot read (over the size limit) ends the stream with that
+/// error once the requests before it are answered. The stream ends
 /// when the client closes its side and every answer is out, or once
 /// shutdown begins (no new request is read; those running finish). A
 /// client that goes away drops the requests still running, which leave
 /// their queues.
 fn stream(
     state: web::Data<AppState>,
-    metadata: MetadataMap,
+    origin: Origin,
     mut incoming: tonic::Streaming<ModelInferRequest>,
 ) -> futures_util::stream::BoxStream<'static, Result<ModelStreamInferResponse, Status>> {
     use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -239,13 +249,16 @@ fn stream(
         let mut running = FuturesUnordered::new();
         let mut shutdown_check = tokio::time::interval(Duration::from_millis(100));
         let mut reading = true;
+        // Why reading stopped, when the client's side failed (a message
+        // over the size limit, say): the stream's last answer.
+        let mut failure = None;
         while reading || !running.is_empty() {
             tokio::select! {
                 next = incoming.message(), if reading => match next {
                     Ok(Some(request)) => {
                         let id = request.id.clone();
                         let model_name = request.model_name.clone();
-                        let call = infer(state.clone(), metadata.clone(), request);
+                        let call = infer(state.clone(), origin.clone(), request);
                         running.push(async move {
                             match call.await {
                                 Ok((answer, _)) => ModelStreamInferResponse {
@@ -263,7 +276,11 @@ fn stream(
                             }
                         });
                     }
-                    Ok(None) | Err(_) => reading = false,
+                    Ok(None) => reading = false,
+                    Err(status) => {
+                        reading = false;
+                        failure = Some(status);
+                    }
                 },
                 Some(answer) = running.next(), if !running.is_empty() => {
                     if tx.send(Ok(answer)).await.is_err() {
@@ -276,6 +293,14 @@ fn stream(
                     }
                 }
             }
+        }
+        if let Some(status) = failure {
+            // As `too_large_is_resource_exhausted` does for unary calls.
+            let status = match status.code() {
+                tonic::Code::OutOfRange => Status::resource_exhausted(status.message()),
+                _ => status,
+            };
+            let _ = tx.send(Err(status)).await;
         }
     });
     futures_util::stream::unfold(rx, |mut rx| async move {
@@ -353,8 +378,8 @@ impl GrpcInferenceService for Inference {
     }
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Answer<ModelInferResponse> {
-        let metadata = request.metadata().clone();
-        let (answer, logged) = infer(self.state.clone(), metadata, request.into_inner()).await?;
+        let origin = Origin::of(&request);
+        let (answer, logged) = infer(self.state.clone(), origin, request.into_inner()).await?;
         let mut response = Response::new(answer);
         if let Some(value) = logged.and_then(|id| id.to_string().parse().ok()) {
             response.metadata_mut().insert("x-prediction-id", value);
@@ -369,10 +394,10 @@ impl GrpcInferenceService for Inference {
         &self,
         request: Request<tonic::Streaming<ModelInferRequest>>,
     ) -> Answer<Self::ModelStreamInferStream> {
-        let metadata = request.metadata().clone();
+        let origin = Origin::of(&request);
         Ok(Response::new(stream(
             self.state.clone(),
-            metadata,
+            origin,
             request.into_inner(),
         )))
     }

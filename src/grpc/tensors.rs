@@ -3,62 +3,91 @@
 //! after its 4-byte length, as the HTTP binary extension has them) or from
 //! the typed `contents` lists, and the answer's outputs as
 //! `raw_output_contents`, which is what Triton sends and what
-//! `tritonclient.grpc` reads.
+//! `tritonclient.grpc` reads. Inputs and outputs may instead name a system
+//! shared memory region in their parameters (as over HTTP: the same
+//! [`crate::api::shared_memory`] code reads and writes the regions).
 
 use gantry_actors::tensor::DataType;
 use gantry_actors::Tensor;
 
+use super::parameters::{json_parameters, proto_parameters};
 use super::proto::model_infer_request::InferInputTensor;
 use super::proto::model_infer_response::InferOutputTensor;
 use super::proto::InferTensorContents;
+use crate::api::shared_memory::{self as shm, SharedInput, SharedRef};
 use crate::codec::{check_bools, parse_datatype};
 use crate::error::ApiError;
 
-/// The request's inputs, in order: each from its raw bytes when the
-/// request sends `raw_input_contents` (one entry an input), else from its
-/// typed contents.
+/// A request's inputs: those the message carries, in order, and those in
+/// shared memory, read into the call once it is authorized.
+#[derive(Debug, Default)]
+pub struct RequestInputs {
+    pub carried: Vec<(String, Tensor)>,
+    pub shared: Vec<SharedInput>,
+}
+
+/// The request's inputs: each from its raw bytes when the request sends
+/// `raw_input_contents` (one entry an input not in shared memory, in
+/// order, as Triton counts them), else from its typed contents, or from
+/// the shared memory region its parameters name.
 pub fn inputs(
-    inputs: Vec<InferInputTensor>,
+    mut inputs: Vec<InferInputTensor>,
     raw: Vec<Vec<u8>>,
-) -> Result<Vec<(String, Tensor)>, ApiError> {
-    if !raw.is_empty() && raw.len() != inputs.len() {
+) -> Result<RequestInputs, ApiError> {
+    let places = inputs
+        .iter_mut()
+        .map(|input| {
+            let parameters = json_parameters(std::mem::take(&mut input.parameters));
+            shm::shared_ref(&parameters, "input", &input.name)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let carried = places.iter().filter(|at| at.is_none()).count();
+    if !raw.is_empty() && raw.len() != carried {
         return Err(ApiError::BadRequest(format!(
-            "the request has {} inputs and {} raw_input_contents; send one raw entry per input, or none",
-            inputs.len(),
+            "the request has {carried} inputs not in shared memory and {} raw_input_contents; send \
+             one raw entry per such input, or none",
             raw.len()
         )));
     }
     let mut raw = raw.into_iter();
-    inputs
-        .into_iter()
-        .map(|input| {
-            if input.parameters.contains_key("shared_memory_region") {
+    let mut out = RequestInputs::default();
+    for (input, at) in inputs.into_iter().zip(places) {
+        let dtype = parse_datatype(&input.name, &input.datatype)?;
+        let shape = shape(&input.name, &input.shape)?;
+        if let Some(at) = at {
+            if input.contents.is_some() {
                 return Err(ApiError::BadRequest(format!(
-                    "input '{}': inputs in shared memory are not read over gRPC yet; send its \
-                     bytes, or use the HTTP API",
+                    "input '{}' names a shared memory region and also carries contents",
                     input.name
                 )));
             }
-            let dtype = parse_datatype(&input.name, &input.datatype)?;
-            let shape = shape(&input.name, &input.shape)?;
-            let data = match raw.next() {
-                Some(bytes) => {
-                    if input.contents.is_some() {
-                        return Err(ApiError::BadRequest(format!(
-                            "input '{}' has both contents and raw_input_contents",
-                            input.name
-                        )));
-                    }
-                    bytes
+            out.shared.push(SharedInput {
+                position: out.carried.len() + out.shared.len(),
+                name: input.name,
+                dtype,
+                shape,
+                at,
+            });
+            continue;
+        }
+        let data = match raw.next() {
+            Some(bytes) => {
+                if input.contents.is_some() {
+                    return Err(ApiError::BadRequest(format!(
+                        "input '{}' has both contents and raw_input_contents",
+                        input.name
+                    )));
                 }
-                None => typed(&input.name, dtype, input.contents.unwrap_or_default())?,
-            };
-            let tensor = Tensor::new(dtype, shape, data)
-                .map_err(|e| ApiError::InvalidTensor(format!("input '{}': {e}", input.name)))?;
-            check_bools(&input.name, &tensor)?;
-            Ok((input.name, tensor))
-        })
-        .collect()
+                bytes
+            }
+            None => typed(&input.name, dtype, input.contents.unwrap_or_default())?,
+        };
+        let tensor = Tensor::new(dtype, shape, data)
+            .map_err(|e| ApiError::InvalidTensor(format!("input '{}': {e}", input.name)))?;
+        check_bools(&input.name, &tensor)?;
+        out.carried.push((input.name, tensor));
+    }
+    Ok(out)
 }
 
 /// A shape of non-negative dimensions.
@@ -129,18 +158,41 @@ fn typed(name: &str, dtype: DataType, c: InferTensorContents) -> Result<Vec<u8>,
     })
 }
 
-/// An output's description and its bytes for `raw_output_contents`.
-pub fn output(name: &str, tensor: &Tensor) -> (InferOutputTensor, Vec<u8>) {
-    (
-        InferOutputTensor {
-            name: name.to_string(),
-            datatype: tensor.dtype.as_str().to_string(),
-            shape: tensor.shape.iter().map(|&d| d as i64).collect(),
-            parameters: Default::default(),
-            contents: None,
-        },
-        tensor.data.clone(),
-    )
+/// The answer's outputs and their `raw_output_contents`. An output
+/// written to shared memory (`shared` says where) answers the region and
+/// the bytes written in its parameters, and has an empty raw entry so the
+/// entries stay aligned with the outputs (the client finds an output's
+/// bytes by its position); when every output is in shared memory there
+/// are no raw entries at all.
+pub fn outputs<'a>(
+    selected: &[&(String, Tensor)],
+    shared: impl Fn(&str) -> Option<&'a SharedRef>,
+) -> (Vec<InferOutputTensor>, Vec<Vec<u8>>) {
+    let mut all_shared = true;
+    let (described, raw) = selected
+        .iter()
+        .map(|(name, tensor)| {
+            let (parameters, bytes) = match shared(name) {
+                Some(at) => (
+                    proto_parameters(&shm::answer_parameters(at, tensor.data.len())),
+                    Vec::new(),
+                ),
+                None => {
+                    all_shared = false;
+                    (Default::default(), tensor.data.clone())
+                }
+            };
+            let described = InferOutputTensor {
+                name: name.clone(),
+                datatype: tensor.dtype.as_str().to_string(),
+                shape: tensor.shape.iter().map(|&d| d as i64).collect(),
+                parameters,
+                contents: None,
+            };
+            (described, bytes)
+        })
+        .unzip();
+    (described, if all_shared { Vec::new() } else { raw })
 }
 
 #[cfg(test)]
@@ -172,8 +224,8 @@ mod tests {
             ..Default::default()
         };
         let from_typed = inputs(vec![input("x", "FP32", &[2, 2], Some(typed))], vec![]).unwrap();
-        assert_eq!(from_raw, from_typed);
-        assert_eq!(from_raw[0].1.shape, vec![2, 2]);
+        assert_eq!(from_raw.carried, from_typed.carried);
+        assert_eq!(from_raw.carried[0].1.shape, vec![2, 2]);
     }
 
     #[test]
@@ -193,7 +245,10 @@ mod tests {
             ..Default::default()
         };
         let t = inputs(vec![input("s", "BYTES", &[2], Some(words))], vec![]).unwrap();
-        assert_eq!(t[0].1.bytes_elements().unwrap(), vec![&b"ab"[..], &b""[..]]);
+        assert_eq!(
+            t.carried[0].1.bytes_elements().unwrap(),
+            vec![&b"ab"[..], &b""[..]]
+        );
     }
 
     #[test]
@@ -210,7 +265,10 @@ mod tests {
             vec![vec![0; 4]],
         )
         .unwrap_err();
-        assert!(e.to_string().contains("one raw entry per input"), "{e}");
+        assert!(
+            e.to_string().contains("one raw entry per such input"),
+            "{e}"
+        );
         let e = inputs(
             vec![input("h", "FP16", &[1], Some(Default::default()))],
             vec![],
@@ -219,5 +277,89 @@ mod tests {
         assert!(e.to_string().contains("raw_input_contents"), "{e}");
         let e = inputs(vec![input("b", "BOOL", &[1], None)], vec![vec![2]]).unwrap_err();
         assert!(e.to_string().contains("not a value of BOOL"), "{e}");
+    }
+
+    fn in_region(name: &str, region: &str, size: i64) -> InferInputTensor {
+        use super::super::proto::{infer_parameter::ParameterChoice, InferParameter};
+        let mut tensor = input(name, "FP32", &[1], None);
+        let p = |c| InferParameter {
+            parameter_choice: Some(c),
+        };
+        tensor.parameters = [
+            (
+                "shared_memory_region".to_string(),
+                p(ParameterChoice::StringParam(region.into())),
+            ),
+            (
+                "shared_memory_byte_size".to_string(),
+                p(ParameterChoice::Int64Param(size)),
+            ),
+        ]
+        .into();
+        tensor
+    }
+
+    #[test]
+    fn raw_entries_count_only_the_inputs_not_in_shared_memory() {
+        let got = inputs(
+            vec![
+                in_region("a", "r", 4),
+                input("b", "FP32", &[1], None),
+                in_region("c", "r", 4),
+            ],
+            vec![1f32.to_le_bytes().to_vec()],
+        )
+        .unwrap();
+        assert_eq!(got.carried.len(), 1);
+        assert_eq!(got.carried[0].0, "b");
+        let placed: Vec<_> = got
+            .shared
+            .iter()
+            .map(|s| (s.name.as_str(), s.position))
+            .collect();
+        assert_eq!(placed, vec![("a", 0), ("c", 2)]);
+        let e = inputs(
+            vec![in_region("a", "r", 4), input("b", "FP32", &[1], None)],
+            vec![vec![0; 4], vec![0; 4]],
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().contains("1 inputs not in shared memory"),
+            "{e}"
+        );
+        let mut both = in_region("a", "r", 4);
+        both.contents = Some(Default::default());
+        let e = inputs(vec![both], vec![]).unwrap_err();
+        assert!(e.to_string().contains("also carries contents"), "{e}");
+    }
+
+    #[test]
+    fn outputs_in_shared_memory_keep_the_raw_entries_aligned() {
+        let t = |v: f32| Tensor::new(DataType::Fp32, vec![1], v.to_le_bytes().to_vec()).unwrap();
+        let (a, b) = (("a".to_string(), t(1.0)), ("b".to_string(), t(2.0)));
+        let at = SharedRef {
+            region: "out".into(),
+            byte_size: 16,
+            offset: 4,
+        };
+        let (described, raw) = outputs(&[&a, &b], |name| (name == "a").then_some(&at));
+        assert_eq!(raw, vec![Vec::new(), 2f32.to_le_bytes().to_vec()]);
+        let value = |key: &str| described[0].parameters[key].parameter_choice.clone();
+        use super::super::proto::infer_parameter::ParameterChoice;
+        assert_eq!(
+            value("shared_memory_region"),
+            Some(ParameterChoice::StringParam("out".into()))
+        );
+        assert_eq!(
+            value("shared_memory_byte_size"),
+            Some(ParameterChoice::Int64Param(4))
+        );
+        assert_eq!(
+            value("shared_memory_offset"),
+            Some(ParameterChoice::Int64Param(4))
+        );
+        assert!(described[1].parameters.is_empty());
+        let (_, raw) = outputs(&[&a], |_| Some(&at));
+        assert!(raw.is_empty());
     }
 }

@@ -228,10 +228,13 @@ def main():
               list(regions) == ["grpc_in"] and regions["grpc_in"].byte_size == 256, f"{regions}")
         fails_with("shared memory: a taken name: INVALID_ARGUMENT", grpc.StatusCode.INVALID_ARGUMENT,
                    lambda: client.register_system_shared_memory("grpc_in", "/gantry_grpc_test", 256), "grpc_in")
+        shm.set_shared_memory_region(handle, [features(1)])
         t = grpcclient.InferInput("features", [1, 64], "FP32")
         t.set_shared_memory("grpc_in", 256)
-        fails_with("shared memory inputs over gRPC: INVALID_ARGUMENT naming HTTP", grpc.StatusCode.INVALID_ARGUMENT,
-                   lambda: client.infer(CLASSIFIER, [t]), "HTTP API")
+        from_shm = client.infer(CLASSIFIER, [t]).as_numpy("logits")
+        from_message = client.infer(CLASSIFIER, classifier_inputs(grpcclient, features(1))).as_numpy("logits")
+        check("shared memory: an input read from the region (more in triton_grpc_shm.py)",
+              from_shm is not None and np.array_equal(from_shm, from_message), f"{from_shm} vs {from_message}")
         client.unregister_system_shared_memory("grpc_in")
         check("shared memory: unregistered", len(client.get_system_shared_memory_status().regions) == 0)
         client.unregister_system_shared_memory()

@@ -14,22 +14,38 @@ pub struct Gantry {
     pub child: Child,
     /// `http://127.0.0.1:PORT`.
     pub base: String,
+    /// `127.0.0.1:PORT` of the gRPC server, when started with one.
+    pub grpc: Option<String>,
     /// Every JSON log line after the `listening` one.
     pub events: Receiver<Value>,
 }
 
 impl Gantry {
     /// Starts the binary on the models in `models`, with the shipped config
-    /// and extra environment variables.
+    /// and extra environment variables; gRPC off.
     pub fn spawn(models: &Path, env: &[(&str, &str)]) -> Gantry {
+        Gantry::start(models, env, false)
+    }
+
+    /// [`Gantry::spawn`] with gRPC on a port of its own too.
+    pub fn spawn_with_grpc(models: &Path, env: &[(&str, &str)]) -> Gantry {
+        Gantry::start(models, env, true)
+    }
+
+    fn start(models: &Path, env: &[(&str, &str)], grpc: bool) -> Gantry {
         let library = gantry::runtime::locate_onnxruntime("").expect("make onnxruntime has run");
         let mut command = Command::new(env!("CARGO_BIN_EXE_gantry"));
         command
-            // gRPC off: tests run side by side.
+            // gRPC off unless asked for, and then on a free port: tests run
+            // side by side.
             .args([
                 "--bind",
                 "127.0.0.1:0",
-                "--grpc-bind=",
+                if grpc {
+                    "--grpc-bind=127.0.0.1:0"
+                } else {
+                    "--grpc-bind="
+                },
                 "--log-format",
                 "json",
                 "--models",
@@ -53,17 +69,20 @@ impl Gantry {
                 }
             }
         });
-        let addr = loop {
+        let listening = |message: &str| loop {
             let event = events
                 .recv_timeout(Duration::from_secs(30))
-                .expect("a listening line");
-            if event["message"] == "listening" {
+                .unwrap_or_else(|_| panic!("a '{message}' line"));
+            if event["message"] == message {
                 break event["addr"].as_str().unwrap_or_default().to_string();
             }
         };
+        let addr = listening("listening");
+        let grpc = grpc.then(|| listening("gRPC listening"));
         Gantry {
             child,
             base: format!("http://{addr}"),
+            grpc,
             events,
         }
     }
@@ -80,6 +99,22 @@ impl Gantry {
         {
             assert!(Instant::now() < deadline, "{path} never answered 200");
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Waits (at most 20 s) for a log line whose message contains `text`,
+    /// passing over the lines before it.
+    pub fn wait_for_log(&self, text: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let event = self
+                .events
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("no log line with '{text}'"));
+            if event["message"].as_str().unwrap_or_default().contains(text) {
+                return;
+            }
         }
     }
 

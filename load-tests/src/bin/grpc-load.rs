@@ -1,0 +1,214 @@
+//! `grpc-load`: drives Triton's `ModelInfer` RPC (Gantry's gRPC server, or
+//! any KServe v2 / Triton gRPC server) from `--concurrency` callers for
+//! `--seconds`, and prints one JSON object in the shape of oha's
+//! `--output-format json` (`summary.total`, `statusCodeDistribution`,
+//! `errorDistribution`, `latencyPercentiles` in seconds), so `make bench`
+//! reads gRPC cells as it reads oha's. oha speaks no gRPC; this is the
+//! gRPC side of the same measurement.
+//!
+//! Every call sends the same inputs in `raw_input_contents` (as
+//! `tritonclient.grpc` does) and asks for every output. The callers share
+//! one HTTP/2 connection, as a gRPC client's channel does; `--connections`
+//! spreads them over more. A call answered OK counts under `"200"`, any
+//! other status under its gRPC code name in `errorDistribution`.
+//!
+//! ```sh
+//! target/release/grpc-load --addr 127.0.0.1:8001 --model unet-seg \
+//!     --input image:FP32:1x3x128x128 --concurrency 32 --seconds 10
+//! ```
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use gantry::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+use gantry::grpc::proto::model_infer_request::InferInputTensor;
+use gantry::grpc::proto::ModelInferRequest;
+use serde_json::json;
+use tonic::transport::{Channel, Endpoint};
+
+#[derive(Parser, Debug)]
+#[command(name = "grpc-load", about)]
+struct Args {
+    /// The gRPC server, host:port.
+    #[arg(long, default_value = "127.0.0.1:8001")]
+    addr: String,
+    #[arg(long)]
+    model: String,
+    /// An input as NAME:DATATYPE:SHAPE (dimensions joined by `x`), filled
+    /// with fixed pseudo-random values; repeat for more inputs. FP32 values
+    /// are in [0, 1), integer ones in [0, 100).
+    #[arg(long = "input", required = true)]
+    inputs: Vec<String>,
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// HTTP/2 connections the callers are spread over.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    // A thread per core, as oha's runtime has.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    match runtime.block_on(run(args)) {
+        Ok(report) => {
+            println!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("grpc-load: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A fixed pseudo-random sequence (xorshift64*): the same inputs every
+/// run, with no dependency for it.
+struct Values(u64);
+
+impl Values {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn unit(&mut self) -> f32 {
+        (self.next() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+/// One `--input`: its tensor description and raw little-endian bytes.
+fn parse_input(spec: &str, values: &mut Values) -> Result<(InferInputTensor, Vec<u8>), String> {
+    let bad = || format!("--input {spec}: want NAME:DATATYPE:SHAPE, e.g. image:FP32:1x3x128x128");
+    let mut parts = spec.splitn(3, ':');
+    let (name, datatype, shape) = match (parts.next(), parts.next(), parts.next()) {
+        (Some(n), Some(d), Some(s)) if !n.is_empty() => (n, d.to_ascii_uppercase(), s),
+        _ => return Err(bad()),
+    };
+    let shape: Vec<i64> = shape
+        .split('x')
+        .map(|d| d.parse::<i64>().ok().filter(|d| *d >= 0))
+        .collect::<Option<_>>()
+        .ok_or_else(bad)?;
+    let count = shape.iter().product::<i64>() as usize;
+    let mut bytes = Vec::new();
+    for _ in 0..count {
+        match datatype.as_str() {
+            "FP32" => bytes.extend_from_slice(&values.unit().to_le_bytes()),
+            "FP64" => bytes.extend_from_slice(&f64::from(values.unit()).to_le_bytes()),
+            "INT32" => bytes.extend_from_slice(&((values.next() % 100) as i32).to_le_bytes()),
+            "INT64" => bytes.extend_from_slice(&((values.next() % 100) as i64).to_le_bytes()),
+            other => {
+                return Err(format!(
+                    "--input {spec}: {other} is not one of FP32, FP64, INT32, INT64"
+                ))
+            }
+        }
+    }
+    let tensor = InferInputTensor {
+        name: name.to_string(),
+        datatype,
+        shape,
+        parameters: Default::default(),
+        contents: None,
+    };
+    Ok((tensor, bytes))
+}
+
+/// What one caller saw.
+#[derive(Default)]
+struct Seen {
+    latencies_s: Vec<f64>,
+    errors: BTreeMap<String, u64>,
+}
+
+async fn run(args: Args) -> Result<serde_json::Value, String> {
+    let mut values = Values(0x9E37_79B9_7F4A_7C15);
+    let (inputs, raw): (Vec<_>, Vec<_>) = args
+        .inputs
+        .iter()
+        .map(|spec| parse_input(spec, &mut values))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .unzip();
+    let request = ModelInferRequest {
+        model_name: args.model.clone(),
+        inputs,
+        raw_input_contents: raw,
+        ..Default::default()
+    };
+    let endpoint = Endpoint::from_shared(format!("http://{}", args.addr))
+        .map_err(|e| format!("--addr {}: {e}", args.addr))?
+        .tcp_nodelay(true);
+    let mut channels: Vec<Channel> = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        let channel = endpoint
+            .connect()
+            .await
+            .map_err(|e| format!("cannot connect to {}: {e}", args.addr))?;
+        channels.push(channel);
+    }
+    let until = Instant::now() + Duration::from_secs_f64(args.seconds);
+    let started = Instant::now();
+    let callers = (0..args.concurrency.max(1)).map(|i| {
+        let mut client = GrpcInferenceServiceClient::new(channels[i % channels.len()].clone())
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX);
+        let request = request.clone();
+        tokio::spawn(async move {
+            let mut seen = Seen::default();
+            while Instant::now() < until {
+                let t = Instant::now();
+                match client.model_infer(request.clone()).await {
+                    Ok(_) => seen.latencies_s.push(t.elapsed().as_secs_f64()),
+                    Err(status) => {
+                        *seen
+                            .errors
+                            .entry(format!("{:?}", status.code()))
+                            .or_default() += 1
+                    }
+                }
+            }
+            seen
+        })
+    });
+    let mut latencies = Vec::new();
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    for seen in futures_util::future::join_all(callers).await {
+        let seen = seen.map_err(|e| e.to_string())?;
+        latencies.extend(seen.latencies_s);
+        for (code, n) in seen.errors {
+            *errors.entry(code).or_default() += n;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    if latencies.is_empty() {
+        return Err(format!("no call succeeded: {errors:?}"));
+    }
+    latencies.sort_by(f64::total_cmp);
+    let pct = |p: f64| {
+        latencies
+            [((p / 100.0 * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len()) - 1]
+    };
+    Ok(json!({
+        "summary": {
+            "total": elapsed,
+            "requestsPerSec": latencies.len() as f64 / elapsed,
+        },
+        "statusCodeDistribution": { "200": latencies.len() },
+        "errorDistribution": errors,
+        "latencyPercentiles": { "p50": pct(50.0), "p95": pct(95.0), "p99": pct(99.0) },
+        "model": args.model,
+        "concurrency": args.concurrency,
+        "connections": args.connections.max(1),
+    }))
+}
