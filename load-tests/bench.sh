@@ -13,6 +13,10 @@
 #   - unet-seg as v2 JSON (340 KB bodies) at concurrency 1 and 32, and
 #     through the binary extension at concurrency 1 and 32 (what JSON costs),
 #     and as JSON answered gzipped at concurrency 1 (what compression costs);
+#   - gRPC next to HTTP: the MLP through the v2 binary extension and both
+#     models over gRPC's ModelInfer (`grpc-load`, raw_input_contents, the
+#     callers sharing one HTTP/2 connection as a gRPC channel does) at
+#     concurrency 1 and 32;
 #   - the MLP again on a server with the cache on, every request a hit;
 #   - raw-onnx: ONNX Runtime through Gantry's engine, no HTTP, on the same
 #     shared pool of every core, at batch 1 and at each power of two up to
@@ -46,7 +50,7 @@ commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
   commit+=" with uncommitted changes"
 
 echo "== building (release)"
-"$CARGO" build --release --quiet -p gantry --bin gantry -p gantry-load-tests --bin raw-onnx
+"$CARGO" build --release --quiet -p gantry --bin gantry -p gantry-load-tests --bin raw-onnx --bin grpc-load
 
 source "$root/load-tests/start-gantry.sh"
 source "$root/load-tests/bench-lib.sh"
@@ -78,6 +82,19 @@ cell() {
     curl -s "$url/api/optimized/stats" >"$tmp/cells/$name.$k.after"
   done
 }
+# grpc_cell NAME CONCURRENCY grpc-load-arguments...: as `cell`, with grpc-load
+# (oha's JSON shape) on the gRPC server at `$grpc`.
+grpc_cell() {
+  local name=$1 c=$2
+  shift 2
+  for k in $(seq 1 "$REPEAT"); do
+    echo "== $name, concurrency $c, $DURATION (run $k of $REPEAT)"
+    curl -s "$url/api/optimized/stats" >"$tmp/cells/$name.$k.before"
+    target/release/grpc-load --addr "$grpc" --seconds "$RAW_SECONDS" --concurrency "$c" "$@" \
+      >"$tmp/cells/$name.$k.json"
+    curl -s "$url/api/optimized/stats" >"$tmp/cells/$name.$k.after"
+  done
+}
 # oha asks for gzip answers (`accept-encoding: gzip, compress, deflate, br`)
 # unless told otherwise; Triton's clients ask for none unless set to, so the
 # cells ask for identity, and one cell for a gzipped answer shows its cost.
@@ -86,7 +103,11 @@ gzipped=(-m POST -H "content-type: application/json" -H "accept-encoding: gzip")
 binary=(-m POST -H "content-type: application/octet-stream" -H "accept-encoding: identity"
   -H "inference-header-content-length: $(cat "$tmp/unet-seg.len")")
 
-start_gantry GANTRY__MODELS__DIR="$repo"
+mlp_binary=(-m POST -H "content-type: application/octet-stream" -H "accept-encoding: identity"
+  -H "inference-header-content-length: $(cat "$tmp/tiny-classifier.v2len")")
+
+grpc=127.0.0.1:$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+grpc_bind=$grpc start_gantry GANTRY__MODELS__DIR="$repo"
 cell health-live 32 "$url/v2/health/live"
 for c in 1 32; do
   cell "tiny-classifier.json.c$c" "$c" "${json[@]}" -D "$tmp/tiny-classifier.body" "$url/api/optimized/predict"
@@ -97,6 +118,14 @@ done
 cell unet-seg.gzip.c1 1 "${gzipped[@]}" -D "$tmp/unet-seg.json" "$url/v2/models/unet-seg/infer"
 for c in 1 32; do
   cell "unet-seg.binary.c$c" "$c" "${binary[@]}" -D "$tmp/unet-seg.body" "$url/v2/models/unet-seg/infer"
+done
+for c in 1 32; do
+  grpc_cell "unet-seg.grpc.c$c" "$c" --model unet-seg --input image:FP32:1x3x128x128
+done
+for c in 1 32; do
+  cell "tiny-classifier.binary.c$c" "$c" "${mlp_binary[@]}" -D "$tmp/tiny-classifier.v2" \
+    "$url/v2/models/tiny-classifier/infer"
+  grpc_cell "tiny-classifier.grpc.c$c" "$c" --model tiny-classifier --input features:FP32:1x64
 done
 stop_gantry
 

@@ -65,6 +65,9 @@ mlp = {c: served(f"tiny-classifier.json.c{c}", "tiny-classifier") for c in (1, 3
 unet = {c: served(f"unet-seg.json.c{c}", "unet-seg") for c in (1, 32)}
 unet_gzip = served("unet-seg.gzip.c1", "unet-seg")
 unet_binary = {c: served(f"unet-seg.binary.c{c}", "unet-seg") for c in (1, 32)}
+unet_grpc = {c: served(f"unet-seg.grpc.c{c}", "unet-seg") for c in (1, 32)}
+mlp_binary = {c: served(f"tiny-classifier.binary.c{c}", "tiny-classifier") for c in (1, 32)}
+mlp_grpc = {c: served(f"tiny-classifier.grpc.c{c}", "tiny-classifier") for c in (1, 32)}
 hit = served("tiny-classifier.hit.c1")
 raws = {("unet-seg", b): raw("unet-seg", b) for b in (1, 2, 4, 8)}
 raws.update({("tiny-classifier", b): raw("tiny-classifier", b) for b in (1, 32)})
@@ -82,7 +85,17 @@ rows = [
     ("unet-seg, v2 JSON, answer gzipped", 1, unet_gzip, raws[("unet-seg", 1)]),
     ("unet-seg, v2 binary", 1, unet_binary[1], raws[("unet-seg", 1)]),
     ("unet-seg, v2 binary", 32, unet_binary[32], best_unet),
+    ("unet-seg, gRPC", 1, unet_grpc[1], raws[("unet-seg", 1)]),
+    ("unet-seg, gRPC", 32, unet_grpc[32], best_unet),
+    ("tiny-classifier (MLP), v2 binary", 1, mlp_binary[1], raws[("tiny-classifier", 1)]),
+    ("tiny-classifier (MLP), v2 binary", 32, mlp_binary[32], raws[("tiny-classifier", 32)]),
+    ("tiny-classifier (MLP), gRPC", 1, mlp_grpc[1], raws[("tiny-classifier", 1)]),
+    ("tiny-classifier (MLP), gRPC", 32, mlp_grpc[32], raws[("tiny-classifier", 32)]),
 ]
+# gRPC next to HTTP through the binary extension, cell by cell.
+versus = [(model, c, g, h) for model, grpc_cells, http_cells in
+          (("unet-seg", unet_grpc, unet_binary), ("tiny-classifier (MLP)", mlp_grpc, mlp_binary))
+          for c in (1, 32) for g, h in [(grpc_cells[c], http_cells[c])]]
 
 
 def goal(text, measured, ok):
@@ -141,6 +154,14 @@ for name, c, s, _ in rows:
     if "items" in s and s["items"] < s["ok"]:
         w(f"\n**Warning**: {name} at concurrency {c} answered {s['ok']:.0f} requests but inferred "
           f"{s['items']:.0f} items: some answers did not come from ONNX Runtime (cache?).")
+w("\ngRPC (`grpc-load`: ModelInfer with raw_input_contents, the callers on one HTTP/2 connection) next to "
+  "HTTP through the v2 binary extension (oha: a connection per caller), the same server and inputs:\n")
+w("| Model | Concurrency | gRPC req/s | HTTP binary req/s | gRPC/HTTP | gRPC p50 ms | HTTP p50 ms | gRPC p99 ms | HTTP p99 ms |")
+w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+for model, c, g, h in versus:
+    ratio = g["rps"] / h["rps"] if h["rps"] else 0.0
+    w(f"| {model} | {c} | {g['rps']:,.1f} | {h['rps']:,.1f} | {ratio:.3f} | {g['p50']:.3f} | {h['p50']:.3f} "
+      f"| {g['p99']:.3f} | {h['p99']:.3f} |")
 w("\nRaw ONNX Runtime, per inference (`raw-onnx`, shared pool of every core, no HTTP):\n")
 w("| Model | Batch | Items/s | p50 ms | p95 ms | p99 ms |")
 w("| --- | ---: | ---: | ---: | ---: | ---: |")

@@ -83,6 +83,7 @@ async fn triton_grpc_client_works_against_the_grpc_server() {
         .copy("models/tiny-classifier", "tiny-classifier", None);
     let mut config = common::config(repo.path());
     config.server.grpc_bind = "127.0.0.1:0".into();
+    config.server.body_limit_mb = 4;
     config.cache.enabled = false;
     let server = common::TestServer::ready(config, common::onnx_provider()).await;
     let grpc = server.grpc.clone().expect("gRPC is on");

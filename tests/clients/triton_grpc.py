@@ -2,7 +2,7 @@
 
 Usage: triton_grpc.py GRPC_HOST:PORT
 
-Expects a server serving the `dtypes` and `accumulator` fixtures
+Expects a server with a 4 MB body limit serving the `dtypes` and `accumulator` fixtures
 (tests/fixtures/models/) and the `tiny-classifier` demo model. Checks, with `tritonclient.grpc` (sync)
 and `tritonclient.grpc.aio` (asyncio): liveness, readiness, server and
 model metadata, inference of every fixture datatype through
@@ -129,6 +129,14 @@ def main():
     raw = np.frombuffer(response.raw_output_contents[0], dtype=np.float32).reshape(3, 10)
     check("infer with typed contents: the same logits", np.allclose(raw, logits, atol=1e-6),
           f"{response}")
+
+    # A message over the server's body limit (4 MB in this test), as sent or
+    # gzipped: RESOURCE_EXHAUSTED, as gRPC's own servers answer.
+    huge = np.zeros((20_000, 64), dtype=np.float32)
+    fails_with("a message over the body limit: RESOURCE_EXHAUSTED", grpc.StatusCode.RESOURCE_EXHAUSTED,
+               lambda: client.infer(CLASSIFIER, classifier_inputs(grpcclient, huge)))
+    fails_with("a gzipped message inflating past the limit: RESOURCE_EXHAUSTED", grpc.StatusCode.RESOURCE_EXHAUSTED,
+               lambda: client.infer(CLASSIFIER, classifier_inputs(grpcclient, huge), compression_algorithm="gzip"))
 
     # Errors: the HTTP ones, as gRPC status codes with the same messages.
     fails_with("infer on an unknown model: NOT_FOUND", grpc.StatusCode.NOT_FOUND,
