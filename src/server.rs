@@ -17,10 +17,11 @@ use gantry_actors::device::{GpuInventory, NvmlInventory};
 use gantry_actors::engine::EngineProvider;
 use gantry_actors::{Supervisor, SupervisorConfig};
 
-use crate::api::{self, drain, json_errors, AppState, MediaSettings};
+use crate::api::{self, access_log, drain, json_errors, AppState, MediaSettings};
 use crate::cache::ResultCache;
 use crate::config::Config;
 use crate::grpc::GrpcServer;
+use crate::metrics::prometheus::EventSeries;
 use crate::metrics::Metrics;
 use crate::request_id;
 use crate::service::InferenceService;
@@ -98,7 +99,9 @@ pub async fn start_with_gpus(
              refused for threads"
         );
     }
-    let metrics = Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::new(EventSeries::new(Duration::from_millis(
+        config.server.request_timeout_ms,
+    ))));
     let serving = Supervisor::start(SupervisorConfig {
         models_dir: config.models.dir.clone(),
         memory: config.memory_budget(),
@@ -166,12 +169,13 @@ pub async fn start_with_gpus(
         })?),
     };
     let http = HttpServer::new(move || {
-        // The last `wrap` runs first: the request id, then draining, then
-        // JSON for actix's own error answers.
+        // The last `wrap` runs first: the request id, then the access log,
+        // then draining, then JSON for actix's own error answers.
         App::new()
             .app_data(state.clone())
             .wrap(from_fn(json_errors::shape))
             .wrap(from_fn(drain::guard))
+            .wrap(from_fn(access_log::record))
             .wrap(from_fn(request_id::assign))
             .configure(json_errors::config_extractor_errors)
             .configure(api::configure)

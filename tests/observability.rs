@@ -234,3 +234,126 @@ async fn one_request_can_be_followed_through_the_json_logs() {
     }
     assert_eq!(done["model"], "tiny-classifier");
 }
+
+/// One access line per request at `info` (the shipped log level), HTTP and
+/// gRPC alike: method, path, status, model, duration, bytes in and out,
+/// request id, and the client's trace id from `traceparent`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_request_gets_one_access_line() {
+    use gantry::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use gantry::grpc::proto::model_infer_request::InferInputTensor;
+    use gantry::grpc::proto::ModelInferRequest;
+
+    let repo = Repo::new().copy("models/tiny-classifier", "tiny-classifier", None);
+    let gantry = Gantry::spawn_with_grpc(repo.path(), &[("GANTRY__CACHE__ENABLED", "false")]);
+    let client = reqwest::Client::new();
+    gantry.wait_for_200(&client, "/v2/health/ready").await;
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let traceparent = format!("00-{trace}-00f067aa0ba902b7-01");
+    let body = serde_json::to_vec(&json!({"model": "tiny-classifier",
+        "inputs": {"features": tensor(&[1, 64], "FP32", json!(vec![0.25; 64]))}}))
+    .unwrap();
+    let ok = client
+        .post(format!("{}/api/optimized/predict", gantry.base))
+        .header("content-type", "application/json")
+        .header("x-request-id", "access-1")
+        .header("traceparent", &traceparent)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let answer_len = ok.bytes().await.unwrap().len() as u64;
+    let missing = client
+        .post(format!("{}/v2/models/nope/infer", gantry.base))
+        .header("x-request-id", "access-2")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
+    let mut grpc = GrpcInferenceServiceClient::connect(format!(
+        "http://{}",
+        gantry.grpc.as_deref().expect("gRPC is on")
+    ))
+    .await
+    .unwrap();
+    let mut call = tonic::Request::new(ModelInferRequest {
+        model_name: "tiny-classifier".into(),
+        inputs: vec![InferInputTensor {
+            name: "features".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, 64],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![vec![0; 256]],
+        ..Default::default()
+    });
+    call.metadata_mut()
+        .insert("x-request-id", "access-3".parse().unwrap());
+    call.metadata_mut()
+        .insert("traceparent", traceparent.parse().unwrap());
+    grpc.model_infer(call).await.unwrap();
+
+    let mut lines: HashMap<String, Value> = HashMap::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while lines.len() < 3 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(event) = gantry.events.recv_timeout(left) else {
+            break;
+        };
+        // The readiness polls before have lines of their own.
+        let id = event["request_id"].as_str().unwrap_or_default().to_string();
+        if event["message"] == "access" && id.starts_with("access-") {
+            assert!(
+                lines.insert(id.clone(), event).is_none(),
+                "two access lines for {id}"
+            );
+        }
+    }
+    let http = &lines["access-1"];
+    assert_eq!(
+        (
+            &http["protocol"],
+            &http["method"],
+            &http["path"],
+            &http["status"]
+        ),
+        (
+            &json!("http"),
+            &json!("POST"),
+            &json!("/api/optimized/predict"),
+            &json!(200)
+        ),
+        "{http}"
+    );
+    assert_eq!(http["model"], "tiny-classifier", "{http}");
+    assert_eq!(http["bytes_in"], body.len() as u64, "{http}");
+    assert_eq!(http["bytes_out"], answer_len, "{http}");
+    assert_eq!(http["trace_id"], trace, "{http}");
+    assert!(http["duration_ms"].as_f64().unwrap() > 0.0, "{http}");
+    assert_eq!(http["level"], "INFO", "{http}");
+    let missing = &lines["access-2"];
+    assert_eq!(
+        (&missing["status"], &missing["path"]),
+        (&json!(404), &json!("/v2/models/nope/infer")),
+        "{missing}"
+    );
+    assert!(missing.get("trace_id").is_none(), "{missing}");
+    let grpc = &lines["access-3"];
+    assert_eq!(
+        (&grpc["protocol"], &grpc["path"], &grpc["status"]),
+        (
+            &json!("grpc"),
+            &json!("/inference.GRPCInferenceService/ModelInfer"),
+            &json!(200)
+        ),
+        "{grpc}"
+    );
+    assert_eq!(grpc["model"], "tiny-classifier", "{grpc}");
+    assert_eq!(grpc["trace_id"], trace, "{grpc}");
+    assert!(grpc["bytes_in"].as_u64().unwrap() > 256, "{grpc}");
+    assert!(grpc["bytes_out"].as_u64().unwrap() > 40, "{grpc}");
+    gantry.signal("TERM");
+    assert_eq!(gantry.exit_status().await.code(), Some(0));
+}

@@ -2,6 +2,7 @@
 //! function; [`configure`] assembles them. Handlers stay thin: extract,
 //! call the service, map the result.
 
+pub mod access_log;
 pub mod admin;
 pub mod drain;
 pub mod encoding;

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use actix_web::web;
 use futures_util::Stream;
+use prost::Message;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
@@ -19,6 +20,7 @@ use super::parameters::{json_parameters, load_parameters};
 use super::proto::grpc_inference_service_server::GrpcInferenceService;
 use super::proto::*;
 use super::{json, tensors};
+use crate::api::access_log;
 use crate::api::admin::{check_admin, Caller, FORWARDING_HEADERS};
 use crate::api::health::all_ready;
 use crate::api::model_config::config_json;
@@ -92,18 +94,21 @@ fn authorize_caller(
     check_admin(state.admin_token.as_deref(), &caller)
 }
 
-/// The caller of an inference: what authorizes its use of shared memory.
+/// Where an inference came from: its metadata and peer (what authorizes
+/// its use of shared memory) and the RPC (for its access line).
 #[derive(Clone)]
 struct Origin {
     metadata: MetadataMap,
     peer: Option<SocketAddr>,
+    rpc: &'static str,
 }
 
 impl Origin {
-    fn of<T>(request: &Request<T>) -> Origin {
+    fn of<T>(request: &Request<T>, rpc: &'static str) -> Origin {
         Origin {
             metadata: request.metadata().clone(),
             peer: request.remote_addr(),
+            rpc,
         }
     }
 }
@@ -153,6 +158,8 @@ async fn infer(
     origin: Origin,
     request: ModelInferRequest,
 ) -> Result<(ModelInferResponse, Option<uuid::Uuid>), Status> {
+    let started = std::time::Instant::now();
+    let bytes_in = request.encoded_len() as u64;
     let requested = requested(&origin.metadata);
     let timeout = grpc_timeout(&origin.metadata).map_err(|e| e.grpc_status())?;
     // Counted for shutdown like an HTTP request: a drain waits for it.
@@ -212,19 +219,33 @@ async fn infer(
     }
     .await;
     let logged = pending.reached_model().then(|| pending.prediction_id());
-    let answer = match answered {
+    let model = pending.model_name().map(str::to_string);
+    let (status, bytes_out, answer) = match answered {
         Ok(body) => {
             pending.finish_with(200, None);
-            Ok((body, logged))
+            (200, Some(body.encoded_len() as u64), Ok((body, logged)))
         }
         Err(e) => {
-            pending.finish_with(
-                actix_web::ResponseError::status_code(&e).as_u16(),
-                Some(e.to_string()),
-            );
-            Err(e.grpc_status())
+            let status = actix_web::ResponseError::status_code(&e).as_u16();
+            pending.finish_with(status, Some(e.to_string()));
+            (status, None, Err(e.grpc_status()))
         }
     };
+    access_log::line(access_log::Line {
+        protocol: "grpc",
+        method: "POST",
+        path: origin.rpc,
+        status,
+        model: model.as_deref(),
+        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        bytes_in: Some(bytes_in),
+        bytes_out,
+        request_id: Some(&requested.id),
+        trace_id: origin
+            .metadata
+            .get("traceparent")
+            .and_then(|v| access_log::trace_id(v.to_str().ok()?)),
+    });
     drop(admitted);
     answer
 }
@@ -378,7 +399,7 @@ impl GrpcInferenceService for Inference {
     }
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Answer<ModelInferResponse> {
-        let origin = Origin::of(&request);
+        let origin = Origin::of(&request, "/inference.GRPCInferenceService/ModelInfer");
         let (answer, logged) = infer(self.state.clone(), origin, request.into_inner()).await?;
         let mut response = Response::new(answer);
         if let Some(value) = logged.and_then(|id| id.to_string().parse().ok()) {
@@ -394,7 +415,7 @@ impl GrpcInferenceService for Inference {
         &self,
         request: Request<tonic::Streaming<ModelInferRequest>>,
     ) -> Answer<Self::ModelStreamInferStream> {
-        let origin = Origin::of(&request);
+        let origin = Origin::of(&request, "/inference.GRPCInferenceService/ModelStreamInfer");
         Ok(Response::new(stream(
             self.state.clone(),
             origin,

@@ -32,14 +32,23 @@ pub struct Metrics {
 }
 
 impl Default for Metrics {
+    /// Latency buckets reaching the default request timeout.
     fn default() -> Self {
+        Metrics::new(EventSeries::default())
+    }
+}
+
+impl Metrics {
+    /// Metrics over `series` (whose latency buckets reach the server's
+    /// request timeout: [`EventSeries::new`]).
+    pub fn new(series: EventSeries) -> Self {
         Metrics {
             epoch: Instant::now(),
             requests_total: AtomicU64::new(0),
             errors_total: AtomicU64::new(0),
             windows: RwLock::new(HashMap::new()),
             statuses: Mutex::new(HashMap::new()),
-            series: EventSeries::default(),
+            series,
             statistics: Statistics::default(),
         }
     }

@@ -7,7 +7,7 @@
 use prometheus_client::encoding::text::{encode_eof, encode_registry};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::{Registry, Unit};
@@ -64,10 +64,30 @@ struct LevelLabels {
     level: String,
 }
 
-fn latency_histogram() -> Histogram {
-    // 0.1 ms to about 6.5 s.
-    Histogram::new(exponential_buckets(0.0001, 2.0, 17))
+/// Latency buckets: 0.1 ms doubling up to the first bucket at or past the
+/// request timeout, so every answer short of a 504 (and a 504 itself, just
+/// past the deadline) lands in a finite bucket.
+#[derive(Clone, Debug)]
+pub struct LatencyBuckets(std::sync::Arc<[f64]>);
+
+impl LatencyBuckets {
+    pub fn reaching(timeout: std::time::Duration) -> LatencyBuckets {
+        let top = timeout.as_secs_f64().max(0.0001);
+        let mut buckets = vec![0.0001];
+        while buckets[buckets.len() - 1] < top {
+            buckets.push(buckets[buckets.len() - 1] * 2.0);
+        }
+        LatencyBuckets(buckets.into())
+    }
 }
+
+impl MetricConstructor<Histogram> for LatencyBuckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(self.0.iter().copied())
+    }
+}
+
+type Latencies = Family<ModelLabels, Histogram, LatencyBuckets>;
 
 fn batch_histogram() -> Histogram {
     Histogram::new(exponential_buckets(1.0, 2.0, 10))
@@ -77,14 +97,14 @@ fn batch_histogram() -> Histogram {
 pub struct EventSeries {
     registry: Registry,
     pub requests: Family<StatusLabels, Counter>,
-    pub request_duration: Family<ModelLabels, Histogram, fn() -> Histogram>,
-    pub queue_duration: Family<ModelLabels, Histogram, fn() -> Histogram>,
-    pub inference_duration: Family<ModelLabels, Histogram, fn() -> Histogram>,
+    pub request_duration: Latencies,
+    pub queue_duration: Latencies,
+    pub inference_duration: Latencies,
     pub batch_size: Family<ModelLabels, Histogram, fn() -> Histogram>,
     /// Uploaded files: decode, resize or resample, normalise.
-    pub media_prepare_duration: Family<ModelLabels, Histogram, fn() -> Histogram>,
+    pub media_prepare_duration: Latencies,
     /// Outputs turned into masks or labels.
-    pub media_postprocess_duration: Family<ModelLabels, Histogram, fn() -> Histogram>,
+    pub media_postprocess_duration: Latencies,
     /// Requests refused because the batcher's mailbox was full; not a series
     /// of its own: added to `requests_rejected` (the batcher's count) at
     /// every scrape.
@@ -92,13 +112,24 @@ pub struct EventSeries {
 }
 
 impl Default for EventSeries {
+    /// With buckets reaching the default request timeout.
     fn default() -> Self {
+        EventSeries::new(std::time::Duration::from_millis(
+            crate::config::ServerConfig::default().request_timeout_ms,
+        ))
+    }
+}
+
+impl EventSeries {
+    /// The series, latency buckets reaching `request_timeout`.
+    pub fn new(request_timeout: std::time::Duration) -> Self {
+        let buckets = LatencyBuckets::reaching(request_timeout);
+        let latencies = || Family::new_with_constructor(buckets.clone());
         let mut registry = Registry::with_prefix("gantry");
         let requests = Family::<StatusLabels, Counter>::default();
-        let request_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
-        let queue_duration = Family::new_with_constructor(latency_histogram as fn() -> Histogram);
-        let inference_duration =
-            Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let request_duration = latencies();
+        let queue_duration = latencies();
+        let inference_duration = latencies();
         let batch_size = Family::new_with_constructor(batch_histogram as fn() -> Histogram);
         registry.register(
             "requests",
@@ -124,10 +155,8 @@ impl Default for EventSeries {
             inference_duration.clone(),
         );
         registry.register("batch_size", "Items per batch run", batch_size.clone());
-        let media_prepare_duration =
-            Family::new_with_constructor(latency_histogram as fn() -> Histogram);
-        let media_postprocess_duration =
-            Family::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let media_prepare_duration = latencies();
+        let media_postprocess_duration = latencies();
         registry.register_with_unit(
             "media_prepare_duration",
             "Time an uploaded file took to become the input tensor (pool wait, decode, resize or resample)",
@@ -461,4 +490,33 @@ fn register_devices(r: &mut Registry, devices: &[gantry_actors::memory::DeviceSn
         "Share of time a GPU kernel ran over the last sample period (NVML)",
         utilization,
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn latency_buckets_reach_the_request_timeout() {
+        let buckets = LatencyBuckets::reaching(Duration::from_secs(30));
+        let (first, last) = (buckets.0[0], buckets.0[buckets.0.len() - 1]);
+        assert_eq!(first, 0.0001);
+        assert!(
+            last >= 30.0 && buckets.0[buckets.0.len() - 2] < 30.0,
+            "{buckets:?}"
+        );
+        let long = LatencyBuckets::reaching(Duration::from_secs(600));
+        assert!(long.0[long.0.len() - 1] >= 600.0, "{long:?}");
+        // The page shows them: a 40 s answer lands in a finite bucket.
+        let series = EventSeries::new(Duration::from_secs(30));
+        let labels = ModelLabels { model: "m".into() };
+        series.request_duration.get_or_create(&labels).observe(40.0);
+        let mut page = String::new();
+        prometheus_client::encoding::text::encode(&mut page, &series.registry).unwrap();
+        assert!(
+            page.contains(r#"gantry_request_duration_seconds_bucket{le="52.4288",model="m"} 1"#),
+            "{page}"
+        );
+    }
 }

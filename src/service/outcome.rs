@@ -15,6 +15,7 @@ use gantry_actors::ModelHandle;
 use uuid::Uuid;
 
 use super::Prediction;
+use crate::api::access_log::ServedModel;
 use crate::cache::CacheLevel;
 use crate::error::ApiError;
 use crate::metrics::{Metrics, RequestRecord};
@@ -97,6 +98,11 @@ impl Pending {
         self.reached
     }
 
+    /// The served model the request is attributed to, if any.
+    pub fn model_name(&self) -> Option<&str> {
+        self.model.as_deref().map(ModelHandle::name)
+    }
+
     /// Attributes the request to `model` (a served model), so failures
     /// before inference (a file that cannot be decoded, a full media pool)
     /// are counted for it.
@@ -131,6 +137,11 @@ impl Pending {
             if let Ok(value) = HeaderValue::from_str(&self.prediction_id.to_string()) {
                 response.headers_mut().insert(PREDICTION_HEADER, value);
             }
+        }
+        if let Some(model) = &self.model {
+            response
+                .extensions_mut()
+                .insert(ServedModel(model.name().to_string()));
         }
         self.finish_with(response.status().as_u16(), error);
         response

@@ -48,15 +48,21 @@ struct Args {
     /// HTTP/2 connections the callers are spread over.
     #[arg(long, default_value_t = 1)]
     connections: usize,
+    /// Runtime threads; 0 is one per core (as oha's runtime has).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    // A thread per core, as oha's runtime has.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let mut builder = match args.threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    };
+    if args.threads > 1 {
+        builder.worker_threads(args.threads);
+    }
+    let runtime = builder.enable_all().build().expect("tokio runtime");
     match runtime.block_on(run(args)) {
         Ok(report) => {
             println!("{report}");
