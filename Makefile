@@ -6,12 +6,14 @@ ORT_LIB     := $(ORT_DIR)/libonnxruntime.so
 ORT_GPU_DIR := .onnxruntime-gpu
 ORT_GPU_LIB := $(ORT_GPU_DIR)/libonnxruntime.so
 VENV        := .venv
+# playwright-core for the dashboard's browser test (npm, pinned in its lock file).
+NODE_DEPS   := tests/dashboard/node_modules/.done
 PYTHON      ?= python3
 CARGO       ?= cargo
 
 export ORT_DYLIB_PATH := $(abspath $(ORT_LIB))
 
-.PHONY: run run-gpu gpu-check test deploy-check docker-test fuzz onnxruntime onnxruntime-gpu venv models train evaluate bench bench-micro profile cpu-split bench-media soak lint fmt clean
+.PHONY: run run-gpu gpu-check test dashboard-screenshot deploy-check docker-test fuzz onnxruntime onnxruntime-gpu venv models train evaluate bench bench-micro profile cpu-split bench-media soak lint fmt clean
 
 run: $(ORT_LIB)
 	$(CARGO) run --release --bin gantry -- --config config/gantry.toml
@@ -26,8 +28,16 @@ run-gpu: $(ORT_GPU_LIB)
 gpu-check: $(ORT_GPU_LIB)
 	load-tests/gpu.sh
 
-test: $(ORT_LIB) $(VENV)/.done
+test: $(ORT_LIB) $(VENV)/.done $(NODE_DEPS)
 	GANTRY_TEST_PYTHON=$(abspath $(VENV))/bin/python $(CARGO) nextest run --workspace --no-fail-fast
+
+$(NODE_DEPS): tests/dashboard/package.json tests/dashboard/package-lock.json
+	cd tests/dashboard && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+# The README's picture of /dashboard under load (the browser test, saving it).
+dashboard-screenshot: $(ORT_LIB) $(NODE_DEPS)
+	GANTRY_TEST_DASHBOARD_SCREENSHOT=$(abspath docs/dashboard.png) $(CARGO) nextest run --test dashboard
 
 # Runs each fuzz target for FUZZ_SECONDS (CI: 20) from its committed seeds
 # in fuzz/corpus/<target>/. New inputs go to fuzz/target/corpus/ (not

@@ -4,6 +4,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod dashboard;
 pub mod drain;
 pub mod encoding;
 pub mod files;
@@ -113,6 +114,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     shared_memory::config_shared_memory_api(cfg);
     v2::config_v2_api(cfg);
     openapi::config_openapi_api(cfg);
+    dashboard::config_dashboard_api(cfg);
 }
 
 /// The protocol extensions `GET /v2` lists: those of Triton's that Gantry
