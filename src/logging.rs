@@ -2,19 +2,48 @@
 //! configured level; human-readable text or one JSON object per line.
 //! Text is coloured only on a terminal: log files and collectors get plain
 //! lines (and every request's span is formatted without escape codes).
+//!
+//! Lines are written to stdout by a thread of their own
+//! (`tracing-appender`'s non-blocking writer), so a request's access line
+//! costs its worker the formatting, not a write to a pipe or a file that
+//! may be slow. The buffer holds [`BUFFERED_LINES`]; lines beyond it are
+//! dropped rather than block a request, and counted
+//! (`gantry_log_lines_dropped_total`, [`dropped_lines`]).
 
 use std::io::IsTerminal;
+use std::sync::OnceLock;
 
+use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
-/// Installs the global subscriber; a second call does nothing.
-pub fn init(format: LogFormat, level: &str) {
+/// Lines the writer thread may be behind by before new ones are dropped.
+pub const BUFFERED_LINES: usize = 65_536;
+
+static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
+
+/// Lines dropped since start because the writer was [`BUFFERED_LINES`]
+/// behind.
+pub fn dropped_lines() -> u64 {
+    DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
+}
+
+/// Installs the global subscriber; a second call does nothing. Keep the
+/// guard until the process ends: dropping it writes out what is buffered.
+#[must_use = "dropping the guard stops the log writer"]
+pub fn init(format: LogFormat, level: &str) -> WorkerGuard {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let (writer, guard) = NonBlockingBuilder::default()
+        .buffered_lines_limit(BUFFERED_LINES)
+        .lossy(true)
+        .thread_name("log-writer")
+        .finish(std::io::stdout());
+    let _ = DROPPED.set(writer.error_counter());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_writer(writer)
         .with_ansi(std::io::stdout().is_terminal());
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -25,4 +54,5 @@ pub fn init(format: LogFormat, level: &str) {
             .with_span_list(true)
             .try_init(),
     };
+    guard
 }

@@ -54,7 +54,8 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    gantry::logging::init(config.log.format, &config.log.level);
+    // Held to the end of main: dropping it writes out the buffered lines.
+    let _log_writer = gantry::logging::init(config.log.format, &config.log.level);
     let library = match gantry::runtime::locate_onnxruntime(&config.runtime.onnxruntime_lib) {
         Ok(path) => path,
         Err(e) => {

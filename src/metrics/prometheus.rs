@@ -389,6 +389,11 @@ fn state_registry(inputs: &ScrapeInputs, mailbox_refusals: impl Fn(&str) -> u64)
             );
         }
     }
+    r.register(
+        "log_lines_dropped",
+        "Log lines dropped because the log writer was behind (logging::BUFFERED_LINES)",
+        counter(crate::logging::dropped_lines()),
+    );
     let gate = &inputs.pool_gate;
     r.register(
         "cpu_pool_gate_runs",
