@@ -5,7 +5,7 @@
 //! operator's work across the same threads and each waits on the other's
 //! stragglers: on 2 cores, two replicas of the reference UNet gave 313
 //! items/s running together and 368 taking turns. So a run predicted to
-//! take at least the gate's threshold (the session's last time per item,
+//! take at least the gate's threshold (the session's shortest recent time per item,
 //! times the items of this batch) waits for the gate; shorter runs (a small
 //! model, a small batch) never wait, so a big model's batch cannot hold up
 //! a small model's answer. The replica still stacks the next batch and
@@ -125,24 +125,36 @@ impl Default for PoolGate {
     }
 }
 
-/// A session's run length per batch item, learnt from its last run, which
-/// predicts the next run's length from its batch size.
+/// Runs a prediction remembers.
+const REMEMBERED_RUNS: usize = 4;
+
+/// A session's run length per batch item, learnt from its recent runs,
+/// which predicts the next run's length from its batch size. The
+/// prediction is the shortest of the last [`REMEMBERED_RUNS`] per-item
+/// times: a run the machine preempted (or that waited on a busy core) only
+/// ever takes longer than the session's own cost, so one such run does not
+/// send a model of microsecond runs to the gate; a model that really became
+/// slower (bigger inputs) shows it in every run, and within four runs.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct RunLength {
-    per_item: Duration,
+    per_item: [Option<Duration>; REMEMBERED_RUNS],
+    next: usize,
 }
 
 impl RunLength {
     /// The predicted length of a run of `items` (zero before any run: the
     /// first run, warmup's, measures the session alone).
     pub fn predict(&self, items: usize) -> Duration {
-        self.per_item
+        let shortest = self.per_item.iter().flatten().min().copied();
+        shortest
+            .unwrap_or_default()
             .saturating_mul(u32::try_from(items.max(1)).unwrap_or(u32::MAX))
     }
 
     /// Learns from a run of `items` that took `took` (its wait excluded).
     pub fn record(&mut self, items: usize, took: Duration) {
-        self.per_item = took / u32::try_from(items.max(1)).unwrap_or(u32::MAX);
+        self.per_item[self.next] = Some(took / u32::try_from(items.max(1)).unwrap_or(u32::MAX));
+        self.next = (self.next + 1) % REMEMBERED_RUNS;
     }
 }
 
@@ -194,12 +206,20 @@ mod tests {
     }
 
     #[test]
-    fn a_run_is_predicted_from_the_last_time_per_item() {
+    fn a_run_is_predicted_from_the_shortest_recent_time_per_item() {
         let mut length = RunLength::default();
         assert_eq!(length.predict(8), Duration::ZERO);
         length.record(4, Duration::from_millis(8));
         assert_eq!(length.predict(1), Duration::from_millis(2));
         assert_eq!(length.predict(8), Duration::from_millis(16));
+        // One slow run (preempted) does not change the prediction.
+        length.record(1, Duration::from_millis(30));
+        assert_eq!(length.predict(1), Duration::from_millis(2));
+        // Runs that are all slower do, once the fast one is forgotten.
+        for _ in 0..3 {
+            length.record(1, Duration::from_millis(5));
+        }
+        assert_eq!(length.predict(1), Duration::from_millis(5));
         length.record(0, Duration::from_millis(3));
         assert_eq!(length.predict(0), Duration::from_millis(3));
     }
