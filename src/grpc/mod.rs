@@ -14,6 +14,7 @@
 //! `/v2/health/ready` does. [`GrpcServer::stop`] stops accepting RPCs and
 //! waits for those under way.
 
+mod infer;
 mod json;
 mod parameters;
 mod service;

@@ -8,31 +8,25 @@
 
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::time::Duration;
 
 use actix_web::web;
 use futures_util::Stream;
-use prost::Message;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
-use super::parameters::{json_parameters, load_parameters};
+use super::infer::{infer, stream, Origin};
+use super::json;
+use super::parameters::load_parameters;
 use super::proto::grpc_inference_service_server::GrpcInferenceService;
 use super::proto::*;
-use super::{json, tensors};
-use crate::api::access_log;
 use crate::api::admin::{check_admin, Caller, FORWARDING_HEADERS};
 use crate::api::health::all_ready;
 use crate::api::model_config::config_json;
-use crate::api::predict::select_outputs;
 use crate::api::repository::{index_entries, overrides_from_parameters};
-use crate::api::shared_memory::{self as shm, OutputRegions, SharedInput, SharedRef};
 use crate::api::statistics::statistics_json;
-use crate::api::v2::{call_parameters, model_at, tensor_metadata, ModelPath};
+use crate::api::v2::{model_at, tensor_metadata, ModelPath};
 use crate::api::{AppState, EXTENSIONS};
 use crate::error::ApiError;
-use crate::request_id::{acceptable_id, Requested};
-use crate::service::PredictCall;
 
 /// The gRPC service: what every RPC shares.
 pub struct Inference {
@@ -41,33 +35,11 @@ pub struct Inference {
 
 type Answer<T> = Result<Response<T>, Status>;
 
-fn model_path(name: String, version: String) -> ModelPath {
+pub(super) fn model_path(name: String, version: String) -> ModelPath {
     ModelPath {
         model: name,
         version: Some(version).filter(|v| !v.is_empty()),
     }
-}
-
-/// `grpc-timeout` (gRPC's deadline: digits and a unit of H, M, S, m, u or
-/// n), which becomes the request's timeout as `timeout_ms` does over HTTP.
-fn grpc_timeout(metadata: &MetadataMap) -> Result<Option<Duration>, ApiError> {
-    let Some(value) = metadata.get("grpc-timeout") else {
-        return Ok(None);
-    };
-    let text = value.to_str().unwrap_or_default();
-    let bad = || ApiError::BadRequest(format!("grpc-timeout '{text}' is not a gRPC timeout"));
-    let (digits, unit) = text.split_at(text.len().saturating_sub(1));
-    let amount: u64 = digits.parse().map_err(|_| bad())?;
-    let timeout = match unit {
-        "H" => Duration::from_secs(amount.saturating_mul(3600)),
-        "M" => Duration::from_secs(amount.saturating_mul(60)),
-        "S" => Duration::from_secs(amount),
-        "m" => Duration::from_millis(amount),
-        "u" => Duration::from_micros(amount),
-        "n" => Duration::from_nanos(amount),
-        _ => return Err(bad()),
-    };
-    Ok(Some(timeout.max(Duration::from_millis(1))))
 }
 
 /// Lets an admin RPC through as HTTP's admin routes do: the bearer token in
@@ -78,7 +50,7 @@ fn authorize<T>(state: &AppState, request: &Request<T>) -> Result<(), Status> {
 }
 
 /// The admin check of a call from `peer` with `metadata`.
-fn authorize_caller(
+pub(super) fn authorize_caller(
     state: &AppState,
     metadata: &MetadataMap,
     peer: Option<SocketAddr>,
@@ -92,242 +64,6 @@ fn authorize_caller(
             .find(|key| metadata.contains_key(*key)),
     };
     check_admin(state.admin_token.as_deref(), &caller)
-}
-
-/// Where an inference came from: its metadata and peer (what authorizes
-/// its use of shared memory) and the RPC (for its access line).
-#[derive(Clone)]
-struct Origin {
-    metadata: MetadataMap,
-    peer: Option<SocketAddr>,
-    rpc: &'static str,
-}
-
-impl Origin {
-    fn of<T>(request: &Request<T>, rpc: &'static str) -> Origin {
-        Origin {
-            metadata: request.metadata().clone(),
-            peer: request.remote_addr(),
-            rpc,
-        }
-    }
-}
-
-/// When the request names shared memory regions (an admin matter, as over
-/// HTTP): reads its inputs that are there into `call`, and finds the
-/// regions its outputs go to, before anything runs.
-fn resolve_shared(
-    state: &AppState,
-    origin: &Origin,
-    call: &mut PredictCall,
-    inputs: Vec<SharedInput>,
-    outputs: &[(String, Option<SharedRef>)],
-) -> Result<OutputRegions, ApiError> {
-    let outputs: Vec<(&str, &SharedRef)> = outputs
-        .iter()
-        .filter_map(|(name, at)| at.as_ref().map(|at| (name.as_str(), at)))
-        .collect();
-    if inputs.is_empty() && outputs.is_empty() {
-        return Ok(OutputRegions::default());
-    }
-    authorize_caller(state, &origin.metadata, origin.peer)?;
-    let regions = OutputRegions::resolve(&state.shared_memory, outputs)?;
-    shm::read_inputs(&state.shared_memory, call, inputs)?;
-    Ok(regions)
-}
-
-/// The request's id: the client's `x-request-id` when acceptable, else a
-/// new one (as over HTTP).
-fn requested(metadata: &MetadataMap) -> Requested {
-    let chosen = metadata
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| acceptable_id(v))
-        .map(str::to_string);
-    Requested {
-        from_client: chosen.is_some(),
-        id: chosen.unwrap_or_else(|| uuid::Uuid::new_v4().to_string()),
-    }
-}
-
-/// One inference through the service, its record finished with the status
-/// it maps to: the answer and, when it reached its model, the prediction's
-/// id in the log. Owns what it uses, so a stream can run many at once.
-async fn infer(
-    state: web::Data<AppState>,
-    origin: Origin,
-    request: ModelInferRequest,
-) -> Result<(ModelInferResponse, Option<uuid::Uuid>), Status> {
-    let started = std::time::Instant::now();
-    let bytes_in = request.encoded_len() as u64;
-    let requested = requested(&origin.metadata);
-    let timeout = grpc_timeout(&origin.metadata).map_err(|e| e.grpc_status())?;
-    // Counted for shutdown like an HTTP request: a drain waits for it.
-    let admitted = state.drain.admit();
-    let mut pending = state.service.open(&requested);
-    let answered = async {
-        let model = model_at(
-            &state,
-            &model_path(request.model_name, request.model_version),
-        )?;
-        pending.attribute(model.clone());
-        // `parameters.timeout` wins over `grpc-timeout`, as it wins over the
-        // timeout header over HTTP.
-        let (timeout, priority, sequence) =
-            call_parameters(&json_parameters(request.parameters), timeout, None)?;
-        let inputs = tensors::inputs(request.inputs, request.raw_input_contents)?;
-        let asked = request
-            .outputs
-            .into_iter()
-            .map(|o| {
-                let at = shm::shared_ref(&json_parameters(o.parameters), "output", &o.name)?;
-                Ok((o.name, at))
-            })
-            .collect::<Result<Vec<_>, ApiError>>()?;
-        let mut call = PredictCall {
-            request_id: requested.id.clone(),
-            inputs: inputs.carried,
-            timeout,
-            use_cache: true,
-            priority,
-            sequence,
-            pin: None,
-        };
-        let regions = resolve_shared(&state, &origin, &mut call, inputs.shared, &asked)?;
-        let prediction = state
-            .service
-            .predict(model.name(), call, &mut pending)
-            .await?;
-        regions.write(&prediction.outputs)?;
-        let names: Vec<String> = asked.iter().map(|(name, _)| name.clone()).collect();
-        let only = (!names.is_empty()).then_some(names.as_slice());
-        let selected = select_outputs(&prediction.outputs, only)?;
-        let (outputs, raw) = tensors::outputs(&selected, |name| {
-            asked
-                .iter()
-                .find(|(asked, _)| asked == name)
-                .and_then(|(_, at)| at.as_ref())
-        });
-        Ok::<_, ApiError>(ModelInferResponse {
-            model_name: model.name().to_string(),
-            model_version: model.spec.version.clone(),
-            id: request.id,
-            parameters: Default::default(),
-            outputs,
-            raw_output_contents: raw,
-        })
-    }
-    .await;
-    let logged = pending.reached_model().then(|| pending.prediction_id());
-    let model = pending.model_name().map(str::to_string);
-    let (status, bytes_out, answer) = match answered {
-        Ok(body) => {
-            pending.finish_with(200, None);
-            (200, Some(body.encoded_len() as u64), Ok((body, logged)))
-        }
-        Err(e) => {
-            let status = actix_web::ResponseError::status_code(&e).as_u16();
-            pending.finish_with(status, Some(e.to_string()));
-            (status, None, Err(e.grpc_status()))
-        }
-    };
-    access_log::line(access_log::Line {
-        protocol: "grpc",
-        method: "POST",
-        path: origin.rpc,
-        status,
-        model: model.as_deref(),
-        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
-        bytes_in: Some(bytes_in),
-        bytes_out,
-        request_id: Some(&requested.id),
-        trace_id: origin
-            .metadata
-            .get("traceparent")
-            .and_then(|v| access_log::trace_id(v.to_str().ok()?)),
-    });
-    drop(admitted);
-    answer
-}
-
-/// A stream's requests, run as they arrive (many at once, as separate
-/// unary calls would be), answered in the order they finish; an error is
-/// an answer with its message, and the stream goes on. A message the
-/// server cannot read (over the size limit) ends the stream with that
-/// error once the requests before it are answered. The stream ends
-/// when the client closes its side and every answer is out, or once
-/// shutdown begins (no new request is read; those running finish). A
-/// client that goes away drops the requests still running, which leave
-/// their queues.
-fn stream(
-    state: web::Data<AppState>,
-    origin: Origin,
-    mut incoming: tonic::Streaming<ModelInferRequest>,
-) -> futures_util::stream::BoxStream<'static, Result<ModelStreamInferResponse, Status>> {
-    use futures_util::stream::{FuturesUnordered, StreamExt};
-    let (tx, rx) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(async move {
-        let mut running = FuturesUnordered::new();
-        let mut shutdown_check = tokio::time::interval(Duration::from_millis(100));
-        let mut reading = true;
-        // Why reading stopped, when the client's side failed (a message
-        // over the size limit, say): the stream's last answer.
-        let mut failure = None;
-        while reading || !running.is_empty() {
-            tokio::select! {
-                next = incoming.message(), if reading => match next {
-                    Ok(Some(request)) => {
-                        let id = request.id.clone();
-                        let model_name = request.model_name.clone();
-                        let call = infer(state.clone(), origin.clone(), request);
-                        running.push(async move {
-                            match call.await {
-                                Ok((answer, _)) => ModelStreamInferResponse {
-                                    error_message: String::new(),
-                                    infer_response: Some(answer),
-                                },
-                                Err(status) => ModelStreamInferResponse {
-                                    error_message: status.message().to_string(),
-                                    infer_response: Some(ModelInferResponse {
-                                        model_name,
-                                        id,
-                                        ..Default::default()
-                                    }),
-                                },
-                            }
-                        });
-                    }
-                    Ok(None) => reading = false,
-                    Err(status) => {
-                        reading = false;
-                        failure = Some(status);
-                    }
-                },
-                Some(answer) = running.next(), if !running.is_empty() => {
-                    if tx.send(Ok(answer)).await.is_err() {
-                        return;
-                    }
-                }
-                _ = shutdown_check.tick(), if reading => {
-                    if state.service.is_shutting_down() {
-                        reading = false;
-                    }
-                }
-            }
-        }
-        if let Some(status) = failure {
-            // As `too_large_is_resource_exhausted` does for unary calls.
-            let status = match status.code() {
-                tonic::Code::OutOfRange => Status::resource_exhausted(status.message()),
-                _ => status,
-            };
-            let _ = tx.send(Err(status)).await;
-        }
-    });
-    futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|item| (item, rx))
-    })
-    .boxed()
 }
 
 #[tonic::async_trait]
@@ -591,26 +327,5 @@ impl GrpcInferenceService for Inference {
 
     async fn log_settings(&self, _: Request<LogSettingsRequest>) -> Answer<LogSettingsResponse> {
         Err(Status::unimplemented("log settings are not supported"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_timeouts_read_every_unit_and_refuse_the_rest() {
-        let with = |v: &str| {
-            let mut m = MetadataMap::new();
-            m.insert("grpc-timeout", v.parse().unwrap());
-            grpc_timeout(&m)
-        };
-        assert_eq!(with("2S").unwrap(), Some(Duration::from_secs(2)));
-        assert_eq!(with("1500m").unwrap(), Some(Duration::from_millis(1500)));
-        assert_eq!(with("1H").unwrap(), Some(Duration::from_secs(3600)));
-        assert_eq!(with("10n").unwrap(), Some(Duration::from_millis(1)));
-        assert!(with("5x").is_err());
-        assert!(with("S").is_err());
-        assert_eq!(grpc_timeout(&MetadataMap::new()).unwrap(), None);
     }
 }

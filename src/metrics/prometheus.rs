@@ -124,12 +124,12 @@ impl EventSeries {
     /// The series, latency buckets reaching `request_timeout`.
     pub fn new(request_timeout: std::time::Duration) -> Self {
         let buckets = LatencyBuckets::reaching(request_timeout);
-        let latencies = || Family::new_with_constructor(buckets.clone());
+        let latency_histograms = || Family::new_with_constructor(buckets.clone());
         let mut registry = Registry::with_prefix("gantry");
         let requests = Family::<StatusLabels, Counter>::default();
-        let request_duration = latencies();
-        let queue_duration = latencies();
-        let inference_duration = latencies();
+        let request_duration = latency_histograms();
+        let queue_duration = latency_histograms();
+        let inference_duration = latency_histograms();
         let batch_size = Family::new_with_constructor(batch_histogram as fn() -> Histogram);
         registry.register(
             "requests",
@@ -155,8 +155,8 @@ impl EventSeries {
             inference_duration.clone(),
         );
         registry.register("batch_size", "Items per batch run", batch_size.clone());
-        let media_prepare_duration = latencies();
-        let media_postprocess_duration = latencies();
+        let media_prepare_duration = latency_histograms();
+        let media_postprocess_duration = latency_histograms();
         registry.register_with_unit(
             "media_prepare_duration",
             "Time an uploaded file took to become the input tensor (pool wait, decode, resize or resample)",
