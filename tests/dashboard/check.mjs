@@ -92,6 +92,8 @@ try {
   const status = await page.locator('[data-field="status"]').textContent();
   check("the header says every model is ready", status === "all models ready", status);
   if (screenshot) {
+    // Twenty seconds of history for the sparklines in the picture.
+    await page.waitForTimeout(20_000);
     await page.screenshot({ path: screenshot, fullPage: true });
     check(`screenshot saved to ${screenshot}`, true);
   }

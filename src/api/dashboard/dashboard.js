@@ -4,7 +4,8 @@
 "use strict";
 
 const HISTORY = 60; // seconds of request rate kept for each sparkline
-const history = new Map(); // model -> [rate, ...]
+const history = new Map(); // model -> [answers a second, ...]
+const answered = new Map(); // model -> [answers since start, when (ms)] at the last poll
 
 function el(tag, attrs = {}, ...children) {
   const node = document.createElement(tag);
@@ -99,7 +100,7 @@ function modelCard(name, pool, perf) {
       number("requests (60 s)", count(perf.requests || 0), "requests"),
       number("avg batch", fixed(batcher.avg_batch_size, 2), "avg-batch"),
       number("batch cap", count(batcher.max_batch_size), "batch-cap")),
-    el("div", { class: "label" }, "req/s, the last minute"),
+    el("div", { class: "label" }, "answers a second, the last minute"),
     sparkline(rates),
     el("div", { class: "label" }, "Batches by size"),
     ...batchFill(batcher.batch_fill, batcher.max_batch_size),
@@ -135,9 +136,15 @@ function render(stats) {
   const models = stats.model_pools || {};
   const perf = (stats.performance_metrics || {}).models || {};
   const names = Object.keys(models).sort();
+  // The sparkline: answers a second between two polls (all statuses).
+  const now = performance.now();
   for (const name of names) {
+    const total = Object.values((perf[name] || {}).statuses || {}).reduce((a, b) => a + b, 0);
+    const last = answered.get(name);
+    answered.set(name, [total, now]);
+    if (!last || now <= last[1]) continue;
     const rates = history.get(name) || [];
-    rates.push((perf[name] || {}).request_rate_per_s || 0);
+    rates.push(Math.max(0, total - last[0]) / ((now - last[1]) / 1000));
     if (rates.length > HISTORY) rates.shift();
     history.set(name, rates);
   }
