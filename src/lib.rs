@@ -17,5 +17,6 @@ pub mod runtime;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 pub mod triton;

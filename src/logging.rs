@@ -29,10 +29,17 @@ pub fn dropped_lines() -> u64 {
     DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
 }
 
-/// Installs the global subscriber; a second call does nothing. Keep the
-/// guard until the process ends: dropping it writes out what is buffered.
+/// Installs the global subscriber; a second call does nothing. With a
+/// `tracer` ([`crate::telemetry`]) spans are exported as traces too. Keep
+/// the guard until the process ends: dropping it writes out what is
+/// buffered.
 #[must_use = "dropping the guard stops the log writer"]
-pub fn init(format: LogFormat, level: &str) -> WorkerGuard {
+pub fn init(
+    format: LogFormat,
+    level: &str,
+    tracer: Option<opentelemetry_sdk::trace::Tracer>,
+) -> WorkerGuard {
+    use tracing_subscriber::prelude::*;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
     let (writer, guard) = NonBlockingBuilder::default()
         .buffered_lines_limit(BUFFERED_LINES)
@@ -40,19 +47,24 @@ pub fn init(format: LogFormat, level: &str) -> WorkerGuard {
         .thread_name("log-writer")
         .finish(std::io::stdout());
     let _ = DROPPED.set(writer.error_counter());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let lines = tracing_subscriber::fmt::layer()
         .with_target(false)
         .with_writer(writer)
         .with_ansi(std::io::stdout().is_terminal());
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
+    let lines = match format {
+        LogFormat::Text => lines.boxed(),
+        LogFormat::Json => lines
             .json()
             .flatten_event(true)
             .with_current_span(true)
             .with_span_list(true)
-            .try_init(),
+            .boxed(),
     };
+    let traces = tracer.map(|tracer| tracing_opentelemetry::layer().with_tracer(tracer));
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(lines)
+        .with(traces)
+        .try_init();
     guard
 }

@@ -54,8 +54,24 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let telemetry = match gantry::telemetry::Telemetry::start(&config.telemetry) {
+        Ok(telemetry) => telemetry,
+        Err(e) => {
+            eprintln!("gantry: {e}");
+            return ExitCode::from(2);
+        }
+    };
     // Held to the end of main: dropping it writes out the buffered lines.
-    let _log_writer = gantry::logging::init(config.log.format, &config.log.level);
+    let _log_writer = gantry::logging::init(
+        config.log.format,
+        &config.log.level,
+        telemetry.as_ref().map(|t| t.tracer()),
+    );
+    if let Some(t) = &telemetry {
+        tracing::info!(endpoint = %t.endpoint, "exporting traces over OTLP/HTTP");
+    }
+    // Posts the spans still queued when main returns.
+    let _telemetry = TelemetryOnExit(telemetry);
     let library = match gantry::runtime::locate_onnxruntime(&config.runtime.onnxruntime_lib) {
         Ok(path) => path,
         Err(e) => {
@@ -97,4 +113,15 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     ));
     running.run_until_stopped(Duration::from_secs(10)).await?;
     Ok(())
+}
+
+/// Shuts the trace exporter down (posting what is queued) when main ends.
+struct TelemetryOnExit(Option<gantry::telemetry::Telemetry>);
+
+impl Drop for TelemetryOnExit {
+    fn drop(&mut self) {
+        if let Some(telemetry) = self.0.take() {
+            telemetry.shutdown();
+        }
+    }
 }

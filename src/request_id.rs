@@ -8,7 +8,9 @@ use actix_web::dev::{Payload, ServiceRequest, ServiceResponse};
 use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{FromRequest, HttpMessage, HttpRequest};
+use opentelemetry::trace::TraceContextExt;
 use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 pub const HEADER: HeaderName = HeaderName::from_static("x-request-id");
 
@@ -74,15 +76,51 @@ pub async fn assign(
         id: id.clone(),
         from_client,
     });
+    // The request's span, with OpenTelemetry's HTTP server conventions
+    // for the traces (crate::telemetry), continuing the client's trace.
+    let method = req.method().to_string();
     let span = tracing::info_span!(
         "request",
         request_id = %id,
-        method = %req.method(),
-        path = %req.path()
+        method = %method,
+        path = %req.path(),
+        otel.kind = "server",
+        http.request.method = %method,
+        url.path = %req.path(),
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
     );
-    let mut response = next.call(req).instrument(span.clone()).await?;
+    let tracing = crate::telemetry::enabled();
+    if tracing {
+        let headers = req.headers();
+        let parent =
+            crate::telemetry::parent_from(|key| headers.get(key).and_then(|v| v.to_str().ok()));
+        let _ = span.set_parent(parent);
+    }
+    let answered = next.call(req).instrument(span.clone()).await;
+    let status = match &answered {
+        Ok(response) => response.status(),
+        Err(e) => e.as_response_error().status_code(),
+    };
+    let route = answered
+        .as_ref()
+        .ok()
+        .and_then(|r| r.request().match_pattern());
+    // The span has started (its parent is set), so its name is updated on
+    // the OpenTelemetry span itself.
+    if tracing {
+        span.context().span().update_name(format!(
+            "{method} {}",
+            route.as_deref().unwrap_or("unmatched")
+        ));
+    }
+    if let Some(route) = &route {
+        span.record("http.route", route.as_str());
+    }
+    span.record("http.response.status_code", i64::from(status.as_u16()));
+    let mut response = answered?;
     span.in_scope(|| {
-        tracing::debug!(status = response.status().as_u16(), "response");
+        tracing::debug!(status = status.as_u16(), "response");
     });
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(HEADER, value);

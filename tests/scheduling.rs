@@ -369,10 +369,18 @@ async fn long_runs_take_the_shared_pool_in_turn_and_short_ones_pass() {
     })
     .await;
     assert_eq!(stats["runtime"]["exclusive_run_ms"], 0.3);
-    let before = gate(&stats);
 
-    // The MLP alone: microseconds a run, never gated.
+    // The MLP alone: microseconds a run, never gated once its session has
+    // run a few times (a session's first runs, warmup's, are slow, and a
+    // busy machine can make them slower than the threshold; the prediction
+    // is the shortest of the last four).
     let features: Vec<f32> = (0..64).map(|i| i as f32 / 64.0).collect();
+    for _ in 0..4 {
+        let body = json!({"model": "mlp", "inputs": {"features": tensor(&[1, 64], "FP32", json!(features))}, "cache": false});
+        let (status, answer) = server.post("/api/optimized/predict", &body).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let before = gate(&server.stats().await);
     for _ in 0..20 {
         let body = json!({"model": "mlp", "inputs": {"features": tensor(&[1, 64], "FP32", json!(features))}, "cache": false});
         let (status, answer) = server.post("/api/optimized/predict", &body).await;

@@ -13,6 +13,8 @@ use actix_web::web;
 use prost::Message;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use super::parameters::json_parameters;
 use super::proto::*;
@@ -116,6 +118,25 @@ pub(super) async fn infer(
     let started = std::time::Instant::now();
     let bytes_in = request.encoded_len() as u64;
     let requested = requested(&origin.metadata);
+    // The call's span (OpenTelemetry's RPC conventions), continuing the
+    // client's trace from its `traceparent` metadata.
+    let method = origin.rpc.rsplit('/').next().unwrap_or_default();
+    let span = tracing::info_span!(
+        "request",
+        request_id = %requested.id,
+        otel.kind = "server",
+        otel.name = %origin.rpc.trim_start_matches('/'),
+        rpc.system = "grpc",
+        rpc.service = "inference.GRPCInferenceService",
+        rpc.method = method,
+        rpc.grpc.status_code = tracing::field::Empty,
+    );
+    if crate::telemetry::enabled() {
+        let parent = crate::telemetry::parent_from(|key| {
+            origin.metadata.get(key).and_then(|v| v.to_str().ok())
+        });
+        let _ = span.set_parent(parent);
+    }
     let timeout = grpc_timeout(&origin.metadata).map_err(|e| e.grpc_status())?;
     // Counted for shutdown like an HTTP request: a drain waits for it.
     let admitted = state.drain.admit();
@@ -172,6 +193,7 @@ pub(super) async fn infer(
             raw_output_contents: raw,
         })
     }
+    .instrument(span.clone())
     .await;
     let logged = pending.reached_model().then(|| pending.prediction_id());
     let model = pending.model_name().map(str::to_string);
@@ -186,6 +208,12 @@ pub(super) async fn infer(
             (status, None, Err(e.grpc_status()))
         }
     };
+    let code = match &answer {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    };
+    span.record("rpc.grpc.status_code", code as i32);
+    let _entered = span.enter();
     access_log::line(access_log::Line {
         protocol: "grpc",
         method: "POST",

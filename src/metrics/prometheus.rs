@@ -394,6 +394,16 @@ fn state_registry(inputs: &ScrapeInputs, mailbox_refusals: impl Fn(&str) -> u64)
         "Log lines dropped because the log writer was behind (logging::BUFFERED_LINES)",
         counter(crate::logging::dropped_lines()),
     );
+    r.register(
+        "trace_spans_dropped",
+        "Spans dropped because the trace export queue was full (telemetry.export_queue)",
+        counter(crate::telemetry::dropped_spans()),
+    );
+    r.register(
+        "trace_spans_export_failed",
+        "Spans lost to trace exports that failed (collector down or refusing)",
+        counter(crate::telemetry::failed_spans()),
+    );
     let gate = &inputs.pool_gate;
     r.register(
         "cpu_pool_gate_runs",

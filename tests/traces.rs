@@ -1,0 +1,267 @@
+//! Traces over OTLP/HTTP from the real binary to a real receiver in this
+//! test (an HTTP server on port 0 decoding the protobuf export requests
+//! with `opentelemetry-proto`): a request with a W3C `traceparent`
+//! continues the client's trace (its span's parent is the client's span),
+//! with the HTTP server conventions and the resource; a gRPC call too; and
+//! a collector that is down costs no request: the lost spans are counted.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use common::binary::Gantry;
+use common::{tensor, Repo};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use prost::Message;
+use serde_json::json;
+
+/// What the receiver got: every span with its resource's attributes.
+#[derive(Default)]
+struct Received {
+    spans: Vec<(Vec<KeyValue>, opentelemetry_proto::tonic::trace::v1::Span)>,
+    content_types: Vec<String>,
+}
+
+/// An OTLP/HTTP receiver on 127.0.0.1:0; its base URL.
+fn receiver(received: Arc<Mutex<Received>>) -> String {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        actix_rt::System::new().block_on(async move {
+            let server = HttpServer::new(move || {
+                let received = received.clone();
+                App::new().route(
+                    "/v1/traces",
+                    web::post().to(move |req: actix_web::HttpRequest, body: web::Bytes| {
+                        let received = received.clone();
+                        async move {
+                            let export = ExportTraceServiceRequest::decode(body.as_ref())
+                                .expect("an OTLP protobuf export request");
+                            let mut got = received.lock().unwrap();
+                            got.content_types.push(
+                                req.headers()
+                                    .get("content-type")
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or_default()
+                                    .to_string(),
+                            );
+                            for resource_spans in export.resource_spans {
+                                let resource = resource_spans
+                                    .resource
+                                    .map(|r| r.attributes)
+                                    .unwrap_or_default();
+                                for scope in resource_spans.scope_spans {
+                                    for span in scope.spans {
+                                        got.spans.push((resource.clone(), span));
+                                    }
+                                }
+                            }
+                            HttpResponse::Ok()
+                                .content_type("application/x-protobuf")
+                                .body(ExportTraceServiceResponse::default().encode_to_vec())
+                        }
+                    }),
+                )
+            })
+            .workers(1)
+            .bind("127.0.0.1:0")
+            .expect("bind");
+            tx.send(server.addrs()[0]).unwrap();
+            server.run().await.unwrap();
+        });
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("receiver up");
+    format!("http://{addr}")
+}
+
+fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {
+    attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| kv.value.as_ref()?.value.as_ref())
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+const TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const CLIENT_SPAN: &str = "00f067aa0ba902b7";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_continue_the_clients_trace_over_otlp() {
+    use gantry::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
+    use gantry::grpc::proto::model_infer_request::InferInputTensor;
+    use gantry::grpc::proto::ModelInferRequest;
+
+    let received = Arc::new(Mutex::new(Received::default()));
+    let endpoint = receiver(received.clone());
+    let repo = Repo::new().copy("models/tiny-classifier", "tiny-classifier", None);
+    let gantry = Gantry::spawn_with_grpc(
+        repo.path(),
+        &[
+            ("GANTRY__CACHE__ENABLED", "false"),
+            ("GANTRY__TELEMETRY__OTLP_ENDPOINT", &endpoint),
+            ("GANTRY__TELEMETRY__INSTANCE", "test-instance"),
+        ],
+    );
+    let client = reqwest::Client::new();
+    gantry.wait_for_200(&client, "/v2/health/ready").await;
+    let traceparent = format!("00-{TRACE}-{CLIENT_SPAN}-01");
+    let body = json!({"model": "tiny-classifier",
+        "inputs": {"features": tensor(&[1, 64], "FP32", json!(vec![0.25; 64]))}});
+    let answer = client
+        .post(format!("{}/api/optimized/predict", gantry.base))
+        .header("traceparent", &traceparent)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let mut grpc = GrpcInferenceServiceClient::connect(format!(
+        "http://{}",
+        gantry.grpc.as_deref().expect("gRPC is on")
+    ))
+    .await
+    .unwrap();
+    let grpc_trace = "0af7651916cd43dd8448eb211c80319c";
+    let mut call = tonic::Request::new(ModelInferRequest {
+        model_name: "tiny-classifier".into(),
+        inputs: vec![InferInputTensor {
+            name: "features".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, 64],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![vec![0; 256]],
+        ..Default::default()
+    });
+    call.metadata_mut().insert(
+        "traceparent",
+        format!("00-{grpc_trace}-b7ad6b7169203331-01")
+            .parse()
+            .unwrap(),
+    );
+    grpc.model_infer(call).await.unwrap();
+
+    // Spans are posted within about a second.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let found = |trace: &str| {
+        received
+            .lock()
+            .unwrap()
+            .spans
+            .iter()
+            .find(|(_, s)| hex(&s.trace_id) == trace && s.kind == SpanKind::Server as i32)
+            .cloned()
+    };
+    while (found(TRACE).is_none() || found(grpc_trace).is_none()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (resource, span) = found(TRACE).expect("the HTTP request's span in the client's trace");
+    assert_eq!(hex(&span.parent_span_id), CLIENT_SPAN, "{span:?}");
+    assert_eq!(span.name, "POST /api/optimized/predict", "{span:?}");
+    let attrs = &span.attributes;
+    assert_eq!(
+        attribute(attrs, "http.request.method"),
+        Some(&AnyValue::StringValue("POST".into())),
+        "{attrs:?}"
+    );
+    assert_eq!(
+        attribute(attrs, "http.route"),
+        Some(&AnyValue::StringValue("/api/optimized/predict".into())),
+        "{attrs:?}"
+    );
+    assert_eq!(
+        attribute(attrs, "http.response.status_code"),
+        Some(&AnyValue::IntValue(200)),
+        "{attrs:?}"
+    );
+    assert_eq!(
+        attribute(&resource, "service.name"),
+        Some(&AnyValue::StringValue("gantry".into()))
+    );
+    assert_eq!(
+        attribute(&resource, "service.instance.id"),
+        Some(&AnyValue::StringValue("test-instance".into()))
+    );
+    assert!(attribute(&resource, "service.version").is_some());
+    let (_, span) = found(grpc_trace).expect("the gRPC call's span in its client's trace");
+    assert_eq!(hex(&span.parent_span_id), "b7ad6b7169203331");
+    assert_eq!(
+        span.name, "inference.GRPCInferenceService/ModelInfer",
+        "{span:?}"
+    );
+    assert_eq!(
+        attribute(&span.attributes, "rpc.grpc.status_code"),
+        Some(&AnyValue::IntValue(0))
+    );
+    let types = received.lock().unwrap().content_types.clone();
+    assert!(
+        types.iter().all(|t| t == "application/x-protobuf"),
+        "{types:?}"
+    );
+    gantry.signal("TERM");
+    assert_eq!(gantry.exit_status().await.code(), Some(0));
+}
+
+/// A collector that is not there: every request is still answered, and
+/// the spans the exports lost are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_is_down_costs_no_request() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoint = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let repo = Repo::new().copy("models/tiny-classifier", "tiny-classifier", None);
+    let gantry = Gantry::spawn(
+        repo.path(),
+        &[
+            ("GANTRY__CACHE__ENABLED", "false"),
+            ("GANTRY__TELEMETRY__OTLP_ENDPOINT", &endpoint),
+        ],
+    );
+    let client = reqwest::Client::new();
+    gantry.wait_for_200(&client, "/v2/health/ready").await;
+    let body = json!({"model": "tiny-classifier",
+        "inputs": {"features": tensor(&[1, 64], "FP32", json!(vec![0.5; 64]))}});
+    for _ in 0..50 {
+        let answer = client
+            .post(format!("{}/api/optimized/predict", gantry.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let failed = loop {
+        let page = client
+            .get(format!("{}/metrics", gantry.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let failed: u64 = page
+            .lines()
+            .find_map(|l| l.strip_prefix("gantry_trace_spans_export_failed_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("the failed-export series");
+        if failed >= 50 || Instant::now() > deadline {
+            break failed;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(failed >= 50, "{failed} spans counted lost");
+    gantry.signal("TERM");
+    assert_eq!(gantry.exit_status().await.code(), Some(0));
+}
