@@ -2,7 +2,8 @@
 //! test (an HTTP server on port 0 decoding the protobuf export requests
 //! with `opentelemetry-proto`): a request with a W3C `traceparent`
 //! continues the client's trace (its span's parent is the client's span),
-//! with the HTTP server conventions and the resource; a gRPC call too; and
+//! with the HTTP server conventions and the resource, and the batch that
+//! ran it is a span linked to the request's; a gRPC call too; and
 //! a collector that is down costs no request: the lost spans are counted.
 
 mod common;
@@ -163,7 +164,15 @@ async fn requests_continue_the_clients_trace_over_otlp() {
             .find(|(_, s)| hex(&s.trace_id) == trace && s.kind == SpanKind::Server as i32)
             .cloned()
     };
-    while (found(TRACE).is_none() || found(grpc_trace).is_none()) && Instant::now() < deadline {
+    let linked_batch = || {
+        received.lock().unwrap().spans.iter().find_map(|(_, s)| {
+            (s.name == "batch" && s.links.iter().any(|l| hex(&l.trace_id) == TRACE))
+                .then(|| s.clone())
+        })
+    };
+    while (found(TRACE).is_none() || found(grpc_trace).is_none() || linked_batch().is_none())
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let (resource, span) = found(TRACE).expect("the HTTP request's span in the client's trace");
@@ -203,6 +212,20 @@ async fn requests_continue_the_clients_trace_over_otlp() {
     assert_eq!(
         attribute(&span.attributes, "rpc.grpc.status_code"),
         Some(&AnyValue::IntValue(0))
+    );
+    // The batch that ran the HTTP request: a span of its own on the
+    // replica, linked to the request's span.
+    let request_span = found(TRACE).unwrap().1.span_id;
+    let batch = linked_batch().expect("a batch span linked to the request's");
+    let link = batch
+        .links
+        .iter()
+        .find(|l| hex(&l.trace_id) == TRACE)
+        .unwrap();
+    assert_eq!(link.span_id, request_span);
+    assert_eq!(
+        attribute(&batch.attributes, "model"),
+        Some(&AnyValue::StringValue("tiny-classifier".into()))
     );
     let types = received.lock().unwrap().content_types.clone();
     assert!(

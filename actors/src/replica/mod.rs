@@ -222,6 +222,11 @@ impl Handler<RunBatch> for Replica {
     fn handle(&mut self, msg: RunBatch, _ctx: &mut Self::Context) {
         let items: usize = msg.entries.iter().map(|e| e.items).sum();
         let span = info_span!("batch", model = %self.model, replica = self.id, batch_id = msg.batch_id, batch_size = items);
+        // In a trace (crate gantry's telemetry), the batch is a span of its
+        // own linked to the span of every request it runs.
+        for entry in &msg.entries {
+            span.follows_from(entry.span.id());
+        }
         let _guard = span.enter();
         let Some(engine) = self.engine.as_mut() else {
             answer_all(
