@@ -12,6 +12,7 @@ use bytes::Bytes;
 use gantry_actors::processing::{InputProcessing, OutputProcessing};
 use gantry_actors::signature::ModelSignature;
 use gantry_actors::{InferError, ModelHandle, Priority, Tensor};
+use tracing::Instrument;
 
 use crate::error::ApiError;
 use crate::media::budget::Reservation;
@@ -198,6 +199,7 @@ impl FilePredictor<'_> {
                 let parsed = self
                     .pool
                     .run_reserved(&reservation, move || Ok(read_npy(&bytes)))
+                    .instrument(tracing::info_span!("media.decode", media.type = "npy"))
                     .await?;
                 let tensor = parsed.map_err(|e| match e {
                     NpyError::NotNpy => ApiError::UnsupportedMedia(e.to_string()),
@@ -241,6 +243,7 @@ impl FilePredictor<'_> {
                     .run_reserved(&reservation, move || {
                         image_to_tensor(&bytes, file_type, &spec, size, limits)
                     })
+                    .instrument(tracing::info_span!("media.decode", media.type = "image"))
                     .await?;
                 let source = SourceInfo::Image {
                     file_type,
@@ -270,6 +273,7 @@ impl FilePredictor<'_> {
                     .run_reserved(&reservation, move || {
                         audio::audio_to_tensor(bytes, file_type, &spec, rank)
                     })
+                    .instrument(tracing::info_span!("media.decode", media.type = "audio"))
                     .await?;
                 let source = SourceInfo::Audio {
                     file_type,
@@ -344,6 +348,7 @@ impl FilePredictor<'_> {
                         let _extra = extra;
                         Ok(mask_answer(&outputs[index].1, (width, height), threshold))
                     })
+                    .instrument(tracing::info_span!("media.postprocess"))
                     .await?
                     .map_err(failed)?;
                 Ok(FileResult::Mask(answer))

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use gantry_actors::messages::InferRequest;
 use gantry_actors::{InferError, ModelHandle, Priority, Serving, Tensor};
 use tokio::sync::oneshot;
+use tracing::Instrument;
 
 pub use self::outcome::Pending;
 use crate::cache::coalesce::Turn;
@@ -154,7 +155,9 @@ impl InferenceService {
         let mut leader = None;
         if let Some((cache, key)) = cache {
             let asked = Instant::now();
-            let found = cache.get(&key).await;
+            let span = tracing::info_span!("cache.lookup", cache.hit = tracing::field::Empty);
+            let found = cache.get(&key).instrument(span.clone()).await;
+            span.record("cache.hit", found.is_some());
             let lookup_ms = asked.elapsed().as_secs_f64() * 1000.0;
             if let Some((outputs, level)) = found {
                 return Ok(answered_from(

@@ -105,11 +105,14 @@ async fn requests_continue_the_clients_trace_over_otlp() {
 
     let received = Arc::new(Mutex::new(Received::default()));
     let endpoint = receiver(received.clone());
-    let repo = Repo::new().copy("models/tiny-classifier", "tiny-classifier", None);
+    let repo = Repo::new()
+        .copy("models/tiny-classifier", "tiny-classifier", None)
+        .copy("models/spheroid-seg", "spheroid-seg", None);
     let gantry = Gantry::spawn_with_grpc(
         repo.path(),
         &[
-            ("GANTRY__CACHE__ENABLED", "false"),
+            // The cache's lookup is a span of the request (a miss here).
+            ("GANTRY__CACHE__ENABLED", "true"),
             ("GANTRY__TELEMETRY__OTLP_ENDPOINT", &endpoint),
             ("GANTRY__TELEMETRY__INSTANCE", "test-instance"),
         ],
@@ -127,6 +130,23 @@ async fn requests_continue_the_clients_trace_over_otlp() {
         .await
         .unwrap();
     assert_eq!(answer.status(), 200);
+    // An uploaded image: its decode and its mask are spans of the request.
+    let upload_trace = "5bf92f3577b34da6a3ce929d0e0e4737";
+    let png = std::fs::read(common::root().join("tests/fixtures/media/spheroids.png")).unwrap();
+    let form = reqwest::multipart::Form::new()
+        .text("model", "spheroid-seg")
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(png).file_name("spheroids.png"),
+        );
+    let answer = client
+        .post(format!("{}/api/optimized/predict", gantry.base))
+        .header("traceparent", format!("00-{upload_trace}-{CLIENT_SPAN}-01"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200, "{:?}", answer.text().await);
     let mut grpc = GrpcInferenceServiceClient::connect(format!(
         "http://{}",
         gantry.grpc.as_deref().expect("gRPC is on")
@@ -170,7 +190,27 @@ async fn requests_continue_the_clients_trace_over_otlp() {
                 .then(|| s.clone())
         })
     };
-    while (found(TRACE).is_none() || found(grpc_trace).is_none() || linked_batch().is_none())
+    // The spans of `trace` whose parent is `parent`, by name.
+    let children = |trace: &str, parent: &[u8]| -> Vec<String> {
+        let got = received.lock().unwrap();
+        let mut names: Vec<String> = got
+            .spans
+            .iter()
+            .filter(|(_, s)| hex(&s.trace_id) == trace && s.parent_span_id == parent)
+            .map(|(_, s)| s.name.clone())
+            .collect();
+        names.sort();
+        names
+    };
+    let upload_children = || {
+        found(upload_trace)
+            .map(|(_, s)| children(upload_trace, &s.span_id))
+            .unwrap_or_default()
+    };
+    while (found(TRACE).is_none()
+        || found(grpc_trace).is_none()
+        || linked_batch().is_none()
+        || upload_children().len() < 3)
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -226,6 +266,25 @@ async fn requests_continue_the_clients_trace_over_otlp() {
     assert_eq!(
         attribute(&batch.attributes, "model"),
         Some(&AnyValue::StringValue("tiny-classifier".into()))
+    );
+    let request = found(TRACE).unwrap().1;
+    assert_eq!(children(TRACE, &request.span_id), vec!["cache.lookup"]);
+    let lookup = received
+        .lock()
+        .unwrap()
+        .spans
+        .iter()
+        .find(|(_, s)| s.name == "cache.lookup" && hex(&s.trace_id) == TRACE)
+        .cloned()
+        .unwrap()
+        .1;
+    assert_eq!(
+        attribute(&lookup.attributes, "cache.hit"),
+        Some(&AnyValue::BoolValue(false))
+    );
+    assert_eq!(
+        upload_children(),
+        vec!["cache.lookup", "media.decode", "media.postprocess"]
     );
     let types = received.lock().unwrap().content_types.clone();
     assert!(
