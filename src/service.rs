@@ -226,6 +226,7 @@ impl InferenceService {
                 pin: call.pin,
                 enqueued: started,
                 span: tracing::Span::current(),
+                waiting: tracing::Span::none(),
                 reply,
             })
             .inspect_err(|e| {

@@ -210,7 +210,7 @@ async fn requests_continue_the_clients_trace_over_otlp() {
     while (found(TRACE).is_none()
         || found(grpc_trace).is_none()
         || linked_batch().is_none()
-        || upload_children().len() < 3)
+        || upload_children().len() < 4)
         && Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -268,7 +268,10 @@ async fn requests_continue_the_clients_trace_over_otlp() {
         Some(&AnyValue::StringValue("tiny-classifier".into()))
     );
     let request = found(TRACE).unwrap().1;
-    assert_eq!(children(TRACE, &request.span_id), vec!["cache.lookup"]);
+    assert_eq!(
+        children(TRACE, &request.span_id),
+        vec!["cache.lookup", "queue"]
+    );
     let lookup = received
         .lock()
         .unwrap()
@@ -284,7 +287,7 @@ async fn requests_continue_the_clients_trace_over_otlp() {
     );
     assert_eq!(
         upload_children(),
-        vec!["cache.lookup", "media.decode", "media.postprocess"]
+        vec!["cache.lookup", "media.decode", "media.postprocess", "queue"]
     );
     let types = received.lock().unwrap().content_types.clone();
     assert!(

@@ -52,6 +52,10 @@ pub struct InferRequest {
     /// The request's tracing span, so log lines on the batcher and the
     /// replica thread carry its request id.
     pub span: tracing::Span,
+    /// Its wait in the batcher's queue: a `queue` span under `span`, opened
+    /// by the batcher on arrival and closed at dispatch (in a trace, the
+    /// queue wait; `Span::none()` until then).
+    pub waiting: tracing::Span,
     pub reply: InferReply,
 }
 

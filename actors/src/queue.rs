@@ -295,6 +295,7 @@ mod tests {
             pin: None,
             enqueued,
             span: tracing::Span::none(),
+            waiting: tracing::Span::none(),
             reply,
         }
     }

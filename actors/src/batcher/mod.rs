@@ -315,7 +315,11 @@ impl Batcher {
         std::iter::once(first).chain(others).collect()
     }
 
-    fn send_batch(&mut self, replica: usize, entries: Vec<InferRequest>) {
+    fn send_batch(&mut self, replica: usize, mut entries: Vec<InferRequest>) {
+        for entry in &mut entries {
+            // The wait ends here: its span closes.
+            entry.waiting = tracing::Span::none();
+        }
         let items: usize = entries.iter().map(|e| e.items).sum();
         let batch_id = self.next_batch_id;
         self.next_batch_id += 1;
@@ -466,6 +470,7 @@ impl Handler<Enqueue> for Batcher {
             return;
         }
         request.enqueued = Instant::now();
+        request.waiting = tracing::info_span!(parent: &request.span, "queue", model = %self.model);
         self.queue.push(request);
         self.dispatch(ctx);
         if self.retiring {

@@ -428,6 +428,7 @@ mod tests {
             pin: None,
             enqueued: now,
             span: tracing::Span::none(),
+            waiting: tracing::Span::none(),
             reply,
         };
         (request, answer)
