@@ -130,6 +130,20 @@ fn host_name() -> String {
         .unwrap_or_else(|| "gantry".into())
 }
 
+/// The current span's OpenTelemetry context, when traces are on and it
+/// has one (a span elsewhere can link to it after it has ended).
+pub fn current_span_context() -> Option<opentelemetry::trace::SpanContext> {
+    use opentelemetry::trace::TraceContextExt;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if !enabled() {
+        return None;
+    }
+    let context = tracing::Span::current().context();
+    let span = context.span();
+    let span_context = span.span_context();
+    span_context.is_valid().then(|| span_context.clone())
+}
+
 /// The client's trace context from W3C `traceparent` / `tracestate`
 /// headers (or gRPC metadata), read through `get`.
 pub fn parent_from<'a>(get: impl Fn(&str) -> Option<&'a str>) -> Context {

@@ -63,6 +63,7 @@ fn row(model: &str, i: u32) -> PredictionRow {
             _ => None,
         },
         created_at: now() - Duration::from_millis(u64::from(i)),
+        trace: None,
     }
 }
 

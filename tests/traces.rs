@@ -3,7 +3,9 @@
 //! with `opentelemetry-proto`): a request with a W3C `traceparent`
 //! continues the client's trace (its span's parent is the client's span),
 //! with the HTTP server conventions and the resource, and the batch that
-//! ran it is a span linked to the request's; a gRPC call too; and
+//! ran it and the prediction log's write that stored it are spans linked
+//! to the request's; its cache lookup, queue wait, and an upload's decode
+//! and mask are child spans; a gRPC call continues its client's trace; and
 //! a collector that is down costs no request: the lost spans are counted.
 
 mod common;
@@ -105,6 +107,9 @@ async fn requests_continue_the_clients_trace_over_otlp() {
 
     let received = Arc::new(Mutex::new(Received::default()));
     let endpoint = receiver(received.clone());
+    // The prediction log's writes are spans too (the machine's PostgreSQL).
+    let database = common::database::TempDatabase::create().await;
+    let database_url = database.url();
     let repo = Repo::new()
         .copy("models/tiny-classifier", "tiny-classifier", None)
         .copy("models/spheroid-seg", "spheroid-seg", None);
@@ -113,6 +118,7 @@ async fn requests_continue_the_clients_trace_over_otlp() {
         &[
             // The cache's lookup is a span of the request (a miss here).
             ("GANTRY__CACHE__ENABLED", "true"),
+            ("DATABASE_URL", &database_url),
             ("GANTRY__TELEMETRY__OTLP_ENDPOINT", &endpoint),
             ("GANTRY__TELEMETRY__INSTANCE", "test-instance"),
         ],
@@ -207,9 +213,16 @@ async fn requests_continue_the_clients_trace_over_otlp() {
             .map(|(_, s)| children(upload_trace, &s.span_id))
             .unwrap_or_default()
     };
+    let log_write = || {
+        received.lock().unwrap().spans.iter().find_map(|(_, s)| {
+            (s.name == "prediction_log.write" && s.links.iter().any(|l| hex(&l.trace_id) == TRACE))
+                .then(|| s.clone())
+        })
+    };
     while (found(TRACE).is_none()
         || found(grpc_trace).is_none()
         || linked_batch().is_none()
+        || log_write().is_none()
         || upload_children().len() < 4)
         && Instant::now() < deadline
     {
@@ -288,6 +301,12 @@ async fn requests_continue_the_clients_trace_over_otlp() {
     assert_eq!(
         upload_children(),
         vec!["cache.lookup", "media.decode", "media.postprocess", "queue"]
+    );
+    // The prediction log's write: a span linked to the request it stored.
+    let write = log_write().expect("a prediction_log.write span linked to the request's");
+    assert!(
+        write.links.iter().any(|l| l.span_id == request.span_id),
+        "{write:?}"
     );
     let types = received.lock().unwrap().content_types.clone();
     assert!(

@@ -189,6 +189,7 @@ impl Pending {
             replica: self.ran.and_then(|r| r.replica).map(|n| n as u32),
             cache_level: self.ran.and_then(|r| r.cache).map(CacheLevel::as_str),
             created_at: self.created_at,
+            trace: crate::telemetry::current_span_context(),
         });
     }
 }

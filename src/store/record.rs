@@ -33,6 +33,9 @@ pub struct PredictionRow {
     /// `"l1"`, `"l2"`, or `None` when no cache answered.
     pub cache_level: Option<&'static str>,
     pub created_at: SystemTime,
+    /// The request's span in a trace (traces on, [`crate::telemetry`]): the
+    /// span that writes the row links to it. Not stored.
+    pub trace: Option<opentelemetry::trace::SpanContext>,
 }
 
 impl PredictionRow {
@@ -204,6 +207,7 @@ mod tests {
             replica: None,
             cache_level: None,
             created_at: UNIX_EPOCH + Duration::new(5, 123_456_789),
+            trace: None,
         };
         row.normalize();
         assert_eq!(row.request_id, "r\u{FFFD}");

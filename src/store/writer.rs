@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use deadpool_postgres::{Client, Object, Pool, PoolError};
 use tokio_postgres::error::SqlState;
+use tracing::Instrument;
 use uuid::Uuid;
 
 use super::{migrations, PredictionRow, Shared, StoreError, StoredPrediction, UP};
@@ -144,7 +145,15 @@ async fn write_buffered(shared: &Shared) -> Result<(), WriteError> {
         if rows.is_empty() {
             break;
         }
-        let counts = write_batch(&shared.pool, &rows).await?;
+        // In a trace, the write is a span linked to every request it stores.
+        let span = tracing::info_span!("prediction_log.write", rows = rows.len());
+        if crate::telemetry::enabled() {
+            use tracing_opentelemetry::OpenTelemetrySpanExt;
+            for context in rows.iter().filter_map(|row| row.trace.clone()) {
+                span.add_link(context);
+            }
+        }
+        let counts = write_batch(&shared.pool, &rows).instrument(span).await?;
         shared.consume(rows.len());
         shared
             .rows_written
