@@ -369,3 +369,55 @@ async fn a_collector_that_is_down_costs_no_request() {
     gantry.signal("TERM");
     assert_eq!(gantry.exit_status().await.code(), Some(0));
 }
+
+/// `telemetry.sampling_ratio = 0`: no new trace is recorded (the readiness
+/// polls, a request without `traceparent`, the batches), but a request
+/// whose client sampled its trace is, as the client decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sampling_follows_the_ratio_and_the_clients_decision() {
+    let received = Arc::new(Mutex::new(Received::default()));
+    let endpoint = receiver(received.clone());
+    let repo = Repo::new().copy("models/tiny-classifier", "tiny-classifier", None);
+    let gantry = Gantry::spawn(
+        repo.path(),
+        &[
+            ("GANTRY__CACHE__ENABLED", "false"),
+            ("GANTRY__TELEMETRY__OTLP_ENDPOINT", &endpoint),
+            ("GANTRY__TELEMETRY__SAMPLING_RATIO", "0"),
+        ],
+    );
+    let client = reqwest::Client::new();
+    gantry.wait_for_200(&client, "/v2/health/ready").await;
+    let body = json!({"model": "tiny-classifier",
+        "inputs": {"features": tensor(&[1, 64], "FP32", json!(vec![0.75; 64]))}});
+    let url = format!("{}/api/optimized/predict", gantry.base);
+    for traceparent in [
+        None,
+        Some(format!("00-{TRACE}-{CLIENT_SPAN}-01")),
+        // The client did not sample this one: neither does the server.
+        Some(format!(
+            "00-6bf92f3577b34da6a3ce929d0e0e4738-{CLIENT_SPAN}-00"
+        )),
+    ] {
+        let mut request = client.post(&url).json(&body);
+        if let Some(value) = traceparent {
+            request = request.header("traceparent", value);
+        }
+        assert_eq!(request.send().await.unwrap().status(), 200);
+    }
+    // Shutting down posts whatever is queued.
+    gantry.signal("TERM");
+    assert_eq!(gantry.exit_status().await.code(), Some(0));
+    let got = received.lock().unwrap();
+    let traces: std::collections::BTreeSet<String> =
+        got.spans.iter().map(|(_, s)| hex(&s.trace_id)).collect();
+    assert_eq!(
+        traces.into_iter().collect::<Vec<_>>(),
+        vec![TRACE.to_string()],
+        "only the client's sampled trace is recorded"
+    );
+    assert!(got
+        .spans
+        .iter()
+        .any(|(_, s)| s.name == "POST /api/optimized/predict"));
+}
