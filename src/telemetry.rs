@@ -219,11 +219,28 @@ impl SpanProcessor for BoundedExport {
         self.control(Job::Flush, Duration::from_secs(10))
     }
 
+    /// Posts what is queued and stops the thread, within `timeout`: a
+    /// thread still busy then (a collector that does not answer) is left
+    /// behind rather than holding up the process's exit.
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        let deadline = Instant::now() + timeout;
         let flushed = self.control(Job::Flush, timeout);
-        let _ = self.queue.try_send(Job::Stop);
-        if let Some(worker) = self.worker.lock().unwrap_or_else(|e| e.into_inner()).take() {
-            let _ = worker.join();
+        let mut stop = Job::Stop;
+        loop {
+            match self.queue.try_send(stop) {
+                Ok(()) => {
+                    let worker = self.worker.lock().unwrap_or_else(|e| e.into_inner()).take();
+                    if let Some(worker) = worker {
+                        let _ = worker.join();
+                    }
+                    break;
+                }
+                Err(TrySendError::Full(back)) if Instant::now() < deadline => {
+                    stop = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => break,
+            }
         }
         flushed
     }
