@@ -69,31 +69,30 @@ for i in $(seq -w 1 20); do
   printf 'replicas = 1\nmax_batch_size = 32\n' >"$many/mlp-$i/model.toml"
 done
 
-# cell NAME CONCURRENCY oha-arguments...: REPEAT oha runs into $tmp/cells/NAME.K.json,
-# with the stats before and after each.
+# measure NAME CONCURRENCY COMMAND...: REPEAT runs of COMMAND (a load
+# generator printing oha's JSON) into $tmp/cells/NAME.K.json, with the stats
+# before and after each. `cell` runs oha; `grpc_cell` runs grpc-load on the
+# gRPC server at `$grpc` (oha speaks no gRPC).
 mkdir -p "$tmp/cells"
-cell() {
+measure() {
   local name=$1 c=$2
   shift 2
   for k in $(seq 1 "$REPEAT"); do
     echo "== $name, concurrency $c, $DURATION (run $k of $REPEAT)"
     curl -s "$url/api/optimized/stats" >"$tmp/cells/$name.$k.before"
-    "$OHA" -z "$DURATION" -c "$c" -w --no-tui --output-format json "$@" >"$tmp/cells/$name.$k.json"
+    "$@" >"$tmp/cells/$name.$k.json"
     curl -s "$url/api/optimized/stats" >"$tmp/cells/$name.$k.after"
   done
 }
-# grpc_cell NAME CONCURRENCY grpc-load-arguments...: as `cell`, with grpc-load
-# (oha's JSON shape) on the gRPC server at `$grpc`.
+cell() {
+  local name=$1 c=$2
+  shift 2
+  measure "$name" "$c" "$OHA" -z "$DURATION" -c "$c" -w --no-tui --output-format json "$@"
+}
 grpc_cell() {
   local name=$1 c=$2
   shift 2
-  for k in $(seq 1 "$REPEAT"); do
-    echo "== $name, concurrency $c, $DURATION (run $k of $REPEAT)"
-    curl -s "$url/api/optimized/stats" >"$tmp/cells/$name.$k.before"
-    target/release/grpc-load --addr "$grpc" --seconds "$RAW_SECONDS" --concurrency "$c" "$@" \
-      >"$tmp/cells/$name.$k.json"
-    curl -s "$url/api/optimized/stats" >"$tmp/cells/$name.$k.after"
-  done
+  measure "$name" "$c" target/release/grpc-load --addr "$grpc" --seconds "$RAW_SECONDS" --concurrency "$c" "$@"
 }
 # oha asks for gzip answers (`accept-encoding: gzip, compress, deflate, br`)
 # unless told otherwise; Triton's clients ask for none unless set to, so the

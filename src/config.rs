@@ -24,35 +24,8 @@ pub struct Config {
     pub store: crate::store::StoreConfig,
     pub media: MediaConfig,
     pub log: LogConfig,
-    pub telemetry: TelemetryConfig,
-}
-
-/// Traces exported over OTLP ([`crate::telemetry`]).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TelemetryConfig {
-    /// The collector's OTLP/HTTP base URL (`/v1/traces` is appended); empty
-    /// means `OTEL_EXPORTER_OTLP_ENDPOINT`, and with neither traces are off.
-    pub otlp_endpoint: String,
-    /// The share of new traces recorded (0 to 1); a request that continues
-    /// a client's trace follows the client's sampling decision.
-    pub sampling_ratio: f64,
-    /// Spans that may wait for export; beyond, new ones are dropped (and
-    /// counted), so a slow or absent collector never slows a request.
-    pub export_queue: usize,
-    /// `service.instance.id`; empty means the host name.
-    pub instance: String,
-}
-
-impl Default for TelemetryConfig {
-    fn default() -> Self {
-        TelemetryConfig {
-            otlp_endpoint: String::new(),
-            sampling_ratio: 1.0,
-            export_queue: 2048,
-            instance: String::new(),
-        }
-    }
+    /// Traces over OTLP.
+    pub telemetry: crate::telemetry::TelemetryConfig,
 }
 
 /// Uploaded images and audio.

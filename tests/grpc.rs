@@ -14,7 +14,6 @@ use std::time::Duration;
 use common::binary::Gantry;
 use common::{Repo, TestServer};
 use gantry::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
-use gantry::grpc::proto::model_infer_request::InferInputTensor;
 use gantry::grpc::proto::{ModelInferRequest, ModelInferResponse, ModelStreamInferResponse};
 use gantry_actors::engine::fake::{FakeEngineFactory, FakeProvider};
 use tonic::codec::CompressionEncoding;
@@ -38,22 +37,6 @@ fn outgoing(
     futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|request| (request, rx))
     })
-}
-
-/// A request for `model` with one FP32 input `name` of `shape`, all `value`.
-fn request(model: &str, name: &str, shape: &[i64], value: f32) -> ModelInferRequest {
-    let count = shape.iter().product::<i64>() as usize;
-    ModelInferRequest {
-        model_name: model.into(),
-        inputs: vec![InferInputTensor {
-            name: name.into(),
-            datatype: "FP32".into(),
-            shape: shape.to_vec(),
-            ..Default::default()
-        }],
-        raw_input_contents: vec![value.to_le_bytes().repeat(count)],
-        ..Default::default()
-    }
 }
 
 /// The fake `x: FP32 [-1, 4]` models: "m" fast, "slow" 600 ms a batch of
@@ -90,7 +73,7 @@ async fn a_full_queue_is_resource_exhausted_and_every_call_is_answered() {
     let calls = (0..8).map(|i| {
         let mut grpc = grpc.clone();
         async move {
-            grpc.model_infer(request("slow", "x", &[1, 4], i as f32))
+            grpc.model_infer(common::grpc_request("slow", "x", &[1, 4], i as f32))
                 .await
         }
     });
@@ -124,7 +107,7 @@ async fn messages_over_the_body_limit_are_resource_exhausted() {
     let addr = server.grpc.clone().expect("gRPC is on");
     let mut grpc = client(&addr).await;
     // 1.2 MB of input: over the 1 MB limit as sent.
-    let big = request("m", "x", &[75_000, 4], 1.0);
+    let big = common::grpc_request("m", "x", &[75_000, 4], 1.0);
     let refused = grpc.model_infer(big.clone()).await.unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     // The same message gzipped is a few KB on the wire and inflates past
@@ -135,7 +118,7 @@ async fn messages_over_the_body_limit_are_resource_exhausted() {
     let refused = gzipped.model_infer(big.clone()).await.unwrap_err();
     assert_eq!(refused.code(), Code::ResourceExhausted, "{refused:?}");
     // Under the limit, gzipped or not, it is served.
-    let small = request("m", "x", &[2, 4], 1.0);
+    let small = common::grpc_request("m", "x", &[2, 4], 1.0);
     let answer = gzipped
         .model_infer(small.clone())
         .await
@@ -195,7 +178,7 @@ async fn sigterm_drains_an_open_grpc_stream() {
         .into_inner();
     let features = |id: &str| ModelInferRequest {
         id: id.into(),
-        ..request("tiny-classifier", "features", &[1, 64], 0.5)
+        ..common::grpc_request("tiny-classifier", "features", &[1, 64], 0.5)
     };
     tx.send(features("before")).await.unwrap();
     let before = answers.message().await.unwrap().expect("an answer");

@@ -241,8 +241,6 @@ async fn one_request_can_be_followed_through_the_json_logs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_request_gets_one_access_line() {
     use gantry::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
-    use gantry::grpc::proto::model_infer_request::InferInputTensor;
-    use gantry::grpc::proto::ModelInferRequest;
 
     let repo = Repo::new().copy("models/tiny-classifier", "tiny-classifier", None);
     let gantry = Gantry::spawn_with_grpc(repo.path(), &[("GANTRY__CACHE__ENABLED", "false")]);
@@ -278,17 +276,12 @@ async fn every_request_gets_one_access_line() {
     ))
     .await
     .unwrap();
-    let mut call = tonic::Request::new(ModelInferRequest {
-        model_name: "tiny-classifier".into(),
-        inputs: vec![InferInputTensor {
-            name: "features".into(),
-            datatype: "FP32".into(),
-            shape: vec![1, 64],
-            ..Default::default()
-        }],
-        raw_input_contents: vec![vec![0; 256]],
-        ..Default::default()
-    });
+    let mut call = tonic::Request::new(common::grpc_request(
+        "tiny-classifier",
+        "features",
+        &[1, 64],
+        0.0,
+    ));
     call.metadata_mut()
         .insert("x-request-id", "access-3".parse().unwrap());
     call.metadata_mut()

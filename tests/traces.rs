@@ -102,8 +102,6 @@ const CLIENT_SPAN: &str = "00f067aa0ba902b7";
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_continue_the_clients_trace_over_otlp() {
     use gantry::grpc::proto::grpc_inference_service_client::GrpcInferenceServiceClient;
-    use gantry::grpc::proto::model_infer_request::InferInputTensor;
-    use gantry::grpc::proto::ModelInferRequest;
 
     let received = Arc::new(Mutex::new(Received::default()));
     let endpoint = receiver(received.clone());
@@ -160,17 +158,12 @@ async fn requests_continue_the_clients_trace_over_otlp() {
     .await
     .unwrap();
     let grpc_trace = "0af7651916cd43dd8448eb211c80319c";
-    let mut call = tonic::Request::new(ModelInferRequest {
-        model_name: "tiny-classifier".into(),
-        inputs: vec![InferInputTensor {
-            name: "features".into(),
-            datatype: "FP32".into(),
-            shape: vec![1, 64],
-            ..Default::default()
-        }],
-        raw_input_contents: vec![vec![0; 256]],
-        ..Default::default()
-    });
+    let mut call = tonic::Request::new(common::grpc_request(
+        "tiny-classifier",
+        "features",
+        &[1, 64],
+        0.0,
+    ));
     call.metadata_mut().insert(
         "traceparent",
         format!("00-{grpc_trace}-b7ad6b7169203331-01")

@@ -15,6 +15,7 @@ tests/clients.rs.
 """
 
 import asyncio
+import functools
 import queue
 import sys
 
@@ -26,6 +27,7 @@ import tritonclient.utils.shared_memory as shm
 from tritonclient.utils import InferenceServerException
 
 from triton_client import DTYPE_TENSORS, dtypes_expected, dtypes_inputs
+import triton_shm
 from triton_shm import GAP, SENTINEL, Objects, layout, object_bytes
 
 DTYPES = "dtypes"
@@ -34,6 +36,8 @@ VALUES = dtypes_inputs()
 EXPECTED = dtypes_expected(VALUES)
 INPUTS = [t[0] for t in DTYPE_TENSORS]
 OUTPUTS = [t[3] for t in DTYPE_TENSORS]
+# The fixture's inputs in a region, as the HTTP test builds them, with this client.
+shm_inputs = functools.partial(triton_shm.shm_inputs, module=grpcclient)
 
 
 def check(label, condition, detail=""):
@@ -57,15 +61,6 @@ def body_inputs():
     for name, datatype, _, _ in DTYPE_TENSORS:
         t = grpcclient.InferInput(name, list(VALUES[name].shape), datatype)
         t.set_data_from_numpy(VALUES[name])
-        inputs.append(t)
-    return inputs
-
-
-def shm_inputs(region, places, module=grpcclient):
-    inputs = []
-    for (name, datatype, _, _), (offset, size) in zip(DTYPE_TENSORS, places):
-        t = module.InferInput(name, list(VALUES[name].shape), datatype)
-        t.set_shared_memory(region, size, offset=offset)
         inputs.append(t)
     return inputs
 

@@ -147,10 +147,12 @@ def dtypes_outputs(regions, offsets=None):
     return outputs
 
 
-def shm_inputs(region, places):
+def shm_inputs(region, places, module=httpclient):
+    """The fixture's inputs, each at its (offset, size) in `region`; `module`
+    is the client's (tritonclient.http, .grpc or their aio)."""
     inputs = []
     for (name, datatype, _, _), (offset, size) in zip(DTYPE_TENSORS, places):
-        tensor = httpclient.InferInput(name, list(VALUES[name].shape), datatype)
+        tensor = module.InferInput(name, list(VALUES[name].shape), datatype)
         tensor.set_shared_memory(region, size, offset=offset)
         inputs.append(tensor)
     return inputs

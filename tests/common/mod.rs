@@ -295,3 +295,26 @@ pub fn noise(seed: u64, n: usize) -> Vec<f32> {
         })
         .collect()
 }
+
+/// A gRPC `ModelInfer` request for `model` with one FP32 input `name` of
+/// `shape`, every value `value`, in `raw_input_contents`.
+pub fn grpc_request(
+    model: &str,
+    name: &str,
+    shape: &[i64],
+    value: f32,
+) -> gantry::grpc::proto::ModelInferRequest {
+    use gantry::grpc::proto::model_infer_request::InferInputTensor;
+    let count = shape.iter().product::<i64>() as usize;
+    gantry::grpc::proto::ModelInferRequest {
+        model_name: model.into(),
+        inputs: vec![InferInputTensor {
+            name: name.into(),
+            datatype: "FP32".into(),
+            shape: shape.to_vec(),
+            ..Default::default()
+        }],
+        raw_input_contents: vec![value.to_le_bytes().repeat(count)],
+        ..Default::default()
+    }
+}
