@@ -43,15 +43,6 @@ WORKDIR /src
 COPY Makefile ./
 RUN make onnxruntime ${ORT_VERSION:+ORT_VERSION=$ORT_VERSION} PYTHON=python3 \
     && ls -l .onnxruntime/
-# The workspace's manifests (load-tests is a member: its Cargo.toml is read,
-# its sources are not built), the two crates the binary is made of, and the
-# gRPC protocol build.rs compiles.
-COPY Cargo.toml Cargo.lock ./
-COPY load-tests/Cargo.toml load-tests/
-COPY actors actors
-COPY build.rs ./
-COPY proto proto
-COPY src src
 # The project's release profile (as `make run`) without its line tables: they
 # are 100 of the binary's 120 MB. Backtraces keep function names (the symbol
 # table stays), not file:line; --build-arg
@@ -59,7 +50,24 @@ COPY src src
 # binary's package is compiled; the crates are fetched from crates.io.
 ARG CARGO_PROFILE_RELEASE_DEBUG=false
 ENV CARGO_INCREMENTAL=0 CARGO_TERM_COLOR=never
-RUN cargo build --release --locked -p gantry --bin gantry \
+# The dependencies first, built against empty crates: this layer depends on
+# the workspace's manifests (load-tests is a member: its Cargo.toml is read,
+# its sources are not built), the lock file, build.rs and the gRPC protocol
+# it compiles, so an image build after a change to Gantry's code reuses it
+# and compiles Gantry's two crates alone.
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY load-tests/Cargo.toml load-tests/
+COPY actors/Cargo.toml actors/
+COPY proto proto
+RUN mkdir -p src actors/src \
+    && echo 'fn main() {}' > src/main.rs && touch src/lib.rs actors/src/lib.rs \
+    && cargo build --release --locked -p gantry --bin gantry \
+    && rm -rf src actors/src
+COPY actors actors
+COPY src src
+# Newer than the empty crates' build, whatever times the sources came with.
+RUN find src actors -name '*.rs' -exec touch {} + \
+    && cargo build --release --locked -p gantry --bin gantry \
     && install -m 0755 target/release/gantry /usr/local/bin/gantry \
     && rm -rf target
 

@@ -13,7 +13,7 @@ CARGO       ?= cargo
 
 export ORT_DYLIB_PATH := $(abspath $(ORT_LIB))
 
-.PHONY: run run-gpu gpu-check test dashboard-screenshot deploy-check docker-test fuzz onnxruntime onnxruntime-gpu venv models train evaluate bench bench-micro profile cpu-split bench-media soak lint fmt clean
+.PHONY: run run-gpu gpu-check setup test dashboard-screenshot deploy-check docker-test fuzz onnxruntime onnxruntime-gpu venv models train evaluate bench bench-micro profile cpu-split bench-media soak lint fmt clean
 
 run: $(ORT_LIB)
 	$(CARGO) run --release --bin gantry -- --config config/gantry.toml
@@ -28,25 +28,32 @@ run-gpu: $(ORT_GPU_LIB)
 gpu-check: $(ORT_GPU_LIB)
 	load-tests/gpu.sh
 
-test: $(ORT_LIB) $(VENV)/.done $(NODE_DEPS)
+# What the tests need on the machine (Redis, PostgreSQL, Chromium, HAProxy,
+# openssl, promtool, Docker, cargo-nextest), installed and started when
+# missing: tests/setup.sh, which .ci/run runs too.
+setup:
+	tests/setup.sh
+
+test: setup $(ORT_LIB) $(VENV)/.done $(NODE_DEPS)
 	GANTRY_TEST_PYTHON=$(abspath $(VENV))/bin/python $(CARGO) nextest run --workspace --no-fail-fast
 
-$(NODE_DEPS): tests/dashboard/package.json tests/dashboard/package-lock.json
+$(NODE_DEPS): tests/dashboard/package.json tests/dashboard/package-lock.json | setup
 	cd tests/dashboard && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-# The README's picture of /dashboard under load (the browser test, saving it).
+# The picture of /dashboard under load in docs/operations.md (the browser test, saving it).
 dashboard-screenshot: $(ORT_LIB) $(NODE_DEPS)
-	GANTRY_TEST_DASHBOARD_SCREENSHOT=$(abspath docs/dashboard.png) $(CARGO) nextest run --test dashboard
+	GANTRY_TEST_DASHBOARD_SCREENSHOT=$(abspath docs/dashboard.png) $(CARGO) nextest run --test it -E 'test(/^dashboard::/)'
 
-# Runs each fuzz target for FUZZ_SECONDS (CI: 20) from its committed seeds
+# Runs each fuzz target for FUZZ_SECONDS (CI: 10) from its committed seeds
 # in fuzz/corpus/<target>/. New inputs go to fuzz/target/corpus/ (not
 # committed), a crash to fuzz/artifacts/<target>/ (see fuzz/README.md).
 # Stable Rust: no sanitizer (`-s none`; Rust code is memory safe, and a
 # panic or failed assertion is what the targets look for).
 FUZZ_SECONDS ?= 20
 FUZZ_TARGETS := json_tensor v2_binary npy multipart sniff image audio
-FUZZ_FLAGS   := -s none --debug-assertions
+# FUZZ_TARGET_DIR (set by .ci/run) keeps the instrumented build between runs.
+FUZZ_FLAGS   := -s none --debug-assertions $(if $(FUZZ_TARGET_DIR),--target-dir $(FUZZ_TARGET_DIR))
 
 fuzz:
 	cd fuzz && $(CARGO) fuzz build $(FUZZ_FLAGS)
@@ -118,7 +125,7 @@ onnxruntime: $(ORT_LIB)
 
 # The GPU build from PyPI's onnxruntime-gpu wheel (CUDA 13, cuDNN 9), with
 # its CUDA provider library (about 284 MB), into $(ORT_GPU_DIR)/. CUDA and
-# cuDNN come from the system or from PyPI's nvidia-* wheels (README, GPUs).
+# cuDNN come from the system or from PyPI's nvidia-* wheels (docs/gpus.md).
 onnxruntime-gpu: $(ORT_GPU_LIB)
 
 # $(call ort_wheel,package,folder): the wheel's libonnxruntime* files into

@@ -18,7 +18,6 @@ pub struct Config {
     pub models: ModelsConfig,
     pub memory: MemoryConfig,
     pub runtime: RuntimeConfig,
-    pub cpu: CpuConfig,
     pub cache: CacheConfig,
     /// The prediction log; `database_url` empty means `DATABASE_URL`.
     pub store: crate::store::StoreConfig,
@@ -203,16 +202,6 @@ impl RuntimeConfig {
             exclusive_run: Duration::from_secs_f64(self.exclusive_run_ms.max(0.0) / 1000.0),
         }
     }
-}
-
-/// `[cpu]`, kept so that configurations written for the thread budget still
-/// load: `threads` is read and ignored (with a warning at start), since
-/// every session now shares one pool and no replica is refused for threads.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct CpuConfig {
-    /// No longer used; see `runtime.intra_op_threads`.
-    pub threads: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

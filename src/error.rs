@@ -1,13 +1,12 @@
-//! The one error type of the API and its one mapping to HTTP: every error
-//! answers `{"error": "...", "code": "..."}` with its status, and a full
-//! queue adds `Retry-After`. gRPC answers the same error with the status
-//! code that follows from the HTTP one ([`ApiError::grpc_status`]) and the
-//! same message.
+//! The one error type of the service and its one table: [`ApiError::class`]
+//! gives each error its stable code, its HTTP status and its gRPC code in
+//! one row, so the two protocols cannot disagree. The edges turn a class
+//! into an answer: HTTP in `crate::api::error_response` (`{"error": "...",
+//! "code": "..."}`, `Retry-After` on 429), gRPC in `crate::grpc::status`
+//! (the same message). This module knows no web framework.
 
-use actix_web::http::{header, StatusCode};
-use actix_web::{HttpResponse, ResponseError};
 use gantry_actors::InferError;
-use serde::Serialize;
+use tonic::Code as Grpc;
 
 use crate::media::MediaError;
 
@@ -47,26 +46,16 @@ pub enum ApiError {
     /// The request body did not arrive within `server.body_timeout_ms`.
     #[error("{0}")]
     RequestTimeout(String),
-    /// An error answer actix itself chose (an extractor or protocol check),
-    /// with its status; shaped like every other error.
+    /// An error answer the HTTP server itself chose (an extractor or
+    /// protocol check), with its status; shaped like every other error.
     #[error("{message}")]
-    Http { status: StatusCode, message: String },
+    Http { status: u16, message: String },
     /// A dependency the request needs (the prediction log's database) is down.
     #[error("{0}")]
     Unavailable(String),
     /// A bug or a broken invariant; logged, answered 500.
     #[error("internal error: {0}")]
     Internal(String),
-}
-
-/// The body of every error answer.
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct ErrorBody<'a> {
-    /// What went wrong, for people.
-    error: String,
-    /// Stable machine-readable code, e.g. `model_not_found`, `queue_full`.
-    #[schema(example = "bad_request")]
-    code: &'a str,
 }
 
 impl From<gantry_actors::lifecycle::LifecycleError> for ApiError {
@@ -81,142 +70,151 @@ impl From<gantry_actors::lifecycle::LifecycleError> for ApiError {
     }
 }
 
+/// One row of the error table: what an error answers on each protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorClass {
+    /// Stable machine-readable code of the JSON body, e.g. `queue_full`.
+    pub code: &'static str,
+    /// The HTTP status.
+    pub http: u16,
+    /// The gRPC status code.
+    pub grpc: Grpc,
+}
+
+const fn row(code: &'static str, http: u16, grpc: Grpc) -> ErrorClass {
+    ErrorClass { code, http, grpc }
+}
+
 impl ApiError {
-    /// The error for an answer actix wrote with `status` and `message`: the
-    /// variant of that status where there is one, else [`ApiError::Http`].
-    pub fn from_status(status: StatusCode, message: String) -> ApiError {
+    /// The error for an answer the HTTP server wrote with `status` and
+    /// `message`: the variant of that status where there is one, else
+    /// [`ApiError::Http`].
+    pub fn from_status(status: u16, message: String) -> ApiError {
         match status {
-            StatusCode::BAD_REQUEST => ApiError::BadRequest(message),
-            StatusCode::NOT_FOUND => ApiError::NotFound(message),
-            StatusCode::METHOD_NOT_ALLOWED => ApiError::MethodNotAllowed(message),
-            StatusCode::REQUEST_TIMEOUT => ApiError::RequestTimeout(message),
-            StatusCode::UNSUPPORTED_MEDIA_TYPE => ApiError::UnsupportedMedia(message),
-            StatusCode::INTERNAL_SERVER_ERROR => ApiError::Internal(message),
+            400 => ApiError::BadRequest(message),
+            404 => ApiError::NotFound(message),
+            405 => ApiError::MethodNotAllowed(message),
+            408 => ApiError::RequestTimeout(message),
+            415 => ApiError::UnsupportedMedia(message),
+            500 => ApiError::Internal(message),
             status => ApiError::Http { status, message },
+        }
+    }
+
+    /// The error table: every error's code, HTTP status and gRPC code.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            ApiError::BadRequest(_) => row("bad_request", 400, Grpc::InvalidArgument),
+            ApiError::NotFound(_) => row("not_found", 404, Grpc::NotFound),
+            ApiError::MethodNotAllowed(_) => row("method_not_allowed", 405, Grpc::Unimplemented),
+            ApiError::PayloadTooLarge { .. } => {
+                row("payload_too_large", 413, Grpc::InvalidArgument)
+            }
+            ApiError::UnsupportedMedia(_) => {
+                row("unsupported_media_type", 415, Grpc::InvalidArgument)
+            }
+            ApiError::InvalidTensor(_) => row("invalid_input", 422, Grpc::InvalidArgument),
+            ApiError::Unavailable(_) => row("dependency_unavailable", 503, Grpc::Unavailable),
+            ApiError::RequestTimeout(_) => row("request_timeout", 408, Grpc::DeadlineExceeded),
+            ApiError::Unauthorized(_) => row("unauthorized", 401, Grpc::Unauthenticated),
+            ApiError::Forbidden(_) => row("forbidden", 403, Grpc::PermissionDenied),
+            ApiError::Internal(_) => row("internal", 500, Grpc::Internal),
+            ApiError::Http { status, .. } => http_class(*status),
+            ApiError::Media(e) => match e {
+                MediaError::Unsupported(_) => {
+                    row("unsupported_media_type", 415, Grpc::InvalidArgument)
+                }
+                MediaError::Undecodable(_) => row("invalid_file", 422, Grpc::InvalidArgument),
+                MediaError::TooLarge(_) => row("file_too_large", 422, Grpc::InvalidArgument),
+                MediaError::Busy(_) => row("media_busy", 429, Grpc::ResourceExhausted),
+                MediaError::Internal(_) => row("internal", 500, Grpc::Internal),
+            },
+            ApiError::Infer(e) => match e {
+                InferError::UnknownModel(_) => row("model_not_found", 404, Grpc::NotFound),
+                InferError::ModelNotReady(_) => row("model_not_ready", 503, Grpc::Unavailable),
+                InferError::InvalidInput(_) => row("invalid_input", 422, Grpc::InvalidArgument),
+                InferError::QueueFull { .. } => row("queue_full", 429, Grpc::ResourceExhausted),
+                InferError::DeadlineExceeded { .. } => {
+                    row("deadline_exceeded", 504, Grpc::DeadlineExceeded)
+                }
+                InferError::Inference(_) => row("inference_failed", 500, Grpc::Internal),
+                InferError::ShuttingDown => row("shutting_down", 503, Grpc::Unavailable),
+                InferError::Sequence(_) => row("sequence_error", 400, Grpc::InvalidArgument),
+                InferError::TooManySequences { .. } => {
+                    row("too_many_sequences", 429, Grpc::ResourceExhausted)
+                }
+            },
         }
     }
 
     /// Stable machine-readable code for the JSON body.
     pub fn code(&self) -> &'static str {
-        match self {
-            ApiError::BadRequest(_) => "bad_request",
-            ApiError::NotFound(_) => "not_found",
-            ApiError::MethodNotAllowed(_) => "method_not_allowed",
-            ApiError::PayloadTooLarge { .. } => "payload_too_large",
-            ApiError::UnsupportedMedia(_) => "unsupported_media_type",
-            ApiError::InvalidTensor(_) => "invalid_input",
-            ApiError::Unavailable(_) => "dependency_unavailable",
-            ApiError::RequestTimeout(_) => "request_timeout",
-            ApiError::Http { status, .. } => match *status {
-                StatusCode::PAYLOAD_TOO_LARGE => "payload_too_large",
-                StatusCode::LENGTH_REQUIRED => "length_required",
-                StatusCode::EXPECTATION_FAILED => "expectation_failed",
-                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "headers_too_large",
-                s if s.is_server_error() => "internal",
-                _ => "bad_request",
-            },
-            ApiError::Media(e) => match e {
-                MediaError::Unsupported(_) => "unsupported_media_type",
-                MediaError::Undecodable(_) => "invalid_file",
-                MediaError::TooLarge(_) => "file_too_large",
-                MediaError::Busy(_) => "media_busy",
-                MediaError::Internal(_) => "internal",
-            },
-            ApiError::Unauthorized(_) => "unauthorized",
-            ApiError::Forbidden(_) => "forbidden",
-            ApiError::Internal(_) => "internal",
-            ApiError::Infer(e) => match e {
-                InferError::UnknownModel(_) => "model_not_found",
-                InferError::ModelNotReady(_) => "model_not_ready",
-                InferError::InvalidInput(_) => "invalid_input",
-                InferError::QueueFull { .. } => "queue_full",
-                InferError::DeadlineExceeded { .. } => "deadline_exceeded",
-                InferError::Inference(_) => "inference_failed",
-                InferError::ShuttingDown => "shutting_down",
-                InferError::Sequence(_) => "sequence_error",
-                InferError::TooManySequences { .. } => "too_many_sequences",
-            },
-        }
+        self.class().code
+    }
+
+    /// The HTTP status this error answers.
+    pub fn http_status(&self) -> u16 {
+        self.class().http
     }
 }
 
-impl ResponseError for ApiError {
-    fn status_code(&self) -> StatusCode {
-        match self {
-            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::UnsupportedMedia(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            ApiError::InvalidTensor(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::RequestTimeout(_) => StatusCode::REQUEST_TIMEOUT,
-            ApiError::Http { status, .. } => *status,
-            ApiError::Media(e) => match e {
-                MediaError::Unsupported(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                MediaError::Undecodable(_) | MediaError::TooLarge(_) => {
-                    StatusCode::UNPROCESSABLE_ENTITY
-                }
-                MediaError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
-                MediaError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            },
-            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::Infer(e) => match e {
-                InferError::UnknownModel(_) => StatusCode::NOT_FOUND,
-                InferError::ModelNotReady(_) => StatusCode::SERVICE_UNAVAILABLE,
-                InferError::InvalidInput(_) => StatusCode::UNPROCESSABLE_ENTITY,
-                InferError::QueueFull { .. } => StatusCode::TOO_MANY_REQUESTS,
-                InferError::DeadlineExceeded { .. } => StatusCode::GATEWAY_TIMEOUT,
-                InferError::Inference(_) => StatusCode::INTERNAL_SERVER_ERROR,
-                InferError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
-                InferError::Sequence(_) => StatusCode::BAD_REQUEST,
-                InferError::TooManySequences { .. } => StatusCode::TOO_MANY_REQUESTS,
-            },
-        }
-    }
-
-    fn error_response(&self) -> HttpResponse {
-        let status = self.status_code();
-        if status.is_server_error() {
-            tracing::warn!(status = status.as_u16(), error = %self, "request failed");
-        }
-        let mut response = HttpResponse::build(status);
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            response.insert_header((header::RETRY_AFTER, "1"));
-        }
-        if status == StatusCode::UNAUTHORIZED {
-            response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));
-        }
-        response.json(ErrorBody {
-            error: self.to_string(),
-            code: self.code(),
-        })
-    }
+/// The row of an error the HTTP server chose itself, by its status.
+fn http_class(status: u16) -> ErrorClass {
+    let code = match status {
+        413 => "payload_too_large",
+        411 => "length_required",
+        417 => "expectation_failed",
+        431 => "headers_too_large",
+        s if s >= 500 => "internal",
+        _ => "bad_request",
+    };
+    let grpc = match status {
+        400 | 413 | 415 | 422 => Grpc::InvalidArgument,
+        401 => Grpc::Unauthenticated,
+        403 => Grpc::PermissionDenied,
+        404 => Grpc::NotFound,
+        405 | 501 => Grpc::Unimplemented,
+        408 | 504 => Grpc::DeadlineExceeded,
+        429 => Grpc::ResourceExhausted,
+        503 => Grpc::Unavailable,
+        _ => Grpc::Internal,
+    };
+    row(code, status, grpc)
 }
 
-impl ApiError {
-    /// The gRPC status for this error: its code follows from the HTTP
-    /// status (so the two protocols cannot disagree), its message is the
-    /// same text.
-    pub fn grpc_status(&self) -> tonic::Status {
-        use tonic::Code;
-        let status = self.status_code();
-        if status.is_server_error() {
-            tracing::warn!(status = status.as_u16(), error = %self, "gRPC request failed");
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every error's gRPC code is the one its HTTP status stood for before
+    /// the table (the two protocols agree on what kind of failure it is).
+    #[test]
+    fn grpc_codes_follow_the_http_statuses() {
+        let errors = [
+            ApiError::BadRequest(String::new()),
+            ApiError::NotFound(String::new()),
+            ApiError::MethodNotAllowed(String::new()),
+            ApiError::PayloadTooLarge { limit_mb: 1 },
+            ApiError::UnsupportedMedia(String::new()),
+            ApiError::InvalidTensor(String::new()),
+            ApiError::Unavailable(String::new()),
+            ApiError::RequestTimeout(String::new()),
+            ApiError::Unauthorized(String::new()),
+            ApiError::Forbidden(String::new()),
+            ApiError::Internal(String::new()),
+            ApiError::Media(MediaError::Busy(String::new())),
+            ApiError::Media(MediaError::TooLarge(String::new())),
+            ApiError::Infer(InferError::QueueFull {
+                model: String::new(),
+                capacity: 1,
+            }),
+            ApiError::Infer(InferError::ShuttingDown),
+            ApiError::Infer(InferError::ModelNotReady(String::new())),
+            ApiError::Infer(InferError::Sequence(String::new())),
+        ];
+        for e in errors {
+            let class = e.class();
+            assert_eq!(class.grpc, http_class(class.http).grpc, "{e:?}");
         }
-        let code = match status.as_u16() {
-            400 | 413 | 415 | 422 => Code::InvalidArgument,
-            401 => Code::Unauthenticated,
-            403 => Code::PermissionDenied,
-            404 => Code::NotFound,
-            405 | 501 => Code::Unimplemented,
-            408 | 504 => Code::DeadlineExceeded,
-            429 => Code::ResourceExhausted,
-            503 => Code::Unavailable,
-            _ => Code::Internal,
-        };
-        tonic::Status::new(code, self.to_string())
     }
 }

@@ -2,12 +2,12 @@
 //! application around the actor core (`gantry-actors`): configuration, the
 //! HTTP API (REST and KServe v2), the gRPC server (KServe v2 / Triton), tensor codecs, logging and startup.
 
+pub mod access_line;
 pub mod api;
 pub mod cache;
 pub mod codec;
 pub mod config;
 pub mod error;
-pub mod files;
 pub mod grpc;
 pub mod logging;
 pub mod media;

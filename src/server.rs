@@ -5,7 +5,6 @@
 //! `main` calls it with ONNX Runtime.
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,16 +16,16 @@ use gantry_actors::device::{GpuInventory, NvmlInventory};
 use gantry_actors::engine::EngineProvider;
 use gantry_actors::{Supervisor, SupervisorConfig};
 
-use crate::api::{self, access_log, drain, json_errors, AppState, MediaSettings};
+use crate::api::{self, access_log, drain, json_errors, AppState};
 use crate::cache::ResultCache;
 use crate::config::Config;
 use crate::grpc::GrpcServer;
 use crate::metrics::prometheus::EventSeries;
 use crate::metrics::Metrics;
 use crate::request_id;
-use crate::service::InferenceService;
+use crate::service::uploads::MediaSettings;
+use crate::service::{InferenceService, ServiceParts};
 use crate::store::{PredictionLog, StoreConfig};
-use crate::triton::shared_memory::SharedMemoryRegistry;
 
 /// A server that is accepting connections.
 pub struct RunningServer {
@@ -52,7 +51,7 @@ impl RunningServer {
             let _ = tokio::task::spawn_blocking(move || grpc.stop()).await;
         }
         // No request is left to copy: close the shared memory objects.
-        self.state.shared_memory.unregister_all();
+        self.state.service.shared_memory().unregister_all();
         if let Some(log) = self.log {
             log.flush(flush_timeout).await;
         }
@@ -91,14 +90,6 @@ pub async fn start_with_gpus(
     provider: Arc<dyn EngineProvider>,
     gpus: Arc<dyn GpuInventory>,
 ) -> Result<RunningServer, StartError> {
-    if config.cpu.threads > 0 {
-        tracing::warn!(
-            cpu_threads = config.cpu.threads,
-            "cpu.threads is no longer used and is ignored: every ONNX Runtime session shares \
-             one thread pool (runtime.intra_op_threads, the cores by default) and no model is \
-             refused for threads"
-        );
-    }
     let metrics = Arc::new(Metrics::new(EventSeries::new(Duration::from_millis(
         config.server.request_timeout_ms,
     ))));
@@ -127,26 +118,21 @@ pub async fn start_with_gpus(
         ),
         None => None,
     };
-    let state = web::Data::new(AppState {
-        service: InferenceService {
-            serving,
-            metrics,
-            default_timeout: Duration::from_millis(config.server.request_timeout_ms),
-            cache,
-            log: log.clone(),
-            draining: AtomicBool::new(false),
-            shutting_down: AtomicBool::new(false),
-            sequences: Default::default(),
-        },
-        body_limit: (config.server.body_limit_mb * 1024 * 1024) as usize,
-        body_timeout: Duration::from_millis(config.server.body_timeout_ms),
-        drain: drain::Drain::new(
-            Duration::from_secs(config.server.drain_delay_s),
-            Duration::from_secs(config.server.shutdown_timeout_s),
-        ),
+    let service = Arc::new(InferenceService::new(ServiceParts {
+        serving,
+        metrics,
+        cache,
+        log: log.clone(),
+        default_timeout: Duration::from_millis(config.server.request_timeout_ms),
         admin_token: Some(config.server.admin_token.clone()).filter(|t| !t.is_empty()),
         media: MediaSettings::from_config(&config.media),
-        shared_memory: SharedMemoryRegistry::default(),
+        drain_delay: Duration::from_secs(config.server.drain_delay_s),
+        shutdown_timeout: Duration::from_secs(config.server.shutdown_timeout_s),
+    }));
+    let state = web::Data::new(AppState {
+        service: service.clone(),
+        body_limit: (config.server.body_limit_mb * 1024 * 1024) as usize,
+        body_timeout: Duration::from_millis(config.server.body_timeout_ms),
     });
     let shared = state.clone();
     let addr = listener.local_addr()?;
@@ -199,7 +185,12 @@ pub async fn start_with_gpus(
     let server = http.listen(listener)?.run();
     tracing::info!(%addr, "listening");
     let grpc = match grpc_listener {
-        Some(listener) => Some(GrpcServer::start(shared.clone(), listener, workers)?),
+        Some(listener) => Some(GrpcServer::start(
+            service.clone(),
+            listener,
+            workers,
+            (config.server.body_limit_mb * 1024 * 1024) as usize,
+        )?),
         None => None,
     };
 
@@ -234,10 +225,9 @@ pub async fn handle_signals(server: actix_web::dev::ServerHandle, state: web::Da
             _ = int.recv() => break,
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the model repository");
-                match state.service.serving.supervisor.send(gantry_actors::lifecycle::Reload).await {
-                    Ok(Ok(report)) => tracing::info!(changes = ?report.changes, "reloaded"),
-                    Ok(Err(e)) => tracing::error!(error = %e, "reload failed"),
-                    Err(e) => tracing::error!(error = %e, "supervisor did not answer"),
+                match state.service.reload().await {
+                    Ok(report) => tracing::info!(changes = ?report.changes, "reloaded"),
+                    Err(e) => tracing::error!(error = %e, "reload failed"),
                 }
             }
         }
@@ -250,24 +240,24 @@ pub async fn handle_signals(server: actix_web::dev::ServerHandle, state: web::Da
 /// `server.shutdown_timeout_s`) and stops the server: gracefully when they
 /// have all been answered, at once when the time ran out.
 pub async fn drain_and_stop(server: actix_web::dev::ServerHandle, state: web::Data<AppState>) {
-    use std::sync::atomic::Ordering::SeqCst;
-    state.service.draining.store(true, SeqCst);
-    if !state.drain.delay.is_zero() {
+    let shutdown = state.service.shutdown();
+    shutdown.begin_draining();
+    if !shutdown.delay().is_zero() {
         tracing::info!(
-            delay_s = state.drain.delay.as_secs_f64(),
+            delay_s = shutdown.delay().as_secs_f64(),
             "shutting down: readiness is 503; still serving until load balancers stop routing here"
         );
-        tokio::time::sleep(state.drain.delay).await;
+        tokio::time::sleep(shutdown.delay()).await;
     }
-    state.service.shutting_down.store(true, SeqCst);
+    shutdown.begin_refusing();
     tracing::info!(
-        in_flight = state.drain.in_flight(),
+        in_flight = shutdown.in_flight(),
         "shutting down: readiness is 503, new requests are refused, finishing in-flight requests"
     );
-    let settled = state.drain.settled().await;
+    let settled = shutdown.settled().await;
     if !settled {
         tracing::warn!(
-            in_flight = state.drain.in_flight(),
+            in_flight = shutdown.in_flight(),
             "shutdown timeout reached; dropping the requests still running"
         );
     }

@@ -35,7 +35,8 @@ pub enum InferError {
     TooManySequences { model: String, limit: usize },
 }
 
-/// Errors of an [`Engine`](crate::engine::Engine): loading a model or running it.
+/// Errors of an engine (the `Engine` trait of the `engine` module): loading a
+/// model or running it.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
 pub enum EngineError {
     #[error("could not load model: {0}")]

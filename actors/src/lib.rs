@@ -20,6 +20,7 @@ pub mod observer;
 pub mod priority;
 pub mod processing;
 pub mod queue;
+pub mod readiness;
 pub mod replica;
 pub mod repository;
 pub mod sequence;

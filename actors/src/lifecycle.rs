@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use actix::{ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler, Message, WrapFuture};
 use tracing::{info, warn};
 
-use crate::batcher::{DrainReplica, RetireModel};
+use crate::messages::{DrainReplica, RetireModel};
 use crate::model::ModelHandle;
 use crate::repository::{self, LoadError, ModelSettings, ModelSpec, ScanOneError};
 use crate::supervisor::{register_model, start_replicas, ReplicaPlan, Supervisor};
@@ -169,6 +169,7 @@ impl Supervisor {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(handle.spec.name.clone(), handle);
+        self.readiness.changed();
     }
 
     /// Converges one model to `spec`.
@@ -176,7 +177,7 @@ impl Supervisor {
         let name = spec.name.clone();
         let replicas = spec.settings.replicas;
         let Some(current) = self.plans.get(&name).map(|p| p.handle.spec.clone()) else {
-            let handle = register_model(spec, self.observer.clone(), &self.budget);
+            let handle = register_model(spec, self.observer.clone(), &self.budget, &self.readiness);
             self.set_registry(handle.clone());
             let ids = self.take_ids(&name, replicas);
             let plan = ReplicaPlan::new(handle.clone(), ids);
@@ -212,7 +213,12 @@ impl Supervisor {
     fn replace(&mut self, spec: ModelSpec, ctx: &mut Context<Self>) {
         let name = spec.name.clone();
         let replicas = spec.settings.replicas;
-        let fresh = register_model(spec.clone(), self.observer.clone(), &self.budget);
+        let fresh = register_model(
+            spec.clone(),
+            self.observer.clone(),
+            &self.budget,
+            &self.readiness,
+        );
         if let Some((_, superseded)) = self.replacing.insert(name.clone(), (spec, fresh.clone())) {
             superseded.batcher.do_send(RetireModel);
         }
@@ -273,6 +279,7 @@ impl Supervisor {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .remove(name);
+        self.readiness.changed();
         plan.handle.batcher.do_send(RetireModel);
         info!(model = %name, "model removed; draining");
         true

@@ -1,12 +1,25 @@
-//! Messages between HTTP handlers, batchers and replicas. Every request
-//! carries its own reply channel, so whoever holds it answers exactly once.
+//! Every message a model's actors exchange: HTTP handlers, the supervisor
+//! and its lifecycle operations to a batcher, a batcher to its replicas and
+//! back, with what each answers. Every request carries its own reply
+//! channel, so whoever holds it answers exactly once.
+//!
+//! They live here, apart from the actors that handle them, so that a
+//! replica and a model's handle reach the batcher through `Recipient`s
+//! without naming its type, and the batcher names neither of theirs beyond
+//! what it starts. The memory budget's messages, and those the supervisor
+//! itself answers, stay with those actors: their answers are those modules'
+//! own types.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use actix::Message;
 use tokio::sync::oneshot;
 
+use crate::device::Device;
+use crate::engine::EngineFactory;
 use crate::error::InferError;
+use crate::memory::Reservation;
 use crate::priority::Priority;
 use crate::signature::ModelSignature;
 use crate::tensor::Tensor;
@@ -76,6 +89,11 @@ impl InferRequest {
 #[rtype(result = "()")]
 pub struct Enqueue(pub InferRequest);
 
+/// Batcher → replica: drop the engine and load it again (it kept failing).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReloadEngine;
+
 /// Batcher → replica: run these requests as one batch.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -132,4 +150,134 @@ pub struct RanOutOfMemory {
 pub struct ItemMemoryMeasured {
     pub replica: usize,
     pub mb_per_item: u64,
+}
+
+/// Supervisor → batcher: start replica `id` when its reservation was
+/// granted, or record that the budget refused it (the slot then waits for
+/// room). The batcher starts the replica itself so that the replica's slot
+/// exists before the replica can report back. A message that is never
+/// handled (the batcher stopped) drops its reservation, giving it back.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct AttachReplica {
+    pub id: usize,
+    pub factory: Arc<dyn EngineFactory>,
+    pub warmup: u32,
+    pub reservation: Reservation,
+    /// The batcher asked again for a slot it already has (see
+    /// [`BudgetFreed`](crate::memory::BudgetFreed)); a slot gone since then
+    /// takes nothing.
+    pub retry: bool,
+}
+
+/// Supervisor → batcher: remove replica `id` once it has finished what it
+/// holds (scale-down). A refused replica goes at once.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct DrainReplica {
+    pub id: usize,
+}
+
+/// Supervisor → batcher: the model is being removed. Requests already queued
+/// are still served; then every replica drains and the batcher stops.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct RetireModel;
+
+/// Asks a batcher for its [`BatcherSnapshot`] (stats, metrics, health).
+#[derive(Message)]
+#[rtype(result = "BatcherSnapshot")]
+pub struct GetBatcherSnapshot;
+
+/// A batcher's view for stats: the answer to [`GetBatcherSnapshot`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatcherSnapshot {
+    pub queue_depth: usize,
+    /// Requests the queue holds at most (`queue_capacity`); beyond, 429.
+    pub queue_capacity: usize,
+    /// The batch cap in force now.
+    pub max_batch_size: usize,
+    /// What set it.
+    pub cap_reason: CapReason,
+    /// MB one item needs, when configured or measured.
+    pub memory_per_item_mb: Option<u64>,
+    pub window_ms: u64,
+    pub counters: BatcherCounters,
+    pub replicas: Vec<ReplicaSnapshot>,
+}
+
+/// One replica's view for stats.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaSnapshot {
+    pub id: usize,
+    /// Where it runs; `None` while refused (it holds no device yet).
+    pub device: Option<Device>,
+    pub state: ReplicaState,
+    pub inflight: usize,
+    pub processed: u64,
+    pub errors: u64,
+    pub restarts: u64,
+    /// Why its last start failed, until it is ready again (a restart
+    /// after a failure shows `loading` with the failure kept here).
+    pub last_error: Option<String>,
+}
+
+/// Lifecycle of a replica as its batcher sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplicaState {
+    Loading,
+    Ready,
+    Failed(String),
+    /// The memory budget could not hold it; it was never started.
+    Refused(String),
+    /// Being removed: finishes what it holds, takes nothing new.
+    Draining,
+}
+
+impl ReplicaState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ReplicaState::Loading => "loading",
+            ReplicaState::Ready => "ready",
+            ReplicaState::Failed(_) => "failed",
+            ReplicaState::Refused(_) => "refused",
+            ReplicaState::Draining => "draining",
+        }
+    }
+}
+
+/// What set a batcher's batch cap.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CapReason {
+    /// `max_batch_size` from `model.toml`.
+    MaxBatchSize,
+    /// The model has no dynamic batch dimension: one request at a time.
+    Unbatched,
+    /// The free memory budget over the memory one item needs.
+    MemoryBudget,
+    /// A batch ran out of memory recently: the largest size that then ran.
+    OutOfMemory,
+}
+
+impl CapReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CapReason::MaxBatchSize => "max_batch_size",
+            CapReason::Unbatched => "unbatched",
+            CapReason::MemoryBudget => "memory_budget",
+            CapReason::OutOfMemory => "out_of_memory",
+        }
+    }
+}
+
+/// Counters a batcher keeps for stats.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BatcherCounters {
+    pub batches: u64,
+    pub items: u64,
+    /// `batch_sizes[n]` counts the batches of `n` items.
+    pub batch_sizes: Vec<u64>,
+    pub expired: u64,
+    pub cancelled: u64,
+    pub rejected: u64,
 }

@@ -1,7 +1,8 @@
 //! The supervisor: reads the model repository, asks the resource budget for
 //! a reservation before each replica starts, spawns each model's batcher and
 //! replicas, and answers snapshots for stats and health. Scaling, reload and
-//! loading or unloading models live in [`crate::lifecycle`].
+//! loading or unloading models live in the `lifecycle` module, which builds
+//! on this one.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -14,15 +15,15 @@ use actix::{
 };
 use tracing::{error, info};
 
-use crate::batcher::{
-    reserve_and_attach, AttachReplicaRequest, Batcher, BatcherSnapshot, GetBatcherSnapshot,
-};
+use crate::batcher::{reserve_and_attach, AttachReplicaRequest, Batcher};
 use crate::device::{DeviceSetup, GpuInventory};
 use crate::engine::checked::checked_factory;
 use crate::engine::EngineProvider;
 use crate::memory::{GetMemorySnapshot, MemoryBudget, MemoryConfig, MemorySnapshot};
-use crate::model::{ModelHandle, ModelState};
+use crate::messages::{BatcherSnapshot, GetBatcherSnapshot};
+use crate::model::{BatcherAddr, ModelHandle, ModelState};
 use crate::observer::BatchObserver;
+use crate::readiness::Readiness;
 use crate::repository::{self, LoadError, ModelSpec};
 
 /// The models being served, by name; read on every request.
@@ -44,6 +45,8 @@ pub struct SupervisorConfig {
 pub struct Serving {
     pub supervisor: Addr<Supervisor>,
     pub registry: ModelRegistry,
+    /// Readiness changes, to wait on.
+    pub readiness: Readiness,
     /// Repository folders that could not be served, and why.
     pub load_errors: LoadErrors,
     /// Models unloaded on request, with the version they served: the
@@ -85,6 +88,9 @@ pub struct Supervisor {
     pub(crate) observer: Arc<dyn BatchObserver>,
     pub(crate) budget: Addr<MemoryBudget>,
     pub(crate) registry: ModelRegistry,
+    /// Told when a model joins or leaves the registry (and, through each
+    /// model's state, when one turns ready or stops being ready).
+    pub(crate) readiness: Readiness,
     pub(crate) load_errors: LoadErrors,
     pub(crate) unloaded: UnloadedModels,
     /// The replicas each served model should have, by name.
@@ -131,6 +137,7 @@ impl Supervisor {
         };
         let budget = MemoryBudget::from_config(&config.memory, setup).start();
         let registry = ModelRegistry::default();
+        let readiness = Readiness::default();
         let load_errors = Arc::new(RwLock::new(scan.errors));
         let unloaded = UnloadedModels::default();
         // Every model is registered (not ready) before anyone can ask, so
@@ -142,7 +149,7 @@ impl Supervisor {
             let mut models = registry.write().unwrap_or_else(|e| e.into_inner());
             for spec in scan.models {
                 let replicas = spec.settings.replicas;
-                let handle = register_model(spec, observer.clone(), &budget);
+                let handle = register_model(spec, observer.clone(), &budget, &readiness);
                 models.insert(handle.spec.name.clone(), handle.clone());
                 issued_ids.insert(handle.spec.name.clone(), replicas);
                 let ids = (0..replicas).collect();
@@ -155,6 +162,7 @@ impl Supervisor {
             observer,
             budget,
             registry: registry.clone(),
+            readiness: readiness.clone(),
             load_errors: load_errors.clone(),
             unloaded: unloaded.clone(),
             plans,
@@ -166,6 +174,7 @@ impl Supervisor {
         Ok(Serving {
             supervisor,
             registry,
+            readiness,
             load_errors,
             unloaded,
         })
@@ -200,15 +209,16 @@ pub(crate) fn register_model(
     spec: ModelSpec,
     observer: Arc<dyn BatchObserver>,
     budget: &Addr<MemoryBudget>,
+    readiness: &Readiness,
 ) -> Arc<ModelHandle> {
-    let state = Arc::new(ModelState::default());
+    let state = Arc::new(ModelState::new(readiness.clone()));
     let batcher = Batcher::new(spec.name.clone(), &spec.settings, state.clone(), observer)
         .with_budget(budget.clone(), spec.memory_mb)
         .start();
     Arc::new(ModelHandle {
         spec,
         state,
-        batcher,
+        batcher: BatcherAddr::new(&batcher),
     })
 }
 

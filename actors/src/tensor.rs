@@ -108,6 +108,10 @@ pub struct Tensor {
     pub data: Vec<u8>,
 }
 
+/// A prediction's outputs by name, in signature order: shared (not
+/// copied) by the answer, the result cache and coalesced requests.
+pub type Outputs = std::sync::Arc<Vec<(String, Tensor)>>;
+
 /// Why a tensor could not be built from the given parts.
 #[derive(Debug, thiserror::Error, PartialEq)]
 #[error("shape {shape:?} of {dtype} needs {expected} bytes, got {actual}")]

@@ -5,7 +5,8 @@
 #![no_main]
 
 use bytes::Bytes;
-use gantry::media::audio::{audio_to_tensor, SAMPLE_RATES};
+use gantry::media::audio::audio_to_tensor;
+use gantry::media::SAMPLE_RATES;
 use gantry::media::sniff::{sniff, Family};
 use gantry_actors::processing::AudioInput;
 use libfuzzer_sys::fuzz_target;

@@ -1,15 +1,8 @@
-//! The access log: one line per HTTP request and per gRPC inference call
-//! at `info` under the target `gantry::access`, with the protocol, method,
-//! path, status, model, duration, bytes in and out, request id and trace
-//! id; in JSON mode these are the object's fields. A gRPC call's method is
-//! `POST` (as gRPC sends it), its path the RPC's
-//! (`/inference.GRPCInferenceService/ModelInfer`) and its status the HTTP
-//! status its outcome maps from, as the stats count it. `log.level` (or
-//! `RUST_LOG`) with `gantry::access=warn` turns it off.
-//!
-//! The model is the one the request's record was attributed to (the
-//! service puts it in the response's extensions, [`ServedModel`]); the
-//! trace id is the client's, from a W3C `traceparent` header.
+//! The HTTP access log: a middleware that writes each request's access
+//! line ([`crate::access_line`]) once it is answered. The model is the one
+//! the request's record was attributed to (the edge puts it in the
+//! response's extensions, [`ServedModel`]); the trace id is the client's,
+//! from a W3C `traceparent` header.
 
 use std::time::Instant;
 
@@ -19,36 +12,12 @@ use actix_web::http::header;
 use actix_web::middleware::Next;
 use actix_web::HttpMessage;
 
+use crate::access_line::{line, trace_id, Line, TARGET};
 use crate::request_id::RequestId;
-
-/// The target access lines are logged under.
-pub const TARGET: &str = "gantry::access";
 
 /// The served model a response answered for, put in its extensions.
 #[derive(Debug, Clone)]
 pub struct ServedModel(pub String);
-
-/// The trace id of a W3C `traceparent` value (`00-<32 hex>-<16 hex>-<2
-/// hex>`), when it is one: lower-case hex, not all zeros.
-pub fn trace_id(traceparent: &str) -> Option<&str> {
-    let mut parts = traceparent.trim().split('-');
-    let (version, trace, parent, flags) =
-        (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-    let hex = |s: &str, n: usize| {
-        s.len() == n
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-    };
-    let valid = hex(version, 2)
-        && version != "ff"
-        && hex(trace, 32)
-        && hex(parent, 16)
-        && hex(flags, 2)
-        && trace.bytes().any(|b| b != b'0')
-        && parent.bytes().any(|b| b != b'0')
-        && (version != "00" || parts.next().is_none());
-    valid.then_some(trace)
-}
 
 /// Middleware (inside `request_id::assign`, so within the request's span
 /// and after its id is chosen): the request's access line once it is
@@ -102,65 +71,4 @@ pub async fn record(
         trace_id: trace.as_deref(),
     });
     answered
-}
-
-/// What one access line says.
-pub struct Line<'a> {
-    /// `http` or `grpc`.
-    pub protocol: &'static str,
-    pub method: &'a str,
-    pub path: &'a str,
-    pub status: u16,
-    pub model: Option<&'a str>,
-    pub duration_ms: f64,
-    pub bytes_in: Option<u64>,
-    pub bytes_out: Option<u64>,
-    pub request_id: Option<&'a str>,
-    pub trace_id: Option<&'a str>,
-}
-
-/// Logs one access line (absent values are left out of the line).
-pub fn line(l: Line<'_>) {
-    tracing::info!(
-        target: TARGET,
-        protocol = l.protocol,
-        method = l.method,
-        path = l.path,
-        status = l.status,
-        model = l.model,
-        duration_ms = (l.duration_ms * 1000.0).round() / 1000.0,
-        bytes_in = l.bytes_in,
-        bytes_out = l.bytes_out,
-        request_id = l.request_id,
-        trace_id = l.trace_id,
-        "access"
-    );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn trace_ids_come_from_valid_traceparents_only() {
-        let id = "4bf92f3577b34da6a3ce929d0e0e4736";
-        assert_eq!(trace_id(&format!("00-{id}-00f067aa0ba902b7-01")), Some(id));
-        assert_eq!(
-            trace_id(&format!("01-{id}-00f067aa0ba902b7-01-x")),
-            Some(id)
-        );
-        for bad in [
-            "",
-            "00",
-            &format!("00-{id}-00f067aa0ba902b7"),
-            &format!("00-{}-00f067aa0ba902b7-01", id.to_uppercase()),
-            &format!("00-{}-00f067aa0ba902b7-01", "0".repeat(32)),
-            &format!("00-{id}-0000000000000000-01"),
-            &format!("ff-{id}-00f067aa0ba902b7-01"),
-            &format!("00-{id}-00f067aa0ba902b7-01-extra"),
-            &format!("00-{id}x-00f067aa0ba902b7-01"),
-        ] {
-            assert_eq!(trace_id(bad), None, "{bad}");
-        }
-    }
 }

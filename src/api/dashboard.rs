@@ -14,8 +14,6 @@
 use actix_web::http::header;
 use actix_web::{web, HttpResponse};
 
-use super::resource;
-
 const PAGE: &str = include_str!("dashboard/index.html");
 const SCRIPT: &str = include_str!("dashboard/dashboard.js");
 const STYLE: &str = include_str!("dashboard/dashboard.css");
@@ -26,11 +24,24 @@ const POLICY: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
                       form-action 'none'; frame-ancestors 'none'";
 
 pub fn config_dashboard_api(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/dashboard").route(web::get().to(page)))
-        .service(resource("/dashboard/").route(web::get().to(page)))
-        .service(resource("/dashboard/dashboard.js").route(web::get().to(script)))
-        .service(resource("/dashboard/dashboard.css").route(web::get().to(style)))
-        .service(resource("/dashboard/favicon.svg").route(web::get().to(icon)));
+    cfg.service(page_route("/dashboard", page))
+        .service(page_route("/dashboard/", page))
+        .service(page_route("/dashboard/dashboard.js", script))
+        .service(page_route("/dashboard/dashboard.css", style))
+        .service(page_route("/dashboard/favicon.svg", icon));
+}
+
+/// A `GET` route of the page (a JSON 405 for other methods), kept out of
+/// [`super::registered_routes`]: the API's routes, which the OpenAPI
+/// description must match.
+fn page_route<F>(path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<()>,
+    F::Output: actix_web::Responder + 'static,
+{
+    web::resource(path)
+        .default_service(web::to(super::method_not_allowed))
+        .route(web::get().to(handler))
 }
 
 fn asset(content_type: &str, body: &'static str) -> HttpResponse {

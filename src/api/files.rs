@@ -4,22 +4,27 @@
 //! own request to the batcher, each failing on its own, and each its own
 //! record (metrics and log row) with the status its entry shows.
 
+use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse, ResponseError};
 use futures_util::future::join_all;
 use serde::Serialize;
 
 use super::form::{read_upload_form, UploadForm};
-use super::predict::{json_outputs, round3, JsonTensorOut};
-use super::{cache_allowed, header_priority, header_timeout, resource, AppState};
+use super::tensor_json::{json_outputs, round3, JsonTensorOut};
+use super::{cache_allowed, header_priority, header_timeout, route, AppState};
 use crate::error::ApiError;
-use crate::files::{FileOptions, FilePrediction, FileResult, SourceInfo, UploadedFile};
 use crate::media::classes::ClassScore;
 use crate::media::mask::MaskAnswer;
 use crate::request_id::Requested;
+use crate::service::uploads::{FileOptions, FilePrediction, FileResult, SourceInfo, UploadedFile};
 use crate::service::Pending;
 
 pub fn config_files_api(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/api/optimized/predict/batch").route(web::post().to(predict_batch)));
+    cfg.service(route(
+        Method::POST,
+        "/api/optimized/predict/batch",
+        predict_batch,
+    ));
 }
 
 /// The answer to one file.
@@ -117,6 +122,7 @@ pub async fn predict_upload(
             ApiError::Internal("the upload form was read without its file".into())
         })?;
         let done = state
+            .service
             .file_predictor()
             .predict(&form.model, &mut pending, file.clone(), &form.options)
             .await?;
@@ -124,16 +130,16 @@ pub async fn predict_upload(
         Ok(HttpResponse::Ok().json(file_answer(&requested.id, id, &file, &done)))
     }
     .await;
-    pending.finish(answered)
+    super::answer::finish(pending, answered)
 }
 
 /// `POST /api/optimized/predict/batch`: every file predicted concurrently,
 /// answered in order. A failure of the whole request (the form, the model)
 /// is its one record; otherwise each file is.
 #[utoipa::path(post, path = "/api/optimized/predict/batch", tag = "predict",
-    params(super::openapi::RequestHeaders),
-    request_body(content = super::openapi::BatchUploadForm, content_type = "multipart/form-data"),
-    responses((status = 200, description = "One entry per file, in order", body = BatchAnswer), super::openapi::BatchErrors))]
+    params(super::schemas::RequestHeaders),
+    request_body(content = super::schemas::BatchUploadForm, content_type = "multipart/form-data"),
+    responses((status = 200, description = "One entry per file, in order", body = BatchAnswer), super::schemas::BatchErrors))]
 async fn predict_batch(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -141,7 +147,7 @@ async fn predict_batch(
     requested: Requested,
 ) -> HttpResponse {
     let mut whole = state.service.open(&requested);
-    let max_files = state.media.max_batch_files;
+    let max_files = state.service.max_batch_files();
     let form = async {
         let form = read_form(&state, &req, payload, max_files).await?;
         // What concerns the model rather than a file fails the whole request.
@@ -153,7 +159,7 @@ async fn predict_batch(
     .await;
     let form = match form {
         Ok(form) => form,
-        Err(e) => return whole.finish(Err(e)),
+        Err(e) => return super::answer::finish(whole, Err(e)),
     };
     // Each file is its own record from here on.
     drop(whole);
@@ -164,7 +170,7 @@ async fn predict_batch(
         })
         .collect();
     let mut records: Vec<Pending> = ids.iter().map(|id| state.service.open(id)).collect();
-    let predictor = state.file_predictor();
+    let predictor = state.service.file_predictor();
     let outcomes = join_all(
         form.files
             .iter()

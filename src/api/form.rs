@@ -19,7 +19,7 @@ use futures_util::{Stream, StreamExt};
 
 use super::AppState;
 use crate::error::ApiError;
-use crate::files::{FileOptions, UploadedFile};
+use crate::service::uploads::{FileOptions, UploadedFile};
 
 /// A parsed upload form.
 #[derive(Debug)]

@@ -3,15 +3,16 @@
 
 use std::collections::BTreeMap;
 
+use actix_web::http::Method;
 use actix_web::{web, HttpResponse};
 use serde::Serialize;
 
-use super::{resource, AppState};
+use super::{route, AppState};
 
 pub fn config_health_api(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/api/optimized/health").route(web::get().to(health)))
-        .service(resource("/v2/health/live").route(web::get().to(live)))
-        .service(resource("/v2/health/ready").route(web::get().to(ready)));
+    cfg.service(route(Method::GET, "/api/optimized/health", health))
+        .service(route(Method::GET, "/v2/health/live", live))
+        .service(route(Method::GET, "/v2/health/ready", ready));
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -39,17 +40,12 @@ struct Health {
     failed_models: BTreeMap<String, String>,
 }
 
-/// True when every served model has a ready replica.
-pub(crate) fn all_ready(state: &AppState) -> bool {
-    !state.service.is_draining() && state.service.serving.models().iter().all(|m| m.is_ready())
-}
-
 #[utoipa::path(get, path = "/api/optimized/health", tag = "operations",
     responses((status = 200, description = "Every model has a ready replica", body = Health),
         (status = 503, description = "A model has no ready replica, or the server is shutting down", body = Health)))]
 async fn health(state: web::Data<AppState>) -> HttpResponse {
-    let serving = &state.service.serving;
-    let models: BTreeMap<String, ModelHealth> = serving
+    let models: BTreeMap<String, ModelHealth> = state
+        .service
         .models()
         .iter()
         .map(|m| {
@@ -64,15 +60,8 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
     let ready = models.values().all(|m| m.ready);
     let service = &state.service;
     let dependencies = Dependencies {
-        redis: service
-            .cache
-            .as_ref()
-            .and_then(|c| c.redis_status())
-            .unwrap_or("disabled"),
-        postgres: service
-            .log
-            .as_ref()
-            .map_or("disabled", |l| l.stats().status),
+        redis: service.redis_status(),
+        postgres: service.postgres_status(),
     };
     let degraded = dependencies.redis == "down" || dependencies.postgres == "down";
     let body = Health {
@@ -83,12 +72,10 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
         },
         models,
         dependencies,
-        failed_models: serving
-            .load_errors
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .map(|e| (e.model.clone(), e.error.clone()))
+        failed_models: service
+            .failed_models()
+            .into_iter()
+            .map(|e| (e.model, e.error))
             .collect(),
     };
     if service.is_draining() {
@@ -105,16 +92,16 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
 }
 
 #[utoipa::path(get, path = "/v2/health/live", tag = "v2",
-    responses((status = 200, description = "The server is up", body = super::openapi::Live)))]
+    responses((status = 200, description = "The server is up", body = super::schemas::Live)))]
 async fn live() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "live": true }))
 }
 
 #[utoipa::path(get, path = "/v2/health/ready", tag = "v2",
-    responses((status = 200, description = "Every model is ready", body = super::openapi::Ready),
-        (status = 503, description = "A model is not ready, or the server is shutting down", body = super::openapi::Ready)))]
+    responses((status = 200, description = "Every model is ready", body = super::schemas::Ready),
+        (status = 503, description = "A model is not ready, or the server is shutting down", body = super::schemas::Ready)))]
 async fn ready(state: web::Data<AppState>) -> HttpResponse {
-    if all_ready(&state) {
+    if state.service.is_ready() {
         HttpResponse::Ok().json(serde_json::json!({ "ready": true }))
     } else {
         HttpResponse::ServiceUnavailable().json(serde_json::json!({ "ready": false }))

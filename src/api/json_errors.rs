@@ -5,7 +5,7 @@
 //! service returns) into `{"error": "...", "code": "..."}`. Answers actix's
 //! HTTP/1 parser writes before a request reaches the App (a malformed head,
 //! a head over the size limit, a head that arrived too slowly) cannot be
-//! shaped here; the README lists them.
+//! shaped here; docs/api.md (Errors) lists them.
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -26,7 +26,7 @@ pub fn config_extractor_errors(cfg: &mut web::ServiceConfig) {
             .error_handler(|e, _| ApiError::BadRequest(format!("invalid query: {e}")).into()),
     )
     .app_data(web::JsonConfig::default().error_handler(|e, _| {
-        ApiError::from_status(e.status_code(), format!("invalid JSON body: {e}")).into()
+        ApiError::from_status(e.status_code().as_u16(), format!("invalid JSON body: {e}")).into()
     }))
     .app_data(web::PayloadConfig::default());
 }
@@ -43,7 +43,7 @@ pub async fn shape(
         Err(e) if e.as_error::<ApiError>().is_some() => return Err(e),
         Err(e) => {
             let status = e.as_response_error().status_code();
-            return Err(ApiError::from_status(status, e.to_string()).into());
+            return Err(ApiError::from_status(status.as_u16(), e.to_string()).into());
         }
     };
     let status = response.status();
@@ -56,7 +56,7 @@ pub async fn shape(
         .map(|e| e.to_string())
         .filter(|m| !m.is_empty())
         .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_string());
-    let shaped = ApiError::from_status(status, message).error_response();
+    let shaped = ApiError::from_status(status.as_u16(), message).error_response();
     Ok(response.into_response(shaped))
 }
 

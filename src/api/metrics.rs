@@ -1,26 +1,27 @@
 //! `GET /metrics`: the Prometheus page (OpenMetrics text format).
 
+use actix_web::http::Method;
 use actix_web::{web, HttpResponse};
 
-use super::{resource, server_snapshot, AppState};
+use super::{route, AppState};
 use crate::error::ApiError;
 use crate::metrics::prometheus::ScrapeInputs;
 
 pub fn config_metrics_api(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/metrics").route(web::get().to(metrics)));
+    cfg.service(route(Method::GET, "/metrics", metrics));
 }
 
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 #[utoipa::path(get, path = "/metrics", tag = "operations",
-    responses((status = 200, description = "Prometheus metrics", body = String, content_type = "application/openmetrics-text"), super::openapi::ServerErrors))]
+    responses((status = 200, description = "Prometheus metrics", body = String, content_type = "application/openmetrics-text"), super::schemas::ServerErrors))]
 async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let service = &state.service;
-    let snapshot = server_snapshot(&state).await?;
-    let cache = service.cache.as_ref().map(|c| c.stats());
-    let store = service.log.as_ref().map(|l| l.stats());
+    let snapshot = state.service.snapshot().await?;
+    let cache = service.cache_stats();
+    let store = service.store_stats();
     let page = service
-        .metrics
+        .metrics()
         .series
         .render(&ScrapeInputs {
             snapshot: &snapshot,

@@ -4,9 +4,11 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod answer;
 pub mod dashboard;
 pub mod drain;
 pub mod encoding;
+pub mod error_response;
 pub mod files;
 pub mod form;
 pub mod health;
@@ -17,85 +19,39 @@ pub mod openapi;
 pub mod predict;
 pub mod predictions;
 pub mod repository;
+pub mod schemas;
 pub mod shared_memory;
 pub mod statistics;
 pub mod stats;
+pub mod tensor_json;
 pub mod v2;
 
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use actix_web::http::header;
+use actix_web::http::{header, Method};
 use actix_web::{web, HttpRequest};
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use gantry_actors::Priority;
 
 use crate::error::ApiError;
-use crate::files::FilePredictor;
-use crate::media::budget::MemoryBudget;
-use crate::media::image::ImageLimits;
-use crate::media::pool::MediaPool;
 use crate::service::InferenceService;
-use crate::triton::shared_memory::SharedMemoryRegistry;
 
-/// State shared by every worker.
+/// What every HTTP worker shares: the service, and the HTTP limits on
+/// bodies.
 pub struct AppState {
-    pub service: InferenceService,
+    pub service: Arc<InferenceService>,
     /// Largest body accepted, in bytes.
     pub body_limit: usize,
     /// Longest a whole body may take to arrive (`server.body_timeout_ms`).
     pub body_timeout: Duration,
-    /// Requests being served, waited for on shutdown.
-    pub drain: drain::Drain,
-    /// Bearer token of the admin routes; `None`: loopback clients only.
-    pub admin_token: Option<String>,
-    pub media: MediaSettings,
-    /// Triton's system shared memory regions, registered by clients.
-    pub shared_memory: SharedMemoryRegistry,
-}
-
-/// How uploaded files are handled.
-pub struct MediaSettings {
-    /// Where decoding and post-processing run, within the memory budget
-    /// (per file and in flight) their jobs reserve from.
-    pub pool: MediaPool,
-    pub image_limits: ImageLimits,
-    /// Most files in one batch upload.
-    pub max_batch_files: usize,
-}
-
-impl MediaSettings {
-    pub fn from_config(config: &crate::config::MediaConfig) -> Self {
-        let threads = match config.threads {
-            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            n => n,
-        };
-        let mib = |mb: u64| mb.saturating_mul(1 << 20);
-        let memory = MemoryBudget::new(mib(config.max_file_memory_mb), mib(config.max_inflight_mb));
-        MediaSettings {
-            pool: MediaPool::new(threads, config.queue_capacity).with_memory(memory),
-            image_limits: ImageLimits {
-                max_pixels: config.max_image_pixels,
-                max_side: config.max_image_side,
-                max_aspect_ratio: config.max_aspect_ratio,
-            },
-            max_batch_files: config.max_batch_files,
-        }
-    }
 }
 
 impl AppState {
     fn limit_mb(&self) -> u64 {
         (self.body_limit / (1024 * 1024)) as u64
-    }
-
-    /// Runs file predictions for this server.
-    pub fn file_predictor(&self) -> FilePredictor<'_> {
-        FilePredictor {
-            service: &self.service,
-            pool: &self.media.pool,
-            limits: self.media.image_limits,
-        }
     }
 }
 
@@ -117,23 +73,32 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     dashboard::config_dashboard_api(cfg);
 }
 
-/// The protocol extensions `GET /v2` lists: those of Triton's that Gantry
-/// serves.
-pub const EXTENSIONS: &[&str] = &[
-    "binary_tensor_data",
-    "model_repository",
-    "model_repository(unload_dependents)",
-    "model_configuration",
-    "statistics",
-    "system_shared_memory",
-    "classification",
-    "sequence",
-];
-
-/// A resource whose unmatched methods answer a JSON 405.
-pub fn resource(path: &str) -> actix_web::Resource {
-    web::resource(path).default_service(web::to(method_not_allowed))
+/// The route `method path` answered by `handler`; the path's other methods
+/// answer a JSON 405. Every route of the API is made here, and noted in
+/// [`registered_routes`].
+pub fn route<F, Args>(method: Method, path: &str, handler: F) -> actix_web::Resource
+where
+    F: actix_web::Handler<Args>,
+    Args: actix_web::FromRequest + 'static,
+    F::Output: actix_web::Responder + 'static,
+{
+    REGISTERED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert((method.to_string(), path.to_string()));
+    web::resource(path)
+        .default_service(web::to(method_not_allowed))
+        .route(web::method(method).to(handler))
 }
+
+/// Every API route the server has registered (once an App was built), as
+/// method and path pattern: what `/openapi.json` must describe. (The
+/// dashboard's page and assets are not API routes.)
+pub fn registered_routes() -> BTreeSet<(String, String)> {
+    REGISTERED.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+static REGISTERED: Mutex<BTreeSet<(String, String)>> = Mutex::new(BTreeSet::new());
 
 async fn method_not_allowed(req: HttpRequest) -> Result<actix_web::HttpResponse, ApiError> {
     Err(ApiError::MethodNotAllowed(format!(
@@ -141,21 +106,6 @@ async fn method_not_allowed(req: HttpRequest) -> Result<actix_web::HttpResponse,
         req.method(),
         req.path()
     )))
-}
-
-/// The supervisor's snapshot of every model, the budget and load errors
-/// (what stats and metrics report).
-pub async fn server_snapshot(
-    state: &AppState,
-) -> Result<gantry_actors::supervisor::ServerSnapshot, ApiError> {
-    state
-        .service
-        .serving
-        .supervisor
-        .send(gantry_actors::supervisor::GetSnapshot)
-        .await
-        .map_err(|e| ApiError::Internal(format!("supervisor did not answer: {e}")))?
-        .map_err(ApiError::Internal)
 }
 
 /// The JSON 404 for unknown routes.

@@ -6,20 +6,27 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use actix_web::http::header;
+use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use gantry_actors::{Priority, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use serde_json::Value;
 
-use super::{cache_allowed, header_priority, header_timeout, read_body, resource, AppState};
-use crate::codec::{object_with_array, tensor_from_json, JsonData, LiftedBody};
+use utoipa::openapi::schema::{AnyOfBuilder, Schema};
+use utoipa::openapi::{Ref, RefOr};
+use utoipa::{PartialSchema, ToSchema};
+
+use super::tensor_json::{round3, JsonTensorOut};
+use super::{cache_allowed, header_priority, header_timeout, read_body, route, AppState};
+use crate::codec::{object_with_array, tensor_from_json, LiftedBody};
 use crate::error::ApiError;
 use crate::request_id::Requested;
+use crate::service::predict::select_outputs;
 use crate::service::{PredictCall, Prediction};
 
 pub fn config_predict_api(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/api/optimized/predict").route(web::post().to(predict)));
+    cfg.service(route(Method::POST, "/api/optimized/predict", predict));
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -51,32 +58,6 @@ struct JsonTensorIn<'a> {
     #[serde(borrow)]
     #[schema(value_type = Vec<Value>)]
     data: &'a RawValue,
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub(super) struct JsonTensorOut<'a> {
-    shape: &'a [usize],
-    datatype: &'static str,
-    #[schema(value_type = Vec<Value>)]
-    data: JsonData<'a>,
-}
-
-/// Outputs as JSON tensors, by name.
-pub(super) fn json_outputs<'a>(
-    outputs: impl Iterator<Item = &'a (String, Tensor)>,
-) -> BTreeMap<&'a str, JsonTensorOut<'a>> {
-    outputs
-        .map(|(name, t)| {
-            (
-                name.as_str(),
-                JsonTensorOut {
-                    shape: &t.shape,
-                    datatype: t.dtype.as_str(),
-                    data: JsonData(t),
-                },
-            )
-        })
-        .collect()
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -120,9 +101,9 @@ struct Decoded {
 /// Decodes, predicts and answers; the request's record is finished with
 /// the status actually sent, whatever step failed.
 #[utoipa::path(post, path = "/api/optimized/predict", tag = "predict",
-    params(super::openapi::RequestHeaders),
-    request_body(content((PredictBody = "application/json"), (super::openapi::UploadForm = "multipart/form-data"))),
-    responses((status = 200, description = "The prediction", body = super::openapi::PredictOk), super::openapi::PredictErrors))]
+    params(super::schemas::RequestHeaders),
+    request_body(content((PredictBody = "application/json"), (super::schemas::UploadForm = "multipart/form-data"))),
+    responses((status = 200, description = "The prediction", body = PredictOk), super::schemas::PredictErrors))]
 async fn predict(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -143,7 +124,7 @@ async fn predict(
         answer(&requested.id, id, &prediction, decoded.outputs.as_deref())
     }
     .await;
-    pending.finish(answered)
+    super::answer::finish(pending, answered)
 }
 
 async fn decode(
@@ -283,25 +264,25 @@ fn answer_json(head: &PredictAnswer, outputs: &[&(String, Tensor)]) -> Result<Ve
     Ok(json)
 }
 
-/// The outputs named in `only` (in that order), or all; an unknown name is 422.
-pub fn select_outputs<'a>(
-    outputs: &'a [(String, Tensor)],
-    only: Option<&[String]>,
-) -> Result<Vec<&'a (String, Tensor)>, ApiError> {
-    let Some(names) = only else {
-        return Ok(outputs.iter().collect());
-    };
-    names
-        .iter()
-        .map(|name| {
-            outputs.iter().find(|(n, _)| n == name).ok_or_else(|| {
-                let known: Vec<&str> = outputs.iter().map(|(n, _)| n.as_str()).collect();
-                ApiError::InvalidTensor(format!("unknown output '{name}'; the model has {known:?}"))
-            })
-        })
-        .collect()
+/// The answer of `/api/optimized/predict`: tensors for a JSON request, the
+/// file's answer for an upload.
+pub struct PredictOk;
+
+impl PartialSchema for PredictOk {
+    fn schema() -> RefOr<Schema> {
+        AnyOfBuilder::new()
+            .item(Ref::from_schema_name(PredictAnswer::name()))
+            .item(Ref::from_schema_name(super::files::FileAnswer::name()))
+            .into()
+    }
 }
 
-pub(super) fn round3(ms: f64) -> f64 {
-    (ms * 1000.0).round() / 1000.0
+impl ToSchema for PredictOk {
+    fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
+        use super::files::FileAnswer;
+        schemas.push((PredictAnswer::name().into(), PredictAnswer::schema()));
+        PredictAnswer::schemas(schemas);
+        schemas.push((FileAnswer::name().into(), FileAnswer::schema()));
+        FileAnswer::schemas(schemas);
+    }
 }

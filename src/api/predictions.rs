@@ -7,20 +7,25 @@
 //! shared by many predictions: it answers only with admin rights (as the
 //! admin routes), and then lists every record with that id.
 
+use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde::Serialize;
 
 use super::admin::authorize;
-use super::{resource, AppState};
+use super::{route, AppState};
 use crate::error::ApiError;
 use crate::request_id::as_uuid;
-use crate::store::{Lookup, PredictionLog, StoreError, StoredPrediction};
+use crate::store::{Lookup, StoredPrediction};
 
 /// Most records one look-up by a client's request id lists.
 pub const MAX_LISTED: usize = 1000;
 
 pub fn config_predictions_api(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/api/optimized/predictions/{id}").route(web::get().to(prediction)));
+    cfg.service(route(
+        Method::GET,
+        "/api/optimized/predictions/{id}",
+        prediction,
+    ));
 }
 
 /// The records of a client's request id.
@@ -33,17 +38,13 @@ struct Listed<'a> {
 
 #[utoipa::path(get, path = "/api/optimized/predictions/{request_id}", tag = "predict",
     params(("request_id" = String, Path, description = "The request id the answer carried")),
-    responses((status = 200, description = "The prediction's record", body = Object), super::openapi::RecordErrors))]
+    responses((status = 200, description = "The prediction's record", body = Object), super::schemas::RecordErrors))]
 async fn prediction(
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<String>,
 ) -> Result<HttpResponse, ApiError> {
-    let Some(log) = &state.service.log else {
-        return Err(ApiError::NotFound(
-            "no prediction log is configured (store.database_url or DATABASE_URL)".into(),
-        ));
-    };
+    let service = &state.service;
     let id = path.into_inner();
     let open = Lookup {
         prediction_id: uuid::Uuid::parse_str(&id).ok(),
@@ -51,7 +52,7 @@ async fn prediction(
         client_chosen: false,
         limit: 1,
     };
-    if let Some(record) = find(log, open).await?.into_iter().next() {
+    if let Some(record) = service.find_predictions(open).await?.into_iter().next() {
         return Ok(HttpResponse::Ok().json(record));
     }
     // Not an unguessable id: maybe a client's, which needs admin rights.
@@ -63,7 +64,7 @@ async fn prediction(
         client_chosen: true,
         limit: MAX_LISTED,
     };
-    let predictions = find(log, everything).await?;
+    let predictions = service.find_predictions(everything).await?;
     if predictions.is_empty() {
         return Err(ApiError::NotFound(format!(
             "no prediction with id or request id '{id}'"
@@ -73,10 +74,4 @@ async fn prediction(
         request_id: &id,
         predictions,
     }))
-}
-
-async fn find(log: &PredictionLog, lookup: Lookup<'_>) -> Result<Vec<StoredPrediction>, ApiError> {
-    log.find(lookup).await.map_err(|e: StoreError| {
-        ApiError::Unavailable(format!("the prediction log is unreachable: {e}"))
-    })
 }

@@ -3,19 +3,20 @@
 
 use std::collections::BTreeMap;
 
+use actix_web::http::Method;
 use actix_web::{web, HttpResponse};
 use gantry_actors::batcher::ReplicaState;
 use gantry_actors::supervisor::ModelSnapshot;
 use serde::Serialize;
 
-use super::{resource, server_snapshot, AppState};
+use super::{route, AppState};
 use crate::cache::CacheStats;
 use crate::error::ApiError;
 use crate::metrics::window::{Percentiles, WindowSummary};
 use crate::store::StoreStats;
 
 pub fn config_stats_api(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/api/optimized/stats").route(web::get().to(stats)));
+    cfg.service(route(Method::GET, "/api/optimized/stats", stats));
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -256,11 +257,11 @@ fn pool(m: &ModelSnapshot, mailbox_refusals: u64) -> Pool {
 }
 
 #[utoipa::path(get, path = "/api/optimized/stats", tag = "operations",
-    responses((status = 200, description = "Replicas, batchers, memory and performance", body = Stats), super::openapi::ServerErrors))]
+    responses((status = 200, description = "Replicas, batchers, memory and performance", body = Stats), super::schemas::ServerErrors))]
 async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let snapshot = server_snapshot(&state).await?;
+    let snapshot = state.service.snapshot().await?;
     let gate = gantry_actors::engine::pool_gate::POOL_GATE.stats();
-    let metrics = &state.service.metrics;
+    let metrics = state.service.metrics();
     let stats = Stats {
         uptime_s: (snapshot.uptime_s * 1000.0).round() / 1000.0,
         model_pools: snapshot
@@ -310,15 +311,12 @@ async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
                 })
                 .collect(),
         },
-        cache: state.service.cache.as_ref().map(|c| c.stats()),
+        cache: state.service.cache_stats(),
         connection_pools: ConnectionPools {
-            redis: state
-                .service
-                .cache
-                .as_ref()
-                .and_then(|c| c.redis_status())
+            redis: Some(state.service.redis_status())
+                .filter(|s| *s != "disabled")
                 .map(|status| RedisPool { status }),
-            postgres: state.service.log.as_ref().map(|l| l.stats()),
+            postgres: state.service.store_stats(),
         },
         failed_models: snapshot
             .load_errors

@@ -13,15 +13,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gantry_actors::Tensor;
 use moka::sync::Cache;
 use serde::Serialize;
 
 pub use self::key::CacheKey;
 use self::redis::{RedisCache, RedisCounters};
-
-/// Named outputs as cached and answered.
-pub type Outputs = Arc<Vec<(String, Tensor)>>;
+pub use gantry_actors::tensor::Outputs;
 
 /// Which level answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -9,25 +9,25 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use actix_web::web;
+use std::sync::Arc;
+
 use prost::Message;
 use tonic::metadata::MetadataMap;
 use tonic::{Request, Status};
 use tracing::Instrument;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+use super::caller::{caller_of, model_path};
 use super::parameters::json_parameters;
 use super::proto::*;
-use super::service::{authorize_caller, model_path};
+use super::status::GrpcStatus;
 use super::tensors;
-use crate::api::access_log;
-use crate::api::predict::select_outputs;
-use crate::api::shared_memory::{self as shm, OutputRegions, SharedInput, SharedRef};
-use crate::api::v2::{call_parameters, model_at};
-use crate::api::AppState;
+use crate::access_line;
 use crate::error::ApiError;
 use crate::request_id::{acceptable_id, Requested};
-use crate::service::PredictCall;
+use crate::service::predict::{call_parameters, select_outputs};
+use crate::service::shared_tensors::{self as shm, SharedRef};
+use crate::service::{InferenceService, PredictCall};
 
 /// `grpc-timeout` (gRPC's deadline: digits and a unit of H, M, S, m, u or
 /// n), which becomes the request's timeout as `timeout_ms` does over HTTP.
@@ -70,29 +70,6 @@ impl Origin {
     }
 }
 
-/// When the request names shared memory regions (an admin matter, as over
-/// HTTP): reads its inputs that are there into `call`, and finds the
-/// regions its outputs go to, before anything runs.
-fn resolve_shared(
-    state: &AppState,
-    origin: &Origin,
-    call: &mut PredictCall,
-    inputs: Vec<SharedInput>,
-    outputs: &[(String, Option<SharedRef>)],
-) -> Result<OutputRegions, ApiError> {
-    let outputs: Vec<(&str, &SharedRef)> = outputs
-        .iter()
-        .filter_map(|(name, at)| at.as_ref().map(|at| (name.as_str(), at)))
-        .collect();
-    if inputs.is_empty() && outputs.is_empty() {
-        return Ok(OutputRegions::default());
-    }
-    authorize_caller(state, &origin.metadata, origin.peer)?;
-    let regions = OutputRegions::resolve(&state.shared_memory, outputs)?;
-    shm::read_inputs(&state.shared_memory, call, inputs)?;
-    Ok(regions)
-}
-
 /// The request's id: the client's `x-request-id` when acceptable, else a
 /// new one (as over HTTP).
 fn requested(metadata: &MetadataMap) -> Requested {
@@ -111,7 +88,7 @@ fn requested(metadata: &MetadataMap) -> Requested {
 /// it maps to: the answer and, when it reached its model, the prediction's
 /// id in the log. Owns what it uses, so a stream can run many at once.
 pub(super) async fn infer(
-    state: web::Data<AppState>,
+    service: Arc<InferenceService>,
     origin: Origin,
     request: ModelInferRequest,
 ) -> Result<(ModelInferResponse, Option<uuid::Uuid>), Status> {
@@ -139,13 +116,10 @@ pub(super) async fn infer(
     }
     let timeout = grpc_timeout(&origin.metadata).map_err(|e| e.grpc_status())?;
     // Counted for shutdown like an HTTP request: a drain waits for it.
-    let admitted = state.drain.admit();
-    let mut pending = state.service.open(&requested);
+    let admitted = service.shutdown().admit();
+    let mut pending = service.open(&requested);
     let answered = async {
-        let model = model_at(
-            &state,
-            &model_path(request.model_name, request.model_version),
-        )?;
+        let model = service.model_at(&model_path(request.model_name, request.model_version))?;
         pending.attribute(model.clone());
         // `parameters.timeout` wins over `grpc-timeout`, as it wins over the
         // timeout header over HTTP.
@@ -169,11 +143,13 @@ pub(super) async fn infer(
             sequence,
             pin: None,
         };
-        let regions = resolve_shared(&state, &origin, &mut call, inputs.shared, &asked)?;
-        let prediction = state
-            .service
-            .predict(model.name(), call, &mut pending)
-            .await?;
+        let shared_outputs: Vec<(&str, &SharedRef)> = asked
+            .iter()
+            .filter_map(|(name, at)| at.as_ref().map(|at| (name.as_str(), at)))
+            .collect();
+        let caller = caller_of(&origin.metadata, origin.peer);
+        let regions = service.resolve_shared(&caller, &mut call, inputs.shared, shared_outputs)?;
+        let prediction = service.predict(model.name(), call, &mut pending).await?;
         regions.write(&prediction.outputs)?;
         let names: Vec<String> = asked.iter().map(|(name, _)| name.clone()).collect();
         let only = (!names.is_empty()).then_some(names.as_slice());
@@ -203,7 +179,7 @@ pub(super) async fn infer(
             (200, Some(body.encoded_len() as u64), Ok((body, logged)))
         }
         Err(e) => {
-            let status = actix_web::ResponseError::status_code(&e).as_u16();
+            let status = e.http_status();
             pending.finish_with(status, Some(e.to_string()));
             (status, None, Err(e.grpc_status()))
         }
@@ -214,7 +190,7 @@ pub(super) async fn infer(
     };
     span.record("rpc.grpc.status_code", code as i32);
     let _entered = span.enter();
-    access_log::line(access_log::Line {
+    access_line::line(access_line::Line {
         protocol: "grpc",
         method: "POST",
         path: origin.rpc,
@@ -227,7 +203,7 @@ pub(super) async fn infer(
         trace_id: origin
             .metadata
             .get("traceparent")
-            .and_then(|v| access_log::trace_id(v.to_str().ok()?)),
+            .and_then(|v| access_line::trace_id(v.to_str().ok()?)),
     });
     drop(admitted);
     answer
@@ -243,7 +219,7 @@ pub(super) async fn infer(
 /// client that goes away drops the requests still running, which leave
 /// their queues.
 pub(super) fn stream(
-    state: web::Data<AppState>,
+    service: Arc<InferenceService>,
     origin: Origin,
     mut incoming: tonic::Streaming<ModelInferRequest>,
 ) -> futures_util::stream::BoxStream<'static, Result<ModelStreamInferResponse, Status>> {
@@ -262,7 +238,7 @@ pub(super) fn stream(
                     Ok(Some(request)) => {
                         let id = request.id.clone();
                         let model_name = request.model_name.clone();
-                        let call = infer(state.clone(), origin.clone(), request);
+                        let call = infer(service.clone(), origin.clone(), request);
                         running.push(async move {
                             match call.await {
                                 Ok((answer, _)) => ModelStreamInferResponse {
@@ -292,7 +268,7 @@ pub(super) fn stream(
                     }
                 }
                 _ = shutdown_check.tick(), if reading => {
-                    if state.service.is_shutting_down() {
+                    if service.is_shutting_down() {
                         reading = false;
                     }
                 }

@@ -8,28 +8,30 @@
 //! ([`service`]). Messages are bounded by `server.body_limit_mb` (a bigger
 //! one, or one that inflates past it, is RESOURCE_EXHAUSTED, as gRPC's own
 //! servers answer; see [`too_large_is_resource_exhausted`]), and gzip is
-//! accepted and, when the client asks, sent. The health service answers
-//! SERVING for the server (`""`) and the inference service while every
-//! model has a ready replica and no shutdown has begun, as
-//! `/v2/health/ready` does. [`GrpcServer::stop`] stops accepting RPCs and
-//! waits for those under way.
+//! accepted and, when the client asks, sent. The health service
+//! ([`health`]) answers SERVING for the server (`""`) and the inference
+//! service while every model has a ready replica and no shutdown has begun,
+//! as `/v2/health/ready` does, read when asked. [`GrpcServer::stop`] stops
+//! accepting RPCs and waits for those under way.
 
+mod caller;
+mod health;
 mod infer;
 mod json;
 mod parameters;
 mod service;
+mod status;
 mod tensors;
 
 use std::net::{SocketAddr, TcpListener};
-use std::time::Duration;
+use std::sync::Arc;
 
-use actix_web::web;
 use tokio::sync::oneshot;
 use tonic::codec::CompressionEncoding;
 use tonic::transport::server::TcpIncoming;
-use tonic_health::ServingStatus;
+use tonic_health::pb::health_server::HealthServer;
 
-use crate::api::AppState;
+use crate::service::InferenceService;
 
 /// The code tonic generates from `proto/triton/` (package `inference`).
 #[allow(clippy::all, missing_docs)]
@@ -39,9 +41,6 @@ pub mod proto {
 
 use proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 
-/// The service name clients and probes ask the health service about.
-const SERVICE_NAME: &str = "inference.GRPCInferenceService";
-
 /// A gRPC server that is accepting RPCs.
 pub struct GrpcServer {
     pub addr: SocketAddr,
@@ -50,11 +49,13 @@ pub struct GrpcServer {
 }
 
 impl GrpcServer {
-    /// Serves gRPC on `listener` with `threads` runtime threads.
+    /// Serves gRPC on `listener` with `threads` runtime threads, messages
+    /// bounded by `limit` bytes (`server.body_limit_mb`).
     pub fn start(
-        state: web::Data<AppState>,
+        service: Arc<InferenceService>,
         listener: TcpListener,
         threads: usize,
+        limit: usize,
     ) -> std::io::Result<GrpcServer> {
         let addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
@@ -64,7 +65,6 @@ impl GrpcServer {
             .enable_all()
             .build()?;
         let (stop, stopped) = oneshot::channel::<()>();
-        let limit = state.body_limit;
         let thread = std::thread::Builder::new()
             .name("grpc".into())
             .spawn(move || {
@@ -76,9 +76,10 @@ impl GrpcServer {
                             return;
                         }
                     };
-                    let (reporter, health) = tonic_health::server::health_reporter();
-                    tokio::spawn(report_health(state.clone(), reporter));
-                    let inference = GrpcInferenceServiceServer::new(service::Inference { state })
+                    let health = HealthServer::new(health::Readiness {
+                        service: service.clone(),
+                    });
+                    let inference = GrpcInferenceServiceServer::new(service::Inference { service })
                         .max_decoding_message_size(limit)
                         .max_encoding_message_size(usize::MAX)
                         .accept_compressed(CompressionEncoding::Gzip)
@@ -135,11 +136,9 @@ impl Drop for GrpcServer {
 /// Triton) answer RESOURCE_EXHAUSTED for both, which is what clients retry
 /// on and alert on. A unary call refused before its handler runs is a
 /// trailers-only answer, its status in the headers: that one is rewritten.
-/// Gantry's handlers never answer OUT_OF_RANGE ([`ApiError::grpc_status`]),
+/// Gantry's handlers never answer OUT_OF_RANGE ([`status::GrpcStatus`]),
 /// so nothing else is. A stream's message that is too large ends the
-/// stream, and `service::stream` answers it the same way.
-///
-/// [`ApiError::grpc_status`]: crate::error::ApiError::grpc_status
+/// stream, and `infer::stream` answers it the same way.
 fn too_large_is_resource_exhausted<B>(mut response: http1::Response<B>) -> http1::Response<B> {
     let headers = response.headers_mut();
     let out_of_range = (tonic::Code::OutOfRange as i32).to_string();
@@ -150,22 +149,4 @@ fn too_large_is_resource_exhausted<B>(mut response: http1::Response<B>) -> http1
         }
     }
     response
-}
-
-/// Keeps the health service's answer in step with readiness.
-async fn report_health(state: web::Data<AppState>, reporter: tonic_health::server::HealthReporter) {
-    let mut last = None;
-    loop {
-        let status = if crate::api::health::all_ready(&state) {
-            ServingStatus::Serving
-        } else {
-            ServingStatus::NotServing
-        };
-        if last != Some(status) {
-            reporter.set_service_status("", status).await;
-            reporter.set_service_status(SERVICE_NAME, status).await;
-            last = Some(status);
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
 }

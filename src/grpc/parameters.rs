@@ -2,8 +2,8 @@
 //! tensors and answers; `ModelRepositoryParameter` on loads) as the JSON
 //! objects HTTP requests carry, and back: so both protocols read request
 //! options, shared memory references and load overrides with the same
-//! code ([`crate::api::v2::call_parameters`], [`crate::api::shared_memory`],
-//! [`crate::api::repository::overrides_from_parameters`]).
+//! code ([`crate::service::predict::call_parameters`], [`crate::service::shared_tensors`],
+//! [`crate::service::models::overrides_from_parameters`]).
 //!
 //! The two protobuf oneofs differ (uint64 and double on inference, bytes
 //! on loads), so each has its own small converter.

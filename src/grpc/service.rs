@@ -2,69 +2,35 @@
 //! facade the HTTP handlers use: readiness, metadata and inference run
 //! the same code, so batching, priorities, deadlines, the cache, the
 //! prediction log, metrics and stats behave alike on both protocols.
-//! Errors are the HTTP ones, as gRPC statuses ([`ApiError::grpc_status`]).
+//! Errors are the HTTP ones, as gRPC statuses ([`super::status`]).
 //!
 //! [`InferenceService`]: crate::service::InferenceService
 
-use std::net::SocketAddr;
 use std::pin::Pin;
+use std::sync::Arc;
 
-use actix_web::web;
 use futures_util::Stream;
-use tonic::metadata::MetadataMap;
 use tonic::{Request, Response, Status};
 
+use super::caller::{authorize, model_path};
 use super::infer::{infer, stream, Origin};
 use super::json;
 use super::parameters::load_parameters;
 use super::proto::grpc_inference_service_server::GrpcInferenceService;
 use super::proto::*;
-use crate::api::admin::{check_admin, Caller, FORWARDING_HEADERS};
-use crate::api::health::all_ready;
-use crate::api::model_config::config_json;
-use crate::api::repository::{index_entries, overrides_from_parameters};
-use crate::api::statistics::statistics_json;
-use crate::api::v2::{model_at, tensor_metadata, ModelPath};
-use crate::api::{AppState, EXTENSIONS};
+use super::status::GrpcStatus;
 use crate::error::ApiError;
+use crate::service::models::{
+    overrides_from_parameters, tensor_metadata, TensorMetadata, EXTENSIONS,
+};
+use crate::service::InferenceService;
 
 /// The gRPC service: what every RPC shares.
 pub struct Inference {
-    pub state: web::Data<AppState>,
+    pub service: Arc<InferenceService>,
 }
 
 type Answer<T> = Result<Response<T>, Status>;
-
-pub(super) fn model_path(name: String, version: String) -> ModelPath {
-    ModelPath {
-        model: name,
-        version: Some(version).filter(|v| !v.is_empty()),
-    }
-}
-
-/// Lets an admin RPC through as HTTP's admin routes do: the bearer token in
-/// `authorization` metadata, or with no token set, a loopback peer and no
-/// forwarding metadata.
-fn authorize<T>(state: &AppState, request: &Request<T>) -> Result<(), Status> {
-    authorize_caller(state, request.metadata(), request.remote_addr()).map_err(|e| e.grpc_status())
-}
-
-/// The admin check of a call from `peer` with `metadata`.
-pub(super) fn authorize_caller(
-    state: &AppState,
-    metadata: &MetadataMap,
-    peer: Option<SocketAddr>,
-) -> Result<(), ApiError> {
-    let caller = Caller {
-        authorization: metadata.get("authorization").and_then(|v| v.to_str().ok()),
-        peer,
-        forwarded: FORWARDING_HEADERS
-            .iter()
-            .copied()
-            .find(|key| metadata.contains_key(*key)),
-    };
-    check_admin(state.admin_token.as_deref(), &caller)
-}
 
 #[tonic::async_trait]
 impl GrpcInferenceService for Inference {
@@ -74,13 +40,15 @@ impl GrpcInferenceService for Inference {
 
     async fn server_ready(&self, _: Request<ServerReadyRequest>) -> Answer<ServerReadyResponse> {
         Ok(Response::new(ServerReadyResponse {
-            ready: all_ready(&self.state),
+            ready: self.service.is_ready(),
         }))
     }
 
     async fn model_ready(&self, request: Request<ModelReadyRequest>) -> Answer<ModelReadyResponse> {
         let request = request.into_inner();
-        let model = model_at(&self.state, &model_path(request.name, request.version))
+        let model = self
+            .service
+            .model_at(&model_path(request.name, request.version))
             .map_err(|e| e.grpc_status())?;
         Ok(Response::new(ModelReadyResponse {
             ready: model.is_ready(),
@@ -104,15 +72,16 @@ impl GrpcInferenceService for Inference {
     ) -> Answer<ModelMetadataResponse> {
         let request = request.into_inner();
         let metadata = || -> Result<ModelMetadataResponse, ApiError> {
-            let model = model_at(&self.state, &model_path(request.name, request.version))?;
+            let model = self
+                .service
+                .model_at(&model_path(request.name, request.version))?;
             let signature = model.ready_signature()?;
             let sequence = model.spec.settings.sequence.as_ref();
-            let convert =
-                |t: crate::api::v2::TensorMetadata| model_metadata_response::TensorMetadata {
-                    name: t.name.to_string(),
-                    datatype: t.datatype.to_string(),
-                    shape: t.shape,
-                };
+            let convert = |t: TensorMetadata| model_metadata_response::TensorMetadata {
+                name: t.name.to_string(),
+                datatype: t.datatype.to_string(),
+                shape: t.shape,
+            };
             Ok(ModelMetadataResponse {
                 name: model.name().to_string(),
                 versions: vec![model.spec.version.clone()],
@@ -136,7 +105,7 @@ impl GrpcInferenceService for Inference {
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Answer<ModelInferResponse> {
         let origin = Origin::of(&request, "/inference.GRPCInferenceService/ModelInfer");
-        let (answer, logged) = infer(self.state.clone(), origin, request.into_inner()).await?;
+        let (answer, logged) = infer(self.service.clone(), origin, request.into_inner()).await?;
         let mut response = Response::new(answer);
         if let Some(value) = logged.and_then(|id| id.to_string().parse().ok()) {
             response.metadata_mut().insert("x-prediction-id", value);
@@ -153,7 +122,7 @@ impl GrpcInferenceService for Inference {
     ) -> Answer<Self::ModelStreamInferStream> {
         let origin = Origin::of(&request, "/inference.GRPCInferenceService/ModelStreamInfer");
         Ok(Response::new(stream(
-            self.state.clone(),
+            self.service.clone(),
             origin,
             request.into_inner(),
         )))
@@ -166,7 +135,7 @@ impl GrpcInferenceService for Inference {
         let request = request.into_inner();
         let path = model_path(request.name, request.version);
         let answer = async {
-            let config = config_json(&self.state, &path).await?;
+            let config = self.service.config_json(&path).await?;
             json::message(
                 "inference.ModelConfigResponse",
                 &serde_json::json!({ "config": config }),
@@ -182,7 +151,8 @@ impl GrpcInferenceService for Inference {
     ) -> Answer<ModelStatisticsResponse> {
         let request = request.into_inner();
         let path = (!request.name.is_empty()).then(|| model_path(request.name, request.version));
-        statistics_json(&self.state, path.as_ref())
+        self.service
+            .statistics_json(path.as_ref())
             .and_then(|stats| json::message("inference.ModelStatisticsResponse", &stats))
             .map(Response::new)
             .map_err(|e| e.grpc_status())
@@ -194,7 +164,9 @@ impl GrpcInferenceService for Inference {
         request: Request<RepositoryIndexRequest>,
     ) -> Answer<RepositoryIndexResponse> {
         let ready_only = request.into_inner().ready;
-        let models = index_entries(&self.state)
+        let models = self
+            .service
+            .repository_index()
             .into_iter()
             .filter(|e| !ready_only || e.state == "READY")
             .map(|e| repository_index_response::ModelIndex {
@@ -212,15 +184,14 @@ impl GrpcInferenceService for Inference {
         &self,
         request: Request<RepositoryModelLoadRequest>,
     ) -> Answer<RepositoryModelLoadResponse> {
-        authorize(&self.state, &request)?;
+        authorize(&self.service, &request)?;
         let request = request.into_inner();
         let loaded = async {
             let overrides = overrides_from_parameters(
                 &request.model_name,
                 load_parameters(request.parameters),
             )?;
-            self.state
-                .service
+            self.service
                 .load_model(&request.model_name, overrides)
                 .await?;
             Ok::<_, ApiError>(())
@@ -233,10 +204,9 @@ impl GrpcInferenceService for Inference {
         &self,
         request: Request<RepositoryModelUnloadRequest>,
     ) -> Answer<RepositoryModelUnloadResponse> {
-        authorize(&self.state, &request)?;
+        authorize(&self.service, &request)?;
         let model = request.into_inner().model_name;
-        self.state
-            .service
+        self.service
             .unload_model(&model)
             .await
             .map_err(|e| ApiError::from(e).grpc_status())?;
@@ -248,11 +218,11 @@ impl GrpcInferenceService for Inference {
         &self,
         request: Request<SystemSharedMemoryStatusRequest>,
     ) -> Answer<SystemSharedMemoryStatusResponse> {
-        authorize(&self.state, &request)?;
+        authorize(&self.service, &request)?;
         let name = request.into_inner().name;
         let regions = self
-            .state
-            .shared_memory
+            .service
+            .shared_memory()
             .status(Some(name.as_str()).filter(|n| !n.is_empty()))
             .map_err(|e| e.grpc_status())?
             .into_iter()
@@ -273,10 +243,10 @@ impl GrpcInferenceService for Inference {
         &self,
         request: Request<SystemSharedMemoryRegisterRequest>,
     ) -> Answer<SystemSharedMemoryRegisterResponse> {
-        authorize(&self.state, &request)?;
+        authorize(&self.service, &request)?;
         let r = request.into_inner();
-        self.state
-            .shared_memory
+        self.service
+            .shared_memory()
             .register(&r.name, &r.key, r.offset, r.byte_size)
             .map_err(|e| e.grpc_status())?;
         Ok(Response::new(SystemSharedMemoryRegisterResponse {}))
@@ -288,13 +258,13 @@ impl GrpcInferenceService for Inference {
         &self,
         request: Request<SystemSharedMemoryUnregisterRequest>,
     ) -> Answer<SystemSharedMemoryUnregisterResponse> {
-        authorize(&self.state, &request)?;
+        authorize(&self.service, &request)?;
         match request.into_inner().name.as_str() {
             "" => {
-                self.state.shared_memory.unregister_all();
+                self.service.shared_memory().unregister_all();
             }
             name => {
-                self.state.shared_memory.unregister(name);
+                self.service.shared_memory().unregister(name);
             }
         }
         Ok(Response::new(SystemSharedMemoryUnregisterResponse {}))

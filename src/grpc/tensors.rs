@@ -5,7 +5,7 @@
 //! `raw_output_contents`, which is what Triton sends and what
 //! `tritonclient.grpc` reads. Inputs and outputs may instead name a system
 //! shared memory region in their parameters (as over HTTP: the same
-//! [`crate::api::shared_memory`] code reads and writes the regions).
+//! [`crate::service::shared_tensors`] code reads and writes the regions).
 
 use gantry_actors::tensor::DataType;
 use gantry_actors::Tensor;
@@ -14,9 +14,9 @@ use super::parameters::{json_parameters, proto_parameters};
 use super::proto::model_infer_request::InferInputTensor;
 use super::proto::model_infer_response::InferOutputTensor;
 use super::proto::InferTensorContents;
-use crate::api::shared_memory::{self as shm, SharedInput, SharedRef};
 use crate::codec::{check_bools, parse_datatype};
 use crate::error::ApiError;
+use crate::service::shared_tensors::{self as shm, SharedInput, SharedRef};
 
 /// A request's inputs: those the message carries, in order, and those in
 /// shared memory, read into the call once it is authorized.

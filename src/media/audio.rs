@@ -21,7 +21,7 @@ use symphonia::core::probe::Hint;
 
 use super::sniff::{FileType, AUDIO_TYPES};
 use super::wav::check_wav_chunks;
-use super::MediaError;
+use super::{MediaError, SAMPLE_RATES};
 
 /// A clip turned into the model's input.
 #[derive(Debug)]
@@ -79,10 +79,6 @@ pub fn worst_case_bytes(file_type: FileType, spec: &AudioInput) -> u64 {
     };
     super::estimate::audio_input_bytes(rate, packet_samples, spec.sample_rate, spec.length as u64)
 }
-
-/// Sample rates a file may declare: a header outside this range is
-/// damaged or hostile (and would size the resampler absurdly).
-pub const SAMPLE_RATES: std::ops::RangeInclusive<u32> = 1_000..=384_000;
 
 /// Largest sample magnitude read from a (float) file.
 const MAX_SAMPLE: f32 = 1e6;

@@ -16,6 +16,10 @@ pub mod pool;
 pub mod sniff;
 mod wav;
 
+/// Sample rates an audio file may declare: a header outside this range is
+/// damaged or hostile (and would size the resampler absurdly).
+pub const SAMPLE_RATES: std::ops::RangeInclusive<u32> = 1_000..=384_000;
+
 /// Why a file could not be used.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum MediaError {

@@ -2,8 +2,8 @@
 //! that claim more bytes than follow, and `fmt ` fields the decoder
 //! divides by.
 
-use super::audio::SAMPLE_RATES;
 use super::MediaError;
+use super::SAMPLE_RATES;
 
 /// Refuses a WAV whose chunks before its audio (and the sub-chunks of its
 /// `LIST` chunks) declare more bytes than follow them: a damaged or hostile

@@ -13,11 +13,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gantry_actors::batcher::{GetBatcherSnapshot, ReplicaState};
-use gantry_actors::lifecycle::{AbandonLoad, Change, LifecycleError, LoadModel, UnloadModel};
+use gantry_actors::lifecycle::{
+    AbandonLoad, Change, LifecycleError, LoadModel, Reload, ReloadReport, ScaleModel, UnloadModel,
+};
 use gantry_actors::supervisor::GetSnapshot;
 use gantry_actors::ModelHandle;
 
 use super::InferenceService;
+use crate::error::ApiError;
 
 /// Longest a load waits for its first ready replica (as long as a
 /// replacement may take in the supervisor).
@@ -61,6 +64,30 @@ impl InferenceService {
             })
             .await
             .map_err(|e| supervisor_gone(&e))?
+    }
+
+    /// Sets `model`'s replicas; answers the count before and after.
+    pub async fn scale(&self, model: &str, replicas: usize) -> Result<(usize, usize), ApiError> {
+        Ok(self
+            .serving
+            .supervisor
+            .send(ScaleModel {
+                model: model.to_string(),
+                replicas,
+            })
+            .await
+            .map_err(|e| ApiError::Internal(super::supervisor_gone(&e)))??)
+    }
+
+    /// Reloads the configuration and the model repository: what changed,
+    /// and what failed to load.
+    pub async fn reload(&self) -> Result<ReloadReport, ApiError> {
+        Ok(self
+            .serving
+            .supervisor
+            .send(Reload)
+            .await
+            .map_err(|e| ApiError::Internal(super::supervisor_gone(&e)))??)
     }
 
     async fn wait_until_serving(&self, handle: &Arc<ModelHandle>) -> Result<(), LifecycleError> {
@@ -146,5 +173,5 @@ impl InferenceService {
 }
 
 fn supervisor_gone(e: &actix::MailboxError) -> LifecycleError {
-    LifecycleError::Repository(format!("the supervisor did not answer: {e}"))
+    LifecycleError::Repository(super::supervisor_gone(e))
 }

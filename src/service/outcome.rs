@@ -9,17 +9,13 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use actix_web::http::header::HeaderValue;
-use actix_web::{HttpResponse, ResponseError};
 use gantry_actors::ModelHandle;
 use uuid::Uuid;
 
 use super::Prediction;
-use crate::api::access_log::ServedModel;
 use crate::cache::CacheLevel;
-use crate::error::ApiError;
 use crate::metrics::{Metrics, RequestRecord};
-use crate::request_id::{new_prediction_id, Requested, PREDICTION_HEADER};
+use crate::request_id::{new_prediction_id, Requested};
 use crate::store::{PredictionLog, PredictionRow};
 use crate::triton::statistics::{ComputeTimes, RequestOutcome};
 
@@ -38,9 +34,9 @@ struct Ran {
 }
 
 /// A request's record, not yet finished. Finish it exactly once with
-/// [`Pending::finish`] (an HTTP answer) or [`Pending::finish_with`] (one
-/// entry of a batch answer); dropping it records nothing (the client left
-/// before any answer was sent).
+/// [`Pending::finish_with`] and the status the client was sent (the edges
+/// do: `crate::api::answer` for HTTP, the gRPC inference call); dropping
+/// it records nothing (the client left before any answer was sent).
 #[must_use = "a pending record counts nothing until it is finished"]
 pub struct Pending {
     metrics: Arc<Metrics>,
@@ -123,28 +119,6 @@ impl Pending {
             replica: p.replica,
             cache: p.cache,
         });
-    }
-
-    /// Finishes the record with the answer about to be sent: an error
-    /// becomes its JSON response here (the one mapping, `crate::error`), and
-    /// a request that reached its model gets the `x-prediction-id` header.
-    pub fn finish(self, answer: Result<HttpResponse, ApiError>) -> HttpResponse {
-        let (mut response, error) = match answer {
-            Ok(response) => (response, None),
-            Err(e) => (e.error_response(), Some(e.to_string())),
-        };
-        if self.reached {
-            if let Ok(value) = HeaderValue::from_str(&self.prediction_id.to_string()) {
-                response.headers_mut().insert(PREDICTION_HEADER, value);
-            }
-        }
-        if let Some(model) = &self.model {
-            response
-                .extensions_mut()
-                .insert(ServedModel(model.name().to_string()));
-        }
-        self.finish_with(response.status().as_u16(), error);
-        response
     }
 
     /// Finishes the record with `status` sent for it (and the error's

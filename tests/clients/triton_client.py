@@ -4,7 +4,7 @@ Usage: triton_client.py HOST:PORT
 
 Expects a server serving the `dtypes` fixture (tests/fixtures/models/dtypes)
 and the `tiny-classifier` demo model. Prints one line per check and exits
-non-zero on the first failure. Run by tests/clients.rs.
+non-zero on the first failure. Run by tests/it/clients.rs.
 """
 
 import sys

@@ -11,7 +11,7 @@ client's own protobuf classes), request parameters (priority, timeout, a
 sequence on the stateful fixture), configuration and statistics, shared
 memory regions, the repository, a bidirectional stream, errors as gRPC status codes, gzip, many concurrent
 calls, and the standard `grpc.health.v1` service. Prints one line
-per check and exits non-zero on the first failure. Run by tests/clients.rs.
+per check and exits non-zero on the first failure. Run by tests/it/clients.rs.
 """
 
 import asyncio

@@ -5,7 +5,7 @@ Usage: triton_grpc_admin.py GRPC_HOST:PORT TOKEN
 Expects a server serving the `tiny-classifier` demo model with that admin
 token. Unloading without the token, or with a wrong one, is UNAUTHENTICATED
 (and the model keeps serving); with `authorization: Bearer TOKEN` metadata
-it unloads, and loads again. Run by tests/clients.rs.
+it unloads, and loads again. Run by tests/it/clients.rs.
 """
 
 import sys

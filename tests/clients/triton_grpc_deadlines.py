@@ -7,7 +7,7 @@ replica, batches of one, each run taking 1 s) with the cache off. One
 request holds the replica; a second with a 100 ms deadline (the client's
 `client_timeout`, sent as `grpc-timeout`) fails DEADLINE_EXCEEDED; a third
 is cancelled by its caller while it waits. The first is answered. The
-test that runs this (tests/clients.rs) then reads the batcher's counters:
+test that runs this (tests/it/clients.rs) then reads the batcher's counters:
 the second expired in the queue and the third was cancelled there, so
 neither ran. Prints one line per check; non-zero exit on a failure.
 """

@@ -11,7 +11,7 @@ Expects a loopback server serving the `dtypes` fixture and the
 server's admin token is TOKEN: an infer naming a region is UNAUTHENTICATED
 without it and served with it, one naming none needs no token. Prints one
 line per check and exits non-zero on the first failure. Run by
-tests/clients.rs.
+tests/it/clients.rs.
 """
 
 import asyncio

@@ -11,7 +11,7 @@ folder `broken` whose model.onnx does not load. Every check runs three
 times: with the sync client, with the sync client's gevent-based
 `async_infer` for the inference calls, and with the asyncio client; each run
 ends by reloading `dtypes` as model.toml has it. Prints one line per check
-and exits non-zero on the first failure. Run by tests/clients.rs. The dtypes
+and exits non-zero on the first failure. Run by tests/it/clients.rs. The dtypes
 tensors come from triton_client.py, next to this file.
 """
 

@@ -16,7 +16,7 @@ Checks, with the sync client and the asyncio client:
 - Silero VAD's outputs over 512-sample chunks equal onnxruntime's with the
   recurrent state passed by hand.
 Prints one line per check and exits non-zero on the first failure. Run by
-tests/clients.rs.
+tests/it/clients.rs.
 """
 
 import asyncio

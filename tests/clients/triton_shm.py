@@ -12,7 +12,7 @@ twice, with the sync client and with the asyncio client. With TOKEN the
 server's admin token is TOKEN: the checks are that the shared memory routes,
 and an infer request naming a region, refuse a client without it and serve
 one that sends it. Prints one line per check and exits non-zero on the
-first failure. Run by tests/clients.rs.
+first failure. Run by tests/it/clients.rs.
 """
 
 import asyncio

@@ -9,7 +9,7 @@
 //
 // Usage: node check.mjs BASE_URL MODEL[,MODEL...] [SCREENSHOT.png]
 // Prints one line per check and exits non-zero on the first failure. Run
-// by tests/dashboard.rs.
+// by tests/it/dashboard.rs.
 import { chromium } from "playwright-core";
 
 const [base, modelList, screenshot] = process.argv.slice(2);

@@ -22,23 +22,24 @@ use crate::device::Device;
 use crate::error::InferError;
 use crate::memory::{FreeMemory, MemoryBudget, Reservation, ShareFreeMemory};
 use crate::messages::{
-    BatchDone, Enqueue, InferRequest, ItemMemoryMeasured, RanOutOfMemory, ReplicaFailed, RunBatch,
+    BatchDone, Enqueue, InferRequest, ItemMemoryMeasured, RanOutOfMemory, ReloadEngine,
+    ReplicaFailed, RunBatch,
 };
 use crate::model::ModelState;
 use crate::observer::BatchObserver;
 use crate::queue::{PendingQueue, Readiness};
-use crate::replica::ReloadEngine;
 use crate::repository::ModelSettings;
 
 mod replicas;
 mod snapshot;
 
 use replicas::ReplicaSlot;
-pub use replicas::{
-    reserve_and_attach, AttachReplica, AttachReplicaRequest, DrainReplica, ReplicaState,
-    RetireModel,
+pub use replicas::{reserve_and_attach, AttachReplicaRequest};
+// What a batcher answers for stats is declared with its messages; it is
+// named here too, where its readers look for it.
+pub use crate::messages::{
+    BatcherCounters, BatcherSnapshot, CapReason, GetBatcherSnapshot, ReplicaSnapshot, ReplicaState,
 };
-pub use snapshot::{BatcherSnapshot, GetBatcherSnapshot, ReplicaSnapshot};
 
 /// Batches a replica may hold at once: the one running and one waiting, so
 /// the engine never idles for a round trip between batches.
@@ -49,42 +50,6 @@ const RELOAD_AFTER_FAILED_BATCHES: u32 = 3;
 
 /// How long the cap stays lowered after a batch ran out of memory.
 const OUT_OF_MEMORY_HOLD: Duration = Duration::from_secs(30);
-
-/// What set the batch cap.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CapReason {
-    /// `max_batch_size` from `model.toml`.
-    MaxBatchSize,
-    /// The model has no dynamic batch dimension: one request at a time.
-    Unbatched,
-    /// The free memory budget over the memory one item needs.
-    MemoryBudget,
-    /// A batch ran out of memory recently: the largest size that then ran.
-    OutOfMemory,
-}
-
-impl CapReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CapReason::MaxBatchSize => "max_batch_size",
-            CapReason::Unbatched => "unbatched",
-            CapReason::MemoryBudget => "memory_budget",
-            CapReason::OutOfMemory => "out_of_memory",
-        }
-    }
-}
-
-/// Counters the batcher keeps for stats.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct BatcherCounters {
-    pub batches: u64,
-    pub items: u64,
-    /// `batch_sizes[n]` counts the batches of `n` items.
-    pub batch_sizes: Vec<u64>,
-    pub expired: u64,
-    pub cancelled: u64,
-    pub rejected: u64,
-}
 
 /// One model's batcher.
 pub struct Batcher {

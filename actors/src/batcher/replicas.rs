@@ -13,40 +13,17 @@ use std::time::{Duration, Instant};
 /// How long a retiring model keeps serving after its queue empties.
 const RETIRE_GRACE: Duration = Duration::from_secs(1);
 
-use actix::{ActorContext, Addr, AsyncContext, Context, Handler, Message};
+use actix::{ActorContext, Addr, AsyncContext, Context, Handler};
 use tracing::{info, warn};
 
-use super::Batcher;
+use super::{Batcher, ReplicaState};
 use crate::device::{Device, Placement};
 use crate::engine::{EngineFactory, LoadTarget};
 use crate::error::InferError;
 use crate::memory::{BudgetFreed, MemoryBudget, Reservation, Reserve};
-use crate::messages::{ReplicaFailed, ReplicaReady};
-use crate::replica::{Replica, ReplicaStart};
-
-/// Lifecycle of a replica as its batcher sees it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ReplicaState {
-    Loading,
-    Ready,
-    Failed(String),
-    /// The memory budget could not hold it; it was never started.
-    Refused(String),
-    /// Being removed: finishes what it holds, takes nothing new.
-    Draining,
-}
-
-impl ReplicaState {
-    pub fn name(&self) -> &'static str {
-        match self {
-            ReplicaState::Loading => "loading",
-            ReplicaState::Ready => "ready",
-            ReplicaState::Failed(_) => "failed",
-            ReplicaState::Refused(_) => "refused",
-            ReplicaState::Draining => "draining",
-        }
-    }
-}
+use crate::messages::{AttachReplica, DrainReplica, ReplicaFailed, ReplicaReady, RetireModel};
+use crate::model::BatcherAddr;
+use crate::replica::{Replica, ReplicaReports, ReplicaStart};
 
 pub(super) struct ReplicaSlot {
     pub(super) id: usize,
@@ -103,7 +80,8 @@ impl Batcher {
             warmup,
             max_batch_size: self.batch_cap(target.device),
         };
-        Replica::start(plan, ctx.address(), self.observer.clone())
+        let reports = ReplicaReports::new(&ctx.address());
+        Replica::start(plan, reports, self.observer.clone())
     }
 
     /// Restarts replica `id` after its backoff, unless it is being removed.
@@ -246,28 +224,11 @@ impl Handler<ReplicaFailed> for Batcher {
     }
 }
 
-/// Supervisor → batcher: start replica `id` when its reservation was
-/// granted, or record that the budget refused it (the slot then waits for
-/// room). The batcher starts the replica itself so that the replica's slot
-/// exists before the replica can report back. A message that is never
-/// handled (the batcher stopped) drops its reservation, giving it back.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct AttachReplica {
-    pub id: usize,
-    pub factory: Arc<dyn EngineFactory>,
-    pub warmup: u32,
-    pub reservation: Reservation,
-    /// The batcher asked again for a slot it already has (see
-    /// [`BudgetFreed`]); a slot gone since then takes nothing.
-    pub retry: bool,
-}
-
 /// Asks `budget` for replica `id` of `batcher`'s model and hands the answer
 /// to the batcher. Whatever happens to the answer on the way, a granted
 /// reservation is given back unless a replica slot holds it.
 pub async fn reserve_and_attach(
-    batcher: Addr<Batcher>,
+    batcher: BatcherAddr,
     budget: Addr<MemoryBudget>,
     mut attach: AttachReplicaRequest,
 ) {
@@ -275,7 +236,7 @@ pub async fn reserve_and_attach(
         owner: attach.owner.clone(),
         mb: attach.mb,
         placement: attach.placement,
-        waiter: Some(batcher.clone().recipient()),
+        waiter: Some(batcher.recipient::<BudgetFreed>()),
     };
     let reservation = match budget.send(reserve).await {
         Ok(reservation) => reservation,
@@ -452,16 +413,9 @@ impl Batcher {
             warmup: slot.warmup,
             retry: true,
         };
-        actix::spawn(reserve_and_attach(ctx.address(), budget, request));
+        let batcher = BatcherAddr::new(&ctx.address());
+        actix::spawn(reserve_and_attach(batcher, budget, request));
     }
-}
-
-/// Supervisor → batcher: remove replica `id` once it has finished what it
-/// holds (scale-down). A refused replica goes at once.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct DrainReplica {
-    pub id: usize,
 }
 
 impl Handler<DrainReplica> for Batcher {
@@ -484,12 +438,6 @@ impl Handler<DrainReplica> for Batcher {
         self.dispatch(ctx);
     }
 }
-
-/// Supervisor → batcher: the model is being removed. Requests already queued
-/// are still served; then every replica drains and the batcher stops.
-#[derive(Message)]
-#[rtype(result = "()")]
-pub struct RetireModel;
 
 impl Handler<RetireModel> for Batcher {
     type Result = ();

@@ -1,8 +1,13 @@
-//! The batcher's batch cap: free memory, measured item sizes, out-of-memory holds.
+//! The batcher's batch cap: free memory, measured item sizes, out-of-memory
+//! holds; and a batcher reached through a [`BatcherAddr`].
 
 use super::*;
 use crate::memory::MemorySource;
+use crate::messages::RetireModel;
+use crate::model::BatcherAddr;
 use crate::observer::NoObserver;
+use crate::priority::Priority;
+use crate::tensor::Tensor;
 
 fn batcher(settings: &str) -> Batcher {
     let settings = ModelSettings::parse(settings, std::path::Path::new("m/model.toml"))
@@ -52,4 +57,36 @@ fn running_out_of_memory_lowers_the_cap_for_a_while() {
     assert_eq!(b.cap_at(Device::Cpu, later), (8, CapReason::MaxBatchSize));
     // ...and a new shortage starts from scratch.
     assert_eq!(b.lower_cap_after_out_of_memory(2, later), 2);
+}
+
+#[actix_rt::test]
+async fn a_batcher_address_reaches_the_batcher_with_each_message_in_order() {
+    let batcher = BatcherAddr::new(&batcher("max_batch_size = 8\n").start());
+    let snapshot = batcher.send(GetBatcherSnapshot).await.expect("answers");
+    assert_eq!((snapshot.queue_depth, snapshot.max_batch_size), (0, 8));
+    // With no replica, a request waits in the queue...
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let now = Instant::now();
+    let request = InferRequest {
+        request_id: "r".into(),
+        inputs: vec![Tensor::from_f32(vec![1, 4], &[0.0; 4]).unwrap()],
+        items: 1,
+        deadline: now + Duration::from_secs(30),
+        priority: Priority::Normal,
+        pin: None,
+        enqueued: now,
+        span: tracing::Span::none(),
+        waiting: tracing::Span::none(),
+        reply,
+    };
+    assert!(batcher.try_send(Enqueue(request)).is_ok());
+    let snapshot = batcher.send(GetBatcherSnapshot).await.expect("answers");
+    assert_eq!(snapshot.queue_depth, 1);
+    // ...until the model retires: none could ever serve it.
+    batcher.do_send(RetireModel);
+    let answered = answer.await.expect("answered");
+    assert!(
+        matches!(answered, Err(InferError::ModelNotReady(ref m)) if m == "m"),
+        "{answered:?}"
+    );
 }

@@ -4,7 +4,7 @@
 //! It loads and warms its engine when it starts (at batch size 1 and at the
 //! model's cap), runs the batches its batcher sends, answers each request of
 //! the batch through that request's own reply channel, and tells the batcher
-//! when a batch is done.
+//! when a batch is done, through the [`ReplicaReports`] it was started with.
 //!
 //! A batch that runs out of memory is split in halves, each retried, down to
 //! single requests (and a request of several items down to single rows): a
@@ -15,15 +15,14 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, Addr, Handler, SyncContext};
+use actix::{Actor, Addr, Context, Handler, Recipient, SyncContext};
 use tracing::{debug, error, info, info_span, warn};
 
-use crate::batcher::Batcher;
 use crate::engine::{Engine, EngineFactory, LoadTarget};
 use crate::error::{EngineError, InferError};
 use crate::messages::{
-    BatchDone, InferOutcome, InferRequest, ItemMemoryMeasured, RanOutOfMemory, ReplicaFailed,
-    ReplicaReady, RunBatch,
+    BatchDone, InferOutcome, InferRequest, ItemMemoryMeasured, RanOutOfMemory, ReloadEngine,
+    ReplicaFailed, ReplicaReady, RunBatch,
 };
 use crate::observer::{BatchObserver, BatchReport};
 use crate::signature::ModelSignature;
@@ -43,6 +42,40 @@ pub struct ReplicaStart {
     pub max_batch_size: usize,
 }
 
+/// Where a replica reports: its batcher, one recipient per report. All lead
+/// to the one mailbox, so reports keep the order they were sent in (the
+/// memory per item before `ReplicaReady`, `RanOutOfMemory` before its
+/// `BatchDone`).
+#[derive(Clone)]
+pub struct ReplicaReports {
+    ready: Recipient<ReplicaReady>,
+    failed: Recipient<ReplicaFailed>,
+    done: Recipient<BatchDone>,
+    out_of_memory: Recipient<RanOutOfMemory>,
+    item_memory: Recipient<ItemMemoryMeasured>,
+}
+
+impl ReplicaReports {
+    /// Reports to `batcher`, an actor that takes every report a replica sends.
+    pub fn new<A>(batcher: &Addr<A>) -> Self
+    where
+        A: Actor<Context = Context<A>>
+            + Handler<ReplicaReady>
+            + Handler<ReplicaFailed>
+            + Handler<BatchDone>
+            + Handler<RanOutOfMemory>
+            + Handler<ItemMemoryMeasured>,
+    {
+        ReplicaReports {
+            ready: batcher.clone().recipient(),
+            failed: batcher.clone().recipient(),
+            done: batcher.clone().recipient(),
+            out_of_memory: batcher.clone().recipient(),
+            item_memory: batcher.clone().recipient(),
+        }
+    }
+}
+
 /// One model instance.
 pub struct Replica {
     id: usize,
@@ -54,7 +87,7 @@ pub struct Replica {
     /// The model's batch cap when the replica started; warmup runs at it.
     max_batch_size: usize,
     engine: Option<Box<dyn Engine>>,
-    batcher: Addr<Batcher>,
+    batcher: ReplicaReports,
     observer: Arc<dyn BatchObserver>,
 }
 
@@ -62,7 +95,7 @@ impl Replica {
     /// Starts a replica on a new thread; it reports readiness to `batcher`.
     pub fn start(
         plan: ReplicaStart,
-        batcher: Addr<Batcher>,
+        batcher: ReplicaReports,
         observer: Arc<dyn BatchObserver>,
     ) -> Addr<Replica> {
         actix::SyncArbiter::start(1, move || Replica {
@@ -128,19 +161,19 @@ impl Replica {
         match loaded {
             Ok((signature, mb_per_item)) => {
                 if let Some(mb_per_item) = mb_per_item {
-                    self.batcher.do_send(ItemMemoryMeasured {
+                    self.batcher.item_memory.do_send(ItemMemoryMeasured {
                         replica: self.id,
                         mb_per_item,
                     });
                 }
-                self.batcher.do_send(ReplicaReady {
+                self.batcher.ready.do_send(ReplicaReady {
                     replica: self.id,
                     signature,
                 })
             }
             Err(e) => {
                 error!(model = %self.model, replica = self.id, error = %e, "replica failed to load");
-                self.batcher.do_send(ReplicaFailed {
+                self.batcher.failed.do_send(ReplicaFailed {
                     replica: self.id,
                     error: e.to_string(),
                 });
@@ -202,11 +235,6 @@ impl Actor for Replica {
     }
 }
 
-/// Batcher → replica: drop the engine and load it again (it kept failing).
-#[derive(actix::Message)]
-#[rtype(result = "()")]
-pub struct ReloadEngine;
-
 impl Handler<ReloadEngine> for Replica {
     type Result = ();
 
@@ -233,7 +261,7 @@ impl Handler<RunBatch> for Replica {
                 msg.entries,
                 InferError::Inference("replica has no loaded engine".into()),
             );
-            self.batcher.do_send(BatchDone {
+            self.batcher.done.do_send(BatchDone {
                 replica: self.id,
                 items,
                 failed_items: items,
@@ -268,7 +296,7 @@ impl Handler<RunBatch> for Replica {
                 batch_size,
                 largest_ok, "batch ran out of memory; asking the batcher for a lower cap"
             );
-            self.batcher.do_send(RanOutOfMemory {
+            self.batcher.out_of_memory.do_send(RanOutOfMemory {
                 replica: self.id,
                 batch_size,
                 largest_ok,
@@ -285,7 +313,7 @@ impl Handler<RunBatch> for Replica {
             output: output_time,
             ok,
         });
-        self.batcher.do_send(BatchDone {
+        self.batcher.done.do_send(BatchDone {
             replica: self.id,
             items,
             failed_items: failed.min(items),
@@ -294,7 +322,7 @@ impl Handler<RunBatch> for Replica {
         if let Some(why) = device_failed {
             error!(error = %why, device = %self.target.device, "the device failed; the replica stops and is restarted");
             self.engine = None;
-            self.batcher.do_send(ReplicaFailed {
+            self.batcher.failed.do_send(ReplicaFailed {
                 replica: self.id,
                 error: format!("the device failed: {why}"),
             });

@@ -13,10 +13,10 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::HEADER_LENGTH;
-use crate::api::shared_memory::{self as shm, SharedInput, SharedRef};
 use crate::codec::{check_bools, parse_datatype, tensor_from_json, LiftedBody};
 use crate::error::ApiError;
-use crate::service::sequences::SequenceCall;
+use crate::service::predict::call_parameters;
+use crate::service::shared_tensors::{self as shm, SharedInput, SharedRef};
 use crate::service::PredictCall;
 
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -192,43 +192,6 @@ pub fn decode(
             shared_inputs,
         },
     ))
-}
-
-/// What a request's `parameters` say of how it runs, as Triton names them
-/// (over HTTP and gRPC alike): `timeout` (microseconds; else the header's),
-/// `priority` (1 high to 3 low; else the header's) and the sequence
-/// parameters (`sequence_id`, `sequence_start`, `sequence_end`).
-pub(crate) fn call_parameters(
-    parameters: &Map<String, Value>,
-    header_timeout: Option<Duration>,
-    header_priority: Option<Priority>,
-) -> Result<(Option<Duration>, Priority, Option<SequenceCall>), ApiError> {
-    let timeout = match parameters.get("timeout") {
-        None => header_timeout,
-        Some(v) => Some(Duration::from_micros(
-            v.as_u64().filter(|&us| us > 0).ok_or_else(|| {
-                ApiError::BadRequest(
-                    "parameters.timeout must be a positive integer (microseconds)".into(),
-                )
-            })?,
-        )),
-    };
-    let priority = match parameters.get("priority") {
-        None => header_priority.unwrap_or_default(),
-        Some(v) => v
-            .as_i64()
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "parameters.priority must be an integer from 1 (high) to 3 (low), not {v}"
-                ))
-            })
-            .and_then(|level| {
-                Priority::from_level(level)
-                    .map_err(|e| ApiError::BadRequest(format!("parameters.{e}")))
-            })?,
-    };
-    let sequence = SequenceCall::from_parameters(parameters).map_err(ApiError::BadRequest)?;
-    Ok((timeout, priority, sequence))
 }
 
 /// Splits the body at `Inference-Header-Content-Length` into JSON and binary.

@@ -8,10 +8,10 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::decode::InferPlan;
-use crate::api::predict::select_outputs;
-use crate::api::shared_memory as shm;
 use crate::codec::{object_with_array, JsonData};
 use crate::error::ApiError;
+use crate::service::predict::select_outputs;
+use crate::service::shared_tensors as shm;
 use crate::service::Prediction;
 use crate::triton::classification::top_classes;
 

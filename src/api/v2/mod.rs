@@ -10,20 +10,18 @@ mod decode;
 mod encode;
 
 use actix_web::http::header;
+use actix_web::http::Method;
 use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
-use gantry_actors::signature::TensorSpec;
-use gantry_actors::ModelHandle;
-use serde::{Deserialize, Serialize};
 
-use super::admin::authorize;
+use super::admin::caller_of;
 use super::encoding::{accepted_encoding, compress, Encoding};
-use super::shared_memory::{self as shm, OutputRegions, SharedRef};
-use super::{cache_allowed, header_priority, header_timeout, read_body, resource, AppState};
+use super::{cache_allowed, header_priority, header_timeout, read_body, route, AppState};
 use crate::error::ApiError;
 use crate::request_id::Requested;
+use crate::service::models::{tensor_metadata, ModelPath, EXTENSIONS};
+use crate::service::shared_tensors::{OutputRegions, SharedRef};
 use crate::service::PredictCall;
-pub(crate) use decode::call_parameters;
 use decode::InferBody;
 pub use decode::{decode, InferPlan};
 use encode::{encode, EncodedAnswer, InferAnswer};
@@ -31,80 +29,34 @@ use encode::{encode, EncodedAnswer, InferAnswer};
 const HEADER_LENGTH: &str = "inference-header-content-length";
 
 pub fn config_v2_api(cfg: &mut web::ServiceConfig) {
-    cfg.service(resource("/v2").route(web::get().to(server_metadata)));
+    cfg.service(route(Method::GET, "/v2", server_metadata));
     for prefix in [
         "/v2/models/{model}",
         "/v2/models/{model}/versions/{version}",
     ] {
-        cfg.service(resource(prefix).route(web::get().to(model_metadata)))
-            .service(resource(&format!("{prefix}/ready")).route(web::get().to(model_ready)))
-            .service(resource(&format!("{prefix}/infer")).route(web::post().to(infer)));
+        cfg.service(route(Method::GET, prefix, model_metadata))
+            .service(route(Method::GET, &format!("{prefix}/ready"), model_ready))
+            .service(route(Method::POST, &format!("{prefix}/infer"), infer));
     }
 }
 
-/// A model in a v2 path, with the version when the path names one.
-#[derive(Deserialize)]
-pub(crate) struct ModelPath {
-    pub model: String,
-    pub version: Option<String>,
-}
-
 #[utoipa::path(get, path = "/v2", tag = "v2",
-    responses((status = 200, description = "Server metadata", body = super::openapi::ServerMetadata)))]
+    responses((status = 200, description = "Server metadata", body = crate::api::schemas::ServerMetadata)))]
 async fn server_metadata() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({
         "name": "gantry",
         "version": env!("CARGO_PKG_VERSION"),
-        "extensions": super::EXTENSIONS,
+        "extensions": EXTENSIONS,
     }))
 }
 
-/// The model named in the path, checking the version when one is given.
-pub(crate) fn model_at(
-    state: &AppState,
-    path: &ModelPath,
-) -> Result<std::sync::Arc<ModelHandle>, ApiError> {
-    let model = state.service.model(&path.model)?;
-    match &path.version {
-        Some(v) if *v != model.spec.version => Err(ApiError::NotFound(format!(
-            "model '{}' has no version '{v}'; it serves version '{}'",
-            path.model, model.spec.version
-        ))),
-        _ => Ok(model),
-    }
-}
-
-#[derive(Serialize, utoipa::ToSchema)]
-pub(crate) struct TensorMetadata<'a> {
-    pub name: &'a str,
-    pub datatype: &'static str,
-    pub shape: Vec<i64>,
-}
-
-/// The tensors clients see: those the server fills or keeps (a sequence
-/// model's control and state tensors) are left out, as `hidden` says.
-pub(crate) fn tensor_metadata<'a>(
-    specs: &'a [TensorSpec],
-    hidden: impl Fn(&str) -> bool,
-) -> Vec<TensorMetadata<'a>> {
-    specs
-        .iter()
-        .filter(|s| !hidden(&s.name))
-        .map(|s| TensorMetadata {
-            name: &s.name,
-            datatype: s.dtype.as_str(),
-            shape: s.shape_i64(),
-        })
-        .collect()
-}
-
-#[utoipa::path(get, path = "/v2/models/{model}", tag = "v2", params(super::openapi::ModelParam),
-    responses((status = 200, description = "Model metadata", body = super::openapi::ModelMetadata), super::openapi::ModelErrors))]
+#[utoipa::path(get, path = "/v2/models/{model}", tag = "v2", params(crate::api::schemas::ModelParam),
+    responses((status = 200, description = "Model metadata", body = crate::api::schemas::ModelMetadata), crate::api::schemas::ModelErrors))]
 async fn model_metadata(
     state: web::Data<AppState>,
     path: web::Path<ModelPath>,
 ) -> Result<HttpResponse, ApiError> {
-    let model = model_at(&state, &path)?;
+    let model = state.service.model_at(&path)?;
     let signature = model.ready_signature()?;
     let sequence = model.spec.settings.sequence.as_ref();
     Ok(HttpResponse::Ok().json(serde_json::json!({
@@ -120,15 +72,15 @@ async fn model_metadata(
     })))
 }
 
-#[utoipa::path(get, path = "/v2/models/{model}/ready", tag = "v2", params(super::openapi::ModelParam),
-    responses((status = 200, description = "The model is ready", body = super::openapi::ModelReady),
-        (status = 503, description = "The model has no ready replica", body = super::openapi::ModelReady),
-        super::openapi::ModelErrors))]
+#[utoipa::path(get, path = "/v2/models/{model}/ready", tag = "v2", params(crate::api::schemas::ModelParam),
+    responses((status = 200, description = "The model is ready", body = crate::api::schemas::ModelReady),
+        (status = 503, description = "The model has no ready replica", body = crate::api::schemas::ModelReady),
+        crate::api::schemas::ModelErrors))]
 async fn model_ready(
     state: web::Data<AppState>,
     path: web::Path<ModelPath>,
 ) -> Result<HttpResponse, ApiError> {
-    let model = model_at(&state, &path)?;
+    let model = state.service.model_at(&path)?;
     let body = serde_json::json!({ "name": model.name(), "ready": model.is_ready() });
     Ok(if model.is_ready() {
         HttpResponse::Ok().json(body)
@@ -141,10 +93,10 @@ async fn model_ready(
 /// the status actually sent, whatever step failed. The prediction's id in
 /// the log comes back in `x-prediction-id` (the v2 body has no place for it).
 #[utoipa::path(post, path = "/v2/models/{model}/infer", tag = "v2",
-    params(super::openapi::ModelParam, super::openapi::RequestHeaders, super::openapi::BinaryHeader),
-    request_body(content((InferBody = "application/json"), (super::openapi::BinaryInferBody = "application/octet-stream"))),
-    responses((status = 200, description = "The outputs", content((InferAnswer = "application/json"), (super::openapi::BinaryInferBody = "application/octet-stream"))),
-        super::openapi::InferErrors))]
+    params(crate::api::schemas::ModelParam, crate::api::schemas::RequestHeaders, crate::api::schemas::BinaryHeader),
+    request_body(content((InferBody = "application/json"), (crate::api::schemas::BinaryInferBody = "application/octet-stream"))),
+    responses((status = 200, description = "The outputs", content((InferAnswer = "application/json"), (crate::api::schemas::BinaryInferBody = "application/octet-stream"))),
+        crate::api::schemas::InferErrors))]
 async fn infer(
     state: web::Data<AppState>,
     req: HttpRequest,
@@ -154,7 +106,7 @@ async fn infer(
 ) -> HttpResponse {
     let mut pending = state.service.open(&requested);
     let answered = async {
-        let model = model_at(&state, &path)?;
+        let model = state.service.model_at(&path)?;
         pending.attribute(model.clone());
         let body = read_body(&state, &req, payload).await?;
         let timeout = header_timeout(&req)?;
@@ -172,7 +124,7 @@ async fn infer(
         respond(encode(&prediction, plan)?, accepted_encoding(req.headers())).await
     }
     .await;
-    pending.finish(answered)
+    super::answer::finish(pending, answered)
 }
 
 /// When the request names shared memory regions (an admin matter, as
@@ -191,13 +143,9 @@ fn resolve_shared(
         .flatten()
         .filter_map(|o| o.shared.as_ref().map(|at| (o.name.as_str(), at)))
         .collect();
-    if inputs.is_empty() && outputs.is_empty() {
-        return Ok(OutputRegions::default());
-    }
-    authorize(state, req)?;
-    let regions = OutputRegions::resolve(&state.shared_memory, outputs)?;
-    shm::read_inputs(&state.shared_memory, call, inputs)?;
-    Ok(regions)
+    state
+        .service
+        .resolve_shared(&caller_of(req), call, inputs, outputs)
 }
 
 /// The HTTP answer for `answer`, compressed with `encoding` when the

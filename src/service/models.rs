@@ -1,0 +1,202 @@
+//! What the service says about its models, whatever the protocol: lookup by
+//! name and version, the tensors clients see, the repository index (served,
+//! unloaded, failed), Triton's configuration and statistics JSON (HTTP
+//! answers them; gRPC reads them into its messages), and the protocol
+//! extensions served.
+
+use std::sync::Arc;
+
+use gantry_actors::batcher::GetBatcherSnapshot;
+use gantry_actors::signature::TensorSpec;
+use gantry_actors::{InferError, ModelHandle};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Map, Value};
+
+use super::InferenceService;
+use crate::error::ApiError;
+use crate::triton::config_override::overrides_from_config;
+use crate::triton::model_config::model_config;
+
+/// The protocol extensions `GET /v2` (and gRPC's ServerMetadata) lists:
+/// those of Triton's that Gantry serves.
+pub const EXTENSIONS: &[&str] = &[
+    "binary_tensor_data",
+    "model_repository",
+    "model_repository(unload_dependents)",
+    "model_configuration",
+    "statistics",
+    "system_shared_memory",
+    "classification",
+    "sequence",
+];
+
+/// A model in a v2 path, with the version when the path names one.
+#[derive(Deserialize)]
+pub struct ModelPath {
+    pub model: String,
+    pub version: Option<String>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct IndexEntry {
+    pub name: String,
+    pub version: String,
+    /// `READY`, `UNAVAILABLE` (no ready replica, or unloaded) or `FAILED`
+    /// (cannot load).
+    pub state: &'static str,
+    pub reason: String,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TensorMetadata<'a> {
+    pub name: &'a str,
+    pub datatype: &'static str,
+    pub shape: Vec<i64>,
+}
+
+/// The tensors clients see: those the server fills or keeps (a sequence
+/// model's control and state tensors) are left out, as `hidden` says.
+pub fn tensor_metadata<'a>(
+    specs: &'a [TensorSpec],
+    hidden: impl Fn(&str) -> bool,
+) -> Vec<TensorMetadata<'a>> {
+    specs
+        .iter()
+        .filter(|s| !hidden(&s.name))
+        .map(|s| TensorMetadata {
+            name: &s.name,
+            datatype: s.dtype.as_str(),
+            shape: s.shape_i64(),
+        })
+        .collect()
+}
+
+/// The settings override a load's `parameters` ask for (HTTP and gRPC).
+pub fn overrides_from_parameters(
+    model: &str,
+    parameters: Map<String, Value>,
+) -> Result<Option<toml::Table>, ApiError> {
+    let mut overrides = None;
+    for (key, value) in parameters {
+        match (key.as_str(), value) {
+            ("config", Value::String(text)) => {
+                overrides = Some(overrides_from_config(model, &text).map_err(ApiError::BadRequest)?)
+            }
+            ("config", value @ Value::Object(_)) => {
+                overrides = Some(
+                    overrides_from_config(model, &value.to_string())
+                        .map_err(ApiError::BadRequest)?,
+                )
+            }
+            ("config", other) => {
+                return Err(ApiError::BadRequest(format!(
+                    "parameters.config must be a JSON object (or its text), not {other}"
+                )))
+            }
+            (key, _) if key.starts_with("file:") => {
+                return Err(ApiError::BadRequest(format!(
+                    "parameters.{key}: loading model files sent with the request is not \
+                     supported; put them in the model repository"
+                )))
+            }
+            (key, _) => {
+                return Err(ApiError::BadRequest(format!(
+                    "parameters.{key} is not a load parameter (config is)"
+                )))
+            }
+        }
+    }
+    Ok(overrides)
+}
+
+impl InferenceService {
+    /// The model named in the path, checking the version when one is given.
+    pub fn model_at(&self, path: &ModelPath) -> Result<Arc<ModelHandle>, ApiError> {
+        let model = self.model(&path.model)?;
+        match &path.version {
+            Some(v) if *v != model.spec.version => Err(ApiError::NotFound(format!(
+                "model '{}' has no version '{v}'; it serves version '{}'",
+                path.model, model.spec.version
+            ))),
+            _ => Ok(model),
+        }
+    }
+
+    /// Every model of the repository: served (ready or not), unloaded, failed.
+    pub fn repository_index(&self) -> Vec<IndexEntry> {
+        let serving = &self.serving;
+        let mut entries: Vec<IndexEntry> = serving
+            .models()
+            .iter()
+            .map(|m| IndexEntry {
+                name: m.name().to_string(),
+                version: m.spec.version.clone(),
+                state: if m.is_ready() { "READY" } else { "UNAVAILABLE" },
+                reason: if m.is_ready() {
+                    String::new()
+                } else {
+                    "no ready replica".into()
+                },
+            })
+            .collect();
+        let failed = serving
+            .load_errors
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let unloaded = serving
+            .unloaded
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        entries.extend(unloaded.into_iter().map(|(name, version)| IndexEntry {
+            name,
+            version,
+            state: "UNAVAILABLE",
+            reason: "unloaded".into(),
+        }));
+        entries.extend(failed.into_iter().map(|e| IndexEntry {
+            name: e.model,
+            version: String::new(),
+            state: "FAILED",
+            reason: e.error,
+        }));
+        entries
+    }
+
+    /// `{"model_stats": [...]}` in Triton's form: of the model at `path`, or of
+    /// every served model (HTTP answers it; gRPC reads it into its message).
+    pub fn statistics_json(&self, path: Option<&ModelPath>) -> Result<Value, ApiError> {
+        let statistics = &self.metrics.statistics;
+        let stats: Vec<_> = match path {
+            Some(path) => {
+                let model = self.model_at(path)?;
+                vec![statistics.model_stats(model.name(), &model.spec.version)]
+            }
+            None => self
+                .models()
+                .iter()
+                .map(|m| statistics.model_stats(m.name(), &m.spec.version))
+                .collect(),
+        };
+        Ok(json!({ "model_stats": stats }))
+    }
+
+    /// The configuration of the model at `path`, in Triton's JSON form (HTTP
+    /// answers it; gRPC reads it into its `ModelConfig` message).
+    pub async fn config_json(&self, path: &ModelPath) -> Result<Value, ApiError> {
+        let model = self.model_at(path)?;
+        // The signature comes from a session: known once a replica has loaded.
+        let signature = model
+            .state
+            .signature()
+            .ok_or_else(|| InferError::ModelNotReady(model.name().to_string()))?;
+        let snapshot = model
+            .batcher
+            .send(GetBatcherSnapshot)
+            .await
+            .map_err(|_| InferError::ModelNotReady(model.name().to_string()))?;
+        let devices: Vec<_> = snapshot.replicas.iter().filter_map(|r| r.device).collect();
+        Ok(model_config(&model, signature, &devices))
+    }
+}
