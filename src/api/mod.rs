@@ -7,23 +7,23 @@ pub mod admin;
 pub mod answer;
 pub mod dashboard;
 pub mod drain;
-pub mod encoding;
 pub mod error_response;
-pub mod files;
 pub mod form;
 pub mod health;
+pub mod http_compression;
 pub mod json_errors;
 pub mod metrics;
 pub mod model_config;
+pub mod model_repository;
+pub mod model_statistics;
 pub mod openapi;
 pub mod predict;
 pub mod predictions;
-pub mod repository;
 pub mod schemas;
-pub mod shared_memory;
-pub mod statistics;
+pub mod shm_regions;
 pub mod stats;
 pub mod tensor_json;
+pub mod upload;
 pub mod v2;
 
 use std::collections::BTreeSet;
@@ -58,16 +58,16 @@ impl AppState {
 /// Registers every route, and JSON 404/405 for everything else.
 pub fn configure(cfg: &mut web::ServiceConfig) {
     predict::config_predict_api(cfg);
-    files::config_files_api(cfg);
+    upload::config_upload_api(cfg);
     predictions::config_predictions_api(cfg);
     admin::config_admin_api(cfg);
-    repository::config_repository_api(cfg);
+    model_repository::config_model_repository_api(cfg);
     health::config_health_api(cfg);
     metrics::config_metrics_api(cfg);
     stats::config_stats_api(cfg);
     model_config::config_model_config_api(cfg);
-    statistics::config_statistics_api(cfg);
-    shared_memory::config_shared_memory_api(cfg);
+    model_statistics::config_model_statistics_api(cfg);
+    shm_regions::config_shm_regions_api(cfg);
     v2::config_v2_api(cfg);
     openapi::config_openapi_api(cfg);
     dashboard::config_dashboard_api(cfg);
@@ -156,7 +156,7 @@ async fn read_whole_body(
     let too_large = || ApiError::PayloadTooLarge {
         limit_mb: state.limit_mb(),
     };
-    let encoding = encoding::request_encoding(req.headers())?;
+    let encoding = http_compression::request_encoding(req.headers())?;
     let declared = declared_length(req);
     if declared.is_some_and(|n| n > state.body_limit) {
         return Err(too_large());
@@ -174,7 +174,9 @@ async fn read_whole_body(
     }
     match encoding {
         // The inflated size counts against the same limit.
-        Some(encoding) => encoding::inflate(body.freeze(), encoding, state.body_limit).await,
+        Some(encoding) => {
+            http_compression::inflate(body.freeze(), encoding, state.body_limit).await
+        }
         None => Ok(body.freeze()),
     }
 }

@@ -1,6 +1,6 @@
 //! Triton's model configuration extension:
 //! `GET /v2/models/{m}[/versions/{v}]/config` answers the model's
-//! configuration in Triton's JSON form (see [`crate::triton::model_config`]).
+//! configuration in Triton's JSON form (see [`crate::triton::config_json`]).
 
 use actix_web::http::Method;
 use actix_web::{web, HttpResponse};

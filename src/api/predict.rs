@@ -1,6 +1,6 @@
 //! `POST /api/optimized/predict`: JSON tensors answered as tensors; a
 //! multipart upload (a `.npy` array, an image or an audio clip) is handed to
-//! [`files`](super::files).
+//! [`upload`](super::upload).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -111,7 +111,7 @@ async fn predict(
     requested: Requested,
 ) -> HttpResponse {
     if content_type(&req).starts_with("multipart/form-data") {
-        return super::files::predict_upload(&state, &req, payload, &requested).await;
+        return super::upload::predict_upload(&state, &req, payload, &requested).await;
     }
     let mut pending = state.service.open(&requested);
     let answered = async {
@@ -272,14 +272,14 @@ impl PartialSchema for PredictOk {
     fn schema() -> RefOr<Schema> {
         AnyOfBuilder::new()
             .item(Ref::from_schema_name(PredictAnswer::name()))
-            .item(Ref::from_schema_name(super::files::FileAnswer::name()))
+            .item(Ref::from_schema_name(super::upload::FileAnswer::name()))
             .into()
     }
 }
 
 impl ToSchema for PredictOk {
     fn schemas(schemas: &mut Vec<(String, RefOr<Schema>)>) {
-        use super::files::FileAnswer;
+        use super::upload::FileAnswer;
         schemas.push((PredictAnswer::name().into(), PredictAnswer::schema()));
         PredictAnswer::schemas(schemas);
         schemas.push((FileAnswer::name().into(), FileAnswer::schema()));

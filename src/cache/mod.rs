@@ -5,9 +5,9 @@
 //! ([`coalesce`]).
 
 pub mod coalesce;
-pub mod encoding;
 pub mod key;
 pub mod redis;
+pub mod wire;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -106,7 +106,7 @@ impl ResultCache {
         self.l1_misses.fetch_add(1, Ordering::Relaxed);
         let l2 = self.l2.as_ref()?;
         let bytes = l2.get(key).await?;
-        let Some(outputs) = encoding::decode(&bytes) else {
+        let Some(outputs) = wire::decode(&bytes) else {
             tracing::warn!(key = %key.hex(), "undecodable entry in the redis cache; ignored");
             return None;
         };
@@ -125,7 +125,7 @@ impl ResultCache {
     pub fn put(&self, key: CacheKey, outputs: Outputs) {
         if let Some(l2) = &self.l2 {
             let l2 = l2.clone();
-            let bytes = encoding::encode(&outputs);
+            let bytes = wire::encode(&outputs);
             tokio::spawn(async move { l2.set(&key, bytes).await });
         }
         self.l1.insert(key, outputs);

@@ -19,7 +19,7 @@ mod health;
 mod infer;
 mod json;
 mod parameters;
-mod service;
+mod rpcs;
 mod status;
 mod tensors;
 
@@ -79,7 +79,7 @@ impl GrpcServer {
                     let health = HealthServer::new(health::Readiness {
                         service: service.clone(),
                     });
-                    let inference = GrpcInferenceServiceServer::new(service::Inference { service })
+                    let inference = GrpcInferenceServiceServer::new(rpcs::Inference { service })
                         .max_decoding_message_size(limit)
                         .max_encoding_message_size(usize::MAX)
                         .accept_compressed(CompressionEncoding::Gzip)

@@ -14,8 +14,8 @@ use serde_json::{json, Map, Value};
 
 use super::InferenceService;
 use crate::error::ApiError;
+use crate::triton::config_json::model_config;
 use crate::triton::config_override::overrides_from_config;
-use crate::triton::model_config::model_config;
 
 /// The protocol extensions `GET /v2` (and gRPC's ServerMetadata) lists:
 /// those of Triton's that Gantry serves.

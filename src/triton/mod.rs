@@ -4,8 +4,8 @@
 //! the system shared memory extension. The handlers live in `api`.
 
 pub mod classification;
+pub mod config_json;
 pub mod config_override;
-pub mod model_config;
 pub mod shared_memory;
 pub mod statistics;
 

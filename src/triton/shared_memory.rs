@@ -1,9 +1,10 @@
 //! Triton's system shared memory extension, the core side: a registry of
 //! named windows (`offset`, `byte_size`) into POSIX shared memory objects,
-//! shared by every HTTP worker. An infer request may then name a region
-//! instead of carrying a tensor's bytes: its inputs are copied out of the
-//! region and its outputs into one (`api::shared_memory` does the HTTP
-//! side).
+//! held by the inference service for HTTP and gRPC alike. An infer request
+//! may then name a region instead of carrying a tensor's bytes: its inputs
+//! are copied out of the region and its outputs into one
+//! (`crate::service::shared_tensors`; the registration routes are
+//! `crate::api::shm_regions` and the gRPC RPCs).
 //!
 //! How an object is reached: `shm_open("/name")` on Linux opens
 //! `/dev/shm/name`, so a region's key must be a shared memory name (one

@@ -3,7 +3,7 @@
 //! extension (`Inference-Header-Content-Length`), so standard Triton and
 //! KServe HTTP clients work unmodified. Inputs and outputs may also be in
 //! shared memory regions (Triton's system shared memory extension,
-//! [`super::shared_memory`]). Requests are read in [`decode`], answers
+//! [`crate::service::shared_tensors`]). Requests are read in [`decode`], answers
 //! written in [`encode`]; this module holds the routes and handlers.
 
 mod decode;
@@ -15,7 +15,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 
 use super::admin::caller_of;
-use super::encoding::{accepted_encoding, compress, Encoding};
+use super::http_compression::{accepted_encoding, compress, Encoding};
 use super::{cache_allowed, header_priority, header_timeout, read_body, route, AppState};
 use crate::error::ApiError;
 use crate::request_id::Requested;

@@ -19,7 +19,7 @@ use crate::request_id::Requested;
 use crate::service::uploads::{FileOptions, FilePrediction, FileResult, SourceInfo, UploadedFile};
 use crate::service::Pending;
 
-pub fn config_files_api(cfg: &mut web::ServiceConfig) {
+pub fn config_upload_api(cfg: &mut web::ServiceConfig) {
     cfg.service(route(
         Method::POST,
         "/api/optimized/predict/batch",

@@ -15,7 +15,7 @@ use super::{parse_json, read_body, route, AppState};
 use crate::error::ApiError;
 use crate::service::models::{overrides_from_parameters, IndexEntry};
 
-pub fn config_repository_api(cfg: &mut web::ServiceConfig) {
+pub fn config_model_repository_api(cfg: &mut web::ServiceConfig) {
     cfg.service(route(Method::POST, "/v2/repository/index", index))
         .service(route(
             Method::POST,

@@ -11,7 +11,7 @@ use crate::service::models::ModelPath;
 
 /// Registered before the v2 core's routes: `/v2/models/stats` is not a
 /// model called `stats`.
-pub fn config_statistics_api(cfg: &mut web::ServiceConfig) {
+pub fn config_model_statistics_api(cfg: &mut web::ServiceConfig) {
     cfg.service(route(Method::GET, "/v2/models/stats", all_models));
     for path in [
         "/v2/models/{model}/stats",

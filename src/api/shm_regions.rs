@@ -28,7 +28,7 @@ use super::{parse_json, read_body, route, AppState};
 use crate::error::ApiError;
 use crate::triton::shared_memory::RegionStatus;
 
-pub fn config_shared_memory_api(cfg: &mut web::ServiceConfig) {
+pub fn config_shm_regions_api(cfg: &mut web::ServiceConfig) {
     const ONE: &str = "/v2/systemsharedmemory/region/{name}";
     cfg.service(route(
         Method::GET,
