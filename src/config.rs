@@ -322,9 +322,12 @@ impl Config {
                 file.display()
             )));
         }
-        let mut figment = Figment::from(Serialized::defaults(Config::default()))
-            .merge(Toml::file_exact(file))
-            .merge(Env::prefixed("GANTRY__").split("__"));
+        let mut figment = Figment::from(Serialized::defaults(Config::default()));
+        // The default file, when it is not there, leaves the embedded defaults.
+        if file.is_file() {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment = figment.merge(Env::prefixed("GANTRY__").split("__"));
         if let Some(dir) = &overrides.models_dir {
             figment = figment.merge(Serialized::default("models.dir", dir));
         }
@@ -548,6 +551,17 @@ mod tests {
             &Overrides::default(),
         );
         assert!(err.unwrap_err().to_string().contains("not found"));
+    }
+
+    #[test]
+    fn a_missing_default_file_leaves_the_embedded_defaults() {
+        let config = Config::load(
+            Path::new("/nonexistent/gantry.toml"),
+            false,
+            &Overrides::default(),
+        )
+        .expect("defaults");
+        assert_eq!(config, Config::default());
     }
 
     #[test]

@@ -14,8 +14,6 @@ use utoipa::openapi::schema::{KnownFormat, ObjectBuilder, Schema, SchemaFormat, 
 use utoipa::openapi::{Ref, RefOr, Required};
 use utoipa::{IntoParams, IntoResponses, PartialSchema, ToSchema};
 
-use crate::service::models::TensorMetadata;
-
 /// What each status of an error answer means.
 fn error_description(status: u16) -> &'static str {
     match status {
@@ -231,17 +229,6 @@ pub struct ServerMetadata {
     name: String,
     version: String,
     extensions: Vec<String>,
-}
-
-/// `GET /v2/models/{model}`.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct ModelMetadata<'a> {
-    name: String,
-    versions: Vec<String>,
-    platform: String,
-    inputs: Vec<TensorMetadata<'a>>,
-    outputs: Vec<TensorMetadata<'a>>,
 }
 
 /// `GET /v2/models/{model}/ready`.

@@ -20,9 +20,7 @@ use super::proto::grpc_inference_service_server::GrpcInferenceService;
 use super::proto::*;
 use super::status::GrpcStatus;
 use crate::error::ApiError;
-use crate::service::models::{
-    overrides_from_parameters, tensor_metadata, TensorMetadata, EXTENSIONS,
-};
+use crate::service::models::{overrides_from_parameters, TensorMetadata, EXTENSIONS};
 use crate::service::InferenceService;
 
 /// The gRPC service: what every RPC shares.
@@ -71,36 +69,22 @@ impl GrpcInferenceService for Inference {
         request: Request<ModelMetadataRequest>,
     ) -> Answer<ModelMetadataResponse> {
         let request = request.into_inner();
-        let metadata = || -> Result<ModelMetadataResponse, ApiError> {
-            let model = self
-                .service
-                .model_at(&model_path(request.name, request.version))?;
-            let signature = model.ready_signature()?;
-            let sequence = model.spec.settings.sequence.as_ref();
-            let convert = |t: TensorMetadata| model_metadata_response::TensorMetadata {
-                name: t.name.to_string(),
-                datatype: t.datatype.to_string(),
-                shape: t.shape,
-            };
-            Ok(ModelMetadataResponse {
-                name: model.name().to_string(),
-                versions: vec![model.spec.version.clone()],
-                platform: "onnxruntime_onnx".into(),
-                inputs: tensor_metadata(&signature.inputs, |name| {
-                    sequence.is_some_and(|seq| seq.fills_input(name))
-                })
-                .into_iter()
-                .map(convert)
-                .collect(),
-                outputs: tensor_metadata(&signature.outputs, |name| {
-                    sequence.is_some_and(|seq| seq.keeps_output(name))
-                })
-                .into_iter()
-                .map(convert)
-                .collect(),
-            })
+        let metadata = self
+            .service
+            .model_metadata(&model_path(request.name, request.version))
+            .map_err(|e| e.grpc_status())?;
+        let convert = |t: TensorMetadata| model_metadata_response::TensorMetadata {
+            name: t.name,
+            datatype: t.datatype.to_string(),
+            shape: t.shape,
         };
-        metadata().map(Response::new).map_err(|e| e.grpc_status())
+        Ok(Response::new(ModelMetadataResponse {
+            name: metadata.name,
+            versions: metadata.versions,
+            platform: metadata.platform.into(),
+            inputs: metadata.inputs.into_iter().map(convert).collect(),
+            outputs: metadata.outputs.into_iter().map(convert).collect(),
+        }))
     }
 
     async fn model_infer(&self, request: Request<ModelInferRequest>) -> Answer<ModelInferResponse> {

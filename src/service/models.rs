@@ -47,24 +47,33 @@ pub struct IndexEntry {
     pub reason: String,
 }
 
+/// A model as the v2 protocol describes it (`GET /v2/models/{m}`, gRPC's
+/// ModelMetadata).
 #[derive(Serialize, utoipa::ToSchema)]
-pub struct TensorMetadata<'a> {
-    pub name: &'a str,
+pub struct ModelMetadata {
+    pub name: String,
+    pub versions: Vec<String>,
+    pub platform: &'static str,
+    pub inputs: Vec<TensorMetadata>,
+    pub outputs: Vec<TensorMetadata>,
+}
+
+/// One tensor a client sends or gets.
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct TensorMetadata {
+    pub name: String,
     pub datatype: &'static str,
     pub shape: Vec<i64>,
 }
 
 /// The tensors clients see: those the server fills or keeps (a sequence
 /// model's control and state tensors) are left out, as `hidden` says.
-pub fn tensor_metadata<'a>(
-    specs: &'a [TensorSpec],
-    hidden: impl Fn(&str) -> bool,
-) -> Vec<TensorMetadata<'a>> {
+fn tensor_metadata(specs: &[TensorSpec], hidden: impl Fn(&str) -> bool) -> Vec<TensorMetadata> {
     specs
         .iter()
         .filter(|s| !hidden(&s.name))
         .map(|s| TensorMetadata {
-            name: &s.name,
+            name: s.name.clone(),
             datatype: s.dtype.as_str(),
             shape: s.shape_i64(),
         })
@@ -110,6 +119,25 @@ pub fn overrides_from_parameters(
 }
 
 impl InferenceService {
+    /// The metadata of the model at `path`, once a replica has read its
+    /// signature (503 before).
+    pub fn model_metadata(&self, path: &ModelPath) -> Result<ModelMetadata, ApiError> {
+        let model = self.model_at(path)?;
+        let signature = model.ready_signature()?;
+        let sequence = model.spec.settings.sequence.as_ref();
+        Ok(ModelMetadata {
+            name: model.name().to_string(),
+            versions: vec![model.spec.version.clone()],
+            platform: "onnxruntime_onnx",
+            inputs: tensor_metadata(&signature.inputs, |name| {
+                sequence.is_some_and(|seq| seq.fills_input(name))
+            }),
+            outputs: tensor_metadata(&signature.outputs, |name| {
+                sequence.is_some_and(|seq| seq.keeps_output(name))
+            }),
+        })
+    }
+
     /// The model named in the path, checking the version when one is given.
     pub fn model_at(&self, path: &ModelPath) -> Result<Arc<ModelHandle>, ApiError> {
         let model = self.model(&path.model)?;

@@ -19,7 +19,7 @@ use super::http_compression::{accepted_encoding, compress, Encoding};
 use super::{cache_allowed, header_priority, header_timeout, read_body, route, AppState};
 use crate::error::ApiError;
 use crate::request_id::Requested;
-use crate::service::models::{tensor_metadata, ModelPath, EXTENSIONS};
+use crate::service::models::{ModelMetadata, ModelPath, EXTENSIONS};
 use crate::service::shared_tensors::{OutputRegions, SharedRef};
 use crate::service::PredictCall;
 use decode::InferBody;
@@ -51,25 +51,12 @@ async fn server_metadata() -> HttpResponse {
 }
 
 #[utoipa::path(get, path = "/v2/models/{model}", tag = "v2", params(crate::api::schemas::ModelParam),
-    responses((status = 200, description = "Model metadata", body = crate::api::schemas::ModelMetadata), crate::api::schemas::ModelErrors))]
+    responses((status = 200, description = "Model metadata", body = ModelMetadata), crate::api::schemas::ModelErrors))]
 async fn model_metadata(
     state: web::Data<AppState>,
     path: web::Path<ModelPath>,
 ) -> Result<HttpResponse, ApiError> {
-    let model = state.service.model_at(&path)?;
-    let signature = model.ready_signature()?;
-    let sequence = model.spec.settings.sequence.as_ref();
-    Ok(HttpResponse::Ok().json(serde_json::json!({
-        "name": model.name(),
-        "versions": [model.spec.version],
-        "platform": "onnxruntime_onnx",
-        "inputs": tensor_metadata(&signature.inputs, |name| {
-            sequence.is_some_and(|seq| seq.fills_input(name))
-        }),
-        "outputs": tensor_metadata(&signature.outputs, |name| {
-            sequence.is_some_and(|seq| seq.keeps_output(name))
-        }),
-    })))
+    Ok(HttpResponse::Ok().json(state.service.model_metadata(&path)?))
 }
 
 #[utoipa::path(get, path = "/v2/models/{model}/ready", tag = "v2", params(crate::api::schemas::ModelParam),
