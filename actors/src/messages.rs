@@ -108,6 +108,9 @@ pub struct RunBatch {
 pub struct ReplicaReady {
     pub replica: usize,
     pub signature: ModelSignature,
+    /// The MB the loaded, warmed engine holds on its device, where it
+    /// could be measured.
+    pub footprint_mb: Option<u64>,
 }
 
 /// Replica → batcher: the engine could not be loaded (or was lost).
@@ -220,6 +223,13 @@ pub struct ReplicaSnapshot {
     /// Why its last start failed, until it is ready again (a restart
     /// after a failure shows `loading` with the failure kept here).
     pub last_error: Option<String>,
+    /// MB its claim on the budget holds (0 while refused): the estimate
+    /// until its footprint is measured, then the footprint (unless
+    /// `memory_mb` sets it).
+    pub reserved_mb: u64,
+    /// MB its loaded, warmed engine was measured to hold; `None` before it
+    /// loaded, or where its device's memory cannot be read.
+    pub measured_mb: Option<u64>,
 }
 
 /// Lifecycle of a replica as its batcher sees it.

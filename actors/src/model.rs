@@ -3,7 +3,7 @@
 //! ([`BatcherAddr`]: one `Recipient` per message the batcher takes, so that
 //! a handle never names the batcher's type).
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use actix::dev::{RecipientRequest, SendError};
@@ -27,6 +27,8 @@ pub struct ModelState {
     desired_replicas: AtomicUsize,
     /// Told when the model turns ready or stops being ready.
     readiness: Readiness,
+    /// The footprint its replicas were last measured to hold (0: not yet).
+    measured_mb: AtomicU64,
 }
 
 impl ModelState {
@@ -56,6 +58,16 @@ impl ModelState {
         if (before > 0) != (n > 0) {
             self.readiness.changed();
         }
+    }
+
+    /// The MB a replica of this model was last measured to hold, once one
+    /// loaded where memory can be read.
+    pub fn measured_mb(&self) -> Option<u64> {
+        Some(self.measured_mb.load(Ordering::Relaxed)).filter(|&mb| mb > 0)
+    }
+
+    pub fn set_measured_mb(&self, mb: u64) {
+        self.measured_mb.store(mb, Ordering::Relaxed);
     }
 
     /// Replicas the operator asked for (config or scaling).

@@ -237,7 +237,12 @@ pub(crate) async fn start_replicas(
         let request = AttachReplicaRequest {
             id,
             owner: format!("{}/{id}", spec.name),
-            mb: spec.memory_mb,
+            // What a replica was measured to hold, once one has been
+            // (unless memory_mb sets it); the estimate before.
+            mb: match (spec.settings.memory_mb, handle.state.measured_mb()) {
+                (None, Some(measured)) => measured,
+                _ => spec.memory_mb,
+            },
             placement: spec.settings.placement(),
             factory: factory.clone(),
             warmup: spec.settings.warmup,
@@ -301,7 +306,10 @@ impl Handler<GetSnapshot> for Supervisor {
                     name: handle.spec.name.clone(),
                     version: handle.spec.version.clone(),
                     ready_replicas: handle.state.ready_replicas(),
-                    memory_mb_per_replica: handle.spec.memory_mb,
+                    memory_mb_per_replica: match handle.spec.settings.memory_mb {
+                        None => handle.state.measured_mb().unwrap_or(handle.spec.memory_mb),
+                        Some(configured) => configured,
+                    },
                     batcher,
                 });
             }

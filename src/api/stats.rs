@@ -91,6 +91,10 @@ struct Replica {
     processed: u64,
     errors: u64,
     restarts: u64,
+    /// MB its claim on the budget holds (0 while refused).
+    reserved_mb: u64,
+    /// MB its loaded engine was measured to hold; `null` before.
+    measured_mb: Option<u64>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -226,6 +230,8 @@ fn pool(m: &ModelSnapshot, mailbox_refusals: u64) -> Pool {
                 processed: r.processed,
                 errors: r.errors,
                 restarts: r.restarts,
+                reserved_mb: r.reserved_mb,
+                measured_mb: r.measured_mb,
             })
             .collect(),
         batcher: BatcherStats {

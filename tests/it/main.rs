@@ -16,6 +16,7 @@ mod dashboard;
 mod devices;
 mod edge;
 mod errors;
+mod footprints;
 mod grpc;
 mod lifecycle;
 mod media;

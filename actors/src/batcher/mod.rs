@@ -84,6 +84,9 @@ pub struct Batcher {
     /// measured, else unknown.
     memory_per_item_mb: Option<u64>,
     memory_per_item_configured: bool,
+    /// `memory_mb` in model.toml sets the footprint: measurements are
+    /// shown, never applied.
+    memory_configured: bool,
     /// The memory budget's free MB per device, kept current by the budget.
     free_memory: Option<FreeMemory>,
     /// After running out of memory: the lowered cap, and until when.
@@ -119,6 +122,7 @@ impl Batcher {
             me: None,
             memory_per_item_mb: settings.memory_per_item_mb,
             memory_per_item_configured: settings.memory_per_item_mb.is_some(),
+            memory_configured: settings.memory_mb.is_some(),
             free_memory: None,
             out_of_memory_cap: None,
         }

@@ -20,7 +20,7 @@ use super::{Batcher, ReplicaState};
 use crate::device::{Device, Placement};
 use crate::engine::{EngineFactory, LoadTarget};
 use crate::error::InferError;
-use crate::memory::{BudgetFreed, MemoryBudget, Reservation, Reserve};
+use crate::memory::{BudgetFreed, MemoryBudget, Reservation, Reserve, Resize};
 use crate::messages::{AttachReplica, DrainReplica, ReplicaFailed, ReplicaReady, RetireModel};
 use crate::model::BatcherAddr;
 use crate::replica::{Replica, ReplicaReports, ReplicaStart};
@@ -50,6 +50,8 @@ pub(super) struct ReplicaSlot {
     pub(super) loading: bool,
     /// Why its last start or engine failed; cleared once it is ready again.
     pub(super) last_error: Option<String>,
+    /// The footprint its engine was measured to hold, once loaded.
+    pub(super) measured_mb: Option<u64>,
 }
 
 /// Delay before restarting a replica that failed `failures` times in a row:
@@ -177,6 +179,9 @@ impl Handler<ReplicaReady> for Batcher {
 
     fn handle(&mut self, msg: ReplicaReady, ctx: &mut Self::Context) {
         self.state.set_signature(msg.signature);
+        if let Some(mb) = msg.footprint_mb {
+            self.measured(msg.replica, mb);
+        }
         if let Some(slot) = self.slot_mut(msg.replica) {
             slot.loading = false;
             if slot.state == ReplicaState::Draining {
@@ -197,6 +202,42 @@ impl Handler<ReplicaReady> for Batcher {
         }
         self.update_ready_count();
         self.dispatch(ctx);
+    }
+}
+
+impl Batcher {
+    /// Replica `index` was measured to hold `mb`: the model's later
+    /// replicas reserve that, and unless `memory_mb` sets the footprint,
+    /// this replica's reservation becomes it (giving back what the estimate
+    /// held too much, or holding what it held too little).
+    fn measured(&mut self, index: usize, mb: u64) {
+        let configured = self.memory_configured;
+        let budget = self.budget.clone();
+        if !configured {
+            self.state.set_measured_mb(mb);
+            self.footprint_mb = mb;
+        }
+        let Some(slot) = self.slot_mut(index) else {
+            return;
+        };
+        slot.measured_mb = Some(mb);
+        let (Some(budget), Some(reservation)) = (budget, slot.reservation.as_mut()) else {
+            return;
+        };
+        if configured || !reservation.is_granted() || reservation.mb() == mb {
+            return;
+        }
+        info!(
+            replica = %reservation.owner(),
+            estimated_mb = reservation.mb(),
+            measured_mb = mb,
+            "reservation corrected to the measured footprint"
+        );
+        reservation.resized(mb);
+        budget.do_send(Resize {
+            owner: reservation.owner().to_string(),
+            mb,
+        });
     }
 }
 
@@ -324,6 +365,7 @@ impl Handler<AttachReplica> for Batcher {
             failed_batches: 0,
             loading,
             last_error: None,
+            measured_mb: None,
         });
         if !loading {
             // Room may have been given back between the budget refusing this

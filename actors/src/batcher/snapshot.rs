@@ -32,6 +32,12 @@ impl Handler<GetBatcherSnapshot> for Batcher {
                     errors: r.errors,
                     restarts: r.restarts,
                     last_error: r.last_error.clone(),
+                    reserved_mb: r
+                        .reservation
+                        .as_ref()
+                        .filter(|held| held.is_granted())
+                        .map_or(0, Reservation::mb),
+                    measured_mb: r.measured_mb,
                 })
                 .collect(),
         })

@@ -39,4 +39,8 @@ impl EngineFactory for CheckedFactory {
         })?;
         Ok(engine)
     }
+
+    fn device_memory_mb(&self, device: crate::device::Device) -> Option<u64> {
+        self.inner.device_memory_mb(device)
+    }
 }

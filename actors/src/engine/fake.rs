@@ -29,6 +29,12 @@ pub struct FakeEngineFactory {
     /// When set, every run reports a peak memory of 100 MB plus this much
     /// per item, as an engine that can measure its memory would.
     pub memory_per_item_mb: Option<u64>,
+    /// When set, each live engine holds this many MB of its device's
+    /// memory (`resident`, from 100 MB), which the factory and the engines
+    /// report as measurable memory: what a replica's load adds is this.
+    pub footprint_mb: Option<u64>,
+    /// The device memory in use: 100 MB plus every live engine's footprint.
+    pub resident: Arc<std::sync::atomic::AtomicU64>,
     /// The batch size of every `infer` call (warmup included), in order.
     pub batch_sizes: Arc<Mutex<Vec<usize>>>,
     /// Counts `load` calls, so tests can see replicas start.
@@ -62,6 +68,8 @@ impl FakeEngineFactory {
             fail_above: None,
             poison: None,
             memory_per_item_mb: None,
+            footprint_mb: None,
+            resident: Arc::new(std::sync::atomic::AtomicU64::new(100)),
             batch_sizes: Arc::default(),
             loads: Arc::default(),
             targets: Arc::default(),
@@ -69,6 +77,12 @@ impl FakeEngineFactory {
             panic_on_first_load: false,
             panic_on: None,
         }
+    }
+
+    /// Engines that each hold `mb` of measurable memory.
+    pub fn with_footprint(mut self, mb: u64) -> Self {
+        self.footprint_mb = Some(mb);
+        self
     }
 
     pub fn with_delay(mut self, batch: Duration, item: Duration) -> Self {
@@ -95,10 +109,26 @@ impl EngineFactory for FakeEngineFactory {
                 self.failing_loads
             )));
         }
+        if let Some(mb) = self.footprint_mb {
+            self.resident.fetch_add(mb, Ordering::SeqCst);
+        }
         Ok(Box::new(FakeEngine {
             config: self.clone(),
             last_items: 0,
         }))
+    }
+
+    fn device_memory_mb(&self, _device: crate::device::Device) -> Option<u64> {
+        self.footprint_mb
+            .map(|_| self.resident.load(Ordering::SeqCst))
+    }
+}
+
+impl Drop for FakeEngine {
+    fn drop(&mut self) {
+        if let Some(mb) = self.config.footprint_mb {
+            self.config.resident.fetch_sub(mb, Ordering::SeqCst);
+        }
     }
 }
 
@@ -154,8 +184,13 @@ impl Engine for FakeEngine {
     }
 
     fn memory_in_use_mb(&self) -> Option<u64> {
-        let per_item = self.config.memory_per_item_mb?;
-        Some(100 + per_item * self.last_items as u64)
+        let items = self.last_items as u64;
+        match (self.config.footprint_mb, self.config.memory_per_item_mb) {
+            (Some(_), per_item) => {
+                Some(self.config.resident.load(Ordering::SeqCst) + per_item.unwrap_or(0) * items)
+            }
+            (None, per_item) => Some(100 + per_item? * items),
+        }
     }
 }
 

@@ -51,6 +51,15 @@ impl LoadTarget {
 /// Loads engines for one model; each replica calls `load` on its own thread.
 pub trait EngineFactory: Send + Sync {
     fn load(&self, target: &LoadTarget) -> Result<Box<dyn Engine>, EngineError>;
+
+    /// Memory in use on `device` now, in MB, where the factory can measure
+    /// it (the process's resident set on the CPU, NVML's used memory on a
+    /// GPU); `None` where it cannot. A replica reads it before it loads:
+    /// what its load and warmup add is its footprint.
+    fn device_memory_mb(&self, device: Device) -> Option<u64> {
+        let _ = device;
+        None
+    }
 }
 
 /// Chooses the engine factory for a model of the repository.

@@ -162,6 +162,13 @@ pub struct OnnxFactory {
 }
 
 impl EngineFactory for OnnxFactory {
+    fn device_memory_mb(&self, device: Device) -> Option<u64> {
+        match device {
+            Device::Cpu => resident_mb(),
+            Device::Gpu(index) => gpu_used_mb(index),
+        }
+    }
+
     fn load(&self, target: &LoadTarget) -> Result<Box<dyn Engine>, EngineError> {
         let env = ENVIRONMENT
             .get()

@@ -369,6 +369,32 @@ impl Handler<Reserve> for MemoryBudget {
     }
 }
 
+/// `owner`'s reservation, measured, holds `mb` from now on: less gives
+/// memory back (and wakes refused owners), more holds what the replica
+/// really uses even where that passes the total (free memory is then 0).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct Resize {
+    pub owner: String,
+    pub mb: u64,
+}
+
+impl Handler<Resize> for MemoryBudget {
+    type Result = ();
+
+    fn handle(&mut self, msg: Resize, _ctx: &mut Self::Context) {
+        let Some(held) = self.reservations.get_mut(&msg.owner) else {
+            return;
+        };
+        let shrunk = msg.mb < held.mb;
+        held.mb = msg.mb;
+        self.publish_free();
+        if shrunk {
+            self.wake_waiters();
+        }
+    }
+}
+
 /// Give back what `owner` reserved, and forget its refusal if it was
 /// refused. [`Reservation`] sends it when dropped.
 #[derive(Message)]

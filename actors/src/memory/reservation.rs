@@ -57,6 +57,11 @@ impl Reservation {
         self.mb
     }
 
+    /// Notes that the budget now holds `mb` for it ([`super::Resize`]).
+    pub(crate) fn resized(&mut self, mb: u64) {
+        self.mb = mb;
+    }
+
     /// True when the budget granted it.
     pub fn is_granted(&self) -> bool {
         self.refusal.is_none()

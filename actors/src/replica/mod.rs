@@ -6,6 +6,12 @@
 //! the batch through that request's own reply channel, and tells the batcher
 //! when a batch is done, through the [`ReplicaReports`] it was started with.
 //!
+//! Its footprint is measured, not guessed: the memory its device has in use
+//! before the load and after the load and warmup at batch size 1, one load
+//! at a time in the process ([`LOAD_GATE`]) so that concurrent loads do not
+//! blur each other's growth. The batcher corrects the replica's reservation
+//! to it (unless `memory_mb` in model.toml sets it).
+//!
 //! A batch that runs out of memory is split in halves, each retried, down to
 //! single requests (and a request of several items down to single rows): a
 //! request fails only when it cannot run on its own. The batcher is then told
@@ -30,6 +36,19 @@ use crate::tensor::Tensor;
 
 mod split;
 use split::SplitRun;
+
+/// One replica loads at a time in the process, so that what the memory in
+/// use grows by during a load is that replica's alone.
+static LOAD_GATE: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+
+/// What a load measured: the signature, the MB one more item in a batch
+/// needs, and the MB the loaded and warmed engine holds (both where the
+/// engine's device memory can be read).
+struct Loaded {
+    signature: ModelSignature,
+    mb_per_item: Option<u64>,
+    footprint_mb: Option<u64>,
+}
 
 /// What a replica is started with.
 pub struct ReplicaStart {
@@ -113,10 +132,15 @@ impl Replica {
 
     /// Loads and warms the engine: `warmup` inferences at batch size 1 and,
     /// for a batched model, as many at its cap. Returns the signature and,
-    /// where the engine reports its memory, the MB one item needs.
-    fn load(&mut self) -> Result<(ModelSignature, Option<u64>), EngineError> {
+    /// where the device's memory can be read, the MB one item needs and the
+    /// engine's footprint (its growth through the load and the batch-1
+    /// warmup, measured while no other replica loads).
+    fn load(&mut self) -> Result<Loaded, EngineError> {
+        let _alone = LOAD_GATE.lock();
         let started = Instant::now();
+        let before = self.factory.device_memory_mb(self.target.device);
         let mut engine = self.factory.load(&self.target)?;
+        let mut loaded_mb = engine.memory_in_use_mb();
         let signature = engine.signature().clone();
         let cap = if signature.is_batched() {
             self.max_batch_size.max(1)
@@ -127,6 +151,7 @@ impl Replica {
         for _ in 0..self.warmup {
             warm_up(engine.as_mut(), &signature, 1)?;
             peaks.0 = engine.memory_in_use_mb();
+            loaded_mb = loaded_mb.max(peaks.0);
             if cap > 1 {
                 warm_up(engine.as_mut(), &signature, cap)?;
                 peaks.1 = engine.memory_in_use_mb();
@@ -136,6 +161,9 @@ impl Replica {
             (Some(one), Some(full)) if full > one => Some((full - one).div_ceil(cap as u64 - 1)),
             _ => None,
         };
+        let footprint_mb = before
+            .zip(loaded_mb)
+            .map(|(before, after)| after.saturating_sub(before).max(1));
         info!(
             model = %self.model,
             replica = self.id,
@@ -143,10 +171,16 @@ impl Replica {
             load_ms = started.elapsed().as_millis() as u64,
             warmup_batch_sizes = ?[1, cap],
             mb_per_item,
+            footprint_mb,
+            reserved_mb = self.target.memory_mb,
             "replica ready"
         );
         self.engine = Some(engine);
-        Ok((signature, mb_per_item))
+        Ok(Loaded {
+            signature,
+            mb_per_item,
+            footprint_mb,
+        })
     }
 
     fn report_load(&mut self) {
@@ -159,7 +193,11 @@ impl Replica {
             )))
         });
         match loaded {
-            Ok((signature, mb_per_item)) => {
+            Ok(Loaded {
+                signature,
+                mb_per_item,
+                footprint_mb,
+            }) => {
                 if let Some(mb_per_item) = mb_per_item {
                     self.batcher.item_memory.do_send(ItemMemoryMeasured {
                         replica: self.id,
@@ -169,6 +207,7 @@ impl Replica {
                 self.batcher.ready.do_send(ReplicaReady {
                     replica: self.id,
                     signature,
+                    footprint_mb,
                 })
             }
             Err(e) => {
