@@ -13,7 +13,7 @@ CARGO       ?= cargo
 
 export ORT_DYLIB_PATH := $(abspath $(ORT_LIB))
 
-.PHONY: run run-gpu gpu-check setup test dashboard-screenshot deploy-check docker-test fuzz onnxruntime onnxruntime-gpu venv models train evaluate bench bench-micro profile cpu-split bench-media soak lint fmt clean
+.PHONY: run run-gpu gpu-check setup test dashboard-screenshot deploy-check docker-test fuzz onnxruntime onnxruntime-gpu venv models train evaluate bench bench-footprints bench-micro profile cpu-split bench-media soak lint fmt clean
 
 run: $(ORT_LIB)
 	$(CARGO) run --release --bin gantry -- --config config/gantry.toml
@@ -106,6 +106,12 @@ bench-micro: $(ORT_LIB)
 # callgrind, into load-tests/PROFILE.md (needs valgrind).
 profile: $(ORT_LIB)
 	load-tests/profile.sh
+
+# The memory budget's reservations (measured footprints) against the
+# process's real growth for twelve MLPs of 7-39 MB, into
+# load-tests/FOOTPRINTS.md.
+bench-footprints: $(ORT_LIB) $(VENV)/.done
+	load-tests/footprints.sh
 
 # Image and audio decode time next to inference time, and uploads served
 # over HTTP, written to load-tests/MEDIA_RESULTS.md (ITERATIONS=50,
