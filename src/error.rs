@@ -3,7 +3,8 @@
 //! one row, so the two protocols cannot disagree. The edges turn a class
 //! into an answer: HTTP in `crate::api::error_response` (`{"error": "...",
 //! "code": "..."}`, `Retry-After` on 429), gRPC in `crate::grpc::status`
-//! (the same message). This module knows no web framework.
+//! (the same message). This module knows no HTTP framework; the gRPC codes
+//! are tonic's enum.
 
 use gantry_actors::InferError;
 use tonic::Code as Grpc;

@@ -1,4 +1,4 @@
-//! The errors a request can meet inside the actor system. The HTTP layer maps
+//! The errors a request can meet inside the actor system. The service maps
 //! each variant to one status code, in one place.
 
 /// Why an inference request did not produce a result.

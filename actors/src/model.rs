@@ -1,4 +1,4 @@
-//! A served model as the HTTP layer sees it: its spec, its signature once a
+//! A served model as the service sees it: its spec, its signature once a
 //! replica has loaded, its readiness, and the address of its batcher
 //! ([`BatcherAddr`]: one `Recipient` per message the batcher takes, so that
 //! a handle never names the batcher's type).
@@ -60,14 +60,16 @@ impl ModelState {
         }
     }
 
-    /// The MB a replica of this model was last measured to hold, once one
-    /// loaded where memory can be read.
+    /// The largest MB a replica of this model (on the CPU) was measured to
+    /// hold, once one loaded where memory can be read.
     pub fn measured_mb(&self) -> Option<u64> {
         Some(self.measured_mb.load(Ordering::Relaxed)).filter(|&mb| mb > 0)
     }
 
-    pub fn set_measured_mb(&self, mb: u64) {
-        self.measured_mb.store(mb, Ordering::Relaxed);
+    /// Notes a measured footprint; the largest one measured stays, so one
+    /// low reading cannot shrink what later replicas reserve.
+    pub(crate) fn raise_measured_mb(&self, mb: u64) {
+        self.measured_mb.fetch_max(mb, Ordering::Relaxed);
     }
 
     /// Replicas the operator asked for (config or scaling).
@@ -80,7 +82,7 @@ impl ModelState {
     }
 }
 
-/// A model's batcher as the rest of the system reaches it: the HTTP layer
+/// A model's batcher as the rest of the system reaches it: the service
 /// (requests, snapshots), the supervisor (replicas to attach or drain, the
 /// model's retirement) and the memory budget (room given back). Sending
 /// reads as on an `Addr`: `batcher.send(GetBatcherSnapshot)`,

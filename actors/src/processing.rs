@@ -1,7 +1,7 @@
 //! What a model takes in and gives back beyond raw tensors, as declared in
 //! the `[input]` and `[output]` tables of its `model.toml`: an image or an
 //! audio clip turned into the input tensor, and a mask or class labels made
-//! of the output. These are plain settings; the HTTP layer does the work.
+//! of the output. These are plain settings; the application (uploads, media) does the work.
 
 use serde::Deserialize;
 

@@ -183,6 +183,9 @@ pub struct ModelSpec {
     pub settings: ModelSettings,
     /// Memory each replica reserves from the budget.
     pub memory_mb: u64,
+    /// The `.onnx` file's size in MB (rounded up): the least a loaded
+    /// replica holds, whatever its measurement says.
+    pub file_mb: u64,
     /// Class labels from the `[output]` table's `labels` file, in score order.
     pub labels: Option<Vec<String>>,
 }
@@ -375,6 +378,7 @@ fn load_model(
         version,
         settings,
         memory_mb,
+        file_mb: bytes.div_ceil(1024 * 1024),
         labels,
     }))
 }

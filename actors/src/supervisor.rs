@@ -40,7 +40,7 @@ pub struct SupervisorConfig {
     pub observer: Arc<dyn BatchObserver>,
 }
 
-/// The running actor system, as the HTTP layer holds it.
+/// The running actor system, as the service holds it.
 #[derive(Clone)]
 pub struct Serving {
     pub supervisor: Addr<Supervisor>,
@@ -213,7 +213,7 @@ pub(crate) fn register_model(
 ) -> Arc<ModelHandle> {
     let state = Arc::new(ModelState::new(readiness.clone()));
     let batcher = Batcher::new(spec.name.clone(), &spec.settings, state.clone(), observer)
-        .with_budget(budget.clone(), spec.memory_mb)
+        .with_budget(budget.clone(), spec.memory_mb, spec.file_mb)
         .start();
     Arc::new(ModelHandle {
         spec,

@@ -77,6 +77,11 @@ impl Health for Readiness {
                     if last != Some(status) {
                         return Some((Ok(answer(status)), (service, changes, Some(status))));
                     }
+                    // Once new requests are refused the answer is final:
+                    // the stream ends, so a graceful stop does not wait on it.
+                    if service.is_shutting_down() {
+                        return None;
+                    }
                     changes.changed().await.ok()?;
                 }
             },

@@ -7,7 +7,7 @@
 //! [`InferenceService`]: crate::service::InferenceService
 
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use std::sync::Arc;
 
@@ -22,6 +22,7 @@ use super::parameters::json_parameters;
 use super::proto::*;
 use super::status::GrpcStatus;
 use super::tensors;
+use super::Arrived;
 use crate::access_line;
 use crate::error::ApiError;
 use crate::request_id::{acceptable_id, Requested};
@@ -69,6 +70,9 @@ pub(super) struct Origin {
     metadata: MetadataMap,
     peer: Option<SocketAddr>,
     rpc: &'static str,
+    /// When a unary call arrived (its `grpc-timeout` counts from then);
+    /// `None` for a stream's requests, each timed from when it is read.
+    arrived: Option<Instant>,
 }
 
 impl Origin {
@@ -77,6 +81,20 @@ impl Origin {
             metadata: request.metadata().clone(),
             peer: request.remote_addr(),
             rpc,
+            arrived: Some(
+                request
+                    .extensions()
+                    .get::<Arrived>()
+                    .map_or_else(Instant::now, |a| a.0),
+            ),
+        }
+    }
+
+    /// The origin of one request of a stream.
+    fn in_stream(&self) -> Origin {
+        Origin {
+            arrived: None,
+            ..self.clone()
         }
     }
 }
@@ -125,19 +143,25 @@ pub(super) async fn infer(
         });
         let _ = span.set_parent(parent);
     }
-    let timeout = grpc_timeout(&origin.metadata)
+    // What is left of the client's deadline, kept a little ahead of tonic's.
+    let deadline = grpc_timeout(&origin.metadata)
         .map_err(|e| e.grpc_status())?
-        .map(ahead_of_transport);
+        .map(ahead_of_transport)
+        .map(|t| t.saturating_sub(origin.arrived.map_or(Duration::ZERO, |a| a.elapsed())));
     // Counted for shutdown like an HTTP request: a drain waits for it.
     let admitted = service.shutdown().admit();
     let mut pending = service.open(&requested);
     let answered = async {
         let model = service.model_at(&model_path(request.model_name, request.model_version))?;
         pending.attribute(model.clone());
-        // `parameters.timeout` wins over `grpc-timeout`, as it wins over the
-        // timeout header over HTTP.
-        let (timeout, priority, sequence) =
-            call_parameters(&json_parameters(request.parameters), timeout, None)?;
+        // `parameters.timeout` may shorten the client's deadline, never
+        // lengthen it (the client stops waiting at `grpc-timeout`).
+        let (asked, priority, sequence) =
+            call_parameters(&json_parameters(request.parameters), None, None)?;
+        let timeout = match (asked, deadline) {
+            (Some(asked), Some(deadline)) => Some(asked.min(deadline)),
+            (asked, deadline) => asked.or(deadline),
+        };
         let inputs = tensors::inputs(request.inputs, request.raw_input_contents)?;
         let asked = request
             .outputs
@@ -251,7 +275,7 @@ pub(super) fn stream(
                     Ok(Some(request)) => {
                         let id = request.id.clone();
                         let model_name = request.model_name.clone();
-                        let call = infer(service.clone(), origin.clone(), request);
+                        let call = infer(service.clone(), origin.in_stream(), request);
                         running.push(async move {
                             match call.await {
                                 Ok((answer, _)) => ModelStreamInferResponse {

@@ -5,7 +5,7 @@
 //! The server runs on a tokio runtime of its own (its threads named
 //! `grpc`), so the HTTP workers and the actor system keep theirs; every
 //! RPC goes through the same [`crate::service::InferenceService`] as HTTP
-//! ([`service`]). Messages are bounded by `server.body_limit_mb` (a bigger
+//! ([`rpcs`]). Messages are bounded by `server.body_limit_mb` (a bigger
 //! one, or one that inflates past it, is RESOURCE_EXHAUSTED, as gRPC's own
 //! servers answer; see [`too_large_is_resource_exhausted`]), and gzip is
 //! accepted and, when the client asks, sent. The health service
@@ -85,6 +85,7 @@ impl GrpcServer {
                         .accept_compressed(CompressionEncoding::Gzip)
                         .send_compressed(CompressionEncoding::Gzip);
                     let served = tonic::transport::Server::builder()
+                        .layer(tower::util::MapRequestLayer::new(note_arrival))
                         .layer(tower::util::MapResponseLayer::new(
                             too_large_is_resource_exhausted,
                         ))
@@ -129,6 +130,19 @@ impl Drop for GrpcServer {
     fn drop(&mut self) {
         self.shut_down();
     }
+}
+
+/// When a call arrived, before its message was read and decoded: the
+/// moment tonic starts its own `grpc-timeout` clock, and so the one the
+/// service's deadline counts from ([`infer`]).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Arrived(pub std::time::Instant);
+
+fn note_arrival<B>(mut request: http1::Request<B>) -> http1::Request<B> {
+    request
+        .extensions_mut()
+        .insert(Arrived(std::time::Instant::now()));
+    request
 }
 
 /// tonic refuses a message over the size limit with OUT_OF_RANGE, and one

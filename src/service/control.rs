@@ -168,7 +168,11 @@ impl InferenceService {
         };
         let memory = &snapshot.memory;
         let spec = &handle.spec;
-        memory.devices.iter().any(|d| spec.memory_mb <= d.total_mb)
+        let needs = match spec.settings.memory_mb {
+            None => handle.state.measured_mb().unwrap_or(spec.memory_mb),
+            Some(configured) => configured,
+        };
+        memory.devices.iter().any(|d| needs <= d.total_mb)
     }
 }
 

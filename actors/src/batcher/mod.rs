@@ -69,6 +69,8 @@ pub struct Batcher {
     budget: Option<Addr<MemoryBudget>>,
     /// What each replica reserves, in MB.
     footprint_mb: u64,
+    /// The model file's MB: the least a measured footprint can be.
+    file_mb: u64,
     /// Where its replicas may run (`device`, `gpus`).
     placement: crate::device::Placement,
     /// Set when the model is being removed: stop once the queue is empty.
@@ -115,6 +117,7 @@ impl Batcher {
             observer,
             budget: None,
             footprint_mb: 0,
+            file_mb: 0,
             placement: settings.placement(),
             retiring: false,
             retire_after: None,
@@ -143,9 +146,12 @@ impl Batcher {
 
     /// Refused replicas of `memory_mb` each ask `budget` again when it
     /// has room; batches are capped at what its free memory holds.
-    pub fn with_budget(mut self, budget: Addr<MemoryBudget>, memory_mb: u64) -> Self {
+    /// Replicas reserve `memory_mb` each from `budget`; a loaded replica
+    /// holds at least `file_mb` (its model file), whatever it measures.
+    pub fn with_budget(mut self, budget: Addr<MemoryBudget>, memory_mb: u64, file_mb: u64) -> Self {
         self.budget = Some(budget);
         self.footprint_mb = memory_mb;
+        self.file_mb = file_mb;
         self
     }
 

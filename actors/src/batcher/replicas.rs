@@ -179,9 +179,6 @@ impl Handler<ReplicaReady> for Batcher {
 
     fn handle(&mut self, msg: ReplicaReady, ctx: &mut Self::Context) {
         self.state.set_signature(msg.signature);
-        if let Some(mb) = msg.footprint_mb {
-            self.measured(msg.replica, mb);
-        }
         if let Some(slot) = self.slot_mut(msg.replica) {
             slot.loading = false;
             if slot.state == ReplicaState::Draining {
@@ -196,6 +193,12 @@ impl Handler<ReplicaReady> for Batcher {
             if slot.state != ReplicaState::Loading {
                 slot.restarts += 1;
             }
+            if let Some(mb) = msg.footprint_mb {
+                self.measured(msg.replica, mb);
+            }
+            let Some(slot) = self.slot_mut(msg.replica) else {
+                return;
+            };
             slot.failures = 0;
             slot.last_error = None;
             slot.state = ReplicaState::Ready;
@@ -206,25 +209,33 @@ impl Handler<ReplicaReady> for Batcher {
 }
 
 impl Batcher {
-    /// Replica `index` was measured to hold `mb`: the model's later
-    /// replicas reserve that, and unless `memory_mb` sets the footprint,
-    /// this replica's reservation becomes it (giving back what the estimate
-    /// held too much, or holding what it held too little).
+    /// Replica `index`, on the CPU, was measured to hold `mb` (never taken
+    /// below the model's file size): unless `memory_mb` sets the
+    /// footprint, its reservation becomes that (giving back what the
+    /// estimate held too much, or holding what it held too little) and the
+    /// model's later replicas reserve the largest footprint measured. On a
+    /// GPU the measurement is shown only: the reservation is the CUDA
+    /// arena's limit, fixed when the engine loaded.
     fn measured(&mut self, index: usize, mb: u64) {
+        let mb = mb.max(self.file_mb);
         let configured = self.memory_configured;
         let budget = self.budget.clone();
-        if !configured {
-            self.state.set_measured_mb(mb);
-            self.footprint_mb = mb;
-        }
-        let Some(slot) = self.slot_mut(index) else {
+        let Some(slot) = self.replicas.iter_mut().find(|r| r.id == index) else {
             return;
         };
         slot.measured_mb = Some(mb);
-        let (Some(budget), Some(reservation)) = (budget, slot.reservation.as_mut()) else {
+        let Some(reservation) = slot.reservation.as_mut() else {
             return;
         };
-        if configured || !reservation.is_granted() || reservation.mb() == mb {
+        if configured || !reservation.is_granted() || reservation.device() != Some(Device::Cpu) {
+            return;
+        }
+        self.state.raise_measured_mb(mb);
+        self.footprint_mb = self.state.measured_mb().unwrap_or(mb);
+        let Some(budget) = budget else {
+            return;
+        };
+        if reservation.mb() == mb {
             return;
         }
         info!(

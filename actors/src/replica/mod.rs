@@ -41,6 +41,14 @@ use split::SplitRun;
 /// use grows by during a load is that replica's alone.
 static LOAD_GATE: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
 
+/// Longest a load waits for [`LOAD_GATE`]; past it, it loads beside the
+/// others, unmeasured, so one load that hangs cannot hold every other back.
+const LOAD_GATE_WAIT: Duration = Duration::from_secs(30);
+
+/// Engines dropped in the process so far: a measurement during which one
+/// was dropped (its memory given back) is discarded.
+static ENGINES_DROPPED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// What a load measured: the signature, the MB one more item in a batch
 /// needs, and the MB the loaded and warmed engine holds (both where the
 /// engine's device memory can be read).
@@ -135,10 +143,15 @@ impl Replica {
     /// where the device's memory can be read, the MB one item needs and the
     /// engine's footprint (its growth through the load and the batch-1
     /// warmup, measured while no other replica loads).
-    fn load(&mut self) -> Result<Loaded, EngineError> {
-        let _alone = LOAD_GATE.lock();
+    fn load(&mut self, measure: bool) -> Result<Loaded, EngineError> {
+        let alone = LOAD_GATE.try_lock_for(LOAD_GATE_WAIT);
+        let measure = measure && alone.is_some();
         let started = Instant::now();
-        let before = self.factory.device_memory_mb(self.target.device);
+        let dropped = ENGINES_DROPPED.load(std::sync::atomic::Ordering::SeqCst);
+        let before = self
+            .factory
+            .device_memory_mb(self.target.device)
+            .filter(|_| measure);
         let mut engine = self.factory.load(&self.target)?;
         let mut loaded_mb = engine.memory_in_use_mb();
         let signature = engine.signature().clone();
@@ -148,10 +161,14 @@ impl Replica {
             1
         };
         let mut peaks = (None, None);
-        for _ in 0..self.warmup {
+        for round in 0..self.warmup {
             warm_up(engine.as_mut(), &signature, 1)?;
             peaks.0 = engine.memory_in_use_mb();
-            loaded_mb = loaded_mb.max(peaks.0);
+            // The first round only: later ones follow a run at the cap,
+            // whose memory the runtime keeps.
+            if round == 0 {
+                loaded_mb = loaded_mb.max(peaks.0);
+            }
             if cap > 1 {
                 warm_up(engine.as_mut(), &signature, cap)?;
                 peaks.1 = engine.memory_in_use_mb();
@@ -161,8 +178,10 @@ impl Replica {
             (Some(one), Some(full)) if full > one => Some((full - one).div_ceil(cap as u64 - 1)),
             _ => None,
         };
+        let undisturbed = ENGINES_DROPPED.load(std::sync::atomic::Ordering::SeqCst) == dropped;
         let footprint_mb = before
             .zip(loaded_mb)
+            .filter(|_| undisturbed)
             .map(|(before, after)| after.saturating_sub(before).max(1));
         info!(
             model = %self.model,
@@ -183,15 +202,26 @@ impl Replica {
         })
     }
 
-    fn report_load(&mut self) {
+    /// Drops the engine, if any, noting it so that a footprint measured
+    /// meanwhile is discarded.
+    fn drop_engine(&mut self) {
+        if self.engine.take().is_some() {
+            ENGINES_DROPPED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Loads (measuring the footprint when `measure`: a first load, not a
+    /// reload after the engine was dropped here) and reports to the batcher.
+    fn report_load(&mut self, measure: bool) {
         // A panic while loading or warming up must still be reported, or
         // the batcher would wait for this replica forever.
-        let loaded = catch_unwind(AssertUnwindSafe(|| self.load())).unwrap_or_else(|panic| {
-            Err(EngineError::Load(format!(
-                "panicked while loading: {}",
-                panic_message(&panic)
-            )))
-        });
+        let loaded =
+            catch_unwind(AssertUnwindSafe(|| self.load(measure))).unwrap_or_else(|panic| {
+                Err(EngineError::Load(format!(
+                    "panicked while loading: {}",
+                    panic_message(&panic)
+                )))
+            });
         match loaded {
             Ok(Loaded {
                 signature,
@@ -270,7 +300,13 @@ impl Actor for Replica {
     type Context = SyncContext<Self>;
 
     fn started(&mut self, _ctx: &mut Self::Context) {
-        self.report_load();
+        self.report_load(true);
+    }
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        self.drop_engine();
     }
 }
 
@@ -278,8 +314,8 @@ impl Handler<ReloadEngine> for Replica {
     type Result = ();
 
     fn handle(&mut self, _: ReloadEngine, _ctx: &mut Self::Context) {
-        self.engine = None;
-        self.report_load();
+        self.drop_engine();
+        self.report_load(false);
     }
 }
 
@@ -327,8 +363,8 @@ impl Handler<RunBatch> for Replica {
         let inference = started.elapsed();
         if let Some(why) = panicked {
             error!(error = %why, "engine panicked; reloading the replica");
-            self.engine = None;
-            self.report_load();
+            self.drop_engine();
+            self.report_load(false);
         }
         if let Some(batch_size) = ran_out {
             warn!(
@@ -360,7 +396,7 @@ impl Handler<RunBatch> for Replica {
         });
         if let Some(why) = device_failed {
             error!(error = %why, device = %self.target.device, "the device failed; the replica stops and is restarted");
-            self.engine = None;
+            self.drop_engine();
             self.batcher.failed.do_send(ReplicaFailed {
                 replica: self.id,
                 error: format!("the device failed: {why}"),
