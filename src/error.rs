@@ -203,15 +203,31 @@ mod tests {
             ApiError::Unauthorized(String::new()),
             ApiError::Forbidden(String::new()),
             ApiError::Internal(String::new()),
-            ApiError::Media(MediaError::Busy(String::new())),
+            ApiError::Media(MediaError::Unsupported(String::new())),
+            ApiError::Media(MediaError::Undecodable(String::new())),
             ApiError::Media(MediaError::TooLarge(String::new())),
+            ApiError::Media(MediaError::Busy(String::new())),
+            ApiError::Media(MediaError::Internal(String::new())),
+            ApiError::Infer(InferError::UnknownModel(String::new())),
+            ApiError::Infer(InferError::ModelNotReady(String::new())),
+            ApiError::Infer(InferError::InvalidInput(String::new())),
             ApiError::Infer(InferError::QueueFull {
                 model: String::new(),
                 capacity: 1,
             }),
+            ApiError::Infer(InferError::DeadlineExceeded { waited_ms: 1 }),
+            ApiError::Infer(InferError::Inference(String::new())),
             ApiError::Infer(InferError::ShuttingDown),
-            ApiError::Infer(InferError::ModelNotReady(String::new())),
             ApiError::Infer(InferError::Sequence(String::new())),
+            ApiError::Infer(InferError::TooManySequences {
+                model: String::new(),
+                limit: 1,
+            }),
+            ApiError::from_status(411, String::new()),
+            ApiError::from_status(413, String::new()),
+            ApiError::from_status(417, String::new()),
+            ApiError::from_status(431, String::new()),
+            ApiError::from_status(503, String::new()),
         ];
         for e in errors {
             let class = e.class();
