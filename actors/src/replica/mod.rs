@@ -144,7 +144,12 @@ impl Replica {
     /// engine's footprint (its growth through the load and the batch-1
     /// warmup, measured while no other replica loads).
     fn load(&mut self, measure: bool) -> Result<Loaded, EngineError> {
-        let alone = LOAD_GATE.try_lock_for(LOAD_GATE_WAIT);
+        // Every load whose memory can be read takes its turn (a reload too:
+        // it would blur another's measurement); others load freely.
+        let measurable = self.factory.device_memory_mb(self.target.device).is_some();
+        let alone = measurable
+            .then(|| LOAD_GATE.try_lock_for(LOAD_GATE_WAIT))
+            .flatten();
         let measure = measure && alone.is_some();
         let started = Instant::now();
         let dropped = ENGINES_DROPPED.load(std::sync::atomic::Ordering::SeqCst);
