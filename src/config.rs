@@ -152,6 +152,9 @@ pub struct MemoryConfig {
     pub limit_mb: u64,
     /// Share of GPU memory the budget may use when NVML finds a GPU.
     pub gpu_fraction: f64,
+    /// Seconds a replica stays ready at least before it may be evicted for
+    /// another model or scaled down when idle.
+    pub min_residency_s: u64,
 }
 
 impl Default for MemoryConfig {
@@ -159,6 +162,7 @@ impl Default for MemoryConfig {
         MemoryConfig {
             limit_mb: 0,
             gpu_fraction: 0.9,
+            min_residency_s: 10,
         }
     }
 }
@@ -445,6 +449,9 @@ impl Config {
         if !(self.memory.gpu_fraction > 0.0 && self.memory.gpu_fraction <= 1.0) {
             return Err(("memory.gpu_fraction", "must be in (0, 1]".into()));
         }
+        if self.memory.min_residency_s > 3600 {
+            return Err(("memory.min_residency_s", "must be at most 3600".into()));
+        }
         if !(self.runtime.exclusive_run_ms >= 0.0 && self.runtime.exclusive_run_ms <= 60_000.0) {
             return Err((
                 "runtime.exclusive_run_ms",
@@ -496,6 +503,13 @@ impl Config {
         gantry_actors::memory::MemoryConfig {
             limit_mb: (self.memory.limit_mb > 0).then_some(self.memory.limit_mb),
             gpu_fraction: self.memory.gpu_fraction,
+        }
+    }
+
+    /// How the supervisor decides what stays in memory.
+    pub fn residency(&self) -> gantry_actors::arbiter::ResidencyConfig {
+        gantry_actors::arbiter::ResidencyConfig {
+            min_residency: std::time::Duration::from_secs(self.memory.min_residency_s),
         }
     }
 }

@@ -132,10 +132,12 @@ impl ApiError {
             },
             ApiError::Infer(e) => match e {
                 InferError::UnknownModel(_) => row("model_not_found", 404, Grpc::NotFound),
-                InferError::ModelNotReady(_) => row("model_not_ready", 503, Grpc::Unavailable),
+                InferError::ModelNotReady(_) | InferError::ModelUnavailable { .. } => {
+                    row("model_not_ready", 503, Grpc::Unavailable)
+                }
                 InferError::InvalidInput(_) => row("invalid_input", 422, Grpc::InvalidArgument),
                 InferError::QueueFull { .. } => row("queue_full", 429, Grpc::ResourceExhausted),
-                InferError::DeadlineExceeded { .. } => {
+                InferError::DeadlineExceeded { .. } | InferError::LoadTimedOut { .. } => {
                     row("deadline_exceeded", 504, Grpc::DeadlineExceeded)
                 }
                 InferError::Inference(_) => row("inference_failed", 500, Grpc::Internal),
@@ -210,6 +212,14 @@ mod tests {
             ApiError::Media(MediaError::Internal(String::new())),
             ApiError::Infer(InferError::UnknownModel(String::new())),
             ApiError::Infer(InferError::ModelNotReady(String::new())),
+            ApiError::Infer(InferError::ModelUnavailable {
+                model: String::new(),
+                reason: String::new(),
+            }),
+            ApiError::Infer(InferError::LoadTimedOut {
+                model: String::new(),
+                waited_ms: 1,
+            }),
             ApiError::Infer(InferError::InvalidInput(String::new())),
             ApiError::Infer(InferError::QueueFull {
                 model: String::new(),

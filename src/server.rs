@@ -99,6 +99,7 @@ pub async fn start_with_gpus(
         gpus,
         provider,
         observer: metrics.clone(),
+        residency: config.residency(),
     })
     .await
     .map_err(StartError::Repository)?;

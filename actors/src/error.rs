@@ -10,6 +10,15 @@ pub enum InferError {
     /// The model exists but has no ready replica (loading, refused, failed).
     #[error("model '{0}' has no ready replica")]
     ModelNotReady(String),
+    /// The model cannot serve: its replicas fail to load, or it can never
+    /// fit the memory budget.
+    #[error("model '{model}' is not available: {reason}")]
+    ModelUnavailable { model: String, reason: String },
+    /// The request's deadline passed while its model was being loaded.
+    #[error(
+        "the request's deadline passed after {waited_ms} ms waiting for model '{model}' to load"
+    )]
+    LoadTimedOut { model: String, waited_ms: u64 },
     /// Wrong input name, datatype or shape.
     #[error("{0}")]
     InvalidInput(String),

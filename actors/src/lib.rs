@@ -8,6 +8,7 @@
 //! [`InferRequest`](messages::InferRequest) that carries its own reply
 //! channel, and await the answer.
 
+pub mod arbiter;
 pub mod batcher;
 pub mod device;
 pub mod engine;
@@ -16,6 +17,7 @@ pub mod lifecycle;
 pub mod memory;
 pub mod messages;
 pub mod model;
+pub mod model_state;
 pub mod observer;
 pub mod priority;
 pub mod processing;
@@ -23,10 +25,12 @@ pub mod queue;
 pub mod readiness;
 pub mod replica;
 pub mod repository;
+pub mod residency;
 pub mod sequence;
 pub mod signature;
 pub mod supervisor;
 pub mod tensor;
+pub mod usage;
 
 pub use error::{EngineError, InferError};
 pub use messages::{InferOutcome, InferRequest};

@@ -126,7 +126,7 @@ fn only_replicas_differ(a: &ModelSettings, b: &ModelSettings) -> bool {
 
 impl Supervisor {
     /// `n` replica ids for `model` that were never used before.
-    fn take_ids(&mut self, model: &str, n: usize) -> Vec<usize> {
+    pub(crate) fn take_ids(&mut self, model: &str, n: usize) -> Vec<usize> {
         let next = self.issued_ids.entry(model.to_string()).or_insert(0);
         let ids = (*next..*next + n).collect();
         *next += n;
@@ -134,15 +134,22 @@ impl Supervisor {
     }
 
     /// Starts replicas `ids` of `handle` in the background.
-    fn spawn_starts(&self, handle: Arc<ModelHandle>, ids: Vec<usize>, ctx: &mut Context<Self>) {
+    pub(crate) fn spawn_starts(
+        &self,
+        handle: Arc<ModelHandle>,
+        ids: Vec<usize>,
+        ctx: &mut Context<Self>,
+    ) {
         if ids.is_empty() {
             return;
         }
         let budget = self.budget.clone();
         let provider = self.provider.clone();
         ctx.spawn(
-            async move { start_replicas(&handle, ids, &budget, provider.as_ref()).await }
-                .into_actor(self),
+            async move {
+                start_replicas(&handle, ids, &budget, provider.as_ref(), false).await;
+            }
+            .into_actor(self),
         );
     }
 
@@ -177,7 +184,13 @@ impl Supervisor {
         let name = spec.name.clone();
         let replicas = spec.settings.replicas;
         let Some(current) = self.plans.get(&name).map(|p| p.handle.spec.clone()) else {
-            let handle = register_model(spec, self.observer.clone(), &self.budget, &self.readiness);
+            let handle = register_model(
+                spec,
+                self.observer.clone(),
+                &self.budget,
+                &self.readiness,
+                &self.demands,
+            );
             self.set_registry(handle.clone());
             let ids = self.take_ids(&name, replicas);
             let plan = ReplicaPlan::new(handle.clone(), ids);
@@ -218,6 +231,7 @@ impl Supervisor {
             self.observer.clone(),
             &self.budget,
             &self.readiness,
+            &self.demands,
         );
         if let Some((_, superseded)) = self.replacing.insert(name.clone(), (spec, fresh.clone())) {
             superseded.batcher.do_send(RetireModel);
@@ -230,7 +244,7 @@ impl Supervisor {
         info!(model = %name, "replacing model; the current one serves until the new one is ready");
         let starting = fresh.clone();
         let wait = async move {
-            start_replicas(&starting, ids, &budget, provider.as_ref()).await;
+            start_replicas(&starting, ids, &budget, provider.as_ref(), false).await;
             let deadline = Instant::now() + REPLACE_TIMEOUT;
             while !starting.is_ready() && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;

@@ -171,6 +171,20 @@ pub struct AttachReplica {
     /// [`BudgetFreed`](crate::memory::BudgetFreed)); a slot gone since then
     /// takes nothing.
     pub retry: bool,
+    /// Refused, the model stays out of memory until asked for: no slot is
+    /// kept waiting for room (models that did not fit at startup).
+    pub cold_if_refused: bool,
+}
+
+/// Batcher or model handle → supervisor: requests are waiting for a model
+/// that has no replica in memory (or one that could load): bring one in,
+/// making room by evicting idle replicas of other models when the budget
+/// is full. `state` tells the instance apart from a replaced one.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ModelDemanded {
+    pub model: String,
+    pub state: Arc<crate::model_state::ModelState>,
 }
 
 /// Supervisor → batcher: remove replica `id` once it has finished what it

@@ -3,8 +3,8 @@
 //! ([`BatcherAddr`]: one `Recipient` per message the batcher takes, so that
 //! a handle never names the batcher's type).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
+use std::time::Instant;
 
 use actix::dev::{RecipientRequest, SendError};
 use actix::{Actor, Addr, Context, Handler, Message, Recipient};
@@ -12,75 +12,12 @@ use actix::{Actor, Addr, Context, Handler, Message, Recipient};
 use crate::error::InferError;
 use crate::memory::BudgetFreed;
 use crate::messages::{
-    AttachReplica, DrainReplica, Enqueue, GetBatcherSnapshot, InferRequest, RetireModel,
+    AttachReplica, DrainReplica, Enqueue, GetBatcherSnapshot, InferRequest, ModelDemanded,
+    RetireModel,
 };
-use crate::readiness::Readiness;
+pub use crate::model_state::{ModelState, Residency};
 use crate::repository::ModelSpec;
 use crate::signature::ModelSignature;
-
-/// State shared by a model's batcher (which writes it) and its handle (read
-/// on every request, without a message round trip).
-#[derive(Debug, Default)]
-pub struct ModelState {
-    signature: OnceLock<ModelSignature>,
-    ready_replicas: AtomicUsize,
-    desired_replicas: AtomicUsize,
-    /// Told when the model turns ready or stops being ready.
-    readiness: Readiness,
-    /// The footprint its replicas were last measured to hold (0: not yet).
-    measured_mb: AtomicU64,
-}
-
-impl ModelState {
-    /// The state of a model whose readiness changes go to `readiness`.
-    pub fn new(readiness: Readiness) -> ModelState {
-        ModelState {
-            readiness,
-            ..ModelState::default()
-        }
-    }
-
-    pub fn signature(&self) -> Option<&ModelSignature> {
-        self.signature.get()
-    }
-
-    /// Records the signature the first replica read from its session.
-    pub fn set_signature(&self, signature: ModelSignature) {
-        let _ = self.signature.set(signature);
-    }
-
-    pub fn ready_replicas(&self) -> usize {
-        self.ready_replicas.load(Ordering::Relaxed)
-    }
-
-    pub fn set_ready_replicas(&self, n: usize) {
-        let before = self.ready_replicas.swap(n, Ordering::Relaxed);
-        if (before > 0) != (n > 0) {
-            self.readiness.changed();
-        }
-    }
-
-    /// The largest MB a replica of this model (on the CPU) was measured to
-    /// hold, once one loaded where memory can be read.
-    pub fn measured_mb(&self) -> Option<u64> {
-        Some(self.measured_mb.load(Ordering::Relaxed)).filter(|&mb| mb > 0)
-    }
-
-    /// Notes a measured footprint; the largest one measured stays, so one
-    /// low reading cannot shrink what later replicas reserve.
-    pub(crate) fn raise_measured_mb(&self, mb: u64) {
-        self.measured_mb.fetch_max(mb, Ordering::Relaxed);
-    }
-
-    /// Replicas the operator asked for (config or scaling).
-    pub fn desired_replicas(&self) -> usize {
-        self.desired_replicas.load(Ordering::Relaxed)
-    }
-
-    pub fn set_desired_replicas(&self, n: usize) {
-        self.desired_replicas.store(n, Ordering::Relaxed);
-    }
-}
 
 /// A model's batcher as the rest of the system reaches it: the service
 /// (requests, snapshots), the supervisor (replicas to attach or drain, the
@@ -195,6 +132,8 @@ pub struct ModelHandle {
     pub spec: ModelSpec,
     pub state: Arc<ModelState>,
     pub batcher: BatcherAddr,
+    /// Where a request for a model out of memory asks for it to be loaded.
+    pub supervisor: Option<Recipient<ModelDemanded>>,
 }
 
 impl ModelHandle {
@@ -207,11 +146,56 @@ impl ModelHandle {
         self.state.ready_replicas() > 0
     }
 
-    /// The signature, once the model is ready; `ModelNotReady` before.
+    /// True when the model can take requests, in memory or not (see
+    /// [`ModelState::is_servable`]).
+    pub fn is_servable(&self) -> bool {
+        self.state.is_servable()
+    }
+
+    /// The signature, once a replica has loaded and while the model can
+    /// serve (in memory or not: a request for a model out of memory waits
+    /// in its batcher while it loads); an error otherwise.
     pub fn ready_signature(&self) -> Result<&ModelSignature, InferError> {
-        match self.state.signature() {
-            Some(sig) if self.is_ready() => Ok(sig),
-            _ => Err(InferError::ModelNotReady(self.spec.name.clone())),
+        match (self.state.signature(), self.state.residency()) {
+            (_, Residency::Failed(reason)) => Err(InferError::ModelUnavailable {
+                model: self.spec.name.clone(),
+                reason,
+            }),
+            (Some(sig), _) => Ok(sig),
+            (None, _) => Err(InferError::ModelNotReady(self.spec.name.clone())),
+        }
+    }
+
+    /// The signature, loading the model first when no replica of it has
+    /// ever loaded (it did not fit at startup): waits for the load until
+    /// `deadline`. The first request for such a model pays its load.
+    pub async fn loaded_signature(&self, deadline: Instant) -> Result<&ModelSignature, InferError> {
+        let started = Instant::now();
+        loop {
+            match self.ready_signature() {
+                Err(InferError::ModelNotReady(_)) => {}
+                known => return known,
+            }
+            if self.state.residency() == Residency::Cold {
+                self.demand();
+            }
+            if Instant::now() >= deadline {
+                return Err(InferError::LoadTimedOut {
+                    model: self.spec.name.clone(),
+                    waited_ms: started.elapsed().as_millis() as u64,
+                });
+            }
+            self.state.signature_change(deadline).await;
+        }
+    }
+
+    /// Asks the supervisor to bring the model into memory.
+    pub fn demand(&self) {
+        if let Some(supervisor) = &self.supervisor {
+            supervisor.do_send(ModelDemanded {
+                model: self.spec.name.clone(),
+                state: self.state.clone(),
+            });
         }
     }
 

@@ -24,6 +24,45 @@ pub struct BatchReport<'a> {
 /// implementations must be cheap and must not block.
 pub trait BatchObserver: Send + Sync {
     fn batch_finished(&self, batch: &BatchReport<'_>);
+
+    /// A request for `model` waited `waited` for a replica of it to load
+    /// (the model was out of memory when it came).
+    fn load_waited(&self, _model: &str, _waited: Duration) {}
+
+    /// The supervisor decided something about what is in memory (see
+    /// [`ResidencyDecision`]).
+    fn residency_decided(&self, _decision: &ResidencyDecision) {}
+}
+
+/// One decision about what is in memory, with its reason in words.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResidencyDecision {
+    /// When it was taken, in ms since the Unix epoch.
+    pub at_unix_ms: u64,
+    pub model: String,
+    pub action: ResidencyAction,
+    pub reason: String,
+}
+
+/// What a [`ResidencyDecision`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResidencyAction {
+    /// Started a replica of a model requests wait for.
+    Load,
+    /// Gave a replica's memory to a model that needed it.
+    Evict,
+    /// Gave back a replica of a model idle for `downscale_delay_s`.
+    ScaleDown,
+}
+
+impl ResidencyAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResidencyAction::Load => "load",
+            ResidencyAction::Evict => "evict",
+            ResidencyAction::ScaleDown => "scale_down",
+        }
+    }
 }
 
 /// Observes nothing.

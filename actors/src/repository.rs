@@ -17,8 +17,18 @@ pub use crate::sequence::{SequenceSettings, StateSettings};
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelSettings {
-    /// Replicas (ONNX Runtime sessions) to run.
+    /// Replicas (ONNX Runtime sessions) to run while the model is resident.
     pub replicas: usize,
+    /// Replicas an idle model keeps after `downscale_delay_s`; `None` means
+    /// `replicas` (no idle scale-down). 0 lets an idle model leave memory
+    /// entirely: its next request loads it again.
+    pub min_replicas: Option<usize>,
+    /// Seconds without a request after which an idle model gives replicas
+    /// back, down to `min_replicas`.
+    pub downscale_delay_s: u64,
+    /// Pinned: loaded first at startup and never evicted to make room for
+    /// another model.
+    pub keep_loaded: bool,
     /// Most items in one batch.
     pub max_batch_size: usize,
     /// How long the oldest request may wait for a batch to fill.
@@ -54,6 +64,9 @@ impl Default for ModelSettings {
     fn default() -> Self {
         ModelSettings {
             replicas: 1,
+            min_replicas: None,
+            downscale_delay_s: 300,
+            keep_loaded: false,
             max_batch_size: 8,
             batch_window_ms: 100,
             intra_op_threads: None,
@@ -123,6 +136,18 @@ impl ModelSettings {
         if self.max_batch_size == 0 {
             return Err(("max_batch_size", "must be at least 1"));
         }
+        if self.min_replicas.is_some_and(|min| min > self.replicas) {
+            return Err(("min_replicas", "must be at most `replicas`"));
+        }
+        if self.keep_loaded && self.min_replicas == Some(0) {
+            return Err((
+                "min_replicas",
+                "cannot be 0 with keep_loaded = true (a pinned model stays loaded)",
+            ));
+        }
+        if self.downscale_delay_s == 0 || self.downscale_delay_s > 86_400 {
+            return Err(("downscale_delay_s", "must be between 1 and 86400"));
+        }
         if self.intra_op_threads == Some(0) {
             return Err(("intra_op_threads", "must be at least 1"));
         }
@@ -162,6 +187,13 @@ impl ModelSettings {
             }
         }
         Ok(())
+    }
+
+    /// Replicas an idle model keeps (`min_replicas`, else `replicas`).
+    pub fn idle_replicas(&self) -> usize {
+        self.min_replicas
+            .unwrap_or(self.replicas)
+            .min(self.replicas)
     }
 
     /// Where the model's replicas may be placed.

@@ -10,19 +10,20 @@ use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use actix::{
-    Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, ResponseFuture,
-    WrapFuture,
+    Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, Recipient,
+    ResponseFuture, WrapFuture,
 };
 use tracing::{error, info};
 
+use crate::arbiter::{Decisions, ResidencyConfig};
 use crate::batcher::{reserve_and_attach, AttachReplicaRequest, Batcher};
 use crate::device::{DeviceSetup, GpuInventory};
 use crate::engine::checked::checked_factory;
 use crate::engine::EngineProvider;
 use crate::memory::{GetMemorySnapshot, MemoryBudget, MemoryConfig, MemorySnapshot};
-use crate::messages::{BatcherSnapshot, GetBatcherSnapshot};
-use crate::model::{BatcherAddr, ModelHandle, ModelState};
-use crate::observer::BatchObserver;
+use crate::messages::{BatcherSnapshot, GetBatcherSnapshot, ModelDemanded};
+use crate::model::{BatcherAddr, ModelHandle, ModelState, Residency};
+use crate::observer::{BatchObserver, ResidencyDecision};
 use crate::readiness::Readiness;
 use crate::repository::{self, LoadError, ModelSpec};
 
@@ -38,6 +39,8 @@ pub struct SupervisorConfig {
     pub provider: Arc<dyn EngineProvider>,
     /// Told about every batch (metrics).
     pub observer: Arc<dyn BatchObserver>,
+    /// How residency is decided (how long a replica stays at least).
+    pub residency: ResidencyConfig,
 }
 
 /// The running actor system, as the service holds it.
@@ -52,6 +55,8 @@ pub struct Serving {
     /// Models unloaded on request, with the version they served: the
     /// repository index keeps listing them (`UNAVAILABLE`) until loaded.
     pub unloaded: UnloadedModels,
+    /// The latest residency decisions (loads, evictions, scale-downs).
+    pub decisions: Decisions,
 }
 
 /// Repository folders that could not be served; replaced on every reload.
@@ -103,6 +108,10 @@ pub struct Supervisor {
     /// they serve and their handle. A newer one supersedes (and retires) it.
     pub(crate) replacing: BTreeMap<String, (ModelSpec, Arc<ModelHandle>)>,
     started: Instant,
+    /// Where batchers and handles ask for a model to be loaded (this actor).
+    pub(crate) demands: Recipient<ModelDemanded>,
+    /// Residency: the policy's settings, state and latest decisions.
+    pub(crate) residency: crate::arbiter::Arbiter,
 }
 
 /// Which replica ids a model has (started, loading or refused).
@@ -140,43 +149,58 @@ impl Supervisor {
         let readiness = Readiness::default();
         let load_errors = Arc::new(RwLock::new(scan.errors));
         let unloaded = UnloadedModels::default();
-        // Every model is registered (not ready) before anyone can ask, so
-        // health is never "all ready" over a half-read repository.
+        let decisions = Decisions::default();
         let observer = config.observer;
-        let mut plans = BTreeMap::new();
-        let mut issued_ids = BTreeMap::new();
-        {
-            let mut models = registry.write().unwrap_or_else(|e| e.into_inner());
-            for spec in scan.models {
-                let replicas = spec.settings.replicas;
-                let handle = register_model(spec, observer.clone(), &budget, &readiness);
-                models.insert(handle.spec.name.clone(), handle.clone());
-                issued_ids.insert(handle.spec.name.clone(), replicas);
-                let ids = (0..replicas).collect();
-                plans.insert(handle.spec.name.clone(), ReplicaPlan::new(handle, ids));
+        let (models_dir, provider) = (config.models_dir, config.provider);
+        let (served, ready, failed, gone, told) = (
+            registry.clone(),
+            readiness.clone(),
+            load_errors.clone(),
+            unloaded.clone(),
+            decisions.clone(),
+        );
+        let residency = config.residency;
+        let supervisor = Supervisor::create(move |ctx| {
+            let demands = ctx.address().recipient();
+            // Every model is registered (not ready) before anyone can ask,
+            // so health is never "all ready" over a half-read repository.
+            let mut plans = BTreeMap::new();
+            let mut issued_ids = BTreeMap::new();
+            {
+                let mut models = served.write().unwrap_or_else(|e| e.into_inner());
+                for spec in scan.models {
+                    let replicas = spec.settings.replicas;
+                    let handle = register_model(spec, observer.clone(), &budget, &ready, &demands);
+                    models.insert(handle.spec.name.clone(), handle.clone());
+                    issued_ids.insert(handle.spec.name.clone(), replicas);
+                    let ids = (0..replicas).collect();
+                    plans.insert(handle.spec.name.clone(), ReplicaPlan::new(handle, ids));
+                }
             }
-        }
-        let supervisor = Supervisor {
-            models_dir: config.models_dir,
-            provider: config.provider,
-            observer,
-            budget,
-            registry: registry.clone(),
-            readiness: readiness.clone(),
-            load_errors: load_errors.clone(),
-            unloaded: unloaded.clone(),
-            plans,
-            issued_ids,
-            replacing: BTreeMap::new(),
-            started: Instant::now(),
-        }
-        .start();
+            Supervisor {
+                models_dir,
+                provider,
+                observer: observer.clone(),
+                budget,
+                registry: served,
+                readiness: ready,
+                load_errors: failed,
+                unloaded: gone,
+                plans,
+                issued_ids,
+                replacing: BTreeMap::new(),
+                started: Instant::now(),
+                demands,
+                residency: crate::arbiter::Arbiter::new(residency, told, observer),
+            }
+        });
         Ok(Serving {
             supervisor,
             registry,
             readiness,
             load_errors,
             unloaded,
+            decisions,
         })
     }
 }
@@ -184,23 +208,34 @@ impl Supervisor {
 impl Actor for Supervisor {
     type Context = Context<Self>;
 
+    /// Starts what fits, pinned models (`keep_loaded`) first; a model that
+    /// does not fit stays out of memory until a request asks for it.
     fn started(&mut self, ctx: &mut Self::Context) {
-        let starts: Vec<(Arc<ModelHandle>, Vec<usize>)> = self
+        let mut starts: Vec<(Arc<ModelHandle>, Vec<usize>)> = self
             .plans
             .values()
             .map(|p| (p.handle.clone(), p.ids.clone()))
             .collect();
+        starts.sort_by_key(|(handle, _)| !handle.spec.settings.keep_loaded);
         let budget = self.budget.clone();
         let provider = self.provider.clone();
         let load = async move {
+            let mut cold = Vec::new();
             for (handle, ids) in starts {
-                start_replicas(&handle, ids, &budget, provider.as_ref()).await;
+                let refused = start_replicas(&handle, ids, &budget, provider.as_ref(), true).await;
+                cold.push((handle.spec.name.clone(), refused));
             }
+            cold
         };
-        ctx.wait(
-            load.into_actor(self)
-                .map(|(), _, _| info!("all models started")),
-        );
+        ctx.wait(load.into_actor(self).map(|cold, act, ctx| {
+            for (model, refused) in cold {
+                if let Some(plan) = act.plans.get_mut(&model) {
+                    plan.ids.retain(|id| !refused.contains(id));
+                }
+            }
+            info!("all models started");
+            act.start_residency_ticks(ctx);
+        }));
     }
 }
 
@@ -210,26 +245,32 @@ pub(crate) fn register_model(
     observer: Arc<dyn BatchObserver>,
     budget: &Addr<MemoryBudget>,
     readiness: &Readiness,
+    demands: &Recipient<ModelDemanded>,
 ) -> Arc<ModelHandle> {
     let state = Arc::new(ModelState::new(readiness.clone()));
     let batcher = Batcher::new(spec.name.clone(), &spec.settings, state.clone(), observer)
         .with_budget(budget.clone(), spec.memory_mb, spec.file_mb)
+        .with_supervisor(demands.clone())
         .start();
     Arc::new(ModelHandle {
         spec,
         state,
         batcher: BatcherAddr::new(&batcher),
+        supervisor: Some(demands.clone()),
     })
 }
 
 /// Starts each replica of a model that the memory budget grants; a refused
-/// one waits in its batcher for room.
+/// one waits in its batcher for room, or, with `cold_if_refused`, is not
+/// kept at all (the model loads when asked for). Returns the ids not kept.
 pub(crate) async fn start_replicas(
     handle: &ModelHandle,
     ids: Vec<usize>,
     budget: &Addr<MemoryBudget>,
     provider: &dyn EngineProvider,
-) {
+    cold_if_refused: bool,
+) -> Vec<usize> {
+    let mut refused = Vec::new();
     let spec = &handle.spec;
     let factory = checked_factory(provider.factory(spec), &spec.settings);
     info!(model = %spec.name, version = %spec.version, replicas = ids.len(), "starting replicas");
@@ -247,9 +288,13 @@ pub(crate) async fn start_replicas(
             factory: factory.clone(),
             warmup: spec.settings.warmup,
             retry: false,
+            cold_if_refused,
         };
-        reserve_and_attach(handle.batcher.clone(), budget.clone(), request).await;
+        if !reserve_and_attach(handle.batcher.clone(), budget.clone(), request).await {
+            refused.push(id);
+        }
     }
+    refused
 }
 
 /// One model's view for stats.
@@ -260,6 +305,17 @@ pub struct ModelSnapshot {
     pub ready_replicas: usize,
     pub memory_mb_per_replica: u64,
     pub batcher: BatcherSnapshot,
+    pub residency: Residency,
+    /// `keep_loaded`: never evicted.
+    pub pinned: bool,
+    /// Replicas it keeps when idle (`min_replicas`, else `replicas`).
+    pub min_replicas: usize,
+    /// Requests it took since it last loaded (its GDSF frequency).
+    pub requests_since_load: u64,
+    /// How long its last load and warmup took.
+    pub load_ms: Option<u64>,
+    /// Seconds since its last request; `None` before the first.
+    pub idle_s: Option<f64>,
 }
 
 /// Everything stats and health need, taken in one go.
@@ -269,6 +325,10 @@ pub struct ServerSnapshot {
     pub models: Vec<ModelSnapshot>,
     pub load_errors: Vec<LoadError>,
     pub memory: MemorySnapshot,
+    /// `memory.min_residency_s`.
+    pub min_residency_s: u64,
+    /// The latest residency decisions, oldest first.
+    pub decisions: Vec<ResidencyDecision>,
 }
 
 /// Asks the supervisor for a [`ServerSnapshot`].
@@ -294,6 +354,8 @@ impl Handler<GetSnapshot> for Supervisor {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let uptime_s = self.started.elapsed().as_secs_f64();
+        let min_residency_s = self.residency.min_residency().as_secs();
+        let decisions = self.residency.decisions().latest();
         Box::pin(async move {
             let mut models = Vec::with_capacity(handles.len());
             for handle in handles {
@@ -302,7 +364,14 @@ impl Handler<GetSnapshot> for Supervisor {
                 let Ok(batcher) = handle.batcher.send(GetBatcherSnapshot).await else {
                     continue;
                 };
+                let usage = &handle.state.usage;
                 models.push(ModelSnapshot {
+                    residency: handle.state.residency(),
+                    pinned: handle.spec.settings.keep_loaded,
+                    min_replicas: handle.spec.settings.idle_replicas(),
+                    requests_since_load: usage.requests_since_load(),
+                    load_ms: usage.load_time().map(|t| t.as_millis() as u64),
+                    idle_s: usage.idle_for().map(|t| t.as_secs_f64()),
                     name: handle.spec.name.clone(),
                     version: handle.spec.version.clone(),
                     ready_replicas: handle.state.ready_replicas(),
@@ -322,6 +391,8 @@ impl Handler<GetSnapshot> for Supervisor {
                 models,
                 load_errors,
                 memory,
+                min_residency_s,
+                decisions,
             })
         })
     }

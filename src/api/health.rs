@@ -17,7 +17,11 @@ pub fn config_health_api(cfg: &mut web::ServiceConfig) {
 
 #[derive(Serialize, utoipa::ToSchema)]
 struct ModelHealth {
+    /// It can take requests: in memory, or out of memory and able to load.
     ready: bool,
+    /// `resident`, `cold` (out of memory; loads on its next request),
+    /// `loading`, `starting` or `failed`.
+    residency: &'static str,
     ready_replicas: usize,
     replicas: usize,
 }
@@ -32,7 +36,7 @@ struct Dependencies {
 #[derive(Serialize, utoipa::ToSchema)]
 struct Health {
     /// `ok`; `degraded` when a configured dependency is down (serving goes
-    /// on); `unavailable` when a model has no ready replica (503).
+    /// on); `unavailable` when a model cannot take requests (503).
     status: &'static str,
     models: BTreeMap<String, ModelHealth>,
     dependencies: Dependencies,
@@ -41,8 +45,8 @@ struct Health {
 }
 
 #[utoipa::path(get, path = "/api/optimized/health", tag = "operations",
-    responses((status = 200, description = "Every model has a ready replica", body = Health),
-        (status = 503, description = "A model has no ready replica, or the server is shutting down", body = Health)))]
+    responses((status = 200, description = "Every model can take requests (in memory, or loaded when asked for)", body = Health),
+        (status = 503, description = "A model cannot take requests, or the server is shutting down", body = Health)))]
 async fn health(state: web::Data<AppState>) -> HttpResponse {
     let models: BTreeMap<String, ModelHealth> = state
         .service
@@ -50,7 +54,8 @@ async fn health(state: web::Data<AppState>) -> HttpResponse {
         .iter()
         .map(|m| {
             let health = ModelHealth {
-                ready: m.is_ready(),
+                ready: m.is_servable(),
+                residency: m.state.residency().as_str(),
                 ready_replicas: m.state.ready_replicas(),
                 replicas: m.state.desired_replicas(),
             };

@@ -24,6 +24,7 @@ struct Stats {
     uptime_s: f64,
     model_pools: BTreeMap<String, Pool>,
     memory: Memory,
+    residency: ResidencyStats,
     runtime: Runtime,
     performance_metrics: Performance,
     /// `null` when caching is off.
@@ -74,9 +75,47 @@ struct ConnectionPools {
 struct Pool {
     version: String,
     ready: bool,
+    /// `resident`, `cold` (out of memory; its next request loads it),
+    /// `loading`, `starting` or `failed`.
+    residency: &'static str,
+    /// `keep_loaded`: never evicted.
+    pinned: bool,
+    /// Replicas it keeps when idle.
+    min_replicas: usize,
     memory_mb_per_replica: u64,
+    usage: Usage,
     replicas: Vec<Replica>,
     batcher: BatcherStats,
+}
+
+/// What the supervisor weighs when it picks replicas to evict.
+#[derive(Serialize, utoipa::ToSchema)]
+struct Usage {
+    /// Requests since it last loaded (its frequency).
+    requests_since_load: u64,
+    /// How long its last load and warmup took; `null` before one.
+    load_ms: Option<u64>,
+    /// Seconds since its last request; `null` before the first.
+    idle_s: Option<f64>,
+}
+
+/// What the supervisor decided about what is in memory.
+#[derive(Serialize, utoipa::ToSchema)]
+struct ResidencyStats {
+    /// `memory.min_residency_s`.
+    min_residency_s: u64,
+    /// The latest decisions (at most 64), oldest first.
+    decisions: Vec<Decision>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+struct Decision {
+    /// When, in ms since the Unix epoch.
+    at_unix_ms: u64,
+    model: String,
+    /// `load`, `evict` or `scale_down`.
+    action: &'static str,
+    reason: String,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -214,7 +253,15 @@ fn pool(m: &ModelSnapshot, mailbox_refusals: u64) -> Pool {
     Pool {
         version: m.version.clone(),
         ready: m.ready_replicas > 0,
+        residency: m.residency.as_str(),
+        pinned: m.pinned,
+        min_replicas: m.min_replicas,
         memory_mb_per_replica: m.memory_mb_per_replica,
+        usage: Usage {
+            requests_since_load: m.requests_since_load,
+            load_ms: m.load_ms,
+            idle_s: m.idle_s.map(|s| (s * 1000.0).round() / 1000.0),
+        },
         replicas: b
             .replicas
             .iter()
@@ -290,6 +337,19 @@ async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
                     required_mb: r.required_mb,
                     free_mb: r.free_mb,
                     reason: r.reason.clone(),
+                })
+                .collect(),
+        },
+        residency: ResidencyStats {
+            min_residency_s: snapshot.min_residency_s,
+            decisions: snapshot
+                .decisions
+                .iter()
+                .map(|d| Decision {
+                    at_unix_ms: d.at_unix_ms,
+                    model: d.model.clone(),
+                    action: d.action.as_str(),
+                    reason: d.reason.clone(),
                 })
                 .collect(),
         },

@@ -153,7 +153,8 @@ async fn predict_batch(
         // What concerns the model rather than a file fails the whole request.
         let handle = state.service.model(&form.model)?;
         whole.attribute(handle.clone());
-        handle.ready_signature()?;
+        let deadline = std::time::Instant::now() + state.service.default_timeout();
+        handle.loaded_signature(deadline).await?;
         Ok(form)
     }
     .await;

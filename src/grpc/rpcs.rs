@@ -49,7 +49,7 @@ impl GrpcInferenceService for Inference {
             .model_at(&model_path(request.name, request.version))
             .map_err(|e| e.grpc_status())?;
         Ok(Response::new(ModelReadyResponse {
-            ready: model.is_ready(),
+            ready: model.is_servable(),
         }))
     }
 
@@ -72,6 +72,7 @@ impl GrpcInferenceService for Inference {
         let metadata = self
             .service
             .model_metadata(&model_path(request.name, request.version))
+            .await
             .map_err(|e| e.grpc_status())?;
         let convert = |t: TensorMetadata| model_metadata_response::TensorMetadata {
             name: t.name,

@@ -4,6 +4,7 @@
 //! and the Prometheus page.
 
 pub mod prometheus;
+pub mod residency;
 pub mod window;
 
 use std::collections::{BTreeMap, HashMap};
@@ -11,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use gantry_actors::observer::{BatchObserver, BatchReport};
+use gantry_actors::observer::{BatchObserver, BatchReport, ResidencyDecision};
 
 use crate::triton::statistics::{ComputeTimes, Statistics};
 
@@ -200,5 +201,13 @@ impl BatchObserver for Metrics {
         };
         self.statistics
             .record_batch(batch.model, batch.items, &phases);
+    }
+
+    fn load_waited(&self, model: &str, waited: Duration) {
+        self.series.residency.waited(model, waited);
+    }
+
+    fn residency_decided(&self, decision: &ResidencyDecision) {
+        self.series.residency.decided(decision);
     }
 }

@@ -17,6 +17,7 @@ use std::sync::atomic::AtomicU64;
 use gantry_actors::engine::pool_gate::PoolGateStats;
 use gantry_actors::supervisor::ServerSnapshot;
 
+use super::residency::{self, ResidencySeries};
 use crate::cache::CacheStats;
 use crate::store::StoreStats;
 
@@ -87,7 +88,7 @@ impl MetricConstructor<Histogram> for LatencyBuckets {
     }
 }
 
-type Latencies = Family<ModelLabels, Histogram, LatencyBuckets>;
+pub type Latencies = Family<ModelLabels, Histogram, LatencyBuckets>;
 
 fn batch_histogram() -> Histogram {
     Histogram::new(exponential_buckets(1.0, 2.0, 10))
@@ -109,6 +110,8 @@ pub struct EventSeries {
     /// of its own: added to `requests_rejected` (the batcher's count) at
     /// every scrape.
     mailbox_refusals: Family<ModelLabels, Counter>,
+    /// Loads, evictions, scale-downs and waits for loads.
+    pub residency: ResidencySeries,
 }
 
 impl Default for EventSeries {
@@ -169,7 +172,9 @@ impl EventSeries {
             Unit::Seconds,
             media_postprocess_duration.clone(),
         );
+        let residency = ResidencySeries::register(&mut registry, latency_histograms());
         EventSeries {
+            residency,
             registry,
             requests,
             request_duration,
@@ -449,6 +454,7 @@ fn state_registry(inputs: &ScrapeInputs, mailbox_refusals: impl Fn(&str) -> u64)
             gauge(i64::from(store.status == "up")),
         );
     }
+    residency::register_state(&mut r, inputs.snapshot);
     r
 }
 

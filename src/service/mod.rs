@@ -226,10 +226,16 @@ impl InferenceService {
         self.serving.readiness.subscribe()
     }
 
-    /// True when every served model has a ready replica and no shutdown
-    /// has begun (`/v2/health/ready`, gRPC health).
+    /// True when every served model can take requests (resident, or out
+    /// of memory and able to load) and no shutdown has begun
+    /// (`/v2/health/ready`, gRPC health).
     pub fn is_ready(&self) -> bool {
-        !self.is_draining() && self.serving.models().iter().all(|m| m.is_ready())
+        !self.is_draining() && self.serving.models().iter().all(|m| m.is_servable())
+    }
+
+    /// How long a request that sets no timeout may take.
+    pub fn default_timeout(&self) -> Duration {
+        self.default_timeout
     }
 }
 

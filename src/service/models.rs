@@ -5,8 +5,10 @@
 //! extensions served.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use gantry_actors::batcher::GetBatcherSnapshot;
+use gantry_actors::model::Residency;
 use gantry_actors::signature::TensorSpec;
 use gantry_actors::{InferError, ModelHandle};
 use serde::{Deserialize, Serialize};
@@ -119,11 +121,14 @@ pub fn overrides_from_parameters(
 }
 
 impl InferenceService {
-    /// The metadata of the model at `path`, once a replica has read its
-    /// signature (503 before).
-    pub fn model_metadata(&self, path: &ModelPath) -> Result<ModelMetadata, ApiError> {
+    /// The metadata of the model at `path`: its signature, read by its
+    /// first replica (a model that never loaded is loaded first, within the
+    /// default request timeout).
+    pub async fn model_metadata(&self, path: &ModelPath) -> Result<ModelMetadata, ApiError> {
         let model = self.model_at(path)?;
-        let signature = model.ready_signature()?;
+        let signature = model
+            .loaded_signature(Instant::now() + self.default_timeout)
+            .await?;
         let sequence = model.spec.settings.sequence.as_ref();
         Ok(ModelMetadata {
             name: model.name().to_string(),
@@ -159,11 +164,17 @@ impl InferenceService {
             .map(|m| IndexEntry {
                 name: m.name().to_string(),
                 version: m.spec.version.clone(),
-                state: if m.is_ready() { "READY" } else { "UNAVAILABLE" },
-                reason: if m.is_ready() {
-                    String::new()
+                state: if m.is_servable() {
+                    "READY"
                 } else {
-                    "no ready replica".into()
+                    "UNAVAILABLE"
+                },
+                reason: match m.state.residency() {
+                    Residency::Resident => String::new(),
+                    Residency::Cold => "not in memory; loaded by its next request".into(),
+                    Residency::Loading if m.is_servable() => "loading".into(),
+                    Residency::Failed(reason) => reason,
+                    Residency::Starting | Residency::Loading => "no ready replica".into(),
                 },
             })
             .collect();

@@ -158,7 +158,11 @@ impl InferenceService {
 
     /// When a call that arrived at `started` with `timeout` (or none) must
     /// have its answer.
-    fn deadline(&self, timeout: Option<std::time::Duration>, started: Instant) -> Instant {
+    pub(super) fn deadline(
+        &self,
+        timeout: Option<std::time::Duration>,
+        started: Instant,
+    ) -> Instant {
         started + timeout.unwrap_or(self.default_timeout)
     }
 
@@ -169,9 +173,9 @@ impl InferenceService {
         started: Instant,
         pending: &mut Pending,
     ) -> Result<Prediction, InferError> {
-        let signature = model.ready_signature()?;
-        let validated = signature.validate(call.inputs, model.spec.settings.max_batch_size)?;
         let deadline = self.deadline(call.timeout, started);
+        let signature = model.loaded_signature(deadline).await?;
+        let validated = signature.validate(call.inputs, model.spec.settings.max_batch_size)?;
         let (reply, answer) = oneshot::channel();
         model
             .submit(InferRequest {

@@ -218,7 +218,8 @@ impl InferenceService {
                  sequence_start on a sequence's first request"
             )));
         };
-        let signature = model.ready_signature()?.clone();
+        let deadline = self.deadline(call.timeout, started);
+        let signature = model.loaded_signature(deadline).await?.clone();
         for input in settings.server_inputs() {
             if call.inputs.iter().any(|(n, _)| n == input) {
                 return Err(InferError::Sequence(format!(

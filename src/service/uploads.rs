@@ -199,7 +199,8 @@ impl FilePredictor<'_> {
     /// bound is a 422, one that does not fit beside the jobs in flight a 429.
     async fn prepare(&self, model: &str, file: UploadedFile) -> Result<Prepared, ApiError> {
         let handle = self.service.model(model)?;
-        let signature = handle.ready_signature()?.clone();
+        let deadline = Instant::now() + self.service.default_timeout;
+        let signature = handle.loaded_signature(deadline).await?.clone();
         let (input_name, rank) = single_input(&handle, &signature)?;
         let bytes = file.bytes;
         if bytes.is_empty() {

@@ -167,6 +167,8 @@ async fn stats_report_every_documented_key() {
         )
         .fake("on-gpu", "device = \"gpu\"\nmemory_mb = 100\n")
         .fake("too-big", "device = \"cpu\"\nmemory_mb = 100000\n")
+        // Leaves memory after a second idle: a residency decision.
+        .fake("idle", "min_replicas = 0\ndownscale_delay_s = 1\n")
         .fake("bad", "replicas = \"many\"\n");
     let mut provider = FakeProvider::new(
         FakeEngineFactory::vector(4).with_delay(Duration::from_millis(2), Duration::ZERO),
@@ -177,6 +179,7 @@ async fn stats_report_every_documented_key() {
     config.cache.redis_url = "redis://127.0.0.1:6379".into();
     config.store.database_url = database.url();
     config.store.flush_ms = 20;
+    config.memory.min_residency_s = 0;
     let server = TestServer::start_with_gpus(config, Arc::new(provider), Some(gpus));
     crate::common::live::until(&server, "m and on-gpu ready", |s| {
         s["model_pools"]["m"]["ready"] == true && s["model_pools"]["on-gpu"]["ready"] == true
@@ -199,8 +202,9 @@ async fn stats_report_every_documented_key() {
     let unknown =
         json!({"model": "nope", "inputs": {"x": tensor(&[1, 4], "FP32", json!([1, 0, 0, 0]))}});
     assert_eq!(server.post("/api/optimized/predict", &unknown).await.0, 404);
-    let stats = crate::common::live::until(&server, "the log's rows written", |s| {
+    let stats = crate::common::live::until(&server, "the log's rows written, idle gone", |s| {
         s["connection_pools"]["postgres"]["rows_written"].as_u64() >= Some(4)
+            && s["model_pools"]["idle"]["residency"] == "cold"
     })
     .await;
 

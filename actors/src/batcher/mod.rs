@@ -15,15 +15,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::{Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, SpawnHandle, WrapFuture};
+use actix::{
+    Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Recipient, SpawnHandle, WrapFuture,
+};
 use tracing::{info, warn};
 
 use crate::device::Device;
 use crate::error::InferError;
 use crate::memory::{FreeMemory, MemoryBudget, Reservation, ShareFreeMemory};
 use crate::messages::{
-    BatchDone, Enqueue, InferRequest, ItemMemoryMeasured, RanOutOfMemory, ReloadEngine,
-    ReplicaFailed, RunBatch,
+    BatchDone, Enqueue, InferRequest, ItemMemoryMeasured, ModelDemanded, RanOutOfMemory,
+    ReloadEngine, ReplicaFailed, RunBatch,
 };
 use crate::model::ModelState;
 use crate::observer::BatchObserver;
@@ -31,6 +33,7 @@ use crate::queue::{PendingQueue, Readiness};
 use crate::repository::ModelSettings;
 
 mod replicas;
+mod residency;
 mod snapshot;
 
 use replicas::ReplicaSlot;
@@ -93,6 +96,14 @@ pub struct Batcher {
     free_memory: Option<FreeMemory>,
     /// After running out of memory: the lowered cap, and until when.
     out_of_memory_cap: Option<(usize, Instant)>,
+    /// Where it asks for its model to be brought into memory; `None`
+    /// outside a supervisor (only the replicas attached to it serve).
+    supervisor: Option<Recipient<ModelDemanded>>,
+    /// Told about its replicas at least once (they started, or the model
+    /// did not fit and stays out of memory until asked for).
+    attached: bool,
+    /// Armed while requests wait for the model to load.
+    load_tick: Option<SpawnHandle>,
 }
 
 impl Batcher {
@@ -128,7 +139,17 @@ impl Batcher {
             memory_configured: settings.memory_mb.is_some(),
             free_memory: None,
             out_of_memory_cap: None,
+            supervisor: None,
+            attached: false,
+            load_tick: None,
         }
+    }
+
+    /// Requests for the model while none of its replicas is in memory ask
+    /// `supervisor` to load it, and wait for it.
+    pub fn with_supervisor(mut self, supervisor: Recipient<ModelDemanded>) -> Self {
+        self.supervisor = Some(supervisor);
+        self
     }
 
     /// Asks the memory budget, once, for its shared free MB, so that
@@ -250,6 +271,8 @@ impl Batcher {
         }
         let cap = self.cap().0;
         self.arm_wakeup(ctx, cap);
+        self.note_work();
+        self.await_load(ctx);
     }
 
     /// The batch replica `index` should run now, if one may leave.
@@ -447,6 +470,7 @@ impl Handler<Enqueue> for Batcher {
         request.enqueued = Instant::now();
         request.waiting = tracing::info_span!(parent: &request.span, "queue", model = %self.model);
         self.queue.push(request);
+        self.state.usage.requested();
         self.dispatch(ctx);
         if self.retiring {
             self.fail_queue_if_hopeless();

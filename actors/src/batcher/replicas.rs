@@ -19,10 +19,9 @@ use tracing::{info, warn};
 use super::{Batcher, ReplicaState};
 use crate::device::{Device, Placement};
 use crate::engine::{EngineFactory, LoadTarget};
-use crate::error::InferError;
 use crate::memory::{BudgetFreed, MemoryBudget, Reservation, Reserve, Resize};
 use crate::messages::{AttachReplica, DrainReplica, ReplicaFailed, ReplicaReady, RetireModel};
-use crate::model::BatcherAddr;
+use crate::model::{BatcherAddr, Residency};
 use crate::replica::{Replica, ReplicaReports, ReplicaStart};
 
 pub(super) struct ReplicaSlot {
@@ -52,6 +51,23 @@ pub(super) struct ReplicaSlot {
     pub(super) last_error: Option<String>,
     /// The footprint its engine was measured to hold, once loaded.
     pub(super) measured_mb: Option<u64>,
+    /// When its engine last started loading.
+    pub(super) spawned_at: Instant,
+}
+
+/// True when `slot` was refused for good.
+fn reservation_is_permanent(slot: Option<&ReplicaSlot>) -> bool {
+    slot.is_some_and(ReplicaSlot::refusal_is_permanent)
+}
+
+impl ReplicaSlot {
+    /// True when the budget refused it for good (it can never fit).
+    pub(super) fn refusal_is_permanent(&self) -> bool {
+        self.reservation
+            .as_ref()
+            .and_then(Reservation::refusal)
+            .is_some_and(|r| r.permanent)
+    }
 }
 
 /// Delay before restarting a replica that failed `failures` times in a row:
@@ -115,7 +131,9 @@ impl Batcher {
                 slot.state = ReplicaState::Loading;
                 slot.loading = true;
                 slot.restarts += 1;
+                slot.spawned_at = Instant::now();
             }
+            this.update_ready_count();
         });
     }
 
@@ -147,30 +165,11 @@ impl Batcher {
     }
 
     pub(super) fn update_ready_count(&self) {
-        let ready = self
-            .replicas
-            .iter()
-            .filter(|r| r.state == ReplicaState::Ready)
-            .count();
-        self.state.set_ready_replicas(ready);
+        self.publish_state();
     }
 
     pub(super) fn slot_mut(&mut self, id: usize) -> Option<&mut ReplicaSlot> {
         self.replicas.iter_mut().find(|r| r.id == id)
-    }
-
-    /// With no replica left that could ever serve, waiting requests fail now
-    /// instead of waiting for their deadline.
-    pub(super) fn fail_queue_if_hopeless(&mut self) {
-        let hopeful = self
-            .replicas
-            .iter()
-            .any(|r| matches!(r.state, ReplicaState::Ready | ReplicaState::Loading));
-        if !hopeful {
-            for entry in self.queue.drain_all() {
-                entry.answer(Err(InferError::ModelNotReady(self.model.clone())));
-            }
-        }
     }
 }
 
@@ -196,12 +195,18 @@ impl Handler<ReplicaReady> for Batcher {
             if let Some(mb) = msg.footprint_mb {
                 self.measured(msg.replica, mb);
             }
+            let was_resident = self.residency() == Residency::Resident;
             let Some(slot) = self.slot_mut(msg.replica) else {
                 return;
             };
             slot.failures = 0;
             slot.last_error = None;
             slot.state = ReplicaState::Ready;
+            let loaded_in = slot.spawned_at.elapsed();
+            self.state.usage.replica_ready(msg.replica, loaded_in);
+            if !was_resident {
+                self.note_load_waits();
+            }
         }
         self.update_ready_count();
         self.dispatch(ctx);
@@ -277,13 +282,14 @@ impl Handler<ReplicaFailed> for Batcher {
 }
 
 /// Asks `budget` for replica `id` of `batcher`'s model and hands the answer
-/// to the batcher. Whatever happens to the answer on the way, a granted
+/// to the batcher; false when it was refused with `cold_if_refused` (no
+/// slot keeps it: the model stays out of memory). Whatever happens to the answer on the way, a granted
 /// reservation is given back unless a replica slot holds it.
 pub async fn reserve_and_attach(
     batcher: BatcherAddr,
     budget: Addr<MemoryBudget>,
     mut attach: AttachReplicaRequest,
-) {
+) -> bool {
     let reserve = Reserve {
         owner: attach.owner.clone(),
         mb: attach.mb,
@@ -297,18 +303,21 @@ pub async fn reserve_and_attach(
             format!("memory budget unavailable: {e}"),
         ),
     };
+    let kept = !(attach.cold_if_refused && reservation.refusal().is_some_and(|r| !r.permanent));
     let message = AttachReplica {
         id: attach.id,
         factory: attach.factory,
         warmup: attach.warmup,
         reservation,
         retry: attach.retry,
+        cold_if_refused: attach.cold_if_refused,
     };
     // A full mailbox is only busy: deliver anyway. A closed one (the batcher
     // retired) drops the message and with it the reservation.
     if let Err(actix::dev::SendError::Full(message)) = batcher.try_send(message) {
         batcher.do_send(message);
     }
+    kept
 }
 
 /// What [`reserve_and_attach`] asks for.
@@ -322,6 +331,8 @@ pub struct AttachReplicaRequest {
     pub factory: Arc<dyn EngineFactory>,
     pub warmup: u32,
     pub retry: bool,
+    /// Refused, the model stays out of memory (no slot waits for room).
+    pub cold_if_refused: bool,
 }
 
 impl Handler<AttachReplica> for Batcher {
@@ -334,7 +345,9 @@ impl Handler<AttachReplica> for Batcher {
             warmup,
             reservation,
             retry,
+            cold_if_refused,
         } = msg;
+        self.attached = true;
         let drained = self.drained_early.iter().position(|d| *d == id);
         if self.retiring || drained.is_some() {
             if let Some(index) = drained {
@@ -350,6 +363,14 @@ impl Handler<AttachReplica> for Batcher {
         }
         if retry {
             // Drained while it asked again: the reservation goes back.
+            return;
+        }
+        let can_fit_later = reservation.refusal().is_some_and(|r| !r.permanent);
+        if cold_if_refused && can_fit_later {
+            // Out of memory until a request asks for it: no slot waits.
+            drop(reservation);
+            self.update_ready_count();
+            self.dispatch(ctx);
             return;
         }
         let (addr, state) = match reservation.refusal() {
@@ -377,8 +398,10 @@ impl Handler<AttachReplica> for Batcher {
             loading,
             last_error: None,
             measured_mb: None,
+            spawned_at: Instant::now(),
         });
-        if !loading {
+        let permanent = reservation_is_permanent(self.replicas.last());
+        if !loading && !permanent {
             // Room may have been given back between the budget refusing this
             // slot and the slot being recorded here: its BudgetFreed then
             // found no slot. Asking once more closes that gap; a refusal now
@@ -391,6 +414,7 @@ impl Handler<AttachReplica> for Batcher {
                 self.ask_again(owner, ctx);
             }
         }
+        self.update_ready_count();
         self.fail_queue_if_hopeless();
     }
 }
@@ -429,6 +453,8 @@ impl Batcher {
         slot.addr = Some(addr);
         slot.state = ReplicaState::Loading;
         slot.loading = true;
+        slot.spawned_at = Instant::now();
+        self.update_ready_count();
     }
 }
 
@@ -444,7 +470,7 @@ impl Handler<BudgetFreed> for Batcher {
 impl Batcher {
     /// The refused slot whose reservation `owner` names asks the budget
     /// again; its answer comes back as a retried [`AttachReplica`].
-    fn ask_again(&mut self, owner: String, ctx: &mut Context<Self>) {
+    pub(super) fn ask_again(&mut self, owner: String, ctx: &mut Context<Self>) {
         let (Some(budget), false) = (self.budget.clone(), self.retiring) else {
             return;
         };
@@ -465,6 +491,7 @@ impl Batcher {
             factory,
             warmup: slot.warmup,
             retry: true,
+            cold_if_refused: false,
         };
         let batcher = BatcherAddr::new(&ctx.address());
         actix::spawn(reserve_and_attach(batcher, budget, request));

@@ -45,6 +45,9 @@ pub struct Refusal {
     pub free_mb: u64,
     /// Why, in words: which resource ran out, or which device is missing.
     pub reason: String,
+    /// It can never fit: more than any allowed device's whole total, or
+    /// no allowed device at all. Waiting for room would not help.
+    pub permanent: bool,
 }
 
 /// One device's budget, for stats.
@@ -301,9 +304,21 @@ impl Handler<Reserve> for MemoryBudget {
             // Waiting for room would not help: the device is missing.
             Err(why) => {
                 waiter = None;
-                Err((0, why))
+                Err((0, why, true))
             }
             Ok(candidates) => self.choose(&candidates, msg.mb, had).map_err(|free| {
+                let largest = candidates
+                    .iter()
+                    .filter_map(|d| self.devices.get(d).map(|b| b.total_mb))
+                    .max()
+                    .unwrap_or(0);
+                if msg.mb > largest {
+                    let reason = format!(
+                        "needs {} MB of memory, more than the budget's whole {largest} MB",
+                        msg.mb
+                    );
+                    return (free, reason, true);
+                }
                 let on = match candidates.as_slice() {
                     [one] => format!("{one}"),
                     many => {
@@ -317,18 +332,23 @@ impl Handler<Reserve> for MemoryBudget {
                         "needs {} MB of memory, the budget has {free} MB free ({on})",
                         msg.mb
                     ),
+                    false,
                 )
             }),
         };
         let budget = Some(ctx.address());
         let device = match chosen {
             Ok(device) => device,
-            Err((free_mb, reason)) => {
+            Err((free_mb, reason, permanent)) => {
+                if permanent {
+                    waiter = None;
+                }
                 let refusal = Refusal {
                     owner: msg.owner.clone(),
                     required_mb: msg.mb,
                     free_mb,
                     reason,
+                    permanent,
                 };
                 warn!(
                     replica = %refusal.owner,
@@ -428,6 +448,56 @@ impl Handler<ShareFreeMemory> for MemoryBudget {
 
     fn handle(&mut self, _: ShareFreeMemory, _ctx: &mut Self::Context) -> Self::Result {
         MessageResult(self.free_memory())
+    }
+}
+
+/// One device as [`GetLedger`] tells it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LedgerDevice {
+    pub device: Device,
+    pub total_mb: u64,
+    pub free_mb: u64,
+}
+
+/// What the budget holds, for whoever decides what leaves memory: the
+/// devices a placement allows, with their free memory, and every granted
+/// reservation's device and size.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Ledger {
+    pub devices: Vec<LedgerDevice>,
+    pub held: BTreeMap<String, (Device, u64)>,
+}
+
+/// Asks for the [`Ledger`] of the devices `placement` allows; `Err` says
+/// why it allows none.
+#[derive(Message)]
+#[rtype(result = "Result<Ledger, String>")]
+pub struct GetLedger {
+    pub placement: Placement,
+}
+
+impl Handler<GetLedger> for MemoryBudget {
+    type Result = Result<Ledger, String>;
+
+    fn handle(&mut self, msg: GetLedger, _ctx: &mut Self::Context) -> Self::Result {
+        let candidates = device::candidates(&msg.placement, &self.visible, &self.setup.support)?;
+        let devices = candidates
+            .into_iter()
+            .filter_map(|device| {
+                let budget = self.devices.get(&device)?;
+                Some(LedgerDevice {
+                    device,
+                    total_mb: budget.total_mb,
+                    free_mb: self.free_mb(device),
+                })
+            })
+            .collect();
+        let held = self
+            .reservations
+            .iter()
+            .map(|(owner, held)| (owner.clone(), (held.device, held.mb)))
+            .collect();
+        Ok(Ledger { devices, held })
     }
 }
 

@@ -34,6 +34,7 @@ impl Reservation {
                 required_mb: 0,
                 free_mb: 0,
                 reason,
+                permanent: false,
             }),
             owner,
             device: None,

@@ -56,20 +56,22 @@ async fn model_metadata(
     state: web::Data<AppState>,
     path: web::Path<ModelPath>,
 ) -> Result<HttpResponse, ApiError> {
-    Ok(HttpResponse::Ok().json(state.service.model_metadata(&path)?))
+    Ok(HttpResponse::Ok().json(state.service.model_metadata(&path).await?))
 }
 
 #[utoipa::path(get, path = "/v2/models/{model}/ready", tag = "v2", params(crate::api::schemas::ModelParam),
     responses((status = 200, description = "The model is ready", body = crate::api::schemas::ModelReady),
-        (status = 503, description = "The model has no ready replica", body = crate::api::schemas::ModelReady),
+        (status = 503, description = "The model cannot take requests (starting, failed)", body = crate::api::schemas::ModelReady),
         crate::api::schemas::ModelErrors))]
 async fn model_ready(
     state: web::Data<AppState>,
     path: web::Path<ModelPath>,
 ) -> Result<HttpResponse, ApiError> {
     let model = state.service.model_at(&path)?;
-    let body = serde_json::json!({ "name": model.name(), "ready": model.is_ready() });
-    Ok(if model.is_ready() {
+    // Out of memory is ready too: its next request loads it.
+    let ready = model.is_servable();
+    let body = serde_json::json!({ "name": model.name(), "ready": ready });
+    Ok(if ready {
         HttpResponse::Ok().json(body)
     } else {
         HttpResponse::ServiceUnavailable().json(body)

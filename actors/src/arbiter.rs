@@ -1,0 +1,380 @@
+//! The supervisor as the one arbiter of memory. Requests for a model with
+//! no replica in memory make its batcher (or, before its first load, its
+//! handle) send [`ModelDemanded`]; the supervisor then starts a replica and,
+//! when the budget has no room for it, evicts idle replicas of other models
+//! ranked by Greedy-Dual-Size-Frequency (see [`crate::residency`]). Never
+//! evicted: a pinned model (`keep_loaded`), a model with work queued or
+//! running, a replica ready for less than `memory.min_residency_s` (so two
+//! models cannot evict each other back and forth), a replica still loading.
+//! Once a second, models idle for their `downscale_delay_s` give replicas
+//! back down to `min_replicas` (0: the model leaves memory). Every decision
+//! is logged, told to the observer (metrics) and kept for stats.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use actix::{ActorFutureExt, AsyncContext, Context, Handler, WrapFuture};
+use tracing::{debug, info};
+
+use crate::device::Device;
+use crate::memory::{GetLedger, Ledger};
+use crate::messages::{DrainReplica, ModelDemanded};
+use crate::model::ModelHandle;
+use crate::observer::{BatchObserver, ResidencyAction, ResidencyDecision};
+use crate::residency::{self, Candidate};
+use crate::supervisor::Supervisor;
+
+/// Decisions kept for stats.
+const DECISIONS_KEPT: usize = 64;
+
+/// How often idle models are looked at.
+const IDLE_TICK: Duration = Duration::from_secs(1);
+
+/// How long a replica asked to leave counts as leaving (its memory as
+/// coming back) before it is looked at afresh.
+const EVICTION_GRACE: Duration = Duration::from_secs(30);
+
+/// How residency is decided.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ResidencyConfig {
+    /// The least time a replica stays ready before it may be evicted or
+    /// scaled down.
+    pub min_residency: Duration,
+}
+
+impl Default for ResidencyConfig {
+    fn default() -> Self {
+        ResidencyConfig {
+            min_residency: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The latest residency decisions, newest last (for stats).
+#[derive(Debug, Clone, Default)]
+pub struct Decisions(Arc<Mutex<VecDeque<ResidencyDecision>>>);
+
+impl Decisions {
+    fn push(&self, decision: ResidencyDecision) {
+        let mut kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if kept.len() == DECISIONS_KEPT {
+            kept.pop_front();
+        }
+        kept.push_back(decision);
+    }
+
+    /// The decisions kept, oldest first.
+    pub fn latest(&self) -> Vec<ResidencyDecision> {
+        let kept = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        kept.iter().cloned().collect()
+    }
+}
+
+/// A replica asked to leave whose reservation the budget still holds.
+struct Leaving {
+    device: Device,
+    mb: u64,
+    since: Instant,
+}
+
+/// The arbiter's settings and state, held by the supervisor.
+pub(crate) struct Arbiter {
+    config: ResidencyConfig,
+    /// GDSF's clock: the priority of the last replica evicted.
+    clock: f64,
+    leaving: BTreeMap<String, Leaving>,
+    /// Models whose demand is being looked at (one look at a time).
+    looking: BTreeSet<String>,
+    decisions: Decisions,
+    observer: Arc<dyn BatchObserver>,
+}
+
+impl Arbiter {
+    pub(crate) fn new(
+        config: ResidencyConfig,
+        decisions: Decisions,
+        observer: Arc<dyn BatchObserver>,
+    ) -> Arbiter {
+        Arbiter {
+            config,
+            clock: 0.0,
+            leaving: BTreeMap::new(),
+            looking: BTreeSet::new(),
+            decisions,
+            observer,
+        }
+    }
+
+    pub(crate) fn min_residency(&self) -> Duration {
+        self.config.min_residency
+    }
+
+    pub(crate) fn decisions(&self) -> &Decisions {
+        &self.decisions
+    }
+
+    fn decide(&self, model: &str, action: ResidencyAction, reason: String) {
+        info!(model = %model, action = action.as_str(), reason = %reason, "residency decision");
+        let decision = ResidencyDecision {
+            at_unix_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64),
+            model: model.to_string(),
+            action,
+            reason,
+        };
+        self.observer.residency_decided(&decision);
+        self.decisions.push(decision);
+    }
+
+    /// Forgets replicas that have left (the budget no longer holds them)
+    /// or were asked long ago; returns the MB still leaving per device.
+    fn settle(&mut self, ledger: &Ledger) -> BTreeMap<Device, u64> {
+        self.leaving.retain(|owner, l| {
+            ledger.held.contains_key(owner) && l.since.elapsed() < EVICTION_GRACE
+        });
+        let mut pending = BTreeMap::new();
+        for l in self.leaving.values() {
+            *pending.entry(l.device).or_insert(0) += l.mb;
+        }
+        pending
+    }
+}
+
+/// What a replica of `handle` reserves: its configured `memory_mb`, else
+/// what one was measured to hold, else the estimate.
+fn footprint_mb(handle: &ModelHandle) -> u64 {
+    match (handle.spec.settings.memory_mb, handle.state.measured_mb()) {
+        (Some(configured), _) => configured,
+        (None, Some(measured)) => measured,
+        (None, None) => handle.spec.memory_mb,
+    }
+}
+
+impl Supervisor {
+    /// Starts the once-a-second look at idle models.
+    pub(crate) fn start_residency_ticks(&self, ctx: &mut Context<Self>) {
+        ctx.run_interval(IDLE_TICK, |act, _ctx| act.scale_down_idle());
+    }
+
+    /// Replicas of models idle for their `downscale_delay_s` leave, one per
+    /// model per look, down to `min_replicas`.
+    fn scale_down_idle(&mut self) {
+        let floor = self.residency.config.min_residency;
+        let mut leaving = Vec::new();
+        for (name, plan) in &self.plans {
+            let settings = &plan.handle.spec.settings;
+            if plan.ids.len() <= settings.idle_replicas() || settings.keep_loaded {
+                continue;
+            }
+            let usage = &plan.handle.state.usage;
+            let delay = Duration::from_secs(settings.downscale_delay_s);
+            // A model never asked for counts as idle since it loaded.
+            let last = |id: usize| usage.idle_for().or(usage.ready_for(id));
+            let idle = usage.is_idle();
+            let Some(&id) = plan.ids.iter().rev().find(|&&id| {
+                idle && usage.ready_for(id).is_some_and(|r| r >= floor)
+                    && last(id).is_some_and(|i| i >= delay)
+            }) else {
+                continue;
+            };
+            leaving.push((name.clone(), id, delay));
+        }
+        for (name, id, delay) in leaving {
+            let Some(plan) = self.plans.get_mut(&name) else {
+                continue;
+            };
+            plan.ids.retain(|&i| i != id);
+            plan.handle.batcher.do_send(DrainReplica { id });
+            let left = plan.ids.len();
+            self.residency.decide(
+                &name,
+                ResidencyAction::ScaleDown,
+                format!(
+                    "no request for {} s; replica {id} leaves, {left} stay",
+                    delay.as_secs()
+                ),
+            );
+        }
+    }
+}
+
+impl Handler<ModelDemanded> for Supervisor {
+    type Result = ();
+
+    /// Requests wait for `model`: start a replica when it has none planned,
+    /// and make room for one when the budget has none.
+    fn handle(&mut self, msg: ModelDemanded, ctx: &mut Self::Context) {
+        let Some(plan) = self.plans.get(&msg.model) else {
+            return;
+        };
+        let current = Arc::ptr_eq(&plan.handle.state, &msg.state);
+        if !current || plan.handle.state.desired_replicas() == 0 {
+            return;
+        }
+        if !self.residency.looking.insert(msg.model.clone()) {
+            return;
+        }
+        let handle = plan.handle.clone();
+        let ask = GetLedger {
+            placement: handle.spec.settings.placement(),
+        };
+        let budget = self.budget.clone();
+        let look = async move { budget.send(ask).await };
+        ctx.spawn(look.into_actor(self).map(move |ledger, act, ctx| {
+            act.residency.looking.remove(handle.name());
+            let still_current = act
+                .plans
+                .get(handle.name())
+                .is_some_and(|p| Arc::ptr_eq(&p.handle, &handle));
+            if !still_current {
+                return;
+            }
+            let ledger = match ledger {
+                Ok(Ok(ledger)) => ledger,
+                Ok(Err(why)) => {
+                    debug!(model = %handle.name(), reason = %why, "no device for the model");
+                    return;
+                }
+                Err(e) => {
+                    debug!(model = %handle.name(), error = %e, "memory budget did not answer");
+                    return;
+                }
+            };
+            let evicted = act.make_room(&handle, &ledger);
+            act.load_if_unplanned(&handle, evicted, ctx);
+        }));
+    }
+}
+
+impl Supervisor {
+    /// Evicts what must go for one replica of `handle` to fit; returns the
+    /// models evicted (empty when it fits already, or when nothing that may
+    /// go would free enough: then nothing goes, and the requests keep
+    /// waiting for a replica to turn idle or old enough).
+    fn make_room(&mut self, handle: &Arc<ModelHandle>, ledger: &Ledger) -> Vec<String> {
+        let mb = footprint_mb(handle);
+        let pending = self.residency.settle(ledger);
+        let candidates = self.eviction_candidates(handle.name(), ledger);
+        let room = residency::make_room(
+            ledger,
+            &|device| pending.get(&device).copied().unwrap_or(0),
+            mb,
+            &candidates,
+        );
+        let room = match room {
+            Ok(room) => room,
+            Err(most) => {
+                debug!(
+                    model = %handle.name(),
+                    needs_mb = mb,
+                    could_free_mb = most,
+                    "no room yet; requests wait for replicas to turn idle"
+                );
+                return Vec::new();
+            }
+        };
+        let mut evicted = Vec::new();
+        for victim in room.victims {
+            let Some(plan) = self.plans.get_mut(&victim.model) else {
+                continue;
+            };
+            plan.ids.retain(|&id| id != victim.id);
+            plan.handle.batcher.do_send(DrainReplica { id: victim.id });
+            self.residency.clock = self.residency.clock.max(victim.priority);
+            let leaving = Leaving {
+                device: victim.device,
+                mb: victim.mb,
+                since: Instant::now(),
+            };
+            self.residency.leaving.insert(victim.owner.clone(), leaving);
+            self.residency.decide(
+                &victim.model,
+                ResidencyAction::Evict,
+                format!(
+                    "replica {} ({} MB on {}) makes room for {} (needs {mb} MB); priority {:.2}",
+                    victim.id,
+                    victim.mb,
+                    victim.device,
+                    handle.name(),
+                    victim.priority
+                ),
+            );
+            evicted.push(victim.model);
+        }
+        evicted
+    }
+
+    /// Idle, unpinned replicas of other models, ready long enough, that
+    /// the budget holds and that are not already leaving, with their GDSF
+    /// priorities.
+    fn eviction_candidates(&self, needy: &str, ledger: &Ledger) -> Vec<Candidate> {
+        let floor = self.residency.config.min_residency;
+        let mut candidates = Vec::new();
+        for (name, plan) in &self.plans {
+            let handle = &plan.handle;
+            let usage = &handle.state.usage;
+            if name == needy || handle.spec.settings.keep_loaded || !usage.is_idle() {
+                continue;
+            }
+            let load_ms = usage
+                .load_time()
+                .map_or(1000, |t| t.as_millis().max(1) as u64);
+            for &id in &plan.ids {
+                let owner = format!("{name}/{id}");
+                let Some(&(device, mb)) = ledger.held.get(&owner) else {
+                    continue;
+                };
+                let old_enough = usage.ready_for(id).is_some_and(|r| r >= floor);
+                if !old_enough || self.residency.leaving.contains_key(&owner) {
+                    continue;
+                }
+                let requests = usage.requests_since_load();
+                candidates.push(Candidate {
+                    owner,
+                    model: name.clone(),
+                    id,
+                    device,
+                    mb,
+                    priority: residency::priority(
+                        self.residency.clock,
+                        requests,
+                        plan.ids.len(),
+                        load_ms,
+                        mb,
+                    ),
+                });
+            }
+        }
+        candidates
+    }
+
+    /// A model with no replica planned gets one (its reservation waits for
+    /// the room just made, when the evicted have not left yet).
+    fn load_if_unplanned(
+        &mut self,
+        handle: &Arc<ModelHandle>,
+        evicted: Vec<String>,
+        ctx: &mut Context<Self>,
+    ) {
+        let name = handle.name().to_string();
+        let Some(plan) = self.plans.get(&name) else {
+            return;
+        };
+        if !plan.ids.is_empty() {
+            return;
+        }
+        let ids = self.take_ids(&name, 1);
+        if let Some(plan) = self.plans.get_mut(&name) {
+            plan.ids.extend(&ids);
+        }
+        let reason = if evicted.is_empty() {
+            "requests wait for it".to_string()
+        } else {
+            format!("requests wait for it; evicted {}", evicted.join(", "))
+        };
+        self.residency.decide(&name, ResidencyAction::Load, reason);
+        self.spawn_starts(handle.clone(), ids, ctx);
+    }
+}

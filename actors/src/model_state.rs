@@ -1,0 +1,175 @@
+//! A model's state shared by its batcher (which writes it) and everyone
+//! who reads it without a message: its signature once a replica loaded,
+//! ready replicas, residency (in memory, loading, cold, failed), measured
+//! footprint and use.
+
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::Instant;
+
+use crate::readiness::Readiness;
+use crate::signature::ModelSignature;
+use crate::usage::ModelUsage;
+
+/// Whether a model is in memory, as its batcher last saw its replicas.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Residency {
+    /// Registered; its first replicas have not reported yet.
+    Starting,
+    /// A replica is loading and none is ready.
+    Loading,
+    /// At least one replica is ready.
+    Resident,
+    /// No replica in memory (it did not fit, was evicted or left idle):
+    /// available, and loaded when a request asks for it.
+    Cold,
+    /// It cannot serve: its replicas failed, or it can never fit.
+    Failed(String),
+}
+
+impl Residency {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Residency::Starting => "starting",
+            Residency::Loading => "loading",
+            Residency::Resident => "resident",
+            Residency::Cold => "cold",
+            Residency::Failed(_) => "failed",
+        }
+    }
+
+    fn code(&self) -> u8 {
+        match self {
+            Residency::Starting => 0,
+            Residency::Loading => 1,
+            Residency::Resident => 2,
+            Residency::Cold => 3,
+            Residency::Failed(_) => 4,
+        }
+    }
+}
+
+/// State shared by a model's batcher (which writes it) and its handle (read
+/// on every request, without a message round trip).
+#[derive(Debug, Default)]
+pub struct ModelState {
+    signature: OnceLock<ModelSignature>,
+    ready_replicas: AtomicUsize,
+    desired_replicas: AtomicUsize,
+    /// Told when the model turns ready or stops being ready.
+    readiness: Readiness,
+    /// The footprint its replicas were last measured to hold (0: not yet).
+    measured_mb: AtomicU64,
+    /// [`Residency::code`] of its residency; the failure's reason beside.
+    residency: AtomicU8,
+    failure: Mutex<Option<String>>,
+    /// Bumped when the signature is set or the residency changes: whoever
+    /// waits for a model to load waits on it.
+    changes: tokio::sync::watch::Sender<u64>,
+    /// How it is used, for the supervisor's residency decisions.
+    pub usage: ModelUsage,
+}
+
+impl ModelState {
+    /// The state of a model whose readiness changes go to `readiness`.
+    pub fn new(readiness: Readiness) -> ModelState {
+        ModelState {
+            readiness,
+            ..ModelState::default()
+        }
+    }
+
+    pub fn signature(&self) -> Option<&ModelSignature> {
+        self.signature.get()
+    }
+
+    /// Records the signature the first replica read from its session.
+    pub fn set_signature(&self, signature: ModelSignature) {
+        if self.signature.set(signature).is_ok() {
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// Whether the model is in memory now.
+    pub fn residency(&self) -> Residency {
+        match self.residency.load(Ordering::Acquire) {
+            0 => Residency::Starting,
+            1 => Residency::Loading,
+            2 => Residency::Resident,
+            3 => Residency::Cold,
+            _ => Residency::Failed(
+                self.failure
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+                    .unwrap_or_default(),
+            ),
+        }
+    }
+
+    /// Notes the model's residency; a change wakes whoever waits on it.
+    pub(crate) fn set_residency(&self, residency: Residency) {
+        let before = self.residency.load(Ordering::Acquire);
+        if let Residency::Failed(reason) = &residency {
+            *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.clone());
+        }
+        self.residency.store(residency.code(), Ordering::Release);
+        if before != residency.code() || matches!(residency, Residency::Failed(_)) {
+            let was_servable = before == 2 || before == 3;
+            let servable = matches!(residency, Residency::Resident | Residency::Cold);
+            self.changes.send_modify(|n| *n = n.wrapping_add(1));
+            if was_servable != servable {
+                self.readiness.changed();
+            }
+        }
+    }
+
+    /// True when the model can take requests: resident, or out of memory
+    /// but able to load (cold), or loading again after it served before.
+    pub fn is_servable(&self) -> bool {
+        match self.residency() {
+            Residency::Resident | Residency::Cold => true,
+            Residency::Loading => self.signature().is_some(),
+            Residency::Starting | Residency::Failed(_) => false,
+        }
+    }
+
+    /// Waits until the signature is known, the model failed or `deadline`
+    /// passes.
+    pub(crate) async fn signature_change(&self, deadline: Instant) {
+        let mut changes = self.changes.subscribe();
+        if self.signature().is_some() || matches!(self.residency(), Residency::Failed(_)) {
+            return;
+        }
+        let _ = tokio::time::timeout_at(deadline.into(), changes.changed()).await;
+    }
+
+    pub fn ready_replicas(&self) -> usize {
+        self.ready_replicas.load(Ordering::Relaxed)
+    }
+
+    pub fn set_ready_replicas(&self, n: usize) {
+        self.ready_replicas.store(n, Ordering::Relaxed);
+    }
+
+    /// The largest MB a replica of this model (on the CPU) was measured to
+    /// hold, once one loaded where memory can be read.
+    pub fn measured_mb(&self) -> Option<u64> {
+        Some(self.measured_mb.load(Ordering::Relaxed)).filter(|&mb| mb > 0)
+    }
+
+    /// Notes a measured footprint; the largest one measured stays, so one
+    /// low reading cannot shrink what later replicas reserve.
+    pub(crate) fn raise_measured_mb(&self, mb: u64) {
+        self.measured_mb.fetch_max(mb, Ordering::Relaxed);
+    }
+
+    /// Replicas the operator asked for (config or scaling).
+    pub fn desired_replicas(&self) -> usize {
+        self.desired_replicas.load(Ordering::Relaxed)
+    }
+
+    pub fn set_desired_replicas(&self, n: usize) {
+        self.desired_replicas.store(n, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,143 @@
+//! How a model is being used, as its batcher records it and the supervisor
+//! reads it when it decides what stays in memory: work queued and running,
+//! requests since it was last loaded, when it was last asked for, how long
+//! a load takes and since when each replica has been ready. Plain atomics
+//! (and one small map), written by the batcher, read without a message.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// Milliseconds since the first call in this process: a clock that fits an
+/// atomic.
+pub fn clock_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// One model's use, shared by its batcher (which writes it) and the
+/// supervisor (which reads it).
+#[derive(Debug, Default)]
+pub struct ModelUsage {
+    /// Requests waiting in the batcher's queue.
+    queued: AtomicUsize,
+    /// Items in batches its replicas are running or hold.
+    inflight: AtomicUsize,
+    /// Requests the batcher took, ever.
+    requests: AtomicU64,
+    /// `requests` when the model last went from no ready replica to one.
+    requests_at_load: AtomicU64,
+    /// [`clock_ms`] of the last request (0: none yet).
+    last_request_ms: AtomicU64,
+    /// How long the last replica took to load and warm up (0: not yet).
+    load_ms: AtomicU64,
+    /// Ready replicas by id, with the [`clock_ms`] each turned ready at.
+    ready_since: Mutex<BTreeMap<usize, u64>>,
+}
+
+impl ModelUsage {
+    /// Notes a request taken into the queue.
+    pub(crate) fn requested(&self) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        self.last_request_ms.store(clock_ms(), Ordering::Relaxed);
+    }
+
+    /// Sets the work held now: `queued` requests and `inflight` items.
+    pub(crate) fn set_work(&self, queued: usize, inflight: usize) {
+        self.queued.store(queued, Ordering::Relaxed);
+        self.inflight.store(inflight, Ordering::Relaxed);
+    }
+
+    /// True when nothing is queued or running.
+    pub fn is_idle(&self) -> bool {
+        self.queued.load(Ordering::Relaxed) == 0 && self.inflight.load(Ordering::Relaxed) == 0
+    }
+
+    /// Replica `id` turned ready after a load of `load`.
+    pub(crate) fn replica_ready(&self, id: usize, load: Duration) {
+        let mut ready = self.ready_since.lock().unwrap_or_else(|e| e.into_inner());
+        if ready.is_empty() {
+            self.requests_at_load
+                .store(self.requests.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+        ready.insert(id, clock_ms());
+        self.load_ms
+            .store(load.as_millis().max(1) as u64, Ordering::Relaxed);
+    }
+
+    /// Only replicas `ids` are ready now.
+    pub(crate) fn retain_ready(&self, ids: &[usize]) {
+        let mut ready = self.ready_since.lock().unwrap_or_else(|e| e.into_inner());
+        ready.retain(|id, _| ids.contains(id));
+    }
+
+    /// How long replica `id` has been ready; `None` when it is not.
+    pub fn ready_for(&self, id: usize) -> Option<Duration> {
+        let ready = self.ready_since.lock().unwrap_or_else(|e| e.into_inner());
+        let since = *ready.get(&id)?;
+        Some(Duration::from_millis(clock_ms().saturating_sub(since)))
+    }
+
+    /// Requests taken since the model was last loaded (since it last went
+    /// from no ready replica to one).
+    pub fn requests_since_load(&self) -> u64 {
+        self.requests
+            .load(Ordering::Relaxed)
+            .saturating_sub(self.requests_at_load.load(Ordering::Relaxed))
+    }
+
+    /// Requests taken, ever.
+    pub fn requests(&self) -> u64 {
+        self.requests.load(Ordering::Relaxed)
+    }
+
+    /// How long ago the last request came; `None` when none has.
+    pub fn idle_for(&self) -> Option<Duration> {
+        let last = self.last_request_ms.load(Ordering::Relaxed);
+        (last > 0).then(|| Duration::from_millis(clock_ms().saturating_sub(last)))
+    }
+
+    /// How long the last load and warmup took, once one has.
+    pub fn load_time(&self) -> Option<Duration> {
+        let ms = self.load_ms.load(Ordering::Relaxed);
+        (ms > 0).then(|| Duration::from_millis(ms))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_since_load_restart_when_the_model_loads_again() {
+        let usage = ModelUsage::default();
+        usage.requested();
+        usage.requested();
+        usage.replica_ready(0, Duration::from_millis(40));
+        usage.requested();
+        assert_eq!(usage.requests_since_load(), 1);
+        // A second replica does not restart the count...
+        usage.replica_ready(1, Duration::from_millis(40));
+        assert_eq!(usage.requests_since_load(), 1);
+        // ...a model that left memory and came back does.
+        usage.retain_ready(&[]);
+        usage.replica_ready(2, Duration::from_millis(40));
+        assert_eq!(usage.requests_since_load(), 0);
+        assert_eq!(usage.requests(), 3);
+        assert!(usage.ready_for(2).is_some() && usage.ready_for(0).is_none());
+        assert_eq!(usage.load_time(), Some(Duration::from_millis(40)));
+    }
+
+    #[test]
+    fn work_queued_or_running_is_not_idle() {
+        let usage = ModelUsage::default();
+        assert!(usage.is_idle());
+        usage.set_work(1, 0);
+        assert!(!usage.is_idle());
+        usage.set_work(0, 3);
+        assert!(!usage.is_idle());
+        usage.set_work(0, 0);
+        assert!(usage.is_idle());
+    }
+}
