@@ -6,6 +6,7 @@
 //! evicted: a pinned model (`keep_loaded`), a model with work queued or
 //! running, a replica ready for less than `memory.min_residency_s` (so two
 //! models cannot evict each other back and forth), a replica still loading.
+//! A failed model's replicas (restarting with backoff) may go at once.
 //! Once a second, models idle for their `downscale_delay_s` give replicas
 //! back down to `min_replicas` (0: the model leaves memory). Every decision
 //! is logged, told to the observer (metrics) and kept for stats.
@@ -20,7 +21,7 @@ use tracing::{debug, info};
 use crate::device::Device;
 use crate::memory::{GetLedger, Ledger};
 use crate::messages::{DrainReplica, ModelDemanded};
-use crate::model::ModelHandle;
+use crate::model::{ModelHandle, Residency};
 use crate::observer::{BatchObserver, ResidencyAction, ResidencyDecision};
 use crate::residency::{self, Candidate};
 use crate::supervisor::Supervisor;
@@ -254,7 +255,12 @@ impl Supervisor {
     /// go would free enough: then nothing goes, and the requests keep
     /// waiting for a replica to turn idle or old enough).
     fn make_room(&mut self, handle: &Arc<ModelHandle>, ledger: &Ledger) -> Vec<String> {
-        let mb = footprint_mb(handle);
+        let mut mb = footprint_mb(handle);
+        if handle.spec.settings.memory_mb.is_none() {
+            // As the budget cuts a figure larger than a device.
+            let largest = ledger.devices.iter().map(|d| d.total_mb).max();
+            mb = mb.min(largest.unwrap_or(mb));
+        }
         let pending = self.residency.settle(ledger);
         let candidates = self.eviction_candidates(handle.name(), ledger);
         let room = residency::make_room(
@@ -318,6 +324,7 @@ impl Supervisor {
             if name == needy || handle.spec.settings.keep_loaded || !usage.is_idle() {
                 continue;
             }
+            let failed = matches!(handle.state.residency(), Residency::Failed(_));
             let load_ms = usage
                 .load_time()
                 .map_or(1000, |t| t.as_millis().max(1) as u64);
@@ -326,7 +333,8 @@ impl Supervisor {
                 let Some(&(device, mb)) = ledger.held.get(&owner) else {
                     continue;
                 };
-                let old_enough = usage.ready_for(id).is_some_and(|r| r >= floor);
+                // A failed model's replicas serve nothing: they may go at once.
+                let old_enough = failed || usage.ready_for(id).is_some_and(|r| r >= floor);
                 if !old_enough || self.residency.leaving.contains_key(&owner) {
                     continue;
                 }

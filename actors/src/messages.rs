@@ -121,6 +121,15 @@ pub struct ReplicaFailed {
     pub error: String,
 }
 
+/// Replica → batcher: its engine is dropped (its memory given back to the
+/// system) and its thread ends. A drained replica's reservation is kept
+/// until then, so that a model loaded in its room never overlaps it.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct ReplicaStopped {
+    pub replica: usize,
+}
+
 /// Replica → batcher: a batch finished (answers are already sent).
 #[derive(Message)]
 #[rtype(result = "()")]

@@ -176,16 +176,20 @@ impl ModelHandle {
                 Err(InferError::ModelNotReady(_)) => {}
                 known => return known,
             }
+            // Asked again while it waits, as a batcher with waiting
+            // requests does: room may only come once replicas turn idle.
             if self.state.residency() == Residency::Cold {
                 self.demand();
             }
-            if Instant::now() >= deadline {
+            let now = Instant::now();
+            if now >= deadline {
                 return Err(InferError::LoadTimedOut {
                     model: self.spec.name.clone(),
                     waited_ms: started.elapsed().as_millis() as u64,
                 });
             }
-            self.state.signature_change(deadline).await;
+            let tick = now + crate::batcher::LOAD_TICK;
+            self.state.signature_change(tick.min(deadline)).await;
         }
     }
 

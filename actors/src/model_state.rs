@@ -134,14 +134,14 @@ impl ModelState {
         }
     }
 
-    /// Waits until the signature is known, the model failed or `deadline`
-    /// passes.
-    pub(crate) async fn signature_change(&self, deadline: Instant) {
+    /// Waits until the signature is set or the residency changes, or
+    /// until `until`.
+    pub(crate) async fn signature_change(&self, until: Instant) {
         let mut changes = self.changes.subscribe();
         if self.signature().is_some() || matches!(self.residency(), Residency::Failed(_)) {
             return;
         }
-        let _ = tokio::time::timeout_at(deadline.into(), changes.changed()).await;
+        let _ = tokio::time::timeout_at(until.into(), changes.changed()).await;
     }
 
     pub fn ready_replicas(&self) -> usize {

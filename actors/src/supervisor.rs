@@ -289,6 +289,7 @@ pub(crate) async fn start_replicas(
             warmup: spec.settings.warmup,
             retry: false,
             cold_if_refused,
+            configured: spec.settings.memory_mb.is_some(),
         };
         if !reserve_and_attach(handle.batcher.clone(), budget.clone(), request).await {
             refused.push(id);

@@ -154,7 +154,7 @@ async fn predict_batch(
         let handle = state.service.model(&form.model)?;
         whole.attribute(handle.clone());
         let deadline = std::time::Instant::now() + state.service.default_timeout();
-        handle.loaded_signature(deadline).await?;
+        state.service.signature_of(&handle, deadline).await?;
         Ok(form)
     }
     .await;

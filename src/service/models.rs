@@ -126,9 +126,8 @@ impl InferenceService {
     /// default request timeout).
     pub async fn model_metadata(&self, path: &ModelPath) -> Result<ModelMetadata, ApiError> {
         let model = self.model_at(path)?;
-        let signature = model
-            .loaded_signature(Instant::now() + self.default_timeout)
-            .await?;
+        let deadline = Instant::now() + self.default_timeout;
+        let signature = self.signature_of(&model, deadline).await?;
         let sequence = model.spec.settings.sequence.as_ref();
         Ok(ModelMetadata {
             name: model.name().to_string(),

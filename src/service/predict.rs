@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gantry_actors::messages::InferRequest;
+use gantry_actors::signature::ModelSignature;
 use gantry_actors::{InferError, ModelHandle, Priority, Tensor};
 use serde_json::{Map, Value};
 use tokio::sync::oneshot;
@@ -156,6 +157,28 @@ impl InferenceService {
         Ok(prediction)
     }
 
+    /// `model`'s signature, loading the model first when no replica of it
+    /// ever loaded (see [`ModelHandle::loaded_signature`]); such a wait is
+    /// counted in `gantry_load_wait_duration_seconds`.
+    pub async fn signature_of<'m>(
+        &self,
+        model: &'m ModelHandle,
+        deadline: Instant,
+    ) -> Result<&'m ModelSignature, InferError> {
+        if let (Some(known), true) = (model.state.signature(), model.is_servable()) {
+            return Ok(known);
+        }
+        let started = Instant::now();
+        let signature = model.loaded_signature(deadline).await;
+        if signature.is_ok() {
+            self.metrics()
+                .series
+                .residency
+                .waited(model.name(), started.elapsed());
+        }
+        signature
+    }
+
     /// When a call that arrived at `started` with `timeout` (or none) must
     /// have its answer.
     pub(super) fn deadline(
@@ -174,7 +197,7 @@ impl InferenceService {
         pending: &mut Pending,
     ) -> Result<Prediction, InferError> {
         let deadline = self.deadline(call.timeout, started);
-        let signature = model.loaded_signature(deadline).await?;
+        let signature = self.signature_of(&model, deadline).await?;
         let validated = signature.validate(call.inputs, model.spec.settings.max_batch_size)?;
         let (reply, answer) = oneshot::channel();
         model

@@ -219,7 +219,7 @@ impl InferenceService {
             )));
         };
         let deadline = self.deadline(call.timeout, started);
-        let signature = model.loaded_signature(deadline).await?.clone();
+        let signature = self.signature_of(&model, deadline).await?.clone();
         for input in settings.server_inputs() {
             if call.inputs.iter().any(|(n, _)| n == input) {
                 return Err(InferError::Sequence(format!(

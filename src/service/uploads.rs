@@ -200,7 +200,7 @@ impl FilePredictor<'_> {
     async fn prepare(&self, model: &str, file: UploadedFile) -> Result<Prepared, ApiError> {
         let handle = self.service.model(model)?;
         let deadline = Instant::now() + self.service.default_timeout;
-        let signature = handle.loaded_signature(deadline).await?.clone();
+        let signature = self.service.signature_of(&handle, deadline).await?.clone();
         let (input_name, rank) = single_input(&handle, &signature)?;
         let bytes = file.bytes;
         if bytes.is_empty() {

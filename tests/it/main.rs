@@ -28,6 +28,7 @@ mod overload;
 mod prediction_log;
 mod repository;
 mod reservations;
+mod residency;
 mod scheduling;
 mod sequences;
 mod serving;

@@ -36,6 +36,8 @@ mod replicas;
 mod residency;
 mod snapshot;
 
+pub use residency::LOAD_TICK;
+
 use replicas::ReplicaSlot;
 pub use replicas::{reserve_and_attach, AttachReplicaRequest};
 // What a batcher answers for stats is declared with its messages; it is
@@ -104,6 +106,9 @@ pub struct Batcher {
     attached: bool,
     /// Armed while requests wait for the model to load.
     load_tick: Option<SpawnHandle>,
+    /// Reservations of drained replicas whose thread has not yet dropped
+    /// its engine, by replica id: given back on [`ReplicaStopped`].
+    stopping: Vec<(usize, Reservation)>,
 }
 
 impl Batcher {
@@ -142,6 +147,7 @@ impl Batcher {
             supervisor: None,
             attached: false,
             load_tick: None,
+            stopping: Vec::new(),
         }
     }
 

@@ -20,7 +20,9 @@ use super::{Batcher, ReplicaState};
 use crate::device::{Device, Placement};
 use crate::engine::{EngineFactory, LoadTarget};
 use crate::memory::{BudgetFreed, MemoryBudget, Reservation, Reserve, Resize};
-use crate::messages::{AttachReplica, DrainReplica, ReplicaFailed, ReplicaReady, RetireModel};
+use crate::messages::{
+    AttachReplica, DrainReplica, ReplicaFailed, ReplicaReady, ReplicaStopped, RetireModel,
+};
 use crate::model::{BatcherAddr, Residency};
 use crate::replica::{Replica, ReplicaReports, ReplicaStart};
 
@@ -148,17 +150,25 @@ impl Batcher {
             }
         }
         let model = self.model.clone();
-        // A removed slot drops its reservation, which gives it back.
-        self.replicas.retain(|slot| {
+        // A removed slot without a thread drops its reservation, which gives
+        // it back; one with a thread keeps it until the thread has dropped
+        // its engine ([`ReplicaStopped`]).
+        let mut stopping = Vec::new();
+        self.replicas.retain_mut(|slot| {
             let done =
                 slot.state == ReplicaState::Draining && slot.inflight_batches == 0 && !slot.loading;
             if done {
                 info!(model = %model, replica = slot.id, "replica drained and stopped");
+                if let (Some(_), Some(held)) = (slot.addr.take(), slot.reservation.take()) {
+                    stopping.push((slot.id, held));
+                }
             }
             !done
         });
+        self.stopping.extend(stopping);
         self.update_ready_count();
-        if self.retiring && self.queue.is_empty() && self.replicas.is_empty() {
+        let stopped = self.replicas.is_empty() && self.stopping.is_empty();
+        if self.retiring && self.queue.is_empty() && stopped {
             info!(model = %self.model, "model retired");
             ctx.stop();
         }
@@ -257,6 +267,16 @@ impl Batcher {
     }
 }
 
+impl Handler<ReplicaStopped> for Batcher {
+    type Result = ();
+
+    /// A drained replica's engine is gone: its reservation goes back.
+    fn handle(&mut self, msg: ReplicaStopped, ctx: &mut Self::Context) {
+        self.stopping.retain(|(id, _)| *id != msg.replica);
+        self.finish_drains(ctx);
+    }
+}
+
 impl Handler<ReplicaFailed> for Batcher {
     type Result = ();
 
@@ -294,6 +314,7 @@ pub async fn reserve_and_attach(
         owner: attach.owner.clone(),
         mb: attach.mb,
         placement: attach.placement,
+        configured: attach.configured,
         waiter: Some(batcher.recipient::<BudgetFreed>()),
     };
     let reservation = match budget.send(reserve).await {
@@ -333,6 +354,8 @@ pub struct AttachReplicaRequest {
     pub retry: bool,
     /// Refused, the model stays out of memory (no slot waits for room).
     pub cold_if_refused: bool,
+    /// `mb` is model.toml's `memory_mb` (not an estimate or a measurement).
+    pub configured: bool,
 }
 
 impl Handler<AttachReplica> for Batcher {
@@ -492,6 +515,7 @@ impl Batcher {
             warmup: slot.warmup,
             retry: true,
             cold_if_refused: false,
+            configured: self.memory_configured,
         };
         let batcher = BatcherAddr::new(&ctx.address());
         actix::spawn(reserve_and_attach(batcher, budget, request));

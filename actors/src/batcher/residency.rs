@@ -19,8 +19,9 @@ use crate::error::InferError;
 use crate::messages::ModelDemanded;
 use crate::model::Residency;
 
-/// How often a batcher with requests waiting for a load asks again.
-pub(super) const LOAD_TICK: Duration = Duration::from_millis(100);
+/// How often a batcher (or a request for a model that never loaded) with
+/// requests waiting for a load asks again.
+pub const LOAD_TICK: Duration = Duration::from_millis(100);
 
 impl Batcher {
     /// True when a replica is ready or loading.

@@ -242,6 +242,16 @@ impl MemoryBudget {
         }
     }
 
+    /// The largest total of the devices `placement` allows; `None` when it
+    /// allows none.
+    fn largest_total(&self, placement: &Placement) -> Option<u64> {
+        let candidates = device::candidates(placement, &self.visible, &self.setup.support).ok()?;
+        candidates
+            .iter()
+            .filter_map(|d| self.devices.get(d).map(|b| b.total_mb))
+            .max()
+    }
+
     /// The device for `mb` among `candidates`: the one the owner already
     /// holds memory on if it still fits there, else the one with the most
     /// free memory (ties: the lowest index). `Err` is the most free MB any
@@ -284,6 +294,11 @@ pub struct Reserve {
     /// Told with [`BudgetFreed`] once room is given back, when this request
     /// is refused, so that it can ask again instead of staying refused.
     pub waiter: Option<Recipient<BudgetFreed>>,
+    /// `mb` is model.toml's `memory_mb`. Otherwise it is an estimate or a
+    /// measurement, either of which may be off: one larger than every
+    /// allowed device's total is cut to the largest total rather than
+    /// refused for good, so the model can still load alone.
+    pub configured: bool,
 }
 
 /// Budget -> whoever was refused: a reservation was given back since `owner`
@@ -297,8 +312,13 @@ pub struct BudgetFreed {
 impl Handler<Reserve> for MemoryBudget {
     type Result = MessageResult<Reserve>;
 
-    fn handle(&mut self, msg: Reserve, ctx: &mut Self::Context) -> Self::Result {
+    fn handle(&mut self, mut msg: Reserve, ctx: &mut Self::Context) -> Self::Result {
         let had = self.reservations.get(&msg.owner).copied();
+        if !msg.configured {
+            msg.mb = msg
+                .mb
+                .min(self.largest_total(&msg.placement).unwrap_or(msg.mb));
+        }
         let mut waiter = msg.waiter;
         let chosen = match device::candidates(&msg.placement, &self.visible, &self.setup.support) {
             // Waiting for room would not help: the device is missing.

@@ -11,7 +11,29 @@ fn reserve(owner: &str, mb: u64) -> Reserve {
         mb,
         placement: Placement::cpu(),
         waiter: None,
+        configured: true,
     }
+}
+
+#[actix_rt::test]
+async fn more_than_the_whole_budget_is_refused_for_good_only_when_configured() {
+    let budget = MemoryBudget::with_total(MemorySource::Config, 100).start();
+    let measured = budget.send(reserve("big/0", 150)).await.unwrap();
+    let refusal = measured.refusal().unwrap();
+    assert!(refusal.permanent, "{refusal:?}");
+    assert!(refusal
+        .reason
+        .contains("more than the budget's whole 100 MB"));
+    // An estimate (or a measurement) may be off: it is cut to the whole
+    // budget, so the model can still load alone, and measured again.
+    let mut estimate = reserve("big/1", 150);
+    estimate.configured = false;
+    let granted = budget.send(estimate).await.unwrap();
+    assert!(granted.is_granted());
+    assert_eq!(granted.mb(), 100);
+    // What merely does not fit now may later.
+    let later = budget.send(reserve("small/0", 50)).await.unwrap();
+    assert!(!later.refusal().unwrap().permanent);
 }
 
 #[actix_rt::test]

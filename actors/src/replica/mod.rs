@@ -28,7 +28,7 @@ use crate::engine::{Engine, EngineFactory, LoadTarget};
 use crate::error::{EngineError, InferError};
 use crate::messages::{
     BatchDone, InferOutcome, InferRequest, ItemMemoryMeasured, RanOutOfMemory, ReloadEngine,
-    ReplicaFailed, ReplicaReady, RunBatch,
+    ReplicaFailed, ReplicaReady, ReplicaStopped, RunBatch,
 };
 use crate::observer::{BatchObserver, BatchReport};
 use crate::signature::ModelSignature;
@@ -82,6 +82,7 @@ pub struct ReplicaReports {
     done: Recipient<BatchDone>,
     out_of_memory: Recipient<RanOutOfMemory>,
     item_memory: Recipient<ItemMemoryMeasured>,
+    stopped: Recipient<ReplicaStopped>,
 }
 
 impl ReplicaReports {
@@ -93,7 +94,8 @@ impl ReplicaReports {
             + Handler<ReplicaFailed>
             + Handler<BatchDone>
             + Handler<RanOutOfMemory>
-            + Handler<ItemMemoryMeasured>,
+            + Handler<ItemMemoryMeasured>
+            + Handler<ReplicaStopped>,
     {
         ReplicaReports {
             ready: batcher.clone().recipient(),
@@ -101,6 +103,7 @@ impl ReplicaReports {
             done: batcher.clone().recipient(),
             out_of_memory: batcher.clone().recipient(),
             item_memory: batcher.clone().recipient(),
+            stopped: batcher.clone().recipient(),
         }
     }
 }
@@ -127,6 +130,7 @@ impl Replica {
         batcher: ReplicaReports,
         observer: Arc<dyn BatchObserver>,
     ) -> Addr<Replica> {
+        return_large_blocks_to_the_system();
         actix::SyncArbiter::start(1, move || Replica {
             id: plan.id,
             model: plan.model.clone(),
@@ -214,6 +218,7 @@ impl Replica {
     fn drop_engine(&mut self) {
         if self.engine.take().is_some() {
             ENGINES_DROPPED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            give_freed_memory_back();
         }
     }
 
@@ -266,9 +271,46 @@ impl Actor for Replica {
     }
 }
 
+/// Makes glibc serve every allocation of 1 MiB or more with its own
+/// mapping, given back to the system when freed. By default the threshold
+/// rises to the largest block freed (up to 32 MiB), so once one model's
+/// weights were freed the next model's would land in the heap, where
+/// freeing them fragments it and the process never shrinks: after an
+/// eviction the room the budget shows would not be room the system has.
+/// Set once, before the first engine loads.
+fn return_large_blocks_to_the_system() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: mallopt only sets the allocator's tuning parameters.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+        }
+    });
+}
+
+/// Returns the heap's free memory to the system once an engine is gone
+/// (evicted, scaled down, reloaded): glibc keeps freed chunks below its
+/// mmap threshold in the heap, so without this the process's resident
+/// memory would stay at its peak, and loading another model in the room an
+/// eviction made would grow it past the budget.
+fn give_freed_memory_back() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only walks the allocator's own free lists; it
+    // takes the arena locks itself and has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 impl Drop for Replica {
+    /// The thread ends: the engine's memory is given back to the system,
+    /// then the batcher is told, so that the reservation outlives it.
     fn drop(&mut self) {
         self.drop_engine();
+        self.batcher
+            .stopped
+            .do_send(ReplicaStopped { replica: self.id });
     }
 }
 
