@@ -13,7 +13,7 @@ CARGO       ?= cargo
 
 export ORT_DYLIB_PATH := $(abspath $(ORT_LIB))
 
-.PHONY: run run-gpu gpu-check setup test dashboard-screenshot deploy-check docker-test fuzz onnxruntime onnxruntime-gpu venv models train evaluate bench bench-footprints bench-micro profile cpu-split bench-media soak lint fmt clean
+.PHONY: run run-gpu gpu-check setup test dashboard-screenshot deploy-check docker-test fuzz onnxruntime onnxruntime-gpu venv models train evaluate bench bench-footprints bench-trace bench-micro profile cpu-split bench-media soak lint fmt clean
 
 run: $(ORT_LIB)
 	$(CARGO) run --release --bin gantry -- --config config/gantry.toml
@@ -112,6 +112,13 @@ profile: $(ORT_LIB)
 # load-tests/FOOTPRINTS.md.
 bench-footprints: $(ORT_LIB) $(VENV)/.done
 	load-tests/footprints.sh
+
+# Memory follows demand: twelve MLPs under a budget of about half what they
+# take, one open-loop serverless-shaped trace per configuration (everything
+# resident, static placement, eviction with and without the residency
+# floor), written to load-tests/TRACE_RESULTS.md.
+bench-trace: $(ORT_LIB) $(VENV)/.done
+	load-tests/trace.sh
 
 # Image and audio decode time next to inference time, and uploads served
 # over HTTP, written to load-tests/MEDIA_RESULTS.md (ITERATIONS=50,

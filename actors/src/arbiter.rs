@@ -29,7 +29,8 @@ use crate::supervisor::Supervisor;
 /// Decisions kept for stats.
 const DECISIONS_KEPT: usize = 64;
 
-/// How often idle models are looked at.
+/// How often idle models (and backlogs, see [`crate::autoscale`]) are
+/// looked at.
 const IDLE_TICK: Duration = Duration::from_secs(1);
 
 /// How long a replica asked to leave counts as leaving (its memory as
@@ -115,7 +116,7 @@ impl Arbiter {
         &self.decisions
     }
 
-    fn decide(&self, model: &str, action: ResidencyAction, reason: String) {
+    pub(crate) fn decide(&self, model: &str, action: ResidencyAction, reason: String) {
         info!(model = %model, action = action.as_str(), reason = %reason, "residency decision");
         let decision = ResidencyDecision {
             at_unix_ms: SystemTime::now()
@@ -156,7 +157,10 @@ fn footprint_mb(handle: &ModelHandle) -> u64 {
 impl Supervisor {
     /// Starts the once-a-second look at idle models.
     pub(crate) fn start_residency_ticks(&self, ctx: &mut Context<Self>) {
-        ctx.run_interval(IDLE_TICK, |act, _ctx| act.scale_down_idle());
+        ctx.run_interval(IDLE_TICK, |act, ctx| {
+            act.scale_down_idle();
+            act.autoscale(ctx);
+        });
     }
 
     /// Replicas of models idle for their `downscale_delay_s` leave, one per

@@ -9,6 +9,7 @@
 //! channel, and await the answer.
 
 pub mod arbiter;
+pub mod autoscale;
 pub mod batcher;
 pub mod device;
 pub mod engine;

@@ -51,8 +51,15 @@ pub enum ResidencyAction {
     Load,
     /// Gave a replica's memory to a model that needed it.
     Evict,
-    /// Gave back a replica of a model idle for `downscale_delay_s`.
+    /// Gave back a replica of a model idle for `downscale_delay_s`, or
+    /// one added by a scale-up once the backlog was gone that long.
     ScaleDown,
+    /// Added a replica to a model whose queue stayed longer than its
+    /// replicas drain for `upscale_delay_s`.
+    ScaleUp,
+    /// Took back a replica a scale-up added that did not raise the model's
+    /// throughput.
+    UndoScaleUp,
 }
 
 impl ResidencyAction {
@@ -61,6 +68,8 @@ impl ResidencyAction {
             ResidencyAction::Load => "load",
             ResidencyAction::Evict => "evict",
             ResidencyAction::ScaleDown => "scale_down",
+            ResidencyAction::ScaleUp => "scale_up",
+            ResidencyAction::UndoScaleUp => "undo_scale_up",
         }
     }
 }

@@ -23,8 +23,14 @@ pub struct ModelSettings {
     /// `replicas` (no idle scale-down). 0 lets an idle model leave memory
     /// entirely: its next request loads it again.
     pub min_replicas: Option<usize>,
+    /// Replicas it may grow to while its queue stays longer than its
+    /// replicas drain; `None` means `replicas` (no scale-up).
+    pub max_replicas: Option<usize>,
+    /// Seconds the queue must stay that long before a replica is added.
+    pub upscale_delay_s: u64,
     /// Seconds without a request after which an idle model gives replicas
-    /// back, down to `min_replicas`.
+    /// back, down to `min_replicas` (and without a backlog, down from
+    /// above `replicas`).
     pub downscale_delay_s: u64,
     /// Pinned: loaded first at startup and never evicted to make room for
     /// another model.
@@ -65,6 +71,8 @@ impl Default for ModelSettings {
         ModelSettings {
             replicas: 1,
             min_replicas: None,
+            max_replicas: None,
+            upscale_delay_s: 5,
             downscale_delay_s: 300,
             keep_loaded: false,
             max_batch_size: 8,
@@ -145,6 +153,15 @@ impl ModelSettings {
                 "cannot be 0 with keep_loaded = true (a pinned model stays loaded)",
             ));
         }
+        if self.max_replicas.is_some_and(|max| max < self.replicas) {
+            return Err(("max_replicas", "must be at least `replicas`"));
+        }
+        if self.max_replicas.is_some_and(|max| max > 64) {
+            return Err(("max_replicas", "must be at most 64"));
+        }
+        if self.upscale_delay_s == 0 || self.upscale_delay_s > 3600 {
+            return Err(("upscale_delay_s", "must be between 1 and 3600"));
+        }
         if self.downscale_delay_s == 0 || self.downscale_delay_s > 86_400 {
             return Err(("downscale_delay_s", "must be between 1 and 86400"));
         }
@@ -194,6 +211,13 @@ impl ModelSettings {
         self.min_replicas
             .unwrap_or(self.replicas)
             .min(self.replicas)
+    }
+
+    /// Replicas it may grow to (`max_replicas`, else `replicas`).
+    pub fn most_replicas(&self) -> usize {
+        self.max_replicas
+            .unwrap_or(self.replicas)
+            .max(self.replicas)
     }
 
     /// Where the model's replicas may be placed.

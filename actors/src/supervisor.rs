@@ -112,6 +112,8 @@ pub struct Supervisor {
     pub(crate) demands: Recipient<ModelDemanded>,
     /// Residency: the policy's settings, state and latest decisions.
     pub(crate) residency: crate::arbiter::Arbiter,
+    /// Each model's scale-up and scale-down state.
+    pub(crate) scaling: crate::autoscale::ScalingStates,
 }
 
 /// Which replica ids a model has (started, loading or refused).
@@ -192,6 +194,7 @@ impl Supervisor {
                 started: Instant::now(),
                 demands,
                 residency: crate::arbiter::Arbiter::new(residency, told, observer),
+                scaling: Default::default(),
             }
         });
         Ok(Serving {
@@ -311,6 +314,8 @@ pub struct ModelSnapshot {
     pub pinned: bool,
     /// Replicas it keeps when idle (`min_replicas`, else `replicas`).
     pub min_replicas: usize,
+    /// Replicas it may grow to under a backlog.
+    pub max_replicas: usize,
     /// Requests it took since it last loaded (its GDSF frequency).
     pub requests_since_load: u64,
     /// How long its last load and warmup took.
@@ -370,6 +375,7 @@ impl Handler<GetSnapshot> for Supervisor {
                     residency: handle.state.residency(),
                     pinned: handle.spec.settings.keep_loaded,
                     min_replicas: handle.spec.settings.idle_replicas(),
+                    max_replicas: handle.spec.settings.most_replicas(),
                     requests_since_load: usage.requests_since_load(),
                     load_ms: usage.load_time().map(|t| t.as_millis() as u64),
                     idle_s: usage.idle_for().map(|t| t.as_secs_f64()),

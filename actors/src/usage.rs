@@ -34,6 +34,8 @@ pub struct ModelUsage {
     load_ms: AtomicU64,
     /// Ready replicas by id, with the [`clock_ms`] each turned ready at.
     ready_since: Mutex<BTreeMap<usize, u64>>,
+    /// Items its replicas ran without failing, ever.
+    processed: AtomicU64,
 }
 
 impl ModelUsage {
@@ -47,6 +49,21 @@ impl ModelUsage {
     pub(crate) fn set_work(&self, queued: usize, inflight: usize) {
         self.queued.store(queued, Ordering::Relaxed);
         self.inflight.store(inflight, Ordering::Relaxed);
+    }
+
+    /// Notes `items` run.
+    pub(crate) fn ran(&self, items: u64) {
+        self.processed.fetch_add(items, Ordering::Relaxed);
+    }
+
+    /// Items run, ever.
+    pub fn processed(&self) -> u64 {
+        self.processed.load(Ordering::Relaxed)
+    }
+
+    /// Requests waiting in the queue now.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
     }
 
     /// True when nothing is queued or running.

@@ -82,6 +82,8 @@ struct Pool {
     pinned: bool,
     /// Replicas it keeps when idle.
     min_replicas: usize,
+    /// Replicas it may grow to under a backlog.
+    max_replicas: usize,
     memory_mb_per_replica: u64,
     usage: Usage,
     replicas: Vec<Replica>,
@@ -113,7 +115,7 @@ struct Decision {
     /// When, in ms since the Unix epoch.
     at_unix_ms: u64,
     model: String,
-    /// `load`, `evict` or `scale_down`.
+    /// `load`, `evict`, `scale_up`, `undo_scale_up` or `scale_down`.
     action: &'static str,
     reason: String,
 }
@@ -256,6 +258,7 @@ fn pool(m: &ModelSnapshot, mailbox_refusals: u64) -> Pool {
         residency: m.residency.as_str(),
         pinned: m.pinned,
         min_replicas: m.min_replicas,
+        max_replicas: m.max_replicas,
         memory_mb_per_replica: m.memory_mb_per_replica,
         usage: Usage {
             requests_since_load: m.requests_since_load,

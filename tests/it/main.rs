@@ -8,6 +8,7 @@
 mod common;
 
 mod accounting;
+mod autoscale;
 mod cache;
 mod cli;
 mod clients;

@@ -490,10 +490,13 @@ impl Handler<BatchDone> for Batcher {
 
     fn handle(&mut self, msg: BatchDone, ctx: &mut Self::Context) {
         let mut reloading = false;
+        let state = self.state.clone();
         if let Some(slot) = self.slot_mut(msg.replica) {
             slot.inflight_items = slot.inflight_items.saturating_sub(msg.items);
             slot.inflight_batches = slot.inflight_batches.saturating_sub(1);
-            slot.processed += (msg.items - msg.failed_items.min(msg.items)) as u64;
+            let ran = (msg.items - msg.failed_items.min(msg.items)) as u64;
+            slot.processed += ran;
+            state.usage.ran(ran);
             slot.errors += msg.failed_items as u64;
             if msg.failed_items == 0 {
                 slot.failed_batches = 0;

@@ -48,6 +48,10 @@ pub struct FakeEngineFactory {
     /// A batch holding this FP32 value makes the engine panic (to test
     /// supervision).
     pub panic_on: Option<f32>,
+    /// When set, every engine of this factory runs on one device one batch
+    /// at a time (as sessions sharing one CPU thread pool do): a second
+    /// replica adds no throughput.
+    pub one_device: Option<Arc<Mutex<()>>>,
 }
 
 impl FakeEngineFactory {
@@ -76,6 +80,7 @@ impl FakeEngineFactory {
             failing_loads: 0,
             panic_on_first_load: false,
             panic_on: None,
+            one_device: None,
         }
     }
 
@@ -174,6 +179,11 @@ impl Engine for FakeEngine {
             }
         }
         let delay = self.config.batch_delay + self.config.item_delay * items as u32;
+        let _turn = self
+            .config
+            .one_device
+            .as_ref()
+            .map(|device| device.lock().unwrap_or_else(|e| e.into_inner()));
         if !delay.is_zero() {
             std::thread::sleep(delay);
         }

@@ -1,0 +1,116 @@
+#!/usr/bin/env bash
+# `make bench-trace`: memory follows demand under a serverless-shaped trace.
+# Serves a generated repository of twelve MLPs (7-39 MB files,
+# load-tests/mlp_repository.py; about 280 MB once loaded) and replays one
+# open-loop trace (load-tests/trace.py: Gamma arrivals with CV 2, Zipf 1.1
+# popularity, the popular set reshuffled every 20 s, fixed seed) against it
+# under each configuration below, one server at a time. Latency counts from
+# each request's scheduled arrival; requests carry a 2 s deadline. Writes
+# load-tests/TRACE_RESULTS.md.
+#
+#   make bench-trace                       # release build
+#   SECONDS_EACH=20 RATE=100 load-tests/trace.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+python="${PYTHON:-$root/.venv/bin/python}"
+gantry="${GANTRY:-target/release/gantry}"
+[ -x "$gantry" ] || cargo build --release --bin gantry
+export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$root/.onnxruntime/libonnxruntime.so}"
+seconds="${SECONDS_EACH:-40}"
+rate="${RATE:-150}"
+budget="${BUDGET_MB:-150}"
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+mkdir -p "$work/empty" "$work/mlps"
+"$python" load-tests/mlp_repository.py "$work/mlps" >/dev/null
+
+free_port() { "$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+serve() {
+  local dir=$1 port=$2 limit=$3 residency=$4
+  GANTRY__SERVER__BIND=127.0.0.1:$port GANTRY__SERVER__GRPC_BIND= GANTRY__MODELS__DIR=$dir \
+    GANTRY__CACHE__ENABLED=false GANTRY__LOG__LEVEL=warn \
+    GANTRY__MEMORY__LIMIT_MB=$limit GANTRY__MEMORY__MIN_RESIDENCY_S=$residency \
+    "$gantry" --config config/gantry.toml >"$work/$port.log" 2>&1 &
+  pids+=($!)
+  echo $!
+}
+ready() {
+  for _ in $(seq 600); do
+    curl -sf "127.0.0.1:$1/v2/health/ready" >/dev/null && return 0
+    sleep 0.1
+  done
+  echo "server on $1 never became ready" >&2
+  cat "$work/$1.log" >&2
+  exit 1
+}
+rss_mb() { awk '/VmRSS/ {print int($2 / 1024)}' "/proc/$1/status"; }
+
+# The process's base: the same binary serving an empty repository.
+port=$(free_port)
+pid=$(serve "$work/empty" "$port" 1000 10)
+ready "$port"
+base=$(rss_mb "$pid")
+kill "$pid"; wait "$pid" 2>/dev/null || true
+
+# name | memory.limit_mb | memory.min_residency_s | what it shows
+configs=(
+  "everything resident|4000|10|no budget pressure: the ceiling"
+  "static placement|$budget|3600|loads what fits at startup, evicts nothing (what a fixed placement does)"
+  "memory follows demand|$budget|2|cold models load on request, idle ones evicted by GDSF"
+  "no residency floor|$budget|0|the same without the floor against thrash"
+)
+: >"$work/rows"
+for config in "${configs[@]}"; do
+  IFS='|' read -r name limit residency what <<<"$config"
+  port=$(free_port)
+  pid=$(serve "$work/mlps" "$port" "$limit" "$residency")
+  ready "$port"
+  "$python" load-tests/trace.py "$port" "$pid" --models 12 --seconds "$seconds" --rate "$rate" \
+    --out "$work/run.json" >/dev/null
+  curl -s "127.0.0.1:$port/metrics" >"$work/metrics.txt"
+  "$python" - "$work/run.json" "$work/metrics.txt" "$name" "$limit" "$residency" "$base" "$what" \
+    >>"$work/rows" <<'PY'
+import json, sys
+run, metrics, name, limit, residency, base, what = sys.argv[1:]
+r = json.load(open(run))
+counts = {"load": 0, "evict": 0, "scale_down": 0}
+for line in open(metrics):
+    if line.startswith("gantry_residency_decisions_total{"):
+        action = line.split('action="')[1].split('"')[0]
+        counts[action] += int(float(line.split()[-1]))
+statuses = ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items()))
+growth = r["peak_rss_mb"] - int(base)
+print(f"| {name} | {limit} | {residency} | {r['requests']} | {100 * r['share_within_target']:.1f}% "
+      f"| {r['goodput_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {statuses} "
+      f"| {counts['load']} | {counts['evict']} | {growth} |")
+PY
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+done
+
+commit=$(git rev-parse --short HEAD)
+cpu=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
+{
+  echo "# Memory follows demand: a serverless-shaped trace"
+  echo
+  echo "\`load-tests/trace.sh\` ($gantry), commit $commit, $(nproc) cores ($cpu)."
+  echo
+  echo "Twelve MLPs (load-tests/mlp_repository.py: 7-39 MB files, about 280 MB loaded), one replica"
+  echo "each. One open-loop trace for every row: ${seconds} s at ${rate} requests/s on average, Gamma"
+  echo "arrivals with CV 2 (bursts), Zipf 1.1 popularity over the twelve, the popular set reshuffled"
+  echo "every 20 s, seed 7. Latency counts from each request's scheduled arrival; each request"
+  echo "carries a 2 s deadline. In time = answered 200 within 100 ms. RSS growth = the server's peak"
+  echo "resident memory during the trace minus that of the same binary serving an empty repository"
+  echo "($base MB)."
+  echo
+  echo "| Configuration | memory.limit_mb | min_residency_s | Requests | In time | Goodput (/s) | p50 ms | p99 ms | Statuses | Loads | Evictions | RSS growth MB |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+  cat "$work/rows"
+  echo
+  for config in "${configs[@]}"; do
+    IFS='|' read -r name _ _ what <<<"$config"
+    echo "- **$name**: $what."
+  done
+} | tee load-tests/TRACE_RESULTS.md
