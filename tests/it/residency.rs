@@ -334,3 +334,58 @@ async fn onnx_models_three_times_the_budget_all_answer_within_it() {
         "resident memory rose from {base} MB to {peak} MB, past the {limit_mb} MB budget: {stats}"
     );
 }
+
+/// Two GPUs of 1000 MB of budget, three GPU models of 1000 MB: each request
+/// for the one out of memory evicts the idle model on one GPU and takes its
+/// place there; the CPU's budget is untouched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_two_gpus_each_eviction_makes_room_on_one_gpu() {
+    let toml = "device = \"gpu\"\nmemory_mb = 1000\n";
+    let repo = Repo::new()
+        .fake("g-a", toml)
+        .fake("g-b", toml)
+        .fake("g-c", toml);
+    let mut provider = FakeProvider::new(FakeEngineFactory::vector(4));
+    provider.gpu_support = Ok(());
+    let gpus = Arc::new(gantry_actors::device::FixedInventory::with_gpus(&[
+        2000, 2000,
+    ]));
+    let mut config = budget(&repo, 1000, 0);
+    config.memory.gpu_fraction = 0.5;
+    let server = TestServer::start_with_gpus(config, Arc::new(provider), Some(gpus));
+    server.wait_ready().await;
+    let device = |stats: &Value, model: &str| -> Option<String> {
+        stats["model_pools"][model]["replicas"][0]["device"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let stats = server.stats().await;
+    let mut placed = [device(&stats, "g-a"), device(&stats, "g-b")];
+    placed.sort();
+    assert_eq!(placed, [Some("gpu:0".into()), Some("gpu:1".into())]);
+    assert_eq!(stats["model_pools"]["g-c"]["residency"], "cold");
+    for (round, model) in ["g-c", "g-a", "g-b", "g-c", "g-a"].iter().enumerate() {
+        let before = server.stats().await;
+        let was_cold = before["model_pools"][model]["residency"] == "cold";
+        let (status, answer) = predict(&server, model, round, None).await;
+        assert_eq!(status, 200, "{model}: {answer}");
+        let stats = until(&server, "one model per GPU", |s| {
+            let gpus = &s["memory"]["devices"];
+            gpus[1]["reserved_mb"] == 1000 && gpus[2]["reserved_mb"] == 1000
+        })
+        .await;
+        let on = device(&stats, model).expect("placed");
+        assert!(on.starts_with("gpu:"), "{stats}");
+        let evicted = decisions(&stats, "evict");
+        let earlier = decisions(&before, "evict").len();
+        if was_cold {
+            assert_eq!(evicted.len(), earlier + 1, "{stats}");
+            let last = evicted[earlier]["reason"].as_str().unwrap();
+            let wanted = format!("on {on}) makes room for {model}");
+            assert!(last.contains(&wanted), "{model} on {on}: {last}");
+        } else {
+            assert_eq!(evicted.len(), earlier, "{stats}");
+        }
+        assert_eq!(stats["memory"]["devices"][0]["reserved_mb"], 0);
+    }
+}
