@@ -144,14 +144,11 @@ impl Arbiter {
     }
 }
 
-/// What a replica of `handle` reserves: its configured `memory_mb`, else
-/// what one was measured to hold, else the estimate.
+/// What a replica of `handle` reserves (see [`ModelState::reservation_mb`]).
+///
+/// [`ModelState::reservation_mb`]: crate::model::ModelState::reservation_mb
 fn footprint_mb(handle: &ModelHandle) -> u64 {
-    match (handle.spec.settings.memory_mb, handle.state.measured_mb()) {
-        (Some(configured), _) => configured,
-        (None, Some(measured)) => measured,
-        (None, None) => handle.spec.memory_mb,
-    }
+    handle.state.reservation_mb(&handle.spec).0
 }
 
 impl Supervisor {
@@ -170,7 +167,12 @@ impl Supervisor {
         let mut leaving = Vec::new();
         for (name, plan) in &self.plans {
             let settings = &plan.handle.spec.settings;
-            if plan.ids.len() <= settings.idle_replicas() || settings.keep_loaded {
+            // Without min_replicas, what the operator set stays.
+            let keep = settings
+                .min_replicas
+                .unwrap_or(usize::MAX)
+                .min(plan.handle.state.desired_replicas());
+            if plan.ids.len() <= keep || settings.keep_loaded {
                 continue;
             }
             let usage = &plan.handle.state.usage;

@@ -113,7 +113,10 @@ impl Scaling {
         }
         if let Some((since, at_start)) = self.backlog_since {
             let held = now.duration_since(since);
-            let room_to_grow = ids.len() < settings.most_replicas();
+            let most = settings
+                .most_replicas()
+                .max(handle.state.desired_replicas());
+            let room_to_grow = ids.len() < most;
             let resident = handle.state.residency() == Residency::Resident;
             let holding = self.hold_until.is_some_and(|until| now < until);
             if held >= delay && room_to_grow && resident && !holding {
@@ -127,7 +130,8 @@ impl Scaling {
         }
         let quiet = Duration::from_secs(settings.downscale_delay_s);
         let quiet_for = self.last_backlog.map_or(quiet, |at| now.duration_since(at));
-        if ids.len() > settings.replicas && quiet_for >= quiet {
+        // Down to what the operator set (model.toml, or a scale request).
+        if ids.len() > handle.state.desired_replicas() && quiet_for >= quiet {
             if let Some(&id) = ids.last() {
                 return Step::Remove {
                     id,

@@ -190,6 +190,7 @@ impl Supervisor {
                 &self.budget,
                 &self.readiness,
                 &self.demands,
+                &self.footprints,
             );
             self.set_registry(handle.clone());
             let ids = self.take_ids(&name, replicas);
@@ -232,6 +233,7 @@ impl Supervisor {
             &self.budget,
             &self.readiness,
             &self.demands,
+            &self.footprints,
         );
         if let Some((_, superseded)) = self.replacing.insert(name.clone(), (spec, fresh.clone())) {
             superseded.batcher.do_send(RetireModel);

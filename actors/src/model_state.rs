@@ -3,13 +3,14 @@
 //! ready replicas, residency (in memory, loading, cold, failed), measured
 //! footprint and use.
 
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use crate::readiness::Readiness;
+use crate::repository::ModelSpec;
 use crate::signature::ModelSignature;
-use crate::usage::ModelUsage;
+use crate::usage::{FootprintRatio, ModelUsage};
 
 /// Whether a model is in memory, as its batcher last saw its replicas.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,20 +64,51 @@ pub struct ModelState {
     /// [`Residency::code`] of its residency; the failure's reason beside.
     residency: AtomicU8,
     failure: Mutex<Option<String>>,
+    /// It has been resident or cold (servable) at least once.
+    served_before: AtomicBool,
     /// Bumped when the signature is set or the residency changes: whoever
     /// waits for a model to load waits on it.
     changes: tokio::sync::watch::Sender<u64>,
     /// How it is used, for the supervisor's residency decisions.
     pub usage: ModelUsage,
+    /// Footprints measured across the process, for opening bids.
+    footprints: FootprintRatio,
 }
 
 impl ModelState {
     /// The state of a model whose readiness changes go to `readiness`.
-    pub fn new(readiness: Readiness) -> ModelState {
+    pub fn new(readiness: Readiness, footprints: FootprintRatio) -> ModelState {
         ModelState {
             readiness,
+            footprints,
             ..ModelState::default()
         }
+    }
+
+    /// What a new replica of `spec` reserves: model.toml's `memory_mb`,
+    /// else the largest footprint a replica of it measured, else its file
+    /// times the ratio replicas of other models measured (see
+    /// [`FootprintRatio`]), else the file-based estimate. `true` with it
+    /// when it is the configured figure.
+    pub fn reservation_mb(&self, spec: &ModelSpec) -> (u64, bool) {
+        match (spec.settings.memory_mb, self.measured_mb()) {
+            (Some(configured), _) => (configured, true),
+            (None, Some(measured)) => (measured, false),
+            (None, None) => (self.opening_bid(spec.file_mb, spec.memory_mb), false),
+        }
+    }
+
+    /// The bid of a model never measured whose file is `file_mb` and whose
+    /// file-based estimate is `estimate_mb` (see [`FootprintRatio`]).
+    pub(crate) fn opening_bid(&self, file_mb: u64, estimate_mb: u64) -> u64 {
+        self.footprints.estimate(file_mb, estimate_mb)
+    }
+
+    /// Notes what a replica measured, for this model and every other's
+    /// opening bid.
+    pub(crate) fn learn_footprint(&self, file_mb: u64, measured_mb: u64) {
+        self.raise_measured_mb(measured_mb);
+        self.footprints.learn(file_mb, measured_mb);
     }
 
     pub fn signature(&self) -> Option<&ModelSignature> {
@@ -109,27 +141,29 @@ impl ModelState {
 
     /// Notes the model's residency; a change wakes whoever waits on it.
     pub(crate) fn set_residency(&self, residency: Residency) {
-        let before = self.residency.load(Ordering::Acquire);
+        let was_servable = self.is_servable();
         if let Residency::Failed(reason) = &residency {
             *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(reason.clone());
         }
-        self.residency.store(residency.code(), Ordering::Release);
+        if matches!(residency, Residency::Resident | Residency::Cold) {
+            self.served_before.store(true, Ordering::Release);
+        }
+        let before = self.residency.swap(residency.code(), Ordering::AcqRel);
         if before != residency.code() || matches!(residency, Residency::Failed(_)) {
-            let was_servable = before == 2 || before == 3;
-            let servable = matches!(residency, Residency::Resident | Residency::Cold);
             self.changes.send_modify(|n| *n = n.wrapping_add(1));
-            if was_servable != servable {
-                self.readiness.changed();
-            }
+        }
+        if was_servable != self.is_servable() {
+            self.readiness.changed();
         }
     }
 
     /// True when the model can take requests: resident, or out of memory
-    /// but able to load (cold), or loading again after it served before.
+    /// but able to load (cold), or loading after it was either (a load on
+    /// request, not the first one at startup).
     pub fn is_servable(&self) -> bool {
         match self.residency() {
             Residency::Resident | Residency::Cold => true,
-            Residency::Loading => self.signature().is_some(),
+            Residency::Loading => self.served_before.load(Ordering::Acquire),
             Residency::Starting | Residency::Failed(_) => false,
         }
     }

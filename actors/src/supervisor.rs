@@ -26,6 +26,7 @@ use crate::model::{BatcherAddr, ModelHandle, ModelState, Residency};
 use crate::observer::{BatchObserver, ResidencyDecision};
 use crate::readiness::Readiness;
 use crate::repository::{self, LoadError, ModelSpec};
+use crate::usage::FootprintRatio;
 
 /// The models being served, by name; read on every request.
 pub type ModelRegistry = Arc<RwLock<BTreeMap<String, Arc<ModelHandle>>>>;
@@ -114,6 +115,8 @@ pub struct Supervisor {
     pub(crate) residency: crate::arbiter::Arbiter,
     /// Each model's scale-up and scale-down state.
     pub(crate) scaling: crate::autoscale::ScalingStates,
+    /// Footprints measured across models: opening bids for the unmeasured.
+    pub(crate) footprints: FootprintRatio,
 }
 
 /// Which replica ids a model has (started, loading or refused).
@@ -162,6 +165,7 @@ impl Supervisor {
             decisions.clone(),
         );
         let residency = config.residency;
+        let footprints = FootprintRatio::default();
         let supervisor = Supervisor::create(move |ctx| {
             let demands = ctx.address().recipient();
             // Every model is registered (not ready) before anyone can ask,
@@ -172,7 +176,14 @@ impl Supervisor {
                 let mut models = served.write().unwrap_or_else(|e| e.into_inner());
                 for spec in scan.models {
                     let replicas = spec.settings.replicas;
-                    let handle = register_model(spec, observer.clone(), &budget, &ready, &demands);
+                    let handle = register_model(
+                        spec,
+                        observer.clone(),
+                        &budget,
+                        &ready,
+                        &demands,
+                        &footprints,
+                    );
                     models.insert(handle.spec.name.clone(), handle.clone());
                     issued_ids.insert(handle.spec.name.clone(), replicas);
                     let ids = (0..replicas).collect();
@@ -195,6 +206,7 @@ impl Supervisor {
                 demands,
                 residency: crate::arbiter::Arbiter::new(residency, told, observer),
                 scaling: Default::default(),
+                footprints,
             }
         });
         Ok(Serving {
@@ -226,6 +238,9 @@ impl Actor for Supervisor {
             let mut cold = Vec::new();
             for (handle, ids) in starts {
                 let refused = start_replicas(&handle, ids, &budget, provider.as_ref(), true).await;
+                // Its footprint measured before the next reserves: what
+                // fits is judged on what replicas take, not on estimates.
+                settled(&handle).await;
                 cold.push((handle.spec.name.clone(), refused));
             }
             cold
@@ -242,6 +257,24 @@ impl Actor for Supervisor {
     }
 }
 
+/// Waits (at most [`STARTUP_LOAD_LIMIT`]) until `handle`'s replicas have
+/// loaded, failed, or were left out.
+async fn settled(handle: &ModelHandle) {
+    let deadline = Instant::now() + STARTUP_LOAD_LIMIT;
+    while Instant::now() < deadline {
+        if !matches!(
+            handle.state.residency(),
+            Residency::Starting | Residency::Loading
+        ) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// How long startup waits for one model's load before it starts the next.
+const STARTUP_LOAD_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// Creates a model's batcher and handle; no replica yet.
 pub(crate) fn register_model(
     spec: ModelSpec,
@@ -249,8 +282,9 @@ pub(crate) fn register_model(
     budget: &Addr<MemoryBudget>,
     readiness: &Readiness,
     demands: &Recipient<ModelDemanded>,
+    footprints: &FootprintRatio,
 ) -> Arc<ModelHandle> {
-    let state = Arc::new(ModelState::new(readiness.clone()));
+    let state = Arc::new(ModelState::new(readiness.clone(), footprints.clone()));
     let batcher = Batcher::new(spec.name.clone(), &spec.settings, state.clone(), observer)
         .with_budget(budget.clone(), spec.memory_mb, spec.file_mb)
         .with_supervisor(demands.clone())
@@ -281,18 +315,13 @@ pub(crate) async fn start_replicas(
         let request = AttachReplicaRequest {
             id,
             owner: format!("{}/{id}", spec.name),
-            // What a replica was measured to hold, once one has been
-            // (unless memory_mb sets it); the estimate before.
-            mb: match (spec.settings.memory_mb, handle.state.measured_mb()) {
-                (None, Some(measured)) => measured,
-                _ => spec.memory_mb,
-            },
+            mb: handle.state.reservation_mb(spec).0,
             placement: spec.settings.placement(),
             factory: factory.clone(),
             warmup: spec.settings.warmup,
             retry: false,
             cold_if_refused,
-            configured: spec.settings.memory_mb.is_some(),
+            configured: handle.state.reservation_mb(spec).1,
         };
         if !reserve_and_attach(handle.batcher.clone(), budget.clone(), request).await {
             refused.push(id);

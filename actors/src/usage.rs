@@ -122,6 +122,37 @@ impl ModelUsage {
     }
 }
 
+/// What replicas measured against their model files, learned across every
+/// model of the process: the opening bid of a model that never loaded is
+/// its file times the largest ratio seen (never more than the file-based
+/// estimate, never less than the file), so that a first load does not
+/// reserve (and evict for) several times what it will take.
+#[derive(Debug, Clone, Default)]
+pub struct FootprintRatio(std::sync::Arc<AtomicU64>);
+
+impl FootprintRatio {
+    /// Notes that a replica of a model whose file is `file_mb` measured
+    /// `measured_mb`.
+    pub(crate) fn learn(&self, file_mb: u64, measured_mb: u64) {
+        if file_mb > 0 {
+            self.0
+                .fetch_max(measured_mb * 1000 / file_mb, Ordering::Relaxed);
+        }
+    }
+
+    /// The opening bid for a model whose file is `file_mb` and whose
+    /// file-based estimate is `estimate_mb`.
+    pub fn estimate(&self, file_mb: u64, estimate_mb: u64) -> u64 {
+        match self.0.load(Ordering::Relaxed) {
+            0 => estimate_mb,
+            ratio => (file_mb * ratio)
+                .div_ceil(1000)
+                .max(file_mb)
+                .min(estimate_mb),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -144,6 +175,19 @@ mod tests {
         assert_eq!(usage.requests(), 3);
         assert!(usage.ready_for(2).is_some() && usage.ready_for(0).is_none());
         assert_eq!(usage.load_time(), Some(Duration::from_millis(40)));
+    }
+
+    #[test]
+    fn an_unmeasured_model_bids_its_file_times_the_largest_ratio_seen() {
+        let ratio = FootprintRatio::default();
+        assert_eq!(ratio.estimate(10, 84), 84, "nothing learned: the estimate");
+        ratio.learn(20, 30);
+        ratio.learn(40, 44);
+        assert_eq!(ratio.estimate(10, 84), 15);
+        // Never above the file-based estimate, never below the file.
+        ratio.learn(1, 100);
+        assert_eq!(ratio.estimate(10, 84), 84);
+        assert_eq!(FootprintRatio::default().estimate(10, 5), 5);
     }
 
     #[test]

@@ -30,8 +30,8 @@ pub const LOAD_TIMEOUT: Duration = Duration::from_secs(300);
 const POLL: Duration = Duration::from_millis(20);
 
 /// How long a load whose replicas the memory budget refused waits for room
-/// (an instance draining gives its memory back within moments) when the
-/// model could fit the budget at all.
+/// (an instance draining gives its memory back within moments, idle replicas
+/// of other models are evicted for it) when the model could fit at all.
 const REFUSED_GRACE: Duration = Duration::from_secs(10);
 
 impl InferenceService {
@@ -124,6 +124,8 @@ impl InferenceService {
             let stuck = !snapshot.replicas.is_empty()
                 && failed.len() + refused.len() == snapshot.replicas.len();
             if stuck && failed.is_empty() {
+                // Asked for by name: idle replicas of other models make room.
+                handle.demand();
                 let since = *refused_since.get_or_insert_with(Instant::now);
                 if since.elapsed() < REFUSED_GRACE && self.could_fit(handle).await {
                     tokio::time::sleep(POLL).await;

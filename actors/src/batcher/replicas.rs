@@ -245,7 +245,7 @@ impl Batcher {
         if configured || !reservation.is_granted() || reservation.device() != Some(Device::Cpu) {
             return;
         }
-        self.state.raise_measured_mb(mb);
+        self.state.learn_footprint(self.file_mb, mb);
         self.footprint_mb = self.state.measured_mb().unwrap_or(mb);
         let Some(budget) = budget else {
             return;
@@ -506,10 +506,16 @@ impl Batcher {
         let Some(factory) = slot.factory.clone() else {
             return;
         };
+        // Measured by now, or other models' measurements make the bid.
+        let mb = match (self.memory_configured, self.state.measured_mb()) {
+            (false, Some(measured)) => measured,
+            (false, None) => self.state.opening_bid(self.file_mb, self.footprint_mb),
+            (true, _) => self.footprint_mb,
+        };
         let request = AttachReplicaRequest {
             id: slot.id,
             owner,
-            mb: self.footprint_mb,
+            mb,
             placement: self.placement.clone(),
             factory,
             warmup: slot.warmup,
