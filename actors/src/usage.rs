@@ -134,9 +134,8 @@ impl FootprintRatio {
     /// Notes that a replica of a model whose file is `file_mb` measured
     /// `measured_mb`.
     pub(crate) fn learn(&self, file_mb: u64, measured_mb: u64) {
-        if file_mb > 0 {
-            self.0
-                .fetch_max(measured_mb * 1000 / file_mb, Ordering::Relaxed);
+        if let Some(ratio) = (measured_mb * 1000).checked_div(file_mb) {
+            self.0.fetch_max(ratio, Ordering::Relaxed);
         }
     }
 
