@@ -33,7 +33,7 @@ serve() {
   local dir=$1 port=$2 limit=$3 residency=$4
   GANTRY__SERVER__BIND=127.0.0.1:$port GANTRY__SERVER__GRPC_BIND= GANTRY__MODELS__DIR=$dir \
     GANTRY__CACHE__ENABLED=false GANTRY__LOG__LEVEL=warn \
-    GANTRY__MEMORY__LIMIT_MB=$limit GANTRY__MEMORY__MIN_RESIDENCY_S=$residency \
+    GANTRY__MEMORY__LIMIT_MB=$limit GANTRY__MEMORY__MIN_RESIDENCY_MS=$residency \
     "$gantry" --config config/gantry.toml >"$work/$port.log" 2>&1 &
   pids+=($!)
   echo $!
@@ -52,16 +52,16 @@ rss_mb() { awk '/VmRSS/ {print int($2 / 1024)}' "/proc/$1/status"; }
 # The process's base: the same binary with ONNX Runtime loaded, serving one
 # model of 0.2 MB (tiny-classifier).
 port=$(free_port)
-pid=$(serve "$work/base" "$port" 1000 10)
+pid=$(serve "$work/base" "$port" 1000 10000)
 ready "$port"
 base=$(rss_mb "$pid")
 kill "$pid"; wait "$pid" 2>/dev/null || true
 
-# name | memory.limit_mb | memory.min_residency_s | what it shows
+# name | memory.limit_mb | memory.min_residency_ms | what it shows
 configs=(
-  "everything resident|4000|10|no budget pressure: the ceiling"
-  "static placement|$budget|3600|loads what fits at startup, evicts nothing (what a fixed placement does)"
-  "memory follows demand|$budget|2|cold models load on request, idle ones evicted by GDSF"
+  "everything resident|4000|10000|no budget pressure: the ceiling"
+  "static placement|$budget|3600000|loads what fits at startup, evicts nothing (what a fixed placement does)"
+  "memory follows demand|$budget|1000|cold models load on request, idle ones evicted by GDSF"
   "no residency floor|$budget|0|the same without the floor against thrash"
 )
 : >"$work/rows"
@@ -107,7 +107,7 @@ cpu=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
   echo "resident memory during the trace minus that of the same binary serving one 0.2 MB model"
   echo "($base MB: the process with ONNX Runtime loaded)."
   echo
-  echo "| Configuration | memory.limit_mb | min_residency_s | Requests | In time | Goodput (/s) | p50 ms | p99 ms | Statuses | Loads | Evictions | RSS growth MB |"
+  echo "| Configuration | memory.limit_mb | min_residency_ms | Requests | In time | Goodput (/s) | p50 ms | p99 ms | Statuses | Loads | Evictions | RSS growth MB |"
   echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
   cat "$work/rows"
   echo

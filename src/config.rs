@@ -152,9 +152,9 @@ pub struct MemoryConfig {
     pub limit_mb: u64,
     /// Share of GPU memory the budget may use when NVML finds a GPU.
     pub gpu_fraction: f64,
-    /// Seconds a replica stays ready at least before it may be evicted for
+    /// Milliseconds a replica stays ready at least before it may be evicted for
     /// another model or scaled down when idle.
-    pub min_residency_s: u64,
+    pub min_residency_ms: u64,
 }
 
 impl Default for MemoryConfig {
@@ -162,7 +162,7 @@ impl Default for MemoryConfig {
         MemoryConfig {
             limit_mb: 0,
             gpu_fraction: 0.9,
-            min_residency_s: 10,
+            min_residency_ms: 10_000,
         }
     }
 }
@@ -449,8 +449,8 @@ impl Config {
         if !(self.memory.gpu_fraction > 0.0 && self.memory.gpu_fraction <= 1.0) {
             return Err(("memory.gpu_fraction", "must be in (0, 1]".into()));
         }
-        if self.memory.min_residency_s > 3600 {
-            return Err(("memory.min_residency_s", "must be at most 3600".into()));
+        if self.memory.min_residency_ms > 3_600_000 {
+            return Err(("memory.min_residency_ms", "must be at most 3600000".into()));
         }
         if !(self.runtime.exclusive_run_ms >= 0.0 && self.runtime.exclusive_run_ms <= 60_000.0) {
             return Err((
@@ -509,7 +509,7 @@ impl Config {
     /// How the supervisor decides what stays in memory.
     pub fn residency(&self) -> gantry_actors::arbiter::ResidencyConfig {
         gantry_actors::arbiter::ResidencyConfig {
-            min_residency: std::time::Duration::from_secs(self.memory.min_residency_s),
+            min_residency: std::time::Duration::from_millis(self.memory.min_residency_ms),
         }
     }
 }

@@ -4,7 +4,7 @@
 //! when the budget has no room for it, evicts idle replicas of other models
 //! ranked by Greedy-Dual-Size-Frequency (see [`crate::residency`]). Never
 //! evicted: a pinned model (`keep_loaded`), a model with work queued or
-//! running, a replica ready for less than `memory.min_residency_s` (so two
+//! running, a replica ready for less than `memory.min_residency_ms` (so two
 //! models cannot evict each other back and forth), a replica still loading.
 //! A failed model's replicas (restarting with backoff) may go at once.
 //! Once a second, models idle for their `downscale_delay_s` give replicas

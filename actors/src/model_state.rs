@@ -10,7 +10,7 @@ use std::time::Instant;
 use crate::readiness::Readiness;
 use crate::repository::ModelSpec;
 use crate::signature::ModelSignature;
-use crate::usage::{FootprintRatio, ModelUsage};
+use crate::usage::{LearnedFootprints, ModelUsage};
 
 /// Whether a model is in memory, as its batcher last saw its replicas.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,12 +72,12 @@ pub struct ModelState {
     /// How it is used, for the supervisor's residency decisions.
     pub usage: ModelUsage,
     /// Footprints measured across the process, for opening bids.
-    footprints: FootprintRatio,
+    footprints: LearnedFootprints,
 }
 
 impl ModelState {
     /// The state of a model whose readiness changes go to `readiness`.
-    pub fn new(readiness: Readiness, footprints: FootprintRatio) -> ModelState {
+    pub fn new(readiness: Readiness, footprints: LearnedFootprints) -> ModelState {
         ModelState {
             readiness,
             footprints,
@@ -87,8 +87,8 @@ impl ModelState {
 
     /// What a new replica of `spec` reserves: model.toml's `memory_mb`,
     /// else the largest footprint a replica of it measured, else its file
-    /// times the ratio replicas of other models measured (see
-    /// [`FootprintRatio`]), else the file-based estimate. `true` with it
+    /// plus the most replicas of other models measured beyond theirs (see
+    /// [`LearnedFootprints`]), else the file-based estimate. `true` with it
     /// when it is the configured figure.
     pub fn reservation_mb(&self, spec: &ModelSpec) -> (u64, bool) {
         match (spec.settings.memory_mb, self.measured_mb()) {
@@ -99,7 +99,7 @@ impl ModelState {
     }
 
     /// The bid of a model never measured whose file is `file_mb` and whose
-    /// file-based estimate is `estimate_mb` (see [`FootprintRatio`]).
+    /// file-based estimate is `estimate_mb` (see [`LearnedFootprints`]).
     pub(crate) fn opening_bid(&self, file_mb: u64, estimate_mb: u64) -> u64 {
         self.footprints.estimate(file_mb, estimate_mb)
     }

@@ -26,7 +26,7 @@ use crate::model::{BatcherAddr, ModelHandle, ModelState, Residency};
 use crate::observer::{BatchObserver, ResidencyDecision};
 use crate::readiness::Readiness;
 use crate::repository::{self, LoadError, ModelSpec};
-use crate::usage::FootprintRatio;
+use crate::usage::LearnedFootprints;
 
 /// The models being served, by name; read on every request.
 pub type ModelRegistry = Arc<RwLock<BTreeMap<String, Arc<ModelHandle>>>>;
@@ -116,7 +116,7 @@ pub struct Supervisor {
     /// Each model's scale-up and scale-down state.
     pub(crate) scaling: crate::autoscale::ScalingStates,
     /// Footprints measured across models: opening bids for the unmeasured.
-    pub(crate) footprints: FootprintRatio,
+    pub(crate) footprints: LearnedFootprints,
 }
 
 /// Which replica ids a model has (started, loading or refused).
@@ -165,7 +165,7 @@ impl Supervisor {
             decisions.clone(),
         );
         let residency = config.residency;
-        let footprints = FootprintRatio::default();
+        let footprints = LearnedFootprints::default();
         let supervisor = Supervisor::create(move |ctx| {
             let demands = ctx.address().recipient();
             // Every model is registered (not ready) before anyone can ask,
@@ -282,7 +282,7 @@ pub(crate) fn register_model(
     budget: &Addr<MemoryBudget>,
     readiness: &Readiness,
     demands: &Recipient<ModelDemanded>,
-    footprints: &FootprintRatio,
+    footprints: &LearnedFootprints,
 ) -> Arc<ModelHandle> {
     let state = Arc::new(ModelState::new(readiness.clone(), footprints.clone()));
     let batcher = Batcher::new(spec.name.clone(), &spec.settings, state.clone(), observer)
@@ -360,8 +360,8 @@ pub struct ServerSnapshot {
     pub models: Vec<ModelSnapshot>,
     pub load_errors: Vec<LoadError>,
     pub memory: MemorySnapshot,
-    /// `memory.min_residency_s`.
-    pub min_residency_s: u64,
+    /// `memory.min_residency_ms`.
+    pub min_residency_ms: u64,
     /// The latest residency decisions, oldest first.
     pub decisions: Vec<ResidencyDecision>,
 }
@@ -389,7 +389,7 @@ impl Handler<GetSnapshot> for Supervisor {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         let uptime_s = self.started.elapsed().as_secs_f64();
-        let min_residency_s = self.residency.min_residency().as_secs();
+        let min_residency_ms = self.residency.min_residency().as_millis() as u64;
         let decisions = self.residency.decisions().latest();
         Box::pin(async move {
             let mut models = Vec::with_capacity(handles.len());
@@ -427,7 +427,7 @@ impl Handler<GetSnapshot> for Supervisor {
                 models,
                 load_errors,
                 memory,
-                min_residency_s,
+                min_residency_ms,
                 decisions,
             })
         })

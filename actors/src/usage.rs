@@ -122,33 +122,30 @@ impl ModelUsage {
     }
 }
 
-/// What replicas measured against their model files, learned across every
+/// What replicas measured beyond their model files, learned across every
 /// model of the process: the opening bid of a model that never loaded is
-/// its file times the largest ratio seen (never more than the file-based
-/// estimate, never less than the file), so that a first load does not
-/// reserve (and evict for) several times what it will take.
+/// its file plus the largest excess seen (a session holds its weights plus
+/// a runtime overhead that hardly depends on them: measured, 1-9 MB over
+/// files of 7-39 MB), never more than the file-based estimate, so that a
+/// first load does not reserve (and evict for) several times what it will
+/// take.
 #[derive(Debug, Clone, Default)]
-pub struct FootprintRatio(std::sync::Arc<AtomicU64>);
+pub struct LearnedFootprints(std::sync::Arc<Mutex<Option<u64>>>);
 
-impl FootprintRatio {
+impl LearnedFootprints {
     /// Notes that a replica of a model whose file is `file_mb` measured
     /// `measured_mb`.
     pub(crate) fn learn(&self, file_mb: u64, measured_mb: u64) {
-        if let Some(ratio) = (measured_mb * 1000).checked_div(file_mb) {
-            self.0.fetch_max(ratio, Ordering::Relaxed);
-        }
+        let excess = measured_mb.saturating_sub(file_mb);
+        let mut learned = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *learned = Some(learned.map_or(excess, |e| e.max(excess)));
     }
 
     /// The opening bid for a model whose file is `file_mb` and whose
     /// file-based estimate is `estimate_mb`.
     pub fn estimate(&self, file_mb: u64, estimate_mb: u64) -> u64 {
-        match self.0.load(Ordering::Relaxed) {
-            0 => estimate_mb,
-            ratio => (file_mb * ratio)
-                .div_ceil(1000)
-                .max(file_mb)
-                .min(estimate_mb),
-        }
+        let learned = *self.0.lock().unwrap_or_else(|e| e.into_inner());
+        learned.map_or(estimate_mb, |excess| (file_mb + excess).min(estimate_mb))
     }
 }
 
@@ -177,16 +174,19 @@ mod tests {
     }
 
     #[test]
-    fn an_unmeasured_model_bids_its_file_times_the_largest_ratio_seen() {
-        let ratio = FootprintRatio::default();
-        assert_eq!(ratio.estimate(10, 84), 84, "nothing learned: the estimate");
-        ratio.learn(20, 30);
-        ratio.learn(40, 44);
-        assert_eq!(ratio.estimate(10, 84), 15);
-        // Never above the file-based estimate, never below the file.
-        ratio.learn(1, 100);
-        assert_eq!(ratio.estimate(10, 84), 84);
-        assert_eq!(FootprintRatio::default().estimate(10, 5), 5);
+    fn an_unmeasured_model_bids_its_file_plus_the_largest_excess_seen() {
+        let learned = LearnedFootprints::default();
+        assert_eq!(
+            learned.estimate(10, 84),
+            84,
+            "nothing learned: the estimate"
+        );
+        learned.learn(7, 16);
+        learned.learn(39, 41);
+        assert_eq!(learned.estimate(24, 112), 33);
+        // Never above the file-based estimate.
+        learned.learn(1, 100);
+        assert_eq!(learned.estimate(10, 84), 84);
     }
 
     #[test]

@@ -104,8 +104,8 @@ struct Usage {
 /// What the supervisor decided about what is in memory.
 #[derive(Serialize, utoipa::ToSchema)]
 struct ResidencyStats {
-    /// `memory.min_residency_s`.
-    min_residency_s: u64,
+    /// `memory.min_residency_ms`.
+    min_residency_ms: u64,
     /// The latest decisions (at most 64), oldest first.
     decisions: Vec<Decision>,
 }
@@ -344,7 +344,7 @@ async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
                 .collect(),
         },
         residency: ResidencyStats {
-            min_residency_s: snapshot.min_residency_s,
+            min_residency_ms: snapshot.min_residency_ms,
             decisions: snapshot
                 .decisions
                 .iter()

@@ -16,11 +16,11 @@ use gantry_actors::engine::fake::{FakeEngineFactory, FakeProvider};
 use serde_json::Value;
 
 /// A config with a CPU budget of `limit_mb` and replicas that may be
-/// evicted once ready for `min_residency_s`.
+/// evicted once ready for `min_residency_s` seconds.
 fn budget(repo: &Repo, limit_mb: u64, min_residency_s: u64) -> gantry::config::Config {
     let mut config = no_cache(crate::common::config(repo.path()));
     config.memory.limit_mb = limit_mb;
-    config.memory.min_residency_s = min_residency_s;
+    config.memory.min_residency_ms = min_residency_s * 1000;
     config
 }
 
@@ -200,7 +200,7 @@ async fn a_replica_younger_than_the_residency_floor_stays() {
         (504, Some("deadline_exceeded"))
     );
     let stats = server.stats().await;
-    assert_eq!(stats["residency"]["min_residency_s"], 60);
+    assert_eq!(stats["residency"]["min_residency_ms"], 60_000);
     assert!(decisions(&stats, "evict").is_empty(), "{stats}");
 }
 

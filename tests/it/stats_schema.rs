@@ -179,7 +179,7 @@ async fn stats_report_every_documented_key() {
     config.cache.redis_url = "redis://127.0.0.1:6379".into();
     config.store.database_url = database.url();
     config.store.flush_ms = 20;
-    config.memory.min_residency_s = 0;
+    config.memory.min_residency_ms = 0;
     let server = TestServer::start_with_gpus(config, Arc::new(provider), Some(gpus));
     crate::common::live::until(&server, "m and on-gpu ready", |s| {
         s["model_pools"]["m"]["ready"] == true && s["model_pools"]["on-gpu"]["ready"] == true
