@@ -144,11 +144,12 @@ impl Arbiter {
     }
 }
 
-/// What a replica of `handle` reserves (see [`ModelState::reservation_mb`]).
+/// What a replica of `handle` reserves while it loads (see
+/// [`ModelState::load_mb`]).
 ///
-/// [`ModelState::reservation_mb`]: crate::model::ModelState::reservation_mb
+/// [`ModelState::load_mb`]: crate::model::ModelState::load_mb
 fn footprint_mb(handle: &ModelHandle) -> u64 {
-    handle.state.reservation_mb(&handle.spec).0
+    handle.state.load_mb(&handle.spec).0
 }
 
 impl Supervisor {

@@ -98,6 +98,19 @@ impl ModelState {
         }
     }
 
+    /// What a replica of `spec` reserves while it loads: its footprint
+    /// ([`ModelState::reservation_mb`]) plus its file, unless `memory_mb`
+    /// sets it. Loading holds the file's bytes beside the weights built
+    /// from them; the reservation shrinks to the footprint once the replica
+    /// has loaded, so a load in room an eviction made never takes the
+    /// process past the budget.
+    pub fn load_mb(&self, spec: &ModelSpec) -> (u64, bool) {
+        match self.reservation_mb(spec) {
+            (configured, true) => (configured, true),
+            (footprint, false) => (footprint + spec.file_mb, false),
+        }
+    }
+
     /// The bid of a model never measured whose file is `file_mb` and whose
     /// file-based estimate is `estimate_mb` (see [`LearnedFootprints`]).
     pub(crate) fn opening_bid(&self, file_mb: u64, estimate_mb: u64) -> u64 {

@@ -315,13 +315,13 @@ pub(crate) async fn start_replicas(
         let request = AttachReplicaRequest {
             id,
             owner: format!("{}/{id}", spec.name),
-            mb: handle.state.reservation_mb(spec).0,
+            mb: handle.state.load_mb(spec).0,
             placement: spec.settings.placement(),
             factory: factory.clone(),
             warmup: spec.settings.warmup,
             retry: false,
             cold_if_refused,
-            configured: handle.state.reservation_mb(spec).1,
+            configured: handle.state.load_mb(spec).1,
         };
         if !reserve_and_attach(handle.batcher.clone(), budget.clone(), request).await {
             refused.push(id);
@@ -390,7 +390,7 @@ impl Handler<GetSnapshot> for Supervisor {
             .clone();
         let uptime_s = self.started.elapsed().as_secs_f64();
         let min_residency_ms = self.residency.min_residency().as_millis() as u64;
-        let decisions = self.residency.decisions().latest();
+        let decisions = self.residency.decisions().clone();
         Box::pin(async move {
             let mut models = Vec::with_capacity(handles.len());
             for handle in handles {
@@ -428,7 +428,8 @@ impl Handler<GetSnapshot> for Supervisor {
                 load_errors,
                 memory,
                 min_residency_ms,
-                decisions,
+                // Read last: every decision behind the states read above.
+                decisions: decisions.latest(),
             })
         })
     }

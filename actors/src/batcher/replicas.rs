@@ -202,8 +202,14 @@ impl Handler<ReplicaReady> for Batcher {
             if slot.state != ReplicaState::Loading {
                 slot.restarts += 1;
             }
-            if let Some(mb) = msg.footprint_mb {
-                self.measured(msg.replica, mb);
+            match msg.footprint_mb {
+                Some(mb) => self.measured(msg.replica, mb),
+                // Not measured this time: what replicas of it measured.
+                None => {
+                    if let Some(mb) = self.state.measured_mb() {
+                        self.settle_reservation(msg.replica, mb);
+                    }
+                }
             }
             let was_resident = self.residency() == Residency::Resident;
             let Some(slot) = self.slot_mut(msg.replica) else {
@@ -234,7 +240,6 @@ impl Batcher {
     fn measured(&mut self, index: usize, mb: u64) {
         let mb = mb.max(self.file_mb);
         let configured = self.memory_configured;
-        let budget = self.budget.clone();
         let Some(slot) = self.replicas.iter_mut().find(|r| r.id == index) else {
             return;
         };
@@ -247,6 +252,24 @@ impl Batcher {
         }
         self.state.learn_footprint(self.file_mb, mb);
         self.footprint_mb = self.state.measured_mb().unwrap_or(mb);
+        self.settle_reservation(index, mb);
+    }
+
+    /// Replica `index`, loaded on the CPU, holds `mb` from now on: its
+    /// reservation becomes that (the load's headroom given back), unless
+    /// `memory_mb` sets it.
+    fn settle_reservation(&mut self, index: usize, mb: u64) {
+        let budget = self.budget.clone();
+        let configured = self.memory_configured;
+        let Some(slot) = self.replicas.iter_mut().find(|r| r.id == index) else {
+            return;
+        };
+        let Some(reservation) = slot.reservation.as_mut() else {
+            return;
+        };
+        if configured || !reservation.is_granted() || reservation.device() != Some(Device::Cpu) {
+            return;
+        }
         let Some(budget) = budget else {
             return;
         };
@@ -506,10 +529,11 @@ impl Batcher {
         let Some(factory) = slot.factory.clone() else {
             return;
         };
-        // Measured by now, or other models' measurements make the bid.
+        // Measured by now, or other models' measurements make the bid; a
+        // load holds the file besides (see `ModelState::load_mb`).
         let mb = match (self.memory_configured, self.state.measured_mb()) {
-            (false, Some(measured)) => measured,
-            (false, None) => self.state.opening_bid(self.file_mb, self.footprint_mb),
+            (false, Some(measured)) => measured + self.file_mb,
+            (false, None) => self.state.opening_bid(self.file_mb, self.footprint_mb) + self.file_mb,
             (true, _) => self.footprint_mb,
         };
         let request = AttachReplicaRequest {
