@@ -2,7 +2,7 @@
 # `make bench-trace`: memory follows demand under a serverless-shaped trace.
 # Serves a generated repository of twelve MLPs (7-39 MB files,
 # load-tests/mlp_repository.py; about 280 MB once loaded) and replays one
-# open-loop trace (load-tests/trace.py: Gamma arrivals with CV 2, Zipf 1.1
+# open-loop trace (load-tests/trace_replay.py: Gamma arrivals with CV 2, Zipf 1.1
 # popularity, the popular set reshuffled every 20 s, fixed seed) against it
 # under each configuration below, one server at a time. Latency counts from
 # each request's scheduled arrival; requests carry a 2 s deadline. Writes
@@ -70,9 +70,10 @@ for config in "${configs[@]}"; do
   port=$(free_port)
   pid=$(serve "$work/mlps" "$port" "$limit" "$residency")
   ready "$port"
-  "$python" load-tests/trace.py "$port" "$pid" --models 12 --seconds "$seconds" --rate "$rate" \
+  "$python" load-tests/trace_replay.py "$port" "$pid" --models 12 --seconds "$seconds" --rate "$rate" \
     --out "$work/run.json" >/dev/null
   curl -s "127.0.0.1:$port/metrics" >"$work/metrics.txt"
+  if [ "$limit" = 4000 ]; then curl -s "127.0.0.1:$port/api/optimized/stats" >"$work/resident.json"; fi
   "$python" - "$work/run.json" "$work/metrics.txt" "$name" "$limit" "$residency" "$base" "$what" \
     >>"$work/rows" <<'PY'
 import json, sys
@@ -92,6 +93,23 @@ PY
   kill "$pid"; wait "$pid" 2>/dev/null || true
 done
 
+# The bound: an oracle that knows each 20 s epoch's requests in advance and
+# keeps resident, for the whole epoch, the set of models that fits the
+# budget (at their measured footprints) and takes the most of them.
+bound=$(cd load-tests && "$python" - "$work/resident.json" "$budget" "$seconds" "$rate" <<'PY'
+import argparse, collections, itertools, json, sys
+import trace_replay as trace
+stats, budget, seconds, rate = json.load(open(sys.argv[1])), int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+sizes = [stats["model_pools"][f"mlp-{i:02d}"]["memory_mb_per_replica"] for i in range(12)]
+plan = trace.schedule(argparse.Namespace(seed=7, cv=2.0, rate=rate, seconds=seconds, models=12, zipf=1.1, rotate_s=20))
+hits = 0
+for epoch in {int(t // 20) for t, _ in plan}:
+    asked = collections.Counter(m for t, m in plan if int(t // 20) == epoch)
+    hits += max(sum(asked[i] for i in combo) for r in range(13) for combo in itertools.combinations(range(12), r)
+                if sum(sizes[i] for i in combo) <= budget)
+print(f"{100 * hits / len(plan):.1f}")
+PY
+)
 commit=$(git rev-parse --short HEAD)
 cpu=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
 {
@@ -115,4 +133,9 @@ cpu=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
     IFS='|' read -r name _ _ what <<<"$config"
     echo "- **$name**: $what."
   done
+  echo
+  echo "Bound: an oracle that knew each 20 s epoch's requests in advance and kept resident, for the"
+  echo "whole epoch, the models that fit $budget MB (at their measured footprints) and take the most of"
+  echo "them would find the model in memory for **$bound%** of requests; every other request waits"
+  echo "for a load."
 } | tee load-tests/TRACE_RESULTS.md

@@ -8,7 +8,7 @@ scheduled instants whether or not earlier ones were answered, and latency
 counts from the scheduled instant, so a server that falls behind pays for
 it. The server's RSS is sampled every 50 ms.
 
-Usage: trace.py PORT PID --models N --seconds S --rate R [--cv C] [--zipf A]
+Usage: trace_replay.py PORT PID --models N --seconds S --rate R [--cv C] [--zipf A]
        [--rotate-s T] [--seed K] [--target-ms M] [--timeout-ms M] --out FILE
 """
 import argparse
