@@ -18,6 +18,7 @@ pub mod lifecycle;
 pub mod memory;
 pub mod messages;
 pub mod model;
+pub mod model_settings;
 pub mod model_state;
 pub mod observer;
 pub mod priority;
