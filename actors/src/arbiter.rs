@@ -144,12 +144,18 @@ impl Arbiter {
     }
 }
 
-/// What a replica of `handle` reserves while it loads (see
-/// [`ModelState::load_mb`]).
+/// What a replica of `handle` reserves while it loads on `devices` (its
+/// footprint, plus its file when it loads on the CPU: see
+/// [`ModelState::load_headroom_mb`]).
 ///
-/// [`ModelState::load_mb`]: crate::model::ModelState::load_mb
-fn footprint_mb(handle: &ModelHandle) -> u64 {
-    handle.state.load_mb(&handle.spec).0
+/// [`ModelState::load_headroom_mb`]: crate::model::ModelState::load_headroom_mb
+fn footprint_mb(handle: &ModelHandle, devices: &Ledger) -> u64 {
+    let footprint = handle.state.reservation_mb(&handle.spec).0;
+    let on_cpu = devices.devices.iter().all(|d| d.device == Device::Cpu);
+    match on_cpu {
+        true => footprint + handle.state.load_headroom_mb(&handle.spec),
+        false => footprint,
+    }
 }
 
 impl Supervisor {
@@ -262,7 +268,7 @@ impl Supervisor {
     /// go would free enough: then nothing goes, and the requests keep
     /// waiting for a replica to turn idle or old enough).
     fn make_room(&mut self, handle: &Arc<ModelHandle>, ledger: &Ledger) -> Vec<String> {
-        let mut mb = footprint_mb(handle);
+        let mut mb = footprint_mb(handle, ledger);
         if handle.spec.settings.memory_mb.is_none() {
             // As the budget cuts a figure larger than a device.
             let largest = ledger.devices.iter().map(|d| d.total_mb).max();

@@ -56,6 +56,7 @@ impl Residency {
 pub struct ModelState {
     signature: OnceLock<ModelSignature>,
     ready_replicas: AtomicUsize,
+    loading_replicas: AtomicUsize,
     desired_replicas: AtomicUsize,
     /// Told when the model turns ready or stops being ready.
     readiness: Readiness,
@@ -98,16 +99,16 @@ impl ModelState {
         }
     }
 
-    /// What a replica of `spec` reserves while it loads: its footprint
-    /// ([`ModelState::reservation_mb`]) plus its file, unless `memory_mb`
-    /// sets it. Loading holds the file's bytes beside the weights built
-    /// from them; the reservation shrinks to the footprint once the replica
-    /// has loaded, so a load in room an eviction made never takes the
-    /// process past the budget.
-    pub fn load_mb(&self, spec: &ModelSpec) -> (u64, bool) {
-        match self.reservation_mb(spec) {
-            (configured, true) => (configured, true),
-            (footprint, false) => (footprint + spec.file_mb, false),
+    /// What a replica of `spec` reserves beyond its footprint while it
+    /// loads on the CPU: its file, which ONNX Runtime holds beside the
+    /// weights it builds from it (none when `memory_mb` sets the figure).
+    /// The reservation shrinks to the footprint once the replica has
+    /// loaded, so a load in room an eviction made never takes the process
+    /// past the budget.
+    pub fn load_headroom_mb(&self, spec: &ModelSpec) -> u64 {
+        match spec.settings.memory_mb {
+            Some(_) => 0,
+            None => spec.file_mb,
         }
     }
 
@@ -193,6 +194,15 @@ impl ModelState {
 
     pub fn ready_replicas(&self) -> usize {
         self.ready_replicas.load(Ordering::Relaxed)
+    }
+
+    /// Replicas loading now.
+    pub fn loading_replicas(&self) -> usize {
+        self.loading_replicas.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_loading_replicas(&self, n: usize) {
+        self.loading_replicas.store(n, Ordering::Relaxed);
     }
 
     pub fn set_ready_replicas(&self, n: usize) {

@@ -237,10 +237,11 @@ impl Actor for Supervisor {
         let load = async move {
             let mut cold = Vec::new();
             for (handle, ids) in starts {
+                let wanted = ids.len();
                 let refused = start_replicas(&handle, ids, &budget, provider.as_ref(), true).await;
-                // Its footprint measured before the next reserves: what
+                // Its footprints measured before the next reserves: what
                 // fits is judged on what replicas take, not on estimates.
-                settled(&handle).await;
+                settled(&handle, wanted - refused.len()).await;
                 cold.push((handle.spec.name.clone(), refused));
             }
             cold
@@ -257,15 +258,19 @@ impl Actor for Supervisor {
     }
 }
 
-/// Waits (at most [`STARTUP_LOAD_LIMIT`]) until `handle`'s replicas have
-/// loaded, failed, or were left out.
-async fn settled(handle: &ModelHandle) {
+/// Waits (at most [`STARTUP_LOAD_LIMIT`]) until `placed` replicas of
+/// `handle` are ready, or it failed or stayed out of memory.
+async fn settled(handle: &ModelHandle, placed: usize) {
     let deadline = Instant::now() + STARTUP_LOAD_LIMIT;
     while Instant::now() < deadline {
-        if !matches!(
-            handle.state.residency(),
-            Residency::Starting | Residency::Loading
-        ) {
+        let done = match handle.state.residency() {
+            Residency::Starting | Residency::Loading => false,
+            Residency::Resident => {
+                handle.state.ready_replicas() >= placed || handle.state.loading_replicas() == 0
+            }
+            Residency::Cold | Residency::Failed(_) => true,
+        };
+        if done {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
@@ -315,13 +320,14 @@ pub(crate) async fn start_replicas(
         let request = AttachReplicaRequest {
             id,
             owner: format!("{}/{id}", spec.name),
-            mb: handle.state.load_mb(spec).0,
+            mb: handle.state.reservation_mb(spec).0,
+            headroom_mb: handle.state.load_headroom_mb(spec),
             placement: spec.settings.placement(),
             factory: factory.clone(),
             warmup: spec.settings.warmup,
             retry: false,
             cold_if_refused,
-            configured: handle.state.load_mb(spec).1,
+            configured: handle.state.reservation_mb(spec).1,
         };
         if !reserve_and_attach(handle.batcher.clone(), budget.clone(), request).await {
             refused.push(id);

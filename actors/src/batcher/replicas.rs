@@ -338,6 +338,7 @@ pub async fn reserve_and_attach(
         mb: attach.mb,
         placement: attach.placement,
         configured: attach.configured,
+        headroom_mb: attach.headroom_mb,
         waiter: Some(batcher.recipient::<BudgetFreed>()),
     };
     let reservation = match budget.send(reserve).await {
@@ -379,6 +380,9 @@ pub struct AttachReplicaRequest {
     pub cold_if_refused: bool,
     /// `mb` is model.toml's `memory_mb` (not an estimate or a measurement).
     pub configured: bool,
+    /// MB more while it loads, on the CPU only (see
+    /// [`ModelState::load_headroom_mb`](crate::model::ModelState::load_headroom_mb)).
+    pub headroom_mb: u64,
 }
 
 impl Handler<AttachReplica> for Batcher {
@@ -529,17 +533,21 @@ impl Batcher {
         let Some(factory) = slot.factory.clone() else {
             return;
         };
-        // Measured by now, or other models' measurements make the bid; a
-        // load holds the file besides (see `ModelState::load_mb`).
-        let mb = match (self.memory_configured, self.state.measured_mb()) {
-            (false, Some(measured)) => measured + self.file_mb,
-            (false, None) => self.state.opening_bid(self.file_mb, self.footprint_mb) + self.file_mb,
-            (true, _) => self.footprint_mb,
+        // Measured by now, or other models' measurements make the bid; on
+        // the CPU a load holds the file besides.
+        let (mb, headroom_mb) = match (self.memory_configured, self.state.measured_mb()) {
+            (false, Some(measured)) => (measured, self.file_mb),
+            (false, None) => (
+                self.state.opening_bid(self.file_mb, self.footprint_mb),
+                self.file_mb,
+            ),
+            (true, _) => (self.footprint_mb, 0),
         };
         let request = AttachReplicaRequest {
             id: slot.id,
             owner,
             mb,
+            headroom_mb,
             placement: self.placement.clone(),
             factory,
             warmup: slot.warmup,

@@ -179,6 +179,12 @@ impl Batcher {
             .map(|r| r.id)
             .collect();
         self.state.set_ready_replicas(ready.len());
+        let loading = self
+            .replicas
+            .iter()
+            .filter(|r| r.state == ReplicaState::Loading)
+            .count();
+        self.state.set_loading_replicas(loading);
         self.state.usage.retain_ready(&ready);
         self.state.set_residency(self.residency());
         self.note_work();

@@ -299,6 +299,11 @@ pub struct Reserve {
     /// allowed device's total is cut to the largest total rather than
     /// refused for good, so the model can still load alone.
     pub configured: bool,
+    /// Added to `mb` when the replica goes on the CPU: what its load holds
+    /// for a while beyond its footprint (the holder gives it back with a
+    /// [`Resize`] once loaded). Not on a GPU: the file's bytes stay in
+    /// host memory.
+    pub headroom_mb: u64,
 }
 
 /// Budget -> whoever was refused: a reservation was given back since `owner`
@@ -314,6 +319,11 @@ impl Handler<Reserve> for MemoryBudget {
 
     fn handle(&mut self, mut msg: Reserve, ctx: &mut Self::Context) -> Self::Result {
         let had = self.reservations.get(&msg.owner).copied();
+        let on_cpu = device::candidates(&msg.placement, &self.visible, &self.setup.support)
+            .is_ok_and(|devices| devices.iter().all(|d| *d == Device::Cpu));
+        if on_cpu {
+            msg.mb += msg.headroom_mb;
+        }
         if !msg.configured {
             msg.mb = msg
                 .mb

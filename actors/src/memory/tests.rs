@@ -12,6 +12,7 @@ fn reserve(owner: &str, mb: u64) -> Reserve {
         placement: Placement::cpu(),
         waiter: None,
         configured: true,
+        headroom_mb: 0,
     }
 }
 
@@ -244,4 +245,16 @@ async fn gpus_without_engine_support_get_no_budget() {
         .unwrap()
         .reason
         .contains("the CPU build of ONNX Runtime"));
+}
+
+#[actix_rt::test]
+async fn a_load_holds_its_headroom_on_the_cpu_only() {
+    let budget = with_fake_gpus(&[1000]);
+    let mut cpu = on("c/0", 100, Placement::cpu());
+    cpu.headroom_mb = 40;
+    assert_eq!(budget.send(cpu).await.unwrap().mb(), 140);
+    let mut gpu = on("g/0", 100, gpus(DevicePreference::Gpu, None));
+    gpu.headroom_mb = 40;
+    let held = budget.send(gpu).await.unwrap();
+    assert_eq!((held.device(), held.mb()), (Some(Device::Gpu(0)), 100));
 }
