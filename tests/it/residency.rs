@@ -389,3 +389,38 @@ async fn on_two_gpus_each_eviction_makes_room_on_one_gpu() {
         assert_eq!(stats["memory"]["devices"][0]["reserved_mb"], 0);
     }
 }
+
+/// A load slower than a request's deadline answers that request 504 (its
+/// wait named) and goes on: the next request finds the model in memory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_load_slower_than_the_deadline_answers_504_and_the_next_request_is_served() {
+    let repo = Repo::new()
+        .fake("a", "memory_mb = 100\n")
+        .fake("slow-load", "memory_mb = 100\n");
+    let mut fakes = FakeProvider::new(FakeEngineFactory::vector(4));
+    let mut slow = FakeEngineFactory::vector(4);
+    slow.load_delay = Duration::from_millis(1500);
+    fakes.per_model.insert("slow-load".into(), slow);
+    let server = TestServer::ready(budget(&repo, 100, 0), Arc::new(fakes)).await;
+    assert_eq!(predict(&server, "a", 1, None).await.0, 200);
+    // "slow-load" never loaded: its first load takes 1.5 s.
+    let (status, answer) = predict(&server, "slow-load", 1, Some(300)).await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (504, Some("deadline_exceeded"))
+    );
+    let error = answer["error"].as_str().unwrap();
+    assert!(
+        error.contains("waiting for model 'slow-load' to load"),
+        "{error}"
+    );
+    until(&server, "slow-load in memory", |s| {
+        s["model_pools"]["slow-load"]["residency"] == "resident"
+    })
+    .await;
+    let (status, answer) = predict(&server, "slow-load", 2, Some(300)).await;
+    assert_eq!(status, 200, "{answer}");
+    // Evicted meanwhile, "a" loads again for its next request.
+    let (status, answer) = predict(&server, "a", 3, None).await;
+    assert_eq!(status, 200, "{answer}");
+}

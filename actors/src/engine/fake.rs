@@ -48,6 +48,8 @@ pub struct FakeEngineFactory {
     /// A batch holding this FP32 value makes the engine panic (to test
     /// supervision).
     pub panic_on: Option<f32>,
+    /// How long each `load` takes.
+    pub load_delay: Duration,
     /// When set, every engine of this factory runs on one device one batch
     /// at a time (as sessions sharing one CPU thread pool do): a second
     /// replica adds no throughput.
@@ -80,6 +82,7 @@ impl FakeEngineFactory {
             failing_loads: 0,
             panic_on_first_load: false,
             panic_on: None,
+            load_delay: Duration::ZERO,
             one_device: None,
         }
     }
@@ -103,6 +106,9 @@ impl EngineFactory for FakeEngineFactory {
             targets.push(*target);
         }
         let earlier = self.loads.fetch_add(1, Ordering::SeqCst);
+        if !self.load_delay.is_zero() {
+            std::thread::sleep(self.load_delay);
+        }
         assert!(
             !(self.panic_on_first_load && earlier == 0),
             "fake engine panics while loading"
