@@ -7,11 +7,6 @@
 //! running, a replica ready for less than `memory.min_residency_ms` (so two
 //! models cannot evict each other back and forth), a replica still loading.
 //! A failed model's replicas (restarting with backoff) may go at once.
-//! When room cannot be made for a model, it becomes first in line (for at
-//! most [`STARVING_TURN`]): until it gets room, evictions are made for it
-//! alone and others load only into free room, so that a large model is not
-//! starved by smaller ones whose loads keep every replica too young to
-//! leave. A replica is started only once its room is there or being made.
 //! Once a second, models idle for their `downscale_delay_s` give replicas
 //! back down to `min_replicas` (0: the model leaves memory). Every decision
 //! is logged, told to the observer (metrics) and kept for stats.
@@ -33,13 +28,6 @@ use crate::supervisor::Supervisor;
 
 /// Decisions kept for stats.
 const DECISIONS_KEPT: usize = 64;
-
-/// How long the model first in line for room keeps its place without
-/// asking again (its batcher asks every 100 ms while requests wait).
-const STARVING_GRACE: Duration = Duration::from_millis(500);
-
-/// How long a model may stay first in line for room.
-const STARVING_TURN: Duration = Duration::from_secs(2);
 
 /// How often idle models (and backlogs, see [`crate::autoscale`]) are
 /// looked at.
@@ -100,14 +88,6 @@ pub(crate) struct Arbiter {
     leaving: BTreeMap<String, Leaving>,
     /// Models whose demand is being looked at (one look at a time).
     looking: BTreeSet<String>,
-    /// The model that has waited longest for room evictions could not yet
-    /// make: since when, and when it last asked. While it asks, evictions
-    /// are made for it alone, so that smaller models loading one after the
-    /// other cannot keep every replica too young to leave.
-    starving: Option<(String, Instant, Instant)>,
-    /// The last model whose turn ran out, and until when it waits before
-    /// it may be first in line again.
-    turn_over: Option<(String, Instant)>,
     decisions: Decisions,
     observer: Arc<dyn BatchObserver>,
 }
@@ -123,52 +103,8 @@ impl Arbiter {
             clock: 0.0,
             leaving: BTreeMap::new(),
             looking: BTreeSet::new(),
-            starving: None,
-            turn_over: None,
             decisions,
             observer,
-        }
-    }
-
-    /// `model` asked for room that could not be made at `now`.
-    fn starving(&mut self, model: &str, now: Instant) {
-        let resting = self
-            .turn_over
-            .as_ref()
-            .is_some_and(|(name, until)| name == model && now < *until);
-        match &mut self.starving {
-            Some((name, _, last)) if name == model => *last = now,
-            Some((_, _, last)) if now.duration_since(*last) < STARVING_GRACE => {}
-            _ if resting => {}
-            _ => self.starving = Some((model.to_string(), now, now)),
-        }
-    }
-
-    /// The model first in line for evictions, when it is another than
-    /// `model` and still asks.
-    fn first_in_line(&mut self, model: &str, now: Instant) -> Option<String> {
-        let (name, since, last) = self.starving.as_ref()?;
-        if now.duration_since(*last) >= STARVING_GRACE {
-            self.starving = None;
-            return None;
-        }
-        if now.duration_since(*since) >= STARVING_TURN {
-            // Room it cannot get in a turn must not hold up everyone else.
-            self.turn_over = Some((name.clone(), now + STARVING_TURN));
-            self.starving = None;
-            return None;
-        }
-        (name != model).then(|| name.clone())
-    }
-
-    /// `model` got its room: it is no longer in line.
-    fn fed(&mut self, model: &str) {
-        if self
-            .starving
-            .as_ref()
-            .is_some_and(|(name, _, _)| name == model)
-        {
-            self.starving = None;
         }
     }
 
@@ -320,9 +256,8 @@ impl Handler<ModelDemanded> for Supervisor {
                     return;
                 }
             };
-            if let Some(evicted) = act.make_room(&handle, &ledger) {
-                act.load_if_unplanned(&handle, evicted, ctx);
-            }
+            let evicted = act.make_room(&handle, &ledger);
+            act.load_if_unplanned(&handle, evicted, ctx);
         }));
     }
 }
@@ -332,7 +267,7 @@ impl Supervisor {
     /// models evicted (empty when it fits already, or when nothing that may
     /// go would free enough: then nothing goes, and the requests keep
     /// waiting for a replica to turn idle or old enough).
-    fn make_room(&mut self, handle: &Arc<ModelHandle>, ledger: &Ledger) -> Option<Vec<String>> {
+    fn make_room(&mut self, handle: &Arc<ModelHandle>, ledger: &Ledger) -> Vec<String> {
         let mut mb = footprint_mb(handle, ledger);
         if handle.spec.settings.memory_mb.is_none() {
             // As the budget cuts a figure larger than a device.
@@ -347,7 +282,6 @@ impl Supervisor {
             mb,
             &candidates,
         );
-        let now = Instant::now();
         let room = match room {
             Ok(room) => room,
             Err(most) => {
@@ -357,19 +291,9 @@ impl Supervisor {
                     could_free_mb = most,
                     "no room yet; requests wait for replicas to turn idle"
                 );
-                self.residency.starving(handle.name(), now);
-                return None;
+                return Vec::new();
             }
         };
-        if let Some(first) = self.residency.first_in_line(handle.name(), now) {
-            if !room.victims.is_empty() {
-                // Evictions go to the model that has waited longest for
-                // room; this one waits its turn.
-                debug!(model = %handle.name(), behind = %first, "waits behind a model that needs more room");
-                return None;
-            }
-        }
-        self.residency.fed(handle.name());
         let mut evicted = Vec::new();
         for victim in room.victims {
             let Some(plan) = self.plans.get_mut(&victim.model) else {
@@ -398,7 +322,7 @@ impl Supervisor {
             );
             evicted.push(victim.model);
         }
-        Some(evicted)
+        evicted
     }
 
     /// Idle, unpinned replicas of other models, ready long enough, that
