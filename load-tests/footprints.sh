@@ -24,7 +24,8 @@ trap cleanup EXIT
 mkdir -p "$work/empty" "$work/mlps"
 "$python" load-tests/mlp_repository.py "$work/mlps" >/dev/null
 
-free_port() { "$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=load-tests/serve-lib.sh
+source "$root/load-tests/serve-lib.sh"
 serve() {
   local dir=$1 port=$2
   GANTRY__SERVER__BIND=127.0.0.1:$port GANTRY__SERVER__GRPC_BIND= GANTRY__MODELS__DIR=$dir \
@@ -32,16 +33,6 @@ serve() {
   pids+=($!)
   echo $!
 }
-ready() {
-  for _ in $(seq 600); do
-    curl -sf "127.0.0.1:$1/v2/health/ready" >/dev/null && return 0
-    sleep 0.1
-  done
-  echo "server on $1 never became ready" >&2
-  cat "$work/$1.log" >&2
-  exit 1
-}
-rss_mb() { awk '/VmRSS/ {print int($2 / 1024)}' "/proc/$1/status"; }
 
 empty_port=$(free_port); full_port=$(free_port)
 empty_pid=$(serve "$work/empty" "$empty_port")

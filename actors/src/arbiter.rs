@@ -144,20 +144,6 @@ impl Arbiter {
     }
 }
 
-/// What a replica of `handle` reserves while it loads on `devices` (its
-/// footprint, plus its file when it loads on the CPU: see
-/// [`ModelState::load_headroom_mb`]).
-///
-/// [`ModelState::load_headroom_mb`]: crate::model::ModelState::load_headroom_mb
-fn footprint_mb(handle: &ModelHandle, devices: &Ledger) -> u64 {
-    let footprint = handle.state.reservation_mb(&handle.spec).0;
-    let on_cpu = devices.devices.iter().all(|d| d.device == Device::Cpu);
-    match on_cpu {
-        true => footprint + handle.state.load_headroom_mb(&handle.spec),
-        false => footprint,
-    }
-}
-
 impl Supervisor {
     /// Starts the once-a-second look at idle models.
     pub(crate) fn start_residency_ticks(&self, ctx: &mut Context<Self>) {
@@ -231,8 +217,12 @@ impl Handler<ModelDemanded> for Supervisor {
             return;
         }
         let handle = plan.handle.clone();
+        let (mb, configured) = handle.state.reservation_mb(&handle.spec);
         let ask = GetLedger {
             placement: handle.spec.settings.placement(),
+            mb,
+            headroom_mb: handle.state.load_headroom_mb(&handle.spec),
+            configured,
         };
         let budget = self.budget.clone();
         let look = async move { budget.send(ask).await };
@@ -268,12 +258,7 @@ impl Supervisor {
     /// go would free enough: then nothing goes, and the requests keep
     /// waiting for a replica to turn idle or old enough).
     fn make_room(&mut self, handle: &Arc<ModelHandle>, ledger: &Ledger) -> Vec<String> {
-        let mut mb = footprint_mb(handle, ledger);
-        if handle.spec.settings.memory_mb.is_none() {
-            // As the budget cuts a figure larger than a device.
-            let largest = ledger.devices.iter().map(|d| d.total_mb).max();
-            mb = mb.min(largest.unwrap_or(mb));
-        }
+        let mb = ledger.needs_mb;
         let pending = self.residency.settle(ledger);
         let candidates = self.eviction_candidates(handle.name(), ledger);
         let room = residency::make_room(

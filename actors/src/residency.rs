@@ -122,6 +122,7 @@ mod tests {
                 })
                 .collect(),
             held: Default::default(),
+            needs_mb: 0,
         }
     }
 

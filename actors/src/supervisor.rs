@@ -417,10 +417,7 @@ impl Handler<GetSnapshot> for Supervisor {
                     name: handle.spec.name.clone(),
                     version: handle.spec.version.clone(),
                     ready_replicas: handle.state.ready_replicas(),
-                    memory_mb_per_replica: match handle.spec.settings.memory_mb {
-                        None => handle.state.measured_mb().unwrap_or(handle.spec.memory_mb),
-                        Some(configured) => configured,
-                    },
+                    memory_mb_per_replica: handle.state.reservation_mb(&handle.spec).0,
                     batcher,
                 });
             }

@@ -170,11 +170,10 @@ impl InferenceService {
         };
         let memory = &snapshot.memory;
         let spec = &handle.spec;
-        let needs = match spec.settings.memory_mb {
-            None => handle.state.measured_mb().unwrap_or(spec.memory_mb),
-            Some(configured) => configured,
-        };
-        memory.devices.iter().any(|d| needs <= d.total_mb)
+        // Only a configured figure is refused for good when larger than a
+        // device; an estimate or a measurement is cut to the device.
+        let (needs, configured) = handle.state.reservation_mb(spec);
+        !configured || memory.devices.iter().any(|d| needs <= d.total_mb)
     }
 }
 

@@ -165,8 +165,9 @@ impl InferenceService {
         model: &'m ModelHandle,
         deadline: Instant,
     ) -> Result<&'m ModelSignature, InferError> {
-        if let (Some(known), true) = (model.state.signature(), model.is_servable()) {
-            return Ok(known);
+        match model.ready_signature() {
+            Err(InferError::ModelNotReady(_)) => {}
+            known => return known,
         }
         let started = Instant::now();
         let signature = model.loaded_signature(deadline).await;

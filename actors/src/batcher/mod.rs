@@ -288,12 +288,7 @@ impl Batcher {
         let slot = &self.replicas[index];
         let idle = slot.inflight_batches == 0;
         let id = slot.id;
-        let ready: Vec<usize> = self
-            .replicas
-            .iter()
-            .filter(|r| r.state == ReplicaState::Ready)
-            .map(|r| r.id)
-            .collect();
+        let ready = self.ready_ids();
         let allowed = |pin: Option<usize>| pin.is_none_or(|p| p == id || !ready.contains(&p));
         let group = match self.queue.readiness_for(cap, self.window, now, allowed) {
             Readiness::Empty => return None,
@@ -302,6 +297,15 @@ impl Batcher {
             Readiness::NotYet(_, _) => return None,
         };
         Some(self.take_live(group, cap))
+    }
+
+    /// The ids of the ready replicas.
+    fn ready_ids(&self) -> Vec<usize> {
+        self.replicas
+            .iter()
+            .filter(|r| r.state == ReplicaState::Ready)
+            .map(|r| r.id)
+            .collect()
     }
 
     /// Ready replicas that can take a batch, `first` (the least loaded)
@@ -376,7 +380,7 @@ impl Batcher {
                 for entry in lost.entries {
                     entry.answer(Err(InferError::Inference("the replica stopped".into())));
                 }
-                self.update_ready_count();
+                self.publish_state();
             }
         }
     }
@@ -519,7 +523,7 @@ impl Handler<BatchDone> for Batcher {
         }
         if reloading {
             warn!(model = %self.model, replica = msg.replica, "replica keeps failing; reloading its engine");
-            self.update_ready_count();
+            self.publish_state();
         }
         self.dispatch(ctx);
         self.finish_drains(ctx);

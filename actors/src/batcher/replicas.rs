@@ -135,7 +135,7 @@ impl Batcher {
                 slot.restarts += 1;
                 slot.spawned_at = Instant::now();
             }
-            this.update_ready_count();
+            this.publish_state();
         });
     }
 
@@ -166,16 +166,12 @@ impl Batcher {
             !done
         });
         self.stopping.extend(stopping);
-        self.update_ready_count();
+        self.publish_state();
         let stopped = self.replicas.is_empty() && self.stopping.is_empty();
         if self.retiring && self.queue.is_empty() && stopped {
             info!(model = %self.model, "model retired");
             ctx.stop();
         }
-    }
-
-    pub(super) fn update_ready_count(&self) {
-        self.publish_state();
     }
 
     pub(super) fn slot_mut(&mut self, id: usize) -> Option<&mut ReplicaSlot> {
@@ -224,7 +220,7 @@ impl Handler<ReplicaReady> for Batcher {
                 self.note_load_waits();
             }
         }
-        self.update_ready_count();
+        self.publish_state();
         self.dispatch(ctx);
     }
 }
@@ -318,7 +314,7 @@ impl Handler<ReplicaFailed> for Batcher {
             slot.addr = None;
             self.schedule_restart(msg.replica, ctx);
         }
-        self.update_ready_count();
+        self.publish_state();
         self.fail_queue_if_hopeless();
         self.finish_drains(ctx);
     }
@@ -348,7 +344,7 @@ pub async fn reserve_and_attach(
             format!("memory budget unavailable: {e}"),
         ),
     };
-    let kept = !(attach.cold_if_refused && reservation.refusal().is_some_and(|r| !r.permanent));
+    let kept = !(attach.cold_if_refused && reservation.may_fit_later());
     let message = AttachReplica {
         id: attach.id,
         factory: attach.factory,
@@ -415,11 +411,10 @@ impl Handler<AttachReplica> for Batcher {
             // Drained while it asked again: the reservation goes back.
             return;
         }
-        let can_fit_later = reservation.refusal().is_some_and(|r| !r.permanent);
-        if cold_if_refused && can_fit_later {
+        if cold_if_refused && reservation.may_fit_later() {
             // Out of memory until a request asks for it: no slot waits.
             drop(reservation);
-            self.update_ready_count();
+            self.publish_state();
             self.dispatch(ctx);
             return;
         }
@@ -464,7 +459,7 @@ impl Handler<AttachReplica> for Batcher {
                 self.ask_again(owner, ctx);
             }
         }
-        self.update_ready_count();
+        self.publish_state();
         self.fail_queue_if_hopeless();
     }
 }
@@ -504,7 +499,7 @@ impl Batcher {
         slot.state = ReplicaState::Loading;
         slot.loading = true;
         slot.spawned_at = Instant::now();
-        self.update_ready_count();
+        self.publish_state();
     }
 }
 

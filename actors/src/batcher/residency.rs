@@ -172,12 +172,7 @@ impl Batcher {
     /// Publishes the ready count, residency and work held, for the
     /// service (readiness) and the supervisor (residency decisions).
     pub(super) fn publish_state(&self) {
-        let ready: Vec<usize> = self
-            .replicas
-            .iter()
-            .filter(|r| r.state == ReplicaState::Ready)
-            .map(|r| r.id)
-            .collect();
+        let ready = self.ready_ids();
         self.state.set_ready_replicas(ready.len());
         let loading = self
             .replicas

@@ -242,11 +242,25 @@ impl MemoryBudget {
         }
     }
 
-    /// The largest total of the devices `placement` allows; `None` when it
-    /// allows none.
-    fn largest_total(&self, placement: &Placement) -> Option<u64> {
-        let candidates = device::candidates(placement, &self.visible, &self.setup.support).ok()?;
-        candidates
+    /// What a claim of `mb` (plus `headroom_mb` while it loads, on the CPU
+    /// only) holds on one of `devices`: cut to the largest device's total
+    /// unless `configured` (model.toml's `memory_mb`), since an estimate or
+    /// a measurement may be off and the model can still load alone.
+    fn to_hold(&self, devices: &[Device], mb: u64, headroom_mb: u64, configured: bool) -> u64 {
+        let mut mb = mb;
+        if devices.iter().all(|d| *d == Device::Cpu) {
+            mb += headroom_mb;
+        }
+        match configured {
+            true => mb,
+            false => mb.min(self.largest_total(devices).unwrap_or(mb)),
+        }
+    }
+
+    /// The largest total among `devices`; `None` when the budget has none
+    /// of them.
+    fn largest_total(&self, devices: &[Device]) -> Option<u64> {
+        devices
             .iter()
             .filter_map(|d| self.devices.get(d).map(|b| b.total_mb))
             .max()
@@ -319,29 +333,19 @@ impl Handler<Reserve> for MemoryBudget {
 
     fn handle(&mut self, mut msg: Reserve, ctx: &mut Self::Context) -> Self::Result {
         let had = self.reservations.get(&msg.owner).copied();
-        let on_cpu = device::candidates(&msg.placement, &self.visible, &self.setup.support)
-            .is_ok_and(|devices| devices.iter().all(|d| *d == Device::Cpu));
-        if on_cpu {
-            msg.mb += msg.headroom_mb;
-        }
-        if !msg.configured {
-            msg.mb = msg
-                .mb
-                .min(self.largest_total(&msg.placement).unwrap_or(msg.mb));
+        let candidates = device::candidates(&msg.placement, &self.visible, &self.setup.support);
+        if let Ok(devices) = &candidates {
+            msg.mb = self.to_hold(devices, msg.mb, msg.headroom_mb, msg.configured);
         }
         let mut waiter = msg.waiter;
-        let chosen = match device::candidates(&msg.placement, &self.visible, &self.setup.support) {
+        let chosen = match candidates {
             // Waiting for room would not help: the device is missing.
             Err(why) => {
                 waiter = None;
                 Err((0, why, true))
             }
             Ok(candidates) => self.choose(&candidates, msg.mb, had).map_err(|free| {
-                let largest = candidates
-                    .iter()
-                    .filter_map(|d| self.devices.get(d).map(|b| b.total_mb))
-                    .max()
-                    .unwrap_or(0);
+                let largest = self.largest_total(&candidates).unwrap_or(0);
                 if msg.mb > largest {
                     let reason = format!(
                         "needs {} MB of memory, more than the budget's whole {largest} MB",
@@ -490,12 +494,15 @@ pub struct LedgerDevice {
 }
 
 /// What the budget holds, for whoever decides what leaves memory: the
-/// devices a placement allows, with their free memory, and every granted
-/// reservation's device and size.
+/// devices a placement allows, with their free memory, every granted
+/// reservation's device and size, and what the claim asked about would
+/// hold.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Ledger {
     pub devices: Vec<LedgerDevice>,
     pub held: BTreeMap<String, (Device, u64)>,
+    /// What a [`Reserve`] of the [`GetLedger`]'s figures would hold.
+    pub needs_mb: u64,
 }
 
 /// Asks for the [`Ledger`] of the devices `placement` allows; `Err` says
@@ -504,6 +511,10 @@ pub struct Ledger {
 #[rtype(result = "Result<Ledger, String>")]
 pub struct GetLedger {
     pub placement: Placement,
+    /// The claim to make room for, as [`Reserve`] would carry it.
+    pub mb: u64,
+    pub headroom_mb: u64,
+    pub configured: bool,
 }
 
 impl Handler<GetLedger> for MemoryBudget {
@@ -511,6 +522,7 @@ impl Handler<GetLedger> for MemoryBudget {
 
     fn handle(&mut self, msg: GetLedger, _ctx: &mut Self::Context) -> Self::Result {
         let candidates = device::candidates(&msg.placement, &self.visible, &self.setup.support)?;
+        let needs_mb = self.to_hold(&candidates, msg.mb, msg.headroom_mb, msg.configured);
         let devices = candidates
             .into_iter()
             .filter_map(|device| {
@@ -527,7 +539,11 @@ impl Handler<GetLedger> for MemoryBudget {
             .iter()
             .map(|(owner, held)| (owner.clone(), (held.device, held.mb)))
             .collect();
-        Ok(Ledger { devices, held })
+        Ok(Ledger {
+            devices,
+            held,
+            needs_mb,
+        })
     }
 }
 

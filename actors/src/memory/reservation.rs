@@ -68,6 +68,11 @@ impl Reservation {
         self.refusal.is_none()
     }
 
+    /// True when refused for now only: room given back may let it in.
+    pub fn may_fit_later(&self) -> bool {
+        self.refusal.as_ref().is_some_and(|r| !r.permanent)
+    }
+
     /// Why it was refused; `None` when granted.
     pub fn refusal(&self) -> Option<&Refusal> {
         self.refusal.as_ref()
