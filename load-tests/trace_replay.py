@@ -9,7 +9,7 @@ counts from the scheduled instant, so a server that falls behind pays for
 it. The server's RSS is sampled every 50 ms.
 
 Usage: trace_replay.py PORT PID --models N --seconds S --rate R [--cv C] [--zipf A]
-       [--rotate-s T] [--seed K] [--target-ms M] [--timeout-ms M] --out FILE
+       [--rotate-s T] [--seed K] [--target-ms M] [--timeout-ms M] --out FILE [--records FILE]
 """
 import argparse
 import asyncio
@@ -80,17 +80,17 @@ async def main(args):
                     status = r.status
             except aiohttp.ClientError:
                 status = 0
-            results.append((model, status, (time.perf_counter() - at) * 1000.0))
+            results.append((model, status, (time.perf_counter() - at) * 1000.0, offset))
 
         sampler = asyncio.create_task(sample())
         await asyncio.gather(*(one(t, m) for t, m in plan))
         done.set()
         await sampler
-    latencies = sorted(ms for _, status, ms in results if status == 200)
+    latencies = sorted(ms for _, status, ms, _ in results if status == 200)
     statuses = {}
-    for _, status, _ in results:
+    for _, status, _, _ in results:
         statuses[str(status)] = statuses.get(str(status), 0) + 1
-    within = sum(1 for _, status, ms in results if status == 200 and ms <= args.target_ms)
+    within = sum(1 for _, status, ms, _ in results if status == 200 and ms <= args.target_ms)
     pct = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))] if latencies else None
     summary = {
         "requests": len(results),
@@ -104,6 +104,9 @@ async def main(args):
     }
     with open(args.out, "w") as f:
         json.dump(summary, f)
+    if args.records:
+        with open(args.records, "w") as f:
+            json.dump(sorted(results, key=lambda r: r[3]), f)
     print(json.dumps(summary))
 
 
@@ -121,4 +124,5 @@ if __name__ == "__main__":
     p.add_argument("--target-ms", type=float, default=100)
     p.add_argument("--timeout-ms", type=int, default=2000)
     p.add_argument("--out", required=True)
+    p.add_argument("--records", help="writes every request as [model, status, ms, offset s]")
     asyncio.run(main(p.parse_args()))

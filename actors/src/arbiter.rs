@@ -2,10 +2,11 @@
 //! no replica in memory make its batcher (or, before its first load, its
 //! handle) send [`ModelDemanded`]; the supervisor then starts a replica and,
 //! when the budget has no room for it, evicts idle replicas of other models
-//! ranked by Greedy-Dual-Size-Frequency (see [`crate::residency`]). Never
-//! evicted: a pinned model (`keep_loaded`), a model with work queued or
-//! running, a replica ready for less than `memory.min_residency_ms` (so two
-//! models cannot evict each other back and forth), a replica still loading.
+//! ranked by Greedy-Dual-Size-Frequency with a decaying frequency (see
+//! [`crate::residency`]). Never evicted: a pinned model (`keep_loaded`), a
+//! model with work queued or running, a replica ready for less than
+//! `memory.min_residency_ms` (so two models cannot evict each other back
+//! and forth), a replica still loading.
 //! A failed model's replicas (restarting with backoff) may go at once.
 //! Once a second, models idle for their `downscale_delay_s` give replicas
 //! back down to `min_replicas` (0: the model leaves memory). Every decision
@@ -83,8 +84,6 @@ struct Leaving {
 /// The arbiter's settings and state, held by the supervisor.
 pub(crate) struct Arbiter {
     config: ResidencyConfig,
-    /// GDSF's clock: the priority of the last replica evicted.
-    clock: f64,
     leaving: BTreeMap<String, Leaving>,
     /// Models whose demand is being looked at (one look at a time).
     looking: BTreeSet<String>,
@@ -100,7 +99,6 @@ impl Arbiter {
     ) -> Arbiter {
         Arbiter {
             config,
-            clock: 0.0,
             leaving: BTreeMap::new(),
             looking: BTreeSet::new(),
             decisions,
@@ -286,7 +284,6 @@ impl Supervisor {
             };
             plan.ids.retain(|&id| id != victim.id);
             plan.handle.batcher.do_send(DrainReplica { id: victim.id });
-            self.residency.clock = self.residency.clock.max(victim.priority);
             let leaving = Leaving {
                 device: victim.device,
                 mb: victim.mb,
@@ -336,20 +333,14 @@ impl Supervisor {
                 if !old_enough || self.residency.leaving.contains_key(&owner) {
                     continue;
                 }
-                let requests = usage.requests_since_load();
+                let demand = usage.demand();
                 candidates.push(Candidate {
                     owner,
                     model: name.clone(),
                     id,
                     device,
                     mb,
-                    priority: residency::priority(
-                        self.residency.clock,
-                        requests,
-                        plan.ids.len(),
-                        load_ms,
-                        mb,
-                    ),
+                    priority: residency::priority(demand, plan.ids.len(), load_ms, mb),
                 });
             }
         }

@@ -1,20 +1,24 @@
 //! Which replicas leave memory when a model must load and the budget is
-//! full: Greedy-Dual-Size-Frequency (Cherkasova, 1998). Each resident
-//! replica has a priority
+//! full: Greedy-Dual-Size-Frequency (Cherkasova, 1998) with a decaying
+//! frequency. Each resident replica has a priority
 //!
 //! ```text
-//! H = L + frequency x cost / size
+//! H = frequency x cost / size
 //! ```
 //!
-//! where frequency is the requests its model took since it last loaded
-//! (shared by its replicas), cost is how long a load and warmup of it took
-//! (ms), size is what it reserves (MB), and L is the policy's clock: the
-//! priority of the last replica evicted. Replicas with the lowest H go
-//! first: rarely used, quick to load again, large. Raising L on each
-//! eviction ages whatever stayed: a model used often long ago sinks below
-//! one loaded just now. Who may go at all (not pinned, nothing queued or
-//! running, resident long enough) is the caller's to decide; this module
-//! only ranks and sums.
+//! where frequency is its model's demand (requests, each counting half
+//! after [`crate::usage::DEMAND_HALF_LIFE`]; shared by its replicas), cost
+//! is how long a load and warmup of it took (ms), and size is what it
+//! reserves (MB): H is the load time per MB that evicting it would cost,
+//! per unit of time. Replicas with the lowest H go first: rarely used,
+//! quick to load again, large. GDSF ages with a clock L added at each
+//! access (the last victim's H); with frequencies counted since a model
+//! loaded, a model that took thousands of requests before its popularity
+//! moved on outranks today's favourites until thousands of evictions have
+//! raised L. A decaying frequency ages by time instead: a model popular
+//! a minute ago but rare now ranks with the rare ones within seconds.
+//! Who may go at all (not pinned, nothing queued or running, resident
+//! long enough) is the caller's to decide; this module only ranks and sums.
 
 use crate::device::Device;
 use crate::memory::Ledger;
@@ -32,12 +36,11 @@ pub struct Candidate {
     pub priority: f64,
 }
 
-/// The GDSF priority of one of `replicas` replicas of a model that took
-/// `requests` since it loaded, loads in `load_ms` and reserves `mb`, at
-/// policy clock `clock`.
-pub fn priority(clock: f64, requests: u64, replicas: usize, load_ms: u64, mb: u64) -> f64 {
-    let frequency = requests.max(1) as f64 / replicas.max(1) as f64;
-    clock + frequency * load_ms.max(1) as f64 / mb.max(1) as f64
+/// The priority of one of `replicas` replicas of a model whose demand is
+/// `demand` (decayed requests), that loads in `load_ms` and reserves `mb`.
+pub fn priority(demand: f64, replicas: usize, load_ms: u64, mb: u64) -> f64 {
+    let frequency = demand.max(0.0) / replicas.max(1) as f64;
+    frequency * load_ms.max(1) as f64 / mb.max(1) as f64
 }
 
 /// Where room for `mb` comes from: the device, and the replicas to evict
@@ -141,17 +144,14 @@ mod tests {
 
     #[test]
     fn often_used_slow_to_load_and_small_ranks_highest() {
-        let base = priority(0.0, 10, 1, 1000, 100);
-        assert!(priority(0.0, 20, 1, 1000, 100) > base, "more requests");
-        assert!(priority(0.0, 10, 1, 2000, 100) > base, "slower to load");
-        assert!(priority(0.0, 10, 1, 1000, 50) > base, "smaller");
+        let base = priority(10.0, 1, 1000, 100);
+        assert!(priority(20.0, 1, 1000, 100) > base, "more requests");
+        assert!(priority(10.0, 1, 2000, 100) > base, "slower to load");
+        assert!(priority(10.0, 1, 1000, 50) > base, "smaller");
         // Two replicas share the model's requests: each is worth half.
-        assert_eq!(
-            priority(0.0, 10, 2, 1000, 100),
-            priority(0.0, 5, 1, 1000, 100)
-        );
-        // The clock lifts everything ranked after an eviction.
-        assert_eq!(priority(7.0, 10, 1, 1000, 100), base + 7.0);
+        assert_eq!(priority(10.0, 2, 1000, 100), priority(5.0, 1, 1000, 100));
+        // A model never asked for is worth nothing.
+        assert_eq!(priority(0.0, 1, 1000, 100), 0.0);
     }
 
     #[test]

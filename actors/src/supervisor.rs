@@ -351,8 +351,11 @@ pub struct ModelSnapshot {
     pub min_replicas: usize,
     /// Replicas it may grow to under a backlog.
     pub max_replicas: usize,
-    /// Requests it took since it last loaded (its GDSF frequency).
+    /// Requests it took since it last loaded.
     pub requests_since_load: u64,
+    /// Its demand: requests, each counted half after
+    /// [`crate::usage::DEMAND_HALF_LIFE`] (its eviction frequency).
+    pub demand: f64,
     /// How long its last load and warmup took.
     pub load_ms: Option<u64>,
     /// Seconds since its last request; `None` before the first.
@@ -412,6 +415,7 @@ impl Handler<GetSnapshot> for Supervisor {
                     min_replicas: handle.spec.settings.idle_replicas(),
                     max_replicas: handle.spec.settings.most_replicas(),
                     requests_since_load: usage.requests_since_load(),
+                    demand: usage.demand(),
                     load_ms: usage.load_time().map(|t| t.as_millis() as u64),
                     idle_s: usage.idle_for().map(|t| t.as_secs_f64()),
                     name: handle.spec.name.clone(),

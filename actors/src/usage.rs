@@ -1,19 +1,42 @@
 //! How a model is being used, as its batcher records it and the supervisor
 //! reads it when it decides what stays in memory: work queued and running,
-//! requests since it was last loaded, when it was last asked for, how long
-//! a load takes and since when each replica has been ready. Plain atomics
-//! (and one small map), written by the batcher, read without a message.
+//! requests since it was last loaded, its demand (requests, each counted
+//! less as it ages), when it was last asked for, how long a load takes and
+//! since when each replica has been ready. Plain atomics (and two small
+//! locks), written by the batcher, read without a message.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// Milliseconds since the first call in this process: a clock that fits an
-/// atomic.
+/// Milliseconds since the first call in this process, plus one (0 stays
+/// free to mean "never"): a clock that fits an atomic.
 pub fn clock_ms() -> u64 {
     static EPOCH: OnceLock<Instant> = OnceLock::new();
-    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// How fast a request stops counting in a model's demand: it counts half
+/// after this long, a quarter after twice as long. Short enough that a
+/// model popular a minute ago but asked for rarely now ranks with the rare
+/// ones within seconds, long enough that a model asked for a few times a
+/// second keeps a steady figure.
+pub const DEMAND_HALF_LIFE: Duration = Duration::from_secs(5);
+
+/// Requests, each weighted by `0.5^(age / DEMAND_HALF_LIFE)`, as of
+/// [`clock_ms`] `at_ms`.
+#[derive(Debug, Default, Clone, Copy)]
+struct Demand {
+    requests: f64,
+    at_ms: u64,
+}
+
+impl Demand {
+    fn at(self, now_ms: u64) -> f64 {
+        let age = now_ms.saturating_sub(self.at_ms) as f64;
+        self.requests * 0.5f64.powf(age / DEMAND_HALF_LIFE.as_millis() as f64)
+    }
 }
 
 /// One model's use, shared by its batcher (which writes it) and the
@@ -30,6 +53,8 @@ pub struct ModelUsage {
     requests_at_load: AtomicU64,
     /// [`clock_ms`] of the last request (0: none yet).
     last_request_ms: AtomicU64,
+    /// Requests, the recent ones counting most.
+    demand: parking_lot::Mutex<Demand>,
     /// How long the last replica took to load and warm up (0: not yet).
     load_ms: AtomicU64,
     /// Ready replicas by id, with the [`clock_ms`] each turned ready at.
@@ -42,7 +67,25 @@ impl ModelUsage {
     /// Notes a request taken into the queue.
     pub(crate) fn requested(&self) {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        self.last_request_ms.store(clock_ms(), Ordering::Relaxed);
+        self.demanded();
+    }
+
+    /// Notes a request for the model that its batcher has not taken yet
+    /// (it waits for the model's first load).
+    pub(crate) fn demanded(&self) {
+        let now = clock_ms();
+        self.last_request_ms.store(now, Ordering::Relaxed);
+        let mut demand = self.demand.lock();
+        *demand = Demand {
+            requests: demand.at(now) + 1.0,
+            at_ms: now,
+        };
+    }
+
+    /// Requests taken, each counted half after [`DEMAND_HALF_LIFE`] (about
+    /// the model's requests per second x 7.2 when they come steadily).
+    pub fn demand(&self) -> f64 {
+        self.demand.lock().at(clock_ms())
     }
 
     /// Sets the work held now: `queued` requests and `inflight` items.
@@ -171,6 +214,23 @@ mod tests {
         assert_eq!(usage.requests(), 3);
         assert!(usage.ready_for(2).is_some() && usage.ready_for(0).is_none());
         assert_eq!(usage.load_time(), Some(Duration::from_millis(40)));
+    }
+
+    #[test]
+    fn demand_halves_every_half_life() {
+        let half = DEMAND_HALF_LIFE.as_millis() as u64;
+        let demand = Demand {
+            requests: 8.0,
+            at_ms: 1000,
+        };
+        assert_eq!(demand.at(1000), 8.0);
+        assert!((demand.at(1000 + half) - 4.0).abs() < 1e-9);
+        assert!((demand.at(1000 + 3 * half) - 1.0).abs() < 1e-9);
+        let usage = ModelUsage::default();
+        assert_eq!(usage.demand(), 0.0);
+        usage.requested();
+        usage.requested();
+        assert!(usage.demand() > 1.9 && usage.demand() <= 2.0);
     }
 
     #[test]

@@ -99,6 +99,9 @@ impl Batcher {
             target,
             warmup,
             max_batch_size: self.batch_cap(target.device),
+            // A model measured on the CPU reserves what it measured: its
+            // later replicas load without measuring (side by side).
+            measure: target.device != Device::Cpu || self.state.measured_mb().is_none(),
         };
         let reports = ReplicaReports::new(&ctx.address());
         Replica::start(plan, reports, self.observer.clone())

@@ -7,10 +7,13 @@
 //! when a batch is done, through the [`ReplicaReports`] it was started with.
 //!
 //! Its footprint is measured, not guessed: the memory its device has in use
-//! before the load and after the load and warmup at batch size 1, one load
-//! at a time in the process ([`LOAD_GATE`]) so that concurrent loads do not
-//! blur each other's growth. The batcher corrects the replica's reservation
-//! to it (unless `memory_mb` in model.toml sets it).
+//! before the load and after the load and warmup at batch size 1, with no
+//! other load running in the process ([`LOAD_GATE`]) so that concurrent
+//! loads do not blur each other's growth. The batcher corrects the
+//! replica's reservation to it (unless `memory_mb` in model.toml sets it).
+//! A replica of a model measured already (on the CPU) is not measured
+//! again: such loads run side by side, so a model evicted and asked for
+//! again does not wait for other models' loads.
 //!
 //! A batch that runs out of memory is split in halves, each retried, down to
 //! single requests (and a request of several items down to single rows): a
@@ -42,9 +45,11 @@ use allocator::{give_freed_memory_back, return_large_blocks_to_the_system};
 use split::SplitRun;
 use warmup::warm_up;
 
-/// One replica loads at a time in the process, so that what the memory in
-/// use grows by during a load is that replica's alone.
-static LOAD_GATE: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+/// A load that measures runs alone in the process (it holds the gate for
+/// writing), so that what the memory in use grows by during it is that
+/// replica's alone; loads that do not measure run side by side (they hold
+/// it for reading) but never beside a measurement.
+static LOAD_GATE: parking_lot::RwLock<()> = parking_lot::RwLock::new(());
 
 /// Longest a load waits for [`LOAD_GATE`]; past it, it loads beside the
 /// others, unmeasured, so one load that hangs cannot hold every other back.
@@ -72,6 +77,9 @@ pub struct ReplicaStart {
     pub warmup: u32,
     /// The model's batch cap on its device; warmup runs at it.
     pub max_batch_size: usize,
+    /// Whether its first load measures its footprint (no replica of the
+    /// model has been measured on this device yet).
+    pub measure: bool,
 }
 
 /// Where a replica reports: its batcher, one recipient per report. All lead
@@ -121,6 +129,8 @@ pub struct Replica {
     warmup: u32,
     /// The model's batch cap when the replica started; warmup runs at it.
     max_batch_size: usize,
+    /// Whether its first load measures its footprint.
+    measure_first_load: bool,
     engine: Option<Box<dyn Engine>>,
     batcher: ReplicaReports,
     observer: Arc<dyn BatchObserver>,
@@ -141,6 +151,7 @@ impl Replica {
             target: plan.target,
             warmup: plan.warmup,
             max_batch_size: plan.max_batch_size,
+            measure_first_load: plan.measure,
             engine: None,
             batcher: batcher.clone(),
             observer: observer.clone(),
@@ -153,11 +164,15 @@ impl Replica {
     /// engine's footprint (its growth through the load and the batch-1
     /// warmup, measured while no other replica loads).
     fn load(&mut self, measure: bool) -> Result<Loaded, EngineError> {
-        // Every load whose memory can be read takes its turn (a reload too:
-        // it would blur another's measurement); others load freely.
+        // A measurement waits until no other load runs; every other load
+        // whose memory can be read waits while one does (it would blur
+        // it); loads whose memory cannot be read run freely.
         let measurable = self.factory.device_memory_mb(self.target.device).is_some();
-        let alone = measurable
-            .then(|| LOAD_GATE.try_lock_for(LOAD_GATE_WAIT))
+        let alone = (measurable && measure)
+            .then(|| LOAD_GATE.try_write_for(LOAD_GATE_WAIT))
+            .flatten();
+        let _beside = (measurable && !measure)
+            .then(|| LOAD_GATE.try_read_for(LOAD_GATE_WAIT))
             .flatten();
         let measure = measure && alone.is_some();
         let started = Instant::now();
@@ -270,7 +285,7 @@ impl Actor for Replica {
     type Context = SyncContext<Self>;
 
     fn started(&mut self, _ctx: &mut Self::Context) {
-        self.report_load(true);
+        self.report_load(self.measure_first_load);
     }
 }
 
