@@ -137,6 +137,9 @@ impl ApiError {
                 }
                 InferError::InvalidInput(_) => row("invalid_input", 422, Grpc::InvalidArgument),
                 InferError::QueueFull { .. } => row("queue_full", 429, Grpc::ResourceExhausted),
+                InferError::WouldFinishLate { .. } => {
+                    row("would_finish_late", 429, Grpc::ResourceExhausted)
+                }
                 InferError::DeadlineExceeded { .. } | InferError::LoadTimedOut { .. } => {
                     row("deadline_exceeded", 504, Grpc::DeadlineExceeded)
                 }
@@ -147,6 +150,17 @@ impl ApiError {
                     row("too_many_sequences", 429, Grpc::ResourceExhausted)
                 }
             },
+        }
+    }
+
+    /// Seconds a client refused with 429 should wait before retrying: the
+    /// predicted excess of a request that would finish late, else 1.
+    pub fn retry_after_s(&self) -> u64 {
+        match self {
+            ApiError::Infer(InferError::WouldFinishLate { retry_after_ms, .. }) => {
+                retry_after_ms.div_ceil(1000).max(1)
+            }
+            _ => 1,
         }
     }
 
@@ -226,6 +240,12 @@ mod tests {
                 capacity: 1,
             }),
             ApiError::Infer(InferError::DeadlineExceeded { waited_ms: 1 }),
+            ApiError::Infer(InferError::WouldFinishLate {
+                model: String::new(),
+                predicted_ms: 1,
+                target_ms: 1,
+                retry_after_ms: 1,
+            }),
             ApiError::Infer(InferError::Inference(String::new())),
             ApiError::Infer(InferError::ShuttingDown),
             ApiError::Infer(InferError::Sequence(String::new())),

@@ -25,6 +25,19 @@ pub enum InferError {
     /// The model's queue is full; the caller should retry later.
     #[error("the queue of model '{model}' is full ({capacity} requests); retry later")]
     QueueFull { model: String, capacity: usize },
+    /// The request was predicted, on arrival, to finish past the model's
+    /// latency target (or its own deadline): refused at once rather than
+    /// queued to answer late.
+    #[error(
+        "model '{model}' would answer this request in about {predicted_ms} ms, past its \
+         {target_ms} ms target; retry in {retry_after_ms} ms"
+    )]
+    WouldFinishLate {
+        model: String,
+        predicted_ms: u64,
+        target_ms: u64,
+        retry_after_ms: u64,
+    },
     /// The request's deadline passed before it could run.
     #[error("the request's deadline passed after {waited_ms} ms in the queue")]
     DeadlineExceeded { waited_ms: u64 },

@@ -28,6 +28,7 @@ pub mod readiness;
 pub mod replica;
 pub mod repository;
 pub mod residency;
+pub mod run_profile;
 pub mod sequence;
 pub mod signature;
 pub mod supervisor;

@@ -11,7 +11,7 @@
 //! own types.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::Message;
 use tokio::sync::oneshot;
@@ -111,6 +111,8 @@ pub struct ReplicaReady {
     /// The MB the loaded, warmed engine holds on its device, where it
     /// could be measured.
     pub footprint_mb: Option<u64>,
+    /// Warmup's last runs: batch size and how long each took.
+    pub warmup_runs: Vec<(usize, Duration)>,
 }
 
 /// Replica → batcher: the engine could not be loaded (or was lost).
@@ -142,6 +144,8 @@ pub struct BatchDone {
     /// The engine itself failed (a panic or a run error that is not out of
     /// memory and not a rejected input); counts toward reloading it.
     pub engine_fault: bool,
+    /// How long the whole run took (stacking, the engine, splitting).
+    pub took: Duration,
 }
 
 /// Replica → batcher: a batch ran out of memory and was split; batches of
@@ -230,6 +234,18 @@ pub struct BatcherSnapshot {
     pub window_ms: u64,
     pub counters: BatcherCounters,
     pub replicas: Vec<ReplicaSnapshot>,
+    /// The latency target's figures, when the model has one.
+    pub latency: Option<LatencySnapshot>,
+}
+
+/// What a model's latency target decided, for stats.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatencySnapshot {
+    pub target_ms: u64,
+    /// Requests refused 429 at arrival: predicted to finish late.
+    pub refused_early: u64,
+    /// The last arrival's predicted time to answer (queue and run), ms.
+    pub predicted_ms: Option<f64>,
 }
 
 /// One replica's view for stats.
@@ -253,6 +269,8 @@ pub struct ReplicaSnapshot {
     /// MB its loaded, warmed engine was measured to hold; `None` before it
     /// loaded, or where its device's memory cannot be read.
     pub measured_mb: Option<u64>,
+    /// Its run time by batch size (the median of the last runs), ms.
+    pub run_ms: Vec<(usize, f64)>,
 }
 
 /// Lifecycle of a replica as its batcher sees it.
@@ -290,6 +308,8 @@ pub enum CapReason {
     MemoryBudget,
     /// A batch ran out of memory recently: the largest size that then ran.
     OutOfMemory,
+    /// The largest batch whose run fits half the latency target.
+    LatencyTarget,
 }
 
 impl CapReason {
@@ -298,6 +318,7 @@ impl CapReason {
             CapReason::MaxBatchSize => "max_batch_size",
             CapReason::Unbatched => "unbatched",
             CapReason::MemoryBudget => "memory_budget",
+            CapReason::LatencyTarget => "latency_target",
             CapReason::OutOfMemory => "out_of_memory",
         }
     }

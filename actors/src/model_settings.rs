@@ -35,6 +35,11 @@ pub struct ModelSettings {
     pub max_batch_size: usize,
     /// How long the oldest request may wait for a batch to fill.
     pub batch_window_ms: u64,
+    /// The time the model should answer in, server side: batches are
+    /// sized so that the oldest request's wait plus the run stays within
+    /// it, and a request predicted to finish later is refused at once
+    /// (429) instead of queued. `None`: no target.
+    pub latency_target_ms: Option<u64>,
     /// ONNX Runtime intra-op threads of a pool of each replica's own;
     /// `None` (the default) draws on the process's shared pool.
     pub intra_op_threads: Option<usize>,
@@ -73,6 +78,7 @@ impl Default for ModelSettings {
             keep_loaded: false,
             max_batch_size: 8,
             batch_window_ms: 100,
+            latency_target_ms: None,
             intra_op_threads: None,
             memory_mb: None,
             queue_capacity: 1000,
@@ -160,6 +166,12 @@ impl ModelSettings {
         }
         if self.downscale_delay_s == 0 || self.downscale_delay_s > 86_400 {
             return Err(("downscale_delay_s", "must be between 1 and 86400"));
+        }
+        if self
+            .latency_target_ms
+            .is_some_and(|ms| ms == 0 || ms > 3_600_000)
+        {
+            return Err(("latency_target_ms", "must be between 1 and 3600000"));
         }
         if self.intra_op_threads == Some(0) {
             return Err(("intra_op_threads", "must be at least 1"));

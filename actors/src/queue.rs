@@ -132,6 +132,19 @@ impl PendingQueue {
         self.requests == 0
     }
 
+    /// Items waiting at `priority` or above: what a request of that
+    /// priority would wait behind (low-priority requests waiting long
+    /// enough to be promoted are not counted: a guess in the newcomer's
+    /// favour).
+    pub fn items_ahead_of(&self, priority: crate::priority::Priority) -> usize {
+        self.groups
+            .iter()
+            .flat_map(|g| g.levels[..=priority.rank()].iter())
+            .flat_map(|level| level.iter())
+            .map(|r| r.items)
+            .sum()
+    }
+
     /// True when some waiting requests are pinned to a replica.
     pub fn has_pins(&self) -> bool {
         self.groups.iter().any(|g| g.key.pin.is_some())

@@ -31,7 +31,7 @@ impl ResponseError for ApiError {
         }
         let mut response = HttpResponse::build(status);
         if status == StatusCode::TOO_MANY_REQUESTS {
-            response.insert_header((header::RETRY_AFTER, "1"));
+            response.insert_header((header::RETRY_AFTER, self.retry_after_s().to_string()));
         }
         if status == StatusCode::UNAUTHORIZED {
             response.insert_header((header::WWW_AUTHENTICATE, "Bearer"));

@@ -139,6 +139,21 @@ struct Replica {
     reserved_mb: u64,
     /// MB its loaded engine was measured to hold; `null` before.
     measured_mb: Option<u64>,
+    /// Its run time in ms by batch size (median of the last runs; warmup's
+    /// and every batch's): `{"1": 0.4, "16": 2.9}`.
+    #[schema(value_type = BTreeMap<String, f64>)]
+    run_ms: BTreeMap<usize, f64>,
+}
+
+/// A model's latency target and what it refused.
+#[derive(Serialize, utoipa::ToSchema)]
+struct LatencyStats {
+    /// `latency_target_ms`.
+    target_ms: u64,
+    /// Refused 429 at arrival: predicted to finish past the target.
+    refused_early: u64,
+    /// The last arrival's predicted time to answer (queue and run), ms.
+    predicted_ms: Option<f64>,
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -148,7 +163,7 @@ struct BatcherStats {
     items: u64,
     avg_batch_size: f64,
     /// The cap in force now, and what set it (`max_batch_size`, `unbatched`,
-    /// `memory_budget`, `out_of_memory`).
+    /// `memory_budget`, `out_of_memory`, `latency_target`).
     max_batch_size: usize,
     cap_reason: &'static str,
     /// MB one item needs (configured or measured by warmup); `null` if unknown.
@@ -162,6 +177,9 @@ struct BatcherStats {
     /// Batches run, by number of items: `{"1": 40, "8": 12}`.
     #[schema(value_type = BTreeMap<String, u64>)]
     batch_fill: BTreeMap<usize, u64>,
+    /// With `latency_target_ms`: the target and what it refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency: Option<LatencyStats>,
 }
 
 /// The top-level figures are the CPU's budget; `devices` has each
@@ -286,6 +304,11 @@ fn pool(m: &ModelSnapshot, mailbox_refusals: u64) -> Pool {
                 restarts: r.restarts,
                 reserved_mb: r.reserved_mb,
                 measured_mb: r.measured_mb,
+                run_ms: r
+                    .run_ms
+                    .iter()
+                    .map(|&(items, ms)| (items, (ms * 1000.0).round() / 1000.0))
+                    .collect(),
             })
             .collect(),
         batcher: BatcherStats {
@@ -312,6 +335,11 @@ fn pool(m: &ModelSnapshot, mailbox_refusals: u64) -> Pool {
                 .filter(|(_, n)| **n > 0)
                 .map(|(size, n)| (size, *n))
                 .collect(),
+            latency: b.latency.as_ref().map(|l| LatencyStats {
+                target_ms: l.target_ms,
+                refused_early: l.refused_early,
+                predicted_ms: l.predicted_ms.map(|ms| (ms * 1000.0).round() / 1000.0),
+            }),
         },
     }
 }

@@ -19,6 +19,7 @@ mod edge;
 mod errors;
 mod footprints;
 mod grpc;
+mod latency_target;
 mod lifecycle;
 mod media;
 mod media_limits;

@@ -10,7 +10,10 @@
 //! memory budget of the replica's device holds when the memory one item
 //! needs is known
 //! (`memory_per_item_mb`, or measured by warmup), and lowered for a while
-//! after a batch ran out of memory to the largest size that then ran.
+//! after a batch ran out of memory to the largest size that then ran
+//! (`memory_cap`). With a latency target, the cap and window are cut to
+//! it and requests predicted to finish late are refused on arrival
+//! (`latency`).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,20 +21,21 @@ use std::time::{Duration, Instant};
 use actix::{
     Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Recipient, SpawnHandle, WrapFuture,
 };
-use tracing::{info, warn};
+use tracing::warn;
 
 use crate::device::Device;
 use crate::error::InferError;
 use crate::memory::{FreeMemory, MemoryBudget, Reservation, ShareFreeMemory};
 use crate::messages::{
-    BatchDone, Enqueue, InferRequest, ItemMemoryMeasured, ModelDemanded, RanOutOfMemory,
-    ReloadEngine, ReplicaFailed, RunBatch,
+    BatchDone, Enqueue, InferRequest, ModelDemanded, ReloadEngine, ReplicaFailed, RunBatch,
 };
 use crate::model::ModelState;
 use crate::observer::BatchObserver;
 use crate::queue::{PendingQueue, Readiness};
 use crate::repository::ModelSettings;
 
+mod latency;
+mod memory_cap;
 mod replicas;
 mod residency;
 mod snapshot;
@@ -109,6 +113,8 @@ pub struct Batcher {
     /// Reservations of drained replicas whose thread has not yet dropped
     /// its engine, by replica id: given back on [`ReplicaStopped`].
     stopping: Vec<(usize, Reservation)>,
+    /// The latency target's batch sizes and admission.
+    latency: latency::LatencyControl,
 }
 
 impl Batcher {
@@ -148,6 +154,7 @@ impl Batcher {
             attached: false,
             load_tick: None,
             stopping: Vec::new(),
+            latency: latency::LatencyControl::new(settings.latency_target_ms),
         }
     }
 
@@ -200,12 +207,17 @@ impl Batcher {
     /// The batch cap now and what set it, on the device of the first ready
     /// replica (for stats).
     fn cap(&self) -> (usize, CapReason) {
-        let ready = self
-            .replicas
-            .iter()
-            .position(|r| r.state == ReplicaState::Ready);
-        let device = ready.map_or(Device::Cpu, |index| self.device_of(index));
+        let device = self
+            .ready_index()
+            .map_or(Device::Cpu, |index| self.device_of(index));
         self.cap_at(device, Instant::now())
+    }
+
+    /// The first ready replica's index.
+    fn ready_index(&self) -> Option<usize> {
+        self.replicas
+            .iter()
+            .position(|r| r.state == ReplicaState::Ready)
     }
 
     /// The batch cap on `device` and what set it: `max_batch_size`, lowered
@@ -275,22 +287,23 @@ impl Batcher {
                 break;
             }
         }
-        let cap = self.cap().0;
-        self.arm_wakeup(ctx, cap);
+        let first_ready = self.ready_index().unwrap_or(0);
+        let (cap, window) = self.limits(first_ready);
+        self.arm_wakeup(ctx, cap, window);
         self.note_work();
         self.await_load(ctx);
     }
 
     /// The batch replica `index` should run now, if one may leave.
     fn batch_for(&mut self, index: usize) -> Option<Vec<InferRequest>> {
-        let cap = self.batch_cap(self.device_of(index));
+        let (cap, window) = self.limits(index);
         let now = Instant::now();
         let slot = &self.replicas[index];
         let idle = slot.inflight_batches == 0;
         let id = slot.id;
         let ready = self.ready_ids();
         let allowed = |pin: Option<usize>| pin.is_none_or(|p| p == id || !ready.contains(&p));
-        let group = match self.queue.readiness_for(cap, self.window, now, allowed) {
+        let group = match self.queue.readiness_for(cap, window, now, allowed) {
             Readiness::Empty => return None,
             Readiness::Due(group) => group,
             Readiness::NotYet(group, _) if idle => group,
@@ -407,8 +420,8 @@ impl Batcher {
     }
 
     /// Wakes the batcher when the oldest waiting group falls due.
-    fn arm_wakeup(&mut self, ctx: &mut Context<Self>, cap: usize) {
-        let due = match self.queue.readiness(cap, self.window, Instant::now()) {
+    fn arm_wakeup(&mut self, ctx: &mut Context<Self>, cap: usize, window: Duration) {
+        let due = match self.queue.readiness(cap, window, Instant::now()) {
             Readiness::NotYet(_, at) => Some(at),
             // Due but no replica free: a BatchDone will wake us.
             Readiness::Due(_) | Readiness::Empty => None,
@@ -451,7 +464,7 @@ impl Actor for Batcher {
 impl Handler<Enqueue> for Batcher {
     type Result = ();
 
-    fn handle(&mut self, Enqueue(mut request): Enqueue, ctx: &mut Self::Context) {
+    fn handle(&mut self, Enqueue(request): Enqueue, ctx: &mut Self::Context) {
         if self.queue.len() >= self.queue_capacity {
             // Requests whose caller left or whose deadline passed give their
             // place up before anyone is refused.
@@ -477,6 +490,9 @@ impl Handler<Enqueue> for Batcher {
             }));
             return;
         }
+        let Some(mut request) = self.admit(request) else {
+            return;
+        };
         request.enqueued = Instant::now();
         request.waiting = tracing::info_span!(parent: &request.span, "queue", model = %self.model);
         self.queue.push(request);
@@ -495,6 +511,7 @@ impl Handler<BatchDone> for Batcher {
     fn handle(&mut self, msg: BatchDone, ctx: &mut Self::Context) {
         let mut reloading = false;
         let state = self.state.clone();
+        self.latency.ran(msg.replica, msg.items, msg.took);
         if let Some(slot) = self.slot_mut(msg.replica) {
             slot.inflight_items = slot.inflight_items.saturating_sub(msg.items);
             slot.inflight_batches = slot.inflight_batches.saturating_sub(1);
@@ -527,59 +544,6 @@ impl Handler<BatchDone> for Batcher {
         }
         self.dispatch(ctx);
         self.finish_drains(ctx);
-    }
-}
-
-impl Batcher {
-    /// Caps batches at `largest_ok` items (at least 1) for
-    /// [`OUT_OF_MEMORY_HOLD`] from `now`, keeping a lower cap already in
-    /// force; returns the cap.
-    fn lower_cap_after_out_of_memory(&mut self, largest_ok: usize, now: Instant) -> usize {
-        let mut limit = largest_ok.max(1);
-        if let Some((current, until)) = self.out_of_memory_cap {
-            if now < until {
-                limit = limit.min(current);
-            }
-        }
-        self.out_of_memory_cap = Some((limit, now + OUT_OF_MEMORY_HOLD));
-        limit
-    }
-}
-
-impl Handler<RanOutOfMemory> for Batcher {
-    type Result = ();
-
-    /// Lowers the cap to the largest size that ran (at least 1) for
-    /// [`OUT_OF_MEMORY_HOLD`]; a lower cap already in force stays.
-    fn handle(&mut self, msg: RanOutOfMemory, _ctx: &mut Self::Context) {
-        let limit = self.lower_cap_after_out_of_memory(msg.largest_ok, Instant::now());
-        warn!(
-            model = %self.model,
-            replica = msg.replica,
-            batch_size = msg.batch_size,
-            cap = limit,
-            hold_s = OUT_OF_MEMORY_HOLD.as_secs(),
-            "a batch ran out of memory; lowering the batch cap"
-        );
-    }
-}
-
-impl Handler<ItemMemoryMeasured> for Batcher {
-    type Result = ();
-
-    /// Warmup's measure of the memory per item, unless `model.toml` set it.
-    fn handle(&mut self, msg: ItemMemoryMeasured, ctx: &mut Self::Context) {
-        if self.memory_per_item_configured {
-            return;
-        }
-        info!(
-            model = %self.model,
-            replica = msg.replica,
-            mb_per_item = msg.mb_per_item,
-            "measured the memory one batch item needs"
-        );
-        self.memory_per_item_mb = Some(msg.mb_per_item.max(1));
-        self.dispatch(ctx);
     }
 }
 

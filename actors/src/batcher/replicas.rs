@@ -169,6 +169,7 @@ impl Batcher {
             !done
         });
         self.stopping.extend(stopping);
+        self.latency.keep_only(self.replicas.iter().map(|r| r.id));
         self.publish_state();
         let stopped = self.replicas.is_empty() && self.stopping.is_empty();
         if self.retiring && self.queue.is_empty() && stopped {
@@ -187,6 +188,7 @@ impl Handler<ReplicaReady> for Batcher {
 
     fn handle(&mut self, msg: ReplicaReady, ctx: &mut Self::Context) {
         self.state.set_signature(msg.signature);
+        self.latency.warmed(msg.replica, &msg.warmup_runs);
         if let Some(slot) = self.slot_mut(msg.replica) {
             slot.loading = false;
             if slot.state == ReplicaState::Draining {

@@ -5,20 +5,31 @@ use actix::Handler;
 
 use super::Batcher;
 use crate::memory::Reservation;
-use crate::messages::{BatcherSnapshot, GetBatcherSnapshot, ReplicaSnapshot};
+use crate::messages::{
+    BatcherSnapshot, CapReason, GetBatcherSnapshot, LatencySnapshot, ReplicaSnapshot,
+};
 
 impl Handler<GetBatcherSnapshot> for Batcher {
     type Result = actix::MessageResult<GetBatcherSnapshot>;
 
     fn handle(&mut self, _: GetBatcherSnapshot, _ctx: &mut Self::Context) -> Self::Result {
-        let (max_batch_size, cap_reason) = self.cap();
+        let (model_cap, mut cap_reason) = self.cap();
+        let (max_batch_size, window) = self.limits(self.ready_index().unwrap_or(0));
+        if max_batch_size < model_cap {
+            cap_reason = CapReason::LatencyTarget;
+        }
+        let latency = self.latency.target().map(|target| LatencySnapshot {
+            target_ms: target.as_millis() as u64,
+            refused_early: self.latency.refused_early,
+            predicted_ms: self.latency.last_prediction.map(|p| p.as_secs_f64() * 1e3),
+        });
         actix::MessageResult(BatcherSnapshot {
             queue_depth: self.queue.len(),
             queue_capacity: self.queue_capacity,
             max_batch_size,
             cap_reason,
             memory_per_item_mb: self.memory_per_item_mb,
-            window_ms: self.window.as_millis() as u64,
+            window_ms: window.as_millis() as u64,
             counters: self.counters.clone(),
             replicas: self
                 .replicas
@@ -38,8 +49,15 @@ impl Handler<GetBatcherSnapshot> for Batcher {
                         .filter(|held| held.is_granted())
                         .map_or(0, Reservation::mb),
                     measured_mb: r.measured_mb,
+                    run_ms: self.latency.profile(r.id).map_or_else(Vec::new, |p| {
+                        p.medians()
+                            .into_iter()
+                            .map(|(items, t)| (items, t.as_secs_f64() * 1e3))
+                            .collect()
+                    }),
                 })
                 .collect(),
+            latency,
         })
     }
 }

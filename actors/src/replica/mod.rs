@@ -66,6 +66,8 @@ struct Loaded {
     signature: ModelSignature,
     mb_per_item: Option<u64>,
     footprint_mb: Option<u64>,
+    /// The last warmup round's runs: batch size and time.
+    warmup_runs: Vec<(usize, Duration)>,
 }
 
 /// What a replica is started with.
@@ -190,8 +192,12 @@ impl Replica {
             1
         };
         let mut peaks = (None, None);
+        let mut warmup_runs = Vec::new();
         for round in 0..self.warmup {
+            warmup_runs.clear();
+            let run = Instant::now();
             warm_up(engine.as_mut(), &signature, 1)?;
+            warmup_runs.push((1, run.elapsed()));
             peaks.0 = engine.memory_in_use_mb();
             // The first round only: later ones follow a run at the cap,
             // whose memory the runtime keeps.
@@ -199,7 +205,9 @@ impl Replica {
                 loaded_mb = loaded_mb.max(peaks.0);
             }
             if cap > 1 {
+                let run = Instant::now();
                 warm_up(engine.as_mut(), &signature, cap)?;
+                warmup_runs.push((cap, run.elapsed()));
                 peaks.1 = engine.memory_in_use_mb();
             }
         }
@@ -228,6 +236,7 @@ impl Replica {
             signature,
             mb_per_item,
             footprint_mb,
+            warmup_runs,
         })
     }
 
@@ -257,6 +266,7 @@ impl Replica {
                 signature,
                 mb_per_item,
                 footprint_mb,
+                warmup_runs,
             }) => {
                 if let Some(mb_per_item) = mb_per_item {
                     self.batcher.item_memory.do_send(ItemMemoryMeasured {
@@ -268,6 +278,7 @@ impl Replica {
                     replica: self.id,
                     signature,
                     footprint_mb,
+                    warmup_runs,
                 })
             }
             Err(e) => {
@@ -331,6 +342,7 @@ impl Handler<RunBatch> for Replica {
                 items,
                 failed_items: items,
                 engine_fault: true,
+                took: Duration::ZERO,
             });
             return;
         };
@@ -383,6 +395,7 @@ impl Handler<RunBatch> for Replica {
             items,
             failed_items: failed.min(items),
             engine_fault,
+            took: inference,
         });
         if let Some(why) = device_failed {
             error!(error = %why, device = %self.target.device, "the device failed; the replica stops and is restarted");
