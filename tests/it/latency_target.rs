@@ -1,7 +1,8 @@
 //! `latency_target_ms`, with the deterministic fake engine (20 ms a batch
 //! plus 5 ms an item): batches capped at what runs in half the target, and
 //! a burst answered 429 at once for what would finish late, rather than
-//! queued to answer late; a high-priority arrival is still admitted.
+//! queued to answer late; a high-priority arrival is still admitted. And
+//! one overload of a real model (ONNX Runtime): statuses and counts.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -136,4 +137,48 @@ async fn a_target_out_of_range_is_refused_naming_the_key() {
     assert_eq!(status, 200);
     let text = index.to_string();
     assert!(text.contains("latency_target_ms"), "{text}");
+}
+
+/// With ONNX Runtime: a burst on the UNet far past a 20 ms target is
+/// answered 200 or 429 (`would_finish_late`) and nothing else, and the
+/// stats count exactly what the clients got: the 429s as refused early,
+/// the 200s as items run. How well the target holds is a matter for a
+/// benchmark, not this test.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_overload_on_a_real_model_gets_200s_and_429s_counted_as_sent() {
+    let repo = Repo::new().copy(
+        "models/unet-seg",
+        "m",
+        Some("max_batch_size = 8\nlatency_target_ms = 20\n"),
+    );
+    let server =
+        Arc::new(TestServer::ready(config(repo.path()), crate::common::onnx_provider()).await);
+    let processed = |stats: &Value| stats["model_pools"]["m"]["replicas"][0]["processed"].as_u64();
+    let before = processed(&server.stats().await).expect("processed");
+    let image = json!(vec![0.5f32; 3 * 128 * 128]);
+    let mut tasks = Vec::new();
+    for _ in 0..48 {
+        let server = server.clone();
+        let body = json!({"model": "m", "inputs": {"image": tensor(&[1, 3, 128, 128], "FP32", image.clone())}});
+        tasks.push(tokio::spawn(async move {
+            server.post("/api/optimized/predict", &body).await
+        }));
+    }
+    let (mut ok, mut refused) = (0u64, 0u64);
+    for task in tasks {
+        let (status, answer) = task.await.expect("task");
+        match status {
+            200 => ok += 1,
+            429 => {
+                assert_eq!(answer["code"], "would_finish_late", "{answer}");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}: {answer}"),
+        }
+    }
+    assert!(ok > 0 && refused > 0, "{ok} answered, {refused} refused");
+    let stats = server.stats().await;
+    let batcher = &stats["model_pools"]["m"]["batcher"];
+    assert_eq!(batcher["latency"]["refused_early"], refused, "{batcher}");
+    assert_eq!(processed(&stats).expect("processed") - before, ok);
 }
