@@ -70,8 +70,10 @@ async fn scaling_1_to_4_to_1_under_load_fails_no_request() {
     )
     .await;
     assert_eq!(status, 200);
-    let stats = until(&server, "back to one replica", |s| {
-        replica_states(s, "m") == ["ready"]
+    // A drained replica's reservation is held until its thread has dropped
+    // the engine, a moment after the slot leaves the stats: wait for both.
+    let stats = until(&server, "back to one replica, its memory given back", |s| {
+        replica_states(s, "m") == ["ready"] && s["memory"]["reserved_mb"] == 100
     })
     .await;
     assert_eq!(
