@@ -13,7 +13,8 @@
 //!   it (queued at its priority or above, and running) divided by what the
 //!   ready replicas run per second at their caps, plus its own run. Past
 //!   T (or its own deadline, if sooner) it is answered 429 at once, with
-//!   `Retry-After` from the excess, instead of queueing to answer late. A
+//!   `Retry-After` from the excess, instead of queueing to answer late
+//!   (one with nothing ahead of it always runs). A
 //!   high-priority request only counts high-priority work ahead of it, so
 //!   it is admitted where a low-priority one is refused.
 //!
@@ -110,7 +111,8 @@ impl LatencyControl {
     }
 
     /// Predicts when a request of `items` would finish, waiting behind
-    /// `ahead` items, run by `ready` replicas (id, batch cap); returns by
+    /// `ahead` items, run by `ready` replicas (id, batch cap in force, the
+    /// target's cut included); returns by
     /// how much it would pass `allowed` (the sooner of the target and its
     /// deadline), or `None` when it would not, when there is no target or
     /// when nothing was measured yet.
@@ -122,6 +124,12 @@ impl LatencyControl {
         until_deadline: Duration,
     ) -> Option<LateBy> {
         let target = self.target?;
+        // With nothing ahead the server can do no better, and a model that
+        // refused every request would never run again to correct a slow
+        // measurement (a cold first run at warmup, say).
+        if ahead == 0 {
+            return None;
+        }
         let allowed = target.min(until_deadline);
         let mut items_per_s = 0.0;
         let mut own_run: Option<Duration> = None;
@@ -129,7 +137,7 @@ impl LatencyControl {
             let Some(profile) = self.profile(replica) else {
                 continue;
             };
-            let cap = self.batch_cap(replica, cap).max(1);
+            let cap = cap.max(1);
             let (Some(full), Some(own)) = (profile.estimate(cap), profile.estimate(items)) else {
                 continue;
             };
@@ -239,7 +247,9 @@ mod tests {
         let late = control.late_by(1, 160, &[(0, 16)], ms(5000)).expect("late");
         assert!(late.excess > ms(100) && late.excess < ms(120), "{late:?}");
         // Its own deadline, when sooner, is what it must meet.
-        assert!(control.late_by(1, 0, &[(0, 16)], ms(3)).is_some());
+        assert!(control.late_by(1, 1, &[(0, 16)], ms(3)).is_some());
+        // With nothing ahead it runs, even when its own run is too slow.
+        assert_eq!(control.late_by(1, 0, &[(0, 16)], ms(3)), None);
         // Two replicas drain twice as fast.
         control.warmed(1, &[(1, ms(6)), (16, ms(21))]);
         assert_eq!(control.late_by(1, 120, &[(0, 16), (1, 16)], ms(5000)), None);
