@@ -171,17 +171,10 @@ impl ModelHandle {
     /// `deadline`. The first request for such a model pays its load.
     pub async fn loaded_signature(&self, deadline: Instant) -> Result<&ModelSignature, InferError> {
         let started = Instant::now();
-        let mut counted = false;
         loop {
             match self.ready_signature() {
                 Err(InferError::ModelNotReady(_)) => {}
                 known => return known,
-            }
-            // A request waiting for the model's first load is demand for
-            // it (the batcher counts it again once it is queued).
-            if !counted {
-                self.state.usage.demanded();
-                counted = true;
             }
             // Asked again while it waits, as a batcher with waiting
             // requests does: room may only come once replicas turn idle.

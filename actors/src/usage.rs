@@ -66,14 +66,8 @@ pub struct ModelUsage {
 impl ModelUsage {
     /// Notes a request taken into the queue.
     pub(crate) fn requested(&self) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        self.demanded();
-    }
-
-    /// Notes a request for the model that its batcher has not taken yet
-    /// (it waits for the model's first load).
-    pub(crate) fn demanded(&self) {
         let now = clock_ms();
+        self.requests.fetch_add(1, Ordering::Relaxed);
         self.last_request_ms.store(now, Ordering::Relaxed);
         let mut demand = self.demand.lock();
         *demand = Demand {
