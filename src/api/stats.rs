@@ -254,10 +254,40 @@ struct ModelPerformance {
     /// Answers since start by the HTTP status sent: `{"200": 40, "429": 2}`.
     #[schema(value_type = BTreeMap<String, u64>)]
     statuses: BTreeMap<u16, u64>,
+    /// With `latency_target_ms`: how its successes of the last minute
+    /// kept it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency_target: Option<TargetPerformance>,
 }
 
-fn performance(w: WindowSummary, statuses: BTreeMap<u16, u64>) -> ModelPerformance {
+/// A model's last minute against its latency target.
+#[derive(Serialize, utoipa::ToSchema)]
+struct TargetPerformance {
+    target_ms: u64,
+    /// Successes answered within the target, and past it.
+    within_target: u64,
+    past_target: u64,
+    /// Share of successes within the target; `null` before the first.
+    attainment: Option<f64>,
+    /// Successes within the target per second (goodput).
+    goodput_per_s: f64,
+}
+
+fn performance(
+    w: WindowSummary,
+    statuses: BTreeMap<u16, u64>,
+    target_ms: Option<u64>,
+) -> ModelPerformance {
+    let answered = w.within_target + w.past_target;
     ModelPerformance {
+        latency_target: target_ms.map(|target_ms| TargetPerformance {
+            target_ms,
+            within_target: w.within_target,
+            past_target: w.past_target,
+            attainment: (answered > 0)
+                .then(|| (w.within_target as f64 / answered as f64 * 1e4).round() / 1e4),
+            goodput_per_s: (w.within_target as f64 / w.covered_s * 1000.0).round() / 1000.0,
+        }),
         statuses,
         requests: w.requests,
         errors: w.errors,
@@ -405,9 +435,10 @@ async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
                 .iter()
                 .map(|m| {
                     let summary = metrics.summary(&m.name);
+                    let target_ms = m.batcher.latency.as_ref().map(|l| l.target_ms);
                     (
                         m.name.clone(),
-                        performance(summary, metrics.statuses(&m.name)),
+                        performance(summary, metrics.statuses(&m.name), target_ms),
                     )
                 })
                 .collect(),

@@ -63,6 +63,9 @@ pub struct RequestRecord<'a> {
     pub duration: Duration,
     /// Time in the batcher, for requests that reached a replica.
     pub queued: Option<Duration>,
+    /// The model's `latency_target_ms`, if it has one: a success counts
+    /// within or past it.
+    pub target: Option<Duration>,
 }
 
 impl Metrics {
@@ -118,12 +121,18 @@ impl Metrics {
                 .get_or_create(&model_label)
                 .observe(queued.as_secs_f64());
         }
+        if let Some(target) = r.target.filter(|_| ok) {
+            self.series
+                .answered_for_target(&model_label, r.duration <= target);
+        }
         let window = self.window(model);
         let latency_ms = r.duration.as_secs_f64() * 1000.0;
-        window
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .record(Instant::now(), ok, latency_ms);
+        window.lock().unwrap_or_else(|e| e.into_inner()).record(
+            Instant::now(),
+            ok,
+            latency_ms,
+            r.target,
+        );
     }
 
     fn window(&self, model: &str) -> Arc<Mutex<Window>> {

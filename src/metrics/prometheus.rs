@@ -110,6 +110,10 @@ pub struct EventSeries {
     /// of its own: added to `requests_rejected` (the batcher's count) at
     /// every scrape.
     mailbox_refusals: Family<ModelLabels, Counter>,
+    /// Successes of models with `latency_target_ms`, answered within it
+    /// and past it.
+    within_target: Family<ModelLabels, Counter>,
+    past_target: Family<ModelLabels, Counter>,
     /// Loads, evictions, scale-downs and waits for loads.
     pub residency: ResidencySeries,
 }
@@ -172,8 +176,22 @@ impl EventSeries {
             Unit::Seconds,
             media_postprocess_duration.clone(),
         );
+        let within_target = Family::<ModelLabels, Counter>::default();
+        let past_target = Family::<ModelLabels, Counter>::default();
+        registry.register(
+            "requests_within_target",
+            "Successful prediction requests answered within the model's latency_target_ms",
+            within_target.clone(),
+        );
+        registry.register(
+            "requests_past_target",
+            "Successful prediction requests answered later than the model's latency_target_ms",
+            past_target.clone(),
+        );
         let residency = ResidencySeries::register(&mut registry, latency_histograms());
         EventSeries {
+            within_target,
+            past_target,
             residency,
             registry,
             requests,
@@ -205,6 +223,16 @@ impl EventSeries {
                 model: model.to_string(),
             })
             .inc();
+    }
+
+    /// Counts a success of a model with a latency target, `within` it or not.
+    pub fn answered_for_target(&self, model: &ModelLabels, within: bool) {
+        let family = if within {
+            &self.within_target
+        } else {
+            &self.past_target
+        };
+        family.get_or_create(model).inc();
     }
 
     /// Requests refused at `model`'s full batcher mailbox since start.
@@ -263,8 +291,18 @@ fn state_registry(inputs: &ScrapeInputs, mailbox_refusals: impl Fn(&str) -> u64)
     let state = Family::<ReplicaStateLabels, Gauge>::default();
     let restarts = Family::<ReplicaLabels, Counter>::default();
     let placed = Family::<ReplicaDeviceLabels, Gauge>::default();
+    let target = Family::<ModelLabels, Gauge<f64, AtomicU64>>::default();
+    let refused_early = Family::<ModelLabels, Counter>::default();
     for m in &inputs.snapshot.models {
         let b = &m.batcher;
+        if let Some(latency) = &b.latency {
+            target
+                .get_or_create(&model(&m.name))
+                .set(latency.target_ms as f64 / 1000.0);
+            refused_early
+                .get_or_create(&model(&m.name))
+                .inc_by(latency.refused_early);
+        }
         queue_depth
             .get_or_create(&model(&m.name))
             .set(b.queue_depth as i64);
@@ -330,6 +368,17 @@ fn state_registry(inputs: &ScrapeInputs, mailbox_refusals: impl Fn(&str) -> u64)
         "requests_cancelled",
         "Requests dropped before inference because the caller had gone",
         cancelled,
+    );
+    r.register_with_unit(
+        "latency_target",
+        "The model's latency_target_ms: the time its successes should answer within",
+        Unit::Seconds,
+        target,
+    );
+    r.register(
+        "requests_refused_early",
+        "Requests answered 429 at arrival because they were predicted to finish past the model's latency target",
+        refused_early,
     );
     r.register(
         "model_ready_replicas",

@@ -29,6 +29,9 @@ struct Second {
     at: u64,
     requests: u64,
     errors: u64,
+    /// Successes answered within the model's latency target, and past it.
+    within_target: u64,
+    past_target: u64,
 }
 
 /// The latencies of one slot of [`SLOT_S`] seconds.
@@ -68,6 +71,12 @@ pub struct WindowSummary {
     /// Requests per second over the window (or since start, if shorter).
     pub rate: f64,
     pub latency_ms: Option<Percentiles>,
+    /// Successes within the model's latency target, and past it (both 0
+    /// for a model without one).
+    pub within_target: u64,
+    pub past_target: u64,
+    /// Seconds the counts cover (the window, or the time since start).
+    pub covered_s: f64,
 }
 
 impl Window {
@@ -83,21 +92,28 @@ impl Window {
         now.duration_since(self.epoch).as_secs()
     }
 
-    /// Counts a request; `latency_ms` is kept for successes.
-    pub fn record(&mut self, now: Instant, ok: bool, latency_ms: f64) {
+    /// Counts a request; `latency_ms` is kept for successes, and with a
+    /// latency `target` a success counts within or past it.
+    pub fn record(&mut self, now: Instant, ok: bool, latency_ms: f64, target: Option<Duration>) {
         let at = self.second(now);
         let second = &mut self.seconds[(at % SPAN.as_secs()) as usize];
         if second.at != at {
             *second = Second {
                 at,
-                requests: 0,
-                errors: 0,
+                ..Second::default()
             };
         }
         second.requests += 1;
         if !ok {
             second.errors += 1;
             return;
+        }
+        if let Some(target) = target {
+            if latency_ms <= target.as_secs_f64() * 1000.0 {
+                second.within_target += 1;
+            } else {
+                second.past_target += 1;
+            }
         }
         let slot_at = at / SLOT_S;
         let slot = self.slots[(slot_at % SLOTS as u64) as usize].get_or_insert_with(|| Slot {
@@ -120,7 +136,15 @@ impl Window {
             .seconds
             .iter()
             .filter(|s| s.at + SPAN.as_secs() > at && s.at <= at);
-        let (requests, errors) = recent.fold((0, 0), |(r, e), s| (r + s.requests, e + s.errors));
+        let (requests, errors, within_target, past_target) =
+            recent.fold((0, 0, 0, 0), |(r, e, w, p), s| {
+                (
+                    r + s.requests,
+                    e + s.errors,
+                    w + s.within_target,
+                    p + s.past_target,
+                )
+            });
         let covered = now
             .duration_since(self.epoch)
             .min(SPAN)
@@ -142,6 +166,9 @@ impl Window {
             errors,
             rate: requests as f64 / covered,
             latency_ms: merged.as_ref().map(percentiles),
+            within_target,
+            past_target,
+            covered_s: covered,
         }
     }
 }
@@ -170,9 +197,9 @@ mod tests {
         let t0 = Instant::now();
         let mut w = Window::new(t0);
         for i in 1..=100 {
-            w.record(t0, true, i as f64);
+            w.record(t0, true, i as f64, None);
         }
-        w.record(t0, false, 0.0);
+        w.record(t0, false, 0.0, None);
         let s = w.summary(t0 + Duration::from_secs(10));
         assert_eq!((s.requests, s.errors), (101, 1));
         assert!((s.rate - 10.1).abs() < 1e-9, "{}", s.rate);
@@ -196,7 +223,7 @@ mod tests {
             let at = t0 + Duration::from_secs(second);
             let latency = if second < 30 { 10.0 } else { 1.0 };
             for _ in 0..2_000 {
-                w.record(at, true, latency);
+                w.record(at, true, latency, None);
             }
         }
         let s = w.summary(t0 + Duration::from_millis(59_900));
@@ -210,8 +237,29 @@ mod tests {
         let l = s.latency_ms.unwrap();
         assert!(near(l.p50, 1.0) && near(l.p95, 10.0), "{l:?}");
         // Long latencies are kept (up to an hour), not clipped.
-        w.record(t0 + Duration::from_secs(200), true, 45_000.0);
+        w.record(t0 + Duration::from_secs(200), true, 45_000.0, None);
         let l = w.summary(t0 + Duration::from_secs(200)).latency_ms.unwrap();
         assert!(near(l.p99, 45_000.0), "{l:?}");
+    }
+
+    #[test]
+    fn successes_count_within_or_past_the_target() {
+        let t0 = Instant::now();
+        let mut w = Window::new(t0);
+        let target = Some(Duration::from_millis(50));
+        for latency in [10.0, 50.0, 50.5, 80.0] {
+            w.record(t0, true, latency, target);
+        }
+        // A failure is neither, however fast.
+        w.record(t0, false, 1.0, target);
+        let s = w.summary(t0 + Duration::from_secs(2));
+        assert_eq!((s.within_target, s.past_target, s.errors), (2, 2, 1));
+        assert_eq!(s.covered_s, 2.0);
+        // Without a target nothing is counted either way.
+        w.record(t0, true, 10.0, None);
+        let s = w.summary(t0 + Duration::from_secs(2));
+        assert_eq!((s.within_target, s.past_target), (2, 2));
+        let later = w.summary(t0 + Duration::from_secs(61));
+        assert_eq!((later.within_target, later.past_target), (0, 0));
     }
 }

@@ -132,6 +132,9 @@ impl Pending {
             status,
             duration,
             queued: ran.map(|r| Duration::from_secs_f64(r.queue_ms.max(0.0) / 1000.0)),
+            target: model
+                .and_then(|m| m.spec.settings.latency_target_ms)
+                .map(Duration::from_millis),
         });
         if let Some(model) = model {
             self.metrics

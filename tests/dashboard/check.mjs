@@ -3,7 +3,8 @@
 // server traffic. Checks: the page loads without console errors, failed
 // requests or uncaught exceptions; it shows every model given; under load
 // each model's numbers move (requests and request rate rise, latency and
-// batch fill appear, replicas read ready); on a phone-sized viewport
+// batch fill appear, replicas read ready; a model with a latency target
+// shows its attainment); on a phone-sized viewport
 // nothing overflows sideways. With SCREENSHOT it saves a picture of the
 // page under load.
 //
@@ -88,7 +89,14 @@ try {
     const replicas = await field(page, model, "replicas");
     check(`${model}: replicas are listed ready, with their device`, /ready · cpu/.test(replicas), replicas);
     check(`${model}: ready badge`, (await field(page, model, "ready")) === "ready");
+    const slo = page.locator(`[data-model="${model}"] [data-field="attainment"]`);
+    if (await slo.count()) {
+      const shown = await slo.first().textContent();
+      check(`${model}: its latency target's attainment shows as a share`, /^\d+(\.\d)?%$/.test(shown), shown);
+    }
   }
+  check("a model with a latency target shows its attainment",
+    await page.locator('[data-field="attainment"]').count() > 0);
   const status = await page.locator('[data-field="status"]').textContent();
   check("the header says every model is ready", status === "all models ready", status);
   if (screenshot) {

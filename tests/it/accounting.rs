@@ -60,30 +60,13 @@ fn x(value: usize) -> Value {
     tensor(&[1, 4], "FP32", json!([value, 0, 0, 0]))
 }
 
-/// The value of one sample of the Prometheus page (0 when absent).
-fn sample(page: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    page.lines()
-        .filter(|line| !line.starts_with('#'))
-        .find_map(|line| {
-            let (series, value) = line.rsplit_once(' ')?;
-            let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
-            let set: Vec<&str> = rest.trim_end_matches('}').split(',').collect();
-            let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
-            (metric == name
-                && set.len() == wanted.len()
-                && wanted.iter().all(|w| set.contains(&w.as_str())))
-            .then(|| value.parse().ok())?
-        })
-        .unwrap_or(0.0)
-}
-
 async fn page(server: &TestServer) -> String {
     server.metrics_page().await
 }
 
 /// Answers of `model` by status, as `/metrics` counts them.
 fn counted(page: &str, model: &str, status: u16) -> f64 {
-    sample(
+    crate::common::metric_sample(
         page,
         "gantry_requests_total",
         &[("model", model), ("status", &status.to_string())],
@@ -377,7 +360,7 @@ async fn refusals_at_a_full_batcher_mailbox_are_counted_as_rejected() {
     );
     let metrics = page(&server).await;
     assert_eq!(
-        sample(
+        crate::common::metric_sample(
             &metrics,
             "gantry_requests_rejected_total",
             &[("model", "q")]

@@ -32,7 +32,7 @@ async fn the_dashboard_loads_in_chromium_and_moves_under_load() {
     );
     let repo = Repo::new()
         .fake("classifier", "replicas = 2\nmax_batch_size = 8\n")
-        .fake("detector", "max_batch_size = 4\n");
+        .fake("detector", "max_batch_size = 4\nlatency_target_ms = 1000\n");
     let mut config = crate::common::config(repo.path());
     config.cache.enabled = false;
     let server = TestServer::ready(config, Arc::new(provider)).await;

@@ -127,6 +127,65 @@ async fn a_high_priority_arrival_is_admitted_where_low_ones_are_refused() {
     }
 }
 
+/// Each success counts within or past its model's target, in stats (the
+/// last minute: attainment and goodput) and on the Prometheus page: a
+/// batch of the fake engine takes at least 25 ms, so every answer is past
+/// a 1 ms target and within a minute-long one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn successes_count_within_or_past_the_target_in_stats_and_metrics() {
+    let repo = Repo::new()
+        .fake("m", "max_batch_size = 4\nlatency_target_ms = 1\n")
+        .fake("easy", "max_batch_size = 4\nlatency_target_ms = 60000\n")
+        .fake("none", "max_batch_size = 4\n");
+    let server = TestServer::ready(config(repo.path()), provider()).await;
+    for model in ["m", "easy", "none"] {
+        for i in 0..3 {
+            // One at a time: nothing ahead, so none is refused.
+            let mut request = body(i, "normal");
+            request["model"] = json!(model);
+            let (status, answer) = server.post("/api/optimized/predict", &request).await;
+            assert_eq!(status, 200, "{answer}");
+        }
+    }
+    let stats = server.stats().await;
+    let perf = &stats["performance_metrics"]["models"];
+    let late = &perf["m"]["latency_target"];
+    assert_eq!(late["target_ms"], 1, "{late}");
+    assert_eq!(
+        (&late["within_target"], &late["past_target"]),
+        (&json!(0), &json!(3))
+    );
+    assert_eq!(late["attainment"], 0.0, "{late}");
+    assert_eq!(late["goodput_per_s"], 0.0, "{late}");
+    let easy = &perf["easy"]["latency_target"];
+    assert_eq!(
+        (&easy["within_target"], &easy["past_target"]),
+        (&json!(3), &json!(0))
+    );
+    assert_eq!(easy["attainment"], 1.0, "{easy}");
+    assert!(easy["goodput_per_s"].as_f64().unwrap() > 0.0, "{easy}");
+    assert!(
+        perf["none"].get("latency_target").is_none(),
+        "{}",
+        perf["none"]
+    );
+
+    let page = server.metrics_page().await;
+    let sample =
+        |name: &str, model: &str| crate::common::metric_sample(&page, name, &[("model", model)]);
+    assert_eq!(
+        sample("gantry_requests_past_target_total", "m"),
+        3.0,
+        "{page}"
+    );
+    assert_eq!(sample("gantry_requests_within_target_total", "m"), 0.0);
+    assert_eq!(sample("gantry_requests_within_target_total", "easy"), 3.0);
+    assert_eq!(sample("gantry_latency_target_seconds", "m"), 0.001);
+    assert_eq!(sample("gantry_latency_target_seconds", "easy"), 60.0);
+    assert_eq!(sample("gantry_requests_refused_early_total", "m"), 0.0);
+    assert!(!page.contains("gantry_latency_target_seconds{model=\"none\"}"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_target_out_of_range_is_refused_naming_the_key() {
     let repo = Repo::new()

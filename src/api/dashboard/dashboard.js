@@ -81,6 +81,7 @@ function modelCard(name, pool, perf) {
   const rates = history.get(name) || [];
   const latency = perf.latency_ms || {};
   const batcher = pool.batcher || {};
+  const slo = perf.latency_target;
   const replicas = el("div", { class: "replicas", "data-field": "replicas" });
   for (const r of pool.replicas || []) {
     const text = `#${r.id} ${r.state}${r.device ? " · " + r.device : ""} · ${r.inflight} in flight`;
@@ -99,7 +100,14 @@ function modelCard(name, pool, perf) {
       number("504s", count(statuses["504"] || 0), "r504", statuses["504"] ? "bad-count" : ""),
       number("requests (60 s)", count(perf.requests || 0), "requests"),
       number("avg batch", fixed(batcher.avg_batch_size, 2), "avg-batch"),
-      number("batch cap", count(batcher.max_batch_size), "batch-cap")),
+      number("batch cap", count(batcher.max_batch_size), "batch-cap"),
+      ...(slo ? [
+        number(`within ${slo.target_ms} ms (60 s)`,
+          slo.attainment == null ? "–" : `${fixed(slo.attainment * 100, 1)}%`, "attainment",
+          slo.attainment != null && slo.attainment < 0.99 ? "bad-count" : ""),
+        number("goodput/s", fixed(slo.goodput_per_s, 1), "goodput"),
+        number("refused early", count((batcher.latency || {}).refused_early || 0), "refused-early"),
+      ] : [])),
     el("div", { class: "label" }, "answers a second, the last minute"),
     sparkline(rates),
     el("div", { class: "label" }, "Batches by size"),

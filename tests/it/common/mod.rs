@@ -318,3 +318,20 @@ pub fn grpc_request(
         ..Default::default()
     }
 }
+
+/// The value of one sample of the Prometheus page (0 when absent).
+pub fn metric_sample(page: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    page.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (metric, rest) = series.split_once('{').unwrap_or((series, "}"));
+            let set: Vec<&str> = rest.trim_end_matches('}').split(',').collect();
+            let wanted: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{v}\"")).collect();
+            (metric == name
+                && set.len() == wanted.len()
+                && wanted.iter().all(|w| set.contains(&w.as_str())))
+            .then(|| value.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
