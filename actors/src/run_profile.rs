@@ -9,17 +9,36 @@
 //! above the largest, that run's time per item times the size (batches
 //! rarely cost less per item as they grow past what was measured); below
 //! the smallest, the smallest's time.
+//!
+//! A size not run for [`STALE_AFTER_RUNS`] runs of the replica is stale:
+//! while fresher sizes exist it is estimated from them instead. Otherwise
+//! a size measured slow once (at a cold warmup, or while the machine was
+//! busy) would keep the latency target's cap below it, never run again,
+//! and never be corrected; once stale, the estimate from the sizes that do
+//! run lets the cap rise to try it again.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
 /// Runs kept per batch size.
 pub const SAMPLES_KEPT: usize = 8;
+/// Runs of the replica after which a size not run since is stale.
+pub const STALE_AFTER_RUNS: u64 = 256;
+
+/// The runs of one batch size.
+#[derive(Debug, Clone, Default)]
+struct Size {
+    samples: VecDeque<Duration>,
+    /// The replica's run count at this size's last run.
+    last_run: u64,
+}
 
 /// One replica's run times by batch size (items).
 #[derive(Debug, Clone, Default)]
 pub struct RunProfile {
-    runs: BTreeMap<usize, VecDeque<Duration>>,
+    runs: BTreeMap<usize, Size>,
+    /// Runs recorded, all sizes.
+    count: u64,
 }
 
 impl RunProfile {
@@ -28,11 +47,13 @@ impl RunProfile {
         if items == 0 {
             return;
         }
-        let runs = self.runs.entry(items).or_default();
-        if runs.len() == SAMPLES_KEPT {
-            runs.pop_front();
+        self.count += 1;
+        let size = self.runs.entry(items).or_default();
+        if size.samples.len() == SAMPLES_KEPT {
+            size.samples.pop_front();
         }
-        runs.push_back(took);
+        size.samples.push_back(took);
+        size.last_run = self.count;
     }
 
     /// True until a first run was recorded.
@@ -40,10 +61,23 @@ impl RunProfile {
         self.runs.is_empty()
     }
 
-    /// The median of the runs measured at exactly `items`.
+    fn is_fresh(&self, size: &Size) -> bool {
+        self.count - size.last_run < STALE_AFTER_RUNS
+    }
+
+    /// The sizes estimates come from: the fresh ones, or every size when
+    /// none is.
+    fn usable(&self) -> impl DoubleEndedIterator<Item = (&usize, &Size)> {
+        let any_fresh = self.runs.values().any(|s| self.is_fresh(s));
+        self.runs
+            .iter()
+            .filter(move |(_, s)| !any_fresh || self.is_fresh(s))
+    }
+
+    /// The median of the runs measured at exactly `items`, if usable.
     fn measured(&self, items: usize) -> Option<Duration> {
-        let runs = self.runs.get(&items)?;
-        let mut sorted: Vec<Duration> = runs.iter().copied().collect();
+        let (_, size) = self.usable().find(|(n, _)| **n == items)?;
+        let mut sorted: Vec<Duration> = size.samples.iter().copied().collect();
         sorted.sort_unstable();
         Some(sorted[(sorted.len() - 1) / 2])
     }
@@ -55,8 +89,8 @@ impl RunProfile {
         if let Some(exact) = self.measured(items) {
             return Some(exact);
         }
-        let below = self.runs.range(..items).next_back().map(|(&n, _)| n);
-        let above = self.runs.range(items..).next().map(|(&n, _)| n);
+        let below = self.usable().rfind(|(n, _)| **n < items).map(|(&n, _)| n);
+        let above = self.usable().find(|(n, _)| **n > items).map(|(&n, _)| n);
         match (below, above) {
             (Some(lo), Some(hi)) => {
                 let (t_lo, t_hi) = (self.measured(lo)?, self.measured(hi)?);
@@ -87,11 +121,10 @@ impl RunProfile {
         Some(best)
     }
 
-    /// The measured sizes with their median run times, for stats.
+    /// The usable sizes with their median run times, for stats.
     pub fn medians(&self) -> Vec<(usize, Duration)> {
-        self.runs
-            .keys()
-            .filter_map(|&n| Some((n, self.measured(n)?)))
+        self.usable()
+            .filter_map(|(&n, _)| Some((n, self.measured(n)?)))
             .collect()
     }
 }
@@ -148,5 +181,32 @@ mod tests {
         assert_eq!(profile.largest_within(4, ms(100)), Some(4));
         // Never below one item, even when one does not fit.
         assert_eq!(profile.largest_within(16, ms(1)), Some(1));
+    }
+
+    #[test]
+    fn a_size_not_run_for_long_is_estimated_from_those_that_run() {
+        let mut profile = RunProfile::default();
+        // A cold warmup: 8 items measured at 80 ms, so a 25 ms budget
+        // holds 3 items (21.7 ms, between 2's 10 ms and 8's 80) and 8 is
+        // never run again.
+        profile.record(8, ms(80));
+        for _ in 0..4 {
+            profile.record(2, ms(10));
+        }
+        assert_eq!(profile.largest_within(8, ms(25)), Some(3));
+        for _ in 0..STALE_AFTER_RUNS {
+            profile.record(2, ms(10));
+        }
+        // Stale: 8 is now 2's time per item times 8 (40 ms); 5 fits.
+        assert_eq!(profile.estimate(8), Some(ms(40)));
+        assert_eq!(profile.largest_within(8, ms(25)), Some(5));
+        assert_eq!(profile.medians(), vec![(2, ms(10))]);
+        // Running it again makes it count again.
+        profile.record(8, ms(24));
+        assert_eq!(profile.estimate(8), Some(ms(24)));
+        // With every size stale, all of them count.
+        let mut alone = RunProfile::default();
+        alone.record(4, ms(8));
+        assert_eq!(alone.estimate(4), Some(ms(8)));
     }
 }
