@@ -12,6 +12,8 @@ pseudo-random inputs. `python3 load-tests/bodies.py DIR` writes into DIR:
                         /v2/models/tiny-classifier/infer: 1 x 64 FP32 features,
                         logits asked back as binary
   tiny-classifier.v2len its header's length
+  mlp.v2json            v2 JSON for /v2/models/mlp/infer: 1 x 64 FP32 features
+                        (the MLP load-tests/slo_repository.py writes)
 """
 import json, random, struct, sys
 out = sys.argv[1]
@@ -36,3 +38,5 @@ header = json.dumps({"inputs": [{"name": "features", "shape": [1, 64], "datatype
                      "outputs": [{"name": "logits", "parameters": {"binary_data": True}}]}).encode()
 open(f"{out}/tiny-classifier.v2", "wb").write(header + struct.pack("<64f", *features))
 open(f"{out}/tiny-classifier.v2len", "w").write(str(len(header)))
+v2_features = {"inputs": [{"name": "features", "shape": [1, 64], "datatype": "FP32", "data": features}]}
+open(f"{out}/mlp.v2json", "w").write(json.dumps(v2_features, separators=(",", ":")))

@@ -11,11 +11,12 @@
 //! the smallest, the smallest's time.
 //!
 //! A size not run for [`STALE_AFTER_RUNS`] runs of the replica is stale:
-//! while fresher sizes exist it is estimated from them instead. Otherwise
-//! a size measured slow once (at a cold warmup, or while the machine was
-//! busy) would keep the latency target's cap below it, never run again,
-//! and never be corrected; once stale, the estimate from the sizes that do
-//! run lets the cap rise to try it again.
+//! while fresher sizes exist it counts at the better of its own median and
+//! what the fresh sizes say of it. Otherwise a size measured slow once (at
+//! a cold warmup, or while the machine was busy) would keep the latency
+//! target's cap below it, never run again, and never be corrected; a size
+//! measured fast and merely not run lately (low traffic makes small
+//! batches) keeps what it showed.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -77,15 +78,27 @@ impl RunProfile {
     /// The median of the runs measured at exactly `items`, if usable.
     fn measured(&self, items: usize) -> Option<Duration> {
         let (_, size) = self.usable().find(|(n, _)| **n == items)?;
-        let mut sorted: Vec<Duration> = size.samples.iter().copied().collect();
-        sorted.sort_unstable();
-        Some(sorted[(sorted.len() - 1) / 2])
+        Some(median(size))
     }
 
     /// How long a batch of `items` is expected to take; `None` before any
     /// run was recorded.
     pub fn estimate(&self, items: usize) -> Option<Duration> {
         let items = items.max(1);
+        let from_fresh = self.from_usable(items);
+        let stale = self
+            .runs
+            .get(&items)
+            .filter(|size| !self.is_fresh(size))
+            .map(median);
+        match (from_fresh, stale) {
+            (Some(fresh), Some(stale)) => Some(fresh.min(stale)),
+            (fresh, stale) => fresh.or(stale),
+        }
+    }
+
+    /// The estimate from the usable sizes only.
+    fn from_usable(&self, items: usize) -> Option<Duration> {
         if let Some(exact) = self.measured(items) {
             return Some(exact);
         }
@@ -121,12 +134,32 @@ impl RunProfile {
         Some(best)
     }
 
+    /// The smallest batch, at most `cap` and within `budget`, that runs at
+    /// least `share` of the best throughput (items a second) of those
+    /// sizes: past the knee a bigger batch only waits longer for little
+    /// more throughput. `None` before any run was recorded.
+    pub fn knee_within(&self, cap: usize, budget: Duration, share: f64) -> Option<usize> {
+        let largest = self.largest_within(cap, budget)?;
+        let throughput = |n: usize| {
+            self.estimate(n)
+                .map_or(0.0, |t| n as f64 / t.as_secs_f64().max(1e-9))
+        };
+        let best = (1..=largest).map(throughput).fold(0.0, f64::max);
+        (1..=largest).find(|&n| throughput(n) >= share * best)
+    }
+
     /// The usable sizes with their median run times, for stats.
     pub fn medians(&self) -> Vec<(usize, Duration)> {
         self.usable()
             .filter_map(|(&n, _)| Some((n, self.measured(n)?)))
             .collect()
     }
+}
+
+fn median(size: &Size) -> Duration {
+    let mut sorted: Vec<Duration> = size.samples.iter().copied().collect();
+    sorted.sort_unstable();
+    sorted[(sorted.len() - 1) / 2]
 }
 
 #[cfg(test)]
@@ -201,6 +234,14 @@ mod tests {
         assert_eq!(profile.estimate(8), Some(ms(40)));
         assert_eq!(profile.largest_within(8, ms(25)), Some(5));
         assert_eq!(profile.medians(), vec![(2, ms(10))]);
+        // A stale size that ran faster than the fresh ones say keeps its
+        // own time: small batches lately say nothing against it.
+        let mut quiet = RunProfile::default();
+        quiet.record(16, ms(20));
+        for _ in 0..STALE_AFTER_RUNS {
+            quiet.record(2, ms(10));
+        }
+        assert_eq!(quiet.estimate(16), Some(ms(20)));
         // Running it again makes it count again.
         profile.record(8, ms(24));
         assert_eq!(profile.estimate(8), Some(ms(24)));
@@ -208,5 +249,22 @@ mod tests {
         let mut alone = RunProfile::default();
         alone.record(4, ms(8));
         assert_eq!(alone.estimate(4), Some(ms(8)));
+    }
+
+    #[test]
+    fn the_knee_is_the_smallest_batch_near_the_best_throughput() {
+        // 5 ms + 1 ms per item: throughput keeps rising with the batch.
+        let mut rising = RunProfile::default();
+        rising.record(1, ms(6));
+        rising.record(16, ms(21));
+        // Best within 100 ms is 16 (0.76 items/ms); 95% of it from 14.
+        assert_eq!(rising.knee_within(16, ms(100), 0.95), Some(14));
+        assert_eq!(rising.knee_within(16, ms(100), 1.0), Some(16));
+        // 3 ms an item whatever the batch (a CPU-bound UNet): one item is
+        // as fast as eight, and waits far less.
+        let mut flat = RunProfile::default();
+        flat.record(1, ms(3));
+        flat.record(8, ms(24));
+        assert_eq!(flat.knee_within(8, ms(25), 0.95), Some(1));
     }
 }

@@ -2,21 +2,29 @@
 //! requests admitted by their predicted finish.
 //!
 //! Each replica's [`RunProfile`] (warmup's runs, then every batch) says how
-//! long a batch of each size takes. With a target T:
-//! - **Batch cap**: the largest batch (up to the model's cap) expected to
-//!   run within T / 2. Under load a request waits for the batch before its
-//!   own to finish, then its own runs: two runs of the cap must fit T.
+//! long a batch of each size takes; under load, a batch that started when
+//! the one before it was done counts the time between the two, so the
+//! profile says what the replica gets through, not only how long the engine
+//! ran. With a target T:
+//! - **Batch cap**: of the batches (up to the model's cap) expected to run
+//!   within T / 2, the smallest that runs 95% of the best throughput among
+//!   them. Under load a request waits for the batch before its own to
+//!   finish, then its own runs: two runs of the cap must fit T; past the
+//!   knee a bigger batch buys little throughput for its wait (on a CPU a
+//!   convolutional model often runs as fast per item one at a time).
 //! - **Window**: the oldest request waits for a fuller batch at most
 //!   T - 2 x run(cap) (and never more than `batch_window_ms`), so a batch
 //!   that would push it past T leaves now.
-//! - **Admission**: on arrival, the predicted finish is the items ahead of
-//!   it (queued at its priority or above, and running) divided by what the
-//!   ready replicas run per second at their caps, plus its own run. Past
-//!   T (or its own deadline, if sooner) it is answered 429 at once, with
-//!   `Retry-After` from the excess, instead of queueing to answer late
-//!   (one with nothing ahead of it always runs). A
-//!   high-priority request only counts high-priority work ahead of it, so
-//!   it is admitted where a low-priority one is refused.
+//! - **Admission**: on arrival, the predicted finish is, in batches as the
+//!   replicas run them: what they hold now, the full batches queued ahead
+//!   of it (at its priority or above), then its own batch, full by the
+//!   time it leaves when anything is ahead of it. Past T less the time the
+//!   request already spent in the server (or its own deadline, if sooner),
+//!   with a fifth of that kept back ([`ADMIT_SHARE`]), it is answered 429 at once, with `Retry-After` from the excess,
+//!   instead of queueing to answer late (one with nothing ahead of it
+//!   always runs). A high-priority request only counts high-priority work
+//!   queued ahead of it, so it is admitted where a low-priority one is
+//!   refused.
 //!
 //! Without a target, or before any run was measured, nothing changes.
 
@@ -28,12 +36,28 @@ use crate::error::InferError;
 use crate::messages::InferRequest;
 use crate::run_profile::RunProfile;
 
+/// The share of the best throughput a latency target's batch cap keeps:
+/// a batch past the knee of the run-time curve waits longer (and makes the
+/// requests behind it wait longer) for under 5% more items a second.
+pub(super) const KNEE_SHARE: f64 = 0.95;
+
+/// The share of the time left to a request that admission lets the
+/// predicted queue and run take. Under overload the queue stays filled up
+/// to what admission allows, so the admitted answer close to it: the rest
+/// is for what the batcher does not see (the answer's encoding and
+/// sending) and for runs slower than their median. It costs no
+/// throughput: the queue still never runs dry.
+pub(super) const ADMIT_SHARE: f64 = 0.8;
+
 /// What a model's latency target decides, and what it refused.
 #[derive(Debug, Default)]
 pub(super) struct LatencyControl {
     target: Option<Duration>,
     /// Run times by replica id.
     profiles: BTreeMap<usize, RunProfile>,
+    /// By replica id: when its last batch was done, and whether another
+    /// batch was already waiting at it then (so that one started at once).
+    last_done: BTreeMap<usize, (Instant, bool)>,
     /// Requests refused at arrival because they would have finished late.
     pub(super) refused_early: u64,
     /// The last prediction made at an arrival: queue delay plus own run.
@@ -67,13 +91,29 @@ impl LatencyControl {
         }
     }
 
-    /// Replica `replica` ran a batch of `items` in `took`.
-    pub(super) fn ran(&mut self, replica: usize, items: usize, took: Duration) {
+    /// Replica `replica` ran a batch of `items` in `took`, done at `now`,
+    /// with `more` batches still waiting at it. A batch that started the
+    /// moment the one before it was done counts the time between the two
+    /// (if longer than its run): what the replica takes per batch under
+    /// load, hand-offs and the cores the server's other threads took
+    /// between runs included, which admission must predict with.
+    pub(super) fn ran(
+        &mut self,
+        replica: usize,
+        items: usize,
+        took: Duration,
+        now: Instant,
+        more: bool,
+    ) {
+        let cycle = match self.last_done.insert(replica, (now, more)) {
+            Some((previous, true)) => now.saturating_duration_since(previous),
+            _ => Duration::ZERO,
+        };
         if took > Duration::ZERO {
             self.profiles
                 .entry(replica)
                 .or_default()
-                .record(items, took);
+                .record(items, took.max(cycle));
         }
     }
 
@@ -81,6 +121,7 @@ impl LatencyControl {
     pub(super) fn keep_only(&mut self, ids: impl Iterator<Item = usize>) {
         let ids: Vec<usize> = ids.collect();
         self.profiles.retain(|id, _| ids.contains(id));
+        self.last_done.retain(|id, _| ids.contains(id));
     }
 
     /// Replica `replica`'s profile, if it ran anything.
@@ -88,11 +129,14 @@ impl LatencyControl {
         self.profiles.get(&replica).filter(|p| !p.is_empty())
     }
 
-    /// The cap on a batch for `replica` whose model allows `cap`: the
-    /// largest batch expected to run within half the target.
+    /// The cap on a batch for `replica` whose model allows `cap`: of the
+    /// batches expected to run within half the target, the smallest that
+    /// runs [`KNEE_SHARE`] of the best throughput among them.
     pub(super) fn batch_cap(&self, replica: usize, cap: usize) -> usize {
         match (self.target, self.profile(replica)) {
-            (Some(target), Some(profile)) => profile.largest_within(cap, target / 2).unwrap_or(cap),
+            (Some(target), Some(profile)) => profile
+                .knee_within(cap, target / 2, KNEE_SHARE)
+                .unwrap_or(cap),
             _ => cap,
         }
     }
@@ -110,49 +154,86 @@ impl LatencyControl {
         window.min(target.saturating_sub(run * 2))
     }
 
-    /// Predicts when a request of `items` would finish, waiting behind
-    /// `ahead` items, run by `ready` replicas (id, batch cap in force, the
-    /// target's cut included); returns by
-    /// how much it would pass `allowed` (the sooner of the target and its
-    /// deadline), or `None` when it would not, when there is no target or
-    /// when nothing was measured yet.
+    /// Predicts when a request of `items` would finish, with `queued`
+    /// items ahead of it in the queue and `ready` replicas running what
+    /// they hold, and returns by how much it would pass `allowed` (the
+    /// target less the time it already spent in the server, or its
+    /// deadline if sooner); `None` when it would not, when there is no
+    /// target or when nothing was measured yet.
+    ///
+    /// In batches, as the replicas run them: first what they hold (each
+    /// in-flight batch a run of its size, shared by the replicas), then the
+    /// full batches queued ahead of it (at the caps in force, as fast as
+    /// the replicas run full batches together), then its own batch, which
+    /// fills to the cap by the time it leaves when anything is ahead of it.
     pub(super) fn late_by(
         &mut self,
         items: usize,
-        ahead: usize,
-        ready: &[(usize, usize)],
-        until_deadline: Duration,
+        queued: usize,
+        ready: &[ReadyReplica],
+        allowed: Duration,
     ) -> Option<LateBy> {
-        let target = self.target?;
+        self.target?;
+        let busy = ready.iter().any(|r| r.inflight_batches > 0);
         // With nothing ahead the server can do no better, and a model that
         // refused every request would never run again to correct a slow
         // measurement (a cold first run at warmup, say).
-        if ahead == 0 {
+        if queued == 0 && !busy {
             return None;
         }
-        let allowed = target.min(until_deadline);
-        let mut items_per_s = 0.0;
-        let mut own_run: Option<Duration> = None;
-        for &(replica, cap) in ready {
-            let Some(profile) = self.profile(replica) else {
+        let mut full_batches_per_s = 0.0;
+        let mut inflight_s = 0.0;
+        let mut measured = 0usize;
+        let mut smallest_cap = usize::MAX;
+        let mut slowest_full = Duration::ZERO;
+        for r in ready {
+            let Some(profile) = self.profile(r.id) else {
                 continue;
             };
-            let cap = cap.max(1);
-            let (Some(full), Some(own)) = (profile.estimate(cap), profile.estimate(items)) else {
+            let cap = r.cap.max(1);
+            let Some(full) = profile.estimate(cap) else {
                 continue;
             };
-            items_per_s += cap as f64 / full.as_secs_f64().max(1e-6);
-            own_run = Some(own_run.map_or(own, |o| o.min(own)));
+            measured += 1;
+            full_batches_per_s += 1.0 / full.as_secs_f64().max(1e-6);
+            smallest_cap = smallest_cap.min(cap);
+            slowest_full = slowest_full.max(full);
+            if r.inflight_batches > 0 {
+                let per_batch = r.inflight_items.div_ceil(r.inflight_batches);
+                let run = profile.estimate(per_batch).unwrap_or(full);
+                inflight_s += r.inflight_batches as f64 * run.as_secs_f64();
+            }
         }
-        let own_run = own_run?;
-        let queue_delay = Duration::from_secs_f64(ahead as f64 / items_per_s);
-        let predicted = queue_delay + own_run;
+        if measured == 0 {
+            return None;
+        }
+        let full_ahead = queued / smallest_cap;
+        let own_run = if busy || full_ahead > 0 {
+            slowest_full
+        } else {
+            // An idle replica takes its batch at once.
+            let profile = ready.iter().find_map(|r| self.profile(r.id))?;
+            profile.estimate((queued + items).min(smallest_cap))?
+        };
+        let predicted = Duration::from_secs_f64(
+            inflight_s / measured as f64 + full_ahead as f64 / full_batches_per_s,
+        ) + own_run;
         self.last_prediction = Some(predicted);
         (predicted > allowed).then(|| LateBy {
             predicted,
             excess: predicted - allowed,
         })
     }
+}
+
+/// A ready replica as admission sees it.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct ReadyReplica {
+    pub(super) id: usize,
+    /// The batch cap in force (the target's cut included).
+    pub(super) cap: usize,
+    pub(super) inflight_items: usize,
+    pub(super) inflight_batches: usize,
 }
 
 impl Batcher {
@@ -173,21 +254,25 @@ impl Batcher {
         let Some(target) = self.latency.target() else {
             return Some(request);
         };
-        let ahead = self.queue.items_ahead_of(request.priority)
-            + self
-                .replicas
-                .iter()
-                .map(|r| r.inflight_items)
-                .sum::<usize>();
-        let ready: Vec<(usize, usize)> = (0..self.replicas.len())
+        let queued = self.queue.items_ahead_of(request.priority);
+        let ready: Vec<ReadyReplica> = (0..self.replicas.len())
             .filter(|&i| self.replicas[i].state == ReplicaState::Ready)
-            .map(|i| (self.replicas[i].id, self.limits(i).0))
+            .map(|i| ReadyReplica {
+                id: self.replicas[i].id,
+                cap: self.limits(i).0,
+                inflight_items: self.replicas[i].inflight_items,
+                inflight_batches: self.replicas[i].inflight_batches,
+            })
             .collect();
-        let until_deadline = request.deadline.saturating_duration_since(Instant::now());
-        let Some(late) = self
-            .latency
-            .late_by(request.items, ahead, &ready, until_deadline)
-        else {
+        // The target counts from the request's arrival at the server (its
+        // `enqueued` until the batcher sets it to now).
+        let now = Instant::now();
+        let age = now.saturating_duration_since(request.enqueued);
+        let allowed = target
+            .saturating_sub(age)
+            .min(request.deadline.saturating_duration_since(now))
+            .mul_f64(ADMIT_SHARE);
+        let Some(late) = self.latency.late_by(request.items, queued, &ready, allowed) else {
             return Some(request);
         };
         self.latency.refused_early += 1;
@@ -216,12 +301,21 @@ mod tests {
         control
     }
 
+    fn idle(id: usize) -> ReadyReplica {
+        ReadyReplica {
+            id,
+            cap: 16,
+            inflight_items: 0,
+            inflight_batches: 0,
+        }
+    }
+
     #[test]
     fn without_a_target_nothing_changes() {
         let mut control = control(None);
         assert_eq!(control.batch_cap(0, 16), 16);
         assert_eq!(control.window(0, 16, ms(100)), ms(100));
-        assert_eq!(control.late_by(1, 10_000, &[(0, 16)], ms(1)), None);
+        assert_eq!(control.late_by(1, 10_000, &[idle(0)], ms(1)), None);
     }
 
     #[test]
@@ -232,7 +326,8 @@ mod tests {
         // The window leaves the two runs their time: 20 - 2 x 10 = 0.
         assert_eq!(control.window(0, 5, ms(100)), ms(0));
         let relaxed = self::control(Some(100));
-        assert_eq!(relaxed.batch_cap(0, 16), 16);
+        // All 16 fit 50 ms; 14 runs 95% of 16's items a second.
+        assert_eq!(relaxed.batch_cap(0, 16), 14);
         assert_eq!(relaxed.window(0, 16, ms(100)), ms(58));
         assert_eq!(relaxed.window(0, 16, ms(2)), ms(2));
         // A replica never measured keeps the model's cap.
@@ -242,18 +337,59 @@ mod tests {
     #[test]
     fn arrivals_that_would_finish_late_are_refused_with_the_excess() {
         let mut control = control(Some(100));
-        // 16 items per 21 ms: ~762 items/s; 60 ahead wait ~79 ms, plus 6.
-        assert_eq!(control.late_by(1, 60, &[(0, 16)], ms(5000)), None);
-        let late = control.late_by(1, 160, &[(0, 16)], ms(5000)).expect("late");
-        assert!(late.excess > ms(100) && late.excess < ms(120), "{late:?}");
-        // Its own deadline, when sooner, is what it must meet.
-        assert!(control.late_by(1, 1, &[(0, 16)], ms(3)).is_some());
-        // With nothing ahead it runs, even when its own run is too slow.
-        assert_eq!(control.late_by(1, 0, &[(0, 16)], ms(3)), None);
-        // Two replicas drain twice as fast.
+        // Full batches of 16 take 21 ms: 60 queued are 3 full batches
+        // (63 ms), then its own, full by then (21 ms): 84 ms.
+        assert_eq!(control.late_by(1, 60, &[idle(0)], ms(100)), None);
+        assert_eq!(control.last_prediction, Some(ms(84)));
+        // 20 ms already spent in the server leave 80.
+        let late = control.late_by(1, 60, &[idle(0)], ms(80)).expect("late");
+        assert_eq!(late.excess, ms(4));
+        // 160 queued: 10 batches and its own, 231 ms.
+        let late = control.late_by(1, 160, &[idle(0)], ms(100)).expect("late");
+        assert_eq!(late.excess, ms(131));
+        // Less than a batch queued on an idle replica: it leaves at once
+        // with them (2 items: 7 ms), so a sooner deadline is what counts.
+        assert_eq!(control.late_by(1, 1, &[idle(0)], ms(8)), None);
+        assert!(control.late_by(1, 1, &[idle(0)], ms(6)).is_some());
+        // With nothing queued or running it runs, even when too slow.
+        assert_eq!(control.late_by(1, 0, &[idle(0)], ms(3)), None);
+        // A full batch running: it waits for it, then its own fills.
+        let running = ReadyReplica {
+            inflight_items: 16,
+            inflight_batches: 1,
+            ..idle(0)
+        };
+        assert_eq!(
+            control.late_by(1, 0, &[running], ms(41)),
+            Some(LateBy {
+                predicted: ms(42),
+                excess: ms(1),
+            })
+        );
+        // Two replicas drain twice as fast: 7 batches in 73.5 ms, then 21.
         control.warmed(1, &[(1, ms(6)), (16, ms(21))]);
-        assert_eq!(control.late_by(1, 120, &[(0, 16), (1, 16)], ms(5000)), None);
+        assert_eq!(control.late_by(1, 120, &[idle(0), idle(1)], ms(100)), None);
+        assert!(control.late_by(1, 120, &[idle(0)], ms(100)).is_some());
         // Nothing ready or measured: no prediction.
         assert_eq!(control.late_by(1, 10_000, &[], ms(5000)), None);
+        assert_eq!(control.late_by(1, 10_000, &[idle(9)], ms(5000)), None);
+    }
+
+    #[test]
+    fn back_to_back_batches_count_the_time_between_them() {
+        let mut control = LatencyControl::new(Some(100));
+        let t0 = Instant::now();
+        // Alone: its own run time.
+        control.ran(0, 4, ms(8), t0, true);
+        assert_eq!(control.profile(0).unwrap().estimate(4), Some(ms(8)));
+        // The next was waiting: 12 ms between them, though it ran in 8.
+        for i in 1..=8 {
+            control.ran(0, 4, ms(8), t0 + ms(12 * i), true);
+        }
+        assert_eq!(control.profile(0).unwrap().estimate(4), Some(ms(12)));
+        // After an idle spell (nothing was waiting) the gap is not a run.
+        control.ran(0, 2, ms(5), t0 + ms(200), false);
+        control.ran(0, 2, ms(5), t0 + ms(900), false);
+        assert_eq!(control.profile(0).unwrap().estimate(2), Some(ms(5)));
     }
 }

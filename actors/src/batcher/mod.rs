@@ -511,10 +511,11 @@ impl Handler<BatchDone> for Batcher {
     fn handle(&mut self, msg: BatchDone, ctx: &mut Self::Context) {
         let mut reloading = false;
         let state = self.state.clone();
-        self.latency.ran(msg.replica, msg.items, msg.took);
+        let mut more = false;
         if let Some(slot) = self.slot_mut(msg.replica) {
             slot.inflight_items = slot.inflight_items.saturating_sub(msg.items);
             slot.inflight_batches = slot.inflight_batches.saturating_sub(1);
+            more = slot.inflight_batches > 0;
             let ran = (msg.items - msg.failed_items.min(msg.items)) as u64;
             slot.processed += ran;
             state.usage.ran(ran);
@@ -538,6 +539,8 @@ impl Handler<BatchDone> for Batcher {
                 }
             }
         }
+        self.latency
+            .ran(msg.replica, msg.items, msg.took, Instant::now(), more);
         if reloading {
             warn!(model = %self.model, replica = msg.replica, "replica keeps failing; reloading its engine");
             self.publish_state();

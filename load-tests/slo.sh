@@ -1,0 +1,91 @@
+#!/usr/bin/env bash
+# `make bench-slo`: latency targets under open-loop load. For each model of
+# load-tests/slo_repository.py (`mlp`: 64 -> 2048 x 3 -> 10 with small JSON
+# bodies; `unet-seg` through the v2 binary extension):
+#   1. capacity: closed loop at concurrency 32 for SECONDS_EACH on a server
+#      without a target (200s a second);
+#   2. open loop (`slo-load`: Poisson arrivals, latency counted from each
+#      arrival's scheduled time) at 0.5, 1, 2 and 4 x that capacity, on a
+#      server without a target and on one with `latency_target_ms = TARGET_MS`.
+# Every cell judges answers against TARGET_MS; writes load-tests/SLO_RESULTS.md.
+#
+#   make bench-slo                        # SECONDS_EACH=10 TARGET_MS=50
+#   SECONDS_EACH=5 FACTORS="0.5 2" MODELS=unet-seg WITH=target load-tests/slo.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+python="${PYTHON:-$root/.venv/bin/python}"
+seconds="${SECONDS_EACH:-10}"
+target_ms="${TARGET_MS:-50}"
+factors="${FACTORS:-0.5 1 2 4}"
+models="${MODELS:-mlp unet-seg}"
+withs="${WITH:-none target}"
+cargo build --release --bin gantry -p gantry -p gantry-load-tests --bin slo-load 2>&1 | tail -1
+gantry=target/release/gantry
+load=target/release/slo-load
+export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$root/.onnxruntime/libonnxruntime.so}"
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+"$python" load-tests/slo_repository.py "$work/none"
+"$python" load-tests/slo_repository.py "$work/target" "$target_ms"
+"$python" load-tests/bodies.py "$work"
+
+# shellcheck source=load-tests/serve-lib.sh
+source "$root/load-tests/serve-lib.sh"
+serve() {
+  local dir=$1 port=$2
+  GANTRY__SERVER__BIND=127.0.0.1:$port GANTRY__SERVER__GRPC_BIND= GANTRY__MODELS__DIR=$dir \
+    GANTRY__CACHE__ENABLED=false GANTRY__LOG__LEVEL=warn \
+    "$gantry" --config config/gantry.toml >"$work/$port.log" 2>&1 &
+  pids+=($!)
+  echo $!
+}
+
+# One cell: slo-load's JSON with this cell's labels, a line of $work/cells.
+cell() {
+  local model=$1 with=$2 factor=$3 capacity=$4
+  shift 4
+  local args=(--url "http://127.0.0.1:$port/v2/models/$model/infer" --seconds "$seconds"
+    --target-ms "$target_ms")
+  case $model in
+    mlp) args+=(--body "$work/mlp.v2json") ;;
+    unet-seg) args+=(--body "$work/unet-seg.body" --content-type application/octet-stream
+      --header "Inference-Header-Content-Length:$(cat "$work/unet-seg.len")") ;;
+  esac
+  "$load" "${args[@]}" "$@" | "$python" -c '
+import json, sys
+row = json.load(sys.stdin)
+row.update(model=sys.argv[1], target=sys.argv[2], factor=float(sys.argv[3]), capacity=float(sys.argv[4]))
+print(json.dumps(row))' "$model" "$with" "$factor" "$capacity" >>"$work/cells"
+  sleep 1 # what the cell left queued drains
+}
+
+: >"$work/cells"
+for model in $models; do
+  capacity=""
+  for with in none $withs; do
+    # The server without a target measures capacity, then runs its cells
+    # when WITH names it.
+    [ "$with" = none ] && [ -n "$capacity" ] && continue
+    port=$(free_port)
+    pid=$(serve "$work/$with" "$port")
+    ready "$port"
+    if [ -z "$capacity" ]; then
+      cell "$model" closed 0 0 --concurrency 32
+      capacity=$(tail -1 "$work/cells" | "$python" -c 'import json,sys; print(json.load(sys.stdin)["ok_per_s"])')
+      echo "$model: capacity $capacity/s (closed loop, concurrency 32)"
+    fi
+    if [[ " $withs " == *" $with "* ]]; then
+      for factor in $factors; do
+        rate=$("$python" -c "print(round($factor * $capacity, 1))")
+        cell "$model" "$with" "$factor" "$capacity" --rate "$rate"
+        echo "$model, target $with, ${factor}x ($rate/s): $(tail -1 "$work/cells" | cut -c1-160)"
+      done
+    fi
+    kill "$pid"; wait "$pid" 2>/dev/null || true
+  done
+done
+"$python" load-tests/slo_report.py "$work/cells" "$target_ms" "$seconds" "$(git rev-parse --short HEAD)" |
+  tee load-tests/SLO_RESULTS.md

@@ -1,0 +1,83 @@
+"""Writes load-tests/SLO_RESULTS.md from the cells load-tests/slo.sh ran (one
+slo-load JSON object a line, labelled with model, target, factor and
+capacity). Usage: slo_report.py CELLS TARGET_MS SECONDS COMMIT"""
+import datetime
+import json
+import os
+import platform
+import sys
+
+cells_file, target_ms, seconds, commit = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
+cells = [json.loads(line) for line in open(cells_file) if line.strip()]
+cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+ram_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+refusal_at_once_ms = target_ms / 5
+
+
+def ms(v):
+    return "–" if v is None else f"{v:.1f}"
+
+
+def others(c):
+    return {k: v for k, v in c["statuses"].items() if k != "200"}
+
+
+print("# Latency targets under open-loop load")
+print()
+print(f"`make bench-slo` (load-tests/slo.sh), commit {commit}, {datetime.date.today()}; "
+      f"{os.cpu_count()} cores ({cpu}), {ram_gib:.1f} GiB RAM, {platform.system()}. "
+      "The load generator (`slo-load`, one thread) shares the cores with the server.")
+print()
+print(f"Capacity: closed loop, 32 callers, {seconds} s, on a server without a target (200s a second). "
+      f"Then open loop for {seconds} s a cell: Poisson arrivals at 0.5, 1, 2 and 4 x capacity, sent "
+      "whether or not earlier ones were answered, latency counted from each arrival's scheduled time "
+      f"(a generator that falls behind shows in the latencies). Every cell is judged against {target_ms:g} ms: "
+      f"goodput = 200s within it a second; attainment = their share of the 200s. **with** = the models' "
+      f"model.toml sets `latency_target_ms = {target_ms:g}`; **without** = today's queue and window only. "
+      "`mlp`: 64 -> 2048 -> 2048 -> 2048 -> 10 (load-tests/slo_repository.py), v2 JSON bodies, "
+      "`max_batch_size = 16`; `unet-seg`: the demo UNet through the v2 binary extension, `max_batch_size = 8`.")
+print()
+print("| Model | Target | Load | Offered/s | 200 | Other answers | Goodput/s | Goodput / capacity | Attainment | 200 p50 ms | 200 p99 ms | Others p99 ms | Generator lag p99 ms |")
+print("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+for c in cells:
+    if c["target"] == "closed":
+        print(f"| {c['model']} | capacity | closed, 32 | – | {c['statuses'].get('200', 0)} | "
+              f"{', '.join(f'{k}: {v}' for k, v in others(c).items()) or '–'} | {c['ok_per_s']:.1f} | 1.00 | "
+              f"{c['attainment'] if c['attainment'] is not None else '–'} | {ms(c['ok_ms']['p50'])} | {ms(c['ok_ms']['p99'])} | "
+              f"{ms(c['other_ms']['p99'])} | – |")
+        continue
+    offered = c["mode"]["open_loop"]["rate_per_s"]
+    other = ", ".join(f"{k}: {v}" for k, v in others(c).items()) or "–"
+    if c["not_sent"]:
+        other += f" (not sent: {c['not_sent']})"
+    attainment = "–" if c["attainment"] is None else f"{100 * c['attainment']:.2f}%"
+    print(f"| {c['model']} | {'with' if c['target'] == 'target' else 'without'} | {c['factor']:g}x | {offered:.0f} | "
+          f"{c['statuses'].get('200', 0)} | {other} | {c['goodput_per_s']:.1f} | {c['goodput_per_s'] / c['capacity']:.2f} | "
+          f"{attainment} | {ms(c['ok_ms']['p50'])} | {ms(c['ok_ms']['p99'])} | {ms(c['other_ms']['p99'])} | "
+          f"{ms(c['send_lag_ms']['p99'])} |")
+print()
+print(f"Goals (issue: latency targets), for the cells with a target:")
+print()
+print("| Goal | Model | Measured | |")
+print("| --- | --- | --- | --- |")
+for c in cells:
+    if c["target"] != "target":
+        continue
+    model, f = c["model"], c["factor"]
+    if f == 2:
+        share = c["goodput_per_s"] / c["capacity"]
+        ok = share >= 0.9
+        print(f"| 2x capacity: goodput >= 0.9 x capacity | {model} | {share:.2f} ({c['goodput_per_s']:.0f} of {c['capacity']:.0f}/s) | {'PASS' if ok else 'MISS'} |")
+        att = c["attainment"] or 0.0
+        print(f"| 2x capacity: >= 99% of 200s within {target_ms:g} ms | {model} | {100 * att:.2f}% | {'PASS' if att >= 0.99 else 'MISS'} |")
+        rest = others(c)
+        at_once = set(rest) <= {"429"} and (c["other_ms"]["p99"] or 0) <= refusal_at_once_ms and not c["not_sent"]
+        print(f"| 2x capacity: every other answer a 429 at once (p99 <= {refusal_at_once_ms:g} ms) | {model} | "
+              f"{', '.join(f'{k}: {v}' for k, v in rest.items()) or 'none'}, p99 {ms(c['other_ms']['p99'])} ms | {'PASS' if at_once else 'MISS'} |")
+    if f == 0.5:
+        none_refused = not others(c)
+        print(f"| 0.5x capacity: nothing refused | {model} | {', '.join(f'{k}: {v}' for k, v in others(c).items()) or 'none'} | {'PASS' if none_refused else 'MISS'} |")
+        p99 = c["ok_ms"]["p99"]
+        print(f"| 0.5x capacity: p99 within {target_ms:g} ms | {model} | {ms(p99)} ms | {'PASS' if p99 is not None and p99 <= target_ms else 'MISS'} |")
+print()
+print(f"Command: `make bench-slo` (SECONDS_EACH={seconds}, TARGET_MS={target_ms:g}).")
