@@ -87,5 +87,7 @@ for model in $models; do
     kill "$pid"; wait "$pid" 2>/dev/null || true
   done
 done
-"$python" load-tests/slo_report.py "$work/cells" "$target_ms" "$seconds" "$(git rev-parse --short HEAD)" |
+# The cells stay in target/slo/ (slo_report.py rewrites the report from them).
+mkdir -p target/slo && cp "$work/cells" target/slo/cells.jsonl
+"$python" load-tests/slo_report.py target/slo/cells.jsonl "$target_ms" "$seconds" "$(git rev-parse --short HEAD)" |
   tee load-tests/SLO_RESULTS.md

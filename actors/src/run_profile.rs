@@ -85,7 +85,7 @@ impl RunProfile {
     /// run was recorded.
     pub fn estimate(&self, items: usize) -> Option<Duration> {
         let items = items.max(1);
-        let from_fresh = self.from_usable(items);
+        let from_fresh = self.estimate_from_usable(items);
         let stale = self
             .runs
             .get(&items)
@@ -98,7 +98,7 @@ impl RunProfile {
     }
 
     /// The estimate from the usable sizes only.
-    fn from_usable(&self, items: usize) -> Option<Duration> {
+    fn estimate_from_usable(&self, items: usize) -> Option<Duration> {
         if let Some(exact) = self.measured(items) {
             return Some(exact);
         }

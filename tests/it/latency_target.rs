@@ -70,20 +70,22 @@ async fn a_burst_past_the_target_is_refused_at_once_and_batches_fit_it() {
     );
     let server = Arc::new(TestServer::ready(config(repo.path()), provider()).await);
     let batcher = server.stats().await["model_pools"]["m"]["batcher"].clone();
-    // Warmup measured about 25 ms at 1 item and 60 ms at 8: half the
-    // target (50 ms) holds 6 items (5 when the sleeps ran long); the
-    // window leaves two such runs their time (0-10 ms of the 50).
+    // Warmup measured about 25 ms at 1 item and 60 ms at 8: half of 70%
+    // of the target (35 ms) holds 3 items (2 when the sleeps ran long);
+    // the window leaves two such runs their time (30-50 ms of the 100).
     let cap = batcher["max_batch_size"].as_u64().unwrap();
-    assert!((4..=6).contains(&cap), "{batcher}");
+    assert!((2..=3).contains(&cap), "{batcher}");
     assert_eq!(batcher["cap_reason"], "latency_target", "{batcher}");
-    assert!(batcher["window_ms"].as_u64().unwrap() <= 10, "{batcher}");
+    assert!(batcher["window_ms"].as_u64().unwrap() <= 50, "{batcher}");
     assert_eq!(batcher["latency"]["target_ms"], 100, "{batcher}");
 
     let answers = burst(&server, 40, 0).await;
     let ok = answers.iter().filter(|a| a.0 == 200).count();
     let refused: Vec<_> = answers.iter().filter(|a| a.0 == 429).collect();
     assert_eq!(ok + refused.len(), 40, "only 200s and 429s: {answers:?}");
-    assert!(ok >= 4, "what the target allows is served: {ok}");
+    // The first runs at once, and what admission's margin lets wait
+    // behind it.
+    assert!(ok >= 2, "what the target allows is served: {ok}");
     assert!(
         refused.len() >= 10,
         "the rest is refused: {}",
@@ -103,14 +105,16 @@ async fn a_burst_past_the_target_is_refused_at_once_and_batches_fit_it() {
     assert_eq!(batcher["expired"], 0, "nothing queued to expire: {batcher}");
     let fill = batcher["batch_fill"].as_object().unwrap();
     let largest = fill.keys().map(|size| size.parse::<u64>().unwrap()).max();
-    assert!(largest.is_some_and(|n| n <= 6), "{fill:?}");
+    assert!(largest.is_some_and(|n| n <= 3), "{fill:?}");
     let runs = &server.stats().await["model_pools"]["m"]["replicas"][0]["run_ms"];
     assert!(runs["1"].as_f64().unwrap() >= 25.0, "{runs}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_high_priority_arrival_is_admitted_where_low_ones_are_refused() {
-    let repo = Repo::new().fake("m", "max_batch_size = 8\nlatency_target_ms = 200\n");
+    // Behind the two batches of lows in flight (2 x 60 ms) and its own
+    // (60 ms), with admission's margin (/ 0.7): 257 ms.
+    let repo = Repo::new().fake("m", "max_batch_size = 8\nlatency_target_ms = 300\n");
     let server = Arc::new(TestServer::ready(config(repo.path()), provider()).await);
     let answers = burst(&server, 60, 3).await;
     let lows = &answers[..60];
