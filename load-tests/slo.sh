@@ -43,7 +43,17 @@ serve() {
   echo $!
 }
 
-# One cell: slo-load's JSON with this cell's labels, a line of $work/cells.
+# The server's own count of successes within and past the target (its
+# Prometheus counters for $model), as "WITHIN PAST".
+server_counts() {
+  curl -s "127.0.0.1:$port/metrics" | awk -v m="model=\"$1\"" '
+    index($0, "gantry_requests_within_target_total{") == 1 && index($0, m) { w = $NF }
+    index($0, "gantry_requests_past_target_total{") == 1 && index($0, m) { p = $NF }
+    END { printf "%d %d\n", w, p }'
+}
+
+# One cell: slo-load's JSON with this cell's labels (and the server's own
+# within/past counts over the cell), a line of $work/cells.
 cell() {
   local model=$1 with=$2 factor=$3 capacity=$4
   shift 4
@@ -54,11 +64,17 @@ cell() {
     unet-seg) args+=(--body "$work/unet-seg.body" --content-type application/octet-stream
       --header "Inference-Header-Content-Length:$(cat "$work/unet-seg.len")") ;;
   esac
-  "$load" "${args[@]}" "$@" | "$python" -c '
+  local before
+  before=$(server_counts "$model")
+  "$load" "${args[@]}" "$@" >"$work/cell.json"
+  "$python" -c '
 import json, sys
-row = json.load(sys.stdin)
-row.update(model=sys.argv[1], target=sys.argv[2], factor=float(sys.argv[3]), capacity=float(sys.argv[4]))
-print(json.dumps(row))' "$model" "$with" "$factor" "$capacity" >>"$work/cells"
+row = json.load(open(sys.argv[1]))
+row.update(model=sys.argv[2], target=sys.argv[3], factor=float(sys.argv[4]), capacity=float(sys.argv[5]))
+(w0, p0), (w1, p1) = (map(int, sys.argv[i].split()) for i in (6, 7))
+row["server"] = {"within_target": w1 - w0, "past_target": p1 - p0}
+print(json.dumps(row))' "$work/cell.json" "$model" "$with" "$factor" "$capacity" "$before" \
+    "$(server_counts "$model")" >>"$work/cells"
   sleep 1 # what the cell left queued drains
 }
 
