@@ -134,18 +134,18 @@ impl RunProfile {
         Some(best)
     }
 
-    /// The smallest batch, at most `cap` and within `budget`, that runs at
-    /// least `share` of the best throughput (items a second) of those
-    /// sizes: past the knee a bigger batch only waits longer for little
-    /// more throughput. `None` before any run was recorded.
-    pub fn knee_within(&self, cap: usize, budget: Duration, share: f64) -> Option<usize> {
+    /// The batch, at most `cap` and expected within `budget`, that runs
+    /// the most items a second (the smallest of equals: on a CPU a
+    /// convolutional model often runs as fast per item one at a time, and
+    /// a smaller batch waits less). `None` before any run was recorded.
+    pub fn fastest_within(&self, cap: usize, budget: Duration) -> Option<usize> {
         let largest = self.largest_within(cap, budget)?;
         let throughput = |n: usize| {
             self.estimate(n)
                 .map_or(0.0, |t| n as f64 / t.as_secs_f64().max(1e-9))
         };
         let best = (1..=largest).map(throughput).fold(0.0, f64::max);
-        (1..=largest).find(|&n| throughput(n) >= share * best)
+        (1..=largest).find(|&n| throughput(n) >= best * (1.0 - 1e-9))
     }
 
     /// The usable sizes with their median run times, for stats.
@@ -252,19 +252,24 @@ mod tests {
     }
 
     #[test]
-    fn the_knee_is_the_smallest_batch_near_the_best_throughput() {
+    fn the_fastest_batch_within_a_budget() {
         // 5 ms + 1 ms per item: throughput keeps rising with the batch.
         let mut rising = RunProfile::default();
         rising.record(1, ms(6));
         rising.record(16, ms(21));
-        // Best within 100 ms is 16 (0.76 items/ms); 95% of it from 14.
-        assert_eq!(rising.knee_within(16, ms(100), 0.95), Some(14));
-        assert_eq!(rising.knee_within(16, ms(100), 1.0), Some(16));
+        assert_eq!(rising.fastest_within(16, ms(100)), Some(16));
+        assert_eq!(rising.fastest_within(16, ms(15)), Some(10));
         // 3 ms an item whatever the batch (a CPU-bound UNet): one item is
         // as fast as eight, and waits far less.
         let mut flat = RunProfile::default();
         flat.record(1, ms(3));
         flat.record(8, ms(24));
-        assert_eq!(flat.knee_within(8, ms(25), 0.95), Some(1));
+        assert_eq!(flat.fastest_within(8, ms(25)), Some(1));
+        // Batches past a size that runs slower per item: that size.
+        let mut peaked = RunProfile::default();
+        peaked.record(1, ms(4));
+        peaked.record(4, ms(8));
+        peaked.record(8, ms(24));
+        assert_eq!(peaked.fastest_within(8, ms(25)), Some(4));
     }
 }
