@@ -132,9 +132,11 @@ impl LatencyControl {
     /// The cap on a batch for `replica` whose model allows `cap`: of the
     /// batches expected to run within half the target (less admission's
     /// margin, so that admission lets one wait behind another), the
-    /// one that runs the most items a second (measured with `make
-    /// bench-slo`: unet-seg at 2x capacity kept 0.88-0.89 of capacity this
-    /// way, 0.78-0.96 with the smallest batch within 95% of the best).
+    /// one that runs the most items a second: what goodput under overload
+    /// needs. (The smallest batch within 95% of the best, for shorter
+    /// waits, measured no better with `make bench-slo`: unet-seg at 2x
+    /// capacity kept 0.78-0.96 of capacity that way, 0.73-0.89 this way,
+    /// within the machine's noise.)
     pub(super) fn batch_cap(&self, replica: usize, cap: usize) -> usize {
         match (self.target, self.profile(replica)) {
             (Some(target), Some(profile)) => profile
