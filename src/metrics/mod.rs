@@ -121,9 +121,10 @@ impl Metrics {
                 .get_or_create(&model_label)
                 .observe(queued.as_secs_f64());
         }
-        if let Some(target) = r.target.filter(|_| ok) {
-            self.series
-                .answered_for_target(&model_label, r.duration <= target);
+        // Decided once, for Prometheus and the stats window alike.
+        let within = r.target.filter(|_| ok).map(|target| r.duration <= target);
+        if let Some(within) = within {
+            self.series.answered_for_target(&model_label, within);
         }
         let window = self.window(model);
         let latency_ms = r.duration.as_secs_f64() * 1000.0;
@@ -131,7 +132,7 @@ impl Metrics {
             Instant::now(),
             ok,
             latency_ms,
-            r.target,
+            within,
         );
     }
 

@@ -92,9 +92,10 @@ impl Window {
         now.duration_since(self.epoch).as_secs()
     }
 
-    /// Counts a request; `latency_ms` is kept for successes, and with a
-    /// latency `target` a success counts within or past it.
-    pub fn record(&mut self, now: Instant, ok: bool, latency_ms: f64, target: Option<Duration>) {
+    /// Counts a request; `latency_ms` is kept for successes, and a success
+    /// of a model with a latency target counts `within` it (`Some(true)`)
+    /// or past it (`Some(false)`).
+    pub fn record(&mut self, now: Instant, ok: bool, latency_ms: f64, within: Option<bool>) {
         let at = self.second(now);
         let second = &mut self.seconds[(at % SPAN.as_secs()) as usize];
         if second.at != at {
@@ -108,12 +109,10 @@ impl Window {
             second.errors += 1;
             return;
         }
-        if let Some(target) = target {
-            if latency_ms <= target.as_secs_f64() * 1000.0 {
-                second.within_target += 1;
-            } else {
-                second.past_target += 1;
-            }
+        match within {
+            Some(true) => second.within_target += 1,
+            Some(false) => second.past_target += 1,
+            None => {}
         }
         let slot_at = at / SLOT_S;
         let slot = self.slots[(slot_at % SLOTS as u64) as usize].get_or_insert_with(|| Slot {
@@ -246,12 +245,11 @@ mod tests {
     fn successes_count_within_or_past_the_target() {
         let t0 = Instant::now();
         let mut w = Window::new(t0);
-        let target = Some(Duration::from_millis(50));
-        for latency in [10.0, 50.0, 50.5, 80.0] {
-            w.record(t0, true, latency, target);
+        for within in [true, true, false, false] {
+            w.record(t0, true, 10.0, Some(within));
         }
-        // A failure is neither, however fast.
-        w.record(t0, false, 1.0, target);
+        // A failure is neither.
+        w.record(t0, false, 1.0, Some(true));
         let s = w.summary(t0 + Duration::from_secs(2));
         assert_eq!((s.within_target, s.past_target, s.errors), (2, 2, 1));
         assert_eq!(s.covered_s, 2.0);
