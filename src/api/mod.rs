@@ -57,6 +57,7 @@ impl AppState {
 
 /// Registers every route, and JSON 404/405 for everything else.
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    v2::config_v2_infer_api(cfg);
     predict::config_predict_api(cfg);
     upload::config_upload_api(cfg);
     predictions::config_predictions_api(cfg);

@@ -28,15 +28,25 @@ use encode::{encode, EncodedAnswer, InferAnswer};
 
 const HEADER_LENGTH: &str = "inference-header-content-length";
 
+const MODEL_PREFIXES: [&str; 2] = [
+    "/v2/models/{model}",
+    "/v2/models/{model}/versions/{version}",
+];
+
+/// The inference routes, registered before every other route: actix tries
+/// resources in the order they were registered, matching each pattern in
+/// turn, and inference is nearly all of the traffic.
+pub fn config_v2_infer_api(cfg: &mut web::ServiceConfig) {
+    for prefix in MODEL_PREFIXES {
+        cfg.service(route(Method::POST, &format!("{prefix}/infer"), infer));
+    }
+}
+
 pub fn config_v2_api(cfg: &mut web::ServiceConfig) {
     cfg.service(route(Method::GET, "/v2", server_metadata));
-    for prefix in [
-        "/v2/models/{model}",
-        "/v2/models/{model}/versions/{version}",
-    ] {
+    for prefix in MODEL_PREFIXES {
         cfg.service(route(Method::GET, prefix, model_metadata))
-            .service(route(Method::GET, &format!("{prefix}/ready"), model_ready))
-            .service(route(Method::POST, &format!("{prefix}/infer"), infer));
+            .service(route(Method::GET, &format!("{prefix}/ready"), model_ready));
     }
 }
 
