@@ -8,6 +8,9 @@
 #      arrival's scheduled time) at 0.5, 1, 2 and 4 x that capacity, on a
 #      server without a target and on one with `latency_target_ms = TARGET_MS`.
 # Every cell judges answers against TARGET_MS; writes load-tests/SLO_RESULTS.md.
+# On a machine of two cores or more the generator runs on core 0 and the
+# server on the others (taskset), so that a cell measures the server and not
+# the cores the generator left it (SPLIT=no shares them all).
 #
 #   make bench-slo                        # SECONDS_EACH=10 TARGET_MS=50
 #   SECONDS_EACH=5 FACTORS="0.5 2" MODELS=unet-seg WITH=target load-tests/slo.sh
@@ -20,6 +23,17 @@ target_ms="${TARGET_MS:-50}"
 factors="${FACTORS:-0.5 1 2 4}"
 models="${MODELS:-mlp unet-seg}"
 withs="${WITH:-none target}"
+cores=$(nproc)
+server_cpus="" load_cpus=""
+if [ "${SPLIT:-yes}" != no ] && [ "$cores" -ge 2 ] && command -v taskset >/dev/null; then
+  server_cpus="1-$((cores - 1))" load_cpus=0
+fi
+# Runs "$@" on the given cores (all of them when none are given).
+on_cpus() {
+  local cpus=$1
+  shift
+  if [ -n "$cpus" ]; then taskset -c "$cpus" "$@"; else "$@"; fi
+}
 cargo build --release --bin gantry -p gantry -p gantry-load-tests --bin slo-load 2>&1 | tail -1
 gantry=target/release/gantry
 load=target/release/slo-load
@@ -38,7 +52,7 @@ serve() {
   local dir=$1 port=$2
   GANTRY__SERVER__BIND=127.0.0.1:$port GANTRY__SERVER__GRPC_BIND= GANTRY__MODELS__DIR=$dir \
     GANTRY__CACHE__ENABLED=false GANTRY__LOG__LEVEL=warn \
-    "$gantry" --config config/gantry.toml >"$work/$port.log" 2>&1 &
+    on_cpus "$server_cpus" "$gantry" --config config/gantry.toml >"$work/$port.log" 2>&1 &
   pids+=($!)
   echo $!
 }
@@ -66,7 +80,7 @@ cell() {
   esac
   local before
   before=$(server_counts "$model")
-  "$load" "${args[@]}" "$@" >"$work/cell.json"
+  on_cpus "$load_cpus" "$load" "${args[@]}" "$@" >"$work/cell.json"
   "$python" -c '
 import json, sys
 row = json.load(open(sys.argv[1]))
@@ -105,5 +119,6 @@ for model in $models; do
 done
 # The cells stay in target/slo/ (slo_report.py rewrites the report from them).
 mkdir -p target/slo && cp "$work/cells" target/slo/cells.jsonl
-"$python" load-tests/slo_report.py target/slo/cells.jsonl "$target_ms" "$seconds" "$(git rev-parse --short HEAD)" |
+"$python" load-tests/slo_report.py target/slo/cells.jsonl "$target_ms" "$seconds" "$(git rev-parse --short HEAD)" \
+  "${server_cpus:-all}" "${load_cpus:-all}" |
   tee load-tests/SLO_RESULTS.md

@@ -1,6 +1,7 @@
 """Writes load-tests/SLO_RESULTS.md from the cells load-tests/slo.sh ran (one
 slo-load JSON object a line, labelled with model, target, factor and
-capacity). Usage: slo_report.py CELLS TARGET_MS SECONDS COMMIT"""
+capacity). Usage: slo_report.py CELLS TARGET_MS SECONDS COMMIT [SERVER_CPUS LOAD_CPUS]
+(the cores each ran on, as taskset lists them, or `all`)"""
 import datetime
 import json
 import os
@@ -8,6 +9,9 @@ import platform
 import sys
 
 cells_file, target_ms, seconds, commit = sys.argv[1], float(sys.argv[2]), sys.argv[3], sys.argv[4]
+server_cpus, load_cpus = (sys.argv[5:7] + ["all", "all"])[:2]
+shared = server_cpus == "all" or load_cpus == "all"
+settings = os.environ.get("MODEL_SETTINGS", "").strip()
 cells = [json.loads(line) for line in open(cells_file) if line.strip()]
 cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
 ram_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
@@ -28,8 +32,11 @@ def others(c):
 print("# Latency targets under open-loop load")
 print()
 print(f"`make bench-slo` (load-tests/slo.sh), commit {commit}, {datetime.date.today()}; "
-      f"{os.cpu_count()} cores ({cpu}), {ram_gib:.1f} GiB RAM, {platform.system()}. "
-      "The load generator (`slo-load`, one thread) shares the cores with the server.")
+      f"{os.cpu_count()} cores ({cpu}), {ram_gib:.1f} GiB RAM, {platform.system()}. " +
+      ("The load generator (`slo-load`, one thread) shares the cores with the server." if shared else
+       f"The load generator (`slo-load`, one thread) runs on core {load_cpus}, the server on core(s) "
+       f"{server_cpus} (taskset), so a cell measures the server, not what the generator left it "
+       f"(`SPLIT=no` shares them)."))
 print()
 print(f"Capacity: closed loop, 32 callers, {seconds} s, on a server without a target (200s a second). "
       f"Then open loop for {seconds} s a cell: Poisson arrivals at 0.5, 1, 2 and 4 x capacity, sent "
@@ -38,7 +45,9 @@ print(f"Capacity: closed loop, 32 callers, {seconds} s, on a server without a ta
       f"goodput = 200s within it a second; attainment = their share of the 200s. **with** = the models' "
       f"model.toml sets `latency_target_ms = {target_ms:g}`; **without** = today's queue and window only. "
       "`mlp`: 64 -> 2048 -> 2048 -> 2048 -> 10 (load-tests/slo_repository.py), v2 JSON bodies, "
-      "`max_batch_size = 16`; `unet-seg`: the demo UNet through the v2 binary extension, `max_batch_size = 8`.")
+      "`max_batch_size = 16`; `unet-seg`: the demo UNet through the v2 binary extension, `max_batch_size = 8`." +
+      (" Every model.toml also sets " + ", ".join(f"`{line.strip()}`" for line in settings.splitlines() if line.strip()) +
+       " (MODEL_SETTINGS)." if settings else ""))
 print()
 print("| Model | Target | Load | Offered/s | 200 | Other answers | Goodput/s | Goodput / capacity | Attainment | Server's attainment | 200 p50 ms | 200 p99 ms | Others p99 ms | Generator lag p99 ms |")
 print("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
@@ -70,7 +79,7 @@ print("Server's attainment: the same share as the server counted it (`gantry_req
       "the cores before they were sent and after they were answered.")
 print()
 print(f"(behind): the generator's p99 send lag passed {lag_limit_ms:g} ms: it could not keep to its "
-      "schedule on the shared cores, so that cell measured what the cores had to spare as much as the "
+      "schedule, so that cell measured what the cores had to spare as much as the "
       "server (its latencies include the lag).")
 print()
 print(f"Goals (issue: latency targets), for the cells with a target:")
@@ -101,4 +110,6 @@ for c in cells:
         p99 = c["ok_ms"]["p99"]
         print(f"| 0.5x capacity: p99 within {target_ms:g} ms | {model} | {ms(p99)} ms | {'PASS' if p99 is not None and p99 <= target_ms else 'MISS'} |")
 print()
-print(f"Command: `make bench-slo` (SECONDS_EACH={seconds}, TARGET_MS={target_ms:g}).")
+knobs = [f"SECONDS_EACH={seconds}", f"TARGET_MS={target_ms:g}"] + (["SPLIT=no"] if os.environ.get("SPLIT") == "no" else [])
+knobs += [f"MODEL_SETTINGS={settings!r}"] if settings else []
+print(f"Command: `make bench-slo` ({', '.join(knobs)}).")

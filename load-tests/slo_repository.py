@@ -2,7 +2,9 @@
 `mlp` (64 -> 2048 -> 2048 -> 2048 -> 10, FP32, about 33 MB: compute-bound,
 small JSON bodies) with `max_batch_size = 16`, and a copy of the demo
 `unet-seg` with its own model.toml; with TARGET_MS each model.toml also sets
-`latency_target_ms`. Usage: slo_repository.py DIR [TARGET_MS]"""
+`latency_target_ms`; the environment's MODEL_SETTINGS (model.toml lines,
+e.g. "replicas = 2" and "intra_op_threads = 1") go into both. Usage:
+slo_repository.py DIR [TARGET_MS]"""
 import os
 import shutil
 import sys
@@ -12,6 +14,8 @@ from onnx import TensorProto, helper, numpy_helper, save
 
 out = sys.argv[1]
 target = f"latency_target_ms = {sys.argv[2]}\n" if len(sys.argv) > 2 else ""
+extra = os.environ.get("MODEL_SETTINGS", "").strip()
+target += extra + "\n" if extra else ""
 rng = np.random.default_rng(7)
 widths = [64, 2048, 2048, 2048, 10]
 nodes, inits, x = [], [], "features"
