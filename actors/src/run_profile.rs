@@ -140,12 +140,15 @@ impl RunProfile {
     /// a smaller batch waits less). `None` before any run was recorded.
     pub fn fastest_within(&self, cap: usize, budget: Duration) -> Option<usize> {
         let largest = self.largest_within(cap, budget)?;
-        let throughput = |n: usize| {
-            self.estimate(n)
-                .map_or(0.0, |t| n as f64 / t.as_secs_f64().max(1e-9))
-        };
-        let best = (1..=largest).map(throughput).fold(0.0, f64::max);
-        (1..=largest).find(|&n| throughput(n) >= best * (1.0 - 1e-9))
+        let throughputs: Vec<f64> = (1..=largest)
+            .map(|n| {
+                self.estimate(n)
+                    .map_or(0.0, |t| n as f64 / t.as_secs_f64().max(1e-9))
+            })
+            .collect();
+        let best = throughputs.iter().copied().fold(0.0, f64::max);
+        let first_best = throughputs.iter().position(|&t| t >= best * (1.0 - 1e-9))?;
+        Some(first_best + 1)
     }
 
     /// The usable sizes with their median run times, for stats.

@@ -27,6 +27,7 @@
 //!
 //! Without a target, or before any run was measured, nothing changes.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
@@ -61,6 +62,10 @@ pub(super) struct LatencyControl {
     pub(super) last_prediction: Option<Duration>,
     /// [`ADMIT_SHARE`] (1 in tests of the prediction's arithmetic).
     admit_share: f64,
+    /// By replica id: the last cap asked for and the target's cut of it.
+    /// Asked at every arrival and dispatch, it changes only when that
+    /// replica's profile does (which forgets it).
+    caps: RefCell<BTreeMap<usize, (usize, usize)>>,
 }
 
 /// A request predicted to finish past its target: by how much.
@@ -85,6 +90,7 @@ impl LatencyControl {
 
     /// Replica `replica` warmed up with these runs (size, time).
     pub(super) fn warmed(&mut self, replica: usize, runs: &[(usize, Duration)]) {
+        self.caps.get_mut().remove(&replica);
         let profile = self.profiles.entry(replica).or_default();
         for &(items, took) in runs {
             profile.record(items, took);
@@ -110,6 +116,7 @@ impl LatencyControl {
             _ => Duration::ZERO,
         };
         if took > Duration::ZERO {
+            self.caps.get_mut().remove(&replica);
             self.profiles
                 .entry(replica)
                 .or_default()
@@ -122,6 +129,7 @@ impl LatencyControl {
         let ids: Vec<usize> = ids.collect();
         self.profiles.retain(|id, _| ids.contains(id));
         self.last_done.retain(|id, _| ids.contains(id));
+        self.caps.get_mut().retain(|id, _| ids.contains(id));
     }
 
     /// Replica `replica`'s profile, if it ran anything.
@@ -138,12 +146,19 @@ impl LatencyControl {
     /// capacity kept 0.78-0.96 of capacity that way, 0.73-0.89 this way,
     /// within the machine's noise.)
     pub(super) fn batch_cap(&self, replica: usize, cap: usize) -> usize {
-        match (self.target, self.profile(replica)) {
-            (Some(target), Some(profile)) => profile
-                .fastest_within(cap, target.mul_f64(self.admit_share) / 2)
-                .unwrap_or(cap),
-            _ => cap,
+        let (Some(target), Some(profile)) = (self.target, self.profile(replica)) else {
+            return cap;
+        };
+        if let Some(&(asked, cut)) = self.caps.borrow().get(&replica) {
+            if asked == cap {
+                return cut;
+            }
         }
+        let cut = profile
+            .fastest_within(cap, target.mul_f64(self.admit_share) / 2)
+            .unwrap_or(cap);
+        self.caps.borrow_mut().insert(replica, (cap, cut));
+        cut
     }
 
     /// How long the oldest request may wait for a fuller batch for

@@ -125,8 +125,8 @@ impl Target {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    // One thread: the generator shares the cores with the server, and one
-    // thread sends tens of thousands of small requests a second.
+    // One thread: it sends tens of thousands of small requests a second,
+    // and slo.sh gives it one core of its own (or shares them all).
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
