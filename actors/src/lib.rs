@@ -8,6 +8,7 @@
 //! [`InferRequest`](messages::InferRequest) that carries its own reply
 //! channel, and await the answer.
 
+pub mod admission;
 pub mod arbiter;
 pub mod autoscale;
 pub mod batcher;

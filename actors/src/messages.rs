@@ -244,6 +244,9 @@ pub struct LatencySnapshot {
     pub target_ms: u64,
     /// Requests refused 429 at arrival: predicted to finish late.
     pub refused_early: u64,
+    /// Of those, refused where they arrived, by the batcher's last
+    /// prediction (see [`crate::admission`]).
+    pub refused_at_door: u64,
     /// The last arrival's predicted time to answer (queue and run), ms.
     pub predicted_ms: Option<f64>,
 }

@@ -4,11 +4,12 @@
 //! a handle never names the batcher's type).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use actix::dev::{RecipientRequest, SendError};
 use actix::{Actor, Addr, Context, Handler, Message, Recipient};
 
+use crate::admission::would_finish_late;
 use crate::error::InferError;
 use crate::memory::BudgetFreed;
 use crate::messages::{
@@ -204,8 +205,19 @@ impl ModelHandle {
     }
 
     /// Hands a request to the batcher without waiting: a full mailbox is a
-    /// full queue (429), a closed one a batcher that has stopped.
+    /// full queue (429), a closed one a batcher that has stopped. With a
+    /// latency target, a request the batcher's last prediction says would
+    /// finish late is refused here (429, see [`crate::admission`]).
     pub fn submit(&self, request: InferRequest) -> Result<(), InferError> {
+        if let Some(target) = self.spec.settings.latency_target_ms {
+            let target = Duration::from_millis(target);
+            let door = &self.state.door;
+            if let Some(late) =
+                door.refuses(request.priority, target, request.enqueued, request.deadline)
+            {
+                return Err(would_finish_late(&self.spec.name, target, late));
+            }
+        }
         self.batcher
             .try_send(Enqueue(request))
             .map_err(|e| match e {

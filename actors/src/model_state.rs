@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
+use crate::admission::AdmissionDoor;
 use crate::readiness::Readiness;
 use crate::repository::ModelSpec;
 use crate::signature::ModelSignature;
@@ -72,6 +73,8 @@ pub struct ModelState {
     changes: tokio::sync::watch::Sender<u64>,
     /// How it is used, for the supervisor's residency decisions.
     pub usage: ModelUsage,
+    /// Its batcher's predictions, for admission where requests arrive.
+    pub door: AdmissionDoor,
     /// Footprints measured across the process, for opening bids.
     footprints: LearnedFootprints,
 }

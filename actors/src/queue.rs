@@ -145,6 +145,20 @@ impl PendingQueue {
             .sum()
     }
 
+    /// [`Self::items_ahead_of`] each priority, by [`Priority::rank`], in
+    /// one pass.
+    ///
+    /// [`Priority::rank`]: crate::priority::Priority::rank
+    pub fn items_ahead_of_each(&self) -> [usize; 3] {
+        let mut at = [0usize; 3];
+        for group in &self.groups {
+            for (rank, level) in group.levels.iter().enumerate() {
+                at[rank] += level.iter().map(|r| r.items).sum::<usize>();
+            }
+        }
+        [at[0], at[0] + at[1], at[0] + at[1] + at[2]]
+    }
+
     /// True when some waiting requests are pinned to a replica.
     pub fn has_pins(&self) -> bool {
         self.groups.iter().any(|g| g.key.pin.is_some())

@@ -152,6 +152,9 @@ struct LatencyStats {
     target_ms: u64,
     /// Refused 429 at arrival: predicted to finish past the target.
     refused_early: u64,
+    /// Of those, refused where they arrived (the HTTP or gRPC worker) by
+    /// the batcher's last prediction, without the hop to it.
+    refused_at_door: u64,
     /// The last arrival's predicted time to answer (queue and run), ms.
     predicted_ms: Option<f64>,
 }
@@ -368,6 +371,7 @@ fn pool(m: &ModelSnapshot, mailbox_refusals: u64) -> Pool {
             latency: b.latency.as_ref().map(|l| LatencyStats {
                 target_ms: l.target_ms,
                 refused_early: l.refused_early,
+                refused_at_door: l.refused_at_door,
                 predicted_ms: l.predicted_ms.map(|ms| (ms * 1000.0).round() / 1000.0),
             }),
         },

@@ -110,6 +110,54 @@ async fn a_burst_past_the_target_is_refused_at_once_and_batches_fit_it() {
     assert!(runs["1"].as_f64().unwrap() >= 25.0, "{runs}");
 }
 
+/// Under a steady overload the batcher's published prediction refuses
+/// arrivals where they arrive (counted apart, and in `refused_early` with
+/// the batcher's own refusals); once the work is done, the door lets
+/// requests through again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn arrivals_behind_late_work_are_refused_at_the_door() {
+    let repo = Repo::new().fake("m", "max_batch_size = 2\nlatency_target_ms = 100\n");
+    let server = Arc::new(TestServer::ready(config(repo.path()), provider()).await);
+    // Eight callers, each sending again as soon as it is answered: far
+    // more than batches of 2 at 30 ms drain within 100 ms.
+    let end = tokio::time::Instant::now() + Duration::from_millis(600);
+    let mut callers = Vec::new();
+    for caller in 0..8 {
+        let server = server.clone();
+        callers.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while tokio::time::Instant::now() < end {
+                let (status, answer) = server
+                    .post("/api/optimized/predict", &body(caller, "normal"))
+                    .await;
+                match status {
+                    200 => {}
+                    429 => assert_eq!(answer["code"], "would_finish_late", "{answer}"),
+                    other => panic!("unexpected {other}: {answer}"),
+                }
+                statuses.push(status);
+            }
+            statuses
+        }));
+    }
+    let mut statuses = Vec::new();
+    for caller in callers {
+        statuses.extend(caller.await.expect("caller"));
+    }
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert!(statuses.contains(&200), "some are served");
+    let latency = server.stats().await["model_pools"]["m"]["batcher"]["latency"].clone();
+    assert_eq!(latency["refused_early"], refused, "{latency}");
+    let at_door = latency["refused_at_door"].as_u64().expect("counted");
+    assert!(at_door >= 1 && at_door as usize <= refused, "{latency}");
+    // Everything answered (and the batcher has seen its last batch done,
+    // before it answered the stats): nothing ahead, so the next one runs.
+    let (status, answer) = server
+        .post("/api/optimized/predict", &body(0, "normal"))
+        .await;
+    assert_eq!(status, 200, "{answer}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_high_priority_arrival_is_admitted_where_low_ones_are_refused() {
     // Behind the two batches of lows in flight (2 x 60 ms) and its own

@@ -23,7 +23,10 @@
 //!   instead of queueing to answer late (one with nothing ahead of it
 //!   always runs). A high-priority request only counts high-priority work
 //!   queued ahead of it, so it is admitted where a low-priority one is
-//!   refused.
+//!   refused. After every dispatch the prediction for one more request of
+//!   each priority is published to the model's door
+//!   ([`crate::admission`]), which refuses what it says is late where the
+//!   request arrives, without the hop here.
 //!
 //! Without a target, or before any run was measured, nothing changes.
 
@@ -32,20 +35,10 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::{Batcher, ReplicaState};
-use crate::error::InferError;
+use crate::admission::{self, LateBy, ADMIT_SHARE};
 use crate::messages::InferRequest;
+use crate::priority::Priority;
 use crate::run_profile::RunProfile;
-
-/// Admission counts a prediction as this share of what the request will
-/// really take: a request is admitted when its predicted queue and run,
-/// divided by it, fit the time it has left. Under overload the queue stays
-/// filled up to what admission allows, so the admitted answer close to it;
-/// the margin, proportional to the prediction (a longer wait is a longer
-/// sum of runs that may each be slower than their median), is for that and
-/// for what the batcher does not see (the answer's encoding and sending).
-/// Measured with `make bench-slo` (unet-seg, 50 ms, 2x and 4x capacity):
-/// 0.8 left 1.6-3% of the 200s past the target, 0.7 about 1%.
-pub(super) const ADMIT_SHARE: f64 = 0.7;
 
 /// What a model's latency target decides, and what it refused.
 #[derive(Debug, Default)]
@@ -56,6 +49,9 @@ pub(super) struct LatencyControl {
     /// By replica id: when its last batch was done, and whether another
     /// batch was already waiting at it then (so that one started at once).
     last_done: BTreeMap<usize, (Instant, bool)>,
+    /// By replica id: when the batch it runs now started (sent to it idle,
+    /// or the one before it was done).
+    running_since: BTreeMap<usize, Instant>,
     /// Requests refused at arrival because they would have finished late.
     pub(super) refused_early: u64,
     /// The last prediction made at an arrival: queue delay plus own run.
@@ -66,13 +62,6 @@ pub(super) struct LatencyControl {
     /// Asked at every arrival and dispatch, it changes only when that
     /// replica's profile does (which forgets it).
     caps: RefCell<BTreeMap<usize, (usize, usize)>>,
-}
-
-/// A request predicted to finish past its target: by how much.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub(super) struct LateBy {
-    pub(super) predicted: Duration,
-    pub(super) excess: Duration,
 }
 
 impl LatencyControl {
@@ -111,6 +100,9 @@ impl LatencyControl {
         now: Instant,
         more: bool,
     ) {
+        if more {
+            self.running_since.insert(replica, now);
+        }
         let cycle = match self.last_done.insert(replica, (now, more)) {
             Some((previous, true)) => now.saturating_duration_since(previous),
             _ => Duration::ZERO,
@@ -124,11 +116,17 @@ impl LatencyControl {
         }
     }
 
+    /// Replica `replica`, idle until now, was sent a batch.
+    pub(super) fn started(&mut self, replica: usize, now: Instant) {
+        self.running_since.insert(replica, now);
+    }
+
     /// Forgets the profiles of replicas other than `ids` (gone).
     pub(super) fn keep_only(&mut self, ids: impl Iterator<Item = usize>) {
         let ids: Vec<usize> = ids.collect();
         self.profiles.retain(|id, _| ids.contains(id));
         self.last_done.retain(|id, _| ids.contains(id));
+        self.running_since.retain(|id, _| ids.contains(id));
         self.caps.get_mut().retain(|id, _| ids.contains(id));
     }
 
@@ -180,24 +178,41 @@ impl LatencyControl {
     /// target less the time it already spent in the server, or its
     /// deadline if sooner); `None` when it would not, when there is no
     /// target or when nothing was measured yet.
-    ///
-    /// In batches, as the replicas run them: first what they hold (each
-    /// in-flight batch a run of its size, shared by the replicas), then the
-    /// full batches queued ahead of it (at the caps in force, as fast as
-    /// the replicas run full batches together), then its own batch, which
-    /// fills to the cap by the time it leaves when anything is ahead of it.
     pub(super) fn late_by(
         &mut self,
         items: usize,
         queued: usize,
         ready: &[ReadyReplica],
         allowed: Duration,
+        now: Instant,
     ) -> Option<LateBy> {
+        let predicted = self.predict(items, queued, ready, now)?;
+        self.last_prediction = Some(predicted);
+        admission::late_by(predicted, allowed, self.admit_share)
+    }
+
+    /// How long a request of `items` would take to answer, with `queued`
+    /// items ahead of it and `ready` replicas running what they hold;
+    /// `None` without a target, before anything was measured, or with
+    /// nothing ahead of it (it runs at once: the server can do no better,
+    /// and a model that refused every request would never run again to
+    /// correct a slow measurement, a cold first run at warmup say).
+    ///
+    /// In batches, as the replicas run them: first what they hold (each
+    /// in-flight batch a run of its size, less what the one running has
+    /// already run, shared by the replicas), then the
+    /// full batches queued ahead of it (at the caps in force, as fast as
+    /// the replicas run full batches together), then its own batch, which
+    /// fills to the cap by the time it leaves when anything is ahead of it.
+    pub(super) fn predict(
+        &self,
+        items: usize,
+        queued: usize,
+        ready: &[ReadyReplica],
+        now: Instant,
+    ) -> Option<Duration> {
         self.target?;
         let busy = ready.iter().any(|r| r.inflight_batches > 0);
-        // With nothing ahead the server can do no better, and a model that
-        // refused every request would never run again to correct a slow
-        // measurement (a cold first run at warmup, say).
         if queued == 0 && !busy {
             return None;
         }
@@ -221,7 +236,14 @@ impl LatencyControl {
             if r.inflight_batches > 0 {
                 let per_batch = r.inflight_items.div_ceil(r.inflight_batches);
                 let run = profile.estimate(per_batch).unwrap_or(full);
-                inflight_s += r.inflight_batches as f64 * run.as_secs_f64();
+                let ran = self
+                    .running_since
+                    .get(&r.id)
+                    .map_or(Duration::ZERO, |since| {
+                        now.saturating_duration_since(*since)
+                    });
+                inflight_s +=
+                    r.inflight_batches as f64 * run.as_secs_f64() - ran.min(run).as_secs_f64();
             }
         }
         if measured == 0 {
@@ -235,15 +257,11 @@ impl LatencyControl {
             let profile = ready.iter().find_map(|r| self.profile(r.id))?;
             profile.estimate((queued + items).min(smallest_cap))?
         };
-        let predicted = Duration::from_secs_f64(
-            inflight_s / measured as f64 + full_ahead as f64 / full_batches_per_s,
-        ) + own_run;
-        self.last_prediction = Some(predicted);
-        let with_margin = predicted.div_f64(self.admit_share);
-        (with_margin > allowed).then(|| LateBy {
-            predicted,
-            excess: with_margin - allowed,
-        })
+        Some(
+            Duration::from_secs_f64(
+                inflight_s / measured as f64 + full_ahead as f64 / full_batches_per_s,
+            ) + own_run,
+        )
     }
 }
 
@@ -276,7 +294,25 @@ impl Batcher {
             return Some(request);
         };
         let queued = self.queue.items_ahead_of(request.priority);
-        let ready: Vec<ReadyReplica> = (0..self.replicas.len())
+        let ready = self.ready_replicas();
+        // The target counts from the request's arrival at the server (its
+        // `enqueued` until the batcher sets it to now).
+        let now = Instant::now();
+        let allowed = admission::allowed(target, request.enqueued, request.deadline, now);
+        let Some(late) = self
+            .latency
+            .late_by(request.items, queued, &ready, allowed, now)
+        else {
+            return Some(request);
+        };
+        self.latency.refused_early += 1;
+        request.answer(Err(admission::would_finish_late(&self.model, target, late)));
+        None
+    }
+
+    /// The ready replicas as admission sees them.
+    fn ready_replicas(&self) -> Vec<ReadyReplica> {
+        (0..self.replicas.len())
             .filter(|&i| self.replicas[i].state == ReplicaState::Ready)
             .map(|i| ReadyReplica {
                 id: self.replicas[i].id,
@@ -284,25 +320,30 @@ impl Batcher {
                 inflight_items: self.replicas[i].inflight_items,
                 inflight_batches: self.replicas[i].inflight_batches,
             })
-            .collect();
-        // The target counts from the request's arrival at the server (its
-        // `enqueued` until the batcher sets it to now).
+            .collect()
+    }
+
+    /// Tells the door (`ModelState::door`) how long one more request of
+    /// each priority would take now, so that it refuses what would be
+    /// late without a message here; called after every change to the
+    /// queue or to what the replicas hold.
+    pub(super) fn publish_predictions(&self) {
+        if self.latency.target().is_none() {
+            return;
+        }
+        let ready = self.ready_replicas();
         let now = Instant::now();
-        let age = now.saturating_duration_since(request.enqueued);
-        let allowed = target
-            .saturating_sub(age)
-            .min(request.deadline.saturating_duration_since(now));
-        let Some(late) = self.latency.late_by(request.items, queued, &ready, allowed) else {
-            return Some(request);
-        };
-        self.latency.refused_early += 1;
-        request.answer(Err(InferError::WouldFinishLate {
-            model: self.model.clone(),
-            predicted_ms: late.predicted.as_millis() as u64,
-            target_ms: target.as_millis() as u64,
-            retry_after_ms: late.excess.as_millis() as u64,
-        }));
-        None
+        let ahead = self.queue.items_ahead_of_each();
+        for priority in Priority::ALL {
+            // Only with work queued ahead: what runs now may be done
+            // (answered) before the batcher hears of it, and a request
+            // behind nothing else is the batcher's to judge.
+            let queued = ahead[priority.rank()];
+            let predicted = (queued > 0)
+                .then(|| self.latency.predict(1, queued, &ready, now))
+                .flatten();
+            self.state.door.publish(priority, predicted, now);
+        }
     }
 }
 
@@ -312,6 +353,10 @@ mod tests {
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)
+    }
+
+    fn now() -> Instant {
+        Instant::now()
     }
 
     /// A replica 0 whose runs take 5 ms + 1 ms per item (measured at 1 and 16).
@@ -335,7 +380,7 @@ mod tests {
         let mut control = control(None);
         assert_eq!(control.batch_cap(0, 16), 16);
         assert_eq!(control.window(0, 16, ms(100)), ms(100));
-        assert_eq!(control.late_by(1, 10_000, &[idle(0)], ms(1)), None);
+        assert_eq!(control.late_by(1, 10_000, &[idle(0)], ms(1), now()), None);
     }
 
     #[test]
@@ -361,20 +406,24 @@ mod tests {
         control.admit_share = 1.0;
         // Full batches of 16 take 21 ms: 60 queued are 3 full batches
         // (63 ms), then its own, full by then (21 ms): 84 ms.
-        assert_eq!(control.late_by(1, 60, &[idle(0)], ms(100)), None);
+        assert_eq!(control.late_by(1, 60, &[idle(0)], ms(100), now()), None);
         assert_eq!(control.last_prediction, Some(ms(84)));
         // 20 ms already spent in the server leave 80.
-        let late = control.late_by(1, 60, &[idle(0)], ms(80)).expect("late");
+        let late = control
+            .late_by(1, 60, &[idle(0)], ms(80), now())
+            .expect("late");
         assert_eq!(late.excess, ms(4));
         // 160 queued: 10 batches and its own, 231 ms.
-        let late = control.late_by(1, 160, &[idle(0)], ms(100)).expect("late");
+        let late = control
+            .late_by(1, 160, &[idle(0)], ms(100), now())
+            .expect("late");
         assert_eq!(late.excess, ms(131));
         // Less than a batch queued on an idle replica: it leaves at once
         // with them (2 items: 7 ms), so a sooner deadline is what counts.
-        assert_eq!(control.late_by(1, 1, &[idle(0)], ms(8)), None);
-        assert!(control.late_by(1, 1, &[idle(0)], ms(6)).is_some());
+        assert_eq!(control.late_by(1, 1, &[idle(0)], ms(8), now()), None);
+        assert!(control.late_by(1, 1, &[idle(0)], ms(6), now()).is_some());
         // With nothing queued or running it runs, even when too slow.
-        assert_eq!(control.late_by(1, 0, &[idle(0)], ms(3)), None);
+        assert_eq!(control.late_by(1, 0, &[idle(0)], ms(3), now()), None);
         // A full batch running: it waits for it, then its own fills.
         let running = ReadyReplica {
             inflight_items: 16,
@@ -382,7 +431,7 @@ mod tests {
             ..idle(0)
         };
         assert_eq!(
-            control.late_by(1, 0, &[running], ms(41)),
+            control.late_by(1, 0, &[running], ms(41), now()),
             Some(LateBy {
                 predicted: ms(42),
                 excess: ms(1),
@@ -390,11 +439,55 @@ mod tests {
         );
         // Two replicas drain twice as fast: 7 batches in 73.5 ms, then 21.
         control.warmed(1, &[(1, ms(6)), (16, ms(21))]);
-        assert_eq!(control.late_by(1, 120, &[idle(0), idle(1)], ms(100)), None);
-        assert!(control.late_by(1, 120, &[idle(0)], ms(100)).is_some());
+        assert_eq!(
+            control.late_by(1, 120, &[idle(0), idle(1)], ms(100), now()),
+            None
+        );
+        assert!(control
+            .late_by(1, 120, &[idle(0)], ms(100), now())
+            .is_some());
         // Nothing ready or measured: no prediction.
-        assert_eq!(control.late_by(1, 10_000, &[], ms(5000)), None);
-        assert_eq!(control.late_by(1, 10_000, &[idle(9)], ms(5000)), None);
+        assert_eq!(control.late_by(1, 10_000, &[], ms(5000), now()), None);
+        assert_eq!(
+            control.late_by(1, 10_000, &[idle(9)], ms(5000), now()),
+            None
+        );
+    }
+
+    #[test]
+    fn the_running_batch_counts_what_it_has_left() {
+        let mut control = control(Some(100));
+        let t0 = Instant::now();
+        control.started(0, t0);
+        let ms_of = |d: Option<Duration>| d.map(|d| (d.as_secs_f64() * 1e3).round() as u64);
+        let running = ReadyReplica {
+            inflight_items: 16,
+            inflight_batches: 1,
+            ..idle(0)
+        };
+        // 10 ms into a run of 21: 11 left, then its own batch (21).
+        assert_eq!(
+            ms_of(control.predict(1, 0, &[running], t0 + ms(10))),
+            Some(32)
+        );
+        // Past its estimate: nothing left of it is counted.
+        assert_eq!(
+            ms_of(control.predict(1, 0, &[running], t0 + ms(50))),
+            Some(21)
+        );
+        // A second batch waiting at the replica counts whole.
+        let two = ReadyReplica {
+            inflight_items: 32,
+            inflight_batches: 2,
+            ..idle(0)
+        };
+        assert_eq!(ms_of(control.predict(1, 0, &[two], t0 + ms(10))), Some(53));
+        // A batch done with another waiting: that one started then.
+        control.ran(0, 16, ms(21), t0 + ms(21), true);
+        assert_eq!(
+            ms_of(control.predict(1, 0, &[running], t0 + ms(31))),
+            Some(32)
+        );
     }
 
     #[test]
@@ -419,11 +512,13 @@ mod tests {
     fn admission_keeps_a_margin_in_proportion_to_the_prediction() {
         let mut control = control(Some(100));
         // 60 queued: 84 ms predicted, taken as 120 (84 / 0.7): refused.
-        let late = control.late_by(1, 60, &[idle(0)], ms(100)).expect("late");
+        let late = control
+            .late_by(1, 60, &[idle(0)], ms(100), now())
+            .expect("late");
         assert_eq!(late.predicted, ms(84));
         assert_eq!(late.excess, ms(20));
         // 16 queued: 42 ms, taken as 60: admitted with 60 ms left, even
         // when most of the target went before the batcher saw it.
-        assert_eq!(control.late_by(1, 16, &[idle(0)], ms(60)), None);
+        assert_eq!(control.late_by(1, 16, &[idle(0)], ms(60), now()), None);
     }
 }

@@ -291,6 +291,7 @@ impl Batcher {
         let (cap, window) = self.limits(first_ready);
         self.arm_wakeup(ctx, cap, window);
         self.note_work();
+        self.publish_predictions();
         self.await_load(ctx);
     }
 
@@ -365,6 +366,9 @@ impl Batcher {
         }
         match addr.try_send(RunBatch { batch_id, entries }) {
             Ok(()) => {
+                if slot.inflight_batches == 0 {
+                    self.latency.started(slot.id, Instant::now());
+                }
                 slot.inflight_items += items;
                 slot.inflight_batches += 1;
                 self.counters.batches += 1;

@@ -20,7 +20,8 @@ impl Handler<GetBatcherSnapshot> for Batcher {
         }
         let latency = self.latency.target().map(|target| LatencySnapshot {
             target_ms: target.as_millis() as u64,
-            refused_early: self.latency.refused_early,
+            refused_early: self.latency.refused_early + self.state.door.refused(),
+            refused_at_door: self.state.door.refused(),
             predicted_ms: self.latency.last_prediction.map(|p| p.as_secs_f64() * 1e3),
         });
         actix::MessageResult(BatcherSnapshot {
