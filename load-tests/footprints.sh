@@ -26,17 +26,20 @@ mkdir -p "$work/empty" "$work/mlps"
 
 # shellcheck source=load-tests/serve-lib.sh
 source "$root/load-tests/serve-lib.sh"
+# Starts a server and sets $pid to it (cleaned up on exit).
 serve() {
   local dir=$1 port=$2
   GANTRY__SERVER__BIND=127.0.0.1:$port GANTRY__SERVER__GRPC_BIND= GANTRY__MODELS__DIR=$dir \
     GANTRY__CACHE__ENABLED=false "$gantry" --config config/gantry.toml >"$work/$port.log" 2>&1 &
-  pids+=($!)
-  echo $!
+  pid=$!
+  pids+=("$pid")
 }
 
 empty_port=$(free_port); full_port=$(free_port)
-empty_pid=$(serve "$work/empty" "$empty_port")
-full_pid=$(serve "$work/mlps" "$full_port")
+serve "$work/empty" "$empty_port"
+empty_pid=$pid
+serve "$work/mlps" "$full_port"
+full_pid=$pid
 ready "$empty_port"; ready "$full_port"
 # Every replica answers once (its session has run at batch 1 and at its cap
 # in warmup already).

@@ -48,13 +48,17 @@ trap cleanup EXIT
 
 # shellcheck source=load-tests/serve-lib.sh
 source "$root/load-tests/serve-lib.sh"
+# Starts a server on $server_cpus and sets $pid to it (the server's own
+# process: taskset execs it, so killing $pid stops the server, where a
+# shell function run in the background would leave it running).
 serve() {
-  local dir=$1 port=$2
+  local dir=$1 port=$2 pin=()
+  [ -n "$server_cpus" ] && pin=(taskset -c "$server_cpus")
   GANTRY__SERVER__BIND=127.0.0.1:$port GANTRY__SERVER__GRPC_BIND= GANTRY__MODELS__DIR=$dir \
     GANTRY__CACHE__ENABLED=false GANTRY__LOG__LEVEL=warn \
-    on_cpus "$server_cpus" "$gantry" --config config/gantry.toml >"$work/$port.log" 2>&1 &
-  pids+=($!)
-  echo $!
+    "${pin[@]}" "$gantry" --config config/gantry.toml >"$work/$port.log" 2>&1 &
+  pid=$!
+  pids+=("$pid")
 }
 
 # The server's own count of successes within and past the target (its
@@ -100,7 +104,7 @@ for model in $models; do
     # when WITH names it.
     [ "$with" = none ] && [ -n "$capacity" ] && continue
     port=$(free_port)
-    pid=$(serve "$work/$with" "$port")
+    serve "$work/$with" "$port"
     ready "$port"
     if [ -z "$capacity" ]; then
       cell "$model" closed 0 0 --concurrency 32

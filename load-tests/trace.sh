@@ -30,20 +30,21 @@ cp -r models/tiny-classifier "$work/base/"
 
 # shellcheck source=load-tests/serve-lib.sh
 source "$root/load-tests/serve-lib.sh"
+# Starts a server and sets $pid to it (cleaned up on exit).
 serve() {
   local dir=$1 port=$2 limit=$3 residency=$4
   GANTRY__SERVER__BIND=127.0.0.1:$port GANTRY__SERVER__GRPC_BIND= GANTRY__MODELS__DIR=$dir \
     GANTRY__CACHE__ENABLED=false GANTRY__LOG__LEVEL=warn \
     GANTRY__MEMORY__LIMIT_MB=$limit GANTRY__MEMORY__MIN_RESIDENCY_MS=$residency \
     "$gantry" --config config/gantry.toml >"$work/$port.log" 2>&1 &
-  pids+=($!)
-  echo $!
+  pid=$!
+  pids+=("$pid")
 }
 
 # The process's base: the same binary with ONNX Runtime loaded, serving one
 # model of 0.2 MB (tiny-classifier).
 port=$(free_port)
-pid=$(serve "$work/base" "$port" 1000 10000)
+serve "$work/base" "$port" 1000 10000
 ready "$port"
 base=$(rss_mb "$pid")
 kill "$pid"; wait "$pid" 2>/dev/null || true
@@ -59,7 +60,7 @@ configs=(
 for config in "${configs[@]}"; do
   IFS='|' read -r name limit residency what <<<"$config"
   port=$(free_port)
-  pid=$(serve "$work/mlps" "$port" "$limit" "$residency")
+  serve "$work/mlps" "$port" "$limit" "$residency"
   ready "$port"
   "$python" load-tests/trace_replay.py "$port" "$pid" --models 12 --seconds "$seconds" --rate "$rate" \
     --out "$work/run.json" >/dev/null

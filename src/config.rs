@@ -183,6 +183,9 @@ pub struct RuntimeConfig {
     /// per item) to take at least this many ms take the pool one at a
     /// time; shorter runs never wait. 0 turns it off.
     pub exclusive_run_ms: f64,
+    /// Nice value (0-19) of the threads that run models, so that those
+    /// serving requests go first on shared cores; 0: the process's.
+    pub compute_nice: i32,
 }
 
 impl Default for RuntimeConfig {
@@ -193,6 +196,7 @@ impl Default for RuntimeConfig {
             intra_op_threads: threads.intra_op,
             spinning: threads.spinning,
             exclusive_run_ms: threads.exclusive_run.as_secs_f64() * 1000.0,
+            compute_nice: threads.compute_nice,
         }
     }
 }
@@ -204,6 +208,7 @@ impl RuntimeConfig {
             intra_op: self.intra_op_threads,
             spinning: self.spinning,
             exclusive_run: Duration::from_secs_f64(self.exclusive_run_ms.max(0.0) / 1000.0),
+            compute_nice: self.compute_nice,
         }
     }
 }
@@ -452,11 +457,15 @@ impl Config {
         if self.memory.min_residency_ms > 3_600_000 {
             return Err(("memory.min_residency_ms", "must be at most 3600000".into()));
         }
-        if !(self.runtime.exclusive_run_ms >= 0.0 && self.runtime.exclusive_run_ms <= 60_000.0) {
+        let run_ms = self.runtime.exclusive_run_ms;
+        if !(0.0..=60_000.0).contains(&run_ms) {
             return Err((
                 "runtime.exclusive_run_ms",
                 "must be between 0 and 60000".into(),
             ));
+        }
+        if !(0..=19).contains(&self.runtime.compute_nice) {
+            return Err(("runtime.compute_nice", "must be between 0 and 19".into()));
         }
         if !(0.0..=1.0).contains(&self.telemetry.sampling_ratio) {
             return Err(("telemetry.sampling_ratio", "must be between 0 and 1".into()));
@@ -515,81 +524,4 @@ impl Config {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn shipped() -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/gantry.toml")
-    }
-
-    #[test]
-    fn shipped_config_equals_embedded_defaults() {
-        let loaded = Config::load(&shipped(), true, &Overrides::default()).unwrap();
-        assert_eq!(loaded, Config::default());
-    }
-
-    #[test]
-    fn bad_values_name_key_and_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("bad.toml");
-        std::fs::write(&file, "[server]\nworkers = \"many\"\n").unwrap();
-        let err = Config::load(&file, true, &Overrides::default())
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("server.workers") && err.contains("bad.toml"),
-            "{err}"
-        );
-
-        std::fs::write(&file, "[server]\nbind = \"nowhere\"\n").unwrap();
-        let err = Config::load(&file, true, &Overrides::default())
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("server.bind") && err.contains("bad.toml"),
-            "{err}"
-        );
-
-        std::fs::write(&file, "[serverr]\n").unwrap();
-        let err = Config::load(&file, true, &Overrides::default())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("serverr"), "{err}");
-    }
-
-    #[test]
-    fn missing_explicit_file_is_an_error() {
-        let err = Config::load(
-            Path::new("/nonexistent/g.toml"),
-            true,
-            &Overrides::default(),
-        );
-        assert!(err.unwrap_err().to_string().contains("not found"));
-    }
-
-    #[test]
-    fn a_missing_default_file_leaves_the_embedded_defaults() {
-        let config = Config::load(
-            Path::new("/nonexistent/gantry.toml"),
-            false,
-            &Overrides::default(),
-        )
-        .expect("defaults");
-        assert_eq!(config, Config::default());
-    }
-
-    #[test]
-    fn flags_win_over_the_file() {
-        let overrides = Overrides {
-            bind: Some("127.0.0.1:9999".into()),
-            grpc_bind: Some(String::new()),
-            models_dir: Some("elsewhere".into()),
-            log_format: Some(LogFormat::Json),
-        };
-        let config = Config::load(&shipped(), true, &overrides).unwrap();
-        assert_eq!(config.server.bind, "127.0.0.1:9999");
-        assert_eq!(config.server.grpc_bind, "");
-        assert_eq!(config.models.dir, PathBuf::from("elsewhere"));
-        assert_eq!(config.log.format, LogFormat::Json);
-    }
-}
+mod tests;

@@ -31,9 +31,10 @@ use crate::priority::Priority;
 /// filled up to what admission allows, so the admitted answer close to it;
 /// the margin, proportional to the prediction (a longer wait is a longer
 /// sum of runs that may each be slower than their median), is for that and
-/// for what the batcher does not see (the answer's encoding and sending).
-/// Measured with `make bench-slo` (unet-seg, 50 ms, 2x and 4x capacity):
-/// 0.8 left 1.6-3% of the 200s past the target, 0.7 about 1%.
+/// for what the batcher does not see (the answer's encoding and sending,
+/// the workers' own queue). Measured with `make bench-slo` (unet-seg,
+/// 50 ms, 2x and 4x capacity): 0.8 left 1.6-3% of the 200s past the
+/// target, 0.7 about 1%.
 pub const ADMIT_SHARE: f64 = 0.7;
 
 /// A request predicted to finish past what it is allowed: by how much.
@@ -131,11 +132,8 @@ impl AdmissionDoor {
     ) -> Option<LateBy> {
         let now = Instant::now();
         let predicted = self.prediction(priority, now)?;
-        let late = late_by(
-            predicted,
-            allowed(target, arrived, deadline, now),
-            ADMIT_SHARE,
-        )?;
+        let allowed = allowed(target, arrived, deadline, now);
+        let late = late_by(predicted, allowed, ADMIT_SHARE)?;
         self.refused.fetch_add(1, Ordering::Relaxed);
         Some(late)
     }

@@ -56,8 +56,6 @@ pub(super) struct LatencyControl {
     pub(super) refused_early: u64,
     /// The last prediction made at an arrival: queue delay plus own run.
     pub(super) last_prediction: Option<Duration>,
-    /// [`ADMIT_SHARE`] (1 in tests of the prediction's arithmetic).
-    admit_share: f64,
     /// By replica id: the last cap asked for and the target's cut of it.
     /// Asked at every arrival and dispatch, it changes only when that
     /// replica's profile does (which forgets it).
@@ -68,7 +66,6 @@ impl LatencyControl {
     pub(super) fn new(target_ms: Option<u64>) -> Self {
         LatencyControl {
             target: target_ms.map(Duration::from_millis),
-            admit_share: ADMIT_SHARE,
             ..Default::default()
         }
     }
@@ -153,7 +150,7 @@ impl LatencyControl {
             }
         }
         let cut = profile
-            .fastest_within(cap, target.mul_f64(self.admit_share) / 2)
+            .fastest_within(cap, target.mul_f64(ADMIT_SHARE) / 2)
             .unwrap_or(cap);
         self.caps.borrow_mut().insert(replica, (cap, cut));
         cut
@@ -176,8 +173,9 @@ impl LatencyControl {
     /// items ahead of it in the queue and `ready` replicas running what
     /// they hold, and returns by how much it would pass `allowed` (the
     /// target less the time it already spent in the server, or its
-    /// deadline if sooner); `None` when it would not, when there is no
-    /// target or when nothing was measured yet.
+    /// deadline if sooner), the prediction counted as `share` of the
+    /// truth; `None` when it would not, when there is no target or when
+    /// nothing was measured yet.
     pub(super) fn late_by(
         &mut self,
         items: usize,
@@ -185,10 +183,11 @@ impl LatencyControl {
         ready: &[ReadyReplica],
         allowed: Duration,
         now: Instant,
+        share: f64,
     ) -> Option<LateBy> {
         let predicted = self.predict(items, queued, ready, now)?;
         self.last_prediction = Some(predicted);
-        admission::late_by(predicted, allowed, self.admit_share)
+        admission::late_by(predicted, allowed, share)
     }
 
     /// How long a request of `items` would take to answer, with `queued`
@@ -299,9 +298,9 @@ impl Batcher {
         // `enqueued` until the batcher sets it to now).
         let now = Instant::now();
         let allowed = admission::allowed(target, request.enqueued, request.deadline, now);
-        let Some(late) = self
-            .latency
-            .late_by(request.items, queued, &ready, allowed, now)
+        let Some(late) =
+            self.latency
+                .late_by(request.items, queued, &ready, allowed, now, ADMIT_SHARE)
         else {
             return Some(request);
         };
@@ -380,7 +379,10 @@ mod tests {
         let mut control = control(None);
         assert_eq!(control.batch_cap(0, 16), 16);
         assert_eq!(control.window(0, 16, ms(100)), ms(100));
-        assert_eq!(control.late_by(1, 10_000, &[idle(0)], ms(1), now()), None);
+        assert_eq!(
+            control.late_by(1, 10_000, &[idle(0)], ms(1), now(), ADMIT_SHARE),
+            None
+        );
     }
 
     #[test]
@@ -403,27 +405,32 @@ mod tests {
     #[test]
     fn arrivals_that_would_finish_late_are_refused_with_the_excess() {
         let mut control = control(Some(100));
-        control.admit_share = 1.0;
+        // The prediction's arithmetic: counted as the whole truth.
         // Full batches of 16 take 21 ms: 60 queued are 3 full batches
         // (63 ms), then its own, full by then (21 ms): 84 ms.
-        assert_eq!(control.late_by(1, 60, &[idle(0)], ms(100), now()), None);
+        assert_eq!(
+            control.late_by(1, 60, &[idle(0)], ms(100), now(), 1.0),
+            None
+        );
         assert_eq!(control.last_prediction, Some(ms(84)));
         // 20 ms already spent in the server leave 80.
         let late = control
-            .late_by(1, 60, &[idle(0)], ms(80), now())
+            .late_by(1, 60, &[idle(0)], ms(80), now(), 1.0)
             .expect("late");
         assert_eq!(late.excess, ms(4));
         // 160 queued: 10 batches and its own, 231 ms.
         let late = control
-            .late_by(1, 160, &[idle(0)], ms(100), now())
+            .late_by(1, 160, &[idle(0)], ms(100), now(), 1.0)
             .expect("late");
         assert_eq!(late.excess, ms(131));
         // Less than a batch queued on an idle replica: it leaves at once
         // with them (2 items: 7 ms), so a sooner deadline is what counts.
-        assert_eq!(control.late_by(1, 1, &[idle(0)], ms(8), now()), None);
-        assert!(control.late_by(1, 1, &[idle(0)], ms(6), now()).is_some());
+        assert_eq!(control.late_by(1, 1, &[idle(0)], ms(8), now(), 1.0), None);
+        assert!(control
+            .late_by(1, 1, &[idle(0)], ms(6), now(), 1.0)
+            .is_some());
         // With nothing queued or running it runs, even when too slow.
-        assert_eq!(control.late_by(1, 0, &[idle(0)], ms(3), now()), None);
+        assert_eq!(control.late_by(1, 0, &[idle(0)], ms(3), now(), 1.0), None);
         // A full batch running: it waits for it, then its own fills.
         let running = ReadyReplica {
             inflight_items: 16,
@@ -431,7 +438,7 @@ mod tests {
             ..idle(0)
         };
         assert_eq!(
-            control.late_by(1, 0, &[running], ms(41), now()),
+            control.late_by(1, 0, &[running], ms(41), now(), 1.0),
             Some(LateBy {
                 predicted: ms(42),
                 excess: ms(1),
@@ -440,16 +447,16 @@ mod tests {
         // Two replicas drain twice as fast: 7 batches in 73.5 ms, then 21.
         control.warmed(1, &[(1, ms(6)), (16, ms(21))]);
         assert_eq!(
-            control.late_by(1, 120, &[idle(0), idle(1)], ms(100), now()),
+            control.late_by(1, 120, &[idle(0), idle(1)], ms(100), now(), 1.0),
             None
         );
         assert!(control
-            .late_by(1, 120, &[idle(0)], ms(100), now())
+            .late_by(1, 120, &[idle(0)], ms(100), now(), 1.0)
             .is_some());
         // Nothing ready or measured: no prediction.
-        assert_eq!(control.late_by(1, 10_000, &[], ms(5000), now()), None);
+        assert_eq!(control.late_by(1, 10_000, &[], ms(5000), now(), 1.0), None);
         assert_eq!(
-            control.late_by(1, 10_000, &[idle(9)], ms(5000), now()),
+            control.late_by(1, 10_000, &[idle(9)], ms(5000), now(), 1.0),
             None
         );
     }
@@ -513,12 +520,15 @@ mod tests {
         let mut control = control(Some(100));
         // 60 queued: 84 ms predicted, taken as 120 (84 / 0.7): refused.
         let late = control
-            .late_by(1, 60, &[idle(0)], ms(100), now())
+            .late_by(1, 60, &[idle(0)], ms(100), now(), ADMIT_SHARE)
             .expect("late");
         assert_eq!(late.predicted, ms(84));
         assert_eq!(late.excess, ms(20));
         // 16 queued: 42 ms, taken as 60: admitted with 60 ms left, even
         // when most of the target went before the batcher saw it.
-        assert_eq!(control.late_by(1, 16, &[idle(0)], ms(60), now()), None);
+        assert_eq!(
+            control.late_by(1, 16, &[idle(0)], ms(60), now(), ADMIT_SHARE),
+            None
+        );
     }
 }

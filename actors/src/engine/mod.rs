@@ -3,6 +3,7 @@
 //! a deterministic fake lets tests control timing and failures.
 
 pub mod checked;
+pub mod compute_priority;
 pub mod fake;
 pub mod onnx;
 pub mod pool_gate;

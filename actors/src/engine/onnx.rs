@@ -51,6 +51,9 @@ pub struct RuntimeThreads {
     /// CPU runs on the shared pool predicted to take at least this long
     /// take it one at a time ([`super::pool_gate`]); zero: never.
     pub exclusive_run: Duration,
+    /// The nice value of the threads that run models
+    /// ([`super::compute_priority`]); 0: the process's own.
+    pub compute_nice: i32,
 }
 
 impl Default for RuntimeThreads {
@@ -59,6 +62,7 @@ impl Default for RuntimeThreads {
             intra_op: 0,
             spinning: true,
             exclusive_run: Duration::from_millis(1),
+            compute_nice: 10,
         }
     }
 }
@@ -89,14 +93,25 @@ pub fn init_runtime(library: &Path, threads: RuntimeThreads) -> Result<(), Strin
         .and_then(|pool| pool.with_inter_threads(1))
         .and_then(|pool| pool.with_spin_control(threads.spinning))
         .map_err(|e| format!("cannot configure ONNX Runtime's thread pool: {e}"))?;
-    let env = builder
-        .with_name("gantry")
-        // Microsoft's builds turn telemetry on by default; a server sends
-        // nothing about its models anywhere.
-        .with_telemetry(false)
-        .with_global_thread_pool(pool)
-        .build()
-        .map_err(|e| format!("cannot start ONNX Runtime: {e}"))?;
+    super::compute_priority::set_compute_nice(threads.compute_nice);
+    // The shared pool's threads start with the environment and take the
+    // nice value of the thread that starts them: a helper lowered first.
+    let env = std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                super::compute_priority::lower_this_thread();
+                builder
+                    .with_name("gantry")
+                    // Microsoft's builds turn telemetry on by default; a
+                    // server sends nothing about its models anywhere.
+                    .with_telemetry(false)
+                    .with_global_thread_pool(pool)
+                    .build()
+                    .map_err(|e| format!("cannot start ONNX Runtime: {e}"))
+            })
+            .join()
+            .map_err(|_| "starting ONNX Runtime panicked".to_string())?
+    })?;
     let _ = ENVIRONMENT.set(env);
     let _ = LIBRARY.set(library.to_path_buf());
     let _ = SHARED_THREADS.set(intra_op);
@@ -105,6 +120,7 @@ pub fn init_runtime(library: &Path, threads: RuntimeThreads) -> Result<(), Strin
         intra_op_threads = intra_op,
         spinning = threads.spinning,
         exclusive_run_ms = threads.exclusive_run.as_secs_f64() * 1000.0,
+        compute_nice = super::compute_priority::compute_nice(),
         "ONNX Runtime thread pool shared by every session"
     );
     Ok(())

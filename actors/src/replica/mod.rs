@@ -121,17 +121,21 @@ impl Replica {
         observer: Arc<dyn BatchObserver>,
     ) -> Addr<Replica> {
         return_large_blocks_to_the_system();
-        actix::SyncArbiter::start(1, move || Replica {
-            id: plan.id,
-            model: plan.model.clone(),
-            factory: plan.factory.clone(),
-            target: plan.target,
-            warmup: plan.warmup,
-            max_batch_size: plan.max_batch_size,
-            measure_first_load: plan.measure,
-            engine: None,
-            batcher: batcher.clone(),
-            observer: observer.clone(),
+        actix::SyncArbiter::start(1, move || {
+            // Runs on the replica's own thread, before its engine loads.
+            crate::engine::compute_priority::lower_this_thread();
+            Replica {
+                id: plan.id,
+                model: plan.model.clone(),
+                factory: plan.factory.clone(),
+                target: plan.target,
+                warmup: plan.warmup,
+                max_batch_size: plan.max_batch_size,
+                measure_first_load: plan.measure,
+                engine: None,
+                batcher: batcher.clone(),
+                observer: observer.clone(),
+            }
         })
     }
 
