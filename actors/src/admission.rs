@@ -10,7 +10,8 @@
 //! fraction of a millisecond. The batcher still decides every request it
 //! receives ([`crate::batcher`]'s admission), with the queue as it is then:
 //! the door only refuses what the batcher's last prediction already said
-//! would be late, so it refuses no more than the batcher would.
+//! would be late (the running batch counted as it stood then), so it
+//! refuses about what the batcher would have.
 //!
 //! The batcher publishes a prediction only while requests are queued ahead
 //! (a batch that is running may already be done and answered before the
