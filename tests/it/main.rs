@@ -13,6 +13,7 @@ mod cache;
 mod cli;
 mod clients;
 mod compression;
+mod compute_priority;
 mod dashboard;
 mod devices;
 mod edge;
