@@ -43,7 +43,7 @@ mod warmup;
 
 use allocator::return_large_blocks_to_the_system;
 use load::Loaded;
-use split::SplitRun;
+use split::{Replies, SplitRun};
 
 /// What a replica is started with.
 pub struct ReplicaStart {
@@ -223,10 +223,6 @@ impl Handler<RunBatch> for Replica {
         }
         let _guard = span.enter();
         let Some(engine) = self.engine.as_mut() else {
-            answer_all(
-                msg.entries,
-                InferError::Inference("replica has no loaded engine".into()),
-            );
             self.batcher.done.do_send(BatchDone {
                 replica: self.id,
                 items,
@@ -234,6 +230,10 @@ impl Handler<RunBatch> for Replica {
                 engine_fault: true,
                 took: Duration::ZERO,
             });
+            answer_all(
+                msg.entries,
+                InferError::Inference("replica has no loaded engine".into()),
+            );
             return;
         };
         let started = Instant::now();
@@ -249,11 +249,14 @@ impl Handler<RunBatch> for Replica {
             input_time,
             infer_time,
             output_time,
+            mut replies,
             ..
         } = run;
         let engine_fault = faults > 0 || panicked.is_some() || device_failed.is_some();
         let inference = started.elapsed();
         if let Some(why) = panicked {
+            // Its callers do not wait for the reload.
+            replies.send();
             error!(error = %why, "engine panicked; reloading the replica");
             self.drop_engine();
             self.report_load(false);
@@ -287,6 +290,7 @@ impl Handler<RunBatch> for Replica {
             engine_fault,
             took: inference,
         });
+        replies.send();
         if let Some(why) = device_failed {
             error!(error = %why, device = %self.target.device, "the device failed; the replica stops and is restarted");
             self.drop_engine();
@@ -324,7 +328,12 @@ struct BatchFacts<'a> {
 }
 
 /// Splits every output back into the entries' rows and answers each entry.
-fn split_and_answer(entries: Vec<InferRequest>, outputs: Vec<Tensor>, facts: BatchFacts) -> bool {
+fn split_and_answer(
+    entries: Vec<InferRequest>,
+    outputs: Vec<Tensor>,
+    facts: BatchFacts,
+    replies: &mut Replies,
+) -> bool {
     let BatchFacts {
         model,
         batch_id,
@@ -358,7 +367,7 @@ fn split_and_answer(entries: Vec<InferRequest>, outputs: Vec<Tensor>, facts: Bat
     if entries.len() == 1 {
         let entry = entries.into_iter().next().expect("one entry");
         let result = outcome(&entry, outputs, 0.0);
-        entry.answer(Ok(result));
+        replies.push(entry, Ok(result));
         return true;
     }
     let splitting = Instant::now();
@@ -370,7 +379,7 @@ fn split_and_answer(entries: Vec<InferRequest>, outputs: Vec<Tensor>, facts: Bat
             let why = format!(
                 "output of shape {shape:?} cannot be split into the batch's {batch_size} rows"
             );
-            answer_all(entries, InferError::Inference(why));
+            replies.fail_all(entries, InferError::Inference(why));
             return false;
         };
         for (slot, part) in per_entry.iter_mut().zip(parts) {
@@ -380,7 +389,7 @@ fn split_and_answer(entries: Vec<InferRequest>, outputs: Vec<Tensor>, facts: Bat
     let output_ms = splitting.elapsed().as_secs_f64() * 1000.0;
     for (entry, outputs) in entries.into_iter().zip(per_entry) {
         let result = outcome(&entry, outputs, output_ms);
-        entry.answer(Ok(result));
+        replies.push(entry, Ok(result));
     }
     true
 }
@@ -433,6 +442,7 @@ mod tests {
     fn run(engine: &mut dyn Engine, entries: Vec<InferRequest>) -> (usize, Option<usize>, usize) {
         let mut run = SplitRun::new(engine, "m", 0, 0);
         run.batch(entries);
+        run.replies.send();
         (run.largest_ok, run.ran_out, run.failed)
     }
 

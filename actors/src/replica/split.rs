@@ -29,6 +29,10 @@ pub(super) struct SplitRun<'a> {
     pub(super) input_time: Duration,
     pub(super) infer_time: Duration,
     pub(super) output_time: Duration,
+    /// Every request's answer, sent by [`Replies::send`] once the batcher
+    /// has been told the batch is done (so that what it counts is never
+    /// behind what a client already got).
+    pub(super) replies: Replies,
 }
 
 impl<'a> SplitRun<'a> {
@@ -53,6 +57,7 @@ impl<'a> SplitRun<'a> {
             input_time: Duration::ZERO,
             infer_time: Duration::ZERO,
             output_time: Duration::ZERO,
+            replies: Replies::default(),
         }
     }
 
@@ -98,7 +103,8 @@ impl<'a> SplitRun<'a> {
                 }
                 warn!(error = %e, batch_size = items, "batch failed");
                 self.failed += items;
-                answer_all(entries, InferError::Inference(e.to_string()));
+                self.replies
+                    .fail_all(entries, InferError::Inference(e.to_string()));
             }
         }
     }
@@ -114,7 +120,8 @@ impl<'a> SplitRun<'a> {
             Err(e) => {
                 warn!(error = %e, batch_size = entry.items, "request failed");
                 self.failed += entry.items;
-                entry.answer(Err(InferError::Inference(e.to_string())));
+                self.replies
+                    .push(entry, Err(InferError::Inference(e.to_string())));
             }
         }
     }
@@ -209,12 +216,35 @@ impl<'a> SplitRun<'a> {
             input_ms: stacked.as_secs_f64() * 1000.0,
         };
         let splitting = Instant::now();
-        let answered = split_and_answer(entries, outputs, facts);
+        let answered = split_and_answer(entries, outputs, facts, &mut self.replies);
         self.output_time += splitting.elapsed();
         if answered {
             self.largest_ok = self.largest_ok.max(items);
         } else {
             self.failed += total;
+        }
+    }
+}
+
+/// Answers held until they may be sent.
+#[derive(Default)]
+pub(super) struct Replies(Vec<(InferRequest, Result<InferOutcome, InferError>)>);
+
+impl Replies {
+    pub(super) fn push(&mut self, entry: InferRequest, result: Result<InferOutcome, InferError>) {
+        self.0.push((entry, result));
+    }
+
+    pub(super) fn fail_all(&mut self, entries: Vec<InferRequest>, error: InferError) {
+        for entry in entries {
+            self.push(entry, Err(error.clone()));
+        }
+    }
+
+    /// Sends every answer held, in the order they were given.
+    pub(super) fn send(&mut self) {
+        for (entry, result) in self.0.drain(..) {
+            entry.answer(result);
         }
     }
 }
