@@ -56,7 +56,7 @@ serve() {
   [ -n "$server_cpus" ] && pin=(taskset -c "$server_cpus")
   GANTRY__SERVER__BIND=127.0.0.1:$port GANTRY__SERVER__GRPC_BIND= GANTRY__MODELS__DIR=$dir \
     GANTRY__CACHE__ENABLED=false GANTRY__LOG__LEVEL=warn \
-    "${pin[@]}" "$gantry" --config config/gantry.toml >"$work/$port.log" 2>&1 &
+    ${pin[@]+"${pin[@]}"} "$gantry" --config config/gantry.toml >"$work/$port.log" 2>&1 &
   pid=$!
   pids+=("$pid")
 }

@@ -462,6 +462,7 @@ impl Actor for Batcher {
         for entry in self.queue.drain_all() {
             entry.answer(Err(InferError::ShuttingDown));
         }
+        self.publish_predictions();
     }
 }
 
@@ -492,6 +493,7 @@ impl Handler<Enqueue> for Batcher {
                 model: self.model.clone(),
                 capacity: self.queue_capacity,
             }));
+            self.publish_predictions();
             return;
         }
         let Some(mut request) = self.admit(request) else {

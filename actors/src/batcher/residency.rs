@@ -97,6 +97,7 @@ impl Batcher {
         for entry in self.queue.drain_all() {
             entry.answer(Err(error.clone()));
         }
+        self.publish_predictions();
     }
 
     /// Requests wait and nothing is ready or loading: asks the supervisor

@@ -18,10 +18,11 @@ impl Handler<GetBatcherSnapshot> for Batcher {
         if max_batch_size < model_cap {
             cap_reason = CapReason::LatencyTarget;
         }
+        let at_door = self.state.door.refused();
         let latency = self.latency.target().map(|target| LatencySnapshot {
             target_ms: target.as_millis() as u64,
-            refused_early: self.latency.refused_early + self.state.door.refused(),
-            refused_at_door: self.state.door.refused(),
+            refused_early: self.latency.refused_early + at_door,
+            refused_at_door: at_door,
             predicted_ms: self.latency.last_prediction.map(|p| p.as_secs_f64() * 1e3),
         });
         actix::MessageResult(BatcherSnapshot {

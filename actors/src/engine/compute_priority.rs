@@ -47,12 +47,20 @@ pub fn lower_this_thread() {
     }
 }
 
+/// Sets the calling thread's nice value to `nice`, unless it is already
+/// higher (a process started under `nice -n 15` keeps its threads there:
+/// lowering one below the serving threads would invert the intent).
 #[cfg(target_os = "linux")]
 fn set_thread_nice(nice: i32) -> std::io::Result<()> {
     // On Linux, PRIO_PROCESS with a thread id sets that thread alone.
-    let tid = unsafe { libc::gettid() };
-    // SAFETY: setpriority reads only its integer arguments.
-    let done = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) };
+    let tid = unsafe { libc::gettid() } as libc::id_t;
+    // SAFETY: getpriority and setpriority read only their integer
+    // arguments; -1 is a valid nice value, and the thread exists.
+    let current = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid) };
+    if current >= nice {
+        return Ok(());
+    }
+    let done = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, nice) };
     if done == 0 {
         Ok(())
     } else {

@@ -249,6 +249,14 @@ impl Replies {
     }
 }
 
+impl Drop for Replies {
+    /// Whatever happens to the batch (a panic unwinding through the
+    /// replica's handler included), every answer held is sent.
+    fn drop(&mut self) {
+        self.send();
+    }
+}
+
 /// Splits requests into two runs of about half the items each (the second
 /// is empty when there is a single request).
 pub(super) fn halves(mut entries: Vec<InferRequest>) -> (Vec<InferRequest>, Vec<InferRequest>) {
