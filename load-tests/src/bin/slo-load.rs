@@ -170,6 +170,11 @@ async fn run(args: Args) -> Result<serde_json::Value, String> {
     }
     let client = reqwest::Client::builder()
         .pool_max_idle_per_host(usize::MAX)
+        // Below the server's keep-alive (Gantry's `server.keep_alive_s`
+        // is 5 by default): a connection the server may be closing as idle
+        // is never reused, which would reset it under a request (open loop
+        // at 4x capacity holds thousands of connections, some idle that long).
+        .pool_idle_timeout(Duration::from_secs(4))
         .tcp_nodelay(true)
         .build()
         .map_err(|e| e.to_string())?;
