@@ -9,16 +9,17 @@
 //! answer's hop back are most of a refusal's cost when a model runs in a
 //! fraction of a millisecond. The batcher still decides every request it
 //! receives ([`crate::batcher`]'s admission), with the queue as it is then:
-//! the door only refuses what the batcher's last prediction already said
-//! would be late (the running batch counted as it stood then), so it
-//! refuses about what the batcher would have.
+//! the door only refuses what the batcher's last prediction, less the
+//! time since, says would be late, so it refuses about what the batcher
+//! would have.
 //!
 //! The batcher publishes a prediction only while requests are queued ahead
 //! (a batch that is running may already be done and answered before the
 //! batcher hears of it, so a request behind nothing else is left to the
 //! batcher). A prediction holds until the batcher publishes the next one,
-//! or for as long as the work it counts should take, whichever is first: a
-//! batcher that saw nothing for that long is not believed.
+//! less the time since for the work ahead (the running batch kept
+//! running), or for as long as the work it counts should take, whichever
+//! is first: a batcher that saw nothing for that long is not believed.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -37,6 +38,20 @@ use crate::priority::Priority;
 /// 50 ms, 2x and 4x capacity): 0.8 left 1.6-3% of the 200s past the
 /// target, 0.7 about 1%.
 pub const ADMIT_SHARE: f64 = 0.7;
+
+/// A predicted time to answer: the work ahead (what the replicas hold and
+/// the batches queued before it), then its own batch's run.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Prediction {
+    pub ahead: Duration,
+    pub own: Duration,
+}
+
+impl Prediction {
+    pub fn total(&self) -> Duration {
+        self.ahead + self.own
+    }
+}
 
 /// A request predicted to finish past what it is allowed: by how much.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -73,14 +88,21 @@ pub fn allowed(target: Duration, arrived: Instant, deadline: Instant, now: Insta
         .min(deadline.saturating_duration_since(now))
 }
 
+/// A published duration's unit, µs, and its field (20 bits: 10.5 s).
+const UNIT_US: u128 = 10;
+const FIELD: u64 = (1 << 20) - 1;
+/// The publication time's field: 24 bits of ms (wraps after 4.6 hours;
+/// every change to the queue publishes again).
+const MS_MASK: u64 = (1 << 24) - 1;
+
 /// A model's published predictions, one per priority, and what the door
 /// refused.
 #[derive(Debug)]
 pub struct AdmissionDoor {
     epoch: Instant,
     /// By [`Priority::rank`]: when the prediction was published (ms since
-    /// `epoch`, wrapping) in the high 32 bits, the predicted time to answer
-    /// one more request in µs in the low 32; 0 when nothing is ahead (it
+    /// `epoch`, 24 bits, wrapping) in the high bits, then the work ahead and
+    /// the own run (10 µs units, 20 bits each); 0 when nothing is ahead (it
     /// would run at once) or nothing was measured.
     predictions: [AtomicU64; 3],
     refused: AtomicU64,
@@ -99,26 +121,32 @@ impl Default for AdmissionDoor {
 impl AdmissionDoor {
     /// The batcher's prediction, at `now`, of how long one more request at
     /// `priority` would take to answer (`None`: it would run at once).
-    pub fn publish(&self, priority: Priority, predicted: Option<Duration>, now: Instant) {
+    pub fn publish(&self, priority: Priority, predicted: Option<Prediction>, now: Instant) {
+        let units = |d: Duration| (d.as_micros() / UNIT_US).min(u128::from(FIELD)) as u64;
         let word = match predicted {
-            Some(p) if p > Duration::ZERO => {
-                let us = p.as_micros().clamp(1, u32::MAX as u128) as u64;
-                (self.ms_at(now) << 32) | us
+            Some(p) if p.total() > Duration::ZERO => {
+                let own = units(p.own).max(u64::from(p.ahead.is_zero()));
+                (self.ms_at(now) << 40) | (units(p.ahead) << 20) | own
             }
             _ => 0,
         };
         self.predictions[priority.rank()].store(word, Ordering::Relaxed);
     }
 
-    /// The published prediction for `priority`, if it still holds at `now`.
+    /// The published prediction for `priority` as it stands at `now`: the
+    /// work ahead less the time since it was published (the running batch
+    /// kept running), then the own run; `None` once the whole of it should
+    /// have been done, or when nothing was published.
     pub fn prediction(&self, priority: Priority, now: Instant) -> Option<Duration> {
         let word = self.predictions[priority.rank()].load(Ordering::Relaxed);
-        let us = word & u64::from(u32::MAX);
-        if us == 0 {
+        if word == 0 {
             return None;
         }
-        let age_ms = self.ms_at(now).wrapping_sub(word >> 32) & u64::from(u32::MAX);
-        (age_ms * 1000 <= us).then(|| Duration::from_micros(us))
+        let field = |shift: u32| Duration::from_micros(((word >> shift) & FIELD) * UNIT_US as u64);
+        let (ahead, own) = (field(20), field(0));
+        let age_ms = self.ms_at(now).wrapping_sub(word >> 40) & MS_MASK;
+        let age = Duration::from_millis(age_ms);
+        (age <= ahead + own).then(|| ahead.saturating_sub(age) + own)
     }
 
     /// Whether a request at `priority` that arrived at `arrived` with
@@ -144,9 +172,9 @@ impl AdmissionDoor {
         self.refused.load(Ordering::Relaxed)
     }
 
-    /// Milliseconds from `epoch` to `at`, in 32 bits (wrapping).
+    /// Milliseconds from `epoch` to `at`, in 24 bits (wrapping).
     fn ms_at(&self, at: Instant) -> u64 {
-        (at.saturating_duration_since(self.epoch).as_millis() as u64) & u64::from(u32::MAX)
+        (at.saturating_duration_since(self.epoch).as_millis() as u64) & MS_MASK
     }
 }
 
@@ -158,6 +186,13 @@ mod tests {
         Duration::from_millis(n)
     }
 
+    fn ahead_own(ahead_ms: u64, own_ms: u64) -> Prediction {
+        Prediction {
+            ahead: ms(ahead_ms),
+            own: ms(own_ms),
+        }
+    }
+
     #[test]
     fn a_prediction_past_the_target_is_refused_with_the_excess() {
         let door = AdmissionDoor::default();
@@ -166,7 +201,7 @@ mod tests {
         // Nothing published: everyone is let through.
         assert_eq!(door.refuses(Priority::Normal, ms(50), now, far), None);
         // 42 ms predicted, counted as 60 (42 / 0.7): past a 50 ms target.
-        door.publish(Priority::Normal, Some(ms(42)), now);
+        door.publish(Priority::Normal, Some(ahead_own(21, 21)), now);
         let late = door
             .refuses(Priority::Normal, ms(50), now, far)
             .expect("refused");
@@ -188,17 +223,25 @@ mod tests {
     }
 
     #[test]
-    fn a_prediction_holds_for_as_long_as_the_work_it_counts() {
+    fn a_prediction_shrinks_with_the_work_ahead_and_holds_as_long_as_it() {
         let door = AdmissionDoor::default();
         let published = Instant::now();
-        door.publish(Priority::Low, Some(ms(30)), published);
+        door.publish(Priority::Low, Some(ahead_own(20, 10)), published);
         assert_eq!(door.prediction(Priority::Low, published), Some(ms(30)));
+        // 12 ms on, 8 of the work ahead is left; past it, the own run.
         assert_eq!(
-            door.prediction(Priority::Low, published + ms(29)),
-            Some(ms(30))
+            door.prediction(Priority::Low, published + ms(12)),
+            Some(ms(18))
+        );
+        assert_eq!(
+            door.prediction(Priority::Low, published + ms(25)),
+            Some(ms(10))
         );
         // A batcher silent for longer than its prediction is not believed.
         assert_eq!(door.prediction(Priority::Low, published + ms(32)), None);
+        // An own run alone (nothing ahead), in 10 µs units.
+        door.publish(Priority::Low, Some(ahead_own(0, 3)), published);
+        assert_eq!(door.prediction(Priority::Low, published), Some(ms(3)));
     }
 
     #[test]

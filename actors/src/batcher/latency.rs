@@ -35,7 +35,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::{Batcher, ReplicaState};
-use crate::admission::{self, LateBy, ADMIT_SHARE};
+use crate::admission::{self, LateBy, Prediction, ADMIT_SHARE};
 use crate::messages::InferRequest;
 use crate::priority::Priority;
 use crate::run_profile::RunProfile;
@@ -185,7 +185,7 @@ impl LatencyControl {
         now: Instant,
         share: f64,
     ) -> Option<LateBy> {
-        let predicted = self.predict(items, queued, ready, now)?;
+        let predicted = self.predict(items, queued, ready, now)?.total();
         self.last_prediction = Some(predicted);
         admission::late_by(predicted, allowed, share)
     }
@@ -209,7 +209,7 @@ impl LatencyControl {
         queued: usize,
         ready: &[ReadyReplica],
         now: Instant,
-    ) -> Option<Duration> {
+    ) -> Option<Prediction> {
         self.target?;
         let busy = ready.iter().any(|r| r.inflight_batches > 0);
         if queued == 0 && !busy {
@@ -256,11 +256,12 @@ impl LatencyControl {
             let profile = ready.iter().find_map(|r| self.profile(r.id))?;
             profile.estimate((queued + items).min(smallest_cap))?
         };
-        Some(
-            Duration::from_secs_f64(
+        Some(Prediction {
+            ahead: Duration::from_secs_f64(
                 inflight_s / measured as f64 + full_ahead as f64 / full_batches_per_s,
-            ) + own_run,
-        )
+            ),
+            own: own_run,
+        })
     }
 }
 
@@ -466,7 +467,8 @@ mod tests {
         let mut control = control(Some(100));
         let t0 = Instant::now();
         control.started(0, t0);
-        let ms_of = |d: Option<Duration>| d.map(|d| (d.as_secs_f64() * 1e3).round() as u64);
+        let ms_of =
+            |p: Option<Prediction>| p.map(|p| (p.total().as_secs_f64() * 1e3).round() as u64);
         let running = ReadyReplica {
             inflight_items: 16,
             inflight_batches: 1,
