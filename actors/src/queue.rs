@@ -132,21 +132,10 @@ impl PendingQueue {
         self.requests == 0
     }
 
-    /// Items waiting at `priority` or above: what a request of that
-    /// priority would wait behind (low-priority requests waiting long
-    /// enough to be promoted are not counted: a guess in the newcomer's
-    /// favour).
-    pub fn items_ahead_of(&self, priority: crate::priority::Priority) -> usize {
-        self.groups
-            .iter()
-            .flat_map(|g| g.levels[..=priority.rank()].iter())
-            .flat_map(|level| level.iter())
-            .map(|r| r.items)
-            .sum()
-    }
-
-    /// [`Self::items_ahead_of`] each priority, by [`Priority::rank`], in
-    /// one pass.
+    /// Items waiting at each priority or above, by [`Priority::rank`]: what
+    /// a request of that priority would wait behind (low-priority requests
+    /// waiting long enough to be promoted are not counted: a guess in the
+    /// newcomer's favour).
     ///
     /// [`Priority::rank`]: crate::priority::Priority::rank
     pub fn items_ahead_of_each(&self) -> [usize; 3] {

@@ -293,7 +293,7 @@ impl Batcher {
         let Some(target) = self.latency.target() else {
             return Some(request);
         };
-        let queued = self.queue.items_ahead_of(request.priority);
+        let queued = self.queue.items_ahead_of_each()[request.priority.rank()];
         let ready = self.ready_replicas();
         // The target counts from the request's arrival at the server (its
         // `enqueued` until the batcher sets it to now).
