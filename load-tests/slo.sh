@@ -6,7 +6,11 @@
 #      without a target (200s a second);
 #   2. open loop (`slo-load`: Poisson arrivals, latency counted from each
 #      arrival's scheduled time) at 0.5, 1, 2 and 4 x that capacity, on a
-#      server without a target and on one with `latency_target_ms = TARGET_MS`.
+#      server without a target and on one with `latency_target_ms = TARGET_MS`;
+#      capacity is read again after each server's cells, and a cell is
+#      judged against the mean of the readings right before and after its
+#      server's cells (this machine's speed drifts by 10-20% within a
+#      minute: a ratio against a reading a minute old measures the drift).
 # Every cell judges answers against TARGET_MS; writes load-tests/SLO_RESULTS.md.
 # On a machine of two cores or more the generator runs on core 0 and the
 # server on the others (taskset), so that a cell measures the server and not
@@ -97,29 +101,43 @@ print(json.dumps(row))' "$work/cell.json" "$model" "$with" "$factor" "$capacity"
 }
 
 : >"$work/cells"
+# The capacity reading between cells: closed loop on the server without a
+# target; prints it and sets $reading.
+read_capacity() {
+  port=${ports[none]}
+  cell "$1" closed 0 0 --concurrency 32
+  reading=$(tail -1 "$work/cells" | "$python" -c 'import json,sys; print(json.load(sys.stdin)["ok_per_s"])')
+  echo "$1: capacity $reading/s (closed loop, concurrency 32, server without a target)"
+}
+declare -A ports
 for model in $models; do
-  capacity=""
+  # Both servers run at once (an idle one costs no CPU), so that capacity
+  # is read on the server without a target right before and after each
+  # server's cells.
+  servers=()
   for with in none $withs; do
-    # The server without a target measures capacity, then runs its cells
-    # when WITH names it.
-    [ "$with" = none ] && [ -n "$capacity" ] && continue
-    port=$(free_port)
-    serve "$work/$with" "$port"
-    ready "$port"
-    if [ -z "$capacity" ]; then
-      cell "$model" closed 0 0 --concurrency 32
-      capacity=$(tail -1 "$work/cells" | "$python" -c 'import json,sys; print(json.load(sys.stdin)["ok_per_s"])')
-      echo "$model: capacity $capacity/s (closed loop, concurrency 32)"
-    fi
-    if [[ " $withs " == *" $with "* ]]; then
-      for factor in $factors; do
-        rate=$("$python" -c "print(round($factor * $capacity, 1))")
-        cell "$model" "$with" "$factor" "$capacity" --rate "$rate"
-        echo "$model, target $with, ${factor}x ($rate/s): $(tail -1 "$work/cells" | cut -c1-160)"
-      done
-    fi
-    kill "$pid"; wait "$pid" 2>/dev/null || true
+    [ -n "${ports[$with]:-}" ] && continue
+    ports[$with]=$(free_port)
+    serve "$work/$with" "${ports[$with]}"
+    servers+=("$with:$pid")
   done
+  for with in none $withs; do ready "${ports[$with]}"; done
+  read_capacity "$model"
+  capacity=$reading # every server's cells are offered this reading's rates
+  for with in $withs; do
+    port=${ports[$with]}
+    for factor in $factors; do
+      rate=$("$python" -c "print(round($factor * $capacity, 1))")
+      cell "$model" "$with" "$factor" "$capacity" --rate "$rate"
+      echo "$model, target $with, ${factor}x ($rate/s): $(tail -1 "$work/cells" | cut -c1-160)"
+    done
+    read_capacity "$model"
+  done
+  for server in "${servers[@]}"; do
+    kill "${server#*:}"
+    wait "${server#*:}" 2>/dev/null || true
+  done
+  ports=()
 done
 # The cells stay in target/slo/ (slo_report.py rewrites the report from them).
 mkdir -p target/slo && cp "$work/cells" target/slo/cells.jsonl
