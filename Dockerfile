@@ -52,12 +52,12 @@ ARG CARGO_PROFILE_RELEASE_DEBUG=false
 ENV CARGO_INCREMENTAL=0 CARGO_TERM_COLOR=never
 # The dependencies first, built against empty crates: this layer depends on
 # the workspace's manifests (load-tests is a member: its Cargo.toml is read,
-# its sources are not built), the lock file, build.rs and the gRPC protocol
-# it compiles, so an image build after a change to Gantry's code reuses it
+# its sources are not built), the lock file, the build scripts and the
+# Triton protocol they compile, so an image build after a change to Gantry's code reuses it
 # and compiles Gantry's two crates alone.
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY load-tests/Cargo.toml load-tests/
-COPY actors/Cargo.toml actors/
+COPY actors/Cargo.toml actors/build.rs actors/
 COPY proto proto
 RUN mkdir -p src actors/src \
     && echo 'fn main() {}' > src/main.rs && touch src/lib.rs actors/src/lib.rs \

@@ -34,6 +34,7 @@ pub mod sequence;
 pub mod signature;
 pub mod supervisor;
 pub mod tensor;
+pub mod triton_config;
 pub mod usage;
 
 pub use error::{EngineError, InferError};

@@ -111,11 +111,17 @@ impl ModelSettings {
             )
         })?;
         settings
-            .check()
-            .map_err(|(key, why)| format!("{}: key `{key}` {why}", file.display()))?;
-        processing::check(&settings.input, &settings.output)
-            .map_err(|(key, why)| format!("{}: key `{key}` {why}", file.display()))?;
+            .validate()
+            .map_err(|e| format!("{}: {e}", file.display()))?;
         Ok(settings)
+    }
+
+    /// Checks settings however they were read; errors name the key.
+    pub fn validate(&self) -> Result<(), String> {
+        self.check()
+            .map_err(|(key, why)| (key, why.to_string()))
+            .and_then(|()| processing::check(&self.input, &self.output))
+            .map_err(|(key, why)| format!("key `{key}` {why}"))
     }
 
     /// The settings of `text` with `overrides` applied: top-level keys

@@ -1,6 +1,9 @@
-//! The model repository: one folder per model holding `model.onnx` and an
-//! optional `model.toml`. Scanning it yields the models to serve and, for each
-//! folder that cannot be served, an error naming the file and key.
+//! The model repository: one folder per model, in Gantry's layout
+//! (`model.onnx` and an optional `model.toml`) or in Triton's
+//! (`config.pbtxt` and version folders `<n>/model.onnx`, see
+//! [`crate::triton_config`]); both may sit in one repository. Scanning it
+//! yields the models to serve, for each folder that cannot be served an
+//! error naming the file and key, and the folders that hold no model.
 
 use std::fs;
 use std::io::Read;
@@ -11,14 +14,21 @@ use sha2::{Digest, Sha256};
 pub use crate::model_settings::ModelSettings;
 use crate::processing::OutputProcessing;
 pub use crate::sequence::{SequenceSettings, StateSettings};
+use crate::triton_config;
 
 /// A model ready to be served: where it is, what version, how to run it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelSpec {
     pub name: String,
     pub onnx_path: PathBuf,
-    /// SHA-256 of the `.onnx` file, hex.
+    /// The version clients name: the SHA-256 of the `.onnx` file (hex) in
+    /// Gantry's layout, the version folder's number in Triton's.
     pub version: String,
+    /// SHA-256 of the `.onnx` file, hex: what cached results are keyed by.
+    pub sha256: String,
+    /// For a folder in Triton's layout, its `config.pbtxt` as read
+    /// (protobuf's JSON mapping), which the model's configuration answers.
+    pub triton_config: Option<serde_json::Value>,
     pub settings: ModelSettings,
     /// Memory each replica reserves from the budget.
     pub memory_mb: u64,
@@ -41,7 +51,12 @@ pub struct LoadError {
 pub struct RepositoryScan {
     pub models: Vec<ModelSpec>,
     pub errors: Vec<LoadError>,
+    /// Folders that hold no model, with why they are not one.
+    pub skipped: Vec<LoadError>,
 }
+
+/// Why a folder that holds no model is not one.
+const NOT_A_MODEL: &str = "holds no model: neither model.onnx or model.toml (Gantry's layout) nor config.pbtxt or a version folder such as 1/model.onnx (Triton's)";
 
 /// Estimated per-replica memory when `memory_mb` is not set: the weights
 /// twice (file and session copy) plus room for activations.
@@ -78,7 +93,10 @@ pub fn scan(dir: &Path) -> Result<RepositoryScan, String> {
         };
         match loaded {
             Ok(Some(spec)) => scan.models.push(spec),
-            Ok(None) => {}
+            Ok(None) => scan.skipped.push(LoadError {
+                model: name,
+                error: NOT_A_MODEL.into(),
+            }),
             Err(error) => scan.errors.push(LoadError { model: name, error }),
         }
     }
@@ -165,10 +183,12 @@ fn resolves_inside(root: &Path, folder: &Path) -> bool {
     fs::canonicalize(folder).is_ok_and(|resolved| resolved.starts_with(root) && resolved != root)
 }
 
-/// True when `folder` has a model file or settings: a folder without
-/// either (scripts, say) is not a model.
+/// True when `folder` has a model file or settings, in either layout: a
+/// folder without any (scripts, say) is not a model.
 fn holds_model(folder: &Path) -> bool {
-    folder.join("model.onnx").exists() || folder.join("model.toml").exists()
+    folder.join("model.onnx").exists()
+        || folder.join("model.toml").exists()
+        || triton_config::is_triton_folder(folder)
 }
 
 /// Loads one folder; `Ok(None)` for a folder that holds no model at all
@@ -181,11 +201,20 @@ fn load_model(
     if !holds_model(folder) {
         return Ok(None);
     }
-    let onnx_path = folder.join("model.onnx");
-    let toml_path = folder.join("model.toml");
     if let Err(e) = check_name(name) {
         return Err(format!("{}: {e}", folder.display()));
     }
+    if triton_config::is_triton_folder(folder) {
+        if overrides.is_some() {
+            return Err(format!(
+                "{}: a model in Triton's layout is configured by its config.pbtxt; a load's config override is not applied to it",
+                folder.display()
+            ));
+        }
+        return load_triton_model(folder, name).map(Some);
+    }
+    let onnx_path = folder.join("model.onnx");
+    let toml_path = folder.join("model.toml");
     let text = if toml_path.exists() {
         fs::read_to_string(&toml_path).map_err(|e| format!("{}: {e}", toml_path.display()))?
     } else {
@@ -214,12 +243,36 @@ fn load_model(
     Ok(Some(ModelSpec {
         name: name.to_string(),
         onnx_path,
+        sha256: version.clone(),
         version,
+        triton_config: None,
         settings,
         memory_mb,
         file_mb: bytes.div_ceil(1024 * 1024),
         labels,
     }))
+}
+
+/// Loads a folder in Triton's layout.
+fn load_triton_model(folder: &Path, name: &str) -> Result<ModelSpec, String> {
+    let read = triton_config::read(folder, name)?;
+    let (sha256, bytes) =
+        sha256_file(&read.onnx_path).map_err(|e| format!("{}: {e}", read.onnx_path.display()))?;
+    let labels = read.labels_file.as_deref().map(read_labels).transpose()?;
+    Ok(ModelSpec {
+        name: name.to_string(),
+        onnx_path: read.onnx_path,
+        version: read.version.to_string(),
+        sha256,
+        triton_config: Some(read.config),
+        memory_mb: read
+            .settings
+            .memory_mb
+            .unwrap_or_else(|| estimate_memory_mb(bytes)),
+        settings: read.settings,
+        file_mb: bytes.div_ceil(1024 * 1024),
+        labels,
+    })
 }
 
 /// A labels file: one label per line; blank lines at the end are ignored.

@@ -48,7 +48,8 @@ fn default_sequence_idle_ms() -> u64 {
     60_000
 }
 
-fn default_max_sequences() -> usize {
+/// Most sequences a model holds open when its settings do not say.
+pub(crate) fn default_max_sequences() -> usize {
     1024
 }
 

@@ -13,7 +13,7 @@ use actix::{
     Actor, ActorFutureExt, Addr, AsyncContext, Context, Handler, Message, Recipient,
     ResponseFuture, WrapFuture,
 };
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 use crate::arbiter::{Decisions, ResidencyConfig};
 use crate::batcher::{reserve_and_attach, AttachReplicaRequest, Batcher};
@@ -144,6 +144,9 @@ impl Supervisor {
             .map_err(|e| format!("repository scan failed: {e}"))??;
         for e in &scan.errors {
             error!(model = %e.model, error = %e.error, "model not loaded");
+        }
+        for skipped in &scan.skipped {
+            warn!(folder = %skipped.model, reason = %skipped.error, "repository folder is not a model");
         }
         let setup = DeviceSetup {
             inventory: config.gpus.clone(),

@@ -91,7 +91,7 @@ impl InferenceService {
             return Ok(prediction);
         }
         let key = (self.cache.is_some() || self.log.is_some())
-            .then(|| CacheKey::of(handle.name(), &handle.spec.version, &call.inputs));
+            .then(|| CacheKey::of(handle.name(), &handle.spec.sha256, &call.inputs));
         if self.log.is_some() {
             pending.input_sha256 = key.as_ref().map(CacheKey::hex);
         }

@@ -148,7 +148,7 @@ impl Sequences {
                 });
             }
             let slot = Arc::new(AsyncMutex::new(OpenSequence {
-                version: model.spec.version.clone(),
+                version: model.spec.sha256.clone(),
                 state: HashMap::new(),
                 pin: None,
                 last_used: now,
@@ -229,7 +229,7 @@ impl InferenceService {
         }
         let slot = self.sequences.slot(&model, &sequence, &settings)?;
         let mut open = slot.lock().await;
-        if open.closed || open.version != model.spec.version {
+        if open.closed || open.version != model.spec.sha256 {
             return Err(InferError::Sequence(format!(
                 "sequence {} of model '{name}' ended (or the model was replaced) while this \
                  request waited; start it again with sequence_start",
@@ -248,7 +248,7 @@ impl InferenceService {
         call.use_cache = false;
         call.pin = open.pin;
         if self.log.is_some() {
-            let key = CacheKey::of(&name, &model.spec.version, &call.inputs);
+            let key = CacheKey::of(&name, &model.spec.sha256, &call.inputs);
             pending.input_sha256 = Some(key.hex());
         }
         let mut prediction = self.infer(model.clone(), call, started, pending).await?;

@@ -113,7 +113,51 @@ pub fn model_config(model: &ModelHandle, signature: &ModelSignature, devices: &[
             "priority_queue_policy": {},
         });
     }
+    if let Some(read) = &model.spec.triton_config {
+        overlay_read(&mut config, read);
+    }
     config
+}
+
+/// A model read from Triton's layout answers its `config.pbtxt` as
+/// written (an input's `format`, an output's `label_filename`, the
+/// sequence controls' values) over what the server reports; the instance
+/// group stays what runs.
+fn overlay_read(config: &mut Value, read: &Value) {
+    let Value::Object(read) = read else { return };
+    for (key, value) in read.iter().filter(|(key, _)| *key != "instance_group") {
+        match config.get_mut(key) {
+            Some(slot) => overlay(slot, value),
+            None => config[key] = value.clone(),
+        }
+    }
+}
+
+/// `read` over `base`: objects key by key, lists of named objects (inputs,
+/// outputs, control inputs) item by item by name, anything else replaced.
+fn overlay(base: &mut Value, read: &Value) {
+    let named = |items: &[Value]| items.iter().all(|i| i["name"].is_string());
+    match (base, read) {
+        (Value::Object(base), Value::Object(read)) => {
+            for (key, value) in read {
+                match base.get_mut(key) {
+                    Some(slot) => overlay(slot, value),
+                    None => {
+                        base.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        (Value::Array(base), Value::Array(read)) if named(read) => {
+            for item in read {
+                match base.iter_mut().find(|b| b["name"] == item["name"]) {
+                    Some(slot) => overlay(slot, item),
+                    None => base.push(item.clone()),
+                }
+            }
+        }
+        (slot, value) => *slot = value.clone(),
+    }
 }
 
 /// One group: every replica, on the GPUs they hold or the CPU.

@@ -41,3 +41,4 @@ mod supervision;
 mod tls;
 mod topology;
 mod traces;
+mod triton_layout;

@@ -12,6 +12,7 @@ use super::warmup::warm_up;
 use super::Replica;
 use crate::error::EngineError;
 use crate::signature::ModelSignature;
+use crate::tensor::DataType;
 
 /// A load that measures runs alone in the process (it holds the gate for
 /// writing), so that what the memory in use grows by during it is that
@@ -72,7 +73,21 @@ impl Replica {
         };
         let mut peaks = (None, None);
         let mut warmup_runs = Vec::new();
-        for round in 0..self.warmup {
+        // Made-up text can break a model that reads it (a number parsed
+        // from it, a vocabulary looked up): such a model is not warmed up.
+        let rounds = if signature.inputs.iter().any(|s| s.dtype == DataType::Bytes) {
+            if self.warmup > 0 {
+                info!(
+                    model = %self.model,
+                    replica = self.id,
+                    "warmup skipped: the model takes text, which made-up values could fail"
+                );
+            }
+            0
+        } else {
+            self.warmup
+        };
+        for round in 0..rounds {
             warmup_runs.clear();
             let run = Instant::now();
             warm_up(engine.as_mut(), &signature, 1)?;

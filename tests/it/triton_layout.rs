@@ -1,0 +1,168 @@
+//! A repository in Triton's layout (`config.pbtxt`, version folders) served
+//! beside Gantry's own: the version the policy picks is the version clients
+//! see and name in versioned routes, the configuration answers what the
+//! file says (an input's `format`, an output's `label_filename`) over what
+//! runs, its settings apply (instance count, batch size), a folder holding a
+//! model Gantry cannot run is a failed model with the field named, and a
+//! folder holding no model is none.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::common::{config, onnx_provider, root, Repo, TestServer};
+
+fn write(dir: &Path, rel: &str, text: &str) {
+    let path = dir.join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+fn copy(from: &str, to: &Path) {
+    std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+    std::fs::copy(root().join(from), to).unwrap();
+}
+
+const MLP_CONFIG: &str = r#"
+name: "mlp"
+platform: "onnxruntime_onnx"
+max_batch_size: 4
+input [
+  { name: "features"  data_type: TYPE_FP32  dims: [ 64 ] }
+]
+output [
+  { name: "logits"  data_type: TYPE_FP32  dims: [ 10 ] }
+]
+dynamic_batching { max_queue_delay_microseconds: 2000 }
+instance_group [ { count: 2  kind: KIND_CPU } ]
+"#;
+
+const CLASSIFIER_CONFIG: &str = r#"
+backend: "onnxruntime"
+max_batch_size: 32
+input [ { name: "features"  data_type: TYPE_FP32  format: FORMAT_NCHW  dims: [ 64 ] } ]
+output [ { name: "logits"  data_type: TYPE_FP32  dims: [ 10 ]  label_filename: "labels.txt" } ]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_triton_repository_is_served_as_its_configs_say() {
+    let repo = Repo::new().copy("tests/fixtures/models/dtypes", "native", None);
+    let dir = repo.path();
+    write(dir, "mlp/config.pbtxt", MLP_CONFIG);
+    copy(
+        "models/tiny-classifier/model.onnx",
+        &dir.join("mlp/1/model.onnx"),
+    );
+    copy(
+        "models/tiny-classifier/model.onnx",
+        &dir.join("mlp/3/model.onnx"),
+    );
+    write(dir, "classifier/config.pbtxt", CLASSIFIER_CONFIG);
+    copy(
+        "models/tiny-classifier/model.onnx",
+        &dir.join("classifier/1/model.onnx"),
+    );
+    let labels: String = (0..10).map(|i| format!("class{i}\n")).collect();
+    write(dir, "classifier/labels.txt", &labels);
+    write(
+        dir,
+        "graphdef/config.pbtxt",
+        "platform: \"tensorflow_graphdef\"\n",
+    );
+    write(dir, "graphdef/1/model.graphdef", "x");
+    write(
+        dir,
+        "warm/config.pbtxt",
+        "model_warmup [ { name: \"w\" batch_size: 1 } ]\n",
+    );
+    copy(
+        "tests/fixtures/models/dtypes/model.onnx",
+        &dir.join("warm/1/model.onnx"),
+    );
+    write(dir, "scripts/fetch.sh", "#!/bin/sh\n");
+    let server = TestServer::start(config(dir), onnx_provider());
+    server.wait_ready().await;
+
+    let (status, index) = server.post("/v2/repository/index", &json!({})).await;
+    assert_eq!(status, 200, "{index}");
+    let entry = |name: &str| -> Value {
+        index
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} not in {index}"))
+    };
+    assert_eq!(entry("mlp")["version"], "3", "{index}");
+    assert_eq!(entry("mlp")["state"], "READY");
+    assert_eq!(entry("classifier")["version"], "1");
+    assert_ne!(entry("graphdef")["state"], "READY");
+    assert!(
+        entry("graphdef")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("tensorflow_graphdef"),
+        "{index}"
+    );
+    assert!(
+        entry("warm")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("`model_warmup`"),
+        "{index}"
+    );
+    assert!(
+        index
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["name"] != "scripts"),
+        "{index}"
+    );
+
+    let (status, metadata) = server.get("/v2/models/mlp").await;
+    assert_eq!(status, 200, "{metadata}");
+    assert_eq!(metadata["versions"], json!(["3"]));
+    let (status, config) = server.get("/v2/models/mlp/versions/3/config").await;
+    assert_eq!(status, 200, "{config}");
+    assert_eq!(config["max_batch_size"], 4);
+    assert_eq!(config["instance_group"][0]["count"], 2, "{config}");
+    assert_eq!(config["instance_group"][0]["kind"], "KIND_CPU");
+    assert_eq!(
+        config["dynamic_batching"]["max_queue_delay_microseconds"],
+        2000
+    );
+    let (_, classifier) = server.get("/v2/models/classifier/config").await;
+    assert_eq!(
+        classifier["input"][0]["format"], "FORMAT_NCHW",
+        "{classifier}"
+    );
+    assert_eq!(classifier["output"][0]["label_filename"], "labels.txt");
+    assert_eq!(classifier["name"], "classifier");
+
+    let features = |n: usize| json!({"name": "features", "shape": [n, 64], "datatype": "FP32", "data": vec![0.25; n * 64]});
+    let request = json!({"inputs": [features(2)]});
+    let (status, answer) = server
+        .post("/v2/models/mlp/versions/3/infer", &request)
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["model_version"], "3");
+    assert_eq!(answer["outputs"][0]["shape"], json!([2, 10]), "{answer}");
+    let (status, answer) = server
+        .post("/v2/models/mlp/versions/1/infer", &request)
+        .await;
+    assert_eq!(status, 404, "version 1 is not served: {answer}");
+    // Triton's classification extension names the labels file's classes.
+    let classify = json!({
+        "inputs": [features(1)],
+        "outputs": [{"name": "logits", "parameters": {"classification": 2}}],
+    });
+    let (status, answer) = server.post("/v2/models/classifier/infer", &classify).await;
+    assert_eq!(status, 200, "{answer}");
+    let top = answer["outputs"][0]["data"][0].as_str().unwrap();
+    assert!(
+        top.split(':').nth(2).unwrap().starts_with("class"),
+        "{answer}"
+    );
+}
