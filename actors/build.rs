@@ -1,6 +1,6 @@
 //! Compiles Triton's model configuration schema (`proto/triton/
 //! model_config.proto`, vendored) into descriptors at
-//! `$OUT_DIR/model_config.bin`, which `src/triton_config.rs` reads
+//! `$OUT_DIR/model_config.bin`, which `src/triton_config/text.rs` reads
 //! `config.pbtxt` files against (protobuf text format, through
 //! prost-reflect). protox parses the `.proto` in pure Rust: no `protoc`.
 

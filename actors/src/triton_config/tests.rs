@@ -1,4 +1,8 @@
+use super::settings::translate;
+use super::text::colons_before_lists;
+use super::versions::select_version;
 use super::*;
+use crate::device::DevicePreference;
 use crate::repository;
 
 fn write(dir: &Path, rel: &str, text: &str) {

@@ -1,0 +1,226 @@
+//! What a read `config.pbtxt` sets, as Gantry's [`ModelSettings`].
+
+use crate::device::DevicePreference;
+use crate::model_settings::ModelSettings;
+use crate::sequence::{SequenceSettings, StateSettings};
+
+use super::text::{InstanceGroup, ParsedConfig, SequenceBatching};
+
+/// What a configuration sets, as Gantry's settings.
+pub(super) struct Translated {
+    pub(super) settings: ModelSettings,
+    /// The `label_filename` of an output.
+    pub(super) labels: Option<String>,
+}
+
+pub(super) fn translate(parsed: &ParsedConfig, folder_name: &str) -> Result<Translated, String> {
+    let config = &parsed.fields;
+    if !config.name.is_empty() && config.name != folder_name {
+        return Err(format!(
+            "name '{}' differs from the model's folder '{folder_name}'",
+            config.name
+        ));
+    }
+    match (config.platform.as_str(), config.backend.as_str()) {
+        ("" | "onnxruntime_onnx", "" | "onnxruntime") => {}
+        (platform, "" | "onnxruntime") => {
+            return Err(format!(
+                "platform '{platform}' is not served by Gantry (ONNX Runtime models only: onnxruntime_onnx)"
+            ))
+        }
+        (_, backend) => {
+            return Err(format!(
+                "backend '{backend}' is not served by Gantry (ONNX Runtime models only: onnxruntime)"
+            ))
+        }
+    }
+    let mut settings = ModelSettings {
+        // Triton runs a request as it comes unless dynamic batching asks
+        // it to wait for others.
+        batch_window_ms: 0,
+        ..ModelSettings::default()
+    };
+    settings.max_batch_size = match config.max_batch_size {
+        n if n < 0 => return Err("max_batch_size must be 0 or more".into()),
+        // An unbatched model: every request runs alone.
+        0 => 1,
+        n => usize::try_from(n).map_err(|_| "max_batch_size is too large".to_string())?,
+    };
+    instance_groups(&config.instance_group, &mut settings)?;
+    if let Some(batching) = &config.dynamic_batching {
+        settings.batch_window_ms = batching.max_queue_delay_microseconds.div_ceil(1000);
+        if let Some(size) = batching
+            .default_queue_policy
+            .as_ref()
+            .map(|p| p.max_queue_size)
+            .filter(|&n| n > 0)
+        {
+            settings.queue_capacity = usize::try_from(size).unwrap_or(usize::MAX);
+        }
+    }
+    if let Some(sequence) = &config.sequence_batching {
+        settings.sequence = Some(sequence_settings(sequence)?);
+    }
+    for (key, value) in &config.parameters {
+        match key.as_str() {
+            "intra_op_thread_count" => {
+                let threads: usize = value.string_value.trim().parse().map_err(|_| {
+                    format!(
+                        "parameters.intra_op_thread_count '{}' is not a number",
+                        value.string_value
+                    )
+                })?;
+                // 0 is ONNX Runtime's default: the shared pool.
+                settings.intra_op_threads = (threads > 0).then_some(threads);
+            }
+            other => tracing::warn!(
+                model = folder_name,
+                parameter = other,
+                "config.pbtxt parameter has no meaning to Gantry's ONNX Runtime backend; ignored"
+            ),
+        }
+    }
+    let labelled: Vec<&str> = config
+        .output
+        .iter()
+        .map(|o| o.label_filename.as_str())
+        .filter(|f| !f.is_empty())
+        .collect();
+    if labelled.len() > 1 {
+        return Err("label_filename is set on more than one output; Gantry labels one".into());
+    }
+    if let Some(file) = labelled.first() {
+        if file.contains('/') || file.starts_with('.') {
+            return Err(format!(
+                "output label_filename '{file}' must name a file in the model's folder"
+            ));
+        }
+    }
+    settings.validate()?;
+    Ok(Translated {
+        settings,
+        labels: labelled.first().map(|f| f.to_string()),
+    })
+}
+
+fn instance_groups(groups: &[InstanceGroup], settings: &mut ModelSettings) -> Result<(), String> {
+    if groups.is_empty() {
+        return Ok(());
+    }
+    let mut kinds: Vec<&str> = groups
+        .iter()
+        .map(|g| g.kind.as_deref().unwrap_or("KIND_AUTO"))
+        .collect();
+    kinds.dedup();
+    if kinds.len() > 1 {
+        return Err(format!(
+            "instance_group mixes kinds ({}); Gantry runs a model's replicas on one kind of device",
+            kinds.join(", ")
+        ));
+    }
+    settings.device = match kinds[0] {
+        "KIND_AUTO" => DevicePreference::Auto,
+        "KIND_CPU" => DevicePreference::Cpu,
+        "KIND_GPU" => DevicePreference::Gpu,
+        other => {
+            return Err(format!(
+                "instance_group kind {other} is not supported by Gantry (KIND_AUTO, KIND_CPU, KIND_GPU)"
+            ))
+        }
+    };
+    let mut replicas = 0usize;
+    for group in groups {
+        match group.count.unwrap_or(1) {
+            n if n < 1 => return Err("instance_group count must be at least 1".into()),
+            n => replicas += usize::try_from(n).unwrap_or(usize::MAX),
+        }
+    }
+    settings.replicas = replicas;
+    let mut gpus: Vec<u32> = Vec::new();
+    for gpu in groups.iter().flat_map(|g| &g.gpus) {
+        let gpu = u32::try_from(*gpu)
+            .map_err(|_| format!("instance_group gpus: {gpu} is not a GPU index"))?;
+        if !gpus.contains(&gpu) {
+            gpus.push(gpu);
+        }
+    }
+    if !gpus.is_empty() {
+        if settings.device == DevicePreference::Cpu {
+            return Err("instance_group gpus cannot be set with kind KIND_CPU".into());
+        }
+        settings.gpus = Some(gpus);
+    }
+    Ok(())
+}
+
+fn sequence_settings(sequence: &SequenceBatching) -> Result<SequenceSettings, String> {
+    let mut settings = SequenceSettings {
+        max_sequence_idle_ms: match sequence.max_sequence_idle_microseconds {
+            // Triton's default: one second.
+            0 => 1000,
+            us => us.div_ceil(1000),
+        },
+        max_sequences: match sequence.oldest.as_ref().map(|o| o.max_candidate_sequences) {
+            Some(n) if n > 0 => usize::try_from(n).unwrap_or(usize::MAX),
+            _ => crate::sequence::default_max_sequences(),
+        },
+        start: None,
+        end: None,
+        ready: None,
+        corrid: None,
+        state: Vec::new(),
+    };
+    for input in &sequence.control_input {
+        let [control] = input.control.as_slice() else {
+            return Err(format!(
+                "sequence_batching.control_input '{}' must hold exactly one control",
+                input.name
+            ));
+        };
+        let kind = control.kind.as_deref().unwrap_or("CONTROL_SEQUENCE_START");
+        if kind != "CONTROL_SEQUENCE_CORRID" {
+            let zero_one = match (
+                control.int32_false_true.as_slice(),
+                control.fp32_false_true.as_slice(),
+                control.bool_false_true.as_slice(),
+            ) {
+                ([0, 1], [], []) | ([], [], [false, true]) => true,
+                ([], [f, t], []) => *f == 0.0 && *t == 1.0,
+                _ => false,
+            };
+            if !zero_one {
+                return Err(format!(
+                    "sequence_batching.control_input '{}': Gantry sets a control to 0 and 1 (false and true); give int32_false_true: [0, 1], fp32_false_true: [0, 1] or bool_false_true: [false, true]",
+                    input.name
+                ));
+            }
+        }
+        let slot = match kind {
+            "CONTROL_SEQUENCE_START" => &mut settings.start,
+            "CONTROL_SEQUENCE_END" => &mut settings.end,
+            "CONTROL_SEQUENCE_READY" => &mut settings.ready,
+            "CONTROL_SEQUENCE_CORRID" => &mut settings.corrid,
+            other => {
+                return Err(format!(
+                    "sequence_batching control kind {other} is not supported by Gantry"
+                ))
+            }
+        };
+        if slot.replace(input.name.clone()).is_some() {
+            return Err(format!("sequence_batching names two inputs for {kind}"));
+        }
+    }
+    for state in &sequence.state {
+        let dims = state
+            .dims
+            .iter()
+            .map(|&d| usize::try_from(d).unwrap_or(1))
+            .collect::<Vec<_>>();
+        settings.state.push(StateSettings {
+            input: state.input_name.clone(),
+            output: state.output_name.clone(),
+            dims: (!dims.is_empty()).then_some(dims),
+        });
+    }
+    Ok(settings)
+}
