@@ -1,6 +1,9 @@
 //! Triton's system shared memory extension over HTTP: register a window of
 //! a POSIX shared memory object as a named region, unregister one or all,
-//! and list them (`/v2/systemsharedmemory/...`, Triton's paths and JSON).
+//! and list them (`/v2/systemsharedmemory/...`, Triton's paths and JSON);
+//! and the CUDA shared memory extension's routes (`/v2/cudasharedmemory/...`),
+//! answered as a server holding no CUDA region answers
+//! ([`crate::triton::cuda_shared_memory`]).
 //! The registry itself is [`crate::triton::shared_memory`]; the infer side
 //! (inputs read from regions, outputs written to them) is
 //! [`crate::service::shared_tensors`].
@@ -26,6 +29,7 @@ use serde_json::json;
 use super::admin::authorize;
 use super::{parse_json, read_body, route, AppState};
 use crate::error::ApiError;
+use crate::triton::cuda_shared_memory;
 use crate::triton::shared_memory::RegionStatus;
 
 pub fn config_shm_regions_api(cfg: &mut web::ServiceConfig) {
@@ -46,6 +50,32 @@ pub fn config_shm_regions_api(cfg: &mut web::ServiceConfig) {
         Method::POST,
         &format!("{ONE}/unregister"),
         unregister,
+    ));
+    const CUDA_ONE: &str = "/v2/cudasharedmemory/region/{name}";
+    cfg.service(route(
+        Method::GET,
+        "/v2/cudasharedmemory/status",
+        cuda_status_all,
+    ))
+    .service(route(
+        Method::POST,
+        "/v2/cudasharedmemory/unregister",
+        cuda_unregister_all,
+    ))
+    .service(route(
+        Method::GET,
+        &format!("{CUDA_ONE}/status"),
+        cuda_status,
+    ))
+    .service(route(
+        Method::POST,
+        &format!("{CUDA_ONE}/register"),
+        cuda_register,
+    ))
+    .service(route(
+        Method::POST,
+        &format!("{CUDA_ONE}/unregister"),
+        cuda_unregister,
     ));
 }
 
@@ -140,4 +170,74 @@ async fn status(
 ) -> Result<HttpResponse, ApiError> {
     authorize(&state, &req)?;
     Ok(HttpResponse::Ok().json(state.service.shared_memory().status(Some(&path))?))
+}
+
+/// Every CUDA region: none.
+#[utoipa::path(get, path = "/v2/cudasharedmemory/status", tag = "admin",
+    security(("admin_token" = [])),
+    responses((status = 200, description = "Every registered CUDA region (none)", body = Vec<cuda_shared_memory::CudaRegionStatus>),
+        super::schemas::AdminErrors))]
+async fn cuda_status_all(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    Ok(HttpResponse::Ok().json(cuda_shared_memory::status(None)?))
+}
+
+/// The CUDA region `name`: 400, as none is registered.
+#[utoipa::path(get, path = "/v2/cudasharedmemory/region/{name}/status", tag = "admin",
+    params(("name" = String, Path, description = "The region's name")), security(("admin_token" = [])),
+    responses((status = 200, description = "The region, as a list of one", body = Vec<cuda_shared_memory::CudaRegionStatus>),
+        super::schemas::AdminErrors))]
+async fn cuda_status(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    Ok(HttpResponse::Ok().json(cuda_shared_memory::status(Some(&path))?))
+}
+
+/// Refused (400): this server maps no CUDA IPC handles; the answer says to
+/// use system shared memory.
+#[utoipa::path(post, path = "/v2/cudasharedmemory/region/{name}/register", tag = "admin",
+    params(("name" = String, Path, description = "The region's name")), security(("admin_token" = [])),
+    responses((status = 400, description = "CUDA regions are not registered here"),
+        super::schemas::AdminErrors))]
+async fn cuda_register(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    Err(cuda_shared_memory::register(&path))
+}
+
+/// Success: no CUDA region `name` is registered (as Triton answers for
+/// one it does not hold).
+#[utoipa::path(post, path = "/v2/cudasharedmemory/region/{name}/unregister", tag = "admin",
+    params(("name" = String, Path, description = "The region's name")), security(("admin_token" = [])),
+    responses((status = 200, description = "The region is not registered", body = Done),
+        super::schemas::AdminErrors))]
+async fn cuda_unregister(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+    _path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    Ok(HttpResponse::Ok().json(json!({})))
+}
+
+/// Success: no CUDA region is registered.
+#[utoipa::path(post, path = "/v2/cudasharedmemory/unregister", tag = "admin",
+    security(("admin_token" = [])),
+    responses((status = 200, description = "No CUDA region is registered", body = Done),
+        super::schemas::AdminErrors))]
+async fn cuda_unregister_all(
+    state: web::Data<AppState>,
+    req: HttpRequest,
+) -> Result<HttpResponse, ApiError> {
+    authorize(&state, &req)?;
+    Ok(HttpResponse::Ok().json(json!({})))
 }

@@ -22,6 +22,7 @@ use super::status::GrpcStatus;
 use crate::error::ApiError;
 use crate::service::models::{overrides_from_parameters, TensorMetadata, EXTENSIONS};
 use crate::service::InferenceService;
+use crate::triton::cuda_shared_memory;
 
 /// The gRPC service: what every RPC shares.
 pub struct Inference {
@@ -255,25 +256,37 @@ impl GrpcInferenceService for Inference {
         Ok(Response::new(SystemSharedMemoryUnregisterResponse {}))
     }
 
+    /// No CUDA region is registered here: none listed, a named one
+    /// unknown ([`crate::triton::cuda_shared_memory`]).
     async fn cuda_shared_memory_status(
         &self,
-        _: Request<CudaSharedMemoryStatusRequest>,
+        request: Request<CudaSharedMemoryStatusRequest>,
     ) -> Answer<CudaSharedMemoryStatusResponse> {
-        Err(Status::unimplemented("CUDA shared memory is not supported"))
+        authorize(&self.service, &request)?;
+        let name = request.into_inner().name;
+        cuda_shared_memory::status(Some(name.as_str()).filter(|n| !n.is_empty()))
+            .map_err(|e| e.grpc_status())?;
+        Ok(Response::new(CudaSharedMemoryStatusResponse {
+            regions: Default::default(),
+        }))
     }
 
+    /// Refused (INVALID_ARGUMENT), saying to use system shared memory.
     async fn cuda_shared_memory_register(
         &self,
-        _: Request<CudaSharedMemoryRegisterRequest>,
+        request: Request<CudaSharedMemoryRegisterRequest>,
     ) -> Answer<CudaSharedMemoryRegisterResponse> {
-        Err(Status::unimplemented("CUDA shared memory is not supported"))
+        authorize(&self.service, &request)?;
+        Err(cuda_shared_memory::register(&request.into_inner().name).grpc_status())
     }
 
+    /// Success: the region (or every region) is not registered.
     async fn cuda_shared_memory_unregister(
         &self,
-        _: Request<CudaSharedMemoryUnregisterRequest>,
+        request: Request<CudaSharedMemoryUnregisterRequest>,
     ) -> Answer<CudaSharedMemoryUnregisterResponse> {
-        Err(Status::unimplemented("CUDA shared memory is not supported"))
+        authorize(&self.service, &request)?;
+        Ok(Response::new(CudaSharedMemoryUnregisterResponse {}))
     }
 
     async fn trace_setting(&self, _: Request<TraceSettingRequest>) -> Answer<TraceSettingResponse> {

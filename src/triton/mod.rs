@@ -1,11 +1,12 @@
 //! Triton's HTTP protocol beyond the KServe v2 core: the model
 //! configuration a model answers with, the configuration override a load
-//! may carry, the statistics extension's counters, and the registry of
-//! the system shared memory extension. The handlers live in `api`.
+//! may carry, the statistics extension's counters, the registry of
+//! the system shared memory extension and the CUDA one's answers. The handlers live in `api`.
 
 pub mod classification;
 pub mod config_json;
 pub mod config_override;
+pub mod cuda_shared_memory;
 pub mod shared_memory;
 pub mod statistics;
 

@@ -91,6 +91,16 @@ def answered_in(result, name):
 
 
 def run_checks(c, url, objects):
+    # As Triton's shared memory examples begin: every region unregistered,
+    # CUDA ones included (a server holding none says so).
+    c.unregister_cuda_shared_memory()
+    c.unregister_cuda_shared_memory("never-registered")
+    status = c.get_cuda_shared_memory_status(as_json=True)
+    check("CUDA status: no region", not status.get("regions"), f"{status}")
+    fails_with("CUDA status of an unknown region", grpc.StatusCode.INVALID_ARGUMENT,
+               lambda: c.get_cuda_shared_memory_status("nope"))
+    fails_with("CUDA register is refused, pointing to system shared memory", grpc.StatusCode.INVALID_ARGUMENT,
+               lambda: c.register_cuda_shared_memory("gpu", b"\0" * 64, 0, 64), "system shared memory")
     arrays_in = [VALUES[n] for n in INPUTS]
     places_in, size_in = layout(arrays_in)
     handle_in, key_in = objects.create("in", size_in)

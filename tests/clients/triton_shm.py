@@ -16,6 +16,7 @@ first failure. Run by tests/it/clients.rs.
 """
 
 import asyncio
+import base64
 import os
 import sys
 import traceback
@@ -71,7 +72,8 @@ def expect_error(label, call, statuses, contains=None):
 
 CALLS = [
     "get_server_metadata", "register_system_shared_memory", "unregister_system_shared_memory",
-    "get_system_shared_memory_status", "infer",
+    "get_system_shared_memory_status", "infer", "unregister_cuda_shared_memory",
+    "get_cuda_shared_memory_status", "register_cuda_shared_memory",
 ]
 
 
@@ -167,7 +169,20 @@ def object_bytes(handle, size):
     return bytes(shm.get_contents_as_numpy(handle, np.uint8, [size]))
 
 
+def check_cuda(c):
+    """Triton's shared memory examples begin by unregistering every region,
+    CUDA ones included: a server holding none says so."""
+    c.unregister_cuda_shared_memory()
+    c.unregister_cuda_shared_memory("never-registered")
+    check("CUDA status: no region", c.get_cuda_shared_memory_status() == [], f"{c.get_cuda_shared_memory_status()}")
+    expect_error("CUDA status of an unknown region", lambda: c.get_cuda_shared_memory_status("nope"), {"400"})
+    expect_error("CUDA register is refused, pointing to system shared memory",
+                 lambda: c.register_cuda_shared_memory("gpu", base64.b64encode(b"\0" * 64).decode(), 0, 64), {"400"},
+                 contains="system shared memory")
+
+
 def run_checks(c, objects):
+    check_cuda(c)
     meta = c.get_server_metadata()
     check("extensions list system_shared_memory", "system_shared_memory" in (meta.get("extensions") or []), f"{meta}")
     check("status: no region to begin with", region_names(c) == [], f"{c.get_system_shared_memory_status()}")

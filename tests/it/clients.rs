@@ -6,7 +6,8 @@
 //!   of Triton's HTTP protocol: model configuration, statistics, model
 //!   control, compression (tests/clients/triton_protocol.py);
 //! - the same client, sync and asyncio, with inputs and outputs in system
-//!   shared memory regions (tests/clients/triton_shm.py);
+//!   shared memory regions, and the CUDA shared memory routes as a server
+//!   holding no CUDA region answers them (tests/clients/triton_shm.py);
 //! - the same client, sync and asyncio, running sequences on stateful models
 //!   (an accumulator fixture and Silero VAD; tests/clients/triton_sequences.py);
 //! - the official Triton gRPC client (`tritonclient[grpc]`, sync and asyncio)
