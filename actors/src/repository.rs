@@ -39,6 +39,24 @@ pub struct ModelSpec {
     pub labels: Option<Vec<String>>,
 }
 
+impl ModelSpec {
+    /// The model's file as the repository holds it (`name/model.onnx`,
+    /// `name/1/model.onnx`): how errors name it, never by where the
+    /// server keeps it.
+    pub fn file_label(&self) -> String {
+        let folder = self
+            .onnx_path
+            .ancestors()
+            .find(|a| a.file_name().is_some_and(|n| n == self.name.as_str()));
+        folder
+            .and_then(Path::parent)
+            .and_then(|repository| self.onnx_path.strip_prefix(repository).ok())
+            .unwrap_or_else(|| Path::new(self.onnx_path.file_name().unwrap_or_default()))
+            .display()
+            .to_string()
+    }
+}
+
 /// A folder that could not be turned into a model, and why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadError {
@@ -70,6 +88,32 @@ pub fn estimate_memory_mb(file_bytes: u64) -> u64 {
 /// served (a bad name, a symbolic link out of `dir`, a broken `model.toml`)
 /// becomes a [`LoadError`].
 pub fn scan(dir: &Path) -> Result<RepositoryScan, String> {
+    let mut scan = scan_folders(dir)?;
+    for e in scan.errors.iter_mut() {
+        e.error = within_repository(dir, &e.error);
+    }
+    Ok(scan)
+}
+
+/// `message` with the repository's own path taken out, so that what
+/// clients read (load answers, health, the repository index) names a file
+/// as `model/model.toml`, never by where the server keeps it.
+pub fn within_repository(dir: &Path, message: &str) -> String {
+    let mut message = message.to_string();
+    let canonical = fs::canonicalize(dir).ok();
+    for root in [Some(dir.to_path_buf()), canonical].into_iter().flatten() {
+        let root = root.display().to_string();
+        if root.is_empty() || root == "/" {
+            continue;
+        }
+        message = message
+            .replace(&format!("{root}/"), "")
+            .replace(&root, "models.dir");
+    }
+    message
+}
+
+fn scan_folders(dir: &Path) -> Result<RepositoryScan, String> {
     let entries = fs::read_dir(dir)
         .map_err(|e| format!("cannot read model repository {}: {e}", dir.display()))?;
     let root = fs::canonicalize(dir)
@@ -156,6 +200,17 @@ pub fn scan_one(dir: &Path, name: &str) -> Result<Option<ModelSpec>, ScanOneErro
 /// file's (tables merge key by key), as a load request may ask. The merged
 /// settings are checked like the file's own.
 pub fn scan_one_with(
+    dir: &Path,
+    name: &str,
+    overrides: Option<&toml::Table>,
+) -> Result<Option<ModelSpec>, ScanOneError> {
+    read_one(dir, name, overrides).map_err(|e| match e {
+        ScanOneError::Load(why) => ScanOneError::Load(within_repository(dir, &why)),
+        other => other,
+    })
+}
+
+fn read_one(
     dir: &Path,
     name: &str,
     overrides: Option<&toml::Table>,
@@ -421,6 +476,25 @@ mod tests {
             "{}",
             scan.errors[0].error
         );
+    }
+
+    #[test]
+    fn errors_and_labels_name_files_within_the_repository() {
+        let dir = tempfile::tempdir().unwrap();
+        write(dir.path(), "m/model.onnx", "x");
+        write(dir.path(), "m/model.toml", "replicas = -1\n");
+        write(dir.path(), "t/7/model.onnx", "x");
+        let scan = scan(dir.path()).unwrap();
+        let root = dir.path().display().to_string();
+        assert!(
+            scan.errors[0].error.starts_with("m/model.toml: "),
+            "{}",
+            scan.errors[0].error
+        );
+        assert!(!scan.errors[0].error.contains(&root));
+        assert_eq!(scan.models[0].file_label(), "t/7/model.onnx");
+        let gone = within_repository(dir.path(), &format!("cannot read {root}: gone"));
+        assert_eq!(gone, "cannot read models.dir: gone");
     }
 
     #[test]

@@ -50,7 +50,8 @@ impl InferenceService {
                 overrides,
             })
             .await
-            .map_err(|e| supervisor_gone(&e))??;
+            .map_err(|e| supervisor_gone(&e))?
+            .map_err(|e| failed_to_load(model, e))?;
         self.wait_until_serving(&loading.handle).await?;
         Ok(loading.change)
     }
@@ -140,7 +141,7 @@ impl InferenceService {
                     .or(refused.first())
                     .cloned()
                     .unwrap_or_default();
-                Some(format!("failed to load model '{name}': {why}"))
+                Some(format!("failed to load '{name}', {why}"))
             } else if Instant::now() >= deadline {
                 Some(format!(
                     "model '{name}' had no ready replica within {} s",
@@ -174,6 +175,17 @@ impl InferenceService {
         // device; an estimate or a measurement is cut to the device.
         let (needs, configured) = handle.state.reservation_mb(spec);
         !configured || memory.devices.iter().any(|d| needs <= d.total_mb)
+    }
+}
+
+/// A load refused before it started, in Triton's words ("failed to load
+/// '<model>', ..."), which clients look for.
+fn failed_to_load(model: &str, e: LifecycleError) -> LifecycleError {
+    let worded = |why: String| format!("failed to load '{model}', {why}");
+    match e {
+        LifecycleError::Repository(why) => LifecycleError::Repository(worded(why)),
+        LifecycleError::InvalidOverride(why) => LifecycleError::InvalidOverride(worded(why)),
+        other => other,
     }
 }
 

@@ -82,38 +82,44 @@ fn tensor_metadata(specs: &[TensorSpec], hidden: impl Fn(&str) -> bool) -> Vec<T
         .collect()
 }
 
-/// The settings override a load's `parameters` ask for (HTTP and gRPC).
+/// The settings override a load's `parameters` ask for (HTTP and gRPC);
+/// a refusal says "failed to load '<model>', ..." as Triton's does.
 pub fn overrides_from_parameters(
     model: &str,
     parameters: Map<String, Value>,
 ) -> Result<Option<toml::Table>, ApiError> {
+    load_overrides(model, parameters)
+        .map_err(|why| ApiError::BadRequest(format!("failed to load '{model}', {why}")))
+}
+
+fn load_overrides(
+    model: &str,
+    parameters: Map<String, Value>,
+) -> Result<Option<toml::Table>, String> {
     let mut overrides = None;
     for (key, value) in parameters {
         match (key.as_str(), value) {
             ("config", Value::String(text)) => {
-                overrides = Some(overrides_from_config(model, &text).map_err(ApiError::BadRequest)?)
+                overrides = Some(overrides_from_config(model, &text)?)
             }
             ("config", value @ Value::Object(_)) => {
-                overrides = Some(
-                    overrides_from_config(model, &value.to_string())
-                        .map_err(ApiError::BadRequest)?,
-                )
+                overrides = Some(overrides_from_config(model, &value.to_string())?)
             }
             ("config", other) => {
-                return Err(ApiError::BadRequest(format!(
+                return Err(format!(
                     "parameters.config must be a JSON object (or its text), not {other}"
-                )))
+                ))
             }
             (key, _) if key.starts_with("file:") => {
-                return Err(ApiError::BadRequest(format!(
+                return Err(format!(
                     "parameters.{key}: loading model files sent with the request is not \
                      supported; put them in the model repository"
-                )))
+                ))
             }
             (key, _) => {
-                return Err(ApiError::BadRequest(format!(
+                return Err(format!(
                     "parameters.{key} is not a load parameter (config is)"
-                )))
+                ))
             }
         }
     }

@@ -6,7 +6,8 @@
 //! `kind` → `device`, `gpus`); `dynamic_batching.max_queue_delay_microseconds`
 //! → `batch_window_ms` (rounded up to whole milliseconds) and
 //! `dynamic_batching.default_queue_policy.max_queue_size` →
-//! `queue_capacity`. Keys that describe the model rather than configure it
+//! `queue_capacity`; their integers as numbers or, as protobuf's JSON
+//! mapping writes 64-bit ones, as strings (`"max_batch_size": "16"`). Keys that describe the model rather than configure it
 //! (`input`, `output`, `version_policy`, ...) are accepted as the model's
 //! own configuration answers them, and ignored: clients send back a
 //! configuration they read. `name`, `platform` and `backend` must match.
@@ -63,7 +64,7 @@ pub fn overrides_from_config(model: &str, config: &str) -> Result<toml::Table, S
             "platform" => expect_str(&key, &value, "onnxruntime_onnx")?,
             "backend" => expect_str(&key, &value, "onnxruntime")?,
             "runtime" => {}
-            "max_batch_size" => set(&mut out, "max_batch_size", value)?,
+            "max_batch_size" => set_int(&mut out, "max_batch_size", "max_batch_size", value)?,
             "instance_group" => instance_group(&mut out, value)?,
             "dynamic_batching" => dynamic_batching(&mut out, value)?,
             "sequence_batching" | "ensemble_scheduling" | "response_cache" => {
@@ -92,6 +93,37 @@ fn set(out: &mut toml::Table, key: &str, value: Value) -> Result<(), String> {
     Ok(())
 }
 
+/// An integer in protobuf's JSON mapping: a number, or a string holding
+/// one (64-bit integers are written as strings, and parsers take either
+/// form for every integer type).
+fn proto_int(value: &Value) -> Option<i64> {
+    match value {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+/// Sets `key` to the integer `value` (see [`proto_int`]), or to each of a
+/// list's.
+fn set_int(out: &mut toml::Table, triton_key: &str, key: &str, value: Value) -> Result<(), String> {
+    let not_int = || {
+        format!("parameters.config: `{triton_key}` must be an integer (or a string holding one), not {value}")
+    };
+    let converted = match &value {
+        Value::Array(items) => toml::Value::Array(
+            items
+                .iter()
+                .map(|item| proto_int(item).map(toml::Value::Integer))
+                .collect::<Option<_>>()
+                .ok_or_else(not_int)?,
+        ),
+        single => toml::Value::Integer(proto_int(single).ok_or_else(not_int)?),
+    };
+    out.insert(key.to_string(), converted);
+    Ok(())
+}
+
 fn object(key: &str, value: Value) -> Result<Map<String, Value>, String> {
     match value {
         Value::Object(map) => Ok(map),
@@ -113,7 +145,7 @@ fn instance_group(out: &mut toml::Table, value: Value) -> Result<(), String> {
     let group = groups.into_iter().next().unwrap_or_default();
     for (key, value) in object("instance_group[0]", group)? {
         match key.as_str() {
-            "count" => set(out, "replicas", value)?,
+            "count" => set_int(out, "instance_group[0].count", "replicas", value)?,
             "kind" => {
                 let device = match value.as_str() {
                     Some("KIND_CPU") => "cpu",
@@ -128,7 +160,7 @@ fn instance_group(out: &mut toml::Table, value: Value) -> Result<(), String> {
                 };
                 out.insert("device".into(), toml::Value::String(device.into()));
             }
-            "gpus" => set(out, "gpus", value)?,
+            "gpus" => set_int(out, "instance_group[0].gpus", "gpus", value)?,
             k if GROUP_DESCRIPTIVE.contains(&k) => {}
             _ => {
                 return Err(format!(
@@ -144,7 +176,7 @@ fn dynamic_batching(out: &mut toml::Table, value: Value) -> Result<(), String> {
     for (key, value) in object("dynamic_batching", value)? {
         match key.as_str() {
             "max_queue_delay_microseconds" => {
-                let Some(us) = value.as_u64() else {
+                let Some(us) = proto_int(&value).and_then(|us| u64::try_from(us).ok()) else {
                     return Err(format!(
                         "parameters.config: `dynamic_batching.max_queue_delay_microseconds` \
                          must be a non-negative integer, not {value}"
@@ -156,7 +188,8 @@ fn dynamic_batching(out: &mut toml::Table, value: Value) -> Result<(), String> {
             "default_queue_policy" => {
                 let policy = object("dynamic_batching.default_queue_policy", value)?;
                 if let Some(size) = policy.get("max_queue_size") {
-                    set(out, "queue_capacity", size.clone())?;
+                    let key = "dynamic_batching.default_queue_policy.max_queue_size";
+                    set_int(out, key, "queue_capacity", size.clone())?;
                 }
             }
             k if BATCHING_DESCRIPTIVE.contains(&k) => {}
@@ -192,6 +225,23 @@ mod tests {
     }
 
     #[test]
+    fn integers_may_come_as_strings_as_protobufs_json_writes_them() {
+        let config = r#"{"max_batch_size": "16",
+            "instance_group": [{"count": "2", "gpus": ["0", 1]}],
+            "dynamic_batching": {"max_queue_delay_microseconds": "100",
+                "default_queue_policy": {"max_queue_size": "8"}}}"#;
+        let table = overrides_from_config("m", config).unwrap();
+        assert_eq!(table["max_batch_size"].as_integer(), Some(16));
+        assert_eq!(table["replicas"].as_integer(), Some(2));
+        assert_eq!(
+            table["gpus"].as_array().unwrap(),
+            &vec![toml::Value::Integer(0), toml::Value::Integer(1)]
+        );
+        assert_eq!(table["batch_window_ms"].as_integer(), Some(1));
+        assert_eq!(table["queue_capacity"].as_integer(), Some(8));
+    }
+
+    #[test]
     fn bad_overrides_say_what_is_wrong() {
         for (config, says) in [
             ("not json", "not valid JSON"),
@@ -213,7 +263,15 @@ mod tests {
                 "dynamic_batching.turbo",
             ),
             (r#"{"sequence_batching": {}}"#, "not supported"),
-            (r#"{"max_batch_size": null}"#, "no model.toml form"),
+            (
+                r#"{"max_batch_size": null}"#,
+                "`max_batch_size` must be an integer",
+            ),
+            (
+                r#"{"max_batch_size": "sixteen"}"#,
+                "`max_batch_size` must be an integer",
+            ),
+            (r#"{"replicas": null}"#, "no model.toml form"),
         ] {
             let err = overrides_from_config("m", config).unwrap_err();
             assert!(err.contains(says), "{config}: {err}");

@@ -166,3 +166,77 @@ async fn a_triton_repository_is_served_as_its_configs_say() {
         "{answer}"
     );
 }
+
+/// What clients read about models that cannot load (a load's answer, the
+/// repository index, health) says "failed to load" as Triton does and names
+/// files within the repository, never where the server keeps them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn load_failures_are_worded_as_tritons_and_name_no_server_path() {
+    let repo = Repo::new().copy("models/tiny-classifier", "good", None);
+    let dir = repo.path();
+    write(dir, "badtoml/model.toml", "replicas = -1\n");
+    write(dir, "badtoml/model.onnx", "x");
+    write(dir, "notonnx/model.onnx", "this is not an ONNX file");
+    write(dir, "badpbtxt/config.pbtxt", "max_batch_size: \"eight\"\n");
+    copy(
+        "models/tiny-classifier/model.onnx",
+        &dir.join("badpbtxt/1/model.onnx"),
+    );
+    // Not ready as a whole (a model's replicas keep failing), so the
+    // wait is for the good model.
+    let server = TestServer::start(config(dir), onnx_provider());
+    for _ in 0..300 {
+        if server.get("/v2/models/good/ready").await.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let root = dir.display().to_string();
+    let canonical = std::fs::canonicalize(dir).unwrap().display().to_string();
+    let no_path = |text: &str| !text.contains(&root) && !text.contains(&canonical);
+
+    let (_, index) = server.post("/v2/repository/index", &json!({})).await;
+    let index_text = index.to_string();
+    assert!(no_path(&index_text), "{index_text}");
+    assert!(index_text.contains("badtoml/model.toml"), "{index_text}");
+    assert!(index_text.contains("badpbtxt/config.pbtxt"), "{index_text}");
+    let (_, health) = server.get("/api/optimized/health").await;
+    assert!(no_path(&health.to_string()), "{health}");
+
+    for (model, says) in [
+        ("badtoml", "badtoml/model.toml"),
+        ("badpbtxt", "badpbtxt/config.pbtxt"),
+        ("notonnx", "notonnx/model.onnx"),
+    ] {
+        let (status, answer) = server
+            .post(&format!("/v2/repository/models/{model}/load"), &json!({}))
+            .await;
+        assert_eq!(status, 400, "{model}: {answer}");
+        let error = answer["error"].as_str().unwrap();
+        assert!(
+            error.starts_with(&format!("failed to load '{model}', ")),
+            "{error}"
+        );
+        assert!(error.contains(says) && no_path(error), "{error}");
+    }
+    // A malformed override, as a Triton client sends it.
+    let (status, answer) = server
+        .post(
+            "/v2/repository/models/good/load",
+            &json!({"parameters": {"config": "{\"max_batch_size\": \"many\"}"}}),
+        )
+        .await;
+    assert_eq!(status, 400, "{answer}");
+    let error = answer["error"].as_str().unwrap();
+    assert!(error.starts_with("failed to load 'good', "), "{error}");
+    // Integers as protobuf's JSON mapping writes them load.
+    let (status, answer) = server
+        .post(
+            "/v2/repository/models/good/load",
+            &json!({"parameters": {"config": "{\"max_batch_size\": \"16\"}"}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let (_, config) = server.get("/v2/models/good/config").await;
+    assert_eq!(config["max_batch_size"], 16, "{config}");
+}

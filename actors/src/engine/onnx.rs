@@ -159,6 +159,7 @@ impl EngineProvider for OnnxProvider {
     fn factory(&self, spec: &ModelSpec) -> Arc<dyn EngineFactory> {
         Arc::new(OnnxFactory {
             path: spec.onnx_path.clone(),
+            label: spec.file_label(),
             intra_op_threads: spec.settings.intra_op_threads,
         })
     }
@@ -172,6 +173,9 @@ impl EngineProvider for OnnxProvider {
 #[derive(Debug)]
 pub struct OnnxFactory {
     pub path: PathBuf,
+    /// How errors name the file (`model/model.onnx`: the path within the
+    /// repository, not where the server keeps it).
+    pub label: String,
     /// A pool of this many threads for each session; `None` shares the
     /// process's pool.
     pub intra_op_threads: Option<usize>,
@@ -189,9 +193,12 @@ impl EngineFactory for OnnxFactory {
         let env = ENVIRONMENT
             .get()
             .ok_or_else(|| EngineError::Load("ONNX Runtime is not initialised".into()))?;
-        let path = self.path.display();
+        let path = &self.label;
+        // ONNX Runtime's own messages name the file by its full path.
+        let full = self.path.display().to_string();
+        let relabel = |e: &dyn std::fmt::Display| e.to_string().replace(&full, path);
         let load = |e: ort::Error<ort::session::builder::SessionBuilder>| {
-            EngineError::Load(format!("{path}: {e}"))
+            EngineError::Load(format!("{path}: {}", relabel(&e)))
         };
         let mut builder = Session::builder(env)
             .map_err(|e| EngineError::Load(e.to_string()))?
@@ -222,13 +229,14 @@ impl EngineFactory for OnnxFactory {
             let cuda = cuda.build().error_on_failure();
             builder = builder.with_execution_providers([cuda]).map_err(|e| {
                 EngineError::Load(format!(
-                    "{path}: the CUDA execution provider did not start on GPU {index}: {e}"
+                    "{path}: the CUDA execution provider did not start on GPU {index}: {}",
+                    relabel(&e)
                 ))
             })?;
         }
         let session = builder
             .commit_from_file(&self.path)
-            .map_err(|e| EngineError::Load(format!("{path}: {e}")))?;
+            .map_err(|e| EngineError::Load(format!("{path}: {}", relabel(&e))))?;
         let signature = ModelSignature {
             inputs: specs(session.inputs().iter().map(|o| (o.name(), o.dtype())))?,
             outputs: specs(session.outputs().iter().map(|o| (o.name(), o.dtype())))?,

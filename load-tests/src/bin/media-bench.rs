@@ -166,6 +166,7 @@ fn prepare_audio(model: &ModelSpec, bytes: &Bytes, runs: usize) -> Result<(f64, 
 fn inference(model: &ModelSpec, runs: usize) -> Result<(f64, f64), String> {
     let factory = OnnxFactory {
         path: model.onnx_path.clone(),
+        label: model.file_label(),
         intra_op_threads: Some(1),
     };
     let mut engine = factory

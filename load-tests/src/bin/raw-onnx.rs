@@ -86,6 +86,7 @@ fn run(args: &Args) -> Result<serde_json::Value, String> {
     init_runtime(&onnxruntime()?, threads)?;
     let factory = OnnxFactory {
         path: args.model.clone(),
+        label: args.model.display().to_string(),
         intra_op_threads: None,
     };
     let target = match args.gpu {
