@@ -28,6 +28,7 @@ pub mod queue;
 pub mod readiness;
 pub mod replica;
 pub mod repository;
+pub mod reshape;
 pub mod residency;
 pub mod run_profile;
 pub mod sequence;

@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use crate::device::{DevicePreference, Placement};
 use crate::processing::{self, InputProcessing, OutputProcessing};
+use crate::reshape::TensorReshape;
 use crate::sequence::SequenceSettings;
 
 /// Per-model settings from `model.toml`; every key is optional.
@@ -65,6 +66,10 @@ pub struct ModelSettings {
     pub output: OutputProcessing,
     /// `[sequence]`: a stateful model, served sequence by sequence.
     pub sequence: Option<SequenceSettings>,
+    /// Tensors clients see in another shape than the model's (Triton's
+    /// `reshape`, from a `config.pbtxt`; no `model.toml` key).
+    #[serde(skip)]
+    pub reshape: Vec<TensorReshape>,
 }
 
 impl Default for ModelSettings {
@@ -90,6 +95,7 @@ impl Default for ModelSettings {
             input: InputProcessing::Tensor,
             output: OutputProcessing::Tensor,
             sequence: None,
+            reshape: Vec::new(),
         }
     }
 }

@@ -134,17 +134,32 @@ impl InferenceService {
         let model = self.model_at(path)?;
         let deadline = Instant::now() + self.default_timeout;
         let signature = self.signature_of(&model, deadline).await?;
-        let sequence = model.spec.settings.sequence.as_ref();
+        let settings = &model.spec.settings;
+        let sequence = settings.sequence.as_ref();
+        let mut inputs = tensor_metadata(&signature.inputs, |name| {
+            sequence.is_some_and(|seq| seq.fills_input(name))
+        });
+        let mut outputs = tensor_metadata(&signature.outputs, |name| {
+            sequence.is_some_and(|seq| seq.keeps_output(name))
+        });
+        // A reshaped tensor is shown in the shape clients send or get.
+        for r in &settings.reshape {
+            let listed = if r.input { &mut inputs } else { &mut outputs };
+            if let Some(tensor) = listed.iter_mut().find(|t| t.name == r.name) {
+                tensor.shape = r
+                    .batched
+                    .then_some(-1)
+                    .into_iter()
+                    .chain(r.dims.clone())
+                    .collect();
+            }
+        }
         Ok(ModelMetadata {
             name: model.name().to_string(),
             versions: vec![model.spec.version.clone()],
             platform: "onnxruntime_onnx",
-            inputs: tensor_metadata(&signature.inputs, |name| {
-                sequence.is_some_and(|seq| seq.fills_input(name))
-            }),
-            outputs: tensor_metadata(&signature.outputs, |name| {
-                sequence.is_some_and(|seq| seq.keeps_output(name))
-            }),
+            inputs,
+            outputs,
         })
     }
 

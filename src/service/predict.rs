@@ -199,7 +199,16 @@ impl InferenceService {
     ) -> Result<Prediction, InferError> {
         let deadline = self.deadline(call.timeout, started);
         let signature = self.signature_of(&model, deadline).await?;
-        let validated = signature.validate(call.inputs, model.spec.settings.max_batch_size)?;
+        let reshape = &model.spec.settings.reshape;
+        let mut inputs = call.inputs;
+        for (name, tensor) in inputs.iter_mut() {
+            if let Some(r) = reshape.iter().find(|r| r.input && r.name == *name) {
+                tensor.shape = r
+                    .to_model(&tensor.shape)
+                    .map_err(InferError::InvalidInput)?;
+            }
+        }
+        let validated = signature.validate(inputs, model.spec.settings.max_batch_size)?;
         let (reply, answer) = oneshot::channel();
         model
             .submit(InferRequest {
@@ -238,6 +247,9 @@ impl InferenceService {
             .map(|(spec, mut tensor)| {
                 if validated.batch_dim_added && tensor.shape.first() == Some(&1) {
                     tensor.shape.remove(0);
+                }
+                if let Some(r) = reshape.iter().find(|r| !r.input && r.name == spec.name) {
+                    tensor.shape = r.to_client(&tensor.shape);
                 }
                 (spec.name.clone(), tensor)
             })

@@ -28,10 +28,10 @@ name: "mlp"
 platform: "onnxruntime_onnx"
 max_batch_size: 4
 input [
-  { name: "features"  data_type: TYPE_FP32  dims: [ 64 ] }
+  { name: "features"  data_type: TYPE_FP32  dims: [ 8, 8 ]  reshape { shape: [ 64 ] } }
 ]
 output [
-  { name: "logits"  data_type: TYPE_FP32  dims: [ 10 ] }
+  { name: "logits"  data_type: TYPE_FP32  dims: [ 2, -1 ]  reshape { shape: [ 10 ] } }
 ]
 dynamic_batching { max_queue_delay_microseconds: 2000 }
 instance_group [ { count: 2  kind: KIND_CPU } ]
@@ -142,13 +142,36 @@ async fn a_triton_repository_is_served_as_its_configs_say() {
     assert_eq!(classifier["name"], "classifier");
 
     let features = |n: usize| json!({"name": "features", "shape": [n, 64], "datatype": "FP32", "data": vec![0.25; n * 64]});
-    let request = json!({"inputs": [features(2)]});
+    // The mlp's config reshapes: clients send 8 x 8 and get 2 x 5.
+    assert_eq!(
+        metadata["inputs"][0]["shape"],
+        json!([-1, 8, 8]),
+        "{metadata}"
+    );
+    assert_eq!(
+        metadata["outputs"][0]["shape"],
+        json!([-1, 2, -1]),
+        "{metadata}"
+    );
+    let mut request = json!({"inputs": [features(2)]});
+    request["inputs"][0]["shape"] = json!([2, 8, 8]);
     let (status, answer) = server
         .post("/v2/models/mlp/versions/3/infer", &request)
         .await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["model_version"], "3");
-    assert_eq!(answer["outputs"][0]["shape"], json!([2, 10]), "{answer}");
+    assert_eq!(answer["outputs"][0]["shape"], json!([2, 2, 5]), "{answer}");
+    let (status, answer) = server
+        .post("/v2/models/mlp/infer", &json!({"inputs": [features(2)]}))
+        .await;
+    assert_eq!(
+        status, 422,
+        "the configuration's shape, not the model's: {answer}"
+    );
+    assert!(
+        answer["error"].as_str().unwrap().contains("[8, 8]"),
+        "{answer}"
+    );
     let (status, answer) = server
         .post("/v2/models/mlp/versions/1/infer", &request)
         .await;

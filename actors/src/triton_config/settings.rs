@@ -2,6 +2,7 @@
 
 use crate::device::DevicePreference;
 use crate::model_settings::ModelSettings;
+use crate::reshape::TensorReshape;
 use crate::sequence::{SequenceSettings, StateSettings};
 
 use super::text::{InstanceGroup, ParsedConfig, SequenceBatching};
@@ -78,6 +79,22 @@ pub(super) fn translate(parsed: &ParsedConfig, folder_name: &str) -> Result<Tran
                 parameter = other,
                 "config.pbtxt parameter has no meaning to Gantry's ONNX Runtime backend; ignored"
             ),
+        }
+    }
+    for (tensors, input) in [(&config.input, true), (&config.output, false)] {
+        for tensor in tensors {
+            let Some(reshape) = &tensor.reshape else {
+                continue;
+            };
+            let pair = TensorReshape {
+                name: tensor.name.clone(),
+                input,
+                dims: tensor.dims.clone(),
+                model_dims: reshape.shape.clone(),
+                batched: config.max_batch_size > 0,
+            };
+            pair.check()?;
+            settings.reshape.push(pair);
         }
     }
     let labelled: Vec<&str> = config

@@ -141,10 +141,6 @@ fn fields_gantry_does_not_honour_are_named() {
             "`dynamic_batching.priority_levels`",
         ),
         (
-            "input [ { name: \"x\" reshape { shape: [ 1 ] } } ]",
-            "`input.reshape`",
-        ),
-        (
             "input [ { name: \"x\" optional: true } ]",
             "`input.optional`",
         ),
@@ -167,6 +163,27 @@ fn fields_gantry_does_not_honour_are_named() {
     assert!(
         two.contains("`optimization`, `response_cache` are"),
         "{two}"
+    );
+}
+
+#[test]
+fn reshapes_are_read_and_checked() {
+    let text = r#"
+max_batch_size: 1
+input [ { name: "data_0"  data_type: TYPE_FP32  dims: [ 16 ]  reshape { shape: [ 1, 16 ] } } ]
+output [ { name: "fc6_1"  data_type: TYPE_FP32  dims: [ 1000 ]  reshape { shape: [ 1000, 1, 1 ] } } ]
+"#;
+    let reshape = settings_of(text, "m").unwrap().reshape;
+    assert_eq!(reshape.len(), 2);
+    assert!(reshape[0].input && reshape[0].batched);
+    assert_eq!(reshape[0].model_dims, vec![1, 16]);
+    assert!(!reshape[1].input);
+    assert_eq!(reshape[1].dims, vec![1000]);
+    let bad = "output [ { name: \"y\" dims: [ 4 ] reshape { shape: [ 5 ] } } ]";
+    let err = settings_of(bad, "m").unwrap_err();
+    assert!(
+        err.contains("output 'y'") && err.contains("4 elements"),
+        "{err}"
     );
 }
 

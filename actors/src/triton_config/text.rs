@@ -35,10 +35,14 @@ pub const HONOURED: &[&str] = &[
     "input.data_type",
     "input.format",
     "input.dims",
+    "input.reshape",
+    "input.reshape.shape",
     "output",
     "output.name",
     "output.data_type",
     "output.dims",
+    "output.reshape",
+    "output.reshape.shape",
     "output.label_filename",
     "instance_group",
     "instance_group.name",
@@ -211,7 +215,8 @@ pub(super) struct Config {
     pub(super) max_batch_size: i64,
     pub(super) default_model_filename: String,
     pub(super) version_policy: Option<VersionPolicy>,
-    pub(super) output: Vec<Output>,
+    pub(super) input: Vec<Tensor>,
+    pub(super) output: Vec<Tensor>,
     pub(super) instance_group: Vec<InstanceGroup>,
     pub(super) dynamic_batching: Option<DynamicBatching>,
     pub(super) sequence_batching: Option<SequenceBatching>,
@@ -234,8 +239,17 @@ pub(super) enum VersionPolicy {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
-pub(super) struct Output {
+pub(super) struct Tensor {
+    pub(super) name: String,
+    pub(super) dims: Vec<i64>,
+    pub(super) reshape: Option<Reshape>,
     pub(super) label_filename: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct Reshape {
+    pub(super) shape: Vec<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
