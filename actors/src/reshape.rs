@@ -115,7 +115,7 @@ fn resolve(elements: usize, dims: &[i64]) -> Option<Vec<usize>> {
     let open = dims.iter().filter(|&&d| d == -1).count();
     let fill = match open {
         0 => (known == elements).then_some(0)?,
-        1 if known > 0 && elements % known == 0 => elements / known,
+        1 if known > 0 && elements.is_multiple_of(known) => elements / known,
         1 if known == 0 && elements == 0 => 0,
         _ => return None,
     };
