@@ -27,6 +27,13 @@ What it builds (paths are relative to the output root, by default the repo root)
 
   Every model folder also gets a `model.toml` with its serving settings.
 
+  Stand-ins in Triton's example repository (`tests/fixtures/triton_repository/`,
+  the rest of which is vendored from Triton):
+    densenet_onnx/1/model.onnx    data_0 f32[1,3,224,224] -> fc6_1 f32[1,1000,1,1]
+                                  (the model zoo's DenseNet's tensors; pool + 1x1 conv)
+    simple_identity/1/model.onnx  INPUT0 string[batch,n] -> OUTPUT0 (Identity), with
+                                  its config.pbtxt (a Python-backend model in Triton's)
+
 All graphs are written directly with `onnx.helper` (opset 17, IR version 8, which
 ONNX Runtime 1.31 loads). Random weights come from fixed numpy seeds, so reruns
 produce byte-identical files.
@@ -396,6 +403,50 @@ output = "acc_out"
 """
 
 
+def build_densenet_stand_in() -> onnx.ModelProto:
+    """Triton's example `densenet_onnx` comes from the ONNX model zoo (not in
+    its repository): this stands in with the same tensors (data_0
+    f32[1,3,224,224] -> fc6_1 f32[1,1000,1,1]): a global average pool and a
+    1x1 convolution to 1000 scores, fixed random weights."""
+    rng = np.random.default_rng(224)
+    weights = rng.standard_normal((1000, 3, 1, 1)).astype(np.float32)
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["data_0"], ["pooled"]),
+        helper.make_node("Conv", ["pooled", "w"], ["fc6_1"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "densenet_onnx_stand_in",
+        [helper.make_tensor_value_info("data_0", TensorProto.FLOAT, [1, 3, 224, 224])],
+        [helper.make_tensor_value_info("fc6_1", TensorProto.FLOAT, [1, 1000, 1, 1])],
+        [_const("w", weights, np.float32)],
+    )
+    return _model(graph, "Stand-in for Triton's example densenet_onnx: same tensors, untrained.")
+
+
+def build_simple_identity() -> onnx.ModelProto:
+    """Triton's example `simple_identity` (a Python-backend model there) in
+    ONNX: INPUT0 string[batch,n] -> OUTPUT0, the same strings."""
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["INPUT0"], ["OUTPUT0"])],
+        "simple_identity",
+        [helper.make_tensor_value_info("INPUT0", TensorProto.STRING, ["batch", "n"])],
+        [helper.make_tensor_value_info("OUTPUT0", TensorProto.STRING, ["batch", "n"])],
+    )
+    return _model(graph, "Triton's example simple_identity, as an ONNX Identity on strings.")
+
+
+SIMPLE_IDENTITY_CONFIG = """\
+# Triton's example simple_identity (a Python-backend model in Triton's
+# repository) on ONNX Runtime: the same tensors.
+name: "simple_identity"
+backend: "onnxruntime"
+max_batch_size: 8
+input [ { name: "INPUT0"  data_type: TYPE_STRING  dims: [ -1 ] } ]
+output [ { name: "OUTPUT0"  data_type: TYPE_STRING  dims: [ -1 ] } ]
+"""
+
+
 def _fixture_toml(description: str) -> str:
     return f"""\
 # Test fixture: {description}
@@ -459,6 +510,18 @@ def build_all(root: Path) -> list[Path]:
         ),
     )
     emit(f"{fx}/accumulator", build_accumulator(), ACCUMULATOR_TOML)
+
+    # Triton's example repository (tests/fixtures/triton_repository/, the
+    # rest vendored from Triton): the models it does not hold as ONNX.
+    triton = root / "tests/fixtures/triton_repository"
+    for folder, model in [
+        ("densenet_onnx/1", build_densenet_stand_in()),
+        ("simple_identity/1", build_simple_identity()),
+    ]:
+        _save(model, triton / folder / "model.onnx")
+        written.append(triton / folder / "model.onnx")
+    _write_toml(triton / "simple_identity/config.pbtxt", SIMPLE_IDENTITY_CONFIG)
+    written.append(triton / "simple_identity/config.pbtxt")
     return written
 
 

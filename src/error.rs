@@ -54,6 +54,9 @@ pub enum ApiError {
     /// A dependency the request needs (the prediction log's database) is down.
     #[error("{0}")]
     Unavailable(String),
+    /// A load of a model the repository does not hold, in Triton's words.
+    #[error("{0}")]
+    NotInRepository(String),
     /// A bug or a broken invariant; logged, answered 500.
     #[error("internal error: {0}")]
     Internal(String),
@@ -64,6 +67,7 @@ impl From<gantry_actors::lifecycle::LifecycleError> for ApiError {
         use gantry_actors::lifecycle::LifecycleError;
         match e {
             LifecycleError::UnknownModel(m) => ApiError::Infer(InferError::UnknownModel(m)),
+            LifecycleError::NotInRepository(why) => ApiError::NotInRepository(why),
             LifecycleError::Repository(why) => ApiError::BadRequest(why),
             LifecycleError::InvalidName(why) => ApiError::BadRequest(why),
             LifecycleError::InvalidOverride(why) => ApiError::BadRequest(why),
@@ -107,6 +111,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest(_) => row("bad_request", 400, Grpc::InvalidArgument),
             ApiError::NotFound(_) => row("not_found", 404, Grpc::NotFound),
+            ApiError::NotInRepository(_) => row("model_not_found", 404, Grpc::NotFound),
             ApiError::MethodNotAllowed(_) => row("method_not_allowed", 405, Grpc::Unimplemented),
             ApiError::PayloadTooLarge { .. } => {
                 row("payload_too_large", 413, Grpc::InvalidArgument)
@@ -215,6 +220,7 @@ mod tests {
             ApiError::UnsupportedMedia(String::new()),
             ApiError::InvalidTensor(String::new()),
             ApiError::Unavailable(String::new()),
+            ApiError::NotInRepository(String::new()),
             ApiError::RequestTimeout(String::new()),
             ApiError::Unauthorized(String::new()),
             ApiError::Forbidden(String::new()),

@@ -26,6 +26,9 @@ const REPLACE_TIMEOUT: Duration = Duration::from_secs(300);
 pub enum LifecycleError {
     #[error("Request for unknown model: '{0}' is not found")]
     UnknownModel(String),
+    /// A load of a model that has no folder, worded for the load.
+    #[error("{0}")]
+    NotInRepository(String),
     /// Not a name a model can have (see [`repository::check_name`]), or a
     /// folder that resolves outside the repository; nothing was read.
     #[error("{0}")]
@@ -88,7 +91,7 @@ pub struct Reload;
 #[rtype(result = "Result<Loading, LifecycleError>")]
 pub struct LoadModel {
     pub model: String,
-    pub overrides: Option<toml::Table>,
+    pub overrides: Option<repository::LoadOverrides>,
 }
 
 /// What a load started: the change, and the instance that will serve the
@@ -396,7 +399,7 @@ enum ReadFailure {
 fn read_for_load(
     dir: &std::path::Path,
     name: &str,
-    overrides: Option<&toml::Table>,
+    overrides: Option<&repository::LoadOverrides>,
 ) -> Result<Option<ModelSpec>, ReadFailure> {
     match repository::scan_one_with(dir, name, overrides) {
         Err(ScanOneError::Load(why)) if overrides.is_some() => {

@@ -57,6 +57,16 @@ impl ModelSpec {
     }
 }
 
+/// What a load request overrides: its Triton configuration as sent (JSON)
+/// and that configuration as `model.toml` keys. A model in Gantry's layout
+/// takes the keys over its `model.toml`; one in Triton's takes the
+/// configuration's fields over its `config.pbtxt`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadOverrides {
+    pub settings: toml::Table,
+    pub triton: serde_json::Map<String, serde_json::Value>,
+}
+
 /// A folder that could not be turned into a model, and why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct LoadError {
@@ -202,7 +212,7 @@ pub fn scan_one(dir: &Path, name: &str) -> Result<Option<ModelSpec>, ScanOneErro
 pub fn scan_one_with(
     dir: &Path,
     name: &str,
-    overrides: Option<&toml::Table>,
+    overrides: Option<&LoadOverrides>,
 ) -> Result<Option<ModelSpec>, ScanOneError> {
     read_one(dir, name, overrides).map_err(|e| match e {
         ScanOneError::Load(why) => ScanOneError::Load(within_repository(dir, &why)),
@@ -213,7 +223,7 @@ pub fn scan_one_with(
 fn read_one(
     dir: &Path,
     name: &str,
-    overrides: Option<&toml::Table>,
+    overrides: Option<&LoadOverrides>,
 ) -> Result<Option<ModelSpec>, ScanOneError> {
     check_name(name)?;
     let folder = dir.join(name);
@@ -251,7 +261,7 @@ fn holds_model(folder: &Path) -> bool {
 fn load_model(
     folder: &Path,
     name: &str,
-    overrides: Option<&toml::Table>,
+    overrides: Option<&LoadOverrides>,
 ) -> Result<Option<ModelSpec>, String> {
     if !holds_model(folder) {
         return Ok(None);
@@ -260,13 +270,7 @@ fn load_model(
         return Err(format!("{}: {e}", folder.display()));
     }
     if triton_config::is_triton_folder(folder) {
-        if overrides.is_some() {
-            return Err(format!(
-                "{}: a model in Triton's layout is configured by its config.pbtxt; a load's config override is not applied to it",
-                folder.display()
-            ));
-        }
-        return load_triton_model(folder, name).map(Some);
+        return load_triton_model(folder, name, overrides.map(|o| &o.triton)).map(Some);
     }
     let onnx_path = folder.join("model.onnx");
     let toml_path = folder.join("model.toml");
@@ -276,7 +280,7 @@ fn load_model(
         String::new()
     };
     let settings = match overrides {
-        Some(overrides) => ModelSettings::with_overrides(&text, overrides, &toml_path)?,
+        Some(overrides) => ModelSettings::with_overrides(&text, &overrides.settings, &toml_path)?,
         None => ModelSettings::parse(&text, &toml_path)?,
     };
     if !onnx_path.is_file() {
@@ -309,8 +313,12 @@ fn load_model(
 }
 
 /// Loads a folder in Triton's layout.
-fn load_triton_model(folder: &Path, name: &str) -> Result<ModelSpec, String> {
-    let read = triton_config::read(folder, name)?;
+fn load_triton_model(
+    folder: &Path,
+    name: &str,
+    overrides: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> Result<ModelSpec, String> {
+    let read = triton_config::read(folder, name, overrides)?;
     let (sha256, bytes) =
         sha256_file(&read.onnx_path).map_err(|e| format!("{}: {e}", read.onnx_path.display()))?;
     let labels = read.labels_file.as_deref().map(read_labels).transpose()?;

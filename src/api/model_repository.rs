@@ -14,6 +14,7 @@ use super::admin::authorize;
 use super::{parse_json, read_body, route, AppState};
 use crate::error::ApiError;
 use crate::service::models::{overrides_from_parameters, IndexEntry};
+use gantry_actors::repository::LoadOverrides;
 
 pub fn config_model_repository_api(cfg: &mut web::ServiceConfig) {
     cfg.service(route(Method::POST, "/v2/repository/index", index))
@@ -44,7 +45,7 @@ struct LoadBody {
 }
 
 /// The settings override a load body asks for, if any.
-fn load_overrides(model: &str, body: &[u8]) -> Result<Option<toml::Table>, ApiError> {
+fn load_overrides(model: &str, body: &[u8]) -> Result<Option<LoadOverrides>, ApiError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }

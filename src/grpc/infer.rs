@@ -29,6 +29,8 @@ use crate::request_id::{acceptable_id, Requested};
 use crate::service::predict::{call_parameters, select_outputs};
 use crate::service::shared_tensors::{self as shm, SharedRef};
 use crate::service::{InferenceService, PredictCall};
+use crate::triton::classification::{class_count, top_classes};
+use gantry_actors::Tensor;
 
 /// `grpc-timeout` (gRPC's deadline: digits and a unit of H, M, S, m, u or
 /// n), which becomes the request's timeout as `timeout_ms` does over HTTP.
@@ -167,8 +169,16 @@ pub(super) async fn infer(
             .outputs
             .into_iter()
             .map(|o| {
-                let at = shm::shared_ref(&json_parameters(o.parameters), "output", &o.name)?;
-                Ok((o.name, at))
+                let parameters = json_parameters(o.parameters);
+                let at = shm::shared_ref(&parameters, "output", &o.name)?;
+                let classes = class_count(&parameters, &o.name)?;
+                if classes.is_some() && at.is_some() {
+                    return Err(ApiError::BadRequest(format!(
+                        "output '{}': classification cannot be written to shared memory",
+                        o.name
+                    )));
+                }
+                Ok((o.name, at, classes))
             })
             .collect::<Result<Vec<_>, ApiError>>()?;
         let mut call = PredictCall {
@@ -182,20 +192,42 @@ pub(super) async fn infer(
         };
         let shared_outputs: Vec<(&str, &SharedRef)> = asked
             .iter()
-            .filter_map(|(name, at)| at.as_ref().map(|at| (name.as_str(), at)))
+            .filter_map(|(name, at, _)| at.as_ref().map(|at| (name.as_str(), at)))
             .collect();
         let caller = caller_of(&origin.metadata, origin.peer);
         let regions = service.resolve_shared(&caller, &mut call, inputs.shared, shared_outputs)?;
         let prediction = service.predict(model.name(), call, &mut pending).await?;
         regions.write(&prediction.outputs)?;
-        let names: Vec<String> = asked.iter().map(|(name, _)| name.clone()).collect();
+        let names: Vec<String> = asked.iter().map(|(name, ..)| name.clone()).collect();
         let only = (!names.is_empty()).then_some(names.as_slice());
         let selected = select_outputs(&prediction.outputs, only)?;
+        // Outputs asked with `classification`: their top classes instead.
+        let classified = asked
+            .iter()
+            .zip(&selected)
+            .map(|((name, _, classes), (_, tensor))| {
+                classes
+                    .map(|k| {
+                        let labels = prediction.model.spec.labels.as_deref();
+                        top_classes(tensor, k, labels)
+                            .map(|classes| (name.clone(), classes))
+                            .map_err(|why| {
+                                ApiError::InvalidTensor(format!("output '{name}': {why}"))
+                            })
+                    })
+                    .transpose()
+            })
+            .collect::<Result<Vec<_>, ApiError>>()?;
+        let selected: Vec<&(String, Tensor)> = selected
+            .iter()
+            .enumerate()
+            .map(|(i, output)| classified.get(i).and_then(Option::as_ref).unwrap_or(output))
+            .collect();
         let (outputs, raw) = tensors::outputs(&selected, |name| {
             asked
                 .iter()
-                .find(|(asked, _)| asked == name)
-                .and_then(|(_, at)| at.as_ref())
+                .find(|(asked, ..)| asked == name)
+                .and_then(|(_, at, _)| at.as_ref())
         });
         Ok::<_, ApiError>(ModelInferResponse {
             model_name: model.name().to_string(),

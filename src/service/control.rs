@@ -16,6 +16,7 @@ use gantry_actors::batcher::{GetBatcherSnapshot, ReplicaState};
 use gantry_actors::lifecycle::{
     AbandonLoad, Change, LifecycleError, LoadModel, Reload, ReloadReport, ScaleModel, UnloadModel,
 };
+use gantry_actors::repository::LoadOverrides;
 use gantry_actors::supervisor::GetSnapshot;
 use gantry_actors::ModelHandle;
 
@@ -40,7 +41,7 @@ impl InferenceService {
     pub async fn load_model(
         &self,
         model: &str,
-        overrides: Option<toml::Table>,
+        overrides: Option<LoadOverrides>,
     ) -> Result<Change, LifecycleError> {
         let loading = self
             .serving
@@ -185,6 +186,9 @@ fn failed_to_load(model: &str, e: LifecycleError) -> LifecycleError {
     match e {
         LifecycleError::Repository(why) => LifecycleError::Repository(worded(why)),
         LifecycleError::InvalidOverride(why) => LifecycleError::InvalidOverride(worded(why)),
+        LifecycleError::UnknownModel(_) => LifecycleError::NotInRepository(worded(
+            "the model repository holds no such model".into(),
+        )),
         other => other,
     }
 }

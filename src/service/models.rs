@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use gantry_actors::batcher::GetBatcherSnapshot;
 use gantry_actors::model::Residency;
+use gantry_actors::repository::LoadOverrides;
 use gantry_actors::signature::TensorSpec;
 use gantry_actors::{InferError, ModelHandle};
 use serde::{Deserialize, Serialize};
@@ -87,7 +88,7 @@ fn tensor_metadata(specs: &[TensorSpec], hidden: impl Fn(&str) -> bool) -> Vec<T
 pub fn overrides_from_parameters(
     model: &str,
     parameters: Map<String, Value>,
-) -> Result<Option<toml::Table>, ApiError> {
+) -> Result<Option<LoadOverrides>, ApiError> {
     load_overrides(model, parameters)
         .map_err(|why| ApiError::BadRequest(format!("failed to load '{model}', {why}")))
 }
@@ -95,16 +96,18 @@ pub fn overrides_from_parameters(
 fn load_overrides(
     model: &str,
     parameters: Map<String, Value>,
-) -> Result<Option<toml::Table>, String> {
+) -> Result<Option<LoadOverrides>, String> {
     let mut overrides = None;
+    let both = |text: &str| -> Result<LoadOverrides, String> {
+        let settings = overrides_from_config(model, text)?;
+        // overrides_from_config has checked that it is a JSON object.
+        let triton = serde_json::from_str(text).unwrap_or_default();
+        Ok(LoadOverrides { settings, triton })
+    };
     for (key, value) in parameters {
         match (key.as_str(), value) {
-            ("config", Value::String(text)) => {
-                overrides = Some(overrides_from_config(model, &text)?)
-            }
-            ("config", value @ Value::Object(_)) => {
-                overrides = Some(overrides_from_config(model, &value.to_string())?)
-            }
+            ("config", Value::String(text)) => overrides = Some(both(&text)?),
+            ("config", value @ Value::Object(_)) => overrides = Some(both(&value.to_string())?),
             ("config", other) => {
                 return Err(format!(
                     "parameters.config must be a JSON object (or its text), not {other}"

@@ -11,6 +11,9 @@
 
 use gantry_actors::tensor::{bytes_data, DataType, Tensor};
 use half::{bf16, f16};
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
 
 /// The top `k` classes of every row of `scores`; `labels` name the classes
 /// when there is one per class. Errors say why the output cannot be
@@ -94,6 +97,25 @@ fn as_f64(t: &Tensor) -> Option<Vec<f64>> {
             .map(|c| f64::from(bf16::from_le_bytes([c[0], c[1]])))
             .collect(),
     })
+}
+
+/// `parameters.classification` of a requested output: a positive integer.
+pub fn class_count(
+    parameters: &Map<String, Value>,
+    output: &str,
+) -> Result<Option<usize>, ApiError> {
+    match parameters.get("classification") {
+        None => Ok(None),
+        Some(v) => v
+            .as_u64()
+            .filter(|&k| k > 0)
+            .map(|k| Some(k as usize))
+            .ok_or_else(|| {
+                ApiError::BadRequest(format!(
+                    "output '{output}': parameters.classification must be a positive integer, not {v}"
+                ))
+            }),
+    }
 }
 
 #[cfg(test)]

@@ -125,6 +125,9 @@ pub fn model_config(model: &ModelHandle, signature: &ModelSignature, devices: &[
 /// group stays what runs.
 fn overlay_read(config: &mut Value, read: &Value) {
     let Value::Object(read) = read else { return };
+    // Left out of the file's JSON when 0 (protobuf's default): the file's
+    // all the same (0: no batch dimension, whatever the model's shapes).
+    config["max_batch_size"] = read.get("max_batch_size").cloned().unwrap_or(json!(0));
     for (key, value) in read.iter().filter(|(key, _)| *key != "instance_group") {
         match config.get_mut(key) {
             Some(slot) => overlay(slot, value),

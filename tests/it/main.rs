@@ -41,4 +41,5 @@ mod supervision;
 mod tls;
 mod topology;
 mod traces;
+mod triton_examples;
 mod triton_layout;

@@ -23,10 +23,10 @@ mod versions;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 use crate::model_settings::ModelSettings;
-pub use text::{parse, ParsedConfig, HONOURED};
+pub use text::{parse, parse_with, ParsedConfig, HONOURED};
 
 /// The configuration file of a model folder in Triton's layout.
 pub const CONFIG_FILE: &str = "config.pbtxt";
@@ -65,7 +65,13 @@ pub fn is_triton_folder(folder: &Path) -> bool {
 
 /// Reads the model folder `folder` (named `name`) in Triton's layout.
 /// Errors say which file and field are wrong and why.
-pub fn read(folder: &Path, name: &str) -> Result<TritonModel, String> {
+/// `overrides` (a load request's configuration) replaces the file's fields
+/// it names.
+pub fn read(
+    folder: &Path,
+    name: &str,
+    overrides: Option<&Map<String, Value>>,
+) -> Result<TritonModel, String> {
     let file = folder.join(CONFIG_FILE);
     if folder.join("model.toml").exists() {
         return Err(format!(
@@ -78,7 +84,7 @@ pub fn read(folder: &Path, name: &str) -> Result<TritonModel, String> {
     } else {
         String::new()
     };
-    let config = parse(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+    let config = parse_with(&text, overrides).map_err(|e| format!("{}: {e}", file.display()))?;
     let read =
         settings::translate(&config, name).map_err(|e| format!("{}: {e}", file.display()))?;
     let version = versions::select_version(folder, config.fields.version_policy.as_ref())

@@ -4,6 +4,7 @@ use super::versions::select_version;
 use super::*;
 use crate::device::DevicePreference;
 use crate::repository;
+use serde_json::{Map, Value};
 
 fn write(dir: &Path, rel: &str, text: &str) {
     let path = dir.join(rel);
@@ -266,7 +267,7 @@ fn a_triton_folder_is_read_with_its_version_file_and_labels() {
     write(dir.path(), "net/config.pbtxt", config);
     write(dir.path(), "net/2/net.onnx", "x");
     write(dir.path(), "net/labels.txt", "a\nb\nc\n");
-    let read = read(&dir.path().join("net"), "net").unwrap();
+    let read = read(&dir.path().join("net"), "net", None).unwrap();
     assert_eq!(read.version, 2);
     assert!(read.onnx_path.ends_with("net/2/net.onnx"));
     assert_eq!(read.labels_file, Some(dir.path().join("net/labels.txt")));
@@ -274,12 +275,12 @@ fn a_triton_folder_is_read_with_its_version_file_and_labels() {
     write(dir.path(), "both/config.pbtxt", "");
     write(dir.path(), "both/model.toml", "");
     write(dir.path(), "both/1/model.onnx", "x");
-    assert!(super::read(&dir.path().join("both"), "both")
+    assert!(super::read(&dir.path().join("both"), "both", None)
         .unwrap_err()
         .contains("not both"));
     write(dir.path(), "nofile/config.pbtxt", "");
     write(dir.path(), "nofile/1/other.onnx", "x");
-    assert!(super::read(&dir.path().join("nofile"), "nofile")
+    assert!(super::read(&dir.path().join("nofile"), "nofile", None)
         .unwrap_err()
         .contains("file not found"));
 }
@@ -340,4 +341,31 @@ fn lists_of_messages_need_no_colon() {
         colons_before_lists("a [ { b [ 1 ] } ] c: [ 2 ]"),
         "a: [ { b: [ 1 ] } ] c: [ 2 ]"
     );
+}
+
+#[test]
+fn a_loads_override_replaces_the_files_fields() {
+    let overrides: Map<String, Value> = serde_json::from_str(
+        r#"{"max_batch_size": "16", "dynamic_batching": {"max_queue_delay_microseconds": "3000"}}"#,
+    )
+    .unwrap();
+    let parsed = parse_with(SIMPLE, Some(&overrides)).unwrap();
+    assert_eq!(parsed.json["max_batch_size"], 16);
+    assert_eq!(
+        parsed.json["input"][0]["name"], "INPUT0",
+        "the rest is the file's"
+    );
+    let settings = translate(&parsed, "simple").unwrap().settings;
+    assert_eq!((settings.max_batch_size, settings.batch_window_ms), (16, 3));
+    for (text, says) in [
+        (r#"{"replicas": 2}"#, "replicas"),
+        (r#"{"max_batch_size": "many"}"#, "max_batch_size"),
+        (r#"{"model_warmup": [{"name": "w"}]}"#, "`model_warmup`"),
+    ] {
+        let overrides: Map<String, Value> = serde_json::from_str(text).unwrap();
+        let err = parse_with(SIMPLE, Some(&overrides))
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.contains(says), "{text}: {err}");
+    }
 }

@@ -8,7 +8,7 @@ use std::sync::LazyLock;
 
 use prost_reflect::{DescriptorPool, DynamicMessage, SerializeOptions, Value as Field};
 use serde::Deserialize;
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 static DESCRIPTORS: LazyLock<DescriptorPool> = LazyLock::new(|| {
     DescriptorPool::decode(include_bytes!(concat!(env!("OUT_DIR"), "/model_config.bin")).as_ref())
@@ -92,11 +92,46 @@ pub struct ParsedConfig {
 /// Parses protobuf text format against Triton's `ModelConfig`; a field
 /// Gantry does not honour is an error naming it.
 pub fn parse(text: &str) -> Result<ParsedConfig, String> {
+    parse_with(text, None)
+}
+
+/// [`parse`], with the fields of `overrides` (a load request's
+/// configuration, in protobuf's JSON mapping: 64-bit integers as strings or
+/// numbers, enums by name) in place of the file's.
+pub fn parse_with(
+    text: &str,
+    overrides: Option<&Map<String, Value>>,
+) -> Result<ParsedConfig, String> {
     let descriptor = DESCRIPTORS
         .get_message_by_name("inference.ModelConfig")
         .expect("inference.ModelConfig in model_config.proto");
-    let message = DynamicMessage::parse_text_format(descriptor, &colons_before_lists(text))
-        .map_err(|e| format!("not a valid Triton model configuration: {e}"))?;
+    let mut message =
+        DynamicMessage::parse_text_format(descriptor.clone(), &colons_before_lists(text))
+            .map_err(|e| format!("not a valid Triton model configuration: {e}"))?;
+    if let Some(overrides) = overrides {
+        let options = SerializeOptions::new().use_proto_field_name(true);
+        let Value::Object(mut merged) = message
+            .serialize_with_options(serde_json::value::Serializer, &options)
+            .map_err(|e| format!("cannot read the configuration: {e}"))?
+        else {
+            unreachable!("a message serializes as an object");
+        };
+        merged.extend(overrides.clone());
+        message = DynamicMessage::deserialize(descriptor.clone(), Value::Object(merged)).map_err(
+            |e| {
+                // The field at fault, found alone (serde's error may not
+                // name it).
+                let field = overrides.iter().find(|(key, value)| {
+                    let alone = Map::from_iter([((*key).clone(), (*value).clone())]);
+                    DynamicMessage::deserialize(descriptor.clone(), Value::Object(alone)).is_err()
+                });
+                match field {
+                    Some((key, _)) => format!("the load's configuration override: `{key}`: {e}"),
+                    None => format!("the load's configuration override: {e}"),
+                }
+            },
+        )?;
+    }
     let mut refused = Vec::new();
     refused_fields(&message, "", &mut refused);
     if !refused.is_empty() {

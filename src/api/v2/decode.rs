@@ -18,6 +18,7 @@ use crate::error::ApiError;
 use crate::service::predict::call_parameters;
 use crate::service::shared_tensors::{self as shm, SharedInput, SharedRef};
 use crate::service::PredictCall;
+use crate::triton::classification::class_count;
 
 #[derive(Deserialize, utoipa::ToSchema)]
 pub(super) struct InferBody<'a> {
@@ -234,21 +235,5 @@ fn flag(parameters: &Map<String, Value>, key: &str) -> Result<bool, ApiError> {
         Some(_) => Err(ApiError::BadRequest(format!(
             "parameter '{key}' must be true or false"
         ))),
-    }
-}
-
-/// `parameters.classification` of a requested output: a positive integer.
-fn class_count(parameters: &Map<String, Value>, output: &str) -> Result<Option<usize>, ApiError> {
-    match parameters.get("classification") {
-        None => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .filter(|&k| k > 0)
-            .map(|k| Some(k as usize))
-            .ok_or_else(|| {
-                ApiError::BadRequest(format!(
-                    "output '{output}': parameters.classification must be a positive integer, not {v}"
-                ))
-            }),
     }
 }
