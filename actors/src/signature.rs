@@ -97,7 +97,6 @@ impl ModelSignature {
                     spec.name, tensor.dtype, spec.dtype
                 )));
             }
-            check_text(spec, &tensor)?;
             let this_added = batched && tensor.shape.len() + 1 == spec.dims.len();
             if this_added {
                 tensor.shape.insert(0, 1);
@@ -159,25 +158,6 @@ impl ModelSignature {
             .map(|s| format!("'{}'", s.name))
             .collect();
         format!("[{}]", names.join(", "))
-    }
-}
-
-/// BYTES inputs feed ONNX string tensors, which hold UTF-8 text without
-/// NUL: anything else is the request's fault, answered before it queues.
-fn check_text(spec: &TensorSpec, tensor: &Tensor) -> Result<(), InferError> {
-    let Some(elements) = tensor.bytes_elements() else {
-        return Ok(());
-    };
-    match elements
-        .iter()
-        .position(|e| std::str::from_utf8(e).map_or(true, |t| t.contains('\0')))
-    {
-        None => Ok(()),
-        Some(index) => Err(InferError::InvalidInput(format!(
-            "input '{}': BYTES element {index} is not UTF-8 text without NUL, which \
-             the model's string input needs",
-            spec.name
-        ))),
     }
 }
 

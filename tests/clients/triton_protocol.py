@@ -533,14 +533,20 @@ def check_half_and_text(c):
                 and (name == "y_str" or got.dtype == want[name].dtype),
                 f"got {got!r}, want {want[name]!r}; response {result.get_response()}",
             )
-    bad = httpclient.InferInput("x_str", [3, 2], "BYTES")
-    bad.set_data_from_numpy(np.array([[b"\xff", b"a"], [b"b", b"c"], [b"d", b"e"]], dtype=np.object_))
+    # Bytes that are not UTF-8, and NUL bytes, go through the model's string
+    # tensor and come back unchanged (binary answers).
+    raw = np.array([[b"\xff", b"a\x00b"], [b"", b"c"], [b"\x00", b"\xfe\xfd"]], dtype=np.object_)
+    odd = httpclient.InferInput("x_str", [3, 2], "BYTES")
+    odd.set_data_from_numpy(raw)
     rest = []
     for name in ["x_fp16", "x_bf16"]:
         tensor = httpclient.InferInput(name, [3, 2], datatypes[name])
         tensor.set_data_from_numpy(x[name])
         rest.append(tensor)
-    expect_error(f"infer({HALF_TEXT}) with non-UTF-8 BYTES", lambda: c.infer(HALF_TEXT, [bad] + rest), ["422"])
+    result = c.infer(HALF_TEXT, [odd] + rest, outputs=[httpclient.InferRequestedOutput("y_str", binary_data=True)])
+    got = result.as_numpy("y_str")
+    check(f"infer({HALF_TEXT}) with non-UTF-8 and NUL BYTES: back unchanged",
+          got is not None and np.array_equal(got, raw), f"got {got!r}")
 
 
 PHASES = [

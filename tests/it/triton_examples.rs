@@ -91,6 +91,7 @@ async fn tritons_example_clients_pass_against_its_example_repository() {
         "simple_http_sequence_sync_infer_client.py",
         "simple_http_shm_client.py",
         "simple_http_shm_string_client.py",
+        "simple_http_string_infer_client.py",
         "reuse_infer_objects_client.py",
     ] {
         runs.push((script, vec!["-u", &http]));
@@ -106,6 +107,7 @@ async fn tritons_example_clients_pass_against_its_example_repository() {
         "simple_grpc_aio_sequence_stream_infer_client.py",
         "simple_grpc_shm_client.py",
         "simple_grpc_shm_string_client.py",
+        "simple_grpc_string_infer_client.py",
         "grpc_explicit_int_content_client.py",
         "grpc_explicit_int8_content_client.py",
         "grpc_explicit_byte_content_client.py",

@@ -6,6 +6,7 @@ pub mod checked;
 pub mod compute_priority;
 pub mod fake;
 pub mod onnx;
+mod onnx_strings;
 pub mod pool_gate;
 
 use std::sync::Arc;

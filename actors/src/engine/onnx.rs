@@ -443,25 +443,9 @@ fn to_value(tensor: &Tensor) -> ort::Result<SessionInputValue<'_>> {
         DataType::Fp16 => typed::<half::f16>(tensor),
         DataType::Bf16 => typed::<half::bf16>(tensor),
         DataType::Bytes => {
-            // ONNX Runtime's string tensors take UTF-8 text without NUL.
             let shape: Vec<i64> = tensor.shape.iter().map(|&d| d as i64).collect();
             let elements = tensor.bytes_elements().unwrap_or_default();
-            let mut strings = Vec::with_capacity(elements.len());
-            for (index, element) in elements.into_iter().enumerate() {
-                match std::str::from_utf8(element) {
-                    Ok(text) if !text.contains('\0') => strings.push(text.to_string()),
-                    _ => {
-                        return Err(ort::Error::new_with_code(
-                            ort::ErrorCode::InvalidArgument,
-                            format!(
-                                "BYTES element {index} is not UTF-8 text without NUL, \
-                                 which ONNX string tensors need"
-                            ),
-                        ))
-                    }
-                }
-            }
-            Ok(OrtTensor::from_string_array((shape, &strings[..]))?.into())
+            Ok(super::onnx_strings::string_tensor(shape, &elements)?.into())
         }
     }
 }
@@ -500,12 +484,8 @@ fn from_value(value: &DynValue, dtype: DataType) -> ort::Result<Tensor> {
         DataType::Fp16 => typed::<half::f16>(value, dtype),
         DataType::Bf16 => typed::<half::bf16>(value, dtype),
         DataType::Bytes => {
-            let (shape, strings) = value.try_extract_strings()?;
-            Ok(Tensor {
-                dtype,
-                shape: shape.iter().map(|&d| d.max(0) as usize).collect(),
-                data: crate::tensor::bytes_data(strings.iter().map(String::as_bytes)),
-            })
+            let (shape, data) = super::onnx_strings::string_elements(value)?;
+            Ok(Tensor { dtype, shape, data })
         }
     }
 }
