@@ -33,6 +33,9 @@ What it builds (paths are relative to the output root, by default the repo root)
                                   (the model zoo's DenseNet's tensors; pool + 1x1 conv)
     simple_identity/1/model.onnx  INPUT0 string[batch,n] -> OUTPUT0 (Identity), with
                                   its config.pbtxt (a Python-backend model in Triton's)
+  and `tests/fixtures/triton_dyna_sequence/simple_string_dyna_sequence/` (Triton's QA
+  model, a custom backend there): INPUT + the running sum in implicit state, plus the
+  string CORRID read as a number on a sequence's last request.
 
 All graphs are written directly with `onnx.helper` (opset 17, IR version 8, which
 ONNX Runtime 1.31 loads). Random weights come from fixed numpy seeds, so reruns
@@ -436,6 +439,53 @@ def build_simple_identity() -> onnx.ModelProto:
     return _model(graph, "Triton's example simple_identity, as an ONNX Identity on strings.")
 
 
+def build_simple_string_dyna_sequence() -> onnx.ModelProto:
+    """Triton's QA model `simple_string_dyna_sequence` (a custom backend
+    there) in ONNX, with the implicit state Triton's ONNX Runtime models
+    use: OUTPUT = INPUT + OUTPUT_STATE's last value (0 at a sequence's
+    start), plus the correlation id (a string, read as a number) on the
+    sequence's last request. Tensors are int32[batch,1], CORRID string."""
+    i32 = TensorProto.INT32
+    io = lambda name, ty=i32: helper.make_tensor_value_info(name, ty, ["batch", 1])  # noqa: E731
+    nodes = [
+        helper.make_node("Add", ["INPUT", "INPUT_STATE"], ["sum"]),
+        helper.make_node("Cast", ["CORRID"], ["corrid"], to=TensorProto.INT32),
+        helper.make_node("Mul", ["corrid", "END"], ["at_end"]),
+        helper.make_node("Add", ["sum", "at_end"], ["OUTPUT"]),
+        helper.make_node("Identity", ["sum"], ["OUTPUT_STATE"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "simple_string_dyna_sequence",
+        [io("INPUT"), io("START"), io("END"), io("READY"), io("CORRID", TensorProto.STRING), io("INPUT_STATE")],
+        [io("OUTPUT"), io("OUTPUT_STATE")],
+    )
+    return _model(graph, "Triton's simple_string_dyna_sequence, in ONNX with implicit state.")
+
+
+SIMPLE_STRING_DYNA_SEQUENCE_CONFIG = """\
+# Triton's QA model simple_string_dyna_sequence (a custom backend in Triton)
+# on ONNX Runtime: the running sum of INPUT in implicit state, plus the
+# (string) correlation id on a sequence's last request.
+name: "simple_string_dyna_sequence"
+backend: "onnxruntime"
+max_batch_size: 8
+sequence_batching {
+  max_sequence_idle_microseconds: 10000000
+  oldest { max_candidate_sequences: 1024 }
+  control_input [
+    { name: "START"  control [ { kind: CONTROL_SEQUENCE_START  int32_false_true: [ 0, 1 ] } ] },
+    { name: "END"  control [ { kind: CONTROL_SEQUENCE_END  int32_false_true: [ 0, 1 ] } ] },
+    { name: "READY"  control [ { kind: CONTROL_SEQUENCE_READY  int32_false_true: [ 0, 1 ] } ] },
+    { name: "CORRID"  control [ { kind: CONTROL_SEQUENCE_CORRID  data_type: TYPE_STRING } ] }
+  ]
+  state [ { input_name: "INPUT_STATE"  output_name: "OUTPUT_STATE"  data_type: TYPE_INT32  dims: [ 1 ] } ]
+}
+input [ { name: "INPUT"  data_type: TYPE_INT32  dims: [ 1 ] } ]
+output [ { name: "OUTPUT"  data_type: TYPE_INT32  dims: [ 1 ] } ]
+"""
+
+
 SIMPLE_IDENTITY_CONFIG = """\
 # Triton's example simple_identity (a Python-backend model in Triton's
 # repository) on ONNX Runtime: the same tensors.
@@ -522,6 +572,13 @@ def build_all(root: Path) -> list[Path]:
         written.append(triton / folder / "model.onnx")
     _write_toml(triton / "simple_identity/config.pbtxt", SIMPLE_IDENTITY_CONFIG)
     written.append(triton / "simple_identity/config.pbtxt")
+    # Triton's sequence clients' `-d` runs also use a model Triton's example
+    # repository does not hold: in a repository of its own (the model
+    # control client counts the example repository's seven).
+    dyna = root / "tests/fixtures/triton_dyna_sequence/simple_string_dyna_sequence"
+    _save(build_simple_string_dyna_sequence(), dyna / "1/model.onnx")
+    _write_toml(dyna / "config.pbtxt", SIMPLE_STRING_DYNA_SEQUENCE_CONFIG)
+    written.extend([dyna / "1/model.onnx", dyna / "config.pbtxt"])
     return written
 
 

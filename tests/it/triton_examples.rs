@@ -34,8 +34,9 @@ fn copy_tree(from: &Path, to: &Path) {
     }
 }
 
-/// Runs one example client; its output when it fails.
-fn run(python: &Path, script: &str, args: &[&str]) -> Result<(), String> {
+/// Runs one example client: its exit status and stdout, or why it could
+/// not run.
+fn run(python: &Path, script: &str, args: &[String]) -> Result<(bool, String), String> {
     let path = root().join("tests/clients/triton_examples").join(script);
     let output = Command::new(python)
         .arg(&path)
@@ -43,16 +44,50 @@ fn run(python: &Path, script: &str, args: &[&str]) -> Result<(), String> {
         .env("PYTHONUNBUFFERED", "1")
         .output()
         .map_err(|e| format!("{script}: cannot run {}: {e}", python.display()))?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     if output.status.success() {
-        return Ok(());
+        return Ok((true, stdout));
     }
-    Err(format!(
-        "{script} {} failed ({}):\n--- stdout ---\n{}\n--- stderr ---\n{}",
-        args.join(" "),
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+    Ok((
+        false,
+        format!(
+            "{script} {} failed ({}):\n--- stdout ---\n{stdout}\n--- stderr ---\n{}",
+            args.join(" "),
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        ),
     ))
+}
+
+/// Runs each `(script, args)` in turn (on a blocking thread); the
+/// failures' outputs.
+async fn run_all(python: &Path, runs: Vec<(&str, Vec<&str>)>) -> Vec<String> {
+    let python = python.to_path_buf();
+    let runs: Vec<(String, Vec<String>)> = runs
+        .into_iter()
+        .map(|(s, a)| (s.to_string(), a.into_iter().map(String::from).collect()))
+        .collect();
+    tokio::task::spawn_blocking(move || {
+        runs.iter()
+            .filter_map(|(script, args)| match run(&python, script, args) {
+                Ok((true, _)) => None,
+                Ok((false, failure)) | Err(failure) => Some(failure),
+            })
+            .collect()
+    })
+    .await
+    .unwrap()
+}
+
+/// A server with gRPC on, serving `repository`.
+async fn serve(repository: &Path) -> (TestServer, String, String) {
+    let mut config = config(repository);
+    config.server.grpc_bind = "127.0.0.1:0".into();
+    config.cache.enabled = false;
+    let server = TestServer::ready(config, onnx_provider()).await;
+    let http = server.base.trim_start_matches("http://").to_string();
+    let grpc = server.grpc.clone().expect("gRPC is on");
+    (server, http, grpc)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -75,12 +110,28 @@ async fn tritons_example_clients_pass_against_its_example_repository() {
         made.success(),
         "Pillow makes the picture (tests/clients/requirements.txt)"
     );
-    let mut config = config(&repository);
-    config.server.grpc_bind = "127.0.0.1:0".into();
-    config.cache.enabled = false;
-    let server = TestServer::ready(config, onnx_provider()).await;
-    let http = server.base.trim_start_matches("http://").to_string();
-    let grpc = server.grpc.clone().expect("gRPC is on");
+    let (server, http, grpc) = serve(&repository).await;
+    let mut failures = Vec::new();
+    // First, as model control unloads `simple`: the health and metadata
+    // clients check that the server is named
+    // "triton": everything before that check must pass.
+    for (script, url) in [
+        ("simple_http_health_metadata.py", &http),
+        ("simple_grpc_health_metadata.py", &grpc),
+    ] {
+        let args = ["-u".to_string(), url.clone()];
+        match run(&python, script, &args) {
+            Ok((false, output)) => {
+                let failed: Vec<&str> =
+                    output.lines().filter(|l| l.starts_with("FAILED")).collect();
+                if failed != ["FAILED : get_server_metadata"] {
+                    failures.push(format!("{script}: failed before the name check:\n{output}"));
+                }
+            }
+            Ok((true, _)) => failures.push(format!("{script}: passed the \"triton\" name check")),
+            Err(why) => failures.push(why),
+        }
+    }
     let image = image.display().to_string();
     let classify = ["-m", "densenet_onnx", "-c", "3", "-s", "INCEPTION"];
     let mut runs: Vec<(&str, Vec<&str>)> = Vec::new();
@@ -131,21 +182,35 @@ async fn tritons_example_clients_pass_against_its_example_repository() {
     }
     // Last: it unloads `simple`.
     runs.push(("simple_http_model_control.py", vec!["-u", &http]));
+    failures.extend(run_all(&python, runs).await);
 
-    let python = python.clone();
-    let runs: Vec<(String, Vec<String>)> = runs
-        .into_iter()
-        .map(|(s, a)| (s.to_string(), a.into_iter().map(String::from).collect()))
-        .collect();
-    let failures = tokio::task::spawn_blocking(move || {
-        runs.iter()
-            .filter_map(|(script, args)| {
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                run(&python, script, &args).err()
-            })
-            .collect::<Vec<_>>()
-    })
-    .await
-    .unwrap();
+    drop(server);
+
+    // The sequence clients' `-d` runs, with Triton's QA model
+    // simple_string_dyna_sequence beside the example repository.
+    copy_tree(
+        &root().join("tests/fixtures/triton_dyna_sequence"),
+        &repository,
+    );
+    let (_server, http, grpc) = serve(&repository).await;
+    let runs = vec![
+        (
+            "simple_http_sequence_sync_infer_client.py",
+            vec!["-u", &http, "-d"],
+        ),
+        (
+            "simple_grpc_sequence_sync_infer_client.py",
+            vec!["-u", &grpc, "-d"],
+        ),
+        (
+            "simple_grpc_sequence_stream_infer_client.py",
+            vec!["-u", &grpc, "-d"],
+        ),
+        (
+            "simple_grpc_aio_sequence_stream_infer_client.py",
+            vec!["-u", &grpc, "-d"],
+        ),
+    ];
+    failures.extend(run_all(&python, runs).await);
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));
 }

@@ -227,16 +227,15 @@ fn sequence_settings(sequence: &SequenceBatching) -> Result<SequenceSettings, St
             return Err(format!("sequence_batching names two inputs for {kind}"));
         }
     }
+    // The state starts as zeros of the model's own shape (a dynamic
+    // dimension 1), with or without the batch dimension as the request
+    // comes: Triton's `dims` (per item) say the same for a model that
+    // agrees with its configuration.
     for state in &sequence.state {
-        let dims = state
-            .dims
-            .iter()
-            .map(|&d| usize::try_from(d).unwrap_or(1))
-            .collect::<Vec<_>>();
         settings.state.push(StateSettings {
             input: state.input_name.clone(),
             output: state.output_name.clone(),
-            dims: (!dims.is_empty()).then_some(dims),
+            dims: None,
         });
     }
     Ok(settings)

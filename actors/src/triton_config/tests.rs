@@ -98,7 +98,7 @@ sequence_batching {
     let sequence = settings_of(fp32, "m").unwrap().sequence.unwrap();
     assert_eq!(sequence.start.as_deref(), Some("S"));
     assert_eq!(sequence.state[0].input, "IN_STATE");
-    assert_eq!(sequence.state[0].dims, Some(vec![1, 4]));
+    assert_eq!(sequence.state[0].output, "OUT_STATE");
 }
 
 #[test]

@@ -344,7 +344,6 @@ pub(super) struct Control {
 pub(super) struct State {
     pub(super) input_name: String,
     pub(super) output_name: String,
-    pub(super) dims: Vec<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
