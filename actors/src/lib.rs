@@ -37,6 +37,7 @@ pub mod supervisor;
 pub mod tensor;
 pub mod triton_config;
 pub mod usage;
+pub mod warmup_sample;
 
 pub use error::{EngineError, InferError};
 pub use messages::{InferOutcome, InferRequest};

@@ -9,6 +9,7 @@ use crate::device::{DevicePreference, Placement};
 use crate::processing::{self, InputProcessing, OutputProcessing};
 use crate::reshape::TensorReshape;
 use crate::sequence::SequenceSettings;
+use crate::warmup_sample::WarmupSample;
 
 /// Per-model settings from `model.toml`; every key is optional.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -70,6 +71,10 @@ pub struct ModelSettings {
     /// `reshape`, from a `config.pbtxt`; no `model.toml` key).
     #[serde(skip)]
     pub reshape: Vec<TensorReshape>,
+    /// The model's own warmup samples (Triton's `model_warmup`, from a
+    /// `config.pbtxt`), run in place of `warmup` rounds on zeros.
+    #[serde(skip)]
+    pub warmup_samples: Vec<WarmupSample>,
 }
 
 impl Default for ModelSettings {
@@ -96,6 +101,7 @@ impl Default for ModelSettings {
             output: OutputProcessing::Tensor,
             sequence: None,
             reshape: Vec::new(),
+            warmup_samples: Vec::new(),
         }
     }
 }

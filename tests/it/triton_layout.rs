@@ -37,6 +37,16 @@ dynamic_batching { max_queue_delay_microseconds: 2000 }
 instance_group [ { count: 2  kind: KIND_CPU } ]
 "#;
 
+const WARMUP_CONFIG: &str = r#"
+max_batch_size: 8
+model_warmup [
+  { name: "zeros"  batch_size: 4  count: 2
+    inputs { key: "features"  value: { data_type: TYPE_FP32  dims: [ 64 ]  zero_data: true } } },
+  { name: "file"  batch_size: 1
+    inputs { key: "features"  value: { data_type: TYPE_FP32  dims: [ 64 ]  input_data_file: "features.bin" } } }
+]
+"#;
+
 const CLASSIFIER_CONFIG: &str = r#"
 backend: "onnxruntime"
 max_batch_size: 32
@@ -70,14 +80,21 @@ async fn a_triton_repository_is_served_as_its_configs_say() {
         "platform: \"tensorflow_graphdef\"\n",
     );
     write(dir, "graphdef/1/model.graphdef", "x");
+    // The model's own warmup samples: zeros, and a file's bytes.
+    write(dir, "warm/config.pbtxt", WARMUP_CONFIG);
+    copy(
+        "models/tiny-classifier/model.onnx",
+        &dir.join("warm/1/model.onnx"),
+    );
+    write(dir, "warm/warmup/features.bin", &"\0".repeat(256));
     write(
         dir,
-        "warm/config.pbtxt",
-        "model_warmup [ { name: \"w\" batch_size: 1 } ]\n",
+        "coldfile/config.pbtxt",
+        &WARMUP_CONFIG.replace("features.bin", "missing.bin"),
     );
     copy(
-        "tests/fixtures/models/dtypes/model.onnx",
-        &dir.join("warm/1/model.onnx"),
+        "models/tiny-classifier/model.onnx",
+        &dir.join("coldfile/1/model.onnx"),
     );
     write(dir, "scripts/fetch.sh", "#!/bin/sh\n");
     let server = TestServer::start(config(dir), onnx_provider());
@@ -105,11 +122,10 @@ async fn a_triton_repository_is_served_as_its_configs_say() {
             .contains("tensorflow_graphdef"),
         "{index}"
     );
+    assert_eq!(entry("warm")["state"], "READY", "{index}");
+    let reason = entry("coldfile")["reason"].as_str().unwrap().to_string();
     assert!(
-        entry("warm")["reason"]
-            .as_str()
-            .unwrap()
-            .contains("`model_warmup`"),
+        reason.contains("model_warmup 'file'") && reason.contains("missing.bin"),
         "{index}"
     );
     assert!(

@@ -16,6 +16,7 @@ use crate::error::EngineError;
 use crate::repository::ModelSpec;
 use crate::signature::ModelSignature;
 use crate::tensor::Tensor;
+use crate::warmup_sample::WarmupSample;
 
 /// A loaded model. `infer` gets the inputs in signature order, each stacked
 /// along the batch dimension, and returns the outputs in signature order.
@@ -61,6 +62,12 @@ pub trait EngineFactory: Send + Sync {
     fn device_memory_mb(&self, device: Device) -> Option<u64> {
         let _ = device;
         None
+    }
+
+    /// The model's own warmup samples (Triton's `model_warmup`), which a
+    /// replica runs in place of its warmup on zeros; none by default.
+    fn warmup_samples(&self) -> &[WarmupSample] {
+        &[]
     }
 }
 

@@ -161,6 +161,7 @@ impl EngineProvider for OnnxProvider {
             path: spec.onnx_path.clone(),
             label: spec.file_label(),
             intra_op_threads: spec.settings.intra_op_threads,
+            warmup_samples: spec.settings.warmup_samples.clone(),
         })
     }
 
@@ -179,6 +180,8 @@ pub struct OnnxFactory {
     /// A pool of this many threads for each session; `None` shares the
     /// process's pool.
     pub intra_op_threads: Option<usize>,
+    /// The model's own warmup samples, if it gives any.
+    pub warmup_samples: Vec<crate::warmup_sample::WarmupSample>,
 }
 
 impl EngineFactory for OnnxFactory {
@@ -187,6 +190,10 @@ impl EngineFactory for OnnxFactory {
             Device::Cpu => resident_mb(),
             Device::Gpu(index) => gpu_used_mb(index),
         }
+    }
+
+    fn warmup_samples(&self) -> &[crate::warmup_sample::WarmupSample] {
+        &self.warmup_samples
     }
 
     fn load(&self, target: &LoadTarget) -> Result<Box<dyn Engine>, EngineError> {

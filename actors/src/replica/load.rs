@@ -73,9 +73,27 @@ impl Replica {
         };
         let mut peaks = (None, None);
         let mut warmup_runs = Vec::new();
+        // The model's own samples, when it gives any, in place of zeros.
+        let samples = self.factory.warmup_samples();
+        for sample in samples {
+            let failed =
+                |why: String| EngineError::Load(format!("model_warmup '{}' {why}", sample.name));
+            let inputs = sample.tensors(&signature).map_err(failed)?;
+            for _ in 0..sample.count.max(1) {
+                let run = Instant::now();
+                engine
+                    .infer(&inputs)
+                    .map_err(|e| failed(format!("failed: {e}")))?;
+                if signature.is_batched() {
+                    warmup_runs.push((sample.batch_size.max(1), run.elapsed()));
+                }
+            }
+        }
         // Made-up text can break a model that reads it (a number parsed
         // from it, a vocabulary looked up): such a model is not warmed up.
-        let rounds = if signature.inputs.iter().any(|s| s.dtype == DataType::Bytes) {
+        let rounds = if !samples.is_empty() {
+            0
+        } else if signature.inputs.iter().any(|s| s.dtype == DataType::Bytes) {
             if self.warmup > 0 {
                 info!(
                     model = %self.model,

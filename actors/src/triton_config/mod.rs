@@ -12,8 +12,10 @@
 //! rounded up to whole milliseconds; none at all → no window, requests run
 //! as they come; `default_queue_policy.max_queue_size` → the queue's
 //! capacity), `sequence_batching` (control inputs, implicit state, idle
-//! time), `parameters` (`intra_op_thread_count`). Inputs and outputs
-//! (`dims`, `format`, `label_filename`) are answered back in the model's
+//! time), `parameters` (`intra_op_thread_count`), inputs' and outputs'
+//! `reshape` ([`crate::reshape`]), `model_warmup` ([`crate::warmup_sample`];
+//! files from the model's `warmup/` folder). Inputs and outputs (`dims`,
+//! `format`, `label_filename`) are answered back in the model's
 //! configuration as read.
 
 mod settings;
@@ -85,8 +87,10 @@ pub fn read(
         String::new()
     };
     let config = parse_with(&text, overrides).map_err(|e| format!("{}: {e}", file.display()))?;
-    let read =
+    let mut read =
         settings::translate(&config, name).map_err(|e| format!("{}: {e}", file.display()))?;
+    read.settings.warmup_samples = settings::warmup_samples(&config.fields.model_warmup, folder)
+        .map_err(|e| format!("{}: {e}", file.display()))?;
     let version = versions::select_version(folder, config.fields.version_policy.as_ref())
         .map_err(|e| format!("{}: {e}", file.display()))?;
     let model_file = match config.fields.default_model_filename.as_str() {

@@ -5,7 +5,11 @@ use crate::model_settings::ModelSettings;
 use crate::reshape::TensorReshape;
 use crate::sequence::{SequenceSettings, StateSettings};
 
-use super::text::{InstanceGroup, ParsedConfig, SequenceBatching};
+use std::path::Path;
+
+use super::text::{InstanceGroup, ParsedConfig, SequenceBatching, Warmup};
+use crate::tensor::DataType;
+use crate::warmup_sample::{WarmupData, WarmupInput, WarmupSample};
 
 /// What a configuration sets, as Gantry's settings.
 pub(super) struct Translated {
@@ -239,4 +243,58 @@ fn sequence_settings(sequence: &SequenceBatching) -> Result<SequenceSettings, St
         });
     }
     Ok(settings)
+}
+
+/// The model's `model_warmup` samples; an input's `input_data_file` is read
+/// from the model's `warmup/` folder, as Triton reads it.
+pub(super) fn warmup_samples(
+    warmups: &[Warmup],
+    folder: &Path,
+) -> Result<Vec<WarmupSample>, String> {
+    warmups
+        .iter()
+        .map(|warmup| {
+            let what = format!("model_warmup '{}'", warmup.name);
+            let inputs = warmup
+                .inputs
+                .iter()
+                .map(|(name, input)| {
+                    let type_name = input.data_type.as_deref().unwrap_or("TYPE_INVALID");
+                    let dtype = match type_name.strip_prefix("TYPE_") {
+                        Some("STRING") => Some(DataType::Bytes),
+                        Some(other) => DataType::parse(other),
+                        None => None,
+                    }
+                    .ok_or_else(|| format!("{what}: input '{name}' has no datatype Gantry serves ({type_name})"))?;
+                    let dims = input
+                        .dims
+                        .iter()
+                        .map(|&d| usize::try_from(d))
+                        .collect::<Result<Vec<_>, _>>()
+                        .map_err(|_| format!("{what}: input '{name}' has a negative dimension"))?;
+                    let data = if input.zero_data {
+                        WarmupData::Zero
+                    } else if input.random_data {
+                        WarmupData::Random
+                    } else if !input.input_data_file.is_empty() {
+                        let file = &input.input_data_file;
+                        if file.contains('/') || file.starts_with('.') {
+                            return Err(format!("{what}: input_data_file '{file}' must name a file in the model's warmup/ folder"));
+                        }
+                        let path = folder.join("warmup").join(file);
+                        WarmupData::File(std::fs::read(&path).map_err(|e| format!("{what}: {}: {e}", path.display()))?)
+                    } else {
+                        return Err(format!("{what}: input '{name}' sets none of zero_data, random_data, input_data_file"));
+                    };
+                    Ok(WarmupInput { name: name.clone(), dtype, dims, data })
+                })
+                .collect::<Result<Vec<_>, String>>()?;
+            Ok(WarmupSample {
+                name: warmup.name.clone(),
+                batch_size: usize::try_from(warmup.batch_size).unwrap_or(usize::MAX),
+                count: u32::try_from(warmup.count).unwrap_or(u32::MAX),
+                inputs,
+            })
+        })
+        .collect()
 }

@@ -145,10 +145,6 @@ fn fields_gantry_does_not_honour_are_named() {
             "input [ { name: \"x\" optional: true } ]",
             "`input.optional`",
         ),
-        (
-            "model_warmup [ { name: \"w\" batch_size: 1 } ]",
-            "`model_warmup`",
-        ),
         ("optimization { graph { level: 1 } }", "`optimization`"),
         ("response_cache { enable: true }", "`response_cache`"),
     ] {
@@ -360,12 +356,74 @@ fn a_loads_override_replaces_the_files_fields() {
     for (text, says) in [
         (r#"{"replicas": 2}"#, "replicas"),
         (r#"{"max_batch_size": "many"}"#, "max_batch_size"),
-        (r#"{"model_warmup": [{"name": "w"}]}"#, "`model_warmup`"),
+        (
+            r#"{"optimization": {"priority": "PRIORITY_MAX"}}"#,
+            "`optimization`",
+        ),
     ] {
         let overrides: Map<String, Value> = serde_json::from_str(text).unwrap();
         let err = parse_with(SIMPLE, Some(&overrides))
             .map(|_| ())
             .unwrap_err();
         assert!(err.contains(says), "{text}: {err}");
+    }
+}
+
+#[test]
+fn model_warmup_samples_are_read_with_their_files() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "m/warmup/features.bin", &"\0".repeat(8));
+    let text = r#"
+model_warmup [
+  { name: "zeros"  batch_size: 2  count: 3
+    inputs { key: "x"  value: { data_type: TYPE_FP32  dims: [ 4 ]  zero_data: true } } },
+  { name: "file"  batch_size: 1
+    inputs { key: "x"  value: { data_type: TYPE_FP32  dims: [ 2 ]  input_data_file: "features.bin" } }
+    inputs { key: "s"  value: { data_type: TYPE_STRING  dims: [ 1 ]  random_data: true } } }
+]"#;
+    let parsed = parse(text).unwrap();
+    let samples =
+        super::settings::warmup_samples(&parsed.fields.model_warmup, &dir.path().join("m"))
+            .unwrap();
+    assert_eq!(
+        (
+            samples[0].name.as_str(),
+            samples[0].batch_size,
+            samples[0].count
+        ),
+        ("zeros", 2, 3)
+    );
+    assert_eq!(samples[0].inputs[0].dims, vec![4]);
+    let file = &samples[1];
+    let x = file.inputs.iter().find(|i| i.name == "x").unwrap();
+    assert_eq!(x.data, crate::warmup_sample::WarmupData::File(vec![0; 8]));
+    let s = file.inputs.iter().find(|i| i.name == "s").unwrap();
+    assert_eq!(s.dtype, crate::tensor::DataType::Bytes);
+    for (text, says) in [
+        (
+            r#"model_warmup [ { name: "w" inputs { key: "x" value: { data_type: TYPE_FP32 dims: [ 1 ] input_data_file: "gone.bin" } } } ]"#,
+            "gone.bin",
+        ),
+        (
+            r#"model_warmup [ { name: "w" inputs { key: "x" value: { data_type: TYPE_FP32 dims: [ 1 ] input_data_file: "../x" } } } ]"#,
+            "warmup/ folder",
+        ),
+        (
+            r#"model_warmup [ { name: "w" inputs { key: "x" value: { data_type: TYPE_FP32 dims: [ 1 ] } } } ]"#,
+            "sets none of",
+        ),
+        (
+            r#"model_warmup [ { name: "w" inputs { key: "x" value: { dims: [ 1 ] zero_data: true } } } ]"#,
+            "no datatype",
+        ),
+    ] {
+        let parsed = parse(text).unwrap();
+        let err =
+            super::settings::warmup_samples(&parsed.fields.model_warmup, &dir.path().join("m"))
+                .unwrap_err();
+        assert!(
+            err.contains(says) && err.contains("model_warmup 'w'"),
+            "{text}: {err}"
+        );
     }
 }

@@ -80,6 +80,16 @@ pub const HONOURED: &[&str] = &[
     "sequence_batching.state.dims",
     "parameters",
     "parameters.string_value",
+    "model_warmup",
+    "model_warmup.name",
+    "model_warmup.batch_size",
+    "model_warmup.count",
+    "model_warmup.inputs",
+    "model_warmup.inputs.data_type",
+    "model_warmup.inputs.dims",
+    "model_warmup.inputs.zero_data",
+    "model_warmup.inputs.random_data",
+    "model_warmup.inputs.input_data_file",
 ];
 
 /// honours.
@@ -256,6 +266,26 @@ pub(super) struct Config {
     pub(super) dynamic_batching: Option<DynamicBatching>,
     pub(super) sequence_batching: Option<SequenceBatching>,
     pub(super) parameters: BTreeMap<String, Parameter>,
+    pub(super) model_warmup: Vec<Warmup>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct Warmup {
+    pub(super) name: String,
+    pub(super) batch_size: u64,
+    pub(super) count: u64,
+    pub(super) inputs: BTreeMap<String, WarmupInput>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+pub(super) struct WarmupInput {
+    pub(super) data_type: Option<String>,
+    pub(super) dims: Vec<i64>,
+    pub(super) zero_data: bool,
+    pub(super) random_data: bool,
+    pub(super) input_data_file: String,
 }
 
 #[derive(Debug, Deserialize)]

@@ -168,6 +168,7 @@ fn inference(model: &ModelSpec, runs: usize) -> Result<(f64, f64), String> {
         path: model.onnx_path.clone(),
         label: model.file_label(),
         intra_op_threads: Some(1),
+        warmup_samples: Vec::new(),
     };
     let mut engine = factory
         .load(&LoadTarget::cpu())

@@ -88,6 +88,7 @@ fn run(args: &Args) -> Result<serde_json::Value, String> {
         path: args.model.clone(),
         label: args.model.display().to_string(),
         intra_op_threads: None,
+        warmup_samples: Vec::new(),
     };
     let target = match args.gpu {
         Some(index) => LoadTarget {
