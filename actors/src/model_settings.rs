@@ -75,6 +75,20 @@ pub struct ModelSettings {
     /// `config.pbtxt`), run in place of `warmup` rounds on zeros.
     #[serde(skip)]
     pub warmup_samples: Vec<WarmupSample>,
+    /// The deadline of a request that sets none, and whether one may set
+    /// its own (Triton's `default_queue_policy` timeout, from a
+    /// `config.pbtxt`); `None`: the server's `request_timeout_ms`, and
+    /// requests may set theirs.
+    #[serde(skip)]
+    pub queue_timeout: Option<QueueTimeout>,
+}
+
+/// A model's own request timeout (Triton's queue policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QueueTimeout {
+    pub default: std::time::Duration,
+    /// A request may ask for a shorter deadline, never a longer one.
+    pub allow_override: bool,
 }
 
 impl Default for ModelSettings {
@@ -102,6 +116,7 @@ impl Default for ModelSettings {
             sequence: None,
             reshape: Vec::new(),
             warmup_samples: Vec::new(),
+            queue_timeout: None,
         }
     }
 }

@@ -126,7 +126,7 @@ impl InferenceService {
             match cache.join(key) {
                 Turn::Lead(lead) => leader = Some(lead),
                 Turn::Follow(follower) => {
-                    let deadline = self.deadline(call.timeout, started);
+                    let deadline = self.deadline(&model, call.timeout, started);
                     match tokio::time::timeout_at(deadline.into(), follower.outputs()).await {
                         Ok(Some(outputs)) => {
                             let level = CacheLevel::Coalesced;
@@ -180,14 +180,24 @@ impl InferenceService {
         signature
     }
 
-    /// When a call that arrived at `started` with `timeout` (or none) must
-    /// have its answer.
+    /// When a call to `model` that arrived at `started` with `timeout` (or
+    /// none) must have its answer: the call's timeout, else the server's
+    /// default; a model with its own queue timeout (Triton's queue policy)
+    /// uses that, shortened by the call's only where the policy allows.
     pub(super) fn deadline(
         &self,
+        model: &ModelHandle,
         timeout: Option<std::time::Duration>,
         started: Instant,
     ) -> Instant {
-        started + timeout.unwrap_or(self.default_timeout)
+        let within = match model.spec.settings.queue_timeout {
+            None => timeout.unwrap_or(self.default_timeout),
+            Some(policy) => match timeout.filter(|_| policy.allow_override) {
+                Some(asked) => asked.min(policy.default),
+                None => policy.default,
+            },
+        };
+        started + within
     }
 
     pub(super) async fn infer(
@@ -197,7 +207,7 @@ impl InferenceService {
         started: Instant,
         pending: &mut Pending,
     ) -> Result<Prediction, InferError> {
-        let deadline = self.deadline(call.timeout, started);
+        let deadline = self.deadline(&model, call.timeout, started);
         let signature = self.signature_of(&model, deadline).await?;
         let reshape = &model.spec.settings.reshape;
         let mut inputs = call.inputs;

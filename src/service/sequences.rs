@@ -218,7 +218,7 @@ impl InferenceService {
                  sequence_start on a sequence's first request"
             )));
         };
-        let deadline = self.deadline(call.timeout, started);
+        let deadline = self.deadline(&model, call.timeout, started);
         let signature = self.signature_of(&model, deadline).await?.clone();
         for input in settings.server_inputs() {
             if call.inputs.iter().any(|(n, _)| n == input) {

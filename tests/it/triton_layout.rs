@@ -279,3 +279,62 @@ async fn load_failures_are_worded_as_tritons_and_name_no_server_path() {
     let (_, config) = server.get("/v2/models/good/config").await;
     assert_eq!(config["max_batch_size"], 16, "{config}");
 }
+
+/// Triton's queue policy timeout is the model's own deadline: a request
+/// that sets none is answered 504 past it, and one that sets a longer one
+/// is held to it (allow_timeout_override only shortens); without
+/// allow_timeout_override a request's own timeout is not used at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_policy_timeout_is_the_models_deadline() {
+    let repo = Repo::new();
+    let dir = repo.path();
+    let policy = |allow: bool| {
+        format!(
+            "max_batch_size: 4\ndynamic_batching {{ default_queue_policy {{ \
+             default_timeout_microseconds: 100000  allow_timeout_override: {allow} }} }}\n"
+        )
+    };
+    for (name, allow) in [("capped", true), ("fixed", false)] {
+        write(dir, &format!("{name}/config.pbtxt"), &policy(allow));
+        write(dir, &format!("{name}/1/model.onnx"), "fake");
+    }
+    // Each batch takes 400 ms on the fake engine.
+    let server = TestServer::start(config(dir), crate::common::live::provider(400));
+    server.wait_ready().await;
+    let predict = |model: &str, timeout_ms: Option<u64>| {
+        let mut body = crate::common::live::body(model, 1);
+        if let Some(ms) = timeout_ms {
+            body["timeout_ms"] = json!(ms);
+        }
+        body
+    };
+    for (model, timeout_ms) in [
+        ("capped", None),
+        ("capped", Some(5_000)),
+        ("fixed", Some(5_000)),
+    ] {
+        let started = std::time::Instant::now();
+        let (status, answer) = server
+            .post("/api/optimized/predict", &predict(model, timeout_ms))
+            .await;
+        let took = started.elapsed();
+        assert_eq!(status, 504, "{model} {timeout_ms:?}: {answer}");
+        assert!(
+            took < std::time::Duration::from_millis(350),
+            "{model}: {took:?}"
+        );
+    }
+    // A shorter timeout than the policy's is the request's own where the
+    // policy allows it, and not where it does not (no answer before the
+    // policy's 100 ms).
+    let (status, answer) = server
+        .post("/api/optimized/predict", &predict("capped", Some(20)))
+        .await;
+    assert_eq!(status, 504, "{answer}");
+    let started = std::time::Instant::now();
+    let (status, answer) = server
+        .post("/api/optimized/predict", &predict("fixed", Some(20)))
+        .await;
+    assert_eq!(status, 504, "{answer}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(100));
+}

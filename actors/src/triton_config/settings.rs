@@ -1,11 +1,12 @@
 //! What a read `config.pbtxt` sets, as Gantry's [`ModelSettings`].
 
 use crate::device::DevicePreference;
-use crate::model_settings::ModelSettings;
+use crate::model_settings::{ModelSettings, QueueTimeout};
 use crate::reshape::TensorReshape;
 use crate::sequence::{SequenceSettings, StateSettings};
 
 use std::path::Path;
+use std::time::Duration;
 
 use super::text::{InstanceGroup, ParsedConfig, SequenceBatching, Warmup};
 use crate::tensor::DataType;
@@ -54,13 +55,22 @@ pub(super) fn translate(parsed: &ParsedConfig, folder_name: &str) -> Result<Tran
     instance_groups(&config.instance_group, &mut settings)?;
     if let Some(batching) = &config.dynamic_batching {
         settings.batch_window_ms = batching.max_queue_delay_microseconds.div_ceil(1000);
-        if let Some(size) = batching
-            .default_queue_policy
-            .as_ref()
-            .map(|p| p.max_queue_size)
-            .filter(|&n| n > 0)
-        {
-            settings.queue_capacity = usize::try_from(size).unwrap_or(usize::MAX);
+        if let Some(policy) = &batching.default_queue_policy {
+            if policy.max_queue_size > 0 {
+                settings.queue_capacity =
+                    usize::try_from(policy.max_queue_size).unwrap_or(usize::MAX);
+            }
+            if let Some(action) = policy.timeout_action.as_deref().filter(|a| *a != "REJECT") {
+                return Err(format!(
+                    "dynamic_batching.default_queue_policy.timeout_action {action} is not supported by Gantry (REJECT is: a request past its timeout is answered 504)"
+                ));
+            }
+            if policy.default_timeout_microseconds > 0 {
+                settings.queue_timeout = Some(QueueTimeout {
+                    default: Duration::from_micros(policy.default_timeout_microseconds),
+                    allow_override: policy.allow_timeout_override,
+                });
+            }
         }
     }
     if let Some(sequence) = &config.sequence_batching {

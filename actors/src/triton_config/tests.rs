@@ -427,3 +427,21 @@ model_warmup [
         );
     }
 }
+
+#[test]
+fn the_queue_policy_timeout_becomes_the_models_deadline() {
+    let text = "dynamic_batching { default_queue_policy { default_timeout_microseconds: 250000 allow_timeout_override: true max_queue_size: 9 } }";
+    let settings = settings_of(text, "m").unwrap();
+    let policy = settings.queue_timeout.unwrap();
+    assert_eq!(policy.default, std::time::Duration::from_millis(250));
+    assert!(policy.allow_override);
+    assert_eq!(settings.queue_capacity, 9);
+    assert!(settings_of("dynamic_batching { }", "m")
+        .unwrap()
+        .queue_timeout
+        .is_none());
+    let delay = "dynamic_batching { default_queue_policy { timeout_action: DELAY default_timeout_microseconds: 1 } }";
+    assert!(settings_of(delay, "m")
+        .unwrap_err()
+        .contains("timeout_action DELAY"));
+}

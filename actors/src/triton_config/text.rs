@@ -55,6 +55,9 @@ pub const HONOURED: &[&str] = &[
     "dynamic_batching.preserve_ordering",
     "dynamic_batching.default_queue_policy",
     "dynamic_batching.default_queue_policy.max_queue_size",
+    "dynamic_batching.default_queue_policy.timeout_action",
+    "dynamic_batching.default_queue_policy.default_timeout_microseconds",
+    "dynamic_batching.default_queue_policy.allow_timeout_override",
     "sequence_batching",
     "sequence_batching.max_sequence_idle_microseconds",
     "sequence_batching.direct",
@@ -336,6 +339,9 @@ pub(super) struct DynamicBatching {
 #[serde(default)]
 pub(super) struct QueuePolicy {
     pub(super) max_queue_size: u64,
+    pub(super) timeout_action: Option<String>,
+    pub(super) default_timeout_microseconds: u64,
+    pub(super) allow_timeout_override: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
