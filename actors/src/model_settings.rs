@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::Deserialize;
 
 use crate::device::{DevicePreference, Placement};
+use crate::priority::Priority;
 use crate::processing::{self, InputProcessing, OutputProcessing};
 use crate::reshape::TensorReshape;
 use crate::sequence::SequenceSettings;
@@ -81,6 +82,11 @@ pub struct ModelSettings {
     /// requests may set theirs.
     #[serde(skip)]
     pub queue_timeout: Option<QueueTimeout>,
+    /// Priority levels requests may ask for (Triton's `priority_levels`,
+    /// 1-3, from a `config.pbtxt`) and the level of one that asks for none;
+    /// `None`: all three, `normal` by default.
+    #[serde(skip)]
+    pub priority_levels: Option<(usize, Priority)>,
 }
 
 /// A model's own request timeout (Triton's queue policy).
@@ -117,6 +123,7 @@ impl Default for ModelSettings {
             reshape: Vec::new(),
             warmup_samples: Vec::new(),
             queue_timeout: None,
+            priority_levels: None,
         }
     }
 }
@@ -245,6 +252,22 @@ impl ModelSettings {
             }
         }
         Ok(())
+    }
+
+    /// The priority a request runs at: what it asked for (within the
+    /// model's levels) or the model's default.
+    pub fn priority_of(&self, asked: Option<Priority>) -> Result<Priority, crate::InferError> {
+        match (asked, self.priority_levels) {
+            (None, Some((_, default))) => Ok(default),
+            (None, None) => Ok(Priority::default()),
+            (Some(p), Some((levels, _))) if p.rank() >= levels => {
+                Err(crate::InferError::InvalidInput(format!(
+                    "priority {} is past the model's {levels} priority level(s)",
+                    p.rank() + 1
+                )))
+            }
+            (Some(p), _) => Ok(p),
+        }
     }
 
     /// Replicas an idle model keeps (`min_replicas`, else `replicas`).

@@ -149,7 +149,7 @@ async fn decode(
     if decoded.call.timeout.is_none() {
         decoded.call.timeout = header_timeout;
     }
-    decoded.call.priority = decoded.priority.or(header_priority).unwrap_or_default();
+    decoded.call.priority = decoded.priority.or(header_priority);
     decoded.call.use_cache &= cache_allowed(req);
     Ok(decoded)
 }
@@ -182,7 +182,7 @@ fn decode_json(body: &[u8], request_id: &str) -> Result<Decoded, ApiError> {
             inputs,
             timeout: positive_ms(parsed.timeout_ms, "timeout_ms")?,
             use_cache: parsed.cache.unwrap_or(true),
-            priority: Priority::default(),
+            priority: None,
             sequence: None,
             pin: None,
         },

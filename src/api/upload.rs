@@ -235,7 +235,7 @@ async fn read_form(
     let mut form = read_upload_form(state, req, payload, max_files).await?;
     let options: &mut FileOptions = &mut form.options;
     options.timeout = options.timeout.or(header_timeout);
-    options.priority = form.priority.or(header_priority).unwrap_or_default();
+    options.priority = form.priority.or(header_priority);
     options.use_cache &= cache_allowed(req);
     Ok(form)
 }

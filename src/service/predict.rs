@@ -36,7 +36,7 @@ pub struct PredictCall {
     /// False when the caller asked to bypass the cache.
     pub use_cache: bool,
     /// Where the request queues among the model's waiting requests.
-    pub priority: Priority,
+    pub priority: Option<Priority>,
     /// Its place in a sequence, for a sequence model.
     pub sequence: Option<SequenceCall>,
     /// The replica that must run it while ready (set for sequences).
@@ -226,7 +226,7 @@ impl InferenceService {
                 inputs: validated.tensors,
                 items: validated.items,
                 deadline,
-                priority: call.priority,
+                priority: model.spec.settings.priority_of(call.priority)?,
                 pin: call.pin,
                 enqueued: started,
                 span: tracing::Span::current(),
@@ -311,15 +311,19 @@ fn answered_from(
     }
 }
 
+/// A call's timeout, priority (`None`: the model's default) and sequence.
+pub type CallParameters = (Option<Duration>, Option<Priority>, Option<SequenceCall>);
+
 /// What a request's `parameters` say of how it runs, as Triton names them
 /// (over HTTP and gRPC alike): `timeout` (microseconds; else the header's),
-/// `priority` (1 high to 3 low; else the header's) and the sequence
-/// parameters (`sequence_id`, `sequence_start`, `sequence_end`).
+/// `priority` (1 high to 3 low, 0 the model's default; else the header's)
+/// and the sequence parameters (`sequence_id`, `sequence_start`,
+/// `sequence_end`).
 pub fn call_parameters(
     parameters: &Map<String, Value>,
     header_timeout: Option<Duration>,
     header_priority: Option<Priority>,
-) -> Result<(Option<Duration>, Priority, Option<SequenceCall>), ApiError> {
+) -> Result<CallParameters, ApiError> {
     let timeout = match parameters.get("timeout") {
         None => header_timeout,
         Some(v) => Some(Duration::from_micros(
@@ -331,7 +335,9 @@ pub fn call_parameters(
         )),
     };
     let priority = match parameters.get("priority") {
-        None => header_priority.unwrap_or_default(),
+        None => header_priority,
+        // Triton's "the model's default level".
+        Some(v) if v.as_i64() == Some(0) => None,
         Some(v) => v
             .as_i64()
             .ok_or_else(|| {
@@ -341,6 +347,7 @@ pub fn call_parameters(
             })
             .and_then(|level| {
                 Priority::from_level(level)
+                    .map(Some)
                     .map_err(|e| ApiError::BadRequest(format!("parameters.{e}")))
             })?,
     };

@@ -73,7 +73,7 @@ pub struct FileOptions {
     /// Overrides the `top_k` of `[output]`.
     pub top_k: Option<usize>,
     pub timeout: Option<Duration>,
-    pub priority: Priority,
+    pub priority: Option<Priority>,
     pub use_cache: bool,
 }
 

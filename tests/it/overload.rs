@@ -209,7 +209,16 @@ async fn priority_comes_from_the_body_the_header_or_v2_parameters_and_bad_values
             .unwrap();
         assert_eq!(r.status(), 200);
     }
-    for bad in [json!(0), json!(4), json!("high"), json!(1.5)] {
+    // 0 is Triton's "the model's default level" (normal here).
+    let r = server
+        .client
+        .post(&infer)
+        .json(&v2(json!(0)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for bad in [json!(4), json!("high"), json!(1.5)] {
         let r = server
             .client
             .post(&infer)

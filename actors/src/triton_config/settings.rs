@@ -8,7 +8,8 @@ use crate::sequence::{SequenceSettings, StateSettings};
 use std::path::Path;
 use std::time::Duration;
 
-use super::text::{InstanceGroup, ParsedConfig, SequenceBatching, Warmup};
+use super::text::{DynamicBatching, InstanceGroup, ParsedConfig, SequenceBatching, Warmup};
+use crate::priority::Priority;
 use crate::tensor::DataType;
 use crate::warmup_sample::{WarmupData, WarmupInput, WarmupSample};
 
@@ -55,6 +56,7 @@ pub(super) fn translate(parsed: &ParsedConfig, folder_name: &str) -> Result<Tran
     instance_groups(&config.instance_group, &mut settings)?;
     if let Some(batching) = &config.dynamic_batching {
         settings.batch_window_ms = batching.max_queue_delay_microseconds.div_ceil(1000);
+        settings.priority_levels = priority_levels(batching)?;
         if let Some(policy) = &batching.default_queue_policy {
             if policy.max_queue_size > 0 {
                 settings.queue_capacity =
@@ -307,4 +309,23 @@ pub(super) fn warmup_samples(
             })
         })
         .collect()
+}
+
+/// `priority_levels` (Gantry has three: 1 high, 2 normal, 3 low) and the
+/// level of a request that asks for none.
+fn priority_levels(batching: &DynamicBatching) -> Result<Option<(usize, Priority)>, String> {
+    match (batching.priority_levels, batching.default_priority_level) {
+        (0, 0) => Ok(None),
+        (0, _) => Err("dynamic_batching.default_priority_level needs priority_levels".into()),
+        (levels, _) if levels > 3 => Err(format!(
+            "dynamic_batching.priority_levels {levels}: Gantry has three priority levels (1 high, 2 normal, 3 low)"
+        )),
+        (levels, default) if default == 0 || default > levels => Err(format!(
+            "dynamic_batching.default_priority_level {default} must be between 1 and priority_levels ({levels})"
+        )),
+        (levels, default) => {
+            let default = Priority::from_level(default as i64).map_err(|e| e.to_string())?;
+            Ok(Some((levels as usize, default)))
+        }
+    }
 }

@@ -138,10 +138,6 @@ fn fields_gantry_does_not_honour_are_named() {
             "`ensemble_scheduling`",
         ),
         (
-            "dynamic_batching { priority_levels: 2 }",
-            "`dynamic_batching.priority_levels`",
-        ),
-        (
             "input [ { name: \"x\" optional: true } ]",
             "`input.optional`",
         ),
@@ -444,4 +440,44 @@ fn the_queue_policy_timeout_becomes_the_models_deadline() {
     assert!(settings_of(delay, "m")
         .unwrap_err()
         .contains("timeout_action DELAY"));
+}
+
+#[test]
+fn priority_levels_map_onto_gantrys_three() {
+    let settings = settings_of(
+        "dynamic_batching { priority_levels: 2 default_priority_level: 2 }",
+        "m",
+    )
+    .unwrap();
+    assert_eq!(
+        settings.priority_levels,
+        Some((2, crate::priority::Priority::Normal))
+    );
+    assert_eq!(
+        settings.priority_of(None),
+        Ok(crate::priority::Priority::Normal)
+    );
+    assert_eq!(
+        settings.priority_of(Some(crate::priority::Priority::High)),
+        Ok(crate::priority::Priority::High)
+    );
+    assert!(settings
+        .priority_of(Some(crate::priority::Priority::Low))
+        .is_err());
+    for (text, says) in [
+        (
+            "dynamic_batching { priority_levels: 4 default_priority_level: 1 }",
+            "three priority levels",
+        ),
+        (
+            "dynamic_batching { priority_levels: 2 }",
+            "between 1 and priority_levels",
+        ),
+        (
+            "dynamic_batching { default_priority_level: 1 }",
+            "needs priority_levels",
+        ),
+    ] {
+        assert!(settings_of(text, "m").unwrap_err().contains(says), "{text}");
+    }
 }

@@ -53,6 +53,8 @@ pub const HONOURED: &[&str] = &[
     "dynamic_batching.max_queue_delay_microseconds",
     "dynamic_batching.preferred_batch_size",
     "dynamic_batching.preserve_ordering",
+    "dynamic_batching.priority_levels",
+    "dynamic_batching.default_priority_level",
     "dynamic_batching.default_queue_policy",
     "dynamic_batching.default_queue_policy.max_queue_size",
     "dynamic_batching.default_queue_policy.timeout_action",
@@ -333,6 +335,8 @@ pub(super) struct InstanceGroup {
 pub(super) struct DynamicBatching {
     pub(super) max_queue_delay_microseconds: u64,
     pub(super) default_queue_policy: Option<QueuePolicy>,
+    pub(super) priority_levels: u64,
+    pub(super) default_priority_level: u64,
 }
 
 #[derive(Debug, Default, Deserialize)]
