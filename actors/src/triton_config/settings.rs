@@ -161,11 +161,17 @@ fn instance_groups(groups: &[InstanceGroup], settings: &mut ModelSettings) -> Re
             ))
         }
     };
+    // A group's count is per GPU it lists (Triton's: `count: 1, gpus: [0,
+    // 1]` is one instance on each).
     let mut replicas = 0usize;
     for group in groups {
         match group.count.unwrap_or(1) {
             n if n < 1 => return Err("instance_group count must be at least 1".into()),
-            n => replicas += usize::try_from(n).unwrap_or(usize::MAX),
+            n => {
+                let per_device = usize::try_from(n).unwrap_or(usize::MAX);
+                replicas =
+                    replicas.saturating_add(per_device.saturating_mul(group.gpus.len().max(1)));
+            }
         }
     }
     settings.replicas = replicas;

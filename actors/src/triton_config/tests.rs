@@ -118,7 +118,8 @@ instance_group [ { count: 1  kind: KIND_GPU  gpus: [ 1 ] }, { count: 2  kind: KI
     assert_eq!(settings.batch_window_ms, 1, "100 us rounds up to 1 ms");
     assert_eq!(settings.queue_capacity, 16);
     assert_eq!(settings.intra_op_threads, Some(2));
-    assert_eq!(settings.replicas, 3);
+    // A count per GPU listed: 1 x [1] + 2 x [0, 1].
+    assert_eq!(settings.replicas, 5);
     assert_eq!(settings.device, DevicePreference::Gpu);
     assert_eq!(settings.gpus, Some(vec![1, 0]));
     // An unbatched model runs each request alone.
