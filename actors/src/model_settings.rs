@@ -87,6 +87,10 @@ pub struct ModelSettings {
     /// `None`: all three, `normal` by default.
     #[serde(skip)]
     pub priority_levels: Option<(usize, Priority)>,
+    /// The model takes no batch dimension whatever its shapes (Triton's
+    /// `max_batch_size: 0`): each request runs alone, its tensors as sent.
+    #[serde(skip)]
+    pub unbatched: bool,
 }
 
 /// A model's own request timeout (Triton's queue policy).
@@ -124,6 +128,7 @@ impl Default for ModelSettings {
             warmup_samples: Vec::new(),
             queue_timeout: None,
             priority_levels: None,
+            unbatched: false,
         }
     }
 }

@@ -422,6 +422,7 @@ mod tests {
         ModelSignature {
             inputs: vec![spec("x", input.to_vec())],
             outputs: vec![spec(output, vec![None, Some(1)])],
+            unbatched: false,
         }
     }
 

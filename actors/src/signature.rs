@@ -32,6 +32,10 @@ impl TensorSpec {
 pub struct ModelSignature {
     pub inputs: Vec<TensorSpec>,
     pub outputs: Vec<TensorSpec>,
+    /// The model's configuration says it takes no batch dimension
+    /// (Triton's `max_batch_size: 0`), whatever its shapes: requests run
+    /// alone, their tensors as they are.
+    pub unbatched: bool,
 }
 
 /// A request's inputs after validation: ordered as the model declares them,
@@ -50,7 +54,9 @@ impl ModelSignature {
     /// A model is batched when every input has a dynamic leading dimension;
     /// a model where any input lacks one is served one request at a time.
     pub fn is_batched(&self) -> bool {
-        !self.inputs.is_empty() && self.inputs.iter().all(TensorSpec::first_dim_dynamic)
+        !self.unbatched
+            && !self.inputs.is_empty()
+            && self.inputs.iter().all(TensorSpec::first_dim_dynamic)
     }
 
     /// Position of the output called `name`.
@@ -199,6 +205,7 @@ mod tests {
                 spec("b", vec![None, Some(1)]),
             ],
             outputs: vec![spec("y", vec![None, Some(2)])],
+            unbatched: false,
         }
     }
 
@@ -268,6 +275,7 @@ mod tests {
         let s = ModelSignature {
             inputs: vec![spec("x", vec![Some(1), Some(4)])],
             outputs: vec![spec("y", vec![Some(1), Some(4)])],
+            unbatched: false,
         };
         assert!(!s.is_batched());
         let v = s.validate(vec![("x".into(), f32(vec![1, 4]))], 8).unwrap();

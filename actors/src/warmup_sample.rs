@@ -144,6 +144,7 @@ mod tests {
                 spec("t", DataType::Bytes, vec![None, Some(1)]),
             ],
             outputs: vec![],
+            unbatched: false,
         };
         let sample = WarmupSample {
             name: "w".into(),

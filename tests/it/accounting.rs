@@ -34,6 +34,7 @@ fn provider(batch_ms: u64) -> Arc<FakeProvider> {
     image.signature = ModelSignature {
         inputs: vec![spec("image")],
         outputs: vec![spec("scores")],
+        unbatched: false,
     };
     let mut provider = FakeProvider::new(vector);
     provider.per_model.insert("img".into(), image);

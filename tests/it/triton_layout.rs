@@ -96,6 +96,17 @@ async fn a_triton_repository_is_served_as_its_configs_say() {
         "models/tiny-classifier/model.onnx",
         &dir.join("coldfile/1/model.onnx"),
     );
+    // No batch dimension, whatever the model's shapes: a tensor of any
+    // first size runs as sent.
+    write(
+        dir,
+        "nobatch/config.pbtxt",
+        "max_batch_size: 0\ninput [ { name: \"features\" data_type: TYPE_FP32 dims: [ -1, 64 ] } ]\n",
+    );
+    copy(
+        "models/tiny-classifier/model.onnx",
+        &dir.join("nobatch/1/model.onnx"),
+    );
     write(dir, "scripts/fetch.sh", "#!/bin/sh\n");
     let server = TestServer::start(config(dir), onnx_provider());
     server.wait_ready().await;
@@ -188,6 +199,16 @@ async fn a_triton_repository_is_served_as_its_configs_say() {
         answer["error"].as_str().unwrap().contains("[8, 8]"),
         "{answer}"
     );
+    let (status, answer) = server
+        .post(
+            "/v2/models/nobatch/infer",
+            &json!({"inputs": [features(12)]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["outputs"][0]["shape"], json!([12, 10]), "{answer}");
+    let (_, nobatch) = server.get("/v2/models/nobatch/config").await;
+    assert_eq!(nobatch["max_batch_size"], 0, "{nobatch}");
     let (status, answer) = server
         .post("/v2/models/mlp/versions/1/infer", &request)
         .await;

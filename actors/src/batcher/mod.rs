@@ -33,6 +33,7 @@ use crate::model::ModelState;
 use crate::observer::BatchObserver;
 use crate::queue::{PendingQueue, Readiness};
 use crate::repository::ModelSettings;
+use crate::signature::ModelSignature;
 
 mod latency;
 mod memory_cap;
@@ -115,9 +116,18 @@ pub struct Batcher {
     stopping: Vec<(usize, Reservation)>,
     /// The latency target's batch sizes and admission.
     latency: latency::LatencyControl,
+    /// The model's configuration says it takes no batch dimension.
+    unbatched: bool,
 }
 
 impl Batcher {
+    /// A replica's signature as the model's configuration has it (an
+    /// unbatched model's whatever its shapes).
+    fn as_configured(&self, mut signature: ModelSignature) -> ModelSignature {
+        signature.unbatched |= self.unbatched;
+        signature
+    }
+
     pub fn new(
         model: String,
         settings: &ModelSettings,
@@ -155,6 +165,7 @@ impl Batcher {
             load_tick: None,
             stopping: Vec::new(),
             latency: latency::LatencyControl::new(settings.latency_target_ms),
+            unbatched: settings.unbatched,
         }
     }
 

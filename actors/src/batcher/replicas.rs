@@ -187,7 +187,7 @@ impl Handler<ReplicaReady> for Batcher {
     type Result = ();
 
     fn handle(&mut self, msg: ReplicaReady, ctx: &mut Self::Context) {
-        self.state.set_signature(msg.signature);
+        self.state.set_signature(self.as_configured(msg.signature));
         self.latency.warmed(msg.replica, &msg.warmup_runs);
         if let Some(slot) = self.slot_mut(msg.replica) {
             slot.loading = false;

@@ -68,6 +68,7 @@ impl FakeEngineFactory {
             signature: ModelSignature {
                 inputs: vec![spec("x")],
                 outputs: vec![spec("y")],
+                unbatched: false,
             },
             batch_delay: Duration::ZERO,
             item_delay: Duration::ZERO,

@@ -247,6 +247,7 @@ impl EngineFactory for OnnxFactory {
         let signature = ModelSignature {
             inputs: specs(session.inputs().iter().map(|o| (o.name(), o.dtype())))?,
             outputs: specs(session.outputs().iter().map(|o| (o.name(), o.dtype())))?,
+            unbatched: false,
         };
         Ok(Box::new(OnnxEngine {
             session,

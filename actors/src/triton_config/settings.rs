@@ -49,8 +49,11 @@ pub(super) fn translate(parsed: &ParsedConfig, folder_name: &str) -> Result<Tran
     };
     settings.max_batch_size = match config.max_batch_size {
         n if n < 0 => return Err("max_batch_size must be 0 or more".into()),
-        // An unbatched model: every request runs alone.
-        0 => 1,
+        // An unbatched model: every request runs alone, as sent.
+        0 => {
+            settings.unbatched = true;
+            1
+        }
         n => usize::try_from(n).map_err(|_| "max_batch_size is too large".to_string())?,
     };
     instance_groups(&config.instance_group, &mut settings)?;
