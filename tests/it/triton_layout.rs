@@ -348,10 +348,16 @@ async fn the_queue_policy_timeout_is_the_models_deadline() {
     // A shorter timeout than the policy's is the request's own where the
     // policy allows it, and not where it does not (no answer before the
     // policy's 100 ms).
+    let started = std::time::Instant::now();
     let (status, answer) = server
         .post("/api/optimized/predict", &predict("capped", Some(20)))
         .await;
     assert_eq!(status, 504, "{answer}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(90),
+        "the request's 20 ms, not the policy's 100 ms: {:?}",
+        started.elapsed()
+    );
     let started = std::time::Instant::now();
     let (status, answer) = server
         .post("/api/optimized/predict", &predict("fixed", Some(20)))

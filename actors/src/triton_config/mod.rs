@@ -86,22 +86,21 @@ pub fn read(
     } else {
         String::new()
     };
-    let config = parse_with(&text, overrides).map_err(|e| format!("{}: {e}", file.display()))?;
-    let mut read =
-        settings::translate(&config, name).map_err(|e| format!("{}: {e}", file.display()))?;
-    read.settings.warmup_samples = settings::warmup_samples(&config.fields.model_warmup, folder)
-        .map_err(|e| format!("{}: {e}", file.display()))?;
-    let version = versions::select_version(folder, config.fields.version_policy.as_ref())
-        .map_err(|e| format!("{}: {e}", file.display()))?;
+    let in_file = |e: String| format!("{}: {e}", file.display());
+    let config = parse_with(&text, overrides).map_err(in_file)?;
+    let mut read = settings::translate(&config, name).map_err(in_file)?;
+    read.settings.warmup_samples =
+        settings::warmup_samples(&config.fields.model_warmup, folder).map_err(in_file)?;
+    let version =
+        versions::select_version(folder, config.fields.version_policy.as_ref()).map_err(in_file)?;
     let model_file = match config.fields.default_model_filename.as_str() {
         "" => DEFAULT_MODEL_FILE,
         named => named,
     };
     if model_file.contains('/') || model_file.starts_with('.') {
-        return Err(format!(
-            "{}: default_model_filename '{model_file}' must name a file in the version folder",
-            file.display()
-        ));
+        return Err(in_file(format!(
+            "default_model_filename '{model_file}' must name a file in the version folder"
+        )));
     }
     let onnx_path = folder.join(version.to_string()).join(model_file);
     if !onnx_path.is_file() {
@@ -116,6 +115,5 @@ pub fn read(
     })
 }
 
-/// A `config.pbtxt` text parsed and checked against the fields Gantry
 #[cfg(test)]
 mod tests;
