@@ -33,6 +33,8 @@ What it builds (paths are relative to the output root, by default the repo root)
                                   (the model zoo's DenseNet's tensors; pool + 1x1 conv)
     simple_identity/1/model.onnx  INPUT0 string[batch,n] -> OUTPUT0 (Identity), with
                                   its config.pbtxt (a Python-backend model in Triton's)
+  and `tests/fixtures/triton_optional/offset/` (config.pbtxt + 1/model.onnx): y = x + bias,
+  bias an initializer a client may override (an optional input), [[10, 20, 30, 40]];
   and `tests/fixtures/triton_dyna_sequence/simple_string_dyna_sequence/` (Triton's QA
   model, a custom backend there): INPUT + the running sum in implicit state, plus the
   string CORRID read as a number on a sequence's last request.
@@ -439,6 +441,36 @@ def build_simple_identity() -> onnx.ModelProto:
     return _model(graph, "Triton's example simple_identity, as an ONNX Identity on strings.")
 
 
+def build_offset() -> onnx.ModelProto:
+    """y = x + bias, f32[batch,4]; bias is an initializer that is also a
+    graph input ([[10, 20, 30, 40]], broadcast over the batch), so a
+    caller may override it: an optional input in its config.pbtxt."""
+    bias = _const("bias", np.array([[10, 20, 30, 40]], dtype=np.float32), np.float32)
+    io = lambda name: helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", 4])  # noqa: E731
+    graph = helper.make_graph(
+        [helper.make_node("Add", ["x", "bias"], ["y"])],
+        "offset",
+        [io("x"), io("bias")],
+        [io("y")],
+        [bias],
+    )
+    return _model(graph, "y = x + bias, bias an initializer a caller may override.")
+
+
+OFFSET_CONFIG = """\
+# Test fixture: y = x + bias; a request may leave bias out and get the
+# model's own ([[10, 20, 30, 40]]).
+backend: "onnxruntime"
+max_batch_size: 8
+dynamic_batching { max_queue_delay_microseconds: 20000 }
+input [
+  { name: "x"  data_type: TYPE_FP32  dims: [ 4 ] },
+  { name: "bias"  data_type: TYPE_FP32  dims: [ 4 ]  optional: true }
+]
+output [ { name: "y"  data_type: TYPE_FP32  dims: [ 4 ] } ]
+"""
+
+
 def build_simple_string_dyna_sequence() -> onnx.ModelProto:
     """Triton's QA model `simple_string_dyna_sequence` (a custom backend
     there) in ONNX, with the implicit state Triton's ONNX Runtime models
@@ -579,6 +611,10 @@ def build_all(root: Path) -> list[Path]:
     _save(build_simple_string_dyna_sequence(), dyna / "1/model.onnx")
     _write_toml(dyna / "config.pbtxt", SIMPLE_STRING_DYNA_SEQUENCE_CONFIG)
     written.extend([dyna / "1/model.onnx", dyna / "config.pbtxt"])
+    offset = root / "tests/fixtures/triton_optional/offset"
+    _save(build_offset(), offset / "1/model.onnx")
+    _write_toml(offset / "config.pbtxt", OFFSET_CONFIG)
+    written.extend([offset / "1/model.onnx", offset / "config.pbtxt"])
     return written
 
 

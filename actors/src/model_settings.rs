@@ -91,6 +91,10 @@ pub struct ModelSettings {
     /// `max_batch_size: 0`): each request runs alone, its tensors as sent.
     #[serde(skip)]
     pub unbatched: bool,
+    /// Inputs a request may leave out (Triton's `optional: true`, from a
+    /// `config.pbtxt`): the model runs on its own initializer for them.
+    #[serde(skip)]
+    pub optional_inputs: Vec<String>,
 }
 
 /// A model's own request timeout (Triton's queue policy).
@@ -129,6 +133,7 @@ impl Default for ModelSettings {
             queue_timeout: None,
             priority_levels: None,
             unbatched: false,
+            optional_inputs: Vec::new(),
         }
     }
 }

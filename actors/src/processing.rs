@@ -414,11 +414,8 @@ mod tests {
     }
 
     fn signature(input: &[Option<usize>], output: &str) -> ModelSignature {
-        let spec = |name: &str, dims: Vec<Option<usize>>| TensorSpec {
-            name: name.into(),
-            dtype: DataType::Fp32,
-            dims,
-        };
+        let spec =
+            |name: &str, dims: Vec<Option<usize>>| TensorSpec::new(name, DataType::Fp32, dims);
         ModelSignature {
             inputs: vec![spec("x", input.to_vec())],
             outputs: vec![spec(output, vec![None, Some(1)])],

@@ -21,7 +21,7 @@ pub const DEFAULT_MAX_PRIORITY_WAIT: Duration = Duration::from_millis(1000);
 /// to, if any (a sequence's requests stay on one replica).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ShapeKey {
-    shapes: Vec<(DataType, Vec<usize>)>,
+    shapes: Vec<(DataType, Option<Vec<usize>>)>,
     pin: Option<usize>,
 }
 
@@ -31,7 +31,16 @@ impl ShapeKey {
             shapes: request
                 .inputs
                 .iter()
-                .map(|t| (t.dtype, t.shape.iter().skip(1).copied().collect()))
+                .map(|t| {
+                    // An absent optional input is its own kind: requests
+                    // that left it out run apart from those that gave it.
+                    let trailing = if t.is_absent() {
+                        None
+                    } else {
+                        Some(t.shape.iter().skip(1).copied().collect())
+                    };
+                    (t.dtype, trailing)
+                })
                 .collect(),
             pin: request.pin,
         }
@@ -344,6 +353,32 @@ mod tests {
         assert_eq!(batch.len(), 2);
         assert!(batch.iter().all(|r| r.inputs[0].shape[1] == 4));
         assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn a_left_out_optional_input_never_shares_a_group_with_a_given_one() {
+        let t0 = Instant::now();
+        let mut q = PendingQueue::default();
+        // A one-dimensional optional input: given, its trailing shape is
+        // empty, as is the placeholder's.
+        let with_bias = |given: bool| {
+            let mut r = request(4, 1, t0);
+            r.inputs.push(if given {
+                Tensor::zeros(DataType::Fp32, vec![1])
+            } else {
+                Tensor::absent(DataType::Fp32)
+            });
+            r
+        };
+        q.push(with_bias(true));
+        q.push(with_bias(false));
+        q.push(with_bias(true));
+        let batch = take_all(&mut q, 0, 8, t0);
+        assert_eq!(batch.len(), 2);
+        assert!(batch.iter().all(|r| !r.inputs[1].is_absent()));
+        let rest = take_all(&mut q, 0, 8, t0);
+        assert_eq!(rest.len(), 1);
+        assert!(rest[0].inputs[1].is_absent());
     }
 
     #[test]

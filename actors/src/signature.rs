@@ -11,6 +11,10 @@ pub struct TensorSpec {
     pub name: String,
     pub dtype: DataType,
     pub dims: Vec<Option<usize>>,
+    /// A request may leave this input out (Triton's `optional: true`, for
+    /// an ONNX initializer a client may override): it then runs on the
+    /// model's own value.
+    pub optional: bool,
 }
 
 impl TensorSpec {
@@ -24,6 +28,16 @@ impl TensorSpec {
 
     fn first_dim_dynamic(&self) -> bool {
         matches!(self.dims.first(), Some(None))
+    }
+
+    /// A required input of `dtype` and `dims`.
+    pub fn new(name: impl Into<String>, dtype: DataType, dims: Vec<Option<usize>>) -> Self {
+        TensorSpec {
+            name: name.into(),
+            dtype,
+            dims,
+            optional: false,
+        }
     }
 }
 
@@ -91,6 +105,10 @@ impl ModelSignature {
         let mut added: Option<bool> = None;
         for (spec, slot) in self.inputs.iter().zip(slots) {
             let Some(mut tensor) = slot else {
+                if spec.optional {
+                    tensors.push(Tensor::absent(spec.dtype));
+                    continue;
+                }
                 return Err(InferError::InvalidInput(format!(
                     "missing input '{}'; the model expects {}",
                     spec.name,
@@ -125,6 +143,12 @@ impl ModelSignature {
             }
             tensors.push(tensor);
         }
+        if batched && items.is_none() {
+            return Err(InferError::InvalidInput(format!(
+                "no input given; the model expects {}",
+                self.input_names()
+            )));
+        }
         let items = items.unwrap_or(1);
         if batched && items == 0 {
             return Err(InferError::InvalidInput(
@@ -146,13 +170,17 @@ impl ModelSignature {
     /// Items a request of `named` inputs (already validated once) holds:
     /// its batch dimension, 1 for single items and unbatched models.
     pub fn items_of(&self, named: &[(String, Tensor)]) -> usize {
-        let Some(spec) = self.inputs.first().filter(|_| self.is_batched()) else {
+        if !self.is_batched() {
             return 1;
-        };
-        named
+        }
+        // The first input the request gives (optional ones may be left out).
+        self.inputs
             .iter()
-            .find(|(name, _)| *name == spec.name)
-            .filter(|(_, t)| t.shape.len() == spec.dims.len())
+            .find_map(|spec| {
+                let (_, t) = named.iter().find(|(name, _)| *name == spec.name)?;
+                Some((spec, t))
+            })
+            .filter(|(spec, t)| t.shape.len() == spec.dims.len())
             .and_then(|(_, t)| t.shape.first().copied())
             .unwrap_or(1)
     }
@@ -161,7 +189,13 @@ impl ModelSignature {
         let names: Vec<String> = self
             .inputs
             .iter()
-            .map(|s| format!("'{}'", s.name))
+            .map(|s| {
+                if s.optional {
+                    format!("'{}' (optional)", s.name)
+                } else {
+                    format!("'{}'", s.name)
+                }
+            })
             .collect();
         format!("[{}]", names.join(", "))
     }
@@ -191,11 +225,7 @@ mod tests {
     use super::*;
 
     fn spec(name: &str, dims: Vec<Option<usize>>) -> TensorSpec {
-        TensorSpec {
-            name: name.into(),
-            dtype: DataType::Fp32,
-            dims,
-        }
+        TensorSpec::new(name, DataType::Fp32, dims)
     }
 
     fn sig() -> ModelSignature {
@@ -281,5 +311,36 @@ mod tests {
         let v = s.validate(vec![("x".into(), f32(vec![1, 4]))], 8).unwrap();
         assert_eq!(v.items, 1);
         assert!(s.validate(vec![("x".into(), f32(vec![4]))], 8).is_err());
+    }
+
+    #[test]
+    fn an_optional_input_may_be_left_out() {
+        let mut s = sig();
+        s.inputs[1].optional = true;
+        let v = s.validate(vec![("a".into(), f32(vec![3, 2]))], 8).unwrap();
+        assert_eq!(v.items, 3);
+        assert!(v.tensors[1].is_absent());
+        assert_eq!(v.tensors[1].dtype, DataType::Fp32);
+        assert_eq!(s.items_of(&[("b".into(), f32(vec![2, 1]))]), 2);
+        // Given, it is checked as any other.
+        let err = s
+            .validate(
+                vec![("a".into(), f32(vec![3, 2])), ("b".into(), f32(vec![2, 1]))],
+                8,
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("batch size 2"), "{err}");
+        // A required one still may not.
+        s.inputs[1].optional = false;
+        s.inputs[0].optional = true;
+        let err = s
+            .validate(vec![("a".into(), f32(vec![3, 2]))], 8)
+            .unwrap_err();
+        assert!(err.to_string().contains("missing input 'b'"), "{err}");
+        // Nothing at all is not a request.
+        s.inputs[1].optional = true;
+        let err = s.validate(vec![], 8).unwrap_err();
+        assert!(err.to_string().contains("no input given"), "{err}");
+        assert!(err.to_string().contains("'a' (optional)"), "{err}");
     }
 }

@@ -244,6 +244,22 @@ impl Tensor {
         }
     }
 
+    /// The place of an optional input a request left out: no shape and no
+    /// bytes (a real scalar has one element). It travels with the request's
+    /// tensors so each keeps its position; the engine leaves it unbound.
+    pub fn absent(dtype: DataType) -> Self {
+        Tensor {
+            dtype,
+            shape: Vec::new(),
+            data: Vec::new(),
+        }
+    }
+
+    /// True for [`Tensor::absent`]'s placeholder.
+    pub fn is_absent(&self) -> bool {
+        self.shape.is_empty() && self.data.is_empty()
+    }
+
     /// Builds an FP32 tensor from values (tests and tools).
     pub fn from_f32(shape: Vec<usize>, values: &[f32]) -> Result<Self, TensorError> {
         Tensor::new(DataType::Fp32, shape, bytemuck::cast_slice(values).to_vec())
@@ -278,7 +294,8 @@ impl Tensor {
     /// trailing dimensions; the caller groups requests so that they do.
     pub fn concat_batch(parts: &[&Tensor]) -> Tensor {
         let first = parts[0];
-        if parts.len() == 1 {
+        if parts.len() == 1 || first.is_absent() {
+            // Absent in one, absent in all: the queue groups by it.
             return first.clone();
         }
         let rows: usize = parts.iter().map(|t| t.shape[0]).sum();

@@ -46,11 +46,13 @@ impl WarmupSample {
             .inputs
             .iter()
             .map(|spec| {
-                let input = self
-                    .inputs
-                    .iter()
-                    .find(|i| i.name == spec.name)
-                    .ok_or_else(|| format!("gives no input '{}'", spec.name))?;
+                let Some(input) = self.inputs.iter().find(|i| i.name == spec.name) else {
+                    return if spec.optional {
+                        Ok(Tensor::absent(spec.dtype))
+                    } else {
+                        Err(format!("gives no input '{}'", spec.name))
+                    };
+                };
                 if input.dtype != spec.dtype {
                     return Err(format!(
                         "input '{}' is {}, the model takes {}",
@@ -120,11 +122,7 @@ mod tests {
     use crate::signature::TensorSpec;
 
     fn spec(name: &str, dtype: DataType, dims: Vec<Option<usize>>) -> TensorSpec {
-        TensorSpec {
-            name: name.into(),
-            dtype,
-            dims,
-        }
+        TensorSpec::new(name, dtype, dims)
     }
 
     fn input(name: &str, dtype: DataType, dims: Vec<usize>, data: WarmupData) -> WarmupInput {

@@ -26,11 +26,8 @@ fn provider(batch_ms: u64) -> Arc<FakeProvider> {
     let vector =
         FakeEngineFactory::vector(4).with_delay(Duration::from_millis(batch_ms), Duration::ZERO);
     let mut image = FakeEngineFactory::vector(4);
-    let spec = |name: &str| TensorSpec {
-        name: name.into(),
-        dtype: DataType::Fp32,
-        dims: vec![None, Some(1), Some(8), Some(8)],
-    };
+    let spec =
+        |name: &str| TensorSpec::new(name, DataType::Fp32, vec![None, Some(1), Some(8), Some(8)]);
     image.signature = ModelSignature {
         inputs: vec![spec("image")],
         outputs: vec![spec("scores")],

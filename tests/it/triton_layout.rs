@@ -365,3 +365,100 @@ async fn the_queue_policy_timeout_is_the_models_deadline() {
     assert_eq!(status, 504, "{answer}");
     assert!(started.elapsed() >= std::time::Duration::from_millis(100));
 }
+
+/// Triton's `optional: true` on an input the ONNX model lets a caller
+/// override (an initializer that is also a graph input): a request that
+/// leaves it out runs on the model's own value, one that gives it on its
+/// own, and the two kinds arriving together each get theirs (they never
+/// share a batch). An optional input the model does not have fails the
+/// load, naming it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_optional_input_left_out_runs_on_the_models_own_value() {
+    let repo = Repo::new();
+    let dir = repo.path();
+    let fixture = "tests/fixtures/triton_optional/offset";
+    for name in ["offset", "gain"] {
+        copy(
+            &format!("{fixture}/1/model.onnx"),
+            &dir.join(format!("{name}/1/model.onnx")),
+        );
+    }
+    let offset_config = std::fs::read_to_string(root().join(fixture).join("config.pbtxt")).unwrap();
+    write(dir, "offset/config.pbtxt", &offset_config);
+    write(
+        dir,
+        "gain/config.pbtxt",
+        &offset_config.replace("\"bias\"", "\"gain\""),
+    );
+    let server = TestServer::start(config(dir), onnx_provider());
+    // The server is not ready while a model failed (as Triton's strict
+    // readiness): wait for the index to say how each ended.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let (offset, gain) = loop {
+        let (_, index) = server.post("/v2/repository/index", &json!({})).await;
+        let entry = |name: &str| {
+            index
+                .as_array()
+                .and_then(|a| a.iter().find(|e| e["name"] == name).cloned())
+                .unwrap_or_default()
+        };
+        let (offset, gain) = (entry("offset"), entry("gain"));
+        let gain_failed = gain["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("optional input"));
+        if offset["state"] == "READY" && gain_failed {
+            break (offset, gain);
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "offset READY and gain failed, in {index}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(offset["version"], "1");
+    assert_ne!(gain["state"], "READY", "{gain}");
+    assert!(
+        gain["reason"]
+            .as_str()
+            .unwrap()
+            .contains("optional input 'gain'"),
+        "{gain}"
+    );
+    let (status, metadata) = server.get("/v2/models/offset").await;
+    assert_eq!(status, 200, "{metadata}");
+    assert_eq!(metadata["inputs"][1]["name"], "bias", "{metadata}");
+    let (_, config) = server.get("/v2/models/offset/config").await;
+    assert_eq!(config["input"][1]["optional"], true, "{config}");
+
+    let x = |n: usize| json!({"name": "x", "shape": [n, 4], "datatype": "FP32", "data": vec![1.0; n * 4]});
+    let bias = |n: usize| json!({"name": "bias", "shape": [n, 4], "datatype": "FP32", "data": vec![0.5; n * 4]});
+    let without = json!({"inputs": [x(2)]});
+    let with = json!({"inputs": [x(3), bias(3)]});
+    // Arriving together within the 20 ms window: each gets its own.
+    let answers = futures_util::future::join_all((0..8).map(|i| {
+        let body = if i % 2 == 0 { &without } else { &with };
+        server.post("/v2/models/offset/infer", body)
+    }))
+    .await;
+    for (i, (status, answer)) in answers.into_iter().enumerate() {
+        assert_eq!(status, 200, "{answer}");
+        let expected = if i % 2 == 0 {
+            json!([11.0, 21.0, 31.0, 41.0, 11.0, 21.0, 31.0, 41.0])
+        } else {
+            json!(vec![1.5; 12])
+        };
+        assert_eq!(answer["outputs"][0]["data"], expected, "request {i}");
+    }
+    // A required input left out is still a clear 400-class error.
+    let (status, answer) = server
+        .post("/v2/models/offset/infer", &json!({"inputs": [bias(1)]}))
+        .await;
+    assert_eq!(status, 422, "{answer}");
+    assert!(
+        answer["error"]
+            .as_str()
+            .unwrap()
+            .contains("missing input 'x'"),
+        "{answer}"
+    );
+}

@@ -59,11 +59,7 @@ pub struct FakeEngineFactory {
 impl FakeEngineFactory {
     /// `x: FP32 [-1, width]` to `y: FP32 [-1, width]`, no delay.
     pub fn vector(width: usize) -> Self {
-        let spec = |name: &str| TensorSpec {
-            name: name.into(),
-            dtype: DataType::Fp32,
-            dims: vec![None, Some(width)],
-        };
+        let spec = |name: &str| TensorSpec::new(name, DataType::Fp32, vec![None, Some(width)]);
         FakeEngineFactory {
             signature: ModelSignature {
                 inputs: vec![spec("x")],

@@ -162,6 +162,7 @@ impl EngineProvider for OnnxProvider {
             label: spec.file_label(),
             intra_op_threads: spec.settings.intra_op_threads,
             warmup_samples: spec.settings.warmup_samples.clone(),
+            optional_inputs: spec.settings.optional_inputs.clone(),
         })
     }
 
@@ -182,6 +183,9 @@ pub struct OnnxFactory {
     pub intra_op_threads: Option<usize>,
     /// The model's own warmup samples, if it gives any.
     pub warmup_samples: Vec<crate::warmup_sample::WarmupSample>,
+    /// Inputs a request may leave out: graph inputs, or initializers the
+    /// graph lets a caller override (ONNX Runtime lists those apart).
+    pub optional_inputs: Vec<String>,
 }
 
 impl EngineFactory for OnnxFactory {
@@ -245,7 +249,7 @@ impl EngineFactory for OnnxFactory {
             .commit_from_file(&self.path)
             .map_err(|e| EngineError::Load(format!("{path}: {}", relabel(&e))))?;
         let signature = ModelSignature {
-            inputs: specs(session.inputs().iter().map(|o| (o.name(), o.dtype())))?,
+            inputs: self.inputs_of(&session)?,
             outputs: specs(session.outputs().iter().map(|o| (o.name(), o.dtype())))?,
             unbatched: false,
         };
@@ -259,20 +263,50 @@ impl EngineFactory for OnnxFactory {
     }
 }
 
+impl OnnxFactory {
+    /// The session's inputs, and the optional ones the model's
+    /// configuration names: a graph input marked so, or an initializer a
+    /// caller may override (added after the graph's inputs).
+    fn inputs_of(&self, session: &Session) -> Result<Vec<TensorSpec>, EngineError> {
+        let mut inputs = specs(session.inputs().iter().map(|o| (o.name(), o.dtype())))?;
+        let initializers = session.overridable_initializers();
+        for name in &self.optional_inputs {
+            if let Some(spec) = inputs.iter_mut().find(|s| s.name == *name) {
+                spec.optional = true;
+                continue;
+            }
+            let initializer = initializers
+                .iter()
+                .find(|i| i.name() == name)
+                .ok_or_else(|| {
+                    EngineError::Load(format!(
+                        "{}: optional input '{name}' is neither an input of the model nor an initializer it lets a caller override",
+                        self.label
+                    ))
+                })?;
+            let mut spec =
+                specs(std::iter::once((initializer.name(), initializer.dtype())))?.remove(0);
+            spec.optional = true;
+            inputs.push(spec);
+        }
+        Ok(inputs)
+    }
+}
+
 fn specs<'a>(
     outlets: impl Iterator<Item = (&'a str, &'a ValueType)>,
 ) -> Result<Vec<TensorSpec>, EngineError> {
     outlets
         .map(|(name, value_type)| match value_type {
-            ValueType::Tensor { ty, shape, .. } => Ok(TensorSpec {
-                name: name.to_string(),
-                dtype: from_ort(*ty).ok_or_else(|| {
+            ValueType::Tensor { ty, shape, .. } => Ok(TensorSpec::new(
+                name,
+                from_ort(*ty).ok_or_else(|| {
                     EngineError::Load(format!(
                         "'{name}' has element type {ty:?}, which Gantry does not serve"
                     ))
                 })?,
-                dims: shape.iter().map(|&d| usize::try_from(d).ok()).collect(),
-            }),
+                shape.iter().map(|&d| usize::try_from(d).ok()).collect(),
+            )),
             other => Err(EngineError::Load(format!(
                 "'{name}' is a {other}, Gantry serves tensors only"
             ))),
@@ -342,9 +376,16 @@ impl Engine for OnnxEngine {
     fn infer(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, EngineError> {
         let mut values = Vec::with_capacity(inputs.len());
         for (spec, tensor) in self.signature.inputs.iter().zip(inputs) {
-            values.push((spec.name.as_str(), to_value(tensor).map_err(run_error)?));
+            // A left-out optional input runs on the model's initializer.
+            if !tensor.is_absent() {
+                values.push((spec.name.as_str(), to_value(tensor).map_err(run_error)?));
+            }
         }
-        let items = inputs.first().and_then(Tensor::batch_len).unwrap_or(1);
+        let items = inputs
+            .iter()
+            .find(|t| !t.is_absent())
+            .and_then(Tensor::batch_len)
+            .unwrap_or(1);
         let outputs = if self.shared_pool {
             let entered = POOL_GATE.enter(self.run_length.predict(items));
             let started = Instant::now();

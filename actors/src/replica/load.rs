@@ -93,7 +93,11 @@ impl Replica {
         // from it, a vocabulary looked up): such a model is not warmed up.
         let rounds = if !samples.is_empty() {
             0
-        } else if signature.inputs.iter().any(|s| s.dtype == DataType::Bytes) {
+        } else if signature
+            .inputs
+            .iter()
+            .any(|s| s.dtype == DataType::Bytes && !s.optional)
+        {
             if self.warmup > 0 {
                 info!(
                     model = %self.model,

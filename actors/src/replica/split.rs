@@ -155,6 +155,11 @@ impl<'a> SplitRun<'a> {
         let split = [rows / 2, rows - rows / 2];
         let (mut first, mut second) = (Vec::new(), Vec::new());
         for input in inputs {
+            if input.is_absent() {
+                first.push(input.clone());
+                second.push(input);
+                continue;
+            }
             let shape = input.shape.clone();
             let mut parts = input.split_batch(&split).into_iter().flatten();
             match (parts.next(), parts.next()) {

@@ -27,6 +27,10 @@ pub(super) fn warm_up(
         .inputs
         .iter()
         .map(|s| {
+            // Zeros could be a wrong value for a weight: the model's own.
+            if s.optional {
+                return Tensor::absent(s.dtype);
+            }
             let shape = s
                 .dims
                 .iter()

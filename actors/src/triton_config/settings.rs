@@ -116,6 +116,12 @@ pub(super) fn translate(parsed: &ParsedConfig, folder_name: &str) -> Result<Tran
             settings.reshape.push(pair);
         }
     }
+    settings.optional_inputs = config
+        .input
+        .iter()
+        .filter(|i| i.optional)
+        .map(|i| i.name.clone())
+        .collect();
     let labelled: Vec<&str> = config
         .output
         .iter()

@@ -139,8 +139,8 @@ fn fields_gantry_does_not_honour_are_named() {
             "`ensemble_scheduling`",
         ),
         (
-            "input [ { name: \"x\" optional: true } ]",
-            "`input.optional`",
+            "input [ { name: \"x\" allow_ragged_batch: true } ]",
+            "`input.allow_ragged_batch`",
         ),
         ("optimization { graph { level: 1 } }", "`optimization`"),
         ("response_cache { enable: true }", "`response_cache`"),
@@ -158,6 +158,19 @@ fn fields_gantry_does_not_honour_are_named() {
         two.contains("`optimization`, `response_cache` are"),
         "{two}"
     );
+}
+
+#[test]
+fn optional_inputs_are_named_in_the_settings() {
+    let text = r#"
+max_batch_size: 8
+input [
+  { name: "x"  data_type: TYPE_FP32  dims: [ 4 ] },
+  { name: "bias"  data_type: TYPE_FP32  dims: [ 4 ]  optional: true }
+]
+"#;
+    let settings = settings_of(text, "m").unwrap();
+    assert_eq!(settings.optional_inputs, vec!["bias".to_string()]);
 }
 
 #[test]

@@ -37,6 +37,7 @@ pub const HONOURED: &[&str] = &[
     "input.dims",
     "input.reshape",
     "input.reshape.shape",
+    "input.optional",
     "output",
     "output.name",
     "output.data_type",
@@ -314,6 +315,7 @@ pub(super) struct Tensor {
     pub(super) dims: Vec<i64>,
     pub(super) reshape: Option<Reshape>,
     pub(super) label_filename: String,
+    pub(super) optional: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]

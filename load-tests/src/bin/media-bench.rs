@@ -169,6 +169,7 @@ fn inference(model: &ModelSpec, runs: usize) -> Result<(f64, f64), String> {
         label: model.file_label(),
         intra_op_threads: Some(1),
         warmup_samples: Vec::new(),
+        optional_inputs: Vec::new(),
     };
     let mut engine = factory
         .load(&LoadTarget::cpu())

@@ -89,6 +89,7 @@ fn run(args: &Args) -> Result<serde_json::Value, String> {
         label: args.model.display().to_string(),
         intra_op_threads: None,
         warmup_samples: Vec::new(),
+        optional_inputs: Vec::new(),
     };
     let target = match args.gpu {
         Some(index) => LoadTarget {
