@@ -2,8 +2,9 @@
 //! (Triton's `grpc_service.proto`, vendored in `proto/triton/`) and the
 //! standard `grpc.health.v1` service, on `server.grpc_bind`.
 //!
-//! The server runs on a tokio runtime of its own (its threads named
-//! `grpc`), so the HTTP workers and the actor system keep theirs; every
+//! The server runs on threads of its own (`grpc-accept` hands connections
+//! to `grpc-0`, `grpc-1`, ..., each a single-threaded tokio runtime), so
+//! the HTTP workers and the actor system keep theirs; every
 //! RPC goes through the same [`crate::service::InferenceService`] as HTTP
 //! ([`rpcs`]). Messages are bounded by `server.body_limit_mb` (a bigger
 //! one, or one that inflates past it, is RESOURCE_EXHAUSTED, as gRPC's own
@@ -26,9 +27,8 @@ mod tensors;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
-use tokio::sync::oneshot;
+use tokio::sync::{mpsc, watch};
 use tonic::codec::CompressionEncoding;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::pb::health_server::HealthServer;
 
 use crate::service::InferenceService;
@@ -44,13 +44,21 @@ use proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 /// A gRPC server that is accepting RPCs.
 pub struct GrpcServer {
     pub addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    stop: Option<watch::Sender<bool>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl GrpcServer {
-    /// Serves gRPC on `listener` with `threads` runtime threads, messages
-    /// bounded by `limit` bytes (`server.body_limit_mb`).
+    /// Serves gRPC on `listener` with `threads` workers, messages bounded
+    /// by `limit` bytes (`server.body_limit_mb`).
+    ///
+    /// Each worker is a thread with a single-threaded tokio runtime (as each
+    /// actix-web worker is), and one acceptor thread hands the connections
+    /// to them in turn: a call's connection, its handler and its answer then
+    /// stay on one thread. On one work-stealing runtime the answer, woken
+    /// from a replica's thread, was often picked up by another worker than
+    /// the connection's: one more crossing per call, measured in
+    /// load-tests/RESULTS.md (gRPC next to HTTP).
     pub fn start(
         service: Arc<InferenceService>,
         listener: TcpListener,
@@ -59,55 +67,37 @@ impl GrpcServer {
     ) -> std::io::Result<GrpcServer> {
         let addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(threads.max(1))
-            .thread_name("grpc")
+        let (stop, stopped) = watch::channel(false);
+        let mut handoffs = Vec::new();
+        let mut handles = Vec::new();
+        for index in 0..threads.max(1) {
+            let (handoff, connections) = mpsc::unbounded_channel();
+            handoffs.push(handoff);
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            let (service, stopped) = (service.clone(), stopped.clone());
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("grpc-{index}"))
+                    .spawn(move || {
+                        runtime.block_on(serve(service, connections, limit, stopped));
+                    })?,
+            );
+        }
+        let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let (stop, stopped) = oneshot::channel::<()>();
-        let thread = std::thread::Builder::new()
-            .name("grpc".into())
-            .spawn(move || {
-                runtime.block_on(async move {
-                    let listener = match tokio::net::TcpListener::from_std(listener) {
-                        Ok(listener) => listener,
-                        Err(e) => {
-                            tracing::error!(error = %e, "gRPC cannot use its listener");
-                            return;
-                        }
-                    };
-                    let health = HealthServer::new(health::Readiness {
-                        service: service.clone(),
-                    });
-                    let inference = GrpcInferenceServiceServer::new(rpcs::Inference { service })
-                        .max_decoding_message_size(limit)
-                        .max_encoding_message_size(usize::MAX)
-                        .accept_compressed(CompressionEncoding::Gzip)
-                        .send_compressed(CompressionEncoding::Gzip);
-                    let served = tonic::transport::Server::builder()
-                        .layer(tower::util::MapRequestLayer::new(note_arrival))
-                        .layer(tower::util::MapResponseLayer::new(
-                            too_large_is_resource_exhausted,
-                        ))
-                        .add_service(health)
-                        .add_service(inference)
-                        .serve_with_incoming_shutdown(
-                            TcpIncoming::from(listener).with_nodelay(Some(true)),
-                            async {
-                                let _ = stopped.await;
-                            },
-                        )
-                        .await;
-                    if let Err(e) = served {
-                        tracing::error!(error = %e, "gRPC server failed");
-                    }
-                });
-            })?;
+        handles.push(
+            std::thread::Builder::new()
+                .name("grpc-accept".into())
+                .spawn(move || runtime.block_on(accept(listener, handoffs, stopped)))?,
+        );
         tracing::info!(%addr, "gRPC listening");
         Ok(GrpcServer {
             addr,
             stop: Some(stop),
-            thread: Some(thread),
+            threads: handles,
         })
     }
 
@@ -118,9 +108,9 @@ impl GrpcServer {
 
     fn shut_down(&mut self) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(true);
         }
-        if let Some(thread) = self.thread.take() {
+        for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
     }
@@ -129,6 +119,82 @@ impl GrpcServer {
 impl Drop for GrpcServer {
     fn drop(&mut self) {
         self.shut_down();
+    }
+}
+
+/// Accepts connections until the server stops, handing each to the next
+/// worker. A connection moves between runtimes as a std socket (a tokio
+/// one belongs to the runtime that made it).
+async fn accept(
+    listener: TcpListener,
+    workers: Vec<mpsc::UnboundedSender<std::net::TcpStream>>,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let listener = match tokio::net::TcpListener::from_std(listener) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!(error = %e, "gRPC cannot use its listener");
+            return;
+        }
+    };
+    let mut next = 0;
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = stopped.wait_for(|stop| *stop) => return,
+        };
+        let socket = match accepted.and_then(|(socket, _)| socket.into_std()) {
+            Ok(socket) => socket,
+            Err(e) => {
+                // Out of descriptors and the like: the next accept may do.
+                tracing::warn!(error = %e, "gRPC could not accept a connection");
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let _ = workers[next % workers.len()].send(socket);
+        next += 1;
+    }
+}
+
+/// One worker: the connections handed to it, served until the server stops
+/// (RPCs under way are finished first).
+async fn serve(
+    service: Arc<InferenceService>,
+    connections: mpsc::UnboundedReceiver<std::net::TcpStream>,
+    limit: usize,
+    mut stopped: watch::Receiver<bool>,
+) {
+    let incoming = futures_util::stream::unfold(connections, |mut connections| async move {
+        let socket = connections.recv().await?;
+        let socket = socket.set_nonblocking(true).and_then(|()| {
+            let socket = tokio::net::TcpStream::from_std(socket)?;
+            socket.set_nodelay(true)?;
+            Ok(socket)
+        });
+        Some((socket, connections))
+    });
+    let health = HealthServer::new(health::Readiness {
+        service: service.clone(),
+    });
+    let inference = GrpcInferenceServiceServer::new(rpcs::Inference { service })
+        .max_decoding_message_size(limit)
+        .max_encoding_message_size(usize::MAX)
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip);
+    let served = tonic::transport::Server::builder()
+        .layer(tower::util::MapRequestLayer::new(note_arrival))
+        .layer(tower::util::MapResponseLayer::new(
+            too_large_is_resource_exhausted,
+        ))
+        .add_service(health)
+        .add_service(inference)
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        })
+        .await;
+    if let Err(e) = served {
+        tracing::error!(error = %e, "gRPC server failed");
     }
 }
 
