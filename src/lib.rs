@@ -9,6 +9,7 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod grpc;
+pub mod log_writer;
 pub mod logging;
 pub mod media;
 pub mod metrics;

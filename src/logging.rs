@@ -3,50 +3,56 @@
 //! Text is coloured only on a terminal: log files and collectors get plain
 //! lines (and every request's span is formatted without escape codes).
 //!
-//! Lines are written to stdout by a thread of their own
-//! (`tracing-appender`'s non-blocking writer), so a request's access line
-//! costs its worker the formatting, not a write to a pipe or a file that
-//! may be slow. The buffer holds [`BUFFERED_LINES`]; lines beyond it are
-//! dropped rather than block a request, and counted
-//! (`gantry_log_lines_dropped_total`, [`dropped_lines`]).
+//! Lines go to stdout through [`crate::log_writer`]: buffered in memory and
+//! written by a thread of its own in batches.
+//!
+//! Spans (a request's, its wait in the queue, its batch) cost every request
+//! their creation and the formatting of their fields, so they are made only
+//! when something reads them: the traces exporter when traces are on
+//! ([`crate::telemetry`]), or the log lines when the level is `debug` or
+//! finer (each line then names the spans it is in, a request's id among
+//! them). At the shipped `info` level with traces off no span is made; the
+//! access line names each request's id.
 
 use std::io::IsTerminal;
 use std::sync::OnceLock;
 
-use tracing_appender::non_blocking::{ErrorCounter, NonBlockingBuilder, WorkerGuard};
+use tracing_subscriber::filter::{filter_fn, LevelFilter};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
+use crate::log_writer::{FlushGuard, LogWriter};
 
-/// Lines the writer thread may be behind by before new ones are dropped.
-pub const BUFFERED_LINES: usize = 65_536;
+static WRITER: OnceLock<LogWriter> = OnceLock::new();
 
-static DROPPED: OnceLock<ErrorCounter> = OnceLock::new();
-
-/// Lines dropped since start because the writer was [`BUFFERED_LINES`]
-/// behind.
+/// Lines dropped since start because the writer thread was
+/// [`crate::log_writer::BUFFERED_BYTES`] behind.
 pub fn dropped_lines() -> u64 {
-    DROPPED.get().map_or(0, |c| c.dropped_lines() as u64)
+    WRITER.get().map_or(0, LogWriter::dropped_lines)
+}
+
+/// The filter of `level`, or of `RUST_LOG` when set.
+fn filter(level: &str) -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level))
 }
 
 /// Installs the global subscriber; a second call does nothing. With a
 /// `tracer` ([`crate::telemetry`]) spans are exported as traces too. Keep
 /// the guard until the process ends: dropping it writes out what is
 /// buffered.
-#[must_use = "dropping the guard stops the log writer"]
 pub fn init(
     format: LogFormat,
     level: &str,
     tracer: Option<opentelemetry_sdk::trace::Tracer>,
-) -> WorkerGuard {
+) -> std::io::Result<FlushGuard> {
     use tracing_subscriber::prelude::*;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
-    let (writer, guard) = NonBlockingBuilder::default()
-        .buffered_lines_limit(BUFFERED_LINES)
-        .lossy(true)
-        .thread_name("log-writer")
-        .finish(std::io::stdout());
-    let _ = DROPPED.set(writer.error_counter());
+    let (writer, guard) = LogWriter::new(std::io::stdout())?;
+    let _ = WRITER.set(writer.clone());
+    let filter = filter(level);
+    // Spans only for a reader of them (see the module's doc): a filter of
+    // the whole subscriber, so a span no one reads is never made.
+    let read_spans = tracer.is_some() || filter.max_level_hint() >= Some(LevelFilter::DEBUG);
+    let spans = filter_fn(move |meta| read_spans || !meta.is_span());
     let lines = tracing_subscriber::fmt::layer()
         .with_target(false)
         .with_writer(writer)
@@ -63,8 +69,9 @@ pub fn init(
     let traces = tracer.map(|tracer| tracing_opentelemetry::layer().with_tracer(tracer));
     let _ = tracing_subscriber::registry()
         .with(filter)
+        .with(spans)
         .with(lines)
         .with(traces)
         .try_init();
-    guard
+    Ok(guard)
 }

@@ -62,11 +62,17 @@ fn main() -> ExitCode {
         }
     };
     // Held to the end of main: dropping it writes out the buffered lines.
-    let _log_writer = gantry::logging::init(
+    let _log_writer = match gantry::logging::init(
         config.log.format,
         &config.log.level,
         telemetry.as_ref().map(|t| t.tracer()),
-    );
+    ) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("gantry: cannot start the log writer: {e}");
+            return ExitCode::from(1);
+        }
+    };
     if let Some(t) = &telemetry {
         tracing::info!(endpoint = %t.endpoint, "exporting traces over OTLP/HTTP");
     }

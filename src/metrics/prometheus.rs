@@ -445,7 +445,7 @@ fn state_registry(inputs: &ScrapeInputs, mailbox_refusals: impl Fn(&str) -> u64)
     }
     r.register(
         "log_lines_dropped",
-        "Log lines dropped because the log writer was behind (logging::BUFFERED_LINES)",
+        "Log lines dropped because the log writer was behind (log_writer::BUFFERED_BYTES)",
         counter(crate::logging::dropped_lines()),
     );
     r.register(
