@@ -49,20 +49,22 @@ pub struct Line<'a> {
     pub trace_id: Option<&'a str>,
 }
 
-/// Logs one access line (absent values are left out of the line).
+/// Logs one access line (absent values are left out of the line). Text
+/// values are written as they are (`Display`): none of them holds a space
+/// or a quote, and `Debug` would escape each character.
 pub fn line(l: Line<'_>) {
     tracing::info!(
         target: TARGET,
-        protocol = l.protocol,
-        method = l.method,
-        path = l.path,
+        protocol = %l.protocol,
+        method = %l.method,
+        path = %l.path,
         status = l.status,
-        model = l.model,
+        model = l.model.map(display),
         duration_ms = (l.duration_ms * 1000.0).round() / 1000.0,
         bytes_in = l.bytes_in,
         bytes_out = l.bytes_out,
-        request_id = l.request_id,
-        trace_id = l.trace_id,
+        request_id = l.request_id.map(display),
+        trace_id = l.trace_id.map(display),
         "access"
     );
 }
