@@ -71,16 +71,21 @@ done
 
 # measure NAME CONCURRENCY COMMAND...: REPEAT runs of COMMAND (a load
 # generator printing oha's JSON) into $tmp/cells/NAME.K.json, with the stats
-# before and after each. `cell` runs oha; `grpc_cell` runs grpc-load on the
+# and the server's CPU time before and after each. `cell` runs oha; `grpc_cell` runs grpc-load on the
 # gRPC server at `$grpc` (oha speaks no gRPC).
 mkdir -p "$tmp/cells"
+# The server's CPU time so far (user + system, in clock ticks): around a
+# run, what the server spent on it apart from the load generator.
+server_cpu() { awk '{print $14 + $15}' "/proc/$server/stat"; }
 measure() {
   local name=$1 c=$2
   shift 2
   for k in $(seq 1 "$REPEAT"); do
     echo "== $name, concurrency $c, $DURATION (run $k of $REPEAT)"
     curl -s "$url/api/optimized/stats" >"$tmp/cells/$name.$k.before"
+    server_cpu >"$tmp/cells/$name.$k.cpu_before"
     "$@" >"$tmp/cells/$name.$k.json"
+    server_cpu >"$tmp/cells/$name.$k.cpu_after"
     curl -s "$url/api/optimized/stats" >"$tmp/cells/$name.$k.after"
   done
 }

@@ -24,9 +24,14 @@ def median(values):
     return statistics.median(values) if values else 0.0
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
 def served(name, model=None):
-    """Median requests/s, latency percentiles (ms), errors in all, and the
-    average batch the batcher formed, over the runs of one cell."""
+    """Median requests/s, latency percentiles (ms), errors in all, the
+    server's CPU time per answered request (us; all its threads, user and
+    system), and the average batch the batcher formed, over the runs of one
+    cell."""
     runs = []
     for k in range(1, repeat + 1):
         o = load(f"{name}.{k}.json")
@@ -37,6 +42,8 @@ def served(name, model=None):
         run = {"rps": ok / o["summary"]["total"], "errors": errors, "ok": ok}
         for q in ("p50", "p95", "p99"):
             run[q] = (p.get(q) or 0.0) * 1e3
+        ticks = [float(open(os.path.join(cells, f"{name}.{k}.cpu_{s}")).read()) for s in ("before", "after")]
+        run["cpu_us"] = (ticks[1] - ticks[0]) / CLOCK_TICKS * 1e6 / ok if ok else 0.0
         if model:
             b0, b1 = (load(f"{name}.{k}.{s}")["model_pools"][model]["batcher"] for s in ("before", "after"))
             batches = b1["batches"] - b0["batches"]
@@ -151,8 +158,8 @@ w("- Server: release `target/release/gantry --config config/gantry.toml` on a sc
   + (f"; ONNX Runtime {ort.group(1)} (CPU)" if ort else ""))
 w(f"- Every figure is the median of {repeat} runs of one cell; req/s of each run in the last column. "
   "Raw: `raw-onnx`, the engine a replica uses on the same shared pool of every core, no HTTP\n")
-w("| Cell | Concurrency | Served req/s | p50 ms | p95 ms | p99 ms | Errors | Avg batch | Raw items/s (batch) | Served/raw | Runs (req/s) |")
-w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+w("| Cell | Concurrency | Served req/s | p50 ms | p95 ms | p99 ms | Errors | Server CPU us/req | Avg batch | Raw items/s (batch) | Served/raw | Runs (req/s) |")
+w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
 for name, c, s, r in rows:
     batch = f"{s['avg_batch']:.2f}" if "avg_batch" in s else ""
     raw_cell, ratio = "", ""
@@ -160,19 +167,19 @@ for name, c, s, r in rows:
         b = next(b for (m, b), v in raws.items() if v is r)
         raw_cell, ratio = f"{r['items_per_s']:,.1f} ({b})", f"{s['rps'] / r['items_per_s']:.3f}"
     w(f"| {name} | {c} | {s['rps']:,.1f} | {s['p50']:.3f} | {s['p95']:.3f} | {s['p99']:.3f} | {s['errors']} "
-      f"| {batch} | {raw_cell} | {ratio} | {', '.join(f'{x:,.1f}' for x in s['runs'])} |")
+      f"| {s['cpu_us']:,.1f} | {batch} | {raw_cell} | {ratio} | {', '.join(f'{x:,.1f}' for x in s['runs'])} |")
 for name, c, s, _ in rows:
     if "items" in s and s["items"] < s["ok"]:
         w(f"\n**Warning**: {name} at concurrency {c} answered {s['ok']:.0f} requests but inferred "
           f"{s['items']:.0f} items: some answers did not come from ONNX Runtime (cache?).")
 w("\ngRPC (`grpc-load`: ModelInfer with raw_input_contents, the callers on one HTTP/2 connection) next to "
   "HTTP through the v2 binary extension (oha: a connection per caller), the same server and inputs:\n")
-w("| Model | Concurrency | gRPC req/s | HTTP binary req/s | gRPC/HTTP | gRPC p50 ms | HTTP p50 ms | gRPC p99 ms | HTTP p99 ms |")
-w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+w("| Model | Concurrency | gRPC req/s | HTTP binary req/s | gRPC/HTTP | gRPC p50 ms | HTTP p50 ms | gRPC p99 ms | HTTP p99 ms | Server CPU us/req gRPC | HTTP |")
+w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 for model, c, g, h in versus:
     ratio = g["rps"] / h["rps"] if h["rps"] else 0.0
     w(f"| {model} | {c} | {g['rps']:,.1f} | {h['rps']:,.1f} | {ratio:.3f} | {g['p50']:.3f} | {h['p50']:.3f} "
-      f"| {g['p99']:.3f} | {h['p99']:.3f} |")
+      f"| {g['p99']:.3f} | {h['p99']:.3f} | {g['cpu_us']:,.1f} | {h['cpu_us']:,.1f} |")
 w("\nRaw ONNX Runtime, per inference (`raw-onnx`, shared pool of every core, no HTTP):\n")
 w("| Model | Batch | Items/s | p50 ms | p95 ms | p99 ms |")
 w("| --- | ---: | ---: | ---: | ---: | ---: |")
