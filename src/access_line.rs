@@ -49,15 +49,17 @@ pub struct Line<'a> {
     pub trace_id: Option<&'a str>,
 }
 
-/// Logs one access line (absent values are left out of the line). Text
-/// values are written as they are (`Display`): none of them holds a space
-/// or a quote, and `Debug` would escape each character.
+/// Logs one access line (absent values are left out of the line). Values
+/// Gantry vouches for (the protocol, an HTTP method token, a model name, a
+/// checked request id and trace id) are written as they are (`Display`:
+/// `Debug` would escape each character); the path is the client's, so it
+/// stays quoted and escaped, and cannot forge fields in a text line.
 pub fn line(l: Line<'_>) {
     tracing::info!(
         target: TARGET,
         protocol = %l.protocol,
         method = %l.method,
-        path = %l.path,
+        path = l.path,
         status = l.status,
         model = l.model.map(display),
         duration_ms = (l.duration_ms * 1000.0).round() / 1000.0,
