@@ -57,8 +57,7 @@ impl GrpcServer {
     /// to them in turn: a call's connection, its handler and its answer then
     /// stay on one thread. On one work-stealing runtime the answer, woken
     /// from a replica's thread, was often picked up by another worker than
-    /// the connection's: one more crossing per call, measured in
-    /// load-tests/RESULTS.md (gRPC next to HTTP).
+    /// the connection's: one more thread crossing per call.
     pub fn start(
         service: Arc<InferenceService>,
         listener: TcpListener,

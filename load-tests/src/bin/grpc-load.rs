@@ -15,8 +15,8 @@
 //! The calls go out on HTTP/2 streams of the `h2` crate directly, the
 //! message encoded once (as oha sends one body from memory): a load
 //! generator on the server's cores should spend as little of them as it
-//! can. A tonic channel spent about twice oha's CPU per call (its buffer
-//! task, a copy of the request per call, decoding every answer); the
+//! can. A tonic channel spent more of them per call than oha does (its
+//! buffer task, a copy of the request per call, decoding every answer); the
 //! first answer is decoded and checked, the rest only by their status and
 //! their message's length.
 //!
