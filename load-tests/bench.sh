@@ -133,6 +133,14 @@ for c in 1 32; do
 done
 stop_gantry
 
+# The MLP with every request through the batcher and a replica's thread
+# (runs on the receiving worker turned off), beside the cells above.
+start_gantry GANTRY__MODELS__DIR="$repo" GANTRY__RUNTIME__INLINE_RUN_US=0
+for c in 1 32; do
+  cell "tiny-classifier.json.batcher.c$c" "$c" "${json[@]}" -D "$tmp/tiny-classifier.body" "$url/api/optimized/predict"
+done
+stop_gantry
+
 start_gantry GANTRY__MODELS__DIR="$repo" GANTRY__CACHE__ENABLED=true
 curl -s -o /dev/null -H "content-type: application/json" --data-binary "@$tmp/tiny-classifier.body" \
   "$url/api/optimized/predict"

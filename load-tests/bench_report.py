@@ -49,6 +49,8 @@ def served(name, model=None):
             batches = b1["batches"] - b0["batches"]
             run["items"] = b1["items"] - b0["items"]
             run["avg_batch"] = run["items"] / batches if batches else 0.0
+            inline = b1.get("inline_runs", 0) - b0.get("inline_runs", 0)
+            run["inline_share"] = inline / batches if batches else 0.0
         runs.append(run)
     out = {key: median([r[key] for r in runs]) for key in runs[0] if key != "errors"}
     out["errors"] = sum(r["errors"] for r in runs)
@@ -69,6 +71,7 @@ ort = re.search(r"libonnxruntime\.so\.([\d.]+)$", ort_lib)
 
 health = served("health-live")
 mlp = {c: served(f"tiny-classifier.json.c{c}", "tiny-classifier") for c in (1, 32)}
+mlp_batcher = {c: served(f"tiny-classifier.json.batcher.c{c}", "tiny-classifier") for c in (1, 32)}
 unet = {c: served(f"unet-seg.json.c{c}", "unet-seg") for c in (1, 32)}
 unet_gzip = served("unet-seg.gzip.c1", "unet-seg")
 unet_binary = {c: served(f"unet-seg.binary.c{c}", "unet-seg") for c in (1, 32)}
@@ -86,6 +89,10 @@ rows = [
     ("GET /v2/health/live", 32, health, None),
     ("tiny-classifier (MLP), JSON", 1, mlp[1], raws[("tiny-classifier", 1)]),
     ("tiny-classifier (MLP), JSON", 32, mlp[32], raws[("tiny-classifier", 32)]),
+    ("tiny-classifier (MLP), JSON, all through the batcher (inline_run_us = 0)", 1, mlp_batcher[1],
+     raws[("tiny-classifier", 1)]),
+    ("tiny-classifier (MLP), JSON, all through the batcher (inline_run_us = 0)", 32, mlp_batcher[32],
+     raws[("tiny-classifier", 32)]),
     ("tiny-classifier (MLP), JSON, cache hits", 1, hit, None),
     ("unet-seg, v2 JSON", 1, unet[1], raws[("unet-seg", 1)]),
     ("unet-seg, v2 JSON", 32, unet[32], best_unet),
@@ -158,16 +165,17 @@ w("- Server: release `target/release/gantry --config config/gantry.toml` on a sc
   + (f"; ONNX Runtime {ort.group(1)} (CPU)" if ort else ""))
 w(f"- Every figure is the median of {repeat} runs of one cell; req/s of each run in the last column. "
   "Raw: `raw-onnx`, the engine a replica uses on the same shared pool of every core, no HTTP\n")
-w("| Cell | Concurrency | Served req/s | p50 ms | p95 ms | p99 ms | Errors | Server CPU us/req | Avg batch | Raw items/s (batch) | Served/raw | Runs (req/s) |")
-w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
+w("| Cell | Concurrency | Served req/s | p50 ms | p95 ms | p99 ms | Errors | Server CPU us/req | Avg batch | On the worker | Raw items/s (batch) | Served/raw | Runs (req/s) |")
+w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |")
 for name, c, s, r in rows:
     batch = f"{s['avg_batch']:.2f}" if "avg_batch" in s else ""
+    on_worker = f"{s['inline_share']:.0%}" if "inline_share" in s else ""
     raw_cell, ratio = "", ""
     if r is not None:
         b = next(b for (m, b), v in raws.items() if v is r)
         raw_cell, ratio = f"{r['items_per_s']:,.1f} ({b})", f"{s['rps'] / r['items_per_s']:.3f}"
     w(f"| {name} | {c} | {s['rps']:,.1f} | {s['p50']:.3f} | {s['p95']:.3f} | {s['p99']:.3f} | {s['errors']} "
-      f"| {s['cpu_us']:,.1f} | {batch} | {raw_cell} | {ratio} | {', '.join(f'{x:,.1f}' for x in s['runs'])} |")
+      f"| {s['cpu_us']:,.1f} | {batch} | {on_worker} | {raw_cell} | {ratio} | {', '.join(f'{x:,.1f}' for x in s['runs'])} |")
 for name, c, s, _ in rows:
     if "items" in s and s["items"] < s["ok"]:
         w(f"\n**Warning**: {name} at concurrency {c} answered {s['ok']:.0f} requests but inferred "

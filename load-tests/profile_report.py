@@ -36,6 +36,8 @@ STAGES = [
     ("Batcher", "queueing, the window, dispatch to a replica, the batch's return",
      [r"Batcher as actix::handler::Handler<gantry_actors::messages::Enqueue>>::handle$",
       r"Batcher as actix::handler::Handler<gantry_actors::messages::BatchDone>>::handle$"]),
+    ("Run on the worker, all of it", "the request run on the HTTP worker's thread (runtime.inline_run_us): the engine's lock, the run, its counts",
+     [r"^gantry_actors::inline_run::InlineLane::run$"]),
     ("Replica, all of it", "the batch on its replica: stacking, the engine, splitting",
      [r"Replica as actix::handler::Handler<gantry_actors::messages::RunBatch>>::handle$"]),
     ("ONNX Runtime run", "Session::run alone: the MLP's inference",
@@ -87,7 +89,11 @@ def main():
         f"- Command: `{command}`",
         f"- Code: commit {commit}",
         f"- Workload: {requests} REST JSON predictions of tiny-classifier (64 FP32 in, 10 out), one at a time on "
-        "one keep-alive connection, cache off; counted after 200 warm-up requests\n",
+        "one keep-alive connection, cache off; counted after 200 warm-up requests; "
+        + ("every request through the batcher and a replica's thread (`PATH_TAKEN=batcher`, "
+           "`runtime.inline_run_us = 0`)\n" if os.environ.get("PATH_TAKEN") == "batcher" else
+           "each request run on the worker that received it, as outside valgrind (`runtime.inline_run_us` "
+           "raised to 10 ms: under callgrind every run is some 50 times slower)\n"),
         f"Instructions per request, all threads: **{total / requests:,.0f}** (user space; the kernel's socket work "
         "and waiting are not counted).\n",
         "| Stage | Covers | Instructions per request | Share |",

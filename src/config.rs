@@ -186,6 +186,10 @@ pub struct RuntimeConfig {
     /// Nice value (0-19) of the threads that run models, so that those
     /// serving requests go first on shared cores; 0: the process's.
     pub compute_nice: i32,
+    /// Requests predicted to run within this many microseconds run on the
+    /// thread that received them while a replica is idle and nothing
+    /// waits (see `gantry_actors::inline_run`); 0 turns it off.
+    pub inline_run_us: u64,
 }
 
 impl Default for RuntimeConfig {
@@ -197,6 +201,7 @@ impl Default for RuntimeConfig {
             spinning: threads.spinning,
             exclusive_run_ms: threads.exclusive_run.as_secs_f64() * 1000.0,
             compute_nice: threads.compute_nice,
+            inline_run_us: gantry_actors::inline_run::DEFAULT_THRESHOLD_US,
         }
     }
 }
@@ -463,6 +468,9 @@ impl Config {
                 "runtime.exclusive_run_ms",
                 "must be between 0 and 60000".into(),
             ));
+        }
+        if self.runtime.inline_run_us > 10_000 {
+            return Err(("runtime.inline_run_us", "must be at most 10000".into()));
         }
         if !(0..=19).contains(&self.runtime.compute_nice) {
             return Err(("runtime.compute_nice", "must be between 0 and 19".into()));

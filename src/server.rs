@@ -90,6 +90,7 @@ pub async fn start_with_gpus(
     provider: Arc<dyn EngineProvider>,
     gpus: Arc<dyn GpuInventory>,
 ) -> Result<RunningServer, StartError> {
+    gantry_actors::inline_run::set_threshold(Duration::from_micros(config.runtime.inline_run_us));
     let metrics = Arc::new(Metrics::new(EventSeries::new(Duration::from_millis(
         config.server.request_timeout_ms,
     ))));

@@ -15,6 +15,7 @@ pub mod batcher;
 pub mod device;
 pub mod engine;
 pub mod error;
+pub mod inline_run;
 pub mod lifecycle;
 pub mod memory;
 pub mod messages;

@@ -107,6 +107,9 @@ pub struct RunBatch {
 #[rtype(result = "()")]
 pub struct ReplicaReady {
     pub replica: usize,
+    /// Its engine, which workers may run short requests on (see
+    /// [`crate::inline_run`]).
+    pub engine: Arc<crate::inline_run::SharedEngine>,
     pub signature: ModelSignature,
     /// The MB the loaded, warmed engine holds on its device, where it
     /// could be measured.
@@ -120,6 +123,18 @@ pub struct ReplicaReady {
 #[rtype(result = "()")]
 pub struct ReplicaFailed {
     pub replica: usize,
+    pub error: String,
+}
+
+/// A worker → batcher: a request run on the worker's thread (see
+/// [`crate::inline_run`]) panicked in replica `replica`'s engine, which the
+/// worker dropped; its `items` count as the replica's errors, and the
+/// replica fails (and restarts) as after [`ReplicaFailed`].
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct InlineRunPanicked {
+    pub replica: usize,
+    pub items: usize,
     pub error: String,
 }
 
@@ -332,6 +347,9 @@ impl CapReason {
 pub struct BatcherCounters {
     pub batches: u64,
     pub items: u64,
+    /// Of `batches`, those run on the thread that received the request
+    /// (see [`crate::inline_run`]).
+    pub inline_runs: u64,
     /// `batch_sizes[n]` counts the batches of `n` items.
     pub batch_sizes: Vec<u64>,
     pub expired: u64,

@@ -204,6 +204,26 @@ impl ModelHandle {
         }
     }
 
+    /// Runs a validated request of `items` on the calling thread when the
+    /// model's batcher allows it and one of its replicas is idle (see
+    /// [`crate::inline_run`]); `None` when it must go to the batcher
+    /// ([`ModelHandle::submit`]). A request pinned to a replica always
+    /// goes there.
+    pub fn run_inline(
+        &self,
+        inputs: &[crate::tensor::Tensor],
+        items: usize,
+        deadline: Instant,
+        pin: Option<usize>,
+    ) -> Option<Result<crate::messages::InferOutcome, InferError>> {
+        if pin.is_some() || self.spec.settings.sequence.is_some() {
+            return None;
+        }
+        self.state
+            .inline
+            .run(&self.state.usage, inputs, items, deadline)
+    }
+
     /// Hands a request to the batcher without waiting: a full mailbox is a
     /// full queue (429), a closed one a batcher that has stopped. With a
     /// latency target, a request the batcher's last prediction says would

@@ -8,6 +8,7 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use crate::admission::AdmissionDoor;
+use crate::inline_run::InlineLane;
 use crate::readiness::Readiness;
 use crate::repository::ModelSpec;
 use crate::signature::ModelSignature;
@@ -75,6 +76,9 @@ pub struct ModelState {
     pub usage: ModelUsage,
     /// Its batcher's predictions, for admission where requests arrive.
     pub door: AdmissionDoor,
+    /// Short runs on the thread that received the request, while its
+    /// batcher allows them.
+    pub inline: InlineLane,
     /// Footprints measured across the process, for opening bids.
     footprints: LearnedFootprints,
 }

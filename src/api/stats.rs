@@ -44,6 +44,9 @@ struct Runtime {
     /// CPU runs predicted to take at least this long take the shared pool
     /// one at a time (`runtime.exclusive_run_ms`; 0: never).
     exclusive_run_ms: f64,
+    /// Requests predicted to run within this many microseconds run on the
+    /// worker that received them (`runtime.inline_run_us`; 0: never).
+    inline_run_us: u64,
     pool_gate: PoolGate,
 }
 
@@ -164,6 +167,9 @@ struct BatcherStats {
     queue_depth: usize,
     batches: u64,
     items: u64,
+    /// Of `batches`, the requests run on the HTTP or gRPC worker that
+    /// received them (`runtime.inline_run_us`), each a batch of its own.
+    inline_runs: u64,
     avg_batch_size: f64,
     /// The cap in force now, and what set it (`max_batch_size`, `unbatched`,
     /// `memory_budget`, `out_of_memory`, `latency_target`).
@@ -348,6 +354,7 @@ fn pool(m: &ModelSnapshot, mailbox_refusals: u64) -> Pool {
             queue_depth: b.queue_depth,
             batches: b.counters.batches,
             items: b.counters.items,
+            inline_runs: b.counters.inline_runs,
             avg_batch_size: if b.counters.batches == 0 {
                 0.0
             } else {
@@ -425,6 +432,7 @@ async fn stats(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
         runtime: Runtime {
             intra_op_threads: gantry_actors::engine::onnx::shared_pool_threads(),
             exclusive_run_ms: gate.threshold_us as f64 / 1000.0,
+            inline_run_us: gantry_actors::inline_run::threshold().as_micros() as u64,
             pool_gate: PoolGate {
                 gated_runs: gate.gated_runs,
                 waited_runs: gate.waited_runs,

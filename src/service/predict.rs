@@ -219,35 +219,25 @@ impl InferenceService {
             }
         }
         let validated = signature.validate(inputs, model.spec.settings.max_batch_size)?;
-        let (reply, answer) = oneshot::channel();
-        model
-            .submit(InferRequest {
-                request_id: call.request_id,
-                inputs: validated.tensors,
-                items: validated.items,
-                deadline,
-                priority: model.spec.settings.priority_of(call.priority)?,
-                pin: call.pin,
-                enqueued: started,
-                span: tracing::Span::current(),
-                waiting: tracing::Span::none(),
-                reply,
-            })
-            .inspect_err(|e| {
-                // The batcher never saw it, so its own count misses it.
-                pending.refused_at_mailbox = matches!(e, InferError::QueueFull { .. });
-            })?;
-        let outcome = match tokio::time::timeout_at(deadline.into(), answer).await {
-            Ok(Ok(result)) => result?,
-            Ok(Err(_dropped)) => {
-                return Err(InferError::Inference(
-                    "the request was lost by the actor system".into(),
-                ))
-            }
-            Err(_elapsed) => {
-                return Err(InferError::DeadlineExceeded {
-                    waited_ms: started.elapsed().as_millis() as u64,
-                })
+        let priority = model.spec.settings.priority_of(call.priority)?;
+        let inline = model.run_inline(&validated.tensors, validated.items, deadline, call.pin);
+        let outcome = match inline {
+            Some(ran) => ran?,
+            None => {
+                let (reply, answer) = oneshot::channel();
+                let request = InferRequest {
+                    request_id: call.request_id,
+                    inputs: validated.tensors,
+                    items: validated.items,
+                    deadline,
+                    priority,
+                    pin: call.pin,
+                    enqueued: started,
+                    span: tracing::Span::current(),
+                    waiting: tracing::Span::none(),
+                    reply,
+                };
+                through_batcher(&model, request, answer, started, pending).await?
             }
         };
         let outputs = signature
@@ -278,6 +268,31 @@ impl InferenceService {
             cache: None,
             cache_lookup_ms: None,
         })
+    }
+}
+
+/// Hands `request` to `model`'s batcher and waits for its answer on
+/// `answer` until its deadline.
+async fn through_batcher(
+    model: &ModelHandle,
+    request: InferRequest,
+    answer: oneshot::Receiver<Result<gantry_actors::InferOutcome, InferError>>,
+    started: Instant,
+    pending: &mut Pending,
+) -> Result<gantry_actors::InferOutcome, InferError> {
+    let deadline = request.deadline;
+    model.submit(request).inspect_err(|e| {
+        // The batcher never saw it, so its own count misses it.
+        pending.refused_at_mailbox = matches!(e, InferError::QueueFull { .. });
+    })?;
+    match tokio::time::timeout_at(deadline.into(), answer).await {
+        Ok(Ok(result)) => result,
+        Ok(Err(_dropped)) => Err(InferError::Inference(
+            "the request was lost by the actor system".into(),
+        )),
+        Err(_elapsed) => Err(InferError::DeadlineExceeded {
+            waited_ms: started.elapsed().as_millis() as u64,
+        }),
     }
 }
 

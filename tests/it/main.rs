@@ -20,6 +20,7 @@ mod edge;
 mod errors;
 mod footprints;
 mod grpc;
+mod inline_runs;
 mod latency_target;
 mod lifecycle;
 mod media;

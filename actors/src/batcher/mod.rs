@@ -35,6 +35,7 @@ use crate::queue::{PendingQueue, Readiness};
 use crate::repository::ModelSettings;
 use crate::signature::ModelSignature;
 
+mod inline;
 mod latency;
 mod memory_cap;
 mod replicas;
@@ -118,6 +119,8 @@ pub struct Batcher {
     latency: latency::LatencyControl,
     /// The model's configuration says it takes no batch dimension.
     unbatched: bool,
+    /// What its lane for short runs was last told.
+    inline_published: std::cell::RefCell<inline::InlinePublished>,
 }
 
 impl Batcher {
@@ -166,6 +169,7 @@ impl Batcher {
             stopping: Vec::new(),
             latency: latency::LatencyControl::new(settings.latency_target_ms),
             unbatched: settings.unbatched,
+            inline_published: Default::default(),
         }
     }
 
@@ -466,6 +470,11 @@ impl Actor for Batcher {
     fn started(&mut self, ctx: &mut Self::Context) {
         ctx.set_mailbox_capacity(self.queue_capacity.max(16));
         self.me = Some(ctx.address());
+        self.state.inline.connect(
+            &self.model,
+            self.observer.clone(),
+            ctx.address().recipient(),
+        );
         self.share_free_memory(ctx);
     }
 
@@ -561,6 +570,8 @@ impl Handler<BatchDone> for Batcher {
         if reloading {
             warn!(model = %self.model, replica = msg.replica, "replica keeps failing; reloading its engine");
             self.publish_state();
+        } else {
+            self.publish_inline();
         }
         self.dispatch(ctx);
         self.finish_drains(ctx);

@@ -19,9 +19,11 @@ use tracing::{info, warn};
 use super::{Batcher, ReplicaState};
 use crate::device::{Device, Placement};
 use crate::engine::{EngineFactory, LoadTarget};
+use crate::inline_run::SharedEngine;
 use crate::memory::{BudgetFreed, MemoryBudget, Reservation, Reserve, Resize};
 use crate::messages::{
-    AttachReplica, DrainReplica, ReplicaFailed, ReplicaReady, ReplicaStopped, RetireModel,
+    AttachReplica, DrainReplica, InlineRunPanicked, ReplicaFailed, ReplicaReady, ReplicaStopped,
+    RetireModel,
 };
 use crate::model::{BatcherAddr, Residency};
 use crate::replica::{Replica, ReplicaReports, ReplicaStart};
@@ -55,6 +57,9 @@ pub(super) struct ReplicaSlot {
     pub(super) measured_mb: Option<u64>,
     /// When its engine last started loading.
     pub(super) spawned_at: Instant,
+    /// Its thread's engine, once it reported ready (workers may run short
+    /// requests on it).
+    pub(super) engine: Option<Arc<SharedEngine>>,
 }
 
 /// True when `slot` was refused for good.
@@ -203,6 +208,13 @@ impl Handler<ReplicaReady> for Batcher {
             if slot.state != ReplicaState::Loading {
                 slot.restarts += 1;
             }
+            // A new thread's engine: what ran on the old one stays counted.
+            let engine = msg.engine.clone();
+            if let Some(old) = slot.engine.replace(engine) {
+                if !Arc::ptr_eq(&old, &msg.engine) {
+                    slot.processed += old.inline_items();
+                }
+            }
             match msg.footprint_mb {
                 Some(mb) => self.measured(msg.replica, mb),
                 // Not measured this time: what replicas of it measured.
@@ -298,6 +310,21 @@ impl Handler<ReplicaStopped> for Batcher {
     fn handle(&mut self, msg: ReplicaStopped, ctx: &mut Self::Context) {
         self.stopping.retain(|(id, _)| *id != msg.replica);
         self.finish_drains(ctx);
+    }
+}
+
+impl Handler<InlineRunPanicked> for Batcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: InlineRunPanicked, ctx: &mut Self::Context) {
+        if let Some(slot) = self.slot_mut(msg.replica) {
+            slot.errors += msg.items as u64;
+        }
+        let failed = ReplicaFailed {
+            replica: msg.replica,
+            error: msg.error,
+        };
+        <Self as Handler<ReplicaFailed>>::handle(self, failed, ctx);
     }
 }
 
@@ -449,6 +476,7 @@ impl Handler<AttachReplica> for Batcher {
             last_error: None,
             measured_mb: None,
             spawned_at: Instant::now(),
+            engine: None,
         });
         let permanent = reservation_is_permanent(self.replicas.last());
         if !loading && !permanent {
@@ -587,6 +615,7 @@ impl Handler<RetireModel> for Batcher {
     fn handle(&mut self, _: RetireModel, ctx: &mut Self::Context) {
         info!(model = %self.model, "retiring model");
         self.retiring = true;
+        self.publish_inline();
         self.retire_after = Some(Instant::now() + RETIRE_GRACE);
         ctx.run_later(RETIRE_GRACE, |this, ctx| this.finish_drains(ctx));
         self.fail_queue_if_hopeless();

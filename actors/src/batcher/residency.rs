@@ -183,6 +183,7 @@ impl Batcher {
         self.state.set_loading_replicas(loading);
         self.state.usage.retain_ready(&ready);
         self.state.set_residency(self.residency());
+        self.publish_inline();
         self.note_work();
     }
 
@@ -190,5 +191,6 @@ impl Batcher {
     pub(super) fn note_work(&self) {
         let inflight = self.replicas.iter().map(|r| r.inflight_items).sum();
         self.state.usage.set_work(self.queue.len(), inflight);
+        self.note_inline_open();
     }
 }

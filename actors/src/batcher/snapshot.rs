@@ -9,6 +9,24 @@ use crate::messages::{
     BatcherSnapshot, CapReason, GetBatcherSnapshot, LatencySnapshot, ReplicaSnapshot,
 };
 
+impl Batcher {
+    /// Its counters with the runs its lane made on workers' threads.
+    fn counters_with_inline(&self) -> crate::messages::BatcherCounters {
+        let mut counters = self.counters.clone();
+        let inline = self.state.inline.counters();
+        counters.batches += inline.runs;
+        counters.inline_runs = inline.runs;
+        counters.items += inline.items;
+        if counters.batch_sizes.len() < inline.sizes.len() {
+            counters.batch_sizes.resize(inline.sizes.len(), 0);
+        }
+        for (size, runs) in inline.sizes.iter().enumerate() {
+            counters.batch_sizes[size] += runs;
+        }
+        counters
+    }
+}
+
 impl Handler<GetBatcherSnapshot> for Batcher {
     type Result = actix::MessageResult<GetBatcherSnapshot>;
 
@@ -32,7 +50,7 @@ impl Handler<GetBatcherSnapshot> for Batcher {
             cap_reason,
             memory_per_item_mb: self.memory_per_item_mb,
             window_ms: window.as_millis() as u64,
-            counters: self.counters.clone(),
+            counters: self.counters_with_inline(),
             replicas: self
                 .replicas
                 .iter()
@@ -41,7 +59,7 @@ impl Handler<GetBatcherSnapshot> for Batcher {
                     device: r.reservation.as_ref().and_then(Reservation::device),
                     state: r.state.clone(),
                     inflight: r.inflight_items,
-                    processed: r.processed,
+                    processed: r.processed + r.engine.as_ref().map_or(0, |e| e.inline_items()),
                     errors: r.errors,
                     restarts: r.restarts,
                     last_error: r.last_error.clone(),

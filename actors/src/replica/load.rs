@@ -147,7 +147,7 @@ impl Replica {
             reserved_mb = self.target.memory_mb,
             "replica ready"
         );
-        self.engine = Some(engine);
+        *self.engine.lock() = Some(engine);
         Ok(Loaded {
             signature,
             mb_per_item,
@@ -159,7 +159,11 @@ impl Replica {
     /// Drops the engine, if any, noting it so that a footprint measured
     /// meanwhile is discarded.
     pub(super) fn drop_engine(&mut self) {
-        if self.engine.take().is_some() {
+        // Taken out under the lock (a worker running on it finishes
+        // first), dropped once the lock is free.
+        let dropped = self.engine.lock().take();
+        if let Some(engine) = dropped {
+            drop(engine);
             ENGINES_DROPPED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             give_freed_memory_back();
         }

@@ -29,6 +29,7 @@ use tracing::{debug, error, info_span, warn};
 
 use crate::engine::{Engine, EngineFactory, LoadTarget};
 use crate::error::{EngineError, InferError};
+use crate::inline_run::SharedEngine;
 use crate::messages::{
     BatchDone, InferOutcome, InferRequest, ItemMemoryMeasured, RanOutOfMemory, ReloadEngine,
     ReplicaFailed, ReplicaReady, ReplicaStopped, RunBatch,
@@ -108,7 +109,9 @@ pub struct Replica {
     max_batch_size: usize,
     /// Whether its first load measures its footprint.
     measure_first_load: bool,
-    engine: Option<Box<dyn Engine>>,
+    /// Its engine once loaded; workers may run short requests on it (see
+    /// [`crate::inline_run`]).
+    engine: Arc<SharedEngine>,
     batcher: ReplicaReports,
     observer: Arc<dyn BatchObserver>,
 }
@@ -132,7 +135,7 @@ impl Replica {
                 warmup: plan.warmup,
                 max_batch_size: plan.max_batch_size,
                 measure_first_load: plan.measure,
-                engine: None,
+                engine: Arc::new(SharedEngine::default()),
                 batcher: batcher.clone(),
                 observer: observer.clone(),
             }
@@ -166,6 +169,7 @@ impl Replica {
                 }
                 self.batcher.ready.do_send(ReplicaReady {
                     replica: self.id,
+                    engine: self.engine.clone(),
                     signature,
                     footprint_mb,
                     warmup_runs,
@@ -222,7 +226,9 @@ impl Handler<RunBatch> for Replica {
             span.follows_from(entry.span.id());
         }
         let _guard = span.enter();
-        let Some(engine) = self.engine.as_mut() else {
+        let shared = self.engine.clone();
+        let mut held = shared.lock();
+        let Some(engine) = held.as_mut() else {
             self.batcher.done.do_send(BatchDone {
                 replica: self.id,
                 items,
@@ -252,6 +258,7 @@ impl Handler<RunBatch> for Replica {
             mut replies,
             ..
         } = run;
+        drop(held);
         let engine_fault = faults > 0 || panicked.is_some() || device_failed.is_some();
         let inference = started.elapsed();
         if let Some(why) = panicked {
@@ -400,7 +407,7 @@ fn answer_all(entries: Vec<InferRequest>, error: InferError) {
     }
 }
 
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+pub(crate) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
