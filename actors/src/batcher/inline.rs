@@ -101,7 +101,7 @@ impl Batcher {
     /// overtake a waiting one) and the model is not retiring.
     pub(super) fn note_inline_open(&self) {
         let open =
-            self.queue.len() == 0 && !self.retiring && self.inline_published.borrow().max_items > 0;
+            self.queue.is_empty() && !self.retiring && self.inline_published.borrow().max_items > 0;
         self.state.inline.set_open(open);
     }
 }
