@@ -7,8 +7,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use actix::Handler;
+
 use super::{Batcher, ReplicaState};
 use crate::inline_run::{self, SharedEngine, MAX_INLINE_ITEMS};
+use crate::messages::{InlineRunPanicked, ReplicaFailed};
 
 /// How often, at most, the largest request is worked out again from the
 /// run profiles while the ready replicas stay the same (it is worked out
@@ -103,5 +106,20 @@ impl Batcher {
         let open =
             self.queue.is_empty() && !self.retiring && self.inline_published.borrow().max_items > 0;
         self.state.inline.set_open(open);
+    }
+}
+
+impl Handler<InlineRunPanicked> for Batcher {
+    type Result = ();
+
+    fn handle(&mut self, msg: InlineRunPanicked, ctx: &mut Self::Context) {
+        if let Some(slot) = self.slot_mut(msg.replica) {
+            slot.errors += msg.items as u64;
+        }
+        let failed = ReplicaFailed {
+            replica: msg.replica,
+            error: msg.error,
+        };
+        <Self as Handler<ReplicaFailed>>::handle(self, failed, ctx);
     }
 }

@@ -35,6 +35,7 @@ use crate::queue::{PendingQueue, Readiness};
 use crate::repository::ModelSettings;
 use crate::signature::ModelSignature;
 
+mod footprint;
 mod inline;
 mod latency;
 mod memory_cap;
