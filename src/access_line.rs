@@ -55,6 +55,17 @@ pub struct Line<'a> {
 /// `Debug` would escape each character); the path is the client's, so it
 /// stays quoted and escaped, and cannot forge fields in a text line.
 pub fn line(l: Line<'_>) {
+    if !tracing::enabled!(target: TARGET, tracing::Level::INFO) {
+        return;
+    }
+    if crate::access_format::write(&l) {
+        return;
+    }
+    event(&l);
+}
+
+/// Logs `l` as a `tracing` event (see [`line`]).
+pub(crate) fn event(l: &Line<'_>) {
     tracing::info!(
         target: TARGET,
         protocol = %l.protocol,

@@ -2,6 +2,7 @@
 //! application around the actor core (`gantry-actors`): configuration, the
 //! HTTP API (REST and KServe v2), the gRPC server (KServe v2 / Triton), tensor codecs, logging and startup.
 
+pub mod access_format;
 pub mod access_line;
 pub mod api;
 pub mod cache;

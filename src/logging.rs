@@ -12,7 +12,8 @@
 //! ([`crate::telemetry`]), or the log lines when the level is `debug` or
 //! finer (each line then names the spans it is in, a request's id among
 //! them). At the shipped `info` level with traces off no span is made; the
-//! access line names each request's id.
+//! access line names each request's id, and is then written straight to the
+//! writer in the layer's own shape ([`crate::access_format`]).
 
 use std::io::IsTerminal;
 use std::sync::OnceLock;
@@ -20,6 +21,7 @@ use std::sync::OnceLock;
 use tracing_subscriber::filter::{filter_fn, LevelFilter};
 use tracing_subscriber::EnvFilter;
 
+use crate::access_format::Shape;
 use crate::config::LogFormat;
 use crate::log_writer::{FlushGuard, LogWriter};
 
@@ -34,6 +36,33 @@ pub fn dropped_lines() -> u64 {
 /// The filter of `level`, or of `RUST_LOG` when set.
 fn filter(level: &str) -> EnvFilter {
     EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level))
+}
+
+/// The layer that writes every log line to `writer` in `format`,
+/// coloured when `ansi`.
+pub(crate) fn line_layer<S, W>(
+    format: LogFormat,
+    writer: W,
+    ansi: bool,
+) -> Box<dyn tracing_subscriber::Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    use tracing_subscriber::Layer;
+    let lines = tracing_subscriber::fmt::layer()
+        .with_target(false)
+        .with_writer(writer)
+        .with_ansi(ansi);
+    match format {
+        LogFormat::Text => lines.boxed(),
+        LogFormat::Json => lines
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(true)
+            .boxed(),
+    }
 }
 
 /// Installs the global subscriber; a second call does nothing. With a
@@ -53,25 +82,23 @@ pub fn init(
     // the whole subscriber, so a span no one reads is never made.
     let read_spans = tracer.is_some() || filter.max_level_hint() >= Some(LevelFilter::DEBUG);
     let spans = filter_fn(move |meta| read_spans || !meta.is_span());
-    let lines = tracing_subscriber::fmt::layer()
-        .with_target(false)
-        .with_writer(writer)
-        .with_ansi(std::io::stdout().is_terminal());
-    let lines = match format {
-        LogFormat::Text => lines.boxed(),
-        LogFormat::Json => lines
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(true)
-            .boxed(),
-    };
+    let ansi = std::io::stdout().is_terminal();
+    let lines = line_layer(format, writer.clone(), ansi);
     let traces = tracer.map(|tracer| tracing_opentelemetry::layer().with_tracer(tracer));
-    let _ = tracing_subscriber::registry()
+    let installed = tracing_subscriber::registry()
         .with(filter)
         .with(spans)
         .with(lines)
         .with(traces)
         .try_init();
+    if installed.is_ok() && !read_spans && !ansi {
+        // No span to name on an access line, no colours: the access line
+        // goes straight to the writer in the same shape.
+        let shape = match format {
+            LogFormat::Text => Shape::Text,
+            LogFormat::Json => Shape::Json,
+        };
+        crate::access_format::write_directly(writer, shape);
+    }
     Ok(guard)
 }
