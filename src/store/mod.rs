@@ -14,6 +14,7 @@
 
 pub mod migrations;
 mod record;
+pub(crate) use record::civil_from_days;
 mod writer;
 
 use std::collections::VecDeque;
