@@ -41,7 +41,7 @@ pub fn write_directly(writer: LogWriter, shape: Shape) {
 thread_local! {
     /// The line being formatted, and the timestamp's text up to the second
     /// with the second it holds: formatted once a second per thread.
-    static SCRATCH: RefCell<(String, i64, String)> = RefCell::new((String::with_capacity(256), i64::MIN, String::new()));
+    static SCRATCH: RefCell<(Vec<u8>, i64, String)> = RefCell::new((Vec::with_capacity(256), i64::MIN, String::new()));
 }
 
 /// Writes `line` to the log directly when it may; false when the caller
@@ -63,13 +63,13 @@ pub fn write(line: &Line<'_>) -> bool {
         }
         let micros = now.subsec_micros();
         format(text, *shape, prefix, micros, line);
-        let _ = writer.make_writer().write(text.as_bytes());
+        let _ = writer.make_writer().write(text);
     });
     true
 }
 
 /// `line` in `shape`, stamped `prefix` (up to the second) and `micros`.
-fn format(out: &mut String, shape: Shape, prefix: &str, micros: u32, l: &Line<'_>) {
+fn format(out: &mut Vec<u8>, shape: Shape, prefix: &str, micros: u32, l: &Line<'_>) {
     let mut number = itoa::Buffer::new();
     match shape {
         Shape::Text => {
@@ -78,25 +78,25 @@ fn format(out: &mut String, shape: Shape, prefix: &str, micros: u32, l: &Line<'_
                 "{prefix}.{micros:06}Z  INFO access protocol={}",
                 l.protocol
             );
-            out.push_str(" method=");
-            out.push_str(l.method);
+            out.extend_from_slice(" method=".as_bytes());
+            out.extend_from_slice(l.method.as_bytes());
             let _ = write!(out, " path={:?} status=", l.path);
-            out.push_str(number.format(l.status));
+            out.extend_from_slice(number.format(l.status).as_bytes());
             if let Some(model) = l.model {
-                out.push_str(" model=");
-                out.push_str(model);
+                out.extend_from_slice(" model=".as_bytes());
+                out.extend_from_slice(model.as_bytes());
             }
             let _ = write!(out, " duration_ms={:?}", rounded(l.duration_ms));
             for (key, value) in [(" bytes_in=", l.bytes_in), (" bytes_out=", l.bytes_out)] {
                 if let Some(value) = value {
-                    out.push_str(key);
-                    out.push_str(number.format(value));
+                    out.extend_from_slice(key.as_bytes());
+                    out.extend_from_slice(number.format(value).as_bytes());
                 }
             }
             for (key, value) in [(" request_id=", l.request_id), (" trace_id=", l.trace_id)] {
                 if let Some(value) = value {
-                    out.push_str(key);
-                    out.push_str(value);
+                    out.extend_from_slice(key.as_bytes());
+                    out.extend_from_slice(value.as_bytes());
                 }
             }
         }
@@ -105,14 +105,14 @@ fn format(out: &mut String, shape: Shape, prefix: &str, micros: u32, l: &Line<'_
             json_str(out, "protocol", l.protocol);
             json_str(out, "method", l.method);
             json_str(out, "path", l.path);
-            out.push_str(",\"status\":");
-            out.push_str(number.format(l.status));
+            out.extend_from_slice(",\"status\":".as_bytes());
+            out.extend_from_slice(number.format(l.status).as_bytes());
             if let Some(model) = l.model {
                 json_str(out, "model", model);
             }
-            out.push_str(",\"duration_ms\":");
+            out.extend_from_slice(",\"duration_ms\":".as_bytes());
             let mut float = zmij::Buffer::new();
-            out.push_str(json_float(&mut float, rounded(l.duration_ms)));
+            out.extend_from_slice(json_float(&mut float, rounded(l.duration_ms)).as_bytes());
             for (key, value) in [("bytes_in", l.bytes_in), ("bytes_out", l.bytes_out)] {
                 if let Some(value) = value {
                     let _ = write!(out, ",\"{key}\":{}", number.format(value));
@@ -123,10 +123,10 @@ fn format(out: &mut String, shape: Shape, prefix: &str, micros: u32, l: &Line<'_
                     json_str(out, key, value);
                 }
             }
-            out.push('}');
+            out.push(b'}');
         }
     }
-    out.push('\n');
+    out.push(b'\n');
 }
 
 /// The duration as the line gives it: milliseconds to the microsecond.
@@ -135,11 +135,10 @@ fn rounded(ms: f64) -> f64 {
 }
 
 /// `,"key":"value"`, the value escaped as JSON.
-fn json_str(out: &mut String, key: &str, value: &str) {
+fn json_str(out: &mut Vec<u8>, key: &str, value: &str) {
     let _ = write!(out, ",\"{key}\":");
-    // Writing JSON into a `Vec` cannot fail; the bytes are UTF-8.
-    let quoted = serde_json::to_string(value).unwrap_or_default();
-    out.push_str(&quoted);
+    // Writing JSON into a `Vec` cannot fail.
+    let _ = serde_json::to_writer(&mut *out, value);
 }
 
 /// A float as `serde_json` writes it (finite: zmij; otherwise `null`).
@@ -215,8 +214,9 @@ mod tests {
     }
 
     fn directly(shape: Shape, line: &Line<'_>) -> String {
-        let mut out = String::new();
+        let mut out = Vec::new();
         format(&mut out, shape, "2026-12-07T01:02:03", 4, line);
+        let out = String::from_utf8(out).unwrap();
         assert!(out.contains("2026-12-07T01:02:03.000004Z"), "{out}");
         without_timestamp(&out)
     }

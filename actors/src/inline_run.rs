@@ -121,9 +121,7 @@ pub struct InlineLane {
     published: RwLock<Published>,
     /// Where the next run starts looking for an idle engine.
     next: AtomicUsize,
-    runs: AtomicU64,
-    items: AtomicU64,
-    /// `sizes[n]`: runs of `n` items.
+    /// `sizes[n]`: runs of `n` items (the runs and items in all follow).
     sizes: [AtomicU64; MAX_INLINE_ITEMS + 1],
     link: OnceLock<LaneLink>,
 }
@@ -136,8 +134,6 @@ impl Default for InlineLane {
             slow_streak: std::sync::atomic::AtomicU32::new(0),
             published: RwLock::default(),
             next: AtomicUsize::new(0),
-            runs: AtomicU64::new(0),
-            items: AtomicU64::new(0),
             sizes: std::array::from_fn(|_| AtomicU64::new(0)),
             link: OnceLock::new(),
         }
@@ -148,7 +144,7 @@ impl std::fmt::Debug for InlineLane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("InlineLane")
             .field("open", &self.open.load(Ordering::Relaxed))
-            .field("runs", &self.runs.load(Ordering::Relaxed))
+            .field("runs", &self.counters().runs)
             .finish_non_exhaustive()
     }
 }
@@ -218,8 +214,12 @@ impl InlineLane {
             sizes.pop();
         }
         InlineCounters {
-            runs: self.runs.load(Ordering::Relaxed),
-            items: self.items.load(Ordering::Relaxed),
+            runs: sizes.iter().sum(),
+            items: sizes
+                .iter()
+                .enumerate()
+                .map(|(n, runs)| n as u64 * runs)
+                .sum(),
             sizes,
         }
     }
@@ -297,8 +297,6 @@ impl InlineLane {
         shared
             .inline_items
             .fetch_add(items as u64, Ordering::Relaxed);
-        self.runs.fetch_add(1, Ordering::Relaxed);
-        self.items.fetch_add(items as u64, Ordering::Relaxed);
         self.sizes[items].fetch_add(1, Ordering::Relaxed);
         link.observer
             .batch_finished(&report(&link.model, replica, items, took));

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use actix::Handler;
 
+use super::replicas::ReplicaSlot;
 use super::{Batcher, ReplicaState};
 use crate::inline_run::{self, SharedEngine, MAX_INLINE_ITEMS};
 use crate::messages::{InlineRunPanicked, ReplicaFailed};
@@ -28,6 +29,12 @@ pub(super) struct InlinePublished {
     at: Option<Instant>,
 }
 
+/// The engine of `slot` while it serves: ready, with its thread.
+fn serving_engine(slot: &ReplicaSlot) -> Option<&Arc<SharedEngine>> {
+    let serving = slot.state == ReplicaState::Ready && slot.addr.is_some();
+    slot.engine.as_ref().filter(|_| serving)
+}
+
 impl Batcher {
     /// Publishes the ready replicas' engines and the largest request they
     /// run within the threshold, when either changed; a batch that ran
@@ -35,16 +42,12 @@ impl Batcher {
     pub(super) fn publish_inline(&self) {
         let lane = &self.state.inline;
         let threshold = inline_run::threshold();
-        let serving = |slot: &&super::ReplicaSlot| {
-            slot.engine.is_some() && slot.state == ReplicaState::Ready && slot.addr.is_some()
-        };
         let on = !threshold.is_zero() && !self.retiring;
         let ids: Vec<(usize, *const SharedEngine)> = match on {
             true => self
                 .replicas
                 .iter()
-                .filter(serving)
-                .filter_map(|s| Some((s.id, Arc::as_ptr(s.engine.as_ref()?))))
+                .filter_map(|s| Some((s.id, Arc::as_ptr(serving_engine(s)?))))
                 .collect(),
             false => Vec::new(),
         };
@@ -65,10 +68,7 @@ impl Batcher {
         let mut max_items = 0;
         if on {
             for (index, slot) in self.replicas.iter().enumerate() {
-                if !serving(&slot) {
-                    continue;
-                }
-                let Some(engine) = slot.engine.as_ref() else {
+                let Some(engine) = serving_engine(slot) else {
                     continue;
                 };
                 engines.push((slot.id, Arc::clone(engine)));
