@@ -32,10 +32,12 @@ cp -r models/tiny-classifier "$work/base/"
 source "$root/load-tests/serve-lib.sh"
 # Starts a server and sets $pid to it (cleaned up on exit).
 serve() {
-  local dir=$1 port=$2 limit=$3 residency=$4
-  GANTRY__SERVER__BIND=127.0.0.1:$port GANTRY__SERVER__GRPC_BIND= GANTRY__MODELS__DIR=$dir \
+  local dir=$1 port=$2 limit=$3 residency=$4 extra=${5:-}
+  # shellcheck disable=SC2086
+  env $extra GANTRY__SERVER__BIND=127.0.0.1:$port GANTRY__SERVER__GRPC_BIND= GANTRY__MODELS__DIR=$dir \
     GANTRY__CACHE__ENABLED=false GANTRY__LOG__LEVEL=warn \
     GANTRY__MEMORY__LIMIT_MB=$limit GANTRY__MEMORY__MIN_RESIDENCY_MS=$residency \
+    GANTRY__MEMORY__WEIGHTS_DIR="$work/weights" \
     "$gantry" --config config/gantry.toml >"$work/$port.log" 2>&1 &
   pid=$!
   pids+=("$pid")
@@ -49,27 +51,33 @@ ready "$port"
 base=$(rss_mb "$pid")
 kill "$pid"; wait "$pid" 2>/dev/null || true
 
-# name | memory.limit_mb | memory.min_residency_ms | what it shows
+# name | memory.limit_mb | memory.min_residency_ms | other settings | what it shows
 configs=(
-  "everything resident|4000|10000|no budget pressure: the ceiling"
-  "static placement|$budget|3600000|loads what fits at startup, evicts nothing (what a fixed placement does)"
-  "memory follows demand|$budget|1000|cold models load on request, idle ones evicted by GDSF"
-  "no residency floor|$budget|0|the same without the floor against thrash"
+  "everything resident|4000|10000||no budget pressure: the ceiling"
+  "static placement|$budget|3600000||loads what fits at startup, evicts nothing (what a fixed placement does)"
+  "memory follows demand|$budget|1000||cold models load on request (weights mapped), idle ones evicted by GDSF, the room earmarked for the model it was made for, the residency floor 3 load times (at most 1 s)"
+  "without mapped weights|$budget|1000|GANTRY__MEMORY__MAP_WEIGHTS=false|the same, every load parsing and packing the weights"
+  "floor not scaled to load time|$budget|1000|GANTRY__MEMORY__MIN_RESIDENCY_LOADS=0|the same with the floor at 1 s for every replica"
+  "no residency floor|$budget|0||the same without the floor against thrash"
 )
 : >"$work/rows"
 for config in "${configs[@]}"; do
-  IFS='|' read -r name limit residency what <<<"$config"
+  IFS='|' read -r name limit residency extra what <<<"$config"
   port=$(free_port)
-  serve "$work/mlps" "$port" "$limit" "$residency"
+  serve "$work/mlps" "$port" "$limit" "$residency" "$extra"
   ready "$port"
   "$python" load-tests/trace_replay.py "$port" "$pid" --models 12 --seconds "$seconds" --rate "$rate" \
     --out "$work/run.json" >/dev/null
   curl -s "127.0.0.1:$port/metrics" >"$work/metrics.txt"
-  if [ "$limit" = 4000 ]; then curl -s "127.0.0.1:$port/api/optimized/stats" >"$work/resident.json"; fi
-  "$python" - "$work/run.json" "$work/metrics.txt" "$name" "$limit" "$residency" "$base" "$what" \
+  curl -s "127.0.0.1:$port/api/optimized/stats" >"$work/stats.json"
+  if [ "$limit" = 4000 ]; then cp "$work/stats.json" "$work/resident.json"; fi
+  "$python" - "$work/run.json" "$work/metrics.txt" "$name" "$limit" "$residency" "$base" "$what" "$work/stats.json" \
     >>"$work/rows" <<'PY'
-import json, sys
-run, metrics, name, limit, residency, base, what = sys.argv[1:]
+import json, statistics, sys
+run, metrics, name, limit, residency, base, what, stats = sys.argv[1:]
+pools = json.load(open(stats))["model_pools"].values()
+loads = [p["usage"]["load_ms"] for p in pools if p["usage"].get("load_ms")]
+load_ms = f"{statistics.median(loads):.0f}" if loads else "-"
 r = json.load(open(run))
 counts = {"load": 0, "evict": 0, "scale_down": 0}
 for line in open(metrics):
@@ -80,7 +88,7 @@ statuses = ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items()))
 growth = r["peak_rss_mb"] - int(base)
 print(f"| {name} | {limit} | {residency} | {r['requests']} | {100 * r['share_within_target']:.1f}% "
       f"| {r['goodput_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {statuses} "
-      f"| {counts['load']} | {counts['evict']} | {growth} |")
+      f"| {counts['load']} | {counts['evict']} | {load_ms} | {growth} |")
 PY
   kill "$pid"; wait "$pid" 2>/dev/null || true
 done
@@ -117,12 +125,12 @@ cpu=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
   echo "resident memory during the trace minus that of the same binary serving one 0.2 MB model"
   echo "($base MB: the process with ONNX Runtime loaded)."
   echo
-  echo "| Configuration | memory.limit_mb | min_residency_ms | Requests | In time | Goodput (/s) | p50 ms | p99 ms | Statuses | Loads | Evictions | RSS growth MB |"
-  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+  echo "| Configuration | memory.limit_mb | min_residency_ms | Requests | In time | Goodput (/s) | p50 ms | p99 ms | Statuses | Loads | Evictions | Last load ms (median of models) | RSS growth MB |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
   cat "$work/rows"
   echo
   for config in "${configs[@]}"; do
-    IFS='|' read -r name _ _ what <<<"$config"
+    IFS='|' read -r name _ _ _ what <<<"$config"
     echo "- **$name**: $what."
   done
   echo

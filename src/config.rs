@@ -155,6 +155,16 @@ pub struct MemoryConfig {
     /// Milliseconds a replica stays ready at least before it may be evicted for
     /// another model or scaled down when idle.
     pub min_residency_ms: u64,
+    /// A replica may be evicted for another model once ready for this many
+    /// times its own load time, if that is shorter than `min_residency_ms`
+    /// (0: `min_residency_ms` alone).
+    pub min_residency_loads: u32,
+    /// Replicas of models out of memory map their weights from a split copy
+    /// of the model file (loads in milliseconds, no transient memory).
+    pub map_weights: bool,
+    /// Where those copies go; empty: `gantry-weights-<uid>` in the system's
+    /// temporary directory. Must be on a disk, not in RAM (tmpfs).
+    pub weights_dir: String,
 }
 
 impl Default for MemoryConfig {
@@ -163,7 +173,25 @@ impl Default for MemoryConfig {
             limit_mb: 0,
             gpu_fraction: 0.9,
             min_residency_ms: 10_000,
+            min_residency_loads: 3,
+            map_weights: true,
+            weights_dir: String::new(),
         }
+    }
+}
+
+impl MemoryConfig {
+    /// The directory for split copies; `None` when weights are not mapped.
+    pub fn weights_dir(&self) -> Option<PathBuf> {
+        if !self.map_weights {
+            return None;
+        }
+        if !self.weights_dir.is_empty() {
+            return Some(PathBuf::from(&self.weights_dir));
+        }
+        // SAFETY: getuid has no preconditions and cannot fail.
+        let uid = unsafe { libc::getuid() };
+        Some(std::env::temp_dir().join(format!("gantry-weights-{uid}")))
     }
 }
 
@@ -462,6 +490,9 @@ impl Config {
         if self.memory.min_residency_ms > 3_600_000 {
             return Err(("memory.min_residency_ms", "must be at most 3600000".into()));
         }
+        if self.memory.min_residency_loads > 10_000 {
+            return Err(("memory.min_residency_loads", "must be at most 10000".into()));
+        }
         let run_ms = self.runtime.exclusive_run_ms;
         if !(0.0..=60_000.0).contains(&run_ms) {
             return Err((
@@ -527,6 +558,7 @@ impl Config {
     pub fn residency(&self) -> gantry_actors::arbiter::ResidencyConfig {
         gantry_actors::arbiter::ResidencyConfig {
             min_residency: std::time::Duration::from_millis(self.memory.min_residency_ms),
+            min_residency_loads: self.memory.min_residency_loads,
         }
     }
 }

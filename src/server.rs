@@ -91,6 +91,12 @@ pub async fn start_with_gpus(
     gpus: Arc<dyn GpuInventory>,
 ) -> Result<RunningServer, StartError> {
     gantry_actors::inline_run::set_threshold(Duration::from_micros(config.runtime.inline_run_us));
+    if let Err(why) =
+        gantry_actors::engine::mapped_weights::init(config.memory.weights_dir().as_deref())
+    {
+        tracing::warn!(reason = %why, "weights are not mapped: the directory for split copies cannot serve");
+    }
+    gantry_actors::engine::mapped_weights::describe();
     let metrics = Arc::new(Metrics::new(EventSeries::new(Duration::from_millis(
         config.server.request_timeout_ms,
     ))));

@@ -20,7 +20,7 @@ use actix::{ActorFutureExt, AsyncContext, Context, Handler, WrapFuture};
 use tracing::{debug, info};
 
 use crate::device::Device;
-use crate::memory::{GetLedger, Ledger};
+use crate::memory::{Earmark, GetLedger, Ledger};
 use crate::messages::{DrainReplica, ModelDemanded};
 use crate::model::{ModelHandle, Residency};
 use crate::observer::{BatchObserver, ResidencyAction, ResidencyDecision};
@@ -44,12 +44,31 @@ pub struct ResidencyConfig {
     /// The least time a replica stays ready before it may be evicted or
     /// scaled down.
     pub min_residency: Duration,
+    /// Shorter for a model that loads quickly: a replica may be evicted
+    /// once ready for this many times its model's load time, so at most
+    /// about one part in this many of its time goes to loading it again
+    /// (0: `min_residency` alone).
+    pub min_residency_loads: u32,
 }
 
 impl Default for ResidencyConfig {
     fn default() -> Self {
         ResidencyConfig {
             min_residency: Duration::from_secs(10),
+            min_residency_loads: 0,
+        }
+    }
+}
+
+impl ResidencyConfig {
+    /// How long a replica of a model that loads in `load` stays ready
+    /// before it may be evicted for another model.
+    pub fn eviction_floor(&self, load: Option<Duration>) -> Duration {
+        match load {
+            Some(load) if self.min_residency_loads > 0 => {
+                (load * self.min_residency_loads).min(self.min_residency)
+            }
+            _ => self.min_residency,
         }
     }
 }
@@ -79,6 +98,9 @@ struct Leaving {
     device: Device,
     mb: u64,
     since: Instant,
+    /// The model it makes room for: its memory counts as coming back for
+    /// that model only (the budget earmarks it so).
+    for_model: String,
 }
 
 /// The arbiter's settings and state, held by the supervisor.
@@ -129,13 +151,14 @@ impl Arbiter {
     }
 
     /// Forgets replicas that have left (the budget no longer holds them)
-    /// or were asked long ago; returns the MB still leaving per device.
-    fn settle(&mut self, ledger: &Ledger) -> BTreeMap<Device, u64> {
+    /// or were asked long ago; returns the MB still leaving per device to
+    /// make room for `model`.
+    fn settle(&mut self, ledger: &Ledger, model: &str) -> BTreeMap<Device, u64> {
         self.leaving.retain(|owner, l| {
             ledger.held.contains_key(owner) && l.since.elapsed() < EVICTION_GRACE
         });
         let mut pending = BTreeMap::new();
-        for l in self.leaving.values() {
+        for l in self.leaving.values().filter(|l| l.for_model == model) {
             *pending.entry(l.device).or_insert(0) += l.mb;
         }
         pending
@@ -221,6 +244,7 @@ impl Handler<ModelDemanded> for Supervisor {
             mb,
             headroom_mb: handle.state.load_headroom_mb(&handle.spec),
             configured,
+            model: msg.model.clone(),
         };
         let budget = self.budget.clone();
         let look = async move { budget.send(ask).await };
@@ -244,20 +268,23 @@ impl Handler<ModelDemanded> for Supervisor {
                     return;
                 }
             };
-            let evicted = act.make_room(&handle, &ledger);
+            let Some(evicted) = act.make_room(&handle, &ledger) else {
+                return;
+            };
             act.load_if_unplanned(&handle, evicted, ctx);
         }));
     }
 }
 
 impl Supervisor {
-    /// Evicts what must go for one replica of `handle` to fit; returns the
-    /// models evicted (empty when it fits already, or when nothing that may
-    /// go would free enough: then nothing goes, and the requests keep
-    /// waiting for a replica to turn idle or old enough).
-    fn make_room(&mut self, handle: &Arc<ModelHandle>, ledger: &Ledger) -> Vec<String> {
+    /// Evicts what must go for one replica of `handle` to fit and earmarks
+    /// the room for it; returns the models evicted (empty when it fits
+    /// already). `None` when nothing that may go would free enough: then
+    /// nothing goes, and the requests keep waiting for a replica to turn
+    /// idle or old enough.
+    fn make_room(&mut self, handle: &Arc<ModelHandle>, ledger: &Ledger) -> Option<Vec<String>> {
         let mb = ledger.needs_mb;
-        let pending = self.residency.settle(ledger);
+        let pending = self.residency.settle(ledger, handle.name());
         let candidates = self.eviction_candidates(handle.name(), ledger);
         let room = residency::make_room(
             ledger,
@@ -274,9 +301,14 @@ impl Supervisor {
                     could_free_mb = most,
                     "no room yet; requests wait for replicas to turn idle"
                 );
-                return Vec::new();
+                return None;
             }
         };
+        self.budget.do_send(Earmark {
+            model: handle.name().to_string(),
+            device: room.device,
+            mb,
+        });
         let mut evicted = Vec::new();
         for victim in room.victims {
             let Some(plan) = self.plans.get_mut(&victim.model) else {
@@ -288,6 +320,7 @@ impl Supervisor {
                 device: victim.device,
                 mb: victim.mb,
                 since: Instant::now(),
+                for_model: handle.name().to_string(),
             };
             self.residency.leaving.insert(victim.owner.clone(), leaving);
             self.residency.decide(
@@ -304,14 +337,13 @@ impl Supervisor {
             );
             evicted.push(victim.model);
         }
-        evicted
+        Some(evicted)
     }
 
     /// Idle, unpinned replicas of other models, ready long enough, that
     /// the budget holds and that are not already leaving, with their GDSF
     /// priorities.
     fn eviction_candidates(&self, needy: &str, ledger: &Ledger) -> Vec<Candidate> {
-        let floor = self.residency.config.min_residency;
         let mut candidates = Vec::new();
         for (name, plan) in &self.plans {
             let handle = &plan.handle;
@@ -323,6 +355,7 @@ impl Supervisor {
             let load_ms = usage
                 .load_time()
                 .map_or(1000, |t| t.as_millis().max(1) as u64);
+            let floor = self.residency.config.eviction_floor(usage.load_time());
             for &id in &plan.ids {
                 let owner = format!("{name}/{id}");
                 let Some(&(device, mb)) = ledger.held.get(&owner) else {

@@ -3,6 +3,7 @@
 //! ready replicas, residency (in memory, loading, cold, failed), measured
 //! footprint and use.
 
+use crate::engine::mapped_weights;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
@@ -112,10 +113,22 @@ impl ModelState {
     /// The reservation shrinks to the footprint once the replica has
     /// loaded, so a load in room an eviction made never takes the process
     /// past the budget.
+    /// A cold model's replica maps its weights where the server does so
+    /// (see [`crate::engine::mapped_weights`]): nothing is held beside them.
     pub fn load_headroom_mb(&self, spec: &ModelSpec) -> u64 {
         match spec.settings.memory_mb {
             Some(_) => 0,
-            None => spec.file_mb,
+            None => self.headroom_for(spec.file_mb),
+        }
+    }
+
+    /// The headroom of a load of a `file_mb` file with no `memory_mb` set.
+    pub(crate) fn headroom_for(&self, file_mb: u64) -> u64 {
+        let mapped = self.residency() == Residency::Cold && mapped_weights::enabled();
+        if mapped {
+            0
+        } else {
+            file_mb
         }
     }
 

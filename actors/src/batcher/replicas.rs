@@ -95,6 +95,7 @@ impl Batcher {
         let target = LoadTarget {
             device: reservation.device().unwrap_or(Device::Cpu),
             memory_mb: reservation.mb(),
+            map_weights: self.loads_on_demand(),
         };
         let plan = ReplicaStart {
             id,
@@ -485,12 +486,13 @@ impl Batcher {
             return;
         };
         // Measured by now, or other models' measurements make the bid; on
-        // the CPU a load holds the file besides.
+        // the CPU a load holds the file besides, unless it maps it.
+        let headroom = self.state.headroom_for(self.file_mb);
         let (mb, headroom_mb) = match (self.memory_configured, self.state.measured_mb()) {
-            (false, Some(measured)) => (measured, self.file_mb),
+            (false, Some(measured)) => (measured, headroom),
             (false, None) => (
                 self.state.opening_bid(self.file_mb, self.footprint_mb),
-                self.file_mb,
+                headroom,
             ),
             (true, _) => (self.footprint_mb, 0),
         };

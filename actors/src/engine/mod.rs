@@ -5,6 +5,7 @@
 pub mod checked;
 pub mod compute_priority;
 pub mod fake;
+pub mod mapped_weights;
 pub mod onnx;
 mod onnx_strings;
 pub mod pool_gate;
@@ -39,6 +40,9 @@ pub struct LoadTarget {
     /// MB the budget reserved for it there; a GPU engine limits its memory
     /// arena to it, so one model cannot take another's memory (0: no limit).
     pub memory_mb: u64,
+    /// Map the model's weights from a split copy (see
+    /// [`mapped_weights`]): asked for replicas loaded on demand.
+    pub map_weights: bool,
 }
 
 impl LoadTarget {
@@ -47,6 +51,7 @@ impl LoadTarget {
         LoadTarget {
             device: Device::Cpu,
             memory_mb: 0,
+            map_weights: false,
         }
     }
 }

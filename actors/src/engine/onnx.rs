@@ -25,6 +25,7 @@ use ort::value::{
     ValueType,
 };
 
+use super::mapped_weights;
 use super::pool_gate::{RunLength, POOL_GATE};
 use super::{Engine, EngineFactory, EngineProvider, LoadTarget};
 use crate::device::Device;
@@ -160,6 +161,7 @@ impl EngineProvider for OnnxProvider {
         Arc::new(OnnxFactory {
             path: spec.onnx_path.clone(),
             label: spec.file_label(),
+            sha256: spec.sha256.clone(),
             intra_op_threads: spec.settings.intra_op_threads,
             warmup_samples: spec.settings.warmup_samples.clone(),
             optional_inputs: spec.settings.optional_inputs.clone(),
@@ -178,6 +180,8 @@ pub struct OnnxFactory {
     /// How errors name the file (`model/model.onnx`: the path within the
     /// repository, not where the server keeps it).
     pub label: String,
+    /// The file's SHA-256, naming its split copy (see [`mapped_weights`]).
+    pub sha256: String,
     /// A pool of this many threads for each session; `None` shares the
     /// process's pool.
     pub intra_op_threads: Option<usize>,
@@ -215,6 +219,14 @@ impl EngineFactory for OnnxFactory {
             .map_err(|e| EngineError::Load(e.to_string()))?
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(load)?;
+        let (file, mapped) =
+            mapped_weights::file_to_load(&self.path, &self.sha256, target.map_weights);
+        if mapped {
+            // Prepacking would copy the mapped weights back into memory.
+            builder = builder
+                .with_config_entry("session.disable_prepacking", "1")
+                .map_err(load)?;
+        }
         if let Some(threads) = self.intra_op_threads {
             builder = builder
                 .with_independent_thread_pool()
@@ -246,7 +258,7 @@ impl EngineFactory for OnnxFactory {
             })?;
         }
         let session = builder
-            .commit_from_file(&self.path)
+            .commit_from_file(&file)
             .map_err(|e| EngineError::Load(format!("{path}: {}", relabel(&e))))?;
         let signature = ModelSignature {
             inputs: self.inputs_of(&session)?,

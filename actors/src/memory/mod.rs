@@ -14,6 +14,8 @@
 //! A grant is a [`Reservation`] value: dropping it gives the reservation
 //! back, so reservations come back however their holder goes away.
 
+mod earmarks;
+mod ledger;
 mod reservation;
 pub mod totals;
 
@@ -25,6 +27,8 @@ use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult, Recip
 use tracing::{info, warn};
 
 use crate::device::{self, Device, DeviceSetup, GpuInfo, Placement};
+pub use earmarks::EARMARK_TTL;
+pub use ledger::{Earmark, GetLedger, Ledger, LedgerDevice};
 pub use reservation::Reservation;
 pub use totals::MemorySource;
 
@@ -116,6 +120,8 @@ pub struct MemoryBudget {
     refused: Vec<Refusal>,
     /// Refused owners to tell when room is given back.
     waiting: BTreeMap<String, Recipient<BudgetFreed>>,
+    /// Room promised to models the arbiter made it for.
+    earmarks: earmarks::Earmarks,
     free: FreeMemory,
 }
 
@@ -180,6 +186,7 @@ impl MemoryBudget {
             reservations: BTreeMap::new(),
             refused: Vec::new(),
             waiting: BTreeMap::new(),
+            earmarks: earmarks::Earmarks::default(),
             free: FreeMemory::default(),
         };
         budget.add_device(Device::Cpu, None, source, cpu_mb);
@@ -217,7 +224,7 @@ impl MemoryBudget {
         for (device, budget) in &self.devices {
             budget
                 .free_shared
-                .store(self.free_mb(*device), Ordering::Relaxed);
+                .store(self.free_for(*device, None), Ordering::Relaxed);
         }
     }
 
@@ -232,6 +239,13 @@ impl MemoryBudget {
     fn free_mb(&self, device: Device) -> u64 {
         let total = self.devices.get(&device).map_or(0, |d| d.total_mb);
         total.saturating_sub(self.reserved_mb(device))
+    }
+
+    /// What `model` may take on `device`: the free MB less what is
+    /// promised to other models (to any model when `None`).
+    fn free_for(&self, device: Device, model: Option<&str>) -> u64 {
+        let promised = self.earmarks.held_for_others(device, model);
+        self.free_mb(device).saturating_sub(promised)
     }
 
     /// Tells every refused owner that room was given back; each asks again
@@ -270,10 +284,16 @@ impl MemoryBudget {
     /// holds memory on if it still fits there, else the one with the most
     /// free memory (ties: the lowest index). `Err` is the most free MB any
     /// candidate has.
-    fn choose(&self, candidates: &[Device], mb: u64, had: Option<Held>) -> Result<Device, u64> {
+    fn choose(
+        &self,
+        candidates: &[Device],
+        mb: u64,
+        had: Option<Held>,
+        model: &str,
+    ) -> Result<Device, u64> {
         let free = |device: Device| {
             let back = had.filter(|h| h.device == device).map_or(0, |h| h.mb);
-            self.free_mb(device) + back
+            self.free_for(device, Some(model)) + back
         };
         if let Some(held) = had.filter(|h| candidates.contains(&h.device)) {
             if mb <= free(held.device) {
@@ -338,37 +358,41 @@ impl Handler<Reserve> for MemoryBudget {
             msg.mb = self.to_hold(devices, msg.mb, msg.headroom_mb, msg.configured);
         }
         let mut waiter = msg.waiter;
+        let owner = msg.owner.clone();
+        let model = earmarks::model_of(&owner);
         let chosen = match candidates {
             // Waiting for room would not help: the device is missing.
             Err(why) => {
                 waiter = None;
                 Err((0, why, true))
             }
-            Ok(candidates) => self.choose(&candidates, msg.mb, had).map_err(|free| {
-                let largest = self.largest_total(&candidates).unwrap_or(0);
-                if msg.mb > largest {
-                    let reason = format!(
-                        "needs {} MB of memory, more than the budget's whole {largest} MB",
-                        msg.mb
-                    );
-                    return (free, reason, true);
-                }
-                let on = match candidates.as_slice() {
-                    [one] => format!("{one}"),
-                    many => {
-                        let names: Vec<String> = many.iter().map(Device::to_string).collect();
-                        format!("the most free on any of {}", names.join(", "))
+            Ok(candidates) => self
+                .choose(&candidates, msg.mb, had, model)
+                .map_err(|free| {
+                    let largest = self.largest_total(&candidates).unwrap_or(0);
+                    if msg.mb > largest {
+                        let reason = format!(
+                            "needs {} MB of memory, more than the budget's whole {largest} MB",
+                            msg.mb
+                        );
+                        return (free, reason, true);
                     }
-                };
-                (
-                    free,
-                    format!(
-                        "needs {} MB of memory, the budget has {free} MB free ({on})",
-                        msg.mb
-                    ),
-                    false,
-                )
-            }),
+                    let on = match candidates.as_slice() {
+                        [one] => format!("{one}"),
+                        many => {
+                            let names: Vec<String> = many.iter().map(Device::to_string).collect();
+                            format!("the most free on any of {}", names.join(", "))
+                        }
+                    };
+                    (
+                        free,
+                        format!(
+                            "needs {} MB of memory, the budget has {free} MB free ({on})",
+                            msg.mb
+                        ),
+                        false,
+                    )
+                }),
         };
         let budget = Some(ctx.address());
         let device = match chosen {
@@ -406,6 +430,7 @@ impl Handler<Reserve> for MemoryBudget {
         };
         self.refused.retain(|r| r.owner != msg.owner);
         self.waiting.remove(&msg.owner);
+        self.earmarks.consume(model);
         let held = Held { device, mb: msg.mb };
         self.reservations.insert(msg.owner.clone(), held);
         self.publish_free();
@@ -482,68 +507,6 @@ impl Handler<ShareFreeMemory> for MemoryBudget {
 
     fn handle(&mut self, _: ShareFreeMemory, _ctx: &mut Self::Context) -> Self::Result {
         MessageResult(self.free_memory())
-    }
-}
-
-/// One device as [`GetLedger`] tells it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LedgerDevice {
-    pub device: Device,
-    pub total_mb: u64,
-    pub free_mb: u64,
-}
-
-/// What the budget holds, for whoever decides what leaves memory: the
-/// devices a placement allows, with their free memory, every granted
-/// reservation's device and size, and what the claim asked about would
-/// hold.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Ledger {
-    pub devices: Vec<LedgerDevice>,
-    pub held: BTreeMap<String, (Device, u64)>,
-    /// What a [`Reserve`] of the [`GetLedger`]'s figures would hold.
-    pub needs_mb: u64,
-}
-
-/// Asks for the [`Ledger`] of the devices `placement` allows; `Err` says
-/// why it allows none.
-#[derive(Message)]
-#[rtype(result = "Result<Ledger, String>")]
-pub struct GetLedger {
-    pub placement: Placement,
-    /// The claim to make room for, as [`Reserve`] would carry it.
-    pub mb: u64,
-    pub headroom_mb: u64,
-    pub configured: bool,
-}
-
-impl Handler<GetLedger> for MemoryBudget {
-    type Result = Result<Ledger, String>;
-
-    fn handle(&mut self, msg: GetLedger, _ctx: &mut Self::Context) -> Self::Result {
-        let candidates = device::candidates(&msg.placement, &self.visible, &self.setup.support)?;
-        let needs_mb = self.to_hold(&candidates, msg.mb, msg.headroom_mb, msg.configured);
-        let devices = candidates
-            .into_iter()
-            .filter_map(|device| {
-                let budget = self.devices.get(&device)?;
-                Some(LedgerDevice {
-                    device,
-                    total_mb: budget.total_mb,
-                    free_mb: self.free_mb(device),
-                })
-            })
-            .collect();
-        let held = self
-            .reservations
-            .iter()
-            .map(|(owner, held)| (owner.clone(), (held.device, held.mb)))
-            .collect();
-        Ok(Ledger {
-            devices,
-            held,
-            needs_mb,
-        })
     }
 }
 

@@ -167,6 +167,7 @@ fn inference(model: &ModelSpec, runs: usize) -> Result<(f64, f64), String> {
     let factory = OnnxFactory {
         path: model.onnx_path.clone(),
         label: model.file_label(),
+        sha256: String::new(),
         intra_op_threads: Some(1),
         warmup_samples: Vec::new(),
         optional_inputs: Vec::new(),

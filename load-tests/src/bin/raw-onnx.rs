@@ -87,6 +87,7 @@ fn run(args: &Args) -> Result<serde_json::Value, String> {
     let factory = OnnxFactory {
         path: args.model.clone(),
         label: args.model.display().to_string(),
+        sha256: String::new(),
         intra_op_threads: None,
         warmup_samples: Vec::new(),
         optional_inputs: Vec::new(),
@@ -95,6 +96,7 @@ fn run(args: &Args) -> Result<serde_json::Value, String> {
         Some(index) => LoadTarget {
             device: Device::Gpu(index),
             memory_mb: 0,
+            map_weights: false,
         },
         None => LoadTarget::cpu(),
     };
