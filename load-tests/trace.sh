@@ -54,7 +54,7 @@ kill "$pid"; wait "$pid" 2>/dev/null || true
 # name | memory.limit_mb | memory.min_residency_ms | other settings | what it shows
 configs=(
   "everything resident|4000|10000||no budget pressure: the ceiling"
-  "static placement|$budget|3600000||loads what fits at startup, evicts nothing (what a fixed placement does)"
+  "static placement|$budget|3600000|GANTRY__MEMORY__MIN_RESIDENCY_LOADS=0|loads what fits at startup, evicts nothing (what a fixed placement does)"
   "memory follows demand|$budget|1000||cold models load on request (weights mapped), idle ones evicted by GDSF, the room earmarked for the model it was made for, the residency floor 3 load times (at most 1 s)"
   "without mapped weights|$budget|1000|GANTRY__MEMORY__MAP_WEIGHTS=false|the same, every load parsing and packing the weights"
   "floor not scaled to load time|$budget|1000|GANTRY__MEMORY__MIN_RESIDENCY_LOADS=0|the same with the floor at 1 s for every replica"

@@ -235,6 +235,11 @@ impl Actor for Supervisor {
             .map(|p| (p.handle.clone(), p.ids.clone()))
             .collect();
         starts.sort_by_key(|(handle, _)| !handle.spec.settings.keep_loaded);
+        let files = starts
+            .iter()
+            .map(|(h, _)| (h.spec.onnx_path.clone(), h.spec.sha256.clone()))
+            .collect();
+        crate::engine::mapped_weights::prepare_in_background(files);
         let budget = self.budget.clone();
         let provider = self.provider.clone();
         let load = async move {

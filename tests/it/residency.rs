@@ -276,7 +276,9 @@ fn rss_mb() -> u64 {
 
 /// Eight MLPs of about 10 MB each under a budget that holds two: every model
 /// answers, twice round, and what the process holds stays within the
-/// budget over what it held with the first two loaded.
+/// budget over what it held with the first two loaded. Models loaded on
+/// demand map their weights from split copies, and answer as the copies
+/// loaded at startup (prepacked) did.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn onnx_models_three_times_the_budget_all_answer_within_it() {
     let repo = Repo::new();
@@ -309,11 +311,14 @@ async fn onnx_models_three_times_the_budget_all_answer_within_it() {
     // Each file holds 9.4 MB of weights, and a loaded, warmed replica
     // about that: two fit.
     let limit_mb = 25;
-    let config = budget(&repo, limit_mb, 0);
+    let mut config = budget(&repo, limit_mb, 0);
+    let copies = tempfile::tempdir().unwrap();
+    config.memory.weights_dir = copies.path().display().to_string();
     let server = TestServer::ready(config, crate::common::onnx_provider()).await;
     let base = rss_mb();
     let features = crate::common::tensor(&[1, 64], "FP32", serde_json::json!(vec![0.5; 64]));
     let mut peak = base;
+    let mut first = Vec::new();
     for round in 0..2 {
         for i in 0..8 {
             let model = format!("mlp-{i}");
@@ -321,8 +326,28 @@ async fn onnx_models_three_times_the_budget_all_answer_within_it() {
             let (status, answer) = server.post("/api/optimized/predict", &body).await;
             assert_eq!(status, 200, "round {round}, {model}: {answer}");
             peak = peak.max(rss_mb());
+            let logits: Vec<f64> = answer["outputs"]["logits"]["data"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{answer}"))
+                .iter()
+                .map(|v| v.as_f64().unwrap())
+                .collect();
+            if round == 0 {
+                first.push(logits);
+                continue;
+            }
+            // Loaded again on demand (mapped) vs the first load.
+            for (a, b) in first[i].iter().zip(&logits) {
+                assert!((a - b).abs() < 1e-3, "{model}: {:?} vs {logits:?}", first[i]);
+            }
         }
     }
+    let dir = gantry_actors::engine::mapped_weights::dir().expect("weights are mapped");
+    let split = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().join("weights.bin").is_file())
+        .count();
+    assert!(split >= 6, "{split} split copies in {}", dir.display());
     let stats = server.stats().await;
     let reserved = stats["memory"]["reserved_mb"].as_u64().unwrap();
     assert!(reserved <= limit_mb, "{stats}");

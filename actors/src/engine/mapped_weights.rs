@@ -70,7 +70,12 @@ pub fn init(dir: Option<&Path>) -> Result<(), String> {
 
 /// True when replicas loaded on demand map their weights.
 pub fn enabled() -> bool {
-    WEIGHTS_DIR.get().is_some_and(Option::is_some)
+    dir().is_some()
+}
+
+/// Where split copies go, when weights are mapped.
+pub fn dir() -> Option<&'static Path> {
+    WEIGHTS_DIR.get().and_then(Option::as_deref)
 }
 
 /// The split copy of `model` (whose SHA-256 is `sha256`), made now if it is
@@ -83,11 +88,31 @@ pub fn split_copy(model: &Path, sha256: &str) -> Result<Option<PathBuf>, String>
     write_split(model, sha256, dir)
 }
 
-/// [`split_copy`] into `dir`.
+/// Makes the split copies of `files` (model file, SHA-256) on a thread of
+/// its own, so that the first load on demand finds its copy made.
+pub fn prepare_in_background(files: Vec<(PathBuf, String)>) {
+    if !enabled() || files.is_empty() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("weights-split".into())
+        .spawn(move || {
+            for (file, sha256) in files {
+                if let Err(why) = split_copy(&file, &sha256) {
+                    warn!(file = %file.display(), reason = %why, "no split copy made ahead");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "split copies are made at each model's first load on demand");
+    }
+}
+
+/// [`split_copy`] into `dir`. Two splits of one file at once (the thread
+/// ahead and a load) each write their own staging folder; the first
+/// rename wins and the other finds the copy made.
 fn write_split(model: &Path, sha256: &str, dir: &Path) -> Result<Option<PathBuf>, String> {
-    // One split at a time: two replicas of one model make one copy.
-    static SPLITTING: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
-    let _one = SPLITTING.lock();
+    static STAGINGS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let target = dir.join(sha256);
     let graph = target.join("model.onnx");
     if graph.is_file() {
@@ -99,7 +124,8 @@ fn write_split(model: &Path, sha256: &str, dir: &Path) -> Result<Option<PathBuf>
     let Some(split) = split(&src)? else {
         return Ok(None);
     };
-    let staging = dir.join(format!(".{sha256}.{}", std::process::id()));
+    let n = STAGINGS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let staging = dir.join(format!(".{sha256}.{}.{n}", std::process::id()));
     let write = || -> std::io::Result<()> {
         std::fs::create_dir_all(&staging)?;
         std::fs::write(staging.join("model.onnx"), &split.graph)?;

@@ -219,8 +219,9 @@ impl EngineFactory for OnnxFactory {
             .map_err(|e| EngineError::Load(e.to_string()))?
             .with_optimization_level(GraphOptimizationLevel::Level3)
             .map_err(load)?;
-        let (file, mapped) =
-            mapped_weights::file_to_load(&self.path, &self.sha256, target.map_weights);
+        // On a GPU the weights go to the device whatever the host holds.
+        let map = target.map_weights && target.device == Device::Cpu;
+        let (file, mapped) = mapped_weights::file_to_load(&self.path, &self.sha256, map);
         if mapped {
             // Prepacking would copy the mapped weights back into memory.
             builder = builder
