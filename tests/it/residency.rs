@@ -338,7 +338,11 @@ async fn onnx_models_three_times_the_budget_all_answer_within_it() {
             }
             // Loaded again on demand (mapped) vs the first load.
             for (a, b) in first[i].iter().zip(&logits) {
-                assert!((a - b).abs() < 1e-3, "{model}: {:?} vs {logits:?}", first[i]);
+                assert!(
+                    (a - b).abs() < 1e-3,
+                    "{model}: {:?} vs {logits:?}",
+                    first[i]
+                );
             }
         }
     }
