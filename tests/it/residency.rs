@@ -193,7 +193,11 @@ async fn a_replica_younger_than_the_residency_floor_stays() {
     let repo = Repo::new()
         .fake("a", "memory_mb = 100\n")
         .fake("b", "memory_mb = 100\n");
-    let server = TestServer::ready(budget(&repo, 100, 60), crate::common::live::provider(0)).await;
+    let mut config = budget(&repo, 100, 60);
+    // The fixed floor alone (a fake model loads in a millisecond, so a
+    // floor in load times would let it go at once).
+    config.memory.min_residency_loads = 0;
+    let server = TestServer::ready(config, crate::common::live::provider(0)).await;
     let (status, answer) = predict(&server, "b", 1, Some(300)).await;
     assert_eq!(
         (status, answer["code"].as_str()),
