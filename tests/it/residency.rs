@@ -351,7 +351,7 @@ async fn onnx_models_three_times_the_budget_all_answer_within_it() {
         }
     }
     let dir = gantry_actors::engine::mapped_weights::dir().expect("weights are mapped");
-    let split = std::fs::read_dir(&dir)
+    let split = std::fs::read_dir(dir)
         .unwrap()
         .filter(|e| e.as_ref().unwrap().path().join("weights.bin").is_file())
         .count();
