@@ -3,12 +3,12 @@
 //! ready replicas, residency (in memory, loading, cold, failed), measured
 //! footprint and use.
 
-use crate::engine::mapped_weights;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Instant;
 
 use crate::admission::AdmissionDoor;
+use crate::engine::mapped_weights;
 use crate::inline_run::InlineLane;
 use crate::readiness::Readiness;
 use crate::repository::ModelSpec;
@@ -112,9 +112,8 @@ impl ModelState {
     /// weights it builds from it (none when `memory_mb` sets the figure).
     /// The reservation shrinks to the footprint once the replica has
     /// loaded, so a load in room an eviction made never takes the process
-    /// past the budget.
-    /// A cold model's replica maps its weights where the server does so
-    /// (see [`crate::engine::mapped_weights`]): nothing is held beside them.
+    /// past the budget. A replica that maps its weights holds nothing
+    /// beside them (see [`ModelState::loads_mapped`]).
     pub fn load_headroom_mb(&self, spec: &ModelSpec) -> u64 {
         match spec.settings.memory_mb {
             Some(_) => 0,
@@ -124,12 +123,20 @@ impl ModelState {
 
     /// The headroom of a load of a `file_mb` file with no `memory_mb` set.
     pub(crate) fn headroom_for(&self, file_mb: u64) -> u64 {
-        let mapped = self.residency() == Residency::Cold && mapped_weights::enabled();
-        if mapped {
+        if self.loads_mapped() {
             0
         } else {
             file_mb
         }
+    }
+
+    /// True when a replica starting now maps its weights (see
+    /// [`crate::engine::mapped_weights`]): the server maps them, and the
+    /// model is out of memory (its residency, as its batcher last
+    /// published it, is cold: not at startup, not a replica added beside
+    /// serving ones), so requests wait for this load.
+    pub(crate) fn loads_mapped(&self) -> bool {
+        mapped_weights::enabled() && self.residency() == Residency::Cold
     }
 
     /// The bid of a model never measured whose file is `file_mb` and whose

@@ -95,7 +95,7 @@ impl Batcher {
         let target = LoadTarget {
             device: reservation.device().unwrap_or(Device::Cpu),
             memory_mb: reservation.mb(),
-            map_weights: self.loads_on_demand(),
+            map_weights: self.state.loads_mapped(),
         };
         let plan = ReplicaStart {
             id,

@@ -31,15 +31,6 @@ impl Batcher {
             .any(|r| matches!(r.state, ReplicaState::Ready | ReplicaState::Loading))
     }
 
-    /// True when a replica starting now loads a model that is out of
-    /// memory (its residency, as last published, is cold: not at startup,
-    /// not a replica added beside serving ones): it maps its weights when
-    /// the server does (see [`crate::engine::mapped_weights`]), to serve
-    /// the requests waiting for it within milliseconds.
-    pub(super) fn loads_on_demand(&self) -> bool {
-        self.state.residency() == Residency::Cold
-    }
-
     /// Why the model cannot load, when it cannot: a replica failed (and
     /// none is ready or loading), one can never fit, or the operator
     /// scaled it to 0 replicas.

@@ -2,11 +2,12 @@
 //!
 //! A model file holds its weights inline (protobuf `raw_data`): loading it,
 //! ONNX Runtime parses them into one copy and prepacks matrix weights into
-//! another, which takes about 100 ms and twice the weights' memory for a
-//! 40 MB model. When a model is loaded because requests wait for it, its
-//! replica instead loads a *split copy*: the same graph with each large
-//! initializer moved into `weights.bin` beside it (ONNX's external data),
-//! with prepacking off. ONNX Runtime then maps the weights from the file:
+//! another, holding more than the weights while it loads and taking about
+//! a tenth of a second for a 40 MB model (the load times of
+//! load-tests/TRACE_RESULTS.md). When a model is loaded because requests
+//! wait for it, its replica instead loads a *split copy*: the same graph
+//! with each large initializer moved into `weights.bin` beside it (ONNX's
+//! external data), with prepacking off. ONNX Runtime then maps the weights from the file:
 //! the load takes milliseconds and no transient, the pages come from the
 //! page cache (kept after an eviction, so a reload reads nothing from
 //! disk), and dropping the session gives them back. Runs at batch size 1

@@ -27,7 +27,6 @@ use actix::{Actor, AsyncContext, Context, Handler, Message, MessageResult, Recip
 use tracing::{info, warn};
 
 use crate::device::{self, Device, DeviceSetup, GpuInfo, Placement};
-pub use earmarks::EARMARK_TTL;
 pub use ledger::{Earmark, GetLedger, Ledger, LedgerDevice};
 pub use reservation::Reservation;
 pub use totals::MemorySource;
