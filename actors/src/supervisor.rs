@@ -152,7 +152,11 @@ impl Supervisor {
             inventory: config.gpus.clone(),
             support: config.provider.gpu_support(),
         };
-        let budget = MemoryBudget::from_config(&config.memory, setup).start();
+        let mut budget = MemoryBudget::from_config(&config.memory, setup);
+        if let Some(read) = config.provider.process_memory() {
+            budget = budget.showing_process_growth(read);
+        }
+        let budget = budget.start();
         let registry = ModelRegistry::default();
         let readiness = Readiness::default();
         let load_errors = Arc::new(RwLock::new(scan.errors));

@@ -215,6 +215,12 @@ struct DeviceMemory {
     total_mb: u64,
     reserved_mb: u64,
     free_mb: u64,
+    /// The CPU, with ONNX Runtime: MB the process's resident memory has
+    /// grown by since the budget started (before any replica loaded), to
+    /// read beside `reserved_mb`: the measured footprints should add up
+    /// to about this, less the process's other memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    process_growth_mb: Option<u64>,
     /// GPUs only (NVML): memory in use on the GPU now, by any process.
     #[serde(skip_serializing_if = "Option::is_none")]
     used_mb: Option<u64>,
@@ -230,6 +236,7 @@ fn device_memory(d: &gantry_actors::memory::DeviceSnapshot) -> DeviceMemory {
         total_mb: d.total_mb,
         reserved_mb: d.reserved_mb,
         free_mb: d.free_mb,
+        process_growth_mb: d.process_growth_mb,
         used_mb: d.used_mb,
         utilization_percent: d.utilization_percent,
     }

@@ -3,6 +3,7 @@
 //! batch, and serves both the per-model numbers of `/api/optimized/stats`
 //! and the Prometheus page.
 
+mod devices;
 pub mod prometheus;
 pub mod residency;
 pub mod window;

@@ -56,11 +56,6 @@ struct ReplicaDeviceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DeviceLabels {
-    device: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct LevelLabels {
     level: String,
 }
@@ -275,7 +270,7 @@ fn gauge(value: i64) -> Gauge {
     gauge
 }
 
-const MB: i64 = 1024 * 1024;
+pub(super) const MB: i64 = 1024 * 1024;
 
 /// A registry built from this scrape's snapshot; `mailbox_refusals` adds
 /// the refusals the batchers never saw to theirs.
@@ -405,7 +400,7 @@ fn state_registry(inputs: &ScrapeInputs, mailbox_refusals: impl Fn(&str) -> u64)
         "The device each replica runs on (1 per replica, by device label)",
         placed,
     );
-    register_devices(&mut r, &inputs.snapshot.memory.devices);
+    super::devices::register(&mut r, &inputs.snapshot.memory.devices);
 
     if let Some(cache) = inputs.cache {
         let hits = Family::<LevelLabels, Counter>::default();
@@ -505,61 +500,6 @@ fn state_registry(inputs: &ScrapeInputs, mailbox_refusals: impl Fn(&str) -> u64)
     }
     residency::register_state(&mut r, inputs.snapshot);
     r
-}
-
-/// Each device's budget (the CPU and every GPU used) and, for GPUs, what
-/// NVML says is in use, with a `device` label (`cpu`, `gpu:0`, ...).
-fn register_devices(r: &mut Registry, devices: &[gantry_actors::memory::DeviceSnapshot]) {
-    let total = Family::<DeviceLabels, Gauge>::default();
-    let reserved = Family::<DeviceLabels, Gauge>::default();
-    let free = Family::<DeviceLabels, Gauge>::default();
-    let used = Family::<DeviceLabels, Gauge>::default();
-    let utilization = Family::<DeviceLabels, Gauge>::default();
-    for d in devices {
-        let labels = DeviceLabels {
-            device: d.device.to_string(),
-        };
-        total.get_or_create(&labels).set(d.total_mb as i64 * MB);
-        reserved
-            .get_or_create(&labels)
-            .set(d.reserved_mb as i64 * MB);
-        free.get_or_create(&labels).set(d.free_mb as i64 * MB);
-        if let Some(mb) = d.used_mb {
-            used.get_or_create(&labels).set(mb as i64 * MB);
-        }
-        if let Some(percent) = d.utilization_percent {
-            utilization.get_or_create(&labels).set(i64::from(percent));
-        }
-    }
-    r.register_with_unit(
-        "memory_budget_total",
-        "Memory the replicas may reserve in all, per device",
-        Unit::Bytes,
-        total,
-    );
-    r.register_with_unit(
-        "memory_budget_reserved",
-        "Memory reserved by replicas, per device",
-        Unit::Bytes,
-        reserved,
-    );
-    r.register_with_unit(
-        "memory_budget_free",
-        "Memory of the budget not reserved, per device",
-        Unit::Bytes,
-        free,
-    );
-    r.register_with_unit(
-        "gpu_memory_used",
-        "GPU memory in use by any process (NVML)",
-        Unit::Bytes,
-        used,
-    );
-    r.register(
-        "gpu_utilization_percent",
-        "Share of time a GPU kernel ran over the last sample period (NVML)",
-        utilization,
-    );
 }
 
 #[cfg(test)]

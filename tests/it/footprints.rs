@@ -64,6 +64,13 @@ async fn measured_footprints_replace_the_estimate_and_give_room_back() {
         "{stats}"
     );
     assert_eq!(stats["memory"]["refused"], serde_json::json!([]));
+    // Fake engines hold no process memory: no growth is shown.
+    assert!(
+        stats["memory"]["devices"][0]
+            .get("process_growth_mb")
+            .is_none(),
+        "{stats}"
+    );
     let evictions = stats["residency"]["decisions"]
         .as_array()
         .into_iter()
@@ -98,4 +105,12 @@ async fn onnx_runtime_replicas_reserve_what_they_were_measured_to_hold() {
     assert_eq!(replica_mb(&stats, "mlp", "reserved_mb"), measured);
     let total: u64 = measured.iter().flatten().sum();
     assert_eq!(stats["memory"]["reserved_mb"], total, "{stats}");
+    // The runtime's one-time setup ran before the first model, so it is
+    // not in that model's footprint; the process's growth is shown beside
+    // the reservations.
+    assert!(gantry_actors::engine::onnx::runtime_primed());
+    assert!(
+        stats["memory"]["devices"][0]["process_growth_mb"].is_u64(),
+        "{stats}"
+    );
 }

@@ -9,6 +9,7 @@ pub mod mapped_weights;
 pub mod onnx;
 mod onnx_strings;
 pub mod pool_gate;
+mod runtime_prime;
 
 use std::sync::Arc;
 
@@ -83,5 +84,13 @@ pub trait EngineProvider: Send + Sync {
     /// Whether engines can run on a GPU at all; `Err` names what is missing.
     fn gpu_support(&self) -> crate::device::GpuSupport {
         Err("this engine runs on the CPU only".into())
+    }
+
+    /// Reads the process's resident memory, where the engines' CPU memory
+    /// is the process's own (ONNX Runtime): the budget then shows the
+    /// process's growth beside the CPU's reservations. `None` (the
+    /// default) where it is not (the fake engine of tests).
+    fn process_memory(&self) -> Option<crate::memory::process_growth::ResidentReader> {
+        None
     }
 }

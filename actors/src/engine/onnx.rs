@@ -30,6 +30,7 @@ use super::pool_gate::{RunLength, POOL_GATE};
 use super::{Engine, EngineFactory, EngineProvider, LoadTarget};
 use crate::device::Device;
 use crate::error::EngineError;
+use crate::memory::process_growth::resident_mb;
 use crate::repository::ModelSpec;
 use crate::signature::{ModelSignature, TensorSpec};
 use crate::tensor::{DataType, Tensor};
@@ -66,6 +67,16 @@ impl Default for RuntimeThreads {
             compute_nice: 10,
         }
     }
+}
+
+/// Whether the runtime's one-time setup ran at startup
+/// ([`super::runtime_prime`]) rather than being left to the first model.
+static PRIMED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether the runtime's one-time setup ran at startup, so that it counts
+/// in the process's base and not in the first model's footprint.
+pub fn runtime_primed() -> bool {
+    PRIMED.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 /// The shared pool's size once the runtime is initialised.
@@ -113,6 +124,14 @@ pub fn init_runtime(library: &Path, threads: RuntimeThreads) -> Result<(), Strin
             .join()
             .map_err(|_| "starting ONNX Runtime panicked".to_string())?
     })?;
+    // The runtime's one-time setup goes to the process's base, not to the
+    // first model's footprint; a failure costs only that accuracy.
+    match super::runtime_prime::prime(&env) {
+        Ok(()) => PRIMED.store(true, std::sync::atomic::Ordering::SeqCst),
+        Err(why) => {
+            tracing::warn!(error = %why, "ONNX Runtime's one-time setup was left to the first model")
+        }
+    }
     let _ = ENVIRONMENT.set(env);
     let _ = LIBRARY.set(library.to_path_buf());
     let _ = SHARED_THREADS.set(intra_op);
@@ -170,6 +189,10 @@ impl EngineProvider for OnnxProvider {
 
     fn gpu_support(&self) -> crate::device::GpuSupport {
         cuda_support()
+    }
+
+    fn process_memory(&self) -> Option<crate::memory::process_growth::ResidentReader> {
+        Some(resident_mb)
     }
 }
 
@@ -366,19 +389,6 @@ fn gpu_used_mb(index: u32) -> Option<u64> {
         .as_ref()?;
     let info = nvml.device_by_index(index).ok()?.memory_info().ok()?;
     Some(info.used / (1024 * 1024))
-}
-
-/// The process's resident set (`VmRSS`), in MB; `None` off Linux.
-fn resident_mb() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kb: u64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()?;
-    Some(kb / 1024)
 }
 
 impl Engine for OnnxEngine {

@@ -16,7 +16,9 @@
 
 mod earmarks;
 mod ledger;
+pub mod process_growth;
 mod reservation;
+mod snapshot;
 pub mod totals;
 
 use std::collections::BTreeMap;
@@ -29,6 +31,7 @@ use tracing::{info, warn};
 use crate::device::{self, Device, DeviceSetup, GpuInfo, Placement};
 pub use ledger::{Earmark, GetLedger, Ledger, LedgerDevice};
 pub use reservation::Reservation;
+pub use snapshot::{DeviceSnapshot, GetMemorySnapshot, MemorySnapshot};
 pub use totals::MemorySource;
 
 /// How the budget's totals are chosen.
@@ -51,35 +54,6 @@ pub struct Refusal {
     /// It can never fit: more than any allowed device's whole total, or
     /// no allowed device at all. Waiting for room would not help.
     pub permanent: bool,
-}
-
-/// One device's budget, for stats.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeviceSnapshot {
-    pub device: Device,
-    /// The GPU's name (NVML); `None` for the CPU.
-    pub name: Option<String>,
-    pub source: MemorySource,
-    pub total_mb: u64,
-    pub reserved_mb: u64,
-    pub free_mb: u64,
-    /// Memory in use now (NVML), for GPUs.
-    pub used_mb: Option<u64>,
-    pub utilization_percent: Option<u32>,
-}
-
-/// The budget's state, for stats. The top-level memory figures are the
-/// CPU's; `devices` has every device's, the CPU first.
-#[derive(Debug, Clone, PartialEq)]
-pub struct MemorySnapshot {
-    pub source: MemorySource,
-    pub total_mb: u64,
-    pub reserved_mb: u64,
-    pub free_mb: u64,
-    pub devices: Vec<DeviceSnapshot>,
-    /// MB per owner, whatever the device.
-    pub reservations: BTreeMap<String, u64>,
-    pub refused: Vec<Refusal>,
 }
 
 /// One device's total and its free MB, published for batchers.
@@ -122,6 +96,9 @@ pub struct MemoryBudget {
     /// Room promised to models the arbiter made it for.
     earmarks: earmarks::Earmarks,
     free: FreeMemory,
+    /// The process's growth, shown for the CPU when its engines draw on
+    /// the process's own memory ([`MemoryBudget::showing_process_growth`]).
+    growth: Option<process_growth::ProcessGrowth>,
 }
 
 impl MemoryBudget {
@@ -187,6 +164,7 @@ impl MemoryBudget {
             waiting: BTreeMap::new(),
             earmarks: earmarks::Earmarks::default(),
             free: FreeMemory::default(),
+            growth: None,
         };
         budget.add_device(Device::Cpu, None, source, cpu_mb);
         budget
@@ -212,6 +190,15 @@ impl MemoryBudget {
         let mut shared: BTreeMap<Device, Arc<AtomicU64>> = (*self.free.0).clone();
         shared.insert(device, free_shared);
         self.free = FreeMemory(Arc::new(shared));
+    }
+
+    /// Shows the process's growth since now (before any replica loads)
+    /// beside the CPU's reservations (see [`process_growth`]): for engines
+    /// whose CPU memory is the process's. Unchanged where `read` cannot
+    /// read the process.
+    pub fn showing_process_growth(mut self, read: process_growth::ResidentReader) -> Self {
+        self.growth = process_growth::ProcessGrowth::from_now(read);
+        self
     }
 
     /// The free MB of every device, kept current as reservations come and go.
@@ -506,52 +493,6 @@ impl Handler<ShareFreeMemory> for MemoryBudget {
 
     fn handle(&mut self, _: ShareFreeMemory, _ctx: &mut Self::Context) -> Self::Result {
         MessageResult(self.free_memory())
-    }
-}
-
-/// Asks for the budget's state.
-#[derive(Message)]
-#[rtype(result = "MemorySnapshot")]
-pub struct GetMemorySnapshot;
-
-impl Handler<GetMemorySnapshot> for MemoryBudget {
-    type Result = MessageResult<GetMemorySnapshot>;
-
-    fn handle(&mut self, _: GetMemorySnapshot, _ctx: &mut Self::Context) -> Self::Result {
-        let devices: Vec<DeviceSnapshot> = self
-            .devices
-            .iter()
-            .map(|(&device, budget)| {
-                let usage = match device {
-                    Device::Gpu(index) => self.setup.inventory.usage(index),
-                    Device::Cpu => None,
-                };
-                DeviceSnapshot {
-                    device,
-                    name: budget.name.clone(),
-                    source: budget.source,
-                    total_mb: budget.total_mb,
-                    reserved_mb: self.reserved_mb(device),
-                    free_mb: self.free_mb(device),
-                    used_mb: usage.map(|u| u.used_mb),
-                    utilization_percent: usage.map(|u| u.utilization_percent),
-                }
-            })
-            .collect();
-        let cpu = &devices[0];
-        MessageResult(MemorySnapshot {
-            source: cpu.source,
-            total_mb: cpu.total_mb,
-            reserved_mb: cpu.reserved_mb,
-            free_mb: cpu.free_mb,
-            reservations: self
-                .reservations
-                .iter()
-                .map(|(owner, held)| (owner.clone(), held.mb))
-                .collect(),
-            refused: self.refused.clone(),
-            devices,
-        })
     }
 }
 

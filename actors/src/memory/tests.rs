@@ -102,6 +102,31 @@ async fn a_dropped_claim_gives_everything_back_and_wakes_the_refused() {
     assert_eq!(snap, empty);
 }
 
+/// The process's resident memory as the budget reads it in
+/// [`the_process_growth_is_shown_beside_the_reservations`].
+static RESIDENT_MB: AtomicU64 = AtomicU64::new(40);
+
+fn resident() -> Option<u64> {
+    Some(RESIDENT_MB.load(Ordering::SeqCst))
+}
+
+#[actix_rt::test]
+async fn the_process_growth_is_shown_beside_the_reservations() {
+    RESIDENT_MB.store(40, Ordering::SeqCst);
+    let budget = MemoryBudget::with_total(MemorySource::Config, 100)
+        .showing_process_growth(resident)
+        .start();
+    let held = budget.send(reserve("a/0", 50)).await.unwrap();
+    RESIDENT_MB.store(95, Ordering::SeqCst);
+    let snap = budget.send(GetMemorySnapshot).await.unwrap();
+    assert_eq!((snap.reserved_mb, snap.free_mb), (50, 50));
+    assert_eq!(snap.devices[0].process_growth_mb, Some(55));
+    drop(held);
+    let plain = MemoryBudget::with_total(MemorySource::Config, 100).start();
+    let snap = plain.send(GetMemorySnapshot).await.unwrap();
+    assert_eq!(snap.devices[0].process_growth_mb, None);
+}
+
 fn on(owner: &str, mb: u64, placement: Placement) -> Reserve {
     Reserve {
         placement,
