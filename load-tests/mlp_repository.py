@@ -1,6 +1,9 @@
 """Writes a model repository of twelve MLPs (64 -> h -> h -> 10, FP32) whose
 files are 7 to 39 MB, each with one replica: the repository
-`load-tests/footprints.sh` measures. Usage: mlp_repository.py DIR"""
+`load-tests/footprints.sh` measures. With --negligible, the same twelve
+(names, inputs, outputs, settings) with 8 hidden units (about 3 KB of
+weights each): `load-tests/trace.sh` serves it to measure the process's
+memory beside the models. Usage: mlp_repository.py DIR [--negligible]"""
 import os
 import sys
 
@@ -13,6 +16,8 @@ sizes_mb = [7, 10, 12, 15, 18, 21, 24, 27, 30, 33, 36, 39]
 for i, mb in enumerate(sizes_mb):
     # 64 -> h -> h -> 10, weights ~ 4*(64h + h*h + 10h) bytes
     h = int((-(74) + (74**2 + 4 * mb * 1024 * 1024 / 4) ** 0.5) / 2)
+    if "--negligible" in sys.argv[2:]:
+        h = 8
     w1 = rng.standard_normal((64, h), dtype=np.float32) * 0.05
     w2 = rng.standard_normal((h, h), dtype=np.float32) * 0.05
     w3 = rng.standard_normal((h, 10), dtype=np.float32) * 0.05

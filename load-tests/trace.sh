@@ -24,9 +24,9 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
-mkdir -p "$work/base" "$work/mlps"
-cp -r models/tiny-classifier "$work/base/"
+mkdir -p "$work/negligible" "$work/mlps"
 "$python" load-tests/mlp_repository.py "$work/mlps" >/dev/null
+"$python" load-tests/mlp_repository.py "$work/negligible" --negligible >/dev/null
 
 # shellcheck source=load-tests/serve-lib.sh
 source "$root/load-tests/serve-lib.sh"
@@ -43,12 +43,20 @@ serve() {
   pids+=("$pid")
 }
 
-# The process's base: the same binary with ONNX Runtime loaded, serving one
-# model of 0.2 MB (tiny-classifier).
+# The process's base: the same binary serving the same twelve models with
+# weights of negligible size (8 hidden units) under the same trace (its
+# batchers, connections and request buffers, ONNX Runtime itself), less
+# the MB the budget reserved for those models (each measured footprint, at
+# least 1 MB): the process without model memory.
 port=$(free_port)
-serve "$work/base" "$port" 1000 10000
+serve "$work/negligible" "$port" 4000 10000
 ready "$port"
-base=$(rss_mb "$pid")
+"$python" load-tests/trace_replay.py "$port" "$pid" --models 12 --seconds "$seconds" --rate "$rate" \
+  --out "$work/base.json" >/dev/null
+base_peak=$("$python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["peak_rss_mb"])' "$work/base.json")
+base_reserved=$(curl -s "127.0.0.1:$port/api/optimized/stats" |
+  "$python" -c 'import json,sys; print(json.load(sys.stdin)["memory"]["reserved_mb"])')
+base=$((base_peak - base_reserved))
 kill "$pid"; wait "$pid" 2>/dev/null || true
 
 # name | memory.limit_mb | memory.min_residency_ms | other settings | what it shows
@@ -122,8 +130,9 @@ cpu=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
   echo "arrivals with CV 2 (bursts), Zipf 1.1 popularity over the twelve, the popular set reshuffled"
   echo "every 20 s, seed 7. Latency counts from each request's scheduled arrival; each request"
   echo "carries a 2 s deadline. In time = answered 200 within 100 ms. RSS growth = the server's peak"
-  echo "resident memory during the trace minus that of the same binary serving one 0.2 MB model"
-  echo "($base MB: the process with ONNX Runtime loaded)."
+  echo "resident memory during the trace minus the process's base: $base MB, the peak of the same"
+  echo "binary serving the same twelve models with weights of negligible size (8 hidden units) under"
+  echo "the same trace ($base_peak MB), less the $base_reserved MB its budget reserved for them."
   echo
   echo "| Configuration | memory.limit_mb | min_residency_ms | Requests | In time | Goodput (/s) | p50 ms | p99 ms | Statuses | Loads | Evictions | Last load ms (median of models) | RSS growth MB |"
   echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"

@@ -7,6 +7,7 @@ pub mod compute_priority;
 pub mod fake;
 pub mod mapped_weights;
 pub mod onnx;
+mod onnx_runtime;
 mod onnx_strings;
 pub mod pool_gate;
 mod runtime_prime;
