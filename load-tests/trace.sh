@@ -24,7 +24,8 @@ work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
 trap cleanup EXIT
-mkdir -p "$work/negligible" "$work/mlps"
+mkdir -p "$work/base" "$work/negligible" "$work/mlps"
+cp -r models/tiny-classifier "$work/base/"
 "$python" load-tests/mlp_repository.py "$work/mlps" >/dev/null
 "$python" load-tests/mlp_repository.py "$work/negligible" --negligible >/dev/null
 
@@ -43,20 +44,22 @@ serve() {
   pids+=("$pid")
 }
 
-# The process's base: the same binary serving the same twelve models with
-# weights of negligible size (8 hidden units) under the same trace (its
-# batchers, connections and request buffers, ONNX Runtime itself), less
-# the MB the budget reserved for those models (each measured footprint, at
-# least 1 MB): the process without model memory.
+# Two bases for the RSS growth: the process idle with ONNX Runtime loaded
+# (the same binary serving one model of 0.2 MB, tiny-classifier), and the
+# process under the same trace with no model memory to speak of (the same
+# binary serving the same twelve models with weights of negligible size, 8
+# hidden units: its batchers, sessions, connections and request buffers).
+port=$(free_port)
+serve "$work/base" "$port" 1000 10000
+ready "$port"
+base=$(rss_mb "$pid")
+kill "$pid"; wait "$pid" 2>/dev/null || true
 port=$(free_port)
 serve "$work/negligible" "$port" 4000 10000
 ready "$port"
 "$python" load-tests/trace_replay.py "$port" "$pid" --models 12 --seconds "$seconds" --rate "$rate" \
   --out "$work/base.json" >/dev/null
-base_peak=$("$python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["peak_rss_mb"])' "$work/base.json")
-base_reserved=$(curl -s "127.0.0.1:$port/api/optimized/stats" |
-  "$python" -c 'import json,sys; print(json.load(sys.stdin)["memory"]["reserved_mb"])')
-base=$((base_peak - base_reserved))
+traffic_base=$("$python" -c 'import json,sys; print(json.load(open(sys.argv[1]))["peak_rss_mb"])' "$work/base.json")
 kill "$pid"; wait "$pid" 2>/dev/null || true
 
 # name | memory.limit_mb | memory.min_residency_ms | other settings | what it shows
@@ -79,10 +82,10 @@ for config in "${configs[@]}"; do
   curl -s "127.0.0.1:$port/metrics" >"$work/metrics.txt"
   curl -s "127.0.0.1:$port/api/optimized/stats" >"$work/stats.json"
   if [ "$limit" = 4000 ]; then cp "$work/stats.json" "$work/resident.json"; fi
-  "$python" - "$work/run.json" "$work/metrics.txt" "$name" "$limit" "$residency" "$base" "$what" "$work/stats.json" \
+  "$python" - "$work/run.json" "$work/metrics.txt" "$name" "$limit" "$residency" "$base" "$what" "$work/stats.json" "$traffic_base" \
     >>"$work/rows" <<'PY'
 import json, statistics, sys
-run, metrics, name, limit, residency, base, what, stats = sys.argv[1:]
+run, metrics, name, limit, residency, base, what, stats, traffic_base = sys.argv[1:]
 pools = json.load(open(stats))["model_pools"].values()
 loads = [p["usage"]["load_ms"] for p in pools if p["usage"].get("load_ms")]
 load_ms = f"{statistics.median(loads):.0f}" if loads else "-"
@@ -94,9 +97,10 @@ for line in open(metrics):
         counts[action] += int(float(line.split()[-1]))
 statuses = ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items()))
 growth = r["peak_rss_mb"] - int(base)
+traffic_growth = r["peak_rss_mb"] - int(traffic_base)
 print(f"| {name} | {limit} | {residency} | {r['requests']} | {100 * r['share_within_target']:.1f}% "
       f"| {r['goodput_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {statuses} "
-      f"| {counts['load']} | {counts['evict']} | {load_ms} | {growth} |")
+      f"| {counts['load']} | {counts['evict']} | {load_ms} | {growth} | {traffic_growth} |")
 PY
   kill "$pid"; wait "$pid" 2>/dev/null || true
 done
@@ -130,12 +134,13 @@ cpu=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
   echo "arrivals with CV 2 (bursts), Zipf 1.1 popularity over the twelve, the popular set reshuffled"
   echo "every 20 s, seed 7. Latency counts from each request's scheduled arrival; each request"
   echo "carries a 2 s deadline. In time = answered 200 within 100 ms. RSS growth = the server's peak"
-  echo "resident memory during the trace minus the process's base: $base MB, the peak of the same"
-  echo "binary serving the same twelve models with weights of negligible size (8 hidden units) under"
-  echo "the same trace ($base_peak MB), less the $base_reserved MB its budget reserved for them."
+  echo "resident memory during the trace minus a base: idle, that of the same binary serving one"
+  echo "0.2 MB model ($base MB: the process with ONNX Runtime loaded); under the trace, the peak of the"
+  echo "same binary serving the same twelve models with weights of negligible size (8 hidden units)"
+  echo "under the same trace ($traffic_base MB: its batchers, sessions, connections and buffers)."
   echo
-  echo "| Configuration | memory.limit_mb | min_residency_ms | Requests | In time | Goodput (/s) | p50 ms | p99 ms | Statuses | Loads | Evictions | Last load ms (median of models) | RSS growth MB |"
-  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+  echo "| Configuration | memory.limit_mb | min_residency_ms | Requests | In time | Goodput (/s) | p50 ms | p99 ms | Statuses | Loads | Evictions | Last load ms (median of models) | RSS growth MB, idle base | RSS growth MB, base under trace |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
   cat "$work/rows"
   echo
   for config in "${configs[@]}"; do
