@@ -157,6 +157,31 @@ impl InferenceService {
         Ok(prediction)
     }
 
+    /// Refuses at once (429), before its body is decoded, a request for
+    /// `model` that its latency target's door says would finish late
+    /// ([`ModelHandle::refuse_if_late`]), with `priority` its priority
+    /// (the caller knows the body sets none). Under overload most arrivals
+    /// are refused, and decoding a body nothing will run is most of what a
+    /// refusal costs. Only where nothing needs a refused request's inputs:
+    /// no result cache (a hit would answer at once) and no prediction log
+    /// (its row holds the inputs' hash); never for a sequence, whose
+    /// requests the sequence's own path admits; never while shutting down
+    /// (503 answers first). Only the target counts, not the call's timeout,
+    /// which is in the body: what this refuses, the batcher's door would.
+    pub fn refuse_before_decoding(
+        &self,
+        model: &ModelHandle,
+        priority: Option<Priority>,
+    ) -> Result<(), InferError> {
+        let needs_inputs = self.cache.is_some() || self.log.is_some();
+        if needs_inputs || model.spec.settings.sequence.is_some() || self.is_shutting_down() {
+            return Ok(());
+        }
+        let priority = model.spec.settings.priority_of(priority)?;
+        let now = Instant::now();
+        model.refuse_if_late(priority, now, now + Duration::from_secs(3600))
+    }
+
     /// `model`'s signature, loading the model first when no replica of it
     /// ever loaded (see [`ModelHandle::loaded_signature`]); such a wait is
     /// counted in `gantry_load_wait_duration_seconds`.
