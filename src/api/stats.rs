@@ -218,7 +218,9 @@ struct DeviceMemory {
     /// The CPU, with ONNX Runtime: MB the process's resident memory has
     /// grown by since the budget started (before any replica loaded), to
     /// read beside `reserved_mb`: the measured footprints should add up
-    /// to about this, less the process's other memory.
+    /// to about this, less the process's other memory. It counts mapped
+    /// weights' pages and, on a GPU host, the host memory CUDA sessions
+    /// take, which the CPU's reservations do not hold.
     #[serde(skip_serializing_if = "Option::is_none")]
     process_growth_mb: Option<u64>,
     /// GPUs only (NVML): memory in use on the GPU now, by any process.

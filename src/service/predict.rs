@@ -159,25 +159,40 @@ impl InferenceService {
 
     /// Refuses at once (429), before its body is decoded, a request for
     /// `model` that its latency target's door says would finish late
-    /// ([`ModelHandle::refuse_if_late`]), with `priority` its priority
-    /// (the caller knows the body sets none). Under overload most arrivals
-    /// are refused, and decoding a body nothing will run is most of what a
-    /// refusal costs. Only where nothing needs a refused request's inputs:
-    /// no result cache (a hit would answer at once) and no prediction log
-    /// (its row holds the inputs' hash); never for a sequence, whose
-    /// requests the sequence's own path admits; never while shutting down
-    /// (503 answers first). Only the target counts, not the call's timeout,
-    /// which is in the body: what this refuses, the batcher's door would.
+    /// ([`ModelHandle::refuse_if_late`]), with `priority` (from its
+    /// headers) its priority when `body_may_decide()` is false (its body
+    /// sets no priority and names no sequence). Under overload most
+    /// arrivals are refused, and decoding a body nothing will run is most
+    /// of what a refusal costs. Only for a model with a target and where
+    /// nothing needs a refused request's inputs: no result cache (a hit
+    /// would answer at once) and no prediction log (its row holds the
+    /// inputs' hash); never for a sequence model, never while shutting down
+    /// (503 answers first); a priority the model does not have is left to
+    /// the path after decoding to report. Only the target counts, not the
+    /// call's timeout (a shorter one, in the body, is the later check's);
+    /// the prediction it reads is the one the later check would read a
+    /// decode earlier. A body the decoder would refuse is refused the same
+    /// under overload (429 before 400 or 422, as for any shedding before
+    /// parsing).
     pub fn refuse_before_decoding(
         &self,
         model: &ModelHandle,
         priority: Option<Priority>,
+        body_may_decide: impl FnOnce() -> bool,
     ) -> Result<(), InferError> {
+        let settings = &model.spec.settings;
         let needs_inputs = self.cache.is_some() || self.log.is_some();
-        if needs_inputs || model.spec.settings.sequence.is_some() || self.is_shutting_down() {
+        if settings.latency_target_ms.is_none()
+            || needs_inputs
+            || settings.sequence.is_some()
+            || self.is_shutting_down()
+            || body_may_decide()
+        {
             return Ok(());
         }
-        let priority = model.spec.settings.priority_of(priority)?;
+        let Ok(priority) = settings.priority_of(priority) else {
+            return Ok(());
+        };
         let now = Instant::now();
         model.refuse_if_late(priority, now, now + Duration::from_secs(3600))
     }

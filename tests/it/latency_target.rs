@@ -158,6 +158,83 @@ async fn arrivals_behind_late_work_are_refused_at_the_door() {
     assert_eq!(status, 200, "{answer}");
 }
 
+/// A v2 infer body: `x` holding `value`, with `parameters` when given.
+fn v2_body(value: usize, parameters: Option<Value>) -> Value {
+    let mut body = json!({"inputs": [{"name": "x", "shape": [1, 4], "datatype": "FP32",
+                                      "data": [value, 0, 0, 0]}]});
+    if let Some(parameters) = parameters {
+        body["parameters"] = parameters;
+    }
+    body
+}
+
+/// Over `/v2/models/{m}/infer` the door refuses before the body is decoded
+/// (no cache, no log here); a body that sets its own priority is decoded
+/// first, so a high-priority arrival is still admitted in the overload,
+/// and the counts stay those of what was answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn v2_arrivals_are_refused_before_decoding_unless_their_body_sets_a_priority() {
+    // Forty callers keep about five batches of 8 (60 ms each) ahead of an
+    // arrival: past 300 ms with admission's margin. A high-priority one
+    // counts the batch running and its own (2 x 60 ms / 0.7 < 300 ms).
+    let repo = Repo::new().fake("m", "max_batch_size = 8\nlatency_target_ms = 300\n");
+    let server = Arc::new(TestServer::ready(config(repo.path()), provider()).await);
+    let end = tokio::time::Instant::now() + Duration::from_millis(1200);
+    let mut callers = Vec::new();
+    for caller in 0..40 {
+        let server = server.clone();
+        callers.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            while tokio::time::Instant::now() < end {
+                let (status, answer) = server
+                    .post("/v2/models/m/infer", &v2_body(caller, None))
+                    .await;
+                match status {
+                    200 => {}
+                    429 => assert!(
+                        answer["error"].as_str().unwrap_or("").contains("ms target"),
+                        "{answer}"
+                    ),
+                    other => panic!("unexpected {other}: {answer}"),
+                }
+                statuses.push(status);
+            }
+            statuses
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // High priority (1), set in the body: decoded, then admitted.
+    let high = v2_body(9, Some(json!({"priority": 1})));
+    let (status, answer) = server.post("/v2/models/m/infer", &high).await;
+    assert_eq!(
+        status, 200,
+        "a high-priority arrival waits behind no low: {answer}"
+    );
+    // A body naming an input the model does not have is refused 429 by the
+    // door while the overload lasts (it never reaches the decoder: the
+    // proof the door looks first), and 422 when the door lets it through.
+    let mut early = 0;
+    while tokio::time::Instant::now() + Duration::from_millis(200) < end {
+        let mut wrong = v2_body(0, None);
+        wrong["inputs"][0]["name"] = json!("nope");
+        let (status, answer) = server.post("/v2/models/m/infer", &wrong).await;
+        match status {
+            429 => early += 1,
+            422 => assert_eq!(answer["code"], "invalid_input", "{answer}"),
+            other => panic!("unexpected {other}: {answer}"),
+        }
+    }
+    assert!(early >= 1, "the door answered before the decoder");
+    let mut statuses = Vec::new();
+    for caller in callers {
+        statuses.extend(caller.await.expect("caller"));
+    }
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert!(refused >= 1 && statuses.contains(&200), "{statuses:?}");
+    let latency = server.stats().await["model_pools"]["m"]["batcher"]["latency"].clone();
+    assert_eq!(latency["refused_early"], refused + early, "{latency}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_high_priority_arrival_is_admitted_where_low_ones_are_refused() {
     // Behind the two batches of lows in flight (2 x 60 ms) and its own

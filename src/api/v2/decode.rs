@@ -73,15 +73,17 @@ pub(super) struct RequestedOutput {
     pub(super) classes: Option<usize>,
 }
 
-/// Whether the JSON part of `body` may set the request's priority: it
-/// names `priority`, or has a `\u` escape, which could spell it. When not,
-/// the priority is the header's or the model's default, known
-/// before the body is decoded. A body that cannot be split says yes (the
-/// decoder reports it).
+/// Whether the JSON part of `body` may set the request's priority or make
+/// it part of a sequence: it names `priority` or `sequence` (Triton's
+/// `sequence_id`, `sequence_start`, ...), or has a `\u` escape, which
+/// could spell either. When not, the priority is the header's or the
+/// model's default, known before the body is decoded. A body that cannot
+/// be split says yes (the decoder reports it).
 pub fn may_set_priority(header_length: Option<&HeaderValue>, body: &Bytes) -> bool {
     match split_binary(header_length, body) {
         Ok((json, _)) => {
             memchr::memmem::find(json, b"priority").is_some()
+                || memchr::memmem::find(json, b"sequence").is_some()
                 || memchr::memmem::find(json, b"\\u").is_some()
         }
         Err(_) => true,
@@ -267,6 +269,8 @@ mod tests {
         assert!(!may_set_priority(None, &plain));
         let named = body(r#"{"parameters":{"priority":1},"inputs":[]}"#);
         assert!(may_set_priority(None, &named));
+        let sequence = body(r#"{"parameters":{"sequence_id":7},"inputs":[]}"#);
+        assert!(may_set_priority(None, &sequence));
         // JSON may spell a key with escapes: "\u0070riority" is "priority".
         let escaped = body(r#"{"parameters":{"\u0070riority":1},"inputs":[]}"#);
         assert!(may_set_priority(None, &escaped));

@@ -111,9 +111,9 @@ async fn infer(
         let timeout = header_timeout(&req)?;
         let priority = header_priority(&req)?;
         let header_length = req.headers().get(HEADER_LENGTH);
-        if !may_set_priority(header_length, &body) {
-            state.service.refuse_before_decoding(&model, priority)?;
-        }
+        state
+            .service
+            .refuse_before_decoding(&model, priority, || may_set_priority(header_length, &body))?;
         let (mut call, mut plan) =
             decode(header_length, body, requested.id.clone(), timeout, priority)?;
         call.use_cache = cache_allowed(&req);
