@@ -114,6 +114,8 @@ pub struct ReplicaReady {
     /// The MB the loaded, warmed engine holds on its device, where it
     /// could be measured.
     pub footprint_mb: Option<u64>,
+    /// Its weights are mapped from a file rather than held in memory.
+    pub weights_mapped: bool,
     /// Warmup's last runs: batch size and how long each took.
     pub warmup_runs: Vec<(usize, Duration)>,
 }
@@ -287,6 +289,9 @@ pub struct ReplicaSnapshot {
     /// MB its loaded, warmed engine was measured to hold; `None` before it
     /// loaded, or where its device's memory cannot be read.
     pub measured_mb: Option<u64>,
+    /// Its loaded engine maps its weights from a file (a load on demand,
+    /// see [`crate::engine::mapped_weights`]).
+    pub weights_mapped: bool,
     /// Its run time by batch size (the median of the last runs), ms.
     pub run_ms: Vec<(usize, f64)>,
 }

@@ -142,6 +142,10 @@ struct Replica {
     reserved_mb: u64,
     /// MB its loaded engine was measured to hold; `null` before.
     measured_mb: Option<u64>,
+    /// Its engine maps its weights from a split copy of the model file
+    /// (a load on demand, `memory.map_weights`) rather than holding them
+    /// packed in memory.
+    weights_mapped: bool,
     /// Its run time in ms by batch size (median of the last runs; warmup's
     /// and every batch's): `{"1": 0.4, "16": 2.9}`.
     #[schema(value_type = BTreeMap<String, f64>)]
@@ -352,6 +356,7 @@ fn pool(m: &ModelSnapshot, mailbox_refusals: u64) -> Pool {
                 restarts: r.restarts,
                 reserved_mb: r.reserved_mb,
                 measured_mb: r.measured_mb,
+                weights_mapped: r.weights_mapped,
                 run_ms: r
                     .run_ms
                     .iter()

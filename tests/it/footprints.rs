@@ -109,6 +109,18 @@ async fn onnx_runtime_replicas_reserve_what_they_were_measured_to_hold() {
     // not in that model's footprint; the process's growth is shown beside
     // the reservations.
     assert!(gantry_actors::engine::onnx::runtime_primed());
+    // Loaded at startup, not on demand: the weights are packed in memory.
+    let mapped: Vec<&Value> = stats["model_pools"]["mlp"]["replicas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| &r["weights_mapped"])
+        .collect();
+    assert_eq!(
+        mapped,
+        [&Value::Bool(false), &Value::Bool(false)],
+        "{stats}"
+    );
     assert!(
         stats["memory"]["devices"][0]["process_growth_mb"].is_u64(),
         "{stats}"

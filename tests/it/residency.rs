@@ -360,6 +360,11 @@ async fn onnx_models_three_times_the_budget_all_answer_within_it() {
     let reserved = stats["memory"]["reserved_mb"].as_u64().unwrap();
     assert!(reserved <= limit_mb, "{stats}");
     assert!(decisions(&stats, "evict").len() >= 12, "{stats}");
+    // The last model asked for loaded on demand: its weights are mapped.
+    assert_eq!(
+        stats["model_pools"]["mlp-7"]["replicas"][0]["weights_mapped"], true,
+        "{stats}"
+    );
     // Without eviction (or with freed memory kept by the allocator) the
     // process would grow by the six other models, about 60 MB.
     assert!(

@@ -54,6 +54,8 @@ pub(super) struct ReplicaSlot {
     pub(super) last_error: Option<String>,
     /// The footprint its engine was measured to hold, once loaded.
     pub(super) measured_mb: Option<u64>,
+    /// Its loaded engine maps its weights from a file.
+    pub(super) weights_mapped: bool,
     /// When its engine last started loading.
     pub(super) spawned_at: Instant,
     /// Its thread's engine, once it reported ready (workers may run short
@@ -230,6 +232,7 @@ impl Handler<ReplicaReady> for Batcher {
             };
             slot.failures = 0;
             slot.last_error = None;
+            slot.weights_mapped = msg.weights_mapped;
             slot.state = ReplicaState::Ready;
             let loaded_in = slot.spawned_at.elapsed();
             self.state.usage.replica_ready(msg.replica, loaded_in);
@@ -399,6 +402,7 @@ impl Handler<AttachReplica> for Batcher {
             loading,
             last_error: None,
             measured_mb: None,
+            weights_mapped: false,
             spawned_at: Instant::now(),
             engine: None,
         });

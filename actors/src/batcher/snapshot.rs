@@ -69,6 +69,7 @@ impl Handler<GetBatcherSnapshot> for Batcher {
                         .filter(|held| held.is_granted())
                         .map_or(0, Reservation::mb),
                     measured_mb: r.measured_mb,
+                    weights_mapped: r.weights_mapped,
                     run_ms: self.latency.profile(r.id).map_or_else(Vec::new, |p| {
                         p.medians()
                             .into_iter()

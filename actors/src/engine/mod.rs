@@ -27,6 +27,12 @@ pub trait Engine: Send {
     fn signature(&self) -> &ModelSignature;
     fn infer(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, EngineError>;
 
+    /// Whether its weights are mapped from a file rather than held in the
+    /// process's memory (see [`mapped_weights`]); `false` by default.
+    fn maps_weights(&self) -> bool {
+        false
+    }
+
     /// Memory in use on the engine's device, in MB, where the engine can
     /// measure it; `None` where it cannot. Warmup reads it right after its
     /// runs at batch 1 and at the cap to learn the memory one item needs.

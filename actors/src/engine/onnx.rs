@@ -162,6 +162,7 @@ impl EngineFactory for OnnxFactory {
             device: target.device,
             shared_pool: target.device == Device::Cpu && self.intra_op_threads.is_none(),
             run_length: RunLength::default(),
+            mapped,
         }))
     }
 }
@@ -246,6 +247,8 @@ pub struct OnnxEngine {
     /// [`POOL_GATE`] when long).
     shared_pool: bool,
     run_length: RunLength,
+    /// It loaded a split copy, its weights mapped from `weights.bin`.
+    mapped: bool,
 }
 
 /// GPU `index`'s used memory in MB (NVML), opened once per process.
@@ -295,6 +298,10 @@ impl Engine for OnnxEngine {
             result.push(from_value(value, spec.dtype).map_err(run_error)?);
         }
         Ok(result)
+    }
+
+    fn maps_weights(&self) -> bool {
+        self.mapped
     }
 
     /// ONNX Runtime's arena (on the CPU, and the CUDA provider's on a GPU)

@@ -35,6 +35,10 @@ pub(super) struct Loaded {
     pub(super) signature: ModelSignature,
     pub(super) mb_per_item: Option<u64>,
     pub(super) footprint_mb: Option<u64>,
+    /// Its weights are mapped from a file ([`Engine::maps_weights`]).
+    ///
+    /// [`Engine::maps_weights`]: crate::engine::Engine::maps_weights
+    pub(super) weights_mapped: bool,
     /// The last warmup round's runs: batch size and time.
     pub(super) warmup_runs: Vec<(usize, Duration)>,
 }
@@ -147,11 +151,13 @@ impl Replica {
             reserved_mb = self.target.memory_mb,
             "replica ready"
         );
+        let weights_mapped = engine.maps_weights();
         *self.engine.lock() = Some(engine);
         Ok(Loaded {
             signature,
             mb_per_item,
             footprint_mb,
+            weights_mapped,
             warmup_runs,
         })
     }

@@ -159,6 +159,7 @@ impl Replica {
                 signature,
                 mb_per_item,
                 footprint_mb,
+                weights_mapped,
                 warmup_runs,
             }) => {
                 if let Some(mb_per_item) = mb_per_item {
@@ -172,6 +173,7 @@ impl Replica {
                     engine: self.engine.clone(),
                     signature,
                     footprint_mb,
+                    weights_mapped,
                     warmup_runs,
                 })
             }
