@@ -39,7 +39,7 @@ on_cpus() {
   if [ -n "$cpus" ]; then taskset -c "$cpus" "$@"; else "$@"; fi
 }
 cargo build --release --bin gantry -p gantry -p gantry-load-tests --bin slo-load 2>&1 | tail -1
-gantry=target/release/gantry
+gantry="${GANTRY:-target/release/gantry}"
 load=target/release/slo-load
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$root/.onnxruntime/libonnxruntime.so}"
 work=$(mktemp -d)

@@ -157,46 +157,6 @@ impl InferenceService {
         Ok(prediction)
     }
 
-    /// Refuses at once (429), before its body is decoded, a request for
-    /// `model` that its latency target's door says would finish late
-    /// ([`ModelHandle::refuse_if_late`]), with `priority` (from its
-    /// headers) its priority when `body_may_decide()` is false (its body
-    /// sets no priority and names no sequence). Under overload most
-    /// arrivals are refused, and decoding a body nothing will run is most
-    /// of what a refusal costs. Only for a model with a target and where
-    /// nothing needs a refused request's inputs: no result cache (a hit
-    /// would answer at once) and no prediction log (its row holds the
-    /// inputs' hash); never for a sequence model, never while shutting down
-    /// (503 answers first); a priority the model does not have is left to
-    /// the path after decoding to report. Only the target counts, not the
-    /// call's timeout (a shorter one, in the body, is the later check's);
-    /// the prediction it reads is the one the later check would read a
-    /// decode earlier. A body the decoder would refuse is refused the same
-    /// under overload (429 before 400 or 422, as for any shedding before
-    /// parsing).
-    pub fn refuse_before_decoding(
-        &self,
-        model: &ModelHandle,
-        priority: Option<Priority>,
-        body_may_decide: impl FnOnce() -> bool,
-    ) -> Result<(), InferError> {
-        let settings = &model.spec.settings;
-        let needs_inputs = self.cache.is_some() || self.log.is_some();
-        if settings.latency_target_ms.is_none()
-            || needs_inputs
-            || settings.sequence.is_some()
-            || self.is_shutting_down()
-            || body_may_decide()
-        {
-            return Ok(());
-        }
-        let Ok(priority) = settings.priority_of(priority) else {
-            return Ok(());
-        };
-        let now = Instant::now();
-        model.refuse_if_late(priority, now, now + Duration::from_secs(3600))
-    }
-
     /// `model`'s signature, loading the model first when no replica of it
     /// ever loaded (see [`ModelHandle::loaded_signature`]); such a wait is
     /// counted in `gantry_load_wait_duration_seconds`.

@@ -73,23 +73,6 @@ pub(super) struct RequestedOutput {
     pub(super) classes: Option<usize>,
 }
 
-/// Whether the JSON part of `body` may set the request's priority or make
-/// it part of a sequence: it names `priority` or `sequence` (Triton's
-/// `sequence_id`, `sequence_start`, ...), or has a `\u` escape, which
-/// could spell either. When not, the priority is the header's or the
-/// model's default, known before the body is decoded. A body that cannot
-/// be split says yes (the decoder reports it).
-pub fn may_set_priority(header_length: Option<&HeaderValue>, body: &Bytes) -> bool {
-    match split_binary(header_length, body) {
-        Ok((json, _)) => {
-            memchr::memmem::find(json, b"priority").is_some()
-                || memchr::memmem::find(json, b"sequence").is_some()
-                || memchr::memmem::find(json, b"\\u").is_some()
-        }
-        Err(_) => true,
-    }
-}
-
 /// Parses an infer request body: its JSON header (the first
 /// `header_length` bytes, from `Inference-Header-Content-Length`, else the
 /// whole body) and the binary tensor data after it. Pure, for the handler
@@ -252,35 +235,5 @@ fn flag(parameters: &Map<String, Value>, key: &str) -> Result<bool, ApiError> {
         Some(_) => Err(ApiError::BadRequest(format!(
             "parameter '{key}' must be true or false"
         ))),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn body(text: &str) -> Bytes {
-        Bytes::copy_from_slice(text.as_bytes())
-    }
-
-    #[test]
-    fn a_body_that_cannot_name_priority_leaves_it_to_the_headers() {
-        let plain = body(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}]}"#);
-        assert!(!may_set_priority(None, &plain));
-        let named = body(r#"{"parameters":{"priority":1},"inputs":[]}"#);
-        assert!(may_set_priority(None, &named));
-        let sequence = body(r#"{"parameters":{"sequence_id":7},"inputs":[]}"#);
-        assert!(may_set_priority(None, &sequence));
-        // JSON may spell a key with escapes: "\u0070riority" is "priority".
-        let escaped = body(r#"{"parameters":{"\u0070riority":1},"inputs":[]}"#);
-        assert!(may_set_priority(None, &escaped));
-        // Only the JSON part counts with the binary extension; a header
-        // length past the body is the decoder's error to report.
-        let mut binary = br#"{"inputs":[]}"#.to_vec();
-        binary.extend_from_slice(b"priority");
-        let length = HeaderValue::from_static("13");
-        assert!(!may_set_priority(Some(&length), &Bytes::from(binary)));
-        let past = HeaderValue::from_static("999");
-        assert!(may_set_priority(Some(&past), &plain));
     }
 }

@@ -23,7 +23,7 @@ use crate::service::models::{ModelMetadata, ModelPath, EXTENSIONS};
 use crate::service::shared_tensors::{OutputRegions, SharedRef};
 use crate::service::PredictCall;
 use decode::InferBody;
-pub use decode::{decode, may_set_priority, InferPlan};
+pub use decode::{decode, InferPlan};
 use encode::{encode, EncodedAnswer, InferAnswer};
 
 const HEADER_LENGTH: &str = "inference-header-content-length";
@@ -111,9 +111,6 @@ async fn infer(
         let timeout = header_timeout(&req)?;
         let priority = header_priority(&req)?;
         let header_length = req.headers().get(HEADER_LENGTH);
-        state
-            .service
-            .refuse_before_decoding(&model, priority, || may_set_priority(header_length, &body))?;
         let (mut call, mut plan) =
             decode(header_length, body, requested.id.clone(), timeout, priority)?;
         call.use_cache = cache_allowed(&req);
