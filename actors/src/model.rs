@@ -17,7 +17,6 @@ use crate::messages::{
     RetireModel,
 };
 pub use crate::model_state::{ModelState, Residency};
-use crate::priority::Priority;
 use crate::repository::ModelSpec;
 use crate::signature::ModelSignature;
 
@@ -225,32 +224,20 @@ impl ModelHandle {
             .run(&self.state.usage, inputs, items, deadline)
     }
 
-    /// With a latency target: refuses (429) a request of `priority` that
-    /// arrived at `arrived` and must answer by `deadline` when the
-    /// batcher's last prediction says it would finish late (see
-    /// [`crate::admission`]).
-    pub fn refuse_if_late(
-        &self,
-        priority: Priority,
-        arrived: Instant,
-        deadline: Instant,
-    ) -> Result<(), InferError> {
-        let Some(target) = self.spec.settings.latency_target_ms else {
-            return Ok(());
-        };
-        let target = Duration::from_millis(target);
-        match self.state.door.refuses(priority, target, arrived, deadline) {
-            Some(late) => Err(would_finish_late(&self.spec.name, target, late)),
-            None => Ok(()),
-        }
-    }
-
     /// Hands a request to the batcher without waiting: a full mailbox is a
     /// full queue (429), a closed one a batcher that has stopped. With a
     /// latency target, a request the batcher's last prediction says would
     /// finish late is refused here (429, see [`crate::admission`]).
     pub fn submit(&self, request: InferRequest) -> Result<(), InferError> {
-        self.refuse_if_late(request.priority, request.enqueued, request.deadline)?;
+        if let Some(target) = self.spec.settings.latency_target_ms {
+            let target = Duration::from_millis(target);
+            let door = &self.state.door;
+            if let Some(late) =
+                door.refuses(request.priority, target, request.enqueued, request.deadline)
+            {
+                return Err(would_finish_late(&self.spec.name, target, late));
+            }
+        }
         self.batcher
             .try_send(Enqueue(request))
             .map_err(|e| match e {
