@@ -28,7 +28,7 @@ from kubernetes_validate import utils as kv
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 KUBE = os.path.join(ROOT, "deploy", "kubernetes")
 PROM = os.path.join(ROOT, "deploy", "prometheus")
-METRICS_SOURCE = os.path.join(ROOT, "src", "metrics", "prometheus.rs")
+METRICS_DIR = os.path.join(ROOT, "src", "metrics")
 
 # Kubernetes versions the manifests are validated against (strict schemas of
 # kubernetes-validate): the oldest supported and the newest the pinned
@@ -311,10 +311,13 @@ def cmd_kubernetes():
 
 def exposed_series():
     """Every series name /metrics can expose, read from the registrations in
-    src/metrics/prometheus.rs: counters get _total, histograms _bucket, _sum
-    and _count, a unit its suffix."""
-    with open(METRICS_SOURCE) as f:
-        src = f.read()
+    the modules of src/metrics/: counters get _total, histograms _bucket,
+    _sum and _count, a unit its suffix."""
+    src = ""
+    for name in sorted(os.listdir(METRICS_DIR)):
+        if name.endswith(".rs"):
+            with open(os.path.join(METRICS_DIR, name)) as f:
+                src += f.read() + "\n"
     calls = re.finditer(
         r'register(_with_unit)?\(\s*"([a-z0-9_]+)",\s*"(?:[^"\\]|\\.)*",\s*(?:Unit::(\w+),\s*)?(.*?)\)\s*;',
         src, re.S)
@@ -330,10 +333,16 @@ def exposed_series():
             ident = re.match(r"(\w+)", value).group(1)
             decl = re.search(rf"let (?:mut )?{ident}\s*=\s*(.*?);", src, re.S)
             text = decl.group(1) if decl else ""
+            if not decl:
+                # A parameter `ident: Type`, the type perhaps an alias.
+                param = re.search(rf"\b{ident}:\s*(\w+)", src)
+                if param:
+                    alias = re.search(rf"type {param.group(1)}\s*=\s*(.*?);", src, re.S)
+                    text = alias.group(1) if alias else param.group(1)
             kind = ("histogram" if "istogram" in text else "counter" if "Counter" in text
                     else "gauge" if "Gauge" in text else None)
         if kind is None:
-            raise SystemExit(f"cannot tell the type of {name} in {METRICS_SOURCE}")
+            raise SystemExit(f"cannot tell the type of {name} in src/metrics/")
         names[name] = kind
     series = {}
     for name, kind in names.items():
@@ -355,7 +364,7 @@ def check_names(where, expr, series):
 
 def cmd_metrics():
     series = exposed_series()
-    print(f"metrics: {len(series)} series exposed per src/metrics/prometheus.rs")
+    print(f"metrics: {len(series)} series exposed per src/metrics/")
     # Alert rules.
     with open(os.path.join(PROM, "alerts.yaml")) as f:
         groups = yaml.safe_load(f)["groups"]

@@ -2,7 +2,7 @@
 # Checks the deployment files (deploy/README.md): renders the kustomize base
 # and overlays and validates them strictly, asserts their key properties,
 # checks and unit-tests the Prometheus alerts, checks every series the
-# alerts, dashboard and adapter rule read against src/metrics/prometheus.rs,
+# alerts, dashboard and adapter rule read against src/metrics/,
 # and checks compose.yaml and the HAProxy config. Run from anywhere; exits
 # non-zero on any failure.
 #
