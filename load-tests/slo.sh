@@ -5,8 +5,9 @@
 #   1. capacity: closed loop at concurrency 32 for SECONDS_EACH on a server
 #      without a target (200s a second);
 #   2. open loop (`slo-load`: Poisson arrivals, latency counted from each
-#      arrival's scheduled time) at 0.5, 1, 2 and 4 x that capacity, on a
-#      server without a target and on one with `latency_target_ms = TARGET_MS`;
+#      arrival's scheduled time) at 0.5, 1, 2 and 4 x that capacity (the
+#      reading right before the server's cells), on a server without a
+#      target and on one with `latency_target_ms = TARGET_MS`;
 #      capacity is read again after each server's cells, and a cell is
 #      judged against the mean of the readings right before and after its
 #      server's cells (this machine's speed drifts by 10-20% within a
@@ -63,6 +64,20 @@ serve() {
     ${pin[@]+"${pin[@]}"} "$gantry" --config config/gantry.toml >"$work/$port.log" 2>&1 &
   pid=$!
   pids+=("$pid")
+  server_pid[$port]=$pid
+}
+declare -A server_pid
+
+# CPU time the server on $port has used so far, in clock ticks, as "HTTP
+# REST": its HTTP workers' threads (actix-rt) and the rest (batchers,
+# replicas, ONNX Runtime's threads). A cell's difference says what one
+# answer cost the server, and where: under overload most answers are
+# refusals, and what they cost the HTTP workers is what the model's runs
+# do not get.
+server_cpu() {
+  cat /proc/"${server_pid[$port]}"/task/*/stat 2>/dev/null | awk -F') ' '
+    { split($2, f, " "); t = f[12] + f[13]; if (index($1, "(actix-rt")) h += t; else r += t }
+    END { printf "%d %d\n", h, r }'
 }
 
 # The server's own count of successes within and past the target (its
@@ -86,8 +101,9 @@ cell() {
     unet-seg) args+=(--body "$work/unet-seg.body" --content-type application/octet-stream
       --header "Inference-Header-Content-Length:$(cat "$work/unet-seg.len")") ;;
   esac
-  local before
+  local before cpu_before
   before=$(server_counts "$model")
+  cpu_before=$(server_cpu)
   on_cpus "$load_cpus" "$load" "${args[@]}" "$@" >"$work/cell.json"
   "$python" -c '
 import json, sys
@@ -95,8 +111,11 @@ row = json.load(open(sys.argv[1]))
 row.update(model=sys.argv[2], target=sys.argv[3], factor=float(sys.argv[4]), capacity=float(sys.argv[5]))
 (w0, p0), (w1, p1) = (map(int, sys.argv[i].split()) for i in (6, 7))
 row["server"] = {"within_target": w1 - w0, "past_target": p1 - p0}
+(h0, r0), (h1, r1) = (map(int, sys.argv[i].split()) for i in (8, 9))
+tick = float(sys.argv[10])
+row["server_cpu_s"] = {"http": (h1 - h0) / tick, "rest": (r1 - r0) / tick}
 print(json.dumps(row))' "$work/cell.json" "$model" "$with" "$factor" "$capacity" "$before" \
-    "$(server_counts "$model")" >>"$work/cells"
+    "$(server_counts "$model")" "$cpu_before" "$(server_cpu)" "$(getconf CLK_TCK)" >>"$work/cells"
   sleep 1 # what the cell left queued drains
 }
 
@@ -123,8 +142,10 @@ for model in $models; do
   done
   for with in none $withs; do ready "${ports[$with]}"; done
   read_capacity "$model"
-  capacity=$reading # every server's cells are offered this reading's rates
   for with in $withs; do
+    # A server's cells are offered multiples of the reading right before
+    # them (a reading a server earlier may be 10-20% off by now).
+    capacity=$reading
     port=${ports[$with]}
     for factor in $factors; do
       rate=$("$python" -c "print(round($factor * $capacity, 1))")

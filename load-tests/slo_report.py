@@ -35,6 +35,14 @@ def ms(v):
     return "–" if v is None else f"{v:.1f}"
 
 
+def cpu_per_answer(c):
+    cpu = c.get("server_cpu_s")
+    answers = sum(c["statuses"].values())
+    if not cpu or not answers:
+        return "–"
+    return f"{1e6 * cpu['http'] / answers:.0f} + {1e6 * cpu['rest'] / answers:.0f}"
+
+
 def others(c):
     return {k: v for k, v in c["statuses"].items() if k != "200"}
 
@@ -52,7 +60,8 @@ print(f"Capacity: closed loop, 32 callers, {seconds} s, on a server without a ta
       "before the open-loop cells and again after each server's cells; a cell's goodput / capacity is against "
       "the mean of the readings right before and after its server's cells (this machine's speed drifts by "
       "10-20% within a minute). "
-      f"Open loop for {seconds} s a cell: Poisson arrivals at 0.5, 1, 2 and 4 x the first reading, sent "
+      f"Open loop for {seconds} s a cell: Poisson arrivals at 0.5, 1, 2 and 4 x the reading right before its "
+      "server's cells, sent "
       "whether or not earlier ones were answered, latency counted from each arrival's scheduled time "
       f"(a generator that falls behind shows in the latencies). Every cell is judged against {target_ms:g} ms: "
       f"goodput = 200s within it a second; attainment = their share of the 200s. **with** = the models' "
@@ -62,14 +71,14 @@ print(f"Capacity: closed loop, 32 callers, {seconds} s, on a server without a ta
       (" Every model.toml also sets " + ", ".join(f"`{line.strip()}`" for line in settings.splitlines() if line.strip()) +
        " (MODEL_SETTINGS)." if settings else ""))
 print()
-print("| Model | Target | Load | Offered/s | 200 | Other answers | Goodput/s | Goodput / capacity | Attainment | Server's attainment | 200 p50 ms | 200 p99 ms | Others p99 ms | Generator lag p99 ms |")
-print("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+print("| Model | Target | Load | Offered/s | 200 | Other answers | Goodput/s | Goodput / capacity | Attainment | Server's attainment | 200 p50 ms | 200 p99 ms | Others p99 ms | Generator lag p99 ms | Server CPU µs/answer: HTTP + rest |")
+print("| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
 for c in cells:
     if c["target"] == "closed":
         print(f"| {c['model']} | capacity | closed, 32 | – | {c['statuses'].get('200', 0)} | "
               f"{', '.join(f'{k}: {v}' for k, v in others(c).items()) or '–'} | {c['ok_per_s']:.1f} | 1.00 | "
               f"{c['attainment'] if c['attainment'] is not None else '–'} | – | {ms(c['ok_ms']['p50'])} | {ms(c['ok_ms']['p99'])} | "
-              f"{ms(c['other_ms']['p99'])} | – |")
+              f"{ms(c['other_ms']['p99'])} | – | {cpu_per_answer(c)} |")
         continue
     offered = c["mode"]["open_loop"]["rate_per_s"]
     other = ", ".join(f"{k}: {v}" for k, v in others(c).items()) or "–"
@@ -84,8 +93,13 @@ for c in cells:
     print(f"| {c['model']} | {'with' if c['target'] == 'target' else 'without'} | {c['factor']:g}x | {offered:.0f} | "
           f"{c['statuses'].get('200', 0)} | {other} | {c['goodput_per_s']:.1f} | {c['goodput_per_s'] / c['judged_capacity']:.2f} | "
           f"{attainment} | {server_attainment} | {ms(c['ok_ms']['p50'])} | {ms(c['ok_ms']['p99'])} | {ms(c['other_ms']['p99'])} | "
-          f"{ms(c['send_lag_ms']['p99'])}{lag_note} |")
+          f"{ms(c['send_lag_ms']['p99'])}{lag_note} | {cpu_per_answer(c)} |")
 print()
+print("Server CPU µs/answer: the server's CPU time over the cell (utime + stime from /proc) per answer of any "
+      "status, split between its HTTP workers and the rest (batchers, replicas, ONNX Runtime's threads, "
+      "which spin a little after each run while the load is light). Under overload most answers are "
+      "refusals: what they cost the HTTP workers is core time the model's runs do not get, and it bounds "
+      "goodput at 2x capacity to about 1 - (refusals' share of the core) of capacity.")
 print("Server's attainment: the same share as the server counted it (`gantry_requests_within_target_total` "
       "and `..._past_target_total` over the cell, time from the request's arrival to its answer, server "
       "side; only with a target). The generator's own figure also holds the time its requests waited for "
@@ -109,8 +123,9 @@ for c in cells:
               f"{lag:.1f} ms: the cell below measured the machine | MISS |")
     if f == 2:
         share = c["goodput_per_s"] / c["judged_capacity"]
+        offered = c["mode"]["open_loop"]["rate_per_s"]
         ok = share >= 0.9
-        print(f"| 2x capacity: goodput >= 0.9 x capacity | {model} | {share:.3f} ({c['goodput_per_s']:.0f} of {c['judged_capacity']:.0f}/s) | {'PASS' if ok else 'MISS'} |")
+        print(f"| 2x capacity: goodput >= 0.9 x capacity | {model} | {share:.3f} ({c['goodput_per_s']:.0f} of {c['judged_capacity']:.0f}/s; offered {offered / c['judged_capacity']:.2f}x of it) | {'PASS' if ok else 'MISS'} |")
         att = c["attainment"] or 0.0
         print(f"| 2x capacity: >= 99% of 200s within {target_ms:g} ms | {model} | {100 * att:.2f}% | {'PASS' if att >= 0.99 else 'MISS'} |")
         rest = others(c)

@@ -36,8 +36,15 @@ use crate::priority::Priority;
 /// for what the batcher does not see (the answer's encoding and sending,
 /// the workers' own queue). Measured with `make bench-slo` (unet-seg,
 /// 50 ms, 2x and 4x capacity): 0.8 left 1.6-3% of the 200s past the
-/// target, 0.7 about 1%.
-pub const ADMIT_SHARE: f64 = 0.7;
+/// target, 0.7 about 1%. For a model whose batches run in a few ms (the
+/// bench's mlp, 50 ms, 2x: `MODELS=mlp WITH=target FACTORS=2
+/// load-tests/slo.sh`, nine alternating runs each on one machine), 0.7 left
+/// 0.4-4.4% of the 200s past the target (median 1.1%), 0.6 0-1.2% (median
+/// 0.6%), with the same goodput (0.75 of capacity on average): the queue
+/// 0.6 allows, 30 ms of runs of 2-3 ms, never runs dry under overload; and
+/// unet-seg at 2x and 4x kept its goodput (1.00-1.02 and 0.94-0.95 against
+/// 0.99-1.03 and 0.91-0.92).
+pub const ADMIT_SHARE: f64 = 0.6;
 
 /// A predicted time to answer: the work ahead (what the replicas hold and
 /// the batches queued before it), then its own batch's run.
@@ -200,14 +207,14 @@ mod tests {
         let far = now + ms(10_000);
         // Nothing published: everyone is let through.
         assert_eq!(door.refuses(Priority::Normal, ms(50), now, far), None);
-        // 42 ms predicted, counted as 60 (42 / 0.7): past a 50 ms target.
+        // 42 ms predicted, counted as 70 (42 / 0.6): past a 50 ms target.
         door.publish(Priority::Normal, Some(ahead_own(21, 21)), now);
         let late = door
             .refuses(Priority::Normal, ms(50), now, far)
             .expect("refused");
         assert_eq!(late.predicted, ms(42));
-        // (A little more than 10: some of the target went by since.)
-        assert!(late.excess >= ms(10) && late.excess < ms(11), "{late:?}");
+        // (A little more than 20: some of the target went by since.)
+        assert!(late.excess >= ms(20) && late.excess < ms(21), "{late:?}");
         assert_eq!(door.refused(), 1);
         // Within a 100 ms target; a sooner deadline still refuses it.
         assert_eq!(door.refuses(Priority::Normal, ms(100), now, far), None);

@@ -7,7 +7,7 @@
 //! profile says what the replica gets through, not only how long the engine
 //! ran. With a target T:
 //! - **Batch cap**: of the batches (up to the model's cap) expected to run
-//!   within 0.7 x T / 2 (admission's margin, below), the one that runs the
+//!   within 0.6 x T / 2 (admission's margin, below), the one that runs the
 //!   most items a second. Under load a request waits for the batch before
 //!   its own to finish, then its own runs: two runs of the cap must fit T.
 //! - **Window**: the oldest request waits for a fuller batch at most
@@ -18,7 +18,7 @@
 //!   of it (at its priority or above), then its own batch, full by the
 //!   time it leaves when anything is ahead of it. Past T less the time the
 //!   request already spent in the server (or its own deadline, if sooner),
-//!   the prediction taken as 70% of the truth ([`ADMIT_SHARE`]), it is
+//!   the prediction taken as 60% of the truth ([`ADMIT_SHARE`]), it is
 //!   answered 429 at once, with `Retry-After` from the excess,
 //!   instead of queueing to answer late (one with nothing ahead of it
 //!   always runs). A high-priority request only counts high-priority work
@@ -388,14 +388,14 @@ mod tests {
 
     #[test]
     fn batches_and_windows_follow_the_target() {
-        let control = control(Some(20));
-        // Two runs of the cap within 0.7 x 20 ms: 5 + 2 = 7 ms each, 2
+        let control = control(Some(24));
+        // Two runs of the cap within 0.6 x 24 ms: 5 + 2 = 7 ms each, 2
         // items (and 1 runs far fewer a second).
         assert_eq!(control.batch_cap(0, 16), 2);
-        // The window leaves the two runs their time: 20 - 2 x 7 = 6.
-        assert_eq!(control.window(0, 2, ms(100)), ms(6));
+        // The window leaves the two runs their time: 24 - 2 x 7 = 10.
+        assert_eq!(control.window(0, 2, ms(100)), ms(10));
         let relaxed = self::control(Some(100));
-        // All 16 fit 35 ms, and 16 runs the most a second.
+        // All 16 fit 30 ms, and 16 runs the most a second.
         assert_eq!(relaxed.batch_cap(0, 16), 16);
         assert_eq!(relaxed.window(0, 16, ms(100)), ms(58));
         assert_eq!(relaxed.window(0, 16, ms(2)), ms(2));
@@ -520,16 +520,16 @@ mod tests {
     #[test]
     fn admission_keeps_a_margin_in_proportion_to_the_prediction() {
         let mut control = control(Some(100));
-        // 60 queued: 84 ms predicted, taken as 120 (84 / 0.7): refused.
+        // 60 queued: 84 ms predicted, taken as 140 (84 / 0.6): refused.
         let late = control
             .late_by(1, 60, &[idle(0)], ms(100), now(), ADMIT_SHARE)
             .expect("late");
         assert_eq!(late.predicted, ms(84));
-        assert_eq!(late.excess, ms(20));
-        // 16 queued: 42 ms, taken as 60: admitted with 60 ms left, even
+        assert_eq!(late.excess, ms(40));
+        // 16 queued: 42 ms, taken as 70: admitted with 75 ms left, even
         // when most of the target went before the batcher saw it.
         assert_eq!(
-            control.late_by(1, 16, &[idle(0)], ms(60), now(), ADMIT_SHARE),
+            control.late_by(1, 16, &[idle(0)], ms(75), now(), ADMIT_SHARE),
             None
         );
     }
