@@ -176,6 +176,11 @@ pub async fn start_with_gpus(
             .default_service(web::to(api::not_found))
     })
     .workers(workers)
+    // Answers leave as soon as they are written: with Nagle's algorithm
+    // (the OS default) a small answer behind a larger one not yet
+    // acknowledged on the same connection may wait for the client's
+    // delayed ACK (tens of ms). The gRPC listener sets the same.
+    .tcp_nodelay(true)
     .shutdown_timeout(server_config.shutdown_timeout_s)
     .client_request_timeout(Duration::from_millis(server_config.header_timeout_ms))
     .client_disconnect_timeout(Duration::from_millis(server_config.disconnect_timeout_ms))
