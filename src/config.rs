@@ -106,6 +106,9 @@ pub struct ServerConfig {
     pub max_connections: usize,
     /// Connections the kernel queues before the server accepts them.
     pub backlog: u32,
+    /// Each connection's receive buffer (SO_RCVBUF) in KiB, for the HTTP
+    /// and gRPC listeners; 0 leaves it to the OS's autotuning.
+    pub receive_buffer_kb: u32,
 }
 
 impl Default for ServerConfig {
@@ -125,6 +128,7 @@ impl Default for ServerConfig {
             disconnect_timeout_ms: 1_000,
             max_connections: 10_000,
             backlog: 1_024,
+            receive_buffer_kb: 1_024,
         }
     }
 }
@@ -448,6 +452,12 @@ impl Config {
         }
         if self.server.backlog == 0 || self.server.backlog > 65_535 {
             return Err(("server.backlog", "must be between 1 and 65535".into()));
+        }
+        if self.server.receive_buffer_kb > 65_536 {
+            return Err((
+                "server.receive_buffer_kb",
+                "must be at most 65536 (64 MiB); 0 leaves it to the OS".into(),
+            ));
         }
         if !(1..=4_000_000_000).contains(&self.media.max_image_pixels) {
             return Err((

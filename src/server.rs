@@ -148,6 +148,7 @@ pub async fn start_with_gpus(
     // listen() again on a listening socket sets its backlog (Linux, BSDs),
     // whoever bound it.
     socket2::SockRef::from(&listener).listen(server_config.backlog as i32)?;
+    set_receive_buffer(&listener, server_config.receive_buffer_kb)?;
     let workers = match server_config.workers {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
@@ -162,6 +163,9 @@ pub async fn start_with_gpus(
             ))
         })?),
     };
+    if let Some(grpc) = &grpc_listener {
+        set_receive_buffer(grpc, server_config.receive_buffer_kb)?;
+    }
     let http = HttpServer::new(move || {
         // The last `wrap` runs first: the request id, then the access log,
         // then draining, then JSON for actix's own error answers.
@@ -222,6 +226,22 @@ pub async fn start_with_gpus(
 /// on open keep-alive connections), while requests admitted before finish
 /// (within `server.shutdown_timeout_s`); then the server stops. SIGHUP: reload the
 /// model repository.
+/// Gives the connections `listener` accepts a receive buffer of `kb` KiB
+/// (0: the OS's autotuning, which starts at 128 KiB on Linux). They
+/// inherit it, and their window scale is chosen from it. On loopback, where
+/// a segment may be 64 KiB, a connection starting at 128 KiB advertises
+/// about one segment's window, and a body larger than that crawls in
+/// step with the delayed ACKs (a proxy on the same host, or a client
+/// beside it, sends over loopback): under `make bench-slo`'s load 1-2% of
+/// unet-seg's requests (196 KiB bodies) were answered 50-130 ms after
+/// they began to arrive, refusals included.
+fn set_receive_buffer(listener: &TcpListener, kb: u32) -> std::io::Result<()> {
+    if kb > 0 {
+        socket2::SockRef::from(listener).set_recv_buffer_size(kb as usize * 1024)?;
+    }
+    Ok(())
+}
+
 pub async fn handle_signals(server: actix_web::dev::ServerHandle, state: web::Data<AppState>) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
@@ -275,4 +295,32 @@ pub async fn drain_and_stop(server: actix_web::dev::ServerHandle, state: web::Da
         );
     }
     server.stop(settled).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepted_connections_get_the_configured_receive_buffer() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let os_default = socket2::SockRef::from(&listener)
+            .recv_buffer_size()
+            .unwrap();
+        set_receive_buffer(&listener, 0).unwrap();
+        let untouched = socket2::SockRef::from(&listener).recv_buffer_size();
+        assert_eq!(untouched.unwrap(), os_default);
+        // Linux grants twice what is asked (for its bookkeeping), capped
+        // at net.core.rmem_max (208 KiB by default) before doubling: at
+        // least 256 KiB either way.
+        set_receive_buffer(&listener, 256).unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        let inherited = socket2::SockRef::from(&accepted)
+            .recv_buffer_size()
+            .unwrap();
+        assert!(inherited >= 256 * 1024, "{inherited}");
+        assert!(inherited != os_default, "{inherited}");
+        drop(client);
+    }
 }

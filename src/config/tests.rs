@@ -34,6 +34,12 @@ fn bad_values_name_key_and_file() {
         "{err}"
     );
 
+    std::fs::write(&file, "[server]\nreceive_buffer_kb = 100000\n").unwrap();
+    let err = Config::load(&file, true, &Overrides::default())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("server.receive_buffer_kb"), "{err}");
+
     std::fs::write(&file, "[serverr]\n").unwrap();
     let err = Config::load(&file, true, &Overrides::default())
         .unwrap_err()
