@@ -220,19 +220,13 @@ pub async fn start_with_gpus(
     })
 }
 
-/// SIGTERM/SIGINT: readiness turns 503 at once; after
-/// `server.drain_delay_s` (predictions still served meanwhile) every new
-/// request is answered 503 `shutting_down` with `Connection: close` (also
-/// on open keep-alive connections), while requests admitted before finish
-/// (within `server.shutdown_timeout_s`); then the server stops. SIGHUP: reload the
-/// model repository.
 /// Gives the connections `listener` accepts a receive buffer of `kb` KiB
 /// (0: the OS's autotuning, which starts at 128 KiB on Linux). They
 /// inherit it, and their window scale is chosen from it. On loopback, where
 /// a segment may be 64 KiB, a connection starting at 128 KiB advertises
 /// about one segment's window, and a body larger than that crawls in
 /// step with the delayed ACKs (a proxy on the same host, or a client
-/// beside it, sends over loopback): under `make bench-slo`'s load 1-2% of
+/// beside it, sends over loopback): under `make bench-slo`'s load about 1% of
 /// unet-seg's requests (196 KiB bodies) were answered 50-130 ms after
 /// they began to arrive, refusals included.
 fn set_receive_buffer(listener: &TcpListener, kb: u32) -> std::io::Result<()> {
@@ -242,6 +236,12 @@ fn set_receive_buffer(listener: &TcpListener, kb: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// SIGTERM/SIGINT: readiness turns 503 at once; after
+/// `server.drain_delay_s` (predictions still served meanwhile) every new
+/// request is answered 503 `shutting_down` with `Connection: close` (also
+/// on open keep-alive connections), while requests admitted before finish
+/// (within `server.shutdown_timeout_s`); then the server stops. SIGHUP: reload the
+/// model repository.
 pub async fn handle_signals(server: actix_web::dev::ServerHandle, state: web::Data<AppState>) {
     use tokio::signal::unix::{signal, SignalKind};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
