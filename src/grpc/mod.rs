@@ -41,6 +41,10 @@ pub mod proto {
 
 use proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 
+/// The largest HTTP/2 frame clients may send (HTTP/2's default, 16 KiB,
+/// splits a 196 KiB tensor into 12 frames, each read and handled on its own).
+const MAX_FRAME_SIZE: u32 = 1 << 20;
+
 /// A gRPC server that is accepting RPCs.
 pub struct GrpcServer {
     pub addr: SocketAddr,
@@ -182,6 +186,7 @@ async fn serve(
         .accept_compressed(CompressionEncoding::Gzip)
         .send_compressed(CompressionEncoding::Gzip);
     let served = tonic::transport::Server::builder()
+        .max_frame_size(MAX_FRAME_SIZE)
         .layer(tower::util::MapRequestLayer::new(note_arrival))
         .layer(tower::util::MapResponseLayer::new(
             too_large_is_resource_exhausted,
