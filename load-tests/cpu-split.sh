@@ -85,12 +85,12 @@ measure() {
 cell() {
   local name=$1 c=$2
   shift 2
-  measure "$name" "$c" "$OHA" -z "$((seconds + 5))s" -c "$c" -w --no-tui --output-format json "$@"
+  measure "$name" "$c" "$OHA" -z "$(python3 -c "print($seconds + 5)")s" -c "$c" -w --no-tui --output-format json "$@"
 }
 grpc_cell() {
   local name=$1 c=$2
   shift 2
-  measure "$name" "$c" target/release/grpc-load --addr "$grpc" --seconds "$((seconds + 5))" --concurrency "$c" "$@"
+  measure "$name" "$c" target/release/grpc-load --addr "$grpc" --seconds "$(python3 -c "print($seconds + 5)")" --concurrency "$c" "$@"
 }
 
 json=(-m POST -H "content-type: application/json" -H "accept-encoding: identity")
@@ -150,7 +150,7 @@ for key, label, concurrency in names:
     rps = o["summary"]["requestsPerSec"]
     g0, g1, o0, o1, t0, t1, hz = map(float, open(f"{cells}/{key}.ticks").read().split())
     span = t1 - t0
-    server_cores, oha_cores = (g1 - g0) / hz / span, (o1 - o0) / hz / span
+    server_cores, load_cores = (g1 - g0) / hz / span, (o1 - o0) / hz / span
     per_request = server_cores * 1e6 / rps if rps else 0.0
     kernel = workers = rest = protocol = ""
     rows = shares(f"{cells}/{key}.threads")
@@ -162,7 +162,7 @@ for key, label, concurrency in names:
     if symbols:
         protocol = f"{sum(p for p, dso, sym in symbols if dso != '[kernel.kallsyms]' and stack.search(sym)):.1f}%"
     kernel_top[label] = [(p, sym) for p, dso, sym in symbols if dso == "[kernel.kallsyms]"][:6]
-    out.append(f"| {label} | {concurrency} | {rps:,.0f} | {server_cores:.2f} | {oha_cores:.2f} | {per_request:.1f} | "
+    out.append(f"| {label} | {concurrency} | {rps:,.0f} | {server_cores:.2f} | {load_cores:.2f} | {per_request:.1f} | "
                f"{kernel} | {workers} | {rest} | {protocol} |")
 if perf_ok:
     out.append("\nThe kernel functions taking most of the server's samples (share of all its samples):\n")
