@@ -43,6 +43,9 @@ use proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 
 /// The largest HTTP/2 frame clients may send (HTTP/2's default, 16 KiB,
 /// splits a 196 KiB tensor into 12 frames, each read and handled on its own).
+/// What a connection may have sent and not yet read stays bounded by the
+/// HTTP/2 flow-control windows (hyper's 1 MiB a stream and a connection),
+/// and a header block by hyper's header list limit, as before.
 const MAX_FRAME_SIZE: u32 = 1 << 20;
 
 /// A gRPC server that is accepting RPCs.
