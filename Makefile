@@ -13,7 +13,7 @@ CARGO       ?= cargo
 
 export ORT_DYLIB_PATH := $(abspath $(ORT_LIB))
 
-.PHONY: run run-gpu gpu-check setup test dashboard-screenshot deploy-check docker-test fuzz onnxruntime onnxruntime-gpu venv models train evaluate bench bench-footprints bench-trace bench-slo bench-micro profile cpu-split bench-media soak lint fmt clean
+.PHONY: run run-gpu gpu-check setup test dashboard-screenshot deploy-check docker-test fuzz onnxruntime onnxruntime-gpu venv models train evaluate bench bench-footprints bench-trace bench-repack bench-slo bench-micro profile cpu-split bench-media soak lint fmt clean
 
 run: $(ORT_LIB)
 	$(CARGO) run --release --bin gantry -- --config config/gantry.toml
@@ -119,6 +119,12 @@ bench-footprints: $(ORT_LIB) $(VENV)/.done
 # floor), written to load-tests/TRACE_RESULTS.md.
 bench-trace: $(ORT_LIB) $(VENV)/.done
 	load-tests/trace.sh
+
+# A model loaded on demand (weights mapped) that turns busy: answers per
+# second window by window with and without the packed replica that replaces
+# the mapped one, into load-tests/REPACK_RESULTS.md.
+bench-repack: $(ORT_LIB) $(VENV)/.done
+	load-tests/repack.sh
 
 # Latency targets: capacity closed loop, then open-loop Poisson load at 0.5,
 # 1, 2 and 4 x capacity with and without latency_target_ms, for a

@@ -66,10 +66,11 @@ kill "$pid"; wait "$pid" 2>/dev/null || true
 configs=(
   "everything resident|4000|10000||no budget pressure: the ceiling"
   "static placement|$budget|3600000|GANTRY__MEMORY__MIN_RESIDENCY_LOADS=0|loads what fits at startup, evicts nothing (what a fixed placement does)"
-  "memory follows demand|$budget|1000||cold models load on request (weights mapped), idle ones evicted by GDSF, the room earmarked for the model it was made for, the residency floor 3 load times (at most 1 s)"
+  "memory follows demand|$budget|1000||cold models load on request (weights mapped), idle ones evicted by GDSF, the room earmarked for the model it was made for, the residency floor 3 load times (at most 1 s), a mapped replica replaced by a packed one once its model runs batches of 2 or more on average for 10 s"
   "without mapped weights|$budget|1000|GANTRY__MEMORY__MAP_WEIGHTS=false|the same, every load parsing and packing the weights"
   "floor not scaled to load time|$budget|1000|GANTRY__MEMORY__MIN_RESIDENCY_LOADS=0|the same with the floor at 1 s for every replica"
   "no residency floor|$budget|0||the same without the floor against thrash"
+  "without repacking|$budget|1000|GANTRY__MEMORY__REPACK_AFTER_S=0|the same, mapped replicas kept mapped while resident"
 )
 : >"$work/rows"
 for config in "${configs[@]}"; do
@@ -90,17 +91,17 @@ pools = json.load(open(stats))["model_pools"].values()
 loads = [p["usage"]["load_ms"] for p in pools if p["usage"].get("load_ms")]
 load_ms = f"{statistics.median(loads):.0f}" if loads else "-"
 r = json.load(open(run))
-counts = {"load": 0, "evict": 0, "scale_down": 0}
+counts = {"load": 0, "evict": 0, "repack": 0}
 for line in open(metrics):
     if line.startswith("gantry_residency_decisions_total{"):
         action = line.split('action="')[1].split('"')[0]
-        counts[action] += int(float(line.split()[-1]))
+        counts[action] = counts.get(action, 0) + int(float(line.split()[-1]))
 statuses = ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items()))
 growth = r["peak_rss_mb"] - int(base)
 traffic_growth = r["peak_rss_mb"] - int(traffic_base)
 print(f"| {name} | {limit} | {residency} | {r['requests']} | {100 * r['share_within_target']:.1f}% "
       f"| {r['goodput_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {statuses} "
-      f"| {counts['load']} | {counts['evict']} | {load_ms} | {growth} | {traffic_growth} |")
+      f"| {counts['load']} | {counts['evict']} | {counts['repack']} | {load_ms} | {growth} | {traffic_growth} |")
 PY
   kill "$pid"; wait "$pid" 2>/dev/null || true
 done
@@ -139,8 +140,8 @@ cpu=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
   echo "same binary serving the same twelve models with weights of negligible size (8 hidden units)"
   echo "under the same trace ($traffic_base MB: its batchers, sessions, connections and buffers)."
   echo
-  echo "| Configuration | memory.limit_mb | min_residency_ms | Requests | In time | Goodput (/s) | p50 ms | p99 ms | Statuses | Loads | Evictions | Last load ms (median of models) | RSS growth MB, idle base | RSS growth MB, base under trace |"
-  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+  echo "| Configuration | memory.limit_mb | min_residency_ms | Requests | In time | Goodput (/s) | p50 ms | p99 ms | Statuses | Loads | Evictions | Repacks | Last load ms (median of models) | RSS growth MB, idle base | RSS growth MB, base under trace |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
   cat "$work/rows"
   echo
   for config in "${configs[@]}"; do

@@ -169,6 +169,10 @@ pub struct MemoryConfig {
     /// Where those copies go; empty: `gantry-weights-<uid>` in the system's
     /// temporary directory. Must be on a disk, not in RAM (tmpfs).
     pub weights_dir: String,
+    /// Seconds a replica that maps its weights serves before a packed one
+    /// replaces it, when its model's batches held two items or more on
+    /// average over that span and the budget has room; 0: never.
+    pub repack_after_s: u64,
 }
 
 impl Default for MemoryConfig {
@@ -180,6 +184,7 @@ impl Default for MemoryConfig {
             min_residency_loads: 3,
             map_weights: true,
             weights_dir: String::new(),
+            repack_after_s: 10,
         }
     }
 }
@@ -503,6 +508,9 @@ impl Config {
         if self.memory.min_residency_loads > 10_000 {
             return Err(("memory.min_residency_loads", "must be at most 10000".into()));
         }
+        if self.memory.repack_after_s > 86_400 {
+            return Err(("memory.repack_after_s", "must be at most 86400".into()));
+        }
         let run_ms = self.runtime.exclusive_run_ms;
         if !(0.0..=60_000.0).contains(&run_ms) {
             return Err((
@@ -569,6 +577,8 @@ impl Config {
         gantry_actors::arbiter::ResidencyConfig {
             min_residency: std::time::Duration::from_millis(self.memory.min_residency_ms),
             min_residency_loads: self.memory.min_residency_loads,
+            repack_after: (self.memory.repack_after_s > 0)
+                .then(|| std::time::Duration::from_secs(self.memory.repack_after_s)),
         }
     }
 }

@@ -49,6 +49,10 @@ pub struct ResidencyConfig {
     /// about one part in this many of its time goes to loading it again
     /// (0: `min_residency` alone).
     pub min_residency_loads: u32,
+    /// How long a replica that maps its weights serves before a packed one
+    /// may replace it, and the span its model's batch sizes are judged
+    /// over (see [`crate::repack`]); `None`: never.
+    pub repack_after: Option<Duration>,
 }
 
 impl Default for ResidencyConfig {
@@ -56,6 +60,7 @@ impl Default for ResidencyConfig {
         ResidencyConfig {
             min_residency: Duration::from_secs(10),
             min_residency_loads: 0,
+            repack_after: Some(crate::repack::REPACK_AFTER),
         }
     }
 }
@@ -130,6 +135,12 @@ impl Arbiter {
 
     pub(crate) fn min_residency(&self) -> Duration {
         self.config.min_residency
+    }
+
+    /// How long a mapped replica serves before a packed one may replace it
+    /// (`None`: never).
+    pub(crate) fn repack_after(&self) -> Option<Duration> {
+        self.config.repack_after
     }
 
     pub(crate) fn decisions(&self) -> &Decisions {

@@ -11,18 +11,22 @@
 //! nothing; on a GPU a second stream usually does), and the model is not
 //! scaled up again for [`HOLD_AFTER_UNDO`]. Replicas above `replicas` go
 //! back one at a time once the model has had no backlog for
-//! `downscale_delay_s`. Each decision is logged and kept for stats.
+//! `downscale_delay_s`. The same look replaces replicas that map their
+//! weights by packed ones once their model stays busy (see
+//! [`crate::repack`]). Each decision is logged and kept for stats.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{ActorFutureExt, AsyncContext, Context, WrapFuture};
-use tracing::debug;
+use tracing::{debug, info};
 
+use crate::batcher::IfRefused;
 use crate::messages::DrainReplica;
 use crate::model::{ModelHandle, Residency};
 use crate::observer::ResidencyAction;
+use crate::repack::{RepackStep, Repacking};
 use crate::supervisor::{start_replicas, Supervisor};
 
 /// How long a model whose scale-up was undone is not scaled up again.
@@ -46,6 +50,7 @@ pub(crate) struct Scaling {
     trial: Option<Trial>,
     /// No scale-up before this (after an undone one).
     hold_until: Option<Instant>,
+    repacking: Repacking,
 }
 
 /// A replica added by a scale-up, on trial.
@@ -66,11 +71,20 @@ enum Step {
     Undo { id: usize, before: f64, after: f64 },
     Keep { before: f64, after: f64 },
     Remove { id: usize, quiet_s: u64 },
+    Repack { mapped: usize, mean_batch: f64 },
+    Retire { mapped: usize, packed: usize },
 }
 
 impl Scaling {
-    /// One look at `handle`, whose plan holds `ids`.
-    fn look(&mut self, handle: &ModelHandle, ids: &[usize], now: Instant) -> Step {
+    /// One look at `handle`, whose plan holds `ids`; mapped replicas are
+    /// judged for repacking over spans of `repack_after` (`None`: never).
+    fn look(
+        &mut self,
+        handle: &ModelHandle,
+        ids: &[usize],
+        now: Instant,
+        repack_after: Option<Duration>,
+    ) -> Step {
         let settings = &handle.spec.settings;
         let usage = &handle.state.usage;
         let processed = usage.processed();
@@ -111,6 +125,11 @@ impl Scaling {
             }
             return Step::Keep { before, after };
         }
+        match self.repacking.under_way(usage, ids) {
+            Some(RepackStep::Retire { mapped, packed }) => return Step::Retire { mapped, packed },
+            Some(_) => return Step::Nothing,
+            None => {}
+        }
         if let Some((since, at_start)) = self.backlog_since {
             let held = now.duration_since(since);
             let most = settings
@@ -126,6 +145,14 @@ impl Scaling {
                     before_per_s,
                     backlog_s: held.as_secs(),
                 };
+            }
+        }
+        if let Some(span) = repack_after {
+            let resident = handle.state.residency() == Residency::Resident;
+            if let RepackStep::Start { mapped, mean_batch } =
+                self.repacking.due(usage, resident, ids, now, span)
+            {
+                return Step::Repack { mapped, mean_batch };
             }
         }
         let quiet = Duration::from_secs(settings.downscale_delay_s);
@@ -155,11 +182,13 @@ impl Supervisor {
                 continue;
             };
             let (handle, ids) = (plan.handle.clone(), plan.ids.clone());
-            let step = self
-                .scaling
-                .entry(name.clone())
-                .or_default()
-                .look(&handle, &ids, now);
+            let repack_after = self.residency.repack_after();
+            let step = self.scaling.entry(name.clone()).or_default().look(
+                &handle,
+                &ids,
+                now,
+                repack_after,
+            );
             match step {
                 Step::Nothing => {}
                 Step::Add {
@@ -190,6 +219,13 @@ impl Supervisor {
                         format!("no backlog for {quiet_s} s; replica {id} leaves"),
                     );
                 }
+                Step::Repack { mapped, mean_batch } => {
+                    self.repack(&handle, mapped, mean_batch, ctx);
+                }
+                Step::Retire { mapped, packed } => {
+                    self.take_back(&name, mapped);
+                    info!(model = %name, mapped, packed, "packed replica ready; the mapped one leaves");
+                }
             }
         }
     }
@@ -211,6 +247,63 @@ impl Supervisor {
         backlog_s: u64,
         ctx: &mut Context<Self>,
     ) {
+        let most = handle.spec.settings.most_replicas();
+        self.add_replica_if_room(handle, ctx, move |act, name, id| {
+            let scaling = act.scaling.entry(name.to_string()).or_default();
+            scaling.trial = Some(Trial {
+                id,
+                before_per_s,
+                added: Instant::now(),
+                measuring_from: None,
+            });
+            let replicas = act.plans.get(name).map_or(0, |p| p.ids.len());
+            act.residency.decide(
+                name,
+                ResidencyAction::ScaleUp,
+                format!(
+                    "a backlog of a full batch per replica for {backlog_s} s at {before_per_s:.1} items/s; \
+                     replica {id} added on trial ({replicas} of at most {most})"
+                ),
+            );
+        });
+    }
+
+    /// Loads a packed replica of `handle` to replace `mapped`, which maps
+    /// its weights, where the budget has room now.
+    fn repack(
+        &mut self,
+        handle: &Arc<ModelHandle>,
+        mapped: usize,
+        mean_batch: f64,
+        ctx: &mut Context<Self>,
+    ) {
+        let span_s = self
+            .residency
+            .repack_after()
+            .map_or(0, |span| span.as_secs_f64().round() as u64);
+        self.add_replica_if_room(handle, ctx, move |act, name, id| {
+            let scaling = act.scaling.entry(name.to_string()).or_default();
+            scaling.repacking.started(id, mapped);
+            act.residency.decide(
+                name,
+                ResidencyAction::Repack,
+                format!(
+                    "replica {mapped} maps its weights and the model's batches held {mean_batch:.1} items \
+                     on average for {span_s} s; packed replica {id} loads to take its place"
+                ),
+            );
+        });
+    }
+
+    /// Starts one more replica of `handle` where the budget has room now,
+    /// then `granted` with the model's name and the replica's id; with no
+    /// room, nothing is added and nothing waits for room.
+    fn add_replica_if_room(
+        &mut self,
+        handle: &Arc<ModelHandle>,
+        ctx: &mut Context<Self>,
+        granted: impl FnOnce(&mut Self, &str, usize) + 'static,
+    ) {
         let name = handle.name().to_string();
         let ids = self.take_ids(&name, 1);
         let Some(&id) = ids.first() else {
@@ -222,34 +315,18 @@ impl Supervisor {
         let budget = self.budget.clone();
         let provider = self.provider.clone();
         let starting = handle.clone();
-        let start =
-            async move { start_replicas(&starting, ids, &budget, provider.as_ref(), true).await };
-        let handle = handle.clone();
+        let start = async move {
+            start_replicas(&starting, ids, &budget, provider.as_ref(), IfRefused::Skip).await
+        };
         ctx.spawn(start.into_actor(self).map(move |refused, act, _ctx| {
             if !refused.is_empty() {
                 if let Some(plan) = act.plans.get_mut(&name) {
                     plan.ids.retain(|i| !refused.contains(i));
                 }
-                debug!(model = %name, "no room for another replica; not scaled up");
+                debug!(model = %name, "no room for another replica now");
                 return;
             }
-            let scaling = act.scaling.entry(name.clone()).or_default();
-            scaling.trial = Some(Trial {
-                id,
-                before_per_s,
-                added: Instant::now(),
-                measuring_from: None,
-            });
-            let replicas = act.plans.get(&name).map_or(0, |p| p.ids.len());
-            act.residency.decide(
-                &name,
-                ResidencyAction::ScaleUp,
-                format!(
-                    "a backlog of a full batch per replica for {backlog_s} s at {before_per_s:.1} items/s; \
-                     replica {id} added on trial ({replicas} of at most {})",
-                    handle.spec.settings.most_replicas()
-                ),
-            );
+            granted(act, &name, id);
         }));
     }
 }

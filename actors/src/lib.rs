@@ -27,6 +27,7 @@ pub mod priority;
 pub mod processing;
 pub mod queue;
 pub mod readiness;
+pub mod repack;
 pub mod replica;
 pub mod repository;
 pub mod reshape;

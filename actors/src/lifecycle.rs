@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use actix::{ActorFutureExt, AsyncContext, AtomicResponse, Context, Handler, Message, WrapFuture};
 use tracing::{info, warn};
 
+use crate::batcher::IfRefused;
 use crate::messages::{DrainReplica, RetireModel};
 use crate::model::ModelHandle;
 use crate::repository::{self, LoadError, ModelSettings, ModelSpec, ScanOneError};
@@ -150,7 +151,7 @@ impl Supervisor {
         let provider = self.provider.clone();
         ctx.spawn(
             async move {
-                start_replicas(&handle, ids, &budget, provider.as_ref(), false).await;
+                start_replicas(&handle, ids, &budget, provider.as_ref(), IfRefused::Wait).await;
             }
             .into_actor(self),
         );
@@ -249,7 +250,7 @@ impl Supervisor {
         info!(model = %name, "replacing model; the current one serves until the new one is ready");
         let starting = fresh.clone();
         let wait = async move {
-            start_replicas(&starting, ids, &budget, provider.as_ref(), false).await;
+            start_replicas(&starting, ids, &budget, provider.as_ref(), IfRefused::Wait).await;
             let deadline = Instant::now() + REPLACE_TIMEOUT;
             while !starting.is_ready() && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(20)).await;

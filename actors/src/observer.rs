@@ -60,6 +60,9 @@ pub enum ResidencyAction {
     /// Took back a replica a scale-up added that did not raise the model's
     /// throughput.
     UndoScaleUp,
+    /// Loaded a packed replica to replace one that maps its weights, its
+    /// model's batches being large enough to gain (see [`crate::repack`]).
+    Repack,
 }
 
 impl ResidencyAction {
@@ -70,6 +73,7 @@ impl ResidencyAction {
             ResidencyAction::ScaleDown => "scale_down",
             ResidencyAction::ScaleUp => "scale_up",
             ResidencyAction::UndoScaleUp => "undo_scale_up",
+            ResidencyAction::Repack => "repack",
         }
     }
 }

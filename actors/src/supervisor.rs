@@ -16,7 +16,7 @@ use actix::{
 use tracing::{error, info, warn};
 
 use crate::arbiter::{Decisions, ResidencyConfig};
-use crate::batcher::{reserve_and_attach, AttachReplicaRequest, Batcher};
+use crate::batcher::{reserve_and_attach, AttachReplicaRequest, Batcher, IfRefused};
 use crate::device::{DeviceSetup, GpuInventory};
 use crate::engine::checked::checked_factory;
 use crate::engine::EngineProvider;
@@ -250,7 +250,14 @@ impl Actor for Supervisor {
             let mut cold = Vec::new();
             for (handle, ids) in starts {
                 let wanted = ids.len();
-                let refused = start_replicas(&handle, ids, &budget, provider.as_ref(), true).await;
+                let refused = start_replicas(
+                    &handle,
+                    ids,
+                    &budget,
+                    provider.as_ref(),
+                    IfRefused::StayCold,
+                )
+                .await;
                 // Its footprints measured before the next reserves: what
                 // fits is judged on what replicas take, not on estimates.
                 settled(&handle, wanted - refused.len()).await;
@@ -315,14 +322,13 @@ pub(crate) fn register_model(
 }
 
 /// Starts each replica of a model that the memory budget grants; a refused
-/// one waits in its batcher for room, or, with `cold_if_refused`, is not
-/// kept at all (the model loads when asked for). Returns the ids not kept.
+/// one becomes what `if_refused` says. Returns the ids not kept.
 pub(crate) async fn start_replicas(
     handle: &ModelHandle,
     ids: Vec<usize>,
     budget: &Addr<MemoryBudget>,
     provider: &dyn EngineProvider,
-    cold_if_refused: bool,
+    if_refused: IfRefused,
 ) -> Vec<usize> {
     let mut refused = Vec::new();
     let spec = &handle.spec;
@@ -338,7 +344,7 @@ pub(crate) async fn start_replicas(
             factory: factory.clone(),
             warmup: spec.settings.warmup,
             retry: false,
-            cold_if_refused,
+            if_refused,
             configured: handle.state.reservation_mb(spec).1,
         };
         if !reserve_and_attach(handle.batcher.clone(), budget.clone(), request).await {
@@ -368,7 +374,7 @@ pub struct ModelSnapshot {
     /// Its demand: requests, each counted half after
     /// [`crate::usage::DEMAND_HALF_LIFE`] (its eviction frequency).
     pub demand: f64,
-    /// How long its last load and warmup took.
+    /// How long a load and warmup takes ([`crate::usage::ModelUsage::load_time`]).
     pub load_ms: Option<u64>,
     /// Seconds since its last request; `None` before the first.
     pub idle_s: Option<f64>,

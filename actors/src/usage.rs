@@ -1,12 +1,13 @@
 //! How a model is being used, as its batcher records it and the supervisor
 //! reads it when it decides what stays in memory: work queued and running,
 //! requests since it was last loaded, its demand (requests, each counted
-//! less as it ages), when it was last asked for, how long a load takes and
-//! since when each replica has been ready. Plain atomics (and two small
-//! locks), written by the batcher, read without a message.
+//! less as it ages), when it was last asked for, how long a load takes,
+//! items and batches run, and since when each replica has been ready (and
+//! whether it maps its weights). Plain atomics (and two small locks),
+//! written by the batcher, read without a message.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -55,12 +56,25 @@ pub struct ModelUsage {
     last_request_ms: AtomicU64,
     /// Requests, the recent ones counting most.
     demand: parking_lot::Mutex<Demand>,
-    /// How long the last replica took to load and warm up (0: not yet).
+    /// How long a load takes (0: not known yet); see [`Self::load_time`].
     load_ms: AtomicU64,
-    /// Ready replicas by id, with the [`clock_ms`] each turned ready at.
-    ready_since: Mutex<BTreeMap<usize, u64>>,
+    /// True once a replica that maps its weights has loaded.
+    mapped_load_seen: AtomicBool,
+    /// Ready replicas by id.
+    ready_since: Mutex<BTreeMap<usize, ReadyReplica>>,
     /// Items its replicas ran without failing, ever.
     processed: AtomicU64,
+    /// Batches (of at least one item) its replicas ran, ever.
+    batches: AtomicU64,
+}
+
+/// One ready replica.
+#[derive(Debug, Clone, Copy)]
+struct ReadyReplica {
+    /// The [`clock_ms`] it turned ready at.
+    since_ms: u64,
+    /// It maps its weights from a split copy of the model file.
+    mapped: bool,
 }
 
 impl ModelUsage {
@@ -88,14 +102,23 @@ impl ModelUsage {
         self.inflight.store(inflight, Ordering::Relaxed);
     }
 
-    /// Notes `items` run.
+    /// Notes a batch of `items` run.
     pub(crate) fn ran(&self, items: u64) {
-        self.processed.fetch_add(items, Ordering::Relaxed);
+        if items > 0 {
+            self.processed.fetch_add(items, Ordering::Relaxed);
+            self.batches.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Items run, ever.
     pub fn processed(&self) -> u64 {
         self.processed.load(Ordering::Relaxed)
+    }
+
+    /// Batches run, ever (with [`Self::processed`], the mean batch size over
+    /// a span).
+    pub fn batches(&self) -> u64 {
+        self.batches.load(Ordering::Relaxed)
     }
 
     /// Requests waiting in the queue now.
@@ -108,16 +131,26 @@ impl ModelUsage {
         self.queued.load(Ordering::Relaxed) == 0 && self.inflight.load(Ordering::Relaxed) == 0
     }
 
-    /// Replica `id` turned ready after a load of `load`.
-    pub(crate) fn replica_ready(&self, id: usize, load: Duration) {
+    /// Replica `id` turned ready after a load of `load`; `mapped` when it
+    /// maps its weights.
+    pub(crate) fn replica_ready(&self, id: usize, load: Duration, mapped: bool) {
         let mut ready = self.ready_since.lock().unwrap_or_else(|e| e.into_inner());
         if ready.is_empty() {
             self.requests_at_load
                 .store(self.requests.load(Ordering::Relaxed), Ordering::Relaxed);
         }
-        ready.insert(id, clock_ms());
-        self.load_ms
-            .store(load.as_millis().max(1) as u64, Ordering::Relaxed);
+        let since_ms = clock_ms();
+        ready.insert(id, ReadyReplica { since_ms, mapped });
+        if mapped {
+            self.mapped_load_seen.store(true, Ordering::Relaxed);
+        }
+        // A load on demand maps its weights: once one has, a packed load
+        // (at startup, a scale-up, a repack) says nothing of what the next
+        // load on demand will cost.
+        if mapped || !self.mapped_load_seen.load(Ordering::Relaxed) {
+            self.load_ms
+                .store(load.as_millis().max(1) as u64, Ordering::Relaxed);
+        }
     }
 
     /// Only replicas `ids` are ready now.
@@ -129,8 +162,20 @@ impl ModelUsage {
     /// How long replica `id` has been ready; `None` when it is not.
     pub fn ready_for(&self, id: usize) -> Option<Duration> {
         let ready = self.ready_since.lock().unwrap_or_else(|e| e.into_inner());
-        let since = *ready.get(&id)?;
+        let since = ready.get(&id)?.since_ms;
         Some(Duration::from_millis(clock_ms().saturating_sub(since)))
+    }
+
+    /// The ready replica that maps its weights and has been ready longest,
+    /// with how long; `None` when every ready replica holds them packed.
+    pub fn longest_mapped(&self) -> Option<(usize, Duration)> {
+        let ready = self.ready_since.lock().unwrap_or_else(|e| e.into_inner());
+        let (id, oldest) = ready
+            .iter()
+            .filter(|(_, r)| r.mapped)
+            .min_by_key(|(_, r)| r.since_ms)?;
+        let age = clock_ms().saturating_sub(oldest.since_ms);
+        Some((*id, Duration::from_millis(age)))
     }
 
     /// Requests taken since the model was last loaded (since it last went
@@ -152,7 +197,9 @@ impl ModelUsage {
         (last > 0).then(|| Duration::from_millis(clock_ms().saturating_sub(last)))
     }
 
-    /// How long the last load and warmup took, once one has.
+    /// How long a load and warmup takes, once one has happened: the last
+    /// load that mapped its weights once one has (the next load on demand
+    /// will map them too), else the last load.
     pub fn load_time(&self) -> Option<Duration> {
         let ms = self.load_ms.load(Ordering::Relaxed);
         (ms > 0).then(|| Duration::from_millis(ms))
@@ -195,19 +242,44 @@ mod tests {
         let usage = ModelUsage::default();
         usage.requested();
         usage.requested();
-        usage.replica_ready(0, Duration::from_millis(40));
+        usage.replica_ready(0, Duration::from_millis(40), false);
         usage.requested();
         assert_eq!(usage.requests_since_load(), 1);
         // A second replica does not restart the count...
-        usage.replica_ready(1, Duration::from_millis(40));
+        usage.replica_ready(1, Duration::from_millis(40), false);
         assert_eq!(usage.requests_since_load(), 1);
         // ...a model that left memory and came back does.
         usage.retain_ready(&[]);
-        usage.replica_ready(2, Duration::from_millis(40));
+        usage.replica_ready(2, Duration::from_millis(40), false);
         assert_eq!(usage.requests_since_load(), 0);
         assert_eq!(usage.requests(), 3);
         assert!(usage.ready_for(2).is_some() && usage.ready_for(0).is_none());
         assert_eq!(usage.load_time(), Some(Duration::from_millis(40)));
+    }
+
+    #[test]
+    fn a_mapped_load_sets_the_load_time_and_is_found() {
+        let usage = ModelUsage::default();
+        usage.replica_ready(0, Duration::from_millis(90), false);
+        assert_eq!(usage.longest_mapped(), None);
+        usage.replica_ready(1, Duration::from_millis(5), true);
+        usage.replica_ready(2, Duration::from_millis(6), true);
+        assert_eq!(usage.load_time(), Some(Duration::from_millis(6)));
+        assert_eq!(usage.longest_mapped().map(|(id, _)| id), Some(1));
+        // A packed load after a mapped one leaves the load time alone.
+        usage.replica_ready(3, Duration::from_millis(120), false);
+        assert_eq!(usage.load_time(), Some(Duration::from_millis(6)));
+        usage.retain_ready(&[0, 2, 3]);
+        assert_eq!(usage.longest_mapped().map(|(id, _)| id), Some(2));
+    }
+
+    #[test]
+    fn batches_count_only_runs_with_items() {
+        let usage = ModelUsage::default();
+        usage.ran(4);
+        usage.ran(0);
+        usage.ran(2);
+        assert_eq!((usage.processed(), usage.batches()), (6, 2));
     }
 
     #[test]

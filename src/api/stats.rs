@@ -101,7 +101,8 @@ struct Usage {
     /// Requests, each counted half after 5 s: the frequency eviction
     /// weighs (about requests per second x 7.2 under steady traffic).
     demand: f64,
-    /// How long its last load and warmup took; `null` before one.
+    /// How long a load and warmup takes (its last load that mapped its
+    /// weights, once one has; else its last load); `null` before one.
     load_ms: Option<u64>,
     /// Seconds since its last request; `null` before the first.
     idle_s: Option<f64>,
@@ -121,7 +122,8 @@ struct Decision {
     /// When, in ms since the Unix epoch.
     at_unix_ms: u64,
     model: String,
-    /// `load`, `evict`, `scale_up`, `undo_scale_up` or `scale_down`.
+    /// `load`, `evict`, `scale_up`, `undo_scale_up`, `scale_down` or
+    /// `repack`.
     action: &'static str,
     reason: String,
 }

@@ -35,7 +35,7 @@ impl ResidencySeries {
         let decisions = Family::<DecisionLabels, Counter>::default();
         registry.register(
             "residency_decisions",
-            "Residency decisions by model and action (load, evict, scale_up, undo_scale_up, scale_down)",
+            "Residency decisions by model and action (load, evict, scale_up, undo_scale_up, scale_down, repack)",
             decisions.clone(),
         );
         registry.register_with_unit(

@@ -30,13 +30,13 @@ fn server(one_device: bool) -> (Repo, TestServer) {
     (repo, server)
 }
 
-/// Sixteen clients asking `hot` back to back for `seconds`; every answer
-/// must be a 200.
-async fn flood(server: &TestServer, seconds: u64) {
+/// `clients` clients asking `model` back to back for `seconds`; every
+/// answer must be a 200.
+async fn flood(server: &TestServer, model: &str, clients: usize, seconds: u64) {
     let until = Instant::now() + Duration::from_secs(seconds);
-    let clients = (0..16).map(|i| async move {
+    let clients = (0..clients).map(|i| async move {
         while Instant::now() < until {
-            let (status, answer) = server.post("/api/optimized/predict", &body("hot", i)).await;
+            let (status, answer) = server.post("/api/optimized/predict", &body(model, i)).await;
             assert_eq!(status, 200, "{answer}");
         }
     });
@@ -56,7 +56,7 @@ fn actions(stats: &Value) -> Vec<String> {
 async fn a_backlog_adds_a_replica_that_stays_while_it_raises_throughput() {
     let (_repo, server) = server(false);
     server.wait_ready().await;
-    flood(&server, 6).await;
+    flood(&server, "hot", 16, 6).await;
     let stats = server.stats().await;
     assert_eq!(actions(&stats), ["scale_up"], "{stats}");
     let reason = stats["residency"]["decisions"][0]["reason"]
@@ -79,7 +79,7 @@ async fn a_backlog_adds_a_replica_that_stays_while_it_raises_throughput() {
 async fn a_replica_that_adds_no_throughput_is_taken_back_and_not_tried_again_at_once() {
     let (_repo, server) = server(true);
     server.wait_ready().await;
-    flood(&server, 8).await;
+    flood(&server, "hot", 16, 8).await;
     let stats = until(&server, "one replica again", |s| {
         s["model_pools"]["hot"]["replicas"].as_array().map(Vec::len) == Some(1)
     })
@@ -89,4 +89,83 @@ async fn a_replica_that_adds_no_throughput_is_taken_back_and_not_tried_again_at_
         .as_str()
         .unwrap();
     assert!(reason.contains("no scale-up for 60 s"), "{reason}");
+}
+
+/// Whether each replica of `model` maps its weights.
+fn mapped(stats: &Value, model: &str) -> Vec<bool> {
+    stats["model_pools"][model]["replicas"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| r["weights_mapped"] == true)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_loaded_on_demand_that_runs_batches_gets_a_packed_replica_in_place_of_its_mapped_one(
+) {
+    let settings = "replicas = 1\nmin_replicas = 0\nmax_batch_size = 8\ndownscale_delay_s = 1\n";
+    let repo = Repo::new().fake("busy", settings).fake("calm", settings);
+    let engine = FakeEngineFactory::vector(4).with_delay(Duration::from_millis(20), Duration::ZERO);
+    let copies = tempfile::tempdir().unwrap();
+    let mut config = no_cache(crate::common::config(repo.path()));
+    config.memory.limit_mb = 10_000;
+    config.memory.weights_dir = copies.path().display().to_string();
+    config.memory.repack_after_s = 1;
+    let server = TestServer::start(config, Arc::new(FakeProvider::new(engine)));
+    server.wait_ready().await;
+    // Idle, both leave memory (min_replicas = 0); asked for, both come back
+    // as a load on demand does: mapped.
+    until(&server, "both out of memory", |s| {
+        ["busy", "calm"]
+            .iter()
+            .all(|m| s["model_pools"][m]["residency"] == "cold")
+    })
+    .await;
+    for model in ["busy", "calm"] {
+        let (status, answer) = server.post("/api/optimized/predict", &body(model, 1)).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let stats = server.stats().await;
+    assert_eq!(mapped(&stats, "busy"), [true], "{stats}");
+    assert_eq!(mapped(&stats, "calm"), [true], "{stats}");
+    // busy runs batches of up to 8 (16 clients), calm one request at a
+    // time; stats are read while both are still asked for (idle, they
+    // would leave memory again).
+    let watch = async {
+        until(&server, "busy's replica packed", |s| {
+            mapped(s, "busy") == [false]
+        })
+        .await
+    };
+    let (stats, (), ()) = tokio::join!(
+        watch,
+        flood(&server, "busy", 16, 6),
+        flood(&server, "calm", 1, 6)
+    );
+    let repacks: Vec<&Value> = stats["residency"]["decisions"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| d["action"] == "repack")
+        .collect();
+    assert_eq!(repacks.len(), 1, "{stats}");
+    let repack = repacks[0];
+    assert_eq!(repack["model"], "busy", "{stats}");
+    let reason = repack["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("maps its weights") && reason.contains("packed replica"),
+        "{reason}"
+    );
+    assert_eq!(
+        mapped(&stats, "calm"),
+        [true],
+        "batches of one gain nothing: {stats}"
+    );
+    let stats = server.stats().await;
+    assert_eq!(
+        actions(&stats).iter().filter(|a| *a == "repack").count(),
+        1,
+        "{stats}"
+    );
 }

@@ -46,7 +46,7 @@ mod snapshot;
 pub use residency::LOAD_TICK;
 
 use replicas::ReplicaSlot;
-pub use replicas::{reserve_and_attach, AttachReplicaRequest};
+pub use replicas::{reserve_and_attach, AttachReplicaRequest, IfRefused};
 // What a batcher answers for stats is declared with its messages; it is
 // named here too, where its readers look for it.
 pub use crate::messages::{

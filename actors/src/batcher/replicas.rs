@@ -235,7 +235,9 @@ impl Handler<ReplicaReady> for Batcher {
             slot.weights_mapped = msg.weights_mapped;
             slot.state = ReplicaState::Ready;
             let loaded_in = slot.spawned_at.elapsed();
-            self.state.usage.replica_ready(msg.replica, loaded_in);
+            self.state
+                .usage
+                .replica_ready(msg.replica, loaded_in, msg.weights_mapped);
             if !was_resident {
                 self.note_load_waits();
             }
@@ -279,10 +281,24 @@ impl Handler<ReplicaFailed> for Batcher {
     }
 }
 
+/// What becomes of a replica the budget refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IfRefused {
+    /// Its slot waits in the batcher for room (an operator's replica).
+    Wait,
+    /// No slot waits for room: the model stays out of memory until asked
+    /// for (startup). One that can never fit keeps its slot, to say why.
+    StayCold,
+    /// It is not added at all (a replica the supervisor adds only where
+    /// there is room now: a scale-up, a repack).
+    Skip,
+}
+
 /// Asks `budget` for replica `id` of `batcher`'s model and hands the answer
-/// to the batcher; false when it was refused with `cold_if_refused` (no
-/// slot keeps it: the model stays out of memory). Whatever happens to the answer on the way, a granted
-/// reservation is given back unless a replica slot holds it.
+/// to the batcher; false when no slot keeps it (refused with
+/// [`IfRefused::StayCold`] while it may fit later, or with
+/// [`IfRefused::Skip`]). Whatever happens to the answer on the way, a
+/// granted reservation is given back unless a replica slot holds it.
 pub async fn reserve_and_attach(
     batcher: BatcherAddr,
     budget: Addr<MemoryBudget>,
@@ -303,14 +319,22 @@ pub async fn reserve_and_attach(
             format!("memory budget unavailable: {e}"),
         ),
     };
-    let kept = !(attach.cold_if_refused && reservation.may_fit_later());
+    let kept = match attach.if_refused {
+        IfRefused::Wait => true,
+        IfRefused::StayCold => !reservation.may_fit_later(),
+        IfRefused::Skip => reservation.refusal().is_none(),
+    };
+    if !kept && attach.if_refused == IfRefused::Skip {
+        // A refusal holds no memory: nothing to hand over.
+        return false;
+    }
     let message = AttachReplica {
         id: attach.id,
         factory: attach.factory,
         warmup: attach.warmup,
         reservation,
         retry: attach.retry,
-        cold_if_refused: attach.cold_if_refused,
+        cold_if_refused: attach.if_refused == IfRefused::StayCold,
     };
     // A full mailbox is only busy: deliver anyway. A closed one (the batcher
     // retired) drops the message and with it the reservation.
@@ -331,8 +355,8 @@ pub struct AttachReplicaRequest {
     pub factory: Arc<dyn EngineFactory>,
     pub warmup: u32,
     pub retry: bool,
-    /// Refused, the model stays out of memory (no slot waits for room).
-    pub cold_if_refused: bool,
+    /// What becomes of it when the budget refuses it.
+    pub if_refused: IfRefused,
     /// `mb` is model.toml's `memory_mb` (not an estimate or a measurement).
     pub configured: bool,
     /// MB more while it loads, on the CPU only (see
@@ -509,7 +533,7 @@ impl Batcher {
             factory,
             warmup: slot.warmup,
             retry: true,
-            cold_if_refused: false,
+            if_refused: IfRefused::Wait,
             configured: self.memory_configured,
         };
         let batcher = BatcherAddr::new(&ctx.address());

@@ -123,6 +123,7 @@ impl EngineFactory for FakeEngineFactory {
         Ok(Box::new(FakeEngine {
             config: self.clone(),
             last_items: 0,
+            mapped: target.map_weights,
         }))
     }
 
@@ -144,11 +145,18 @@ struct FakeEngine {
     config: FakeEngineFactory,
     /// Items of the last run, for its reported memory.
     last_items: usize,
+    /// Loaded to map its weights (a load on demand): it says so, as the
+    /// ONNX Runtime engine does, though it holds no weights.
+    mapped: bool,
 }
 
 impl Engine for FakeEngine {
     fn signature(&self) -> &ModelSignature {
         &self.config.signature
+    }
+
+    fn maps_weights(&self) -> bool {
+        self.mapped
     }
 
     fn infer(&mut self, inputs: &[Tensor]) -> Result<Vec<Tensor>, EngineError> {
