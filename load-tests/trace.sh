@@ -83,10 +83,21 @@ for config in "${configs[@]}"; do
   curl -s "127.0.0.1:$port/metrics" >"$work/metrics.txt"
   curl -s "127.0.0.1:$port/api/optimized/stats" >"$work/stats.json"
   if [ "$limit" = 4000 ]; then cp "$work/stats.json" "$work/resident.json"; fi
-  "$python" - "$work/run.json" "$work/metrics.txt" "$name" "$limit" "$residency" "$base" "$what" "$work/stats.json" "$traffic_base" \
+  # The third base: this process once the trace is over and every model is
+  # unloaded (what it kept of its own: kernels' code pages, buffers).
+  for i in $(seq 0 11); do
+    curl -sf -X POST "127.0.0.1:$port/v2/repository/models/mlp-$(printf %02d "$i")/unload" >/dev/null
+  done
+  for _ in $(seq 100); do
+    [ "$(curl -s "127.0.0.1:$port/api/optimized/stats" | "$python" -c 'import json,sys; print(json.load(sys.stdin)["memory"]["reserved_mb"])')" = 0 ] && break
+    sleep 0.1
+  done
+  sleep 1
+  after_base=$(rss_mb "$pid")
+  "$python" - "$work/run.json" "$work/metrics.txt" "$name" "$limit" "$residency" "$base" "$what" "$work/stats.json" "$traffic_base" "$after_base" \
     >>"$work/rows" <<'PY'
 import json, statistics, sys
-run, metrics, name, limit, residency, base, what, stats, traffic_base = sys.argv[1:]
+run, metrics, name, limit, residency, base, what, stats, traffic_base, after_base = sys.argv[1:]
 pools = json.load(open(stats))["model_pools"].values()
 loads = [p["usage"]["load_ms"] for p in pools if p["usage"].get("load_ms")]
 load_ms = f"{statistics.median(loads):.0f}" if loads else "-"
@@ -99,9 +110,10 @@ for line in open(metrics):
 statuses = ", ".join(f"{k}: {v}" for k, v in sorted(r["statuses"].items()))
 growth = r["peak_rss_mb"] - int(base)
 traffic_growth = r["peak_rss_mb"] - int(traffic_base)
+after_growth = r["peak_rss_mb"] - int(after_base)
 print(f"| {name} | {limit} | {residency} | {r['requests']} | {100 * r['share_within_target']:.1f}% "
       f"| {r['goodput_per_s']:.1f} | {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {statuses} "
-      f"| {counts['load']} | {counts['evict']} | {counts['repack']} | {load_ms} | {growth} | {traffic_growth} |")
+      f"| {counts['load']} | {counts['evict']} | {counts['repack']} | {load_ms} | {growth} | {traffic_growth} | {after_growth} ({after_base}) |")
 PY
   kill "$pid"; wait "$pid" 2>/dev/null || true
 done
@@ -138,10 +150,13 @@ cpu=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
   echo "resident memory during the trace minus a base: idle, that of the same binary serving one"
   echo "0.2 MB model ($base MB: the process with ONNX Runtime loaded); under the trace, the peak of the"
   echo "same binary serving the same twelve models with weights of negligible size (8 hidden units)"
-  echo "under the same trace ($traffic_base MB: its batchers, sessions, connections and buffers)."
+  echo "under the same trace ($traffic_base MB: its batchers, sessions, connections and buffers); after the"
+  echo "trace, the same server once every model is unloaded (what the process kept of its own: code"
+  echo "pages of the kernels its models ran, buffers; a leak would show here as a base far above the"
+  echo "idle one)."
   echo
-  echo "| Configuration | memory.limit_mb | min_residency_ms | Requests | In time | Goodput (/s) | p50 ms | p99 ms | Statuses | Loads | Evictions | Repacks | Last load ms (median of models) | RSS growth MB, idle base | RSS growth MB, base under trace |"
-  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+  echo "| Configuration | memory.limit_mb | min_residency_ms | Requests | In time | Goodput (/s) | p50 ms | p99 ms | Statuses | Loads | Evictions | Repacks | Last load ms (median of models) | RSS growth MB, idle base | RSS growth MB, base under trace | RSS growth MB, base after trace (base MB) |"
+  echo "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
   cat "$work/rows"
   echo
   for config in "${configs[@]}"; do
