@@ -29,8 +29,11 @@ gantry="${GANTRY:-target/release/gantry}"
 load=target/release/slo-load
 export ORT_DYLIB_PATH="${ORT_DYLIB_PATH:-$root/.onnxruntime/libonnxruntime.so}"
 work=$(mktemp -d)
+# The split copies on disk (a temporary folder may be a tmpfs, where
+# weights are not mapped).
+weights="$root/target/bench-weights.$$"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work" "$weights"; }
 trap cleanup EXIT
 "$python" load-tests/mlp_repository.py "$work/all" >/dev/null
 for repo in cold warm; do
@@ -54,7 +57,7 @@ serve() {
   [ -n "$server_cpus" ] && pin=(taskset -c "$server_cpus")
   # shellcheck disable=SC2086
   env $extra GANTRY__SERVER__BIND=127.0.0.1:$port GANTRY__SERVER__GRPC_BIND= GANTRY__MODELS__DIR=$dir \
-    GANTRY__CACHE__ENABLED=false GANTRY__LOG__LEVEL=warn GANTRY__MEMORY__WEIGHTS_DIR="$work/weights" \
+    GANTRY__CACHE__ENABLED=false GANTRY__LOG__LEVEL=warn GANTRY__MEMORY__WEIGHTS_DIR="$weights" \
     ${pin[@]+"${pin[@]}"} "$gantry" --config config/gantry.toml >"$work/$port.log" 2>&1 &
   pid=$!
   pids+=("$pid")
@@ -75,10 +78,15 @@ for config in "${configs[@]}"; do
   ready "$port"
   if [ "$repo" = cold ]; then
     # Idle, the model leaves memory: the first request loads it on demand.
+    cold=""
     for _ in $(seq 300); do
-      [ "$(stats "$port" | "$python" -c 'import json,sys; print(json.load(sys.stdin)["model_pools"]["mlp"]["residency"])')" = cold ] && break
+      if [ "$(stats "$port" | "$python" -c 'import json,sys; print(json.load(sys.stdin)["model_pools"]["mlp"]["residency"])')" = cold ]; then
+        cold=yes
+        break
+      fi
       sleep 0.1
     done
+    [ -n "$cold" ] || { echo "$name: the model never left memory" >&2; exit 1; }
   fi
   : >"$work/windows"
   for _ in $(seq "$windows"); do
@@ -107,14 +115,18 @@ EOF
 done
 
 commit=$(git rev-parse --short HEAD)
-cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
-"$python" - "$work/rows" "$commit" "$cpu" "$windows" "$window_s" >load-tests/REPACK_RESULTS.md <<'EOF'
+cpu=$(awk -F': ' '/model name/ {print $2; exit}' /proc/cpuinfo)
+placement="server on core $server_cpus, load generator on core $load_cpus"
+[ -n "$server_cpus" ] || placement="server and load generator on the one core"
+"$python" - "$work/rows" "$commit" "$cpu" "$windows" "$window_s" "$placement" >"$work/results.md" <<'EOF'
 import json, sys
 rows = [json.loads(line) for line in open(sys.argv[1])]
-commit, cpu, windows, window_s = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+commit, cpu, windows, window_s, placement = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5]), sys.argv[6]
+if rows[2]["mapped_at_end"] != [True]:
+    sys.exit("never repacked: the replica loaded on demand did not map its weights (is the weights folder on a tmpfs?)")
 print("# A model loaded on demand that turns busy: mapped weights, then packed\n")
-print(f"`load-tests/repack.sh` (target/release/gantry), commit {commit}, {cpu}; server on core 1,")
-print("load generator (`slo-load`, closed loop, 32 callers, v2 JSON, one item a request) on core 0.\n")
+print(f"`load-tests/repack.sh` (target/release/gantry), commit {commit}, {cpu}; {placement}")
+print("(load generator `slo-load`, closed loop, 32 callers, v2 JSON, one item a request).\n")
 print("One MLP of 39 MB (64 -> 3,100 -> 3,100 -> 10, max_batch_size 16). Answers per second in")
 print(f"each {window_s} s window, from the first request on (the first window includes the load):\n")
 heads = [f"{i * window_s}-{(i + 1) * window_s} s" for i in range(windows)]
@@ -138,4 +150,5 @@ print(f"\nOver the last {tail} windows (medians): repacked {med(repacked[-tail:]
       f"never repacked {med(never[-tail:]):,.0f}/s, packed from startup {med(ceiling[-tail:]):,.0f}/s: "
       f"repacked / never repacked = {med(repacked[-tail:]) / med(never[-tail:]):.2f}.")
 EOF
+cp "$work/results.md" load-tests/REPACK_RESULTS.md
 cat load-tests/REPACK_RESULTS.md

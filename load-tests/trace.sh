@@ -21,8 +21,11 @@ seconds="${SECONDS_EACH:-40}"
 rate="${RATE:-150}"
 budget="${BUDGET_MB:-150}"
 work=$(mktemp -d)
+# The split copies on disk (a temporary folder may be a tmpfs, where
+# weights are not mapped).
+weights="$root/target/bench-weights.$$"
 pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work" "$weights"; }
 trap cleanup EXIT
 mkdir -p "$work/base" "$work/negligible" "$work/mlps"
 cp -r models/tiny-classifier "$work/base/"
@@ -38,7 +41,7 @@ serve() {
   env $extra GANTRY__SERVER__BIND=127.0.0.1:$port GANTRY__SERVER__GRPC_BIND= GANTRY__MODELS__DIR=$dir \
     GANTRY__CACHE__ENABLED=false GANTRY__LOG__LEVEL=warn \
     GANTRY__MEMORY__LIMIT_MB=$limit GANTRY__MEMORY__MIN_RESIDENCY_MS=$residency \
-    GANTRY__MEMORY__WEIGHTS_DIR="$work/weights" \
+    GANTRY__MEMORY__WEIGHTS_DIR="$weights" \
     "$gantry" --config config/gantry.toml >"$work/$port.log" 2>&1 &
   pid=$!
   pids+=("$pid")
@@ -86,10 +89,12 @@ for config in "${configs[@]}"; do
   # The third base: this process once the trace is over and every model is
   # unloaded (what it kept of its own: kernels' code pages, buffers).
   for i in $(seq 0 11); do
-    curl -sf -X POST "127.0.0.1:$port/v2/repository/models/mlp-$(printf %02d "$i")/unload" >/dev/null
+    curl -sf -X POST "127.0.0.1:$port/v2/repository/models/mlp-$(printf %02d "$i")/unload" >/dev/null ||
+      echo "$name: unloading mlp-$i failed" >&2
   done
-  for _ in $(seq 100); do
+  for k in $(seq 100); do
     [ "$(curl -s "127.0.0.1:$port/api/optimized/stats" | "$python" -c 'import json,sys; print(json.load(sys.stdin)["memory"]["reserved_mb"])')" = 0 ] && break
+    [ "$k" = 100 ] && echo "$name: replicas still held 10 s after the unloads" >&2
     sleep 0.1
   done
   sleep 1

@@ -20,13 +20,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::{ActorFutureExt, AsyncContext, Context, WrapFuture};
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::batcher::IfRefused;
 use crate::messages::DrainReplica;
 use crate::model::{ModelHandle, Residency};
 use crate::observer::ResidencyAction;
-use crate::repack::{RepackStep, Repacking};
+use crate::repack::{RepackStep, Repacking, LOAD_LIMIT};
 use crate::supervisor::{start_replicas, Supervisor};
 
 /// How long a model whose scale-up was undone is not scaled up again.
@@ -73,6 +73,7 @@ enum Step {
     Remove { id: usize, quiet_s: u64 },
     Repack { mapped: usize, mean_batch: f64 },
     Retire { mapped: usize, packed: usize },
+    GiveUp { packed: usize },
 }
 
 impl Scaling {
@@ -125,8 +126,16 @@ impl Scaling {
             }
             return Step::Keep { before, after };
         }
-        match self.repacking.under_way(usage, ids) {
-            Some(RepackStep::Retire { mapped, packed }) => return Step::Retire { mapped, packed },
+        match self.repacking.under_way(usage, ids, now) {
+            Some(RepackStep::Retire { mapped, packed }) => {
+                // An operator who asked for more replicas meanwhile keeps
+                // the mapped one too (a later look repacks it).
+                if ids.len() > handle.state.desired_replicas() {
+                    return Step::Retire { mapped, packed };
+                }
+                return Step::Nothing;
+            }
+            Some(RepackStep::GiveUp { packed }) => return Step::GiveUp { packed },
             Some(_) => return Step::Nothing,
             None => {}
         }
@@ -157,9 +166,11 @@ impl Scaling {
         }
         let quiet = Duration::from_secs(settings.downscale_delay_s);
         let quiet_for = self.last_backlog.map_or(quiet, |at| now.duration_since(at));
-        // Down to what the operator set (model.toml, or a scale request).
+        // Down to what the operator set (model.toml, or a scale request),
+        // a replica that maps its weights first (it runs batches slower).
         if ids.len() > handle.state.desired_replicas() && quiet_for >= quiet {
-            if let Some(&id) = ids.last() {
+            let mapped = usage.longest_mapped().map(|(id, _)| id);
+            if let Some(&id) = mapped.filter(|id| ids.contains(id)).as_ref().or(ids.last()) {
                 return Step::Remove {
                     id,
                     quiet_s: quiet_for.as_secs(),
@@ -226,6 +237,15 @@ impl Supervisor {
                     self.take_back(&name, mapped);
                     info!(model = %name, mapped, packed, "packed replica ready; the mapped one leaves");
                 }
+                Step::GiveUp { packed } => {
+                    self.take_back(&name, packed);
+                    warn!(
+                        model = %name,
+                        packed,
+                        limit_s = LOAD_LIMIT.as_secs(),
+                        "packed replica not ready in time; taken back, the mapped one stays"
+                    );
+                }
             }
         }
     }
@@ -283,7 +303,7 @@ impl Supervisor {
             .map_or(0, |span| span.as_secs_f64().round() as u64);
         self.add_replica_if_room(handle, ctx, move |act, name, id| {
             let scaling = act.scaling.entry(name.to_string()).or_default();
-            scaling.repacking.started(id, mapped);
+            scaling.repacking.started(id, mapped, Instant::now());
             act.residency.decide(
                 name,
                 ResidencyAction::Repack,

@@ -10,9 +10,12 @@
 //! [`REPACK_MEAN_BATCH`] items or more on average, a packed replica loads
 //! beside it where the budget has room now (never by evicting: room made
 //! for a cold model is earmarked for it), and once that one is ready the
-//! mapped one is drained. With no room, or batches too small, the watch
-//! starts over. A model served one request at a time keeps its mapped
-//! replica: packing would cost a load and buy nothing.
+//! mapped one is drained (unless the operator asked for more replicas
+//! meanwhile: then both stay). With no room, or batches too small, the
+//! watch starts over. A packed replica not ready within [`LOAD_LIMIT`] is
+//! taken back and the model is not repacked again for [`HOLD_AFTER_GIVING_UP`].
+//! A model served one request at a time keeps its mapped replica: packing
+//! would cost a load and buy nothing.
 
 use std::time::{Duration, Instant};
 
@@ -26,15 +29,19 @@ pub const REPACK_AFTER: Duration = Duration::from_secs(10);
 pub const REPACK_MEAN_BATCH: f64 = 2.0;
 
 /// How long the packed replica may take to turn ready before the
-/// replacement is given up (the replica stays, as any other; supervision
-/// restarts it if it failed).
-const LOAD_LIMIT: Duration = Duration::from_secs(120);
+/// replacement is given up and the replica taken back.
+pub(crate) const LOAD_LIMIT: Duration = Duration::from_secs(120);
+
+/// How long a model whose replacement was given up is not repacked again.
+pub(crate) const HOLD_AFTER_GIVING_UP: Duration = Duration::from_secs(300);
 
 /// One model's repacking state.
 #[derive(Debug, Default)]
 pub(crate) struct Repacking {
     watch: Option<Watch>,
     pending: Option<Pending>,
+    /// No repack before this (after one was given up).
+    hold_until: Option<Instant>,
 }
 
 /// A mapped replica watched since `from`, when the model had run `items`
@@ -67,22 +74,35 @@ pub(crate) enum RepackStep {
     Start { mapped: usize, mean_batch: f64 },
     /// `packed` is ready: drain `mapped`.
     Retire { mapped: usize, packed: usize },
+    /// `packed` did not turn ready within [`LOAD_LIMIT`]: take it back.
+    GiveUp { packed: usize },
 }
 
 impl Repacking {
-    /// The replacement under way, if any: [`RepackStep::Loading`] until the
-    /// packed replica is ready, then [`RepackStep::Retire`]; `None` when
-    /// none is under way. `ids` are the replicas the model's plan holds.
-    pub(crate) fn under_way(&mut self, usage: &ModelUsage, ids: &[usize]) -> Option<RepackStep> {
+    /// The replacement under way, if any, at `now`: [`RepackStep::Loading`]
+    /// until the packed replica is ready, then [`RepackStep::Retire`] (or
+    /// [`RepackStep::GiveUp`] past [`LOAD_LIMIT`]); `None` when none is
+    /// under way. `ids` are the replicas the model's plan holds.
+    pub(crate) fn under_way(
+        &mut self,
+        usage: &ModelUsage,
+        ids: &[usize],
+        now: Instant,
+    ) -> Option<RepackStep> {
         let pending = self.pending.as_ref()?;
         let (packed, mapped) = (pending.packed, pending.mapped);
-        if !ids.contains(&packed) || pending.started.elapsed() > LOAD_LIMIT {
-            // Evicted, drained or never ready: nothing left to replace.
+        if !ids.contains(&packed) {
+            // Evicted or drained meanwhile: nothing left to replace.
             self.pending = None;
             return None;
         }
         if usage.ready_for(packed).is_none() {
-            return Some(RepackStep::Loading);
+            if now.duration_since(pending.started) <= LOAD_LIMIT {
+                return Some(RepackStep::Loading);
+            }
+            self.pending = None;
+            self.hold_until = Some(now + HOLD_AFTER_GIVING_UP);
+            return Some(RepackStep::GiveUp { packed });
         }
         self.pending = None;
         if !ids.contains(&mapped) {
@@ -104,6 +124,10 @@ impl Repacking {
         now: Instant,
         span: Duration,
     ) -> RepackStep {
+        if self.hold_until.is_some_and(|until| now < until) {
+            self.watch = None;
+            return RepackStep::Nothing;
+        }
         let Some((mapped, _)) = usage.longest_mapped().filter(|(id, _)| ids.contains(id)) else {
             self.watch = None;
             return RepackStep::Nothing;
@@ -139,12 +163,13 @@ impl Repacking {
         RepackStep::Start { mapped, mean_batch }
     }
 
-    /// A packed replica `packed` is loading to replace `mapped`.
-    pub(crate) fn started(&mut self, packed: usize, mapped: usize) {
+    /// A packed replica `packed` started loading at `now` to replace
+    /// `mapped`.
+    pub(crate) fn started(&mut self, packed: usize, mapped: usize, now: Instant) {
         self.pending = Some(Pending {
             packed,
             mapped,
-            started: Instant::now(),
+            started: now,
         });
     }
 }
@@ -259,26 +284,63 @@ mod tests {
     fn a_replacement_retires_the_mapped_replica_once_the_packed_one_is_ready() {
         let usage = mapped_and_packed();
         let mut repacking = Repacking::default();
-        assert_eq!(repacking.under_way(&usage, &[0, 1]), None);
-        repacking.started(2, 0);
+        let now = Instant::now();
+        assert_eq!(repacking.under_way(&usage, &[0, 1], now), None);
+        repacking.started(2, 0, now);
         assert_eq!(
-            repacking.under_way(&usage, &[0, 1, 2]),
+            repacking.under_way(&usage, &[0, 1, 2], now),
             Some(RepackStep::Loading)
         );
         usage.replica_ready(2, Duration::from_millis(90), false);
         assert_eq!(
-            repacking.under_way(&usage, &[0, 1, 2]),
+            repacking.under_way(&usage, &[0, 1, 2], now),
             Some(RepackStep::Retire {
                 mapped: 0,
                 packed: 2
             })
         );
-        assert_eq!(repacking.under_way(&usage, &[1, 2]), None, "done");
+        assert_eq!(repacking.under_way(&usage, &[1, 2], now), None, "done");
         // A packed replica that left before it was ready ends the
         // replacement; a mapped one that left first leaves nothing to retire.
-        repacking.started(3, 1);
-        assert_eq!(repacking.under_way(&usage, &[1, 2]), None);
-        repacking.started(2, 0);
-        assert_eq!(repacking.under_way(&usage, &[1, 2]), None);
+        repacking.started(3, 1, now);
+        assert_eq!(repacking.under_way(&usage, &[1, 2], now), None);
+        repacking.started(2, 0, now);
+        assert_eq!(repacking.under_way(&usage, &[1, 2], now), None);
+    }
+
+    #[test]
+    fn a_packed_replica_not_ready_in_time_is_taken_back_and_the_model_held() {
+        let usage = mapped_and_packed();
+        let mut repacking = Repacking::default();
+        let t0 = Instant::now();
+        repacking.started(2, 0, t0);
+        assert_eq!(
+            repacking.under_way(&usage, &[0, 1, 2], t0 + LOAD_LIMIT),
+            Some(RepackStep::Loading)
+        );
+        let late = t0 + LOAD_LIMIT + Duration::from_secs(1);
+        assert_eq!(
+            repacking.under_way(&usage, &[0, 1, 2], late),
+            Some(RepackStep::GiveUp { packed: 2 })
+        );
+        assert_eq!(repacking.under_way(&usage, &[0, 1], late), None);
+        // Held: batches that would call for a repack do not, until the hold
+        // is over and a whole span has been judged again.
+        repacking.due(&usage, true, &[0, 1], late, SPAN);
+        run(&usage, 10, 4);
+        assert_eq!(
+            repacking.due(&usage, true, &[0, 1], late + SPAN, SPAN),
+            RepackStep::Nothing
+        );
+        let after = late + HOLD_AFTER_GIVING_UP;
+        assert_eq!(
+            repacking.due(&usage, true, &[0, 1], after, SPAN),
+            RepackStep::Nothing
+        );
+        run(&usage, 10, 4);
+        assert!(matches!(
+            repacking.due(&usage, true, &[0, 1], after + SPAN, SPAN),
+            RepackStep::Start { mapped: 0, .. }
+        ));
     }
 }

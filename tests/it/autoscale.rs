@@ -106,7 +106,11 @@ async fn a_model_loaded_on_demand_that_runs_batches_gets_a_packed_replica_in_pla
 ) {
     let settings = "replicas = 1\nmin_replicas = 0\nmax_batch_size = 8\ndownscale_delay_s = 1\n";
     let repo = Repo::new().fake("busy", settings).fake("calm", settings);
-    let engine = FakeEngineFactory::vector(4).with_delay(Duration::from_millis(20), Duration::ZERO);
+    let mut engine =
+        FakeEngineFactory::vector(4).with_delay(Duration::from_millis(20), Duration::ZERO);
+    // Loads slow enough that a mapped replica drained before its packed
+    // replacement is ready would leave busy with no ready replica in a look.
+    engine.load_delay = Duration::from_millis(1500);
     let copies = tempfile::tempdir().unwrap();
     let mut config = no_cache(crate::common::config(repo.path()));
     config.memory.limit_mb = 10_000;
@@ -132,16 +136,20 @@ async fn a_model_loaded_on_demand_that_runs_batches_gets_a_packed_replica_in_pla
     // busy runs batches of up to 8 (16 clients), calm one request at a
     // time; stats are read while both are still asked for (idle, they
     // would leave memory again).
+    let never_unready = std::sync::atomic::AtomicBool::new(true);
     let watch = async {
         until(&server, "busy's replica packed", |s| {
+            if s["model_pools"]["busy"]["ready"] != true {
+                never_unready.store(false, std::sync::atomic::Ordering::Relaxed);
+            }
             mapped(s, "busy") == [false]
         })
         .await
     };
     let (stats, (), ()) = tokio::join!(
         watch,
-        flood(&server, "busy", 16, 6),
-        flood(&server, "calm", 1, 6)
+        flood(&server, "busy", 16, 8),
+        flood(&server, "calm", 1, 8)
     );
     let repacks: Vec<&Value> = stats["residency"]["decisions"]
         .as_array()
@@ -161,6 +169,10 @@ async fn a_model_loaded_on_demand_that_runs_batches_gets_a_packed_replica_in_pla
         mapped(&stats, "calm"),
         [true],
         "batches of one gain nothing: {stats}"
+    );
+    assert!(
+        never_unready.load(std::sync::atomic::Ordering::Relaxed),
+        "the mapped replica served until the packed one was ready"
     );
     let stats = server.stats().await;
     assert_eq!(
