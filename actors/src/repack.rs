@@ -2,8 +2,9 @@
 //! stays busy. A replica loaded on demand maps its weights from a split copy
 //! of the model file (see [`crate::engine::mapped_weights`]): it loads in
 //! milliseconds while requests wait, but ONNX Runtime cannot prepack mapped
-//! weights, and batches of several items then run slower (1.3-2.9x for the
-//! MLPs and the UNet of `load-tests/`; a batch of one about as fast). So the
+//! weights, and batches of several items then run slower (a 39 MB MLP
+//! under 32 callers answers less than half as many requests a second:
+//! `make bench-repack`; a batch of one runs about as fast). So the
 //! supervisor watches each model's oldest mapped replica: once it has been
 //! ready for `memory.repack_after_s` (default [`REPACK_AFTER`]) and the
 //! model's batches over that span held
