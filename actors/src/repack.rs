@@ -134,30 +134,27 @@ impl Repacking {
             return RepackStep::Nothing;
         };
         let (items, batches) = (usage.processed(), usage.batches());
-        let watch = match &self.watch {
-            Some(watch) if watch.mapped == mapped && resident => watch,
-            _ => {
-                self.watch = Some(Watch {
-                    mapped,
-                    from: now,
-                    items,
-                    batches,
-                });
-                return RepackStep::Nothing;
-            }
-        };
-        if now.duration_since(watch.from) < span {
-            return RepackStep::Nothing;
-        }
-        let ran = batches.saturating_sub(watch.batches);
-        let mean_batch = items.saturating_sub(watch.items) as f64 / ran.max(1) as f64;
-        // Judged: whatever follows, the next span starts now.
-        self.watch = Some(Watch {
+        // A first look, a new mapped replica or a model not resident: the
+        // span starts now; a span judged: the next one starts now too.
+        let fresh = Watch {
             mapped,
             from: now,
             items,
             batches,
-        });
+        };
+        let Some(watch) = self.watch.replace(fresh) else {
+            return RepackStep::Nothing;
+        };
+        if watch.mapped != mapped || !resident {
+            return RepackStep::Nothing;
+        }
+        if now.duration_since(watch.from) < span {
+            // Not judged yet: the span goes on from where it started.
+            self.watch = Some(watch);
+            return RepackStep::Nothing;
+        }
+        let ran = batches.saturating_sub(watch.batches);
+        let mean_batch = items.saturating_sub(watch.items) as f64 / ran.max(1) as f64;
         if ran == 0 || mean_batch < REPACK_MEAN_BATCH {
             return RepackStep::Nothing;
         }
