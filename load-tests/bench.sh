@@ -12,6 +12,7 @@
 #   - the MLP as REST JSON at concurrency 1 and 32;
 #   - unet-seg as v2 JSON (340 KB bodies) at concurrency 1 and 32, and
 #     through the binary extension at concurrency 1 and 32 (what JSON costs),
+#     also on a server with one thread per run (`runtime.intra_op_threads = 1`),
 #     and as JSON answered gzipped at concurrency 1 (what compression costs);
 #   - gRPC next to HTTP: the MLP through the v2 binary extension and both
 #     models over gRPC's ModelInfer (`grpc-load`, raw_input_contents, the
@@ -130,6 +131,15 @@ for c in 1 32; do
   cell "tiny-classifier.binary.c$c" "$c" "${mlp_binary[@]}" -D "$tmp/tiny-classifier.v2" \
     "$url/v2/models/tiny-classifier/infer"
   grpc_cell "tiny-classifier.grpc.c$c" "$c" --model tiny-classifier --input features:FP32:1x64
+done
+stop_gantry
+
+# unet-seg with one thread per run (`runtime.intra_op_threads = 1`): each
+# replica computes on its own thread, side by side, instead of both taking
+# turns on a pool of every core. The throughput layout, beside the default.
+start_gantry GANTRY__MODELS__DIR="$repo" GANTRY__RUNTIME__INTRA_OP_THREADS=1
+for c in 1 32; do
+  cell "unet-seg.binary.one-thread.c$c" "$c" "${binary[@]}" -D "$tmp/unet-seg.body" "$url/v2/models/unet-seg/infer"
 done
 stop_gantry
 

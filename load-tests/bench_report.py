@@ -75,6 +75,7 @@ mlp_batcher = {c: served(f"tiny-classifier.json.batcher.c{c}", "tiny-classifier"
 unet = {c: served(f"unet-seg.json.c{c}", "unet-seg") for c in (1, 32)}
 unet_gzip = served("unet-seg.gzip.c1", "unet-seg")
 unet_binary = {c: served(f"unet-seg.binary.c{c}", "unet-seg") for c in (1, 32)}
+unet_one_thread = {c: served(f"unet-seg.binary.one-thread.c{c}", "unet-seg") for c in (1, 32)}
 unet_grpc = {c: served(f"unet-seg.grpc.c{c}", "unet-seg") for c in (1, 32)}
 mlp_binary = {c: served(f"tiny-classifier.binary.c{c}", "tiny-classifier") for c in (1, 32)}
 mlp_grpc = {c: served(f"tiny-classifier.grpc.c{c}", "tiny-classifier") for c in (1, 32)}
@@ -99,6 +100,9 @@ rows = [
     ("unet-seg, v2 JSON, answer gzipped", 1, unet_gzip, raws[("unet-seg", 1)]),
     ("unet-seg, v2 binary", 1, unet_binary[1], raws[("unet-seg", 1)]),
     ("unet-seg, v2 binary", 32, unet_binary[32], best_unet),
+    ("unet-seg, v2 binary, one thread per run (runtime.intra_op_threads = 1)", 1, unet_one_thread[1],
+     raws[("unet-seg", 1)]),
+    ("unet-seg, v2 binary, one thread per run (runtime.intra_op_threads = 1)", 32, unet_one_thread[32], best_unet),
     ("unet-seg, gRPC", 1, unet_grpc[1], raws[("unet-seg", 1)]),
     ("unet-seg, gRPC", 32, unet_grpc[32], best_unet),
     ("tiny-classifier (MLP), v2 binary", 1, mlp_binary[1], raws[("tiny-classifier", 1)]),

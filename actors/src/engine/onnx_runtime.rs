@@ -10,7 +10,7 @@ use std::time::Duration;
 use ort::environment::{Environment, GlobalThreadPoolOptions};
 use ort::ep::{ExecutionProvider, CUDA};
 
-use super::pool_gate::POOL_GATE;
+use super::pool_gate::{threshold_for, POOL_GATE};
 
 static ENVIRONMENT: OnceLock<Environment> = OnceLock::new();
 /// Where the runtime library was loaded from.
@@ -112,11 +112,12 @@ pub fn init_runtime(library: &Path, threads: RuntimeThreads) -> Result<(), Strin
     let _ = ENVIRONMENT.set(env);
     let _ = LIBRARY.set(library.to_path_buf());
     let _ = SHARED_THREADS.set(intra_op);
-    POOL_GATE.set_threshold(threads.exclusive_run);
+    let exclusive_run = threshold_for(intra_op, threads.exclusive_run);
+    POOL_GATE.set_threshold(exclusive_run);
     tracing::info!(
         intra_op_threads = intra_op,
         spinning = threads.spinning,
-        exclusive_run_ms = threads.exclusive_run.as_secs_f64() * 1000.0,
+        exclusive_run_ms = exclusive_run.as_secs_f64() * 1000.0,
         compute_nice = super::compute_priority::compute_nice(),
         "ONNX Runtime thread pool shared by every session"
     );

@@ -11,6 +11,12 @@
 //! a small model's answer. The replica still stacks the next batch and
 //! splits the last one's outputs while another replica runs.
 //!
+//! On a pool of one thread there is nothing to share: ONNX Runtime runs
+//! each operator on the thread that called it, so each replica computes on
+//! its own thread and two runs at once use two cores. The gate is then off
+//! ([`threshold_for`]); turns would leave every core but one idle (the UNet's
+//! two replicas at batch 8 on 2 cores: about half the items a second).
+//!
 //! Waiting is counted ([`PoolGate::stats`]) so that it shows in the stats
 //! and `/metrics` as what it is, and the time a run waited is not taken for
 //! the run's own length in the next prediction.
@@ -119,6 +125,17 @@ impl PoolGate {
     }
 }
 
+/// The gate's threshold for a shared pool of `pool_threads` threads and
+/// the configured `exclusive_run`: off (zero) when the pool has a single
+/// thread, whose runs share no thread.
+pub fn threshold_for(pool_threads: usize, exclusive_run: Duration) -> Duration {
+    if pool_threads > 1 {
+        exclusive_run
+    } else {
+        Duration::ZERO
+    }
+}
+
 impl Default for PoolGate {
     fn default() -> Self {
         PoolGate::new()
@@ -180,6 +197,14 @@ mod tests {
         let stats = gate.stats();
         assert_eq!((stats.threshold_us, stats.gated_runs), (1000, 1));
         assert_eq!(stats.waited_runs, 0);
+    }
+
+    #[test]
+    fn a_pool_of_one_thread_has_no_gate() {
+        let configured = Duration::from_millis(1);
+        assert_eq!(threshold_for(1, configured), Duration::ZERO);
+        assert_eq!(threshold_for(2, configured), configured);
+        assert_eq!(threshold_for(16, Duration::ZERO), Duration::ZERO);
     }
 
     #[test]
