@@ -14,8 +14,7 @@
 //! On a pool of one thread there is nothing to share: ONNX Runtime runs
 //! each operator on the thread that called it, so each replica computes on
 //! its own thread and two runs at once use two cores. The gate is then off
-//! ([`threshold_for`]); turns would leave every core but one idle (the UNet's
-//! two replicas at batch 8 on 2 cores: about half the items a second).
+//! ([`threshold_for`]): turns would leave every core but one idle.
 //!
 //! Waiting is counted ([`PoolGate::stats`]) so that it shows in the stats
 //! and `/metrics` as what it is, and the time a run waited is not taken for
