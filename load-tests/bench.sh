@@ -21,7 +21,9 @@
 #   - the MLP again on a server with the cache on, every request a hit;
 #   - raw-onnx: ONNX Runtime through Gantry's engine, no HTTP, on the same
 #     shared pool of every core, at batch 1 and at each power of two up to
-#     max_batch_size (the best is "raw's best throughput");
+#     max_batch_size (the best is "raw's best throughput"); the goals that
+#     compare unet-seg with raw take raw runs right after each served run
+#     (the machine's speed may drift between the start and the end);
 #   - 20 copies of the MLP in one repository: all ready, each answering.
 # The tables, the goals (PASS/MISS), the machine, the commit and the command
 # go to stdout and to load-tests/RESULTS.md, which each run rewrites.
@@ -32,16 +34,18 @@ root=$PWD
 DURATION=${DURATION:-10s}
 REPEAT=${REPEAT:-3}
 CARGO=${CARGO:-cargo}
-# raw-onnx measures as long as oha does (DURATION in seconds), else 10 s.
+# raw-onnx measures as long as oha does (DURATION in seconds), else 10 s;
+# beside a goal's run, BESIDE_SECONDS (default 5).
 if [[ -z ${RAW_SECONDS:-} ]]; then
   if [[ $DURATION =~ ^([0-9]+(\.[0-9]+)?)s?$ ]]; then RAW_SECONDS=${BASH_REMATCH[1]}; else RAW_SECONDS=10; fi
 fi
+BESIDE_SECONDS=${BESIDE_SECONDS:-5}
 
 # The command as it was given, with the settings that shape the numbers.
 command="make bench"
 [[ -n ${MAKELEVEL:-} ]] || command="load-tests/bench.sh"
 env_prefix=""
-for var in DURATION REPEAT OHA RAW_SECONDS; do
+for var in DURATION REPEAT OHA RAW_SECONDS BESIDE_SECONDS; do
   # Paths inside the repository are written relative to it.
   if printenv "$var" >/dev/null; then env_prefix+="$var=$(printenv "$var" | sed "s|^$root/||") "; fi
 done
@@ -88,6 +92,14 @@ measure() {
     "$@" >"$tmp/cells/$name.$k.json"
     server_cpu >"$tmp/cells/$name.$k.cpu_after"
     curl -s "$url/api/optimized/stats" >"$tmp/cells/$name.$k.after"
+    # Raw ONNX Runtime right after the run, for the goals that compare the
+    # two: this machine's speed drifts over minutes, so a ratio is taken
+    # between runs a few seconds apart (the server idles meanwhile).
+    local b
+    for b in ${beside:-}; do
+      target/release/raw-onnx --model models/unet-seg/model.onnx --batch "$b" \
+        --seconds "$BESIDE_SECONDS" >"$tmp/cells/$name.$k.raw.b$b"
+    done
   done
 }
 cell() {
@@ -117,13 +129,16 @@ cell health-live 32 "$url/v2/health/live"
 for c in 1 32; do
   cell "tiny-classifier.json.c$c" "$c" "${json[@]}" -D "$tmp/tiny-classifier.body" "$url/api/optimized/predict"
 done
+# The goals' cells take raw runs beside each run: batch 1 at concurrency 1,
+# batches 4 and 8 (the best of them) at 32.
+beside_of() { if [[ $1 == 1 ]]; then echo 1; else echo 4 8; fi; }
 for c in 1 32; do
-  cell "unet-seg.json.c$c" "$c" "${json[@]}" -D "$tmp/unet-seg.json" "$url/v2/models/unet-seg/infer"
+  beside=$(beside_of "$c") cell "unet-seg.json.c$c" "$c" "${json[@]}" -D "$tmp/unet-seg.json" \
+    "$url/v2/models/unet-seg/infer"
 done
 cell unet-seg.gzip.c1 1 "${gzipped[@]}" -D "$tmp/unet-seg.json" "$url/v2/models/unet-seg/infer"
-for c in 1 32; do
-  cell "unet-seg.binary.c$c" "$c" "${binary[@]}" -D "$tmp/unet-seg.body" "$url/v2/models/unet-seg/infer"
-done
+cell unet-seg.binary.c1 1 "${binary[@]}" -D "$tmp/unet-seg.body" "$url/v2/models/unet-seg/infer"
+beside="4 8" cell unet-seg.binary.c32 32 "${binary[@]}" -D "$tmp/unet-seg.body" "$url/v2/models/unet-seg/infer"
 for c in 1 32; do
   grpc_cell "unet-seg.grpc.c$c" "$c" --model unet-seg --input image:FP32:1x3x128x128
 done
