@@ -12,7 +12,8 @@
 #   - the MLP as REST JSON at concurrency 1 and 32;
 #   - unet-seg as v2 JSON (340 KB bodies) at concurrency 1 and 32, and
 #     through the binary extension at concurrency 1 and 32 (what JSON costs),
-#     also on a server with one thread per run (`runtime.intra_op_threads = 1`),
+#     also on a server with one thread per run (`runtime.intra_op_threads = 1`,
+#     a unet-seg replica per core),
 #     and as JSON answered gzipped at concurrency 1 (what compression costs);
 #   - gRPC next to HTTP: the MLP through the v2 binary extension and both
 #     models over gRPC's ModelInfer (`grpc-load`, raw_input_contents, the
@@ -96,7 +97,7 @@ measure() {
     # two: this machine's speed drifts over minutes, so a ratio is taken
     # between runs a few seconds apart (the server idles meanwhile).
     local b
-    for b in ${beside:-}; do
+    for b in ${raw_beside:-}; do
       target/release/raw-onnx --model models/unet-seg/model.onnx --batch "$b" \
         --seconds "$BESIDE_SECONDS" >"$tmp/cells/$name.$k.raw.b$b"
     done
@@ -130,15 +131,15 @@ for c in 1 32; do
   cell "tiny-classifier.json.c$c" "$c" "${json[@]}" -D "$tmp/tiny-classifier.body" "$url/api/optimized/predict"
 done
 # The goals' cells take raw runs beside each run: batch 1 at concurrency 1,
-# batches 4 and 8 (the best of them) at 32.
-beside_of() { if [[ $1 == 1 ]]; then echo 1; else echo 4 8; fi; }
+# every batch (the best of them) at 32.
+raw_beside_of() { if [[ $1 == 1 ]]; then echo 1; else echo 1 2 4 8; fi; }
 for c in 1 32; do
-  beside=$(beside_of "$c") cell "unet-seg.json.c$c" "$c" "${json[@]}" -D "$tmp/unet-seg.json" \
+  raw_beside=$(raw_beside_of "$c") cell "unet-seg.json.c$c" "$c" "${json[@]}" -D "$tmp/unet-seg.json" \
     "$url/v2/models/unet-seg/infer"
 done
 cell unet-seg.gzip.c1 1 "${gzipped[@]}" -D "$tmp/unet-seg.json" "$url/v2/models/unet-seg/infer"
 cell unet-seg.binary.c1 1 "${binary[@]}" -D "$tmp/unet-seg.body" "$url/v2/models/unet-seg/infer"
-beside="4 8" cell unet-seg.binary.c32 32 "${binary[@]}" -D "$tmp/unet-seg.body" "$url/v2/models/unet-seg/infer"
+raw_beside=$(raw_beside_of 32) cell unet-seg.binary.c32 32 "${binary[@]}" -D "$tmp/unet-seg.body" "$url/v2/models/unet-seg/infer"
 for c in 1 32; do
   grpc_cell "unet-seg.grpc.c$c" "$c" --model unet-seg --input image:FP32:1x3x128x128
 done
@@ -149,10 +150,14 @@ for c in 1 32; do
 done
 stop_gantry
 
-# unet-seg with one thread per run (`runtime.intra_op_threads = 1`): each
-# replica computes on its own thread, side by side, instead of both taking
-# turns on a pool of every core. The throughput layout, beside the default.
-start_gantry GANTRY__MODELS__DIR="$repo" GANTRY__RUNTIME__INTRA_OP_THREADS=1
+# unet-seg with one thread per run (`runtime.intra_op_threads = 1`) and a
+# replica per core: each replica computes on its own thread, side by side,
+# instead of taking turns on a pool of every core. The throughput layout,
+# beside the default.
+one_thread=$tmp/one-thread
+bench_repository "$one_thread"
+sed -i "s/^replicas = .*/replicas = $(nproc)/" "$one_thread/unet-seg/model.toml"
+start_gantry GANTRY__MODELS__DIR="$one_thread" GANTRY__RUNTIME__INTRA_OP_THREADS=1
 for c in 1 32; do
   cell "unet-seg.binary.one-thread.c$c" "$c" "${binary[@]}" -D "$tmp/unet-seg.body" "$url/v2/models/unet-seg/infer"
 done

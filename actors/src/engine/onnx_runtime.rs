@@ -71,8 +71,9 @@ pub fn init_runtime(library: &Path, threads: RuntimeThreads) -> Result<(), Strin
     if ENVIRONMENT.get().is_some() {
         return Ok(());
     }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let intra_op = match threads.intra_op {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        0 => cores,
         n => n,
     };
     let builder = ort::init_from(library)
@@ -112,7 +113,7 @@ pub fn init_runtime(library: &Path, threads: RuntimeThreads) -> Result<(), Strin
     let _ = ENVIRONMENT.set(env);
     let _ = LIBRARY.set(library.to_path_buf());
     let _ = SHARED_THREADS.set(intra_op);
-    let exclusive_run = threshold_for(intra_op, threads.exclusive_run);
+    let exclusive_run = threshold_for(intra_op, cores, threads.exclusive_run);
     POOL_GATE.set_threshold(exclusive_run);
     tracing::info!(
         intra_op_threads = intra_op,

@@ -11,10 +11,13 @@
 //! a small model's answer. The replica still stacks the next batch and
 //! splits the last one's outputs while another replica runs.
 //!
-//! On a pool of one thread there is nothing to share: ONNX Runtime runs
-//! each operator on the thread that called it, so each replica computes on
-//! its own thread and two runs at once use two cores. The gate is then off
-//! ([`threshold_for`]): turns would leave every core but one idle.
+//! On a pool of one thread (`runtime.intra_op_threads = 1`) with more cores
+//! than one there is nothing to share: ONNX Runtime runs each operator on
+//! the thread that called it, so each replica computes on its own thread
+//! and two runs at once use two cores. The gate is then off
+//! ([`threshold_for`]): turns would leave every core but one idle. A process
+//! held to one core keeps it: there two runs at once only slice that core,
+//! and turns let the first one finish sooner.
 //!
 //! Waiting is counted ([`PoolGate::stats`]) so that it shows in the stats
 //! and `/metrics` as what it is, and the time a run waited is not taken for
@@ -124,14 +127,15 @@ impl PoolGate {
     }
 }
 
-/// The gate's threshold for a shared pool of `pool_threads` threads and
-/// the configured `exclusive_run`: off (zero) when the pool has a single
-/// thread, whose runs share no thread.
-pub fn threshold_for(pool_threads: usize, exclusive_run: Duration) -> Duration {
-    if pool_threads > 1 {
-        exclusive_run
-    } else {
+/// The gate's threshold for a shared pool of `pool_threads` threads in a
+/// process with `cores` cores, and the configured `exclusive_run`: off
+/// (zero) when the pool has a single thread and there are more cores, so
+/// runs share no thread and each can have a core.
+pub fn threshold_for(pool_threads: usize, cores: usize, exclusive_run: Duration) -> Duration {
+    if pool_threads == 1 && cores > 1 {
         Duration::ZERO
+    } else {
+        exclusive_run
     }
 }
 
@@ -199,11 +203,13 @@ mod tests {
     }
 
     #[test]
-    fn a_pool_of_one_thread_has_no_gate() {
+    fn a_pool_of_one_thread_has_no_gate_where_there_are_more_cores() {
         let configured = Duration::from_millis(1);
-        assert_eq!(threshold_for(1, configured), Duration::ZERO);
-        assert_eq!(threshold_for(2, configured), configured);
-        assert_eq!(threshold_for(16, Duration::ZERO), Duration::ZERO);
+        assert_eq!(threshold_for(1, 2, configured), Duration::ZERO);
+        assert_eq!(threshold_for(2, 2, configured), configured);
+        // One core: two runs at once would only slice it.
+        assert_eq!(threshold_for(1, 1, configured), configured);
+        assert_eq!(threshold_for(16, 16, Duration::ZERO), Duration::ZERO);
     }
 
     #[test]
