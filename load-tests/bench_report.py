@@ -27,6 +27,20 @@ def median(values):
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
+def generator_run(name, k):
+    """Run `k` of a cell as its load generator saw it: answered requests/s,
+    200s, errors, latency percentiles (ms)."""
+    o = load(f"{name}.{k}.json")
+    status = {int(c): n for c, n in (o.get("statusCodeDistribution") or {}).items()}
+    ok = status.get(200, 0)
+    errors = sum(n for c, n in status.items() if c != 200) + sum((o.get("errorDistribution") or {}).values())
+    p = o["latencyPercentiles"]
+    run = {"rps": ok / o["summary"]["total"], "errors": errors, "ok": ok}
+    for q in ("p50", "p95", "p99"):
+        run[q] = (p.get(q) or 0.0) * 1e3
+    return run
+
+
 def served(name, model=None):
     """Median requests/s, latency percentiles (ms), errors in all, the
     server's CPU time per answered request (us; all its threads, user and
@@ -34,14 +48,8 @@ def served(name, model=None):
     cell."""
     runs = []
     for k in range(1, repeat + 1):
-        o = load(f"{name}.{k}.json")
-        status = {int(c): n for c, n in (o.get("statusCodeDistribution") or {}).items()}
-        ok = status.get(200, 0)
-        errors = sum(n for c, n in status.items() if c != 200) + sum((o.get("errorDistribution") or {}).values())
-        p = o["latencyPercentiles"]
-        run = {"rps": ok / o["summary"]["total"], "errors": errors, "ok": ok}
-        for q in ("p50", "p95", "p99"):
-            run[q] = (p.get(q) or 0.0) * 1e3
+        run = generator_run(name, k)
+        ok = run["ok"]
         ticks = [float(open(os.path.join(cells, f"{name}.{k}.cpu_{s}")).read()) for s in ("before", "after")]
         run["cpu_us"] = (ticks[1] - ticks[0]) / CLOCK_TICKS * 1e6 / ok if ok else 0.0
         if model:
@@ -64,17 +72,18 @@ def raw(model, batch):
         "threads": runs[0].get("threads", 0)}
 
 
-def beside(name, batches):
+def beside(name):
     """Per run of a cell: its req/s and p50 (ms), and the best items/s and
-    the p50 of raw ONNX Runtime at `batches`, run right after it."""
+    its p50 of the raw runs bench.sh took right after it (the batches it
+    chose, read from the file names)."""
     runs = []
     for k in range(1, repeat + 1):
-        o = load(f"{name}.{k}.json")
-        ok = {int(c): n for c, n in (o.get("statusCodeDistribution") or {}).items()}.get(200, 0)
-        r = {b: load(f"{name}.{k}.raw.b{b}") for b in batches}
-        best = max(batches, key=lambda b: r[b]["items_per_s"])
-        runs.append({"rps": ok / o["summary"]["total"], "p50": (o["latencyPercentiles"].get("p50") or 0.0) * 1e3,
-                     "raw_items_per_s": r[best]["items_per_s"], "raw_batch": best, "raw_p50": r[best]["p50_ms"]})
+        prefix = f"{name}.{k}.raw.b"
+        r = {int(f[len(prefix):]): load(f) for f in os.listdir(cells) if f.startswith(prefix)}
+        best = max(r, key=lambda b: r[b]["items_per_s"])
+        run = generator_run(name, k)
+        runs.append({"rps": run["rps"], "p50": run["p50"], "raw_items_per_s": r[best]["items_per_s"],
+                     "raw_batch": best, "raw_p50": r[best]["p50_ms"]})
     return runs
 
 
@@ -137,29 +146,32 @@ def goal(text, measured, ok):
 
 # The unet-seg goals: each run against the raw run right after it, the
 # median over the runs.
-unet_c1_beside = beside("unet-seg.json.c1", (1,))
-unet_c32_beside = beside("unet-seg.json.c32", (1, 2, 4, 8))
-unet_binary_beside = beside("unet-seg.binary.c32", (1, 2, 4, 8))
+unet_c1_beside = beside("unet-seg.json.c1")
+unet_c32_beside = beside("unet-seg.json.c32")
+unet_binary_beside = beside("unet-seg.binary.c32")
 gap = median([r["p50"] - r["raw_p50"] for r in unet_c1_beside])
 unet_ratio = median([r["rps"] / r["raw_items_per_s"] for r in unet_c32_beside])
 unet_binary_ratio = median([r["rps"] / r["raw_items_per_s"] for r in unet_binary_beside])
 
 
-def runs_text(runs, key):
-    return ", ".join(f"{r[key]:,.2f} vs {r['raw_p50']:.2f}" if key == "p50" else
-                     f"{r[key]:,.1f} vs {r['raw_items_per_s']:,.1f} (batch {r['raw_batch']})" for r in runs)
+def latencies_text(runs):
+    return ", ".join(f"{r['p50']:,.2f} vs {r['raw_p50']:.2f}" for r in runs)
+
+
+def rates_text(runs):
+    return ", ".join(f"{r['rps']:,.1f} vs {r['raw_items_per_s']:,.1f} (batch {r['raw_batch']})" for r in runs)
 
 
 mlp_ratio = mlp[32]["rps"] / health["rps"]
 goals = [
     goal("unet-seg JSON, concurrency 1: p50 <= one raw inference on all cores + 1 ms",
-         f"{gap:+.2f} ms (p50 ms of each run vs raw batch 1 right after it: {runs_text(unet_c1_beside, 'p50')})",
+         f"{gap:+.2f} ms (p50 ms of each run vs raw batch 1 right after it: {latencies_text(unet_c1_beside)})",
          gap <= 1.0 and unet[1]["errors"] == 0),
     goal("unet-seg JSON, concurrency 32: >= 0.95 x raw ONNX Runtime's best throughput on all cores",
-         f"{unet_ratio:.3f} (items/s of each run vs raw's best right after it: {runs_text(unet_c32_beside, 'rps')})",
+         f"{unet_ratio:.3f} (items/s of each run vs raw's best right after it: {rates_text(unet_c32_beside)})",
          unet_ratio >= 0.95 and unet[32]["errors"] == 0),
     goal("unet-seg v2 binary, concurrency 32: >= 0.95 x raw ONNX Runtime's best throughput on all cores",
-         f"{unet_binary_ratio:.3f} ({runs_text(unet_binary_beside, 'rps')})",
+         f"{unet_binary_ratio:.3f} ({rates_text(unet_binary_beside)})",
          unet_binary_ratio >= 0.95 and unet_binary[32]["errors"] == 0),
     goal("MLP JSON, concurrency 32: >= 0.5 x GET /v2/health/live at concurrency 32, p99 < 5 ms",
          f"{mlp_ratio:.3f} ({mlp[32]['rps']:,.0f} vs {health['rps']:,.0f} req/s), p99 {mlp[32]['p99']:.2f} ms",
