@@ -13,7 +13,7 @@ CARGO       ?= cargo
 
 export ORT_DYLIB_PATH := $(abspath $(ORT_LIB))
 
-.PHONY: run run-gpu gpu-check setup test dashboard-screenshot deploy-check docker-test fuzz onnxruntime onnxruntime-gpu venv models train evaluate bench bench-footprints bench-trace bench-repack bench-slo bench-micro profile cpu-split bench-media soak lint fmt clean
+.PHONY: run run-gpu gpu-check setup test dashboard-screenshot deploy-check docker-test fuzz onnxruntime onnxruntime-gpu venv models train evaluate bench bench-footprints bench-trace bench-repack bench-slo bench-micro profile cpu-split bench-clients bench-media soak lint fmt clean
 
 run: $(ORT_LIB)
 	$(CARGO) run --release --bin gantry -- --config config/gantry.toml
@@ -96,6 +96,11 @@ bench: $(ORT_LIB)
 # load-tests/CPU_SPLIT.md.
 cpu-split: $(ORT_LIB)
 	load-tests/cpu-split.sh
+
+# gRPC next to HTTP with Triton's own Python clients beside grpc-load and
+# oha, one server, into load-tests/CLIENT_RESULTS.md.
+bench-clients: $(ORT_LIB) $(VENV)/.done
+	load-tests/clients.sh
 
 # Criterion microbenchmarks: JSON tensors in and out next to serde_json, and
 # the statistics counters' cost per request, into load-tests/MICRO_RESULTS.md.

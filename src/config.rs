@@ -109,6 +109,11 @@ pub struct ServerConfig {
     /// Each connection's receive buffer (SO_RCVBUF) in KiB, for the HTTP
     /// and gRPC listeners; 0 leaves it to the OS's autotuning.
     pub receive_buffer_kb: u32,
+    /// gzip gRPC answers to clients whose `grpc-accept-encoding` lists it.
+    /// Off by default, as in Triton and gRPC's own servers: gRPC clients
+    /// list every encoding they can read on every call, which is no request
+    /// to compress, and tensors barely shrink for the CPU it costs.
+    pub grpc_compress_answers: bool,
 }
 
 impl Default for ServerConfig {
@@ -129,6 +134,7 @@ impl Default for ServerConfig {
             max_connections: 10_000,
             backlog: 1_024,
             receive_buffer_kb: 1_024,
+            grpc_compress_answers: false,
         }
     }
 }

@@ -19,7 +19,7 @@ use gantry_actors::{Supervisor, SupervisorConfig};
 use crate::api::{self, access_log, drain, json_errors, AppState};
 use crate::cache::ResultCache;
 use crate::config::Config;
-use crate::grpc::GrpcServer;
+use crate::grpc::{GrpcOptions, GrpcServer};
 use crate::metrics::prometheus::EventSeries;
 use crate::metrics::Metrics;
 use crate::request_id;
@@ -205,8 +205,11 @@ pub async fn start_with_gpus(
         Some(listener) => Some(GrpcServer::start(
             service.clone(),
             listener,
-            workers,
-            (config.server.body_limit_mb * 1024 * 1024) as usize,
+            GrpcOptions {
+                threads: workers,
+                message_limit: (config.server.body_limit_mb * 1024 * 1024) as usize,
+                compress_answers: config.server.grpc_compress_answers,
+            },
         )?),
         None => None,
     };

@@ -9,7 +9,8 @@
 //! ([`rpcs`]). Messages are bounded by `server.body_limit_mb` (a bigger
 //! one, or one that inflates past it, is RESOURCE_EXHAUSTED, as gRPC's own
 //! servers answer; see [`too_large_is_resource_exhausted`]), and gzip is
-//! accepted and, when the client asks, sent. The health service
+//! accepted; answers are gzipped only where `server.grpc_compress_answers`
+//! says so ([`GrpcOptions`]). The health service
 //! ([`health`]) answers SERVING for the server (`""`) and the inference
 //! service while every model has a ready replica and no shutdown has begun,
 //! as `/v2/health/ready` does, read when asked. [`GrpcServer::stop`] stops
@@ -48,6 +49,20 @@ use proto::grpc_inference_service_server::GrpcInferenceServiceServer;
 /// and a header block by hyper's header list limit, as before.
 const MAX_FRAME_SIZE: u32 = 1 << 20;
 
+/// How the gRPC server runs: its workers, and what its messages may be.
+#[derive(Debug, Clone, Copy)]
+pub struct GrpcOptions {
+    /// Worker threads (at least one).
+    pub threads: usize,
+    /// The largest message read, in bytes (`server.body_limit_mb`).
+    pub message_limit: usize,
+    /// gzip answers to clients whose `grpc-accept-encoding` lists it
+    /// (`server.grpc_compress_answers`). gRPC clients list every encoding
+    /// they can read on every call, so this is the server's choice, not
+    /// the client's; off, as in Triton and gRPC's own servers.
+    pub compress_answers: bool,
+}
+
 /// A gRPC server that is accepting RPCs.
 pub struct GrpcServer {
     pub addr: SocketAddr,
@@ -56,8 +71,7 @@ pub struct GrpcServer {
 }
 
 impl GrpcServer {
-    /// Serves gRPC on `listener` with `threads` workers, messages bounded
-    /// by `limit` bytes (`server.body_limit_mb`).
+    /// Serves gRPC on `listener` as `options` say.
     ///
     /// Each worker is a thread with a single-threaded tokio runtime (as each
     /// actix-web worker is), and one acceptor thread hands the connections
@@ -68,15 +82,14 @@ impl GrpcServer {
     pub fn start(
         service: Arc<InferenceService>,
         listener: TcpListener,
-        threads: usize,
-        limit: usize,
+        options: GrpcOptions,
     ) -> std::io::Result<GrpcServer> {
         let addr = listener.local_addr()?;
         listener.set_nonblocking(true)?;
         let (stop, stopped) = watch::channel(false);
         let mut handoffs = Vec::new();
         let mut handles = Vec::new();
-        for index in 0..threads.max(1) {
+        for index in 0..options.threads.max(1) {
             let (handoff, connections) = mpsc::unbounded_channel();
             handoffs.push(handoff);
             let runtime = tokio::runtime::Builder::new_current_thread()
@@ -87,7 +100,7 @@ impl GrpcServer {
                 std::thread::Builder::new()
                     .name(format!("grpc-{index}"))
                     .spawn(move || {
-                        runtime.block_on(serve(service, connections, limit, stopped));
+                        runtime.block_on(serve(service, connections, options, stopped));
                     })?,
             );
         }
@@ -168,7 +181,7 @@ async fn accept(
 async fn serve(
     service: Arc<InferenceService>,
     connections: mpsc::UnboundedReceiver<std::net::TcpStream>,
-    limit: usize,
+    options: GrpcOptions,
     mut stopped: watch::Receiver<bool>,
 ) {
     let incoming = futures_util::stream::unfold(connections, |mut connections| async move {
@@ -183,11 +196,13 @@ async fn serve(
     let health = HealthServer::new(health::Readiness {
         service: service.clone(),
     });
-    let inference = GrpcInferenceServiceServer::new(rpcs::Inference { service })
-        .max_decoding_message_size(limit)
+    let mut inference = GrpcInferenceServiceServer::new(rpcs::Inference { service })
+        .max_decoding_message_size(options.message_limit)
         .max_encoding_message_size(usize::MAX)
-        .accept_compressed(CompressionEncoding::Gzip)
-        .send_compressed(CompressionEncoding::Gzip);
+        .accept_compressed(CompressionEncoding::Gzip);
+    if options.compress_answers {
+        inference = inference.send_compressed(CompressionEncoding::Gzip);
+    }
     let served = tonic::transport::Server::builder()
         .max_frame_size(MAX_FRAME_SIZE)
         .layer(tower::util::MapRequestLayer::new(note_arrival))

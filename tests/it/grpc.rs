@@ -2,7 +2,8 @@
 //! same `.proto` files: a full queue is RESOURCE_EXHAUSTED with HTTP's
 //! message and every call gets one answer; a message over the body limit
 //! (sent as is, or gzipped and inflating past it) is RESOURCE_EXHAUSTED,
-//! on a unary call and on a stream; and SIGTERM on the binary drains an
+//! on a unary call and on a stream; answers are gzipped only where
+//! `server.grpc_compress_answers` says, whatever a client can read; and SIGTERM on the binary drains an
 //! open stream (answered during the drain delay, ended after it, exit 0).
 //! The official Python client's view is in tests/it/clients.rs.
 
@@ -97,6 +98,51 @@ async fn a_full_queue_is_resource_exhausted_and_every_call_is_answered() {
         stats["model_pools"]["slow"]["batcher"]["items"].as_u64(),
         Some(ok)
     );
+}
+
+/// The encoding an answer came in (`grpc-encoding`; none is identity).
+fn encoding<T>(answer: &tonic::Response<T>) -> Option<String> {
+    answer
+        .metadata()
+        .get("grpc-encoding")
+        .map(|v| v.to_str().unwrap().to_string())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_are_gzipped_only_where_the_config_says() {
+    // A client that can read gzip says so on every call, as grpcio does:
+    // by default that asks for nothing, and the answer goes out as it is.
+    let (server, _repo) = fake_server().await;
+    let addr = server.grpc.clone().expect("gRPC is on");
+    let mut reads_gzip = client(&addr)
+        .await
+        .accept_compressed(CompressionEncoding::Gzip)
+        .send_compressed(CompressionEncoding::Gzip);
+    let small = crate::common::grpc_request("m", "x", &[2, 4], 1.0);
+    let answer = reads_gzip.model_infer(small.clone()).await.unwrap();
+    assert_eq!(encoding(&answer), None);
+    assert_eq!(answer_y(answer.get_ref()), vec![3.0; 8]);
+    drop(server);
+
+    // `server.grpc_compress_answers` gzips them for such clients, and only
+    // for them.
+    let repo = Repo::new().fake("m", "max_batch_size = 4\n");
+    let mut config = crate::common::config(repo.path());
+    config.server.grpc_bind = "127.0.0.1:0".into();
+    config.server.grpc_compress_answers = true;
+    config.cache.enabled = false;
+    let provider = FakeProvider::new(FakeEngineFactory::vector(4));
+    let server = TestServer::ready(config, Arc::new(provider)).await;
+    let addr = server.grpc.clone().expect("gRPC is on");
+    let mut reads_gzip = client(&addr)
+        .await
+        .accept_compressed(CompressionEncoding::Gzip);
+    let answer = reads_gzip.model_infer(small.clone()).await.unwrap();
+    assert_eq!(encoding(&answer).as_deref(), Some("gzip"));
+    assert_eq!(answer_y(answer.get_ref()), vec![3.0; 8]);
+    let answer = client(&addr).await.model_infer(small).await.unwrap();
+    assert_eq!(encoding(&answer), None);
+    assert_eq!(answer_y(answer.get_ref()), vec![3.0; 8]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# `make bench-clients`: gRPC next to HTTP (the v2 binary extension) measured
+# with Triton's own Python clients (`tritonclient.grpc` and
+# `tritonclient.http`, sync at concurrency 1 and asyncio at 32) beside the
+# pair `make bench` uses (grpc-load and oha), all against one server: the
+# check that `make bench`'s gRPC/HTTP ratios are the server's and not its
+# generators'. Each cell also gives the server's and the client's CPU per
+# call. Writes load-tests/CLIENT_RESULTS.md.
+#
+#   make bench-clients    # SECONDS_PER_CELL=5 ROUNDS=3; OHA=/path/to/oha skips the install
+#
+# Serves the `make bench` repository (unet-seg 2 replicas, max batch 8;
+# tiny-classifier 2 and 32; cache off) with gRPC on; the clients come from
+# the project's venv (`make venv`, tests/clients/requirements.txt).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$PWD
+CARGO=${CARGO:-cargo}
+SECONDS_PER_CELL=${SECONDS_PER_CELL:-5}
+ROUNDS=${ROUNDS:-3}
+python=${VENV:-.venv}/bin/python
+
+command="make bench-clients"
+[[ -n ${MAKELEVEL:-} ]] || command="load-tests/clients.sh"
+for var in SECONDS_PER_CELL ROUNDS OHA; do
+  if printenv "$var" >/dev/null; then command="$var=$(printenv "$var" | sed "s|^$root/||") $command"; fi
+done
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+[[ -z $(git status --porcelain -- src actors Cargo.toml Cargo.lock config models load-tests 2>/dev/null) ]] ||
+  commit+=" with uncommitted changes"
+
+echo "== building (release)"
+"$CARGO" build --release --quiet -p gantry --bin gantry -p gantry-load-tests --bin grpc-load
+
+source "$root/load-tests/start-gantry.sh"
+source "$root/load-tests/bench-lib.sh"
+find_oha
+python3 load-tests/bodies.py "$tmp"
+bench_repository "$tmp/models"
+grpc_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+grpc_bind=127.0.0.1:$grpc_port start_gantry GANTRY__MODELS__DIR="$tmp/models"
+
+"$python" load-tests/clients.py --http "$port" --grpc "$grpc_port" --server-pid "$server" \
+  --oha "$OHA" --grpc-load target/release/grpc-load --bodies "$tmp" \
+  --seconds "$SECONDS_PER_CELL" --rounds "$ROUNDS" \
+  --out load-tests/CLIENT_RESULTS.md --command "$command" --code "commit $commit"
+echo "== wrote load-tests/CLIENT_RESULTS.md"
