@@ -4,15 +4,22 @@ their asyncio flavours at 32), beside the pair `make bench` uses (grpc-load
 and oha), against one server, into load-tests/CLIENT_RESULTS.md.
 
     python load-tests/clients.py --http PORT --grpc PORT --server-pid PID \
+        --gzip-grpc PORT --gzip-server-pid PID \
         --oha PATH --grpc-load PATH --bodies DIR --seconds S --rounds N \
         --out FILE --command CMD --code CODE
 
-Every cell runs once a round, the order of the pairs' four clients turning
-each round, so a slow phase of the machine falls on every client alike; a
-cell's figure is the median of its rounds. Besides calls a second it reads
-the server's CPU (its /proc stat) and the client's (its own process time,
-or the child's rusage) per call: the server's cost of a call is the part
-no client can move.
+A second server (`--gzip-grpc`, `server.grpc_compress_answers = true`)
+answers `tritonclient.grpc` beside the first, so the table shows what
+gzipping its answers cost (grpcio lists gzip on every call).
+
+Every cell runs once a round, the clients' order changing each round (each
+client in every place over four rounds, each pair's gRPC client first in
+two of them), so a slow phase of
+the machine falls on every client alike; a cell's figure is the median of
+its rounds. Besides calls a second it reads the server's CPU (its /proc
+stat) and the client's (its own process time, or the child's rusage) per
+call, over the timed calls only: the server's cost of a call is the part no
+client can move.
 """
 import argparse
 import asyncio
@@ -36,8 +43,12 @@ MODELS = [
     ("tiny-classifier", "features", [1, 64], "logits"),
 ]
 CONCURRENCY = [1, 32]
-CLIENTS = ["grpc-load", "oha", "tritonclient.grpc", "tritonclient.http"]
-PAIRS = [("grpc-load", "oha"), ("tritonclient.grpc", "tritonclient.http")]
+GZIP = "tritonclient.grpc, gzip answers"
+CLIENTS = ["grpc-load", "oha", "tritonclient.grpc", "tritonclient.http", GZIP]
+PAIRS = [("grpc-load", "oha"), ("tritonclient.grpc", "tritonclient.http"), (GZIP, "tritonclient.http")]
+# The clients' order in each round, cycled: every client in every place,
+# and each pair's gRPC client before its HTTP one every other round.
+ORDERS = [[0, 1, 2, 3, 4], [4, 3, 2, 1, 0], [1, 0, 3, 2, 4], [2, 4, 0, 3, 1]]
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -52,15 +63,34 @@ def children_cpu_s():
     return usage.ru_utime + usage.ru_stime
 
 
+class Meter:
+    """The server's CPU and this process's (its own and its children's)
+    between `start` and `stop`."""
+
+    def __init__(self, server_pid):
+        self.server_pid = server_pid
+
+    def now(self):
+        return (server_cpu_s(self.server_pid), children_cpu_s() + time.process_time(),
+                time.perf_counter())
+
+    def start(self):
+        self.started = self.now()
+
+    def stop(self):
+        ended = self.now()
+        self.server_s, self.client_s, self.elapsed_s = (b - a for a, b in zip(self.started, ended))
+
+
 def tensor(shape):
     # Fixed pseudo-random inputs, as grpc-load fills raw_input_contents.
     return np.random.default_rng(1).random(shape, dtype=np.float32)
 
 
-def sync_calls(kind, args, model, seconds):
+def sync_calls(kind, port, model, seconds, meter):
     name, input_name, shape, output = model
     lib = grpc_sync if kind == "grpc" else http_sync
-    url = f"127.0.0.1:{args.grpc if kind == 'grpc' else args.http}"
+    url = f"127.0.0.1:{port}"
     client = lib.InferenceServerClient(url=url)
     inp = lib.InferInput(input_name, shape, "FP32")
     if kind == "grpc":
@@ -71,29 +101,32 @@ def sync_calls(kind, args, model, seconds):
         outputs = [lib.InferRequestedOutput(output, binary_data=True)]
     client.infer(name, [inp], outputs=outputs)  # the connection, once
     latencies = []
+    meter.start()
     deadline = time.perf_counter() + seconds
     while (start := time.perf_counter()) < deadline:
         client.infer(name, [inp], outputs=outputs)
         latencies.append(time.perf_counter() - start)
+    meter.stop()
     client.close()
     return latencies
 
 
-async def aio_calls(kind, args, model, seconds, concurrency):
+async def aio_calls(kind, port, model, seconds, concurrency, meter):
     name, input_name, shape, output = model
     lib = grpc_aio if kind == "grpc" else http_aio
     if kind == "grpc":
-        client = lib.InferenceServerClient(url=f"127.0.0.1:{args.grpc}")
+        client = lib.InferenceServerClient(url=f"127.0.0.1:{port}")
         inp = lib.InferInput(input_name, shape, "FP32")
         inp.set_data_from_numpy(tensor(shape))
         outputs = [lib.InferRequestedOutput(output)]
     else:
-        client = lib.InferenceServerClient(url=f"127.0.0.1:{args.http}", conn_limit=concurrency)
+        client = lib.InferenceServerClient(url=f"127.0.0.1:{port}", conn_limit=concurrency)
         inp = lib.InferInput(input_name, shape, "FP32")
         inp.set_data_from_numpy(tensor(shape), binary_data=True)
         outputs = [lib.InferRequestedOutput(output, binary_data=True)]
     await client.infer(name, [inp], outputs=outputs)
     latencies = []
+    meter.start()
     deadline = time.perf_counter() + seconds
 
     async def caller():
@@ -102,11 +135,12 @@ async def aio_calls(kind, args, model, seconds, concurrency):
             latencies.append(time.perf_counter() - start)
 
     await asyncio.gather(*(caller() for _ in range(concurrency)))
+    meter.stop()
     await client.close()
     return latencies
 
 
-def generator(client, args, model, concurrency):
+def generator(client, args, model, concurrency, meter):
     name, input_name, shape, _ = model
     dims = "x".join(map(str, shape))
     if client == "grpc-load":
@@ -114,45 +148,45 @@ def generator(client, args, model, concurrency):
                "--input", f"{input_name}:FP32:{dims}",
                "--concurrency", str(concurrency), "--seconds", str(args.seconds)]
     else:
-        # The v2 binary-extension bodies of load-tests/bodies.py, as make bench sends them.
+        # The v2 binary-extension bodies of load-tests/bodies.py, answers
+        # uncompressed, as make bench sends them (oha asks for gzip unless told).
         body = "unet-seg.body" if name == "unet-seg" else "tiny-classifier.v2"
         header_len = "unet-seg.len" if name == "unet-seg" else "tiny-classifier.v2len"
         with open(os.path.join(args.bodies, header_len)) as f:
             length = f.read().strip()
         cmd = [args.oha, "-z", f"{args.seconds:g}s", "-c", str(concurrency), "-w", "--no-tui",
                "--output-format", "json", "-m", "POST",
-               "-H", "content-type: application/octet-stream",
+               "-H", "content-type: application/octet-stream", "-H", "accept-encoding: identity",
                "-H", f"inference-header-content-length: {length}",
                "-D", os.path.join(args.bodies, body),
                f"http://127.0.0.1:{args.http}/v2/models/{name}/infer"]
+    meter.start()
     out = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    meter.stop()
     bad = {k: v for k, v in out["statusCodeDistribution"].items() if k != "200"}
     if bad or out["errorDistribution"]:
         raise SystemExit(f"{client} {name} c={concurrency}: {bad} {out['errorDistribution']}")
+    # Calls over the generator's own time, as bench_report.py reads it.
     calls = out["statusCodeDistribution"].get("200", 0)
-    return calls, out["latencyPercentiles"]["p50"]
+    return calls, out["latencyPercentiles"]["p50"], out["summary"]["total"]
 
 
 def cell(client, args, model, concurrency):
     """calls/s, p50 ms, server and client CPU us a call."""
-    server0, child0, own0 = server_cpu_s(args.server_pid), children_cpu_s(), time.process_time()
-    started = time.perf_counter()
+    meter = Meter(args.gzip_server_pid if client == GZIP else args.server_pid)
     if client in ("grpc-load", "oha"):
-        calls, p50 = generator(client, args, model, concurrency)
-        elapsed = args.seconds
+        calls, p50, elapsed = generator(client, args, model, concurrency, meter)
     else:
-        kind = client.split(".")[1]
+        kind = "http" if client == "tritonclient.http" else "grpc"
+        port = {"http": args.http, "grpc": args.grpc}[kind] if client != GZIP else args.gzip_grpc
         if concurrency == 1:
-            latencies = sync_calls(kind, args, model, args.seconds)
+            latencies = sync_calls(kind, port, model, args.seconds, meter)
         else:
-            latencies = asyncio.run(aio_calls(kind, args, model, args.seconds, concurrency))
-        elapsed = time.perf_counter() - started
-        calls, p50 = len(latencies), statistics.median(latencies)
-    server = server_cpu_s(args.server_pid) - server0
-    client_cpu = children_cpu_s() - child0 + time.process_time() - own0
+            latencies = asyncio.run(aio_calls(kind, port, model, args.seconds, concurrency, meter))
+        calls, p50, elapsed = len(latencies), statistics.median(latencies), meter.elapsed_s
     per_call = 1e6 / max(calls, 1)
     return {"per_s": calls / elapsed, "p50_ms": p50 * 1e3,
-            "server_us": server * per_call, "client_us": client_cpu * per_call}
+            "server_us": meter.server_s * per_call, "client_us": meter.client_s * per_call}
 
 
 def measure(args):
@@ -160,8 +194,7 @@ def measure(args):
     for round_ in range(args.rounds):
         for model in MODELS:
             for concurrency in CONCURRENCY:
-                turn = round_ % len(CLIENTS)
-                for client in CLIENTS[turn:] + CLIENTS[:turn]:
+                for client in (CLIENTS[i] for i in ORDERS[round_ % len(ORDERS)]):
                     r = cell(client, args, model, concurrency)
                     results.setdefault((model[0], concurrency, client), []).append(r)
                     print(f"{model[0]} c={concurrency} {client}: {r['per_s']:,.1f}/s "
@@ -192,8 +225,12 @@ def report(args, results):
         "medians of the rounds",
         "- Clients: `tritonclient.grpc` / `tritonclient.http` (sync, one call at a time) at concurrency 1, "
         "`tritonclient.grpc.aio` / `tritonclient.http.aio` (asyncio tasks on one channel / one "
-        "connection pool) at 32; `grpc-load` (one HTTP/2 connection) and oha (a connection per caller) "
-        "as in `make bench`",
+        "connection pool) at 32, each as it comes: `tritonclient.http.aio` sends aiohttp's "
+        "`Accept-Encoding: gzip, deflate, br` on every call (Gantry gzips a binary answer only where its "
+        "tensor bytes shrink), `tritonclient.grpc` lists gzip in `grpc-accept-encoding` on every call "
+        "(answered plainly; its gzip-answers row is a second server with `server.grpc_compress_answers = "
+        "true`); `grpc-load` (one HTTP/2 connection) and oha (a connection per caller, answers "
+        "uncompressed) as in `make bench`",
         "",
         "| Model | Concurrency | Clients (gRPC / HTTP) | gRPC calls/s | HTTP calls/s | gRPC/HTTP "
         "| gRPC p50 ms | HTTP p50 ms | Server CPU us/call gRPC | HTTP | Client CPU us/call gRPC | HTTP |",
@@ -223,11 +260,13 @@ def main():
     p.add_argument("--http", type=int, required=True)
     p.add_argument("--grpc", type=int, required=True)
     p.add_argument("--server-pid", type=int, required=True)
+    p.add_argument("--gzip-grpc", type=int, required=True)
+    p.add_argument("--gzip-server-pid", type=int, required=True)
     p.add_argument("--oha", required=True)
     p.add_argument("--grpc-load", required=True)
     p.add_argument("--bodies", required=True)
     p.add_argument("--seconds", type=float, default=5)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=4)
     p.add_argument("--out", required=True)
     p.add_argument("--command", default="make bench-clients")
     p.add_argument("--code", default="")

@@ -109,7 +109,7 @@ def main():
         check(f"infer(dtypes) raw: {out}", got is not None and got.dtype == want.dtype and np.array_equal(got, want),
               f"got {got!r}, want {want!r}")
 
-    # The classifier, whole and with one output asked for; gzip both ways.
+    # The classifier, whole and with one output asked for in a gzipped request.
     x = features(3)
     whole = client.infer(CLASSIFIER, classifier_inputs(grpcclient, x))
     logits = whole.as_numpy("logits")

@@ -3,8 +3,9 @@
 //! message and every call gets one answer; a message over the body limit
 //! (sent as is, or gzipped and inflating past it) is RESOURCE_EXHAUSTED,
 //! on a unary call and on a stream; answers are gzipped only where
-//! `server.grpc_compress_answers` says, whatever a client can read; and SIGTERM on the binary drains an
-//! open stream (answered during the drain delay, ended after it, exit 0).
+//! `server.grpc_compress_answers` says, whatever a client can read; and
+//! SIGTERM on the binary drains an open stream (answered during the drain
+//! delay, ended after it, exit 0).
 //! The official Python client's view is in tests/it/clients.rs.
 
 use std::sync::Arc;

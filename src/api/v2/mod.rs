@@ -15,7 +15,7 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use bytes::Bytes;
 
 use super::admin::caller_of;
-use super::http_compression::{accepted_encoding, compress, Encoding};
+use super::http_compression::{accepted_encoding, compress, Content, Encoding, Packed};
 use super::{cache_allowed, header_priority, header_timeout, read_body, route, AppState};
 use crate::error::ApiError;
 use crate::request_id::Requested;
@@ -163,14 +163,18 @@ async fn respond(
             .insert_header((header::CACHE_CONTROL, "no-store")),
     };
     let body = Bytes::from(answer.body);
-    Ok(match encoding {
-        None => response.body(body),
-        Some(encoding) => {
-            let (compressed, name) = compress(body, encoding).await?;
-            response
-                .insert_header((header::CONTENT_ENCODING, name))
-                .insert_header((header::VARY, "accept-encoding"))
-                .body(compressed)
-        }
+    let Some(encoding) = encoding else {
+        return Ok(response.body(body));
+    };
+    let content = match answer.header_length {
+        None => Content::Text,
+        Some(_) => Content::Tensors,
+    };
+    response.insert_header((header::VARY, "accept-encoding"));
+    Ok(match compress(body, encoding, content).await? {
+        Packed::Compressed(compressed, name) => response
+            .insert_header((header::CONTENT_ENCODING, name))
+            .body(compressed),
+        Packed::Plain(body) => response.body(body),
     })
 }
