@@ -1,6 +1,7 @@
 # shellcheck shell=bash disable=SC2154 # root, tmp, url: set by the sourcing script
-# Sourced by bench.sh, cpu-split.sh and gpu.sh (after start-gantry.sh, from
-# the repository root; `$root` is that root):
+# Sourced by bench.sh, cpu-split.sh, clients.sh and gpu.sh (from the
+# repository root; `$root` is that root; all but run_labels also need
+# start-gantry.sh's `$tmp` or `$url`):
 #   bench_repository DIR     the `make bench` repository in DIR: unet-seg and
 #                            tiny-classifier with only `replicas` (2) and
 #                            `max_batch_size` (8 and 32) in their model.toml
@@ -14,6 +15,26 @@
 #                            OUTPUT (tiny-classifier as REST JSON, unet-seg
 #                            through the v2 binary extension; bodies from
 #                            load-tests/bodies.py in `$tmp`)
+#   run_labels TARGET SCRIPT VAR...  sets `$command` (the make target when
+#                            make runs the script, else the script, after
+#                            the named variables the environment sets, paths
+#                            in the repository written relative to it) and
+#                            `$commit` (HEAD, "with uncommitted changes"
+#                            when the code or the load tests differ from it)
+
+run_labels() {
+  local var prefix=""
+  command=$1
+  [[ -n ${MAKELEVEL:-} ]] || command=$2
+  shift 2
+  for var in "$@"; do
+    if printenv "$var" >/dev/null; then prefix+="$var=$(printenv "$var" | sed "s|^$root/||") "; fi
+  done
+  command="$prefix$command"
+  commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+  [[ -z $(git status --porcelain -- src actors Cargo.toml Cargo.lock config models load-tests 2>/dev/null) ]] ||
+    commit+=" with uncommitted changes"
+}
 
 bench_repository() {
   mkdir -p "$1/unet-seg" "$1/tiny-classifier"

@@ -43,23 +43,13 @@ fi
 BESIDE_SECONDS=${BESIDE_SECONDS:-5}
 
 # The command as it was given, with the settings that shape the numbers.
-command="make bench"
-[[ -n ${MAKELEVEL:-} ]] || command="load-tests/bench.sh"
-env_prefix=""
-for var in DURATION REPEAT OHA RAW_SECONDS BESIDE_SECONDS; do
-  # Paths inside the repository are written relative to it.
-  if printenv "$var" >/dev/null; then env_prefix+="$var=$(printenv "$var" | sed "s|^$root/||") "; fi
-done
-command="$env_prefix$command"
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-[[ -z $(git status --porcelain -- src actors Cargo.toml Cargo.lock config models load-tests 2>/dev/null) ]] ||
-  commit+=" with uncommitted changes"
+source "$root/load-tests/bench-lib.sh"
+run_labels "make bench" load-tests/bench.sh DURATION REPEAT OHA RAW_SECONDS BESIDE_SECONDS
 
 echo "== building (release)"
 "$CARGO" build --release --quiet -p gantry --bin gantry -p gantry-load-tests --bin raw-onnx --bin grpc-load
 
 source "$root/load-tests/start-gantry.sh"
-source "$root/load-tests/bench-lib.sh"
 find_oha
 
 python3 load-tests/bodies.py "$tmp"

@@ -23,20 +23,13 @@ ROUNDS=${ROUNDS:-4}
 python=${PYTHON:-$root/.venv/bin/python}
 [[ -x $python ]] || { echo "no Python at $python: run make venv, or set PYTHON" >&2; exit 1; }
 
-command="make bench-clients"
-[[ -n ${MAKELEVEL:-} ]] || command="load-tests/clients.sh"
-for var in SECONDS_PER_CELL ROUNDS OHA; do
-  if printenv "$var" >/dev/null; then command="$var=$(printenv "$var" | sed "s|^$root/||") $command"; fi
-done
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-[[ -z $(git status --porcelain -- src actors Cargo.toml Cargo.lock config models load-tests 2>/dev/null) ]] ||
-  commit+=" with uncommitted changes"
+source "$root/load-tests/bench-lib.sh"
+run_labels "make bench-clients" load-tests/clients.sh SECONDS_PER_CELL ROUNDS OHA
 
 echo "== building (release)"
 "$CARGO" build --release --quiet -p gantry --bin gantry -p gantry-load-tests --bin grpc-load
 
 source "$root/load-tests/start-gantry.sh"
-source "$root/load-tests/bench-lib.sh"
 find_oha
 python3 load-tests/bodies.py "$tmp"
 bench_repository "$tmp/models"

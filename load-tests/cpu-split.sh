@@ -26,20 +26,13 @@ DURATION=${DURATION:-6s}
 CARGO=${CARGO:-cargo}
 seconds=${DURATION%s}
 
-command="make cpu-split"
-[[ -n ${MAKELEVEL:-} ]] || command="load-tests/cpu-split.sh"
-for var in DURATION OHA; do
-  if printenv "$var" >/dev/null; then command="$var=$(printenv "$var" | sed "s|^$root/||") $command"; fi
-done
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-[[ -z $(git status --porcelain -- src actors Cargo.toml Cargo.lock config models load-tests 2>/dev/null) ]] ||
-  commit+=" with uncommitted changes"
+source "$root/load-tests/bench-lib.sh"
+run_labels "make cpu-split" load-tests/cpu-split.sh DURATION OHA
 
 echo "== building (release)"
 "$CARGO" build --release --quiet -p gantry --bin gantry -p gantry-load-tests --bin grpc-load
 
 source "$root/load-tests/start-gantry.sh"
-source "$root/load-tests/bench-lib.sh"
 find_oha
 python3 load-tests/bodies.py "$tmp"
 repo=$tmp/models
