@@ -51,9 +51,9 @@ pub enum Content {
     /// The binary extension's raw tensor bytes after a JSON header:
     /// compressed only where a sample of the end shrinks by a tenth. The
     /// FP32 outputs of a network rarely do (unet-seg's mask grew by 4%
-    /// gzipped, for about 0.7 ms of the server's CPU a call); a mask of
-    /// zeros and ones shrinks tenfold. aiohttp, and so Triton's asyncio
-    /// HTTP client, asks for gzip on every call whether it wants it or not.
+    /// gzipped), a mask of zeros and ones does. aiohttp, and so Triton's
+    /// asyncio HTTP client, asks for gzip on every call whether it wants it
+    /// or not.
     Tensors,
 }
 
