@@ -46,8 +46,8 @@ CONCURRENCY = [1, 32]
 GZIP = "tritonclient.grpc, gzip answers"
 CLIENTS = ["grpc-load", "oha", "tritonclient.grpc", "tritonclient.http", GZIP]
 PAIRS = [("grpc-load", "oha"), ("tritonclient.grpc", "tritonclient.http"), (GZIP, "tritonclient.http")]
-# The clients' order in each round, cycled: every client in every place,
-# and each pair's gRPC client before its HTTP one every other round.
+# The clients' order in each round, cycled: every client in every place
+# over four rounds, and each pair's gRPC client first in two of them.
 ORDERS = [[0, 1, 2, 3, 4], [4, 3, 2, 1, 0], [1, 0, 3, 2, 4], [2, 4, 0, 3, 1]]
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -87,18 +87,21 @@ def tensor(shape):
     return np.random.default_rng(1).random(shape, dtype=np.float32)
 
 
-def sync_calls(kind, port, model, seconds, meter):
-    name, input_name, shape, output = model
-    lib = grpc_sync if kind == "grpc" else http_sync
-    url = f"127.0.0.1:{port}"
-    client = lib.InferenceServerClient(url=url)
+def call_parts(lib, kind, model):
+    """The input and the asked output of a call through `lib`: binary data
+    both ways over HTTP (the v2 extension), raw contents over gRPC."""
+    _, input_name, shape, output = model
+    binary = {} if kind == "grpc" else {"binary_data": True}
     inp = lib.InferInput(input_name, shape, "FP32")
-    if kind == "grpc":
-        inp.set_data_from_numpy(tensor(shape))
-        outputs = [lib.InferRequestedOutput(output)]
-    else:
-        inp.set_data_from_numpy(tensor(shape), binary_data=True)
-        outputs = [lib.InferRequestedOutput(output, binary_data=True)]
+    inp.set_data_from_numpy(tensor(shape), **binary)
+    return inp, [lib.InferRequestedOutput(output, **binary)]
+
+
+def sync_calls(kind, port, model, seconds, meter):
+    name = model[0]
+    lib = grpc_sync if kind == "grpc" else http_sync
+    client = lib.InferenceServerClient(url=f"127.0.0.1:{port}")
+    inp, outputs = call_parts(lib, kind, model)
     client.infer(name, [inp], outputs=outputs)  # the connection, once
     latencies = []
     meter.start()
@@ -112,18 +115,11 @@ def sync_calls(kind, port, model, seconds, meter):
 
 
 async def aio_calls(kind, port, model, seconds, concurrency, meter):
-    name, input_name, shape, output = model
+    name = model[0]
     lib = grpc_aio if kind == "grpc" else http_aio
-    if kind == "grpc":
-        client = lib.InferenceServerClient(url=f"127.0.0.1:{port}")
-        inp = lib.InferInput(input_name, shape, "FP32")
-        inp.set_data_from_numpy(tensor(shape))
-        outputs = [lib.InferRequestedOutput(output)]
-    else:
-        client = lib.InferenceServerClient(url=f"127.0.0.1:{port}", conn_limit=concurrency)
-        inp = lib.InferInput(input_name, shape, "FP32")
-        inp.set_data_from_numpy(tensor(shape), binary_data=True)
-        outputs = [lib.InferRequestedOutput(output, binary_data=True)]
+    pool = {} if kind == "grpc" else {"conn_limit": concurrency}
+    client = lib.InferenceServerClient(url=f"127.0.0.1:{port}", **pool)
+    inp, outputs = call_parts(lib, kind, model)
     await client.infer(name, [inp], outputs=outputs)
     latencies = []
     meter.start()

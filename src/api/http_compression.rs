@@ -50,8 +50,8 @@ pub enum Content {
     Text,
     /// The binary extension's raw tensor bytes after a JSON header:
     /// compressed only where a sample of the end shrinks by a tenth. The
-    /// FP32 outputs of a network rarely do (unet-seg's mask grew by 4%
-    /// gzipped), a mask of zeros and ones does. aiohttp, and so Triton's
+    /// FP32 outputs of a network rarely do (unet-seg's mask does not), a
+    /// mask of zeros and ones does. aiohttp, and so Triton's
     /// asyncio HTTP client, asks for gzip on every call whether it wants it
     /// or not.
     Tensors,

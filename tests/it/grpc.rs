@@ -42,6 +42,11 @@ fn outgoing(
 /// The fake `x: FP32 [-1, 4]` models: "m" fast, "slow" 600 ms a batch of
 /// one with a queue of one; body limit 1 MB, gRPC on a free port.
 async fn fake_server() -> (TestServer, Repo) {
+    fake_server_with(|_| {}).await
+}
+
+/// [`fake_server`] with `tweak` applied to its config.
+async fn fake_server_with(tweak: impl FnOnce(&mut gantry::config::Config)) -> (TestServer, Repo) {
     let mut provider = FakeProvider::new(FakeEngineFactory::vector(4));
     provider.per_model.insert(
         "slow".into(),
@@ -54,6 +59,7 @@ async fn fake_server() -> (TestServer, Repo) {
     config.server.grpc_bind = "127.0.0.1:0".into();
     config.server.body_limit_mb = 1;
     config.cache.enabled = false;
+    tweak(&mut config);
     (TestServer::ready(config, Arc::new(provider)).await, repo)
 }
 
@@ -127,13 +133,7 @@ async fn answers_are_gzipped_only_where_the_config_says() {
 
     // `server.grpc_compress_answers` gzips them for such clients, and only
     // for them.
-    let repo = Repo::new().fake("m", "max_batch_size = 4\n");
-    let mut config = crate::common::config(repo.path());
-    config.server.grpc_bind = "127.0.0.1:0".into();
-    config.server.grpc_compress_answers = true;
-    config.cache.enabled = false;
-    let provider = FakeProvider::new(FakeEngineFactory::vector(4));
-    let server = TestServer::ready(config, Arc::new(provider)).await;
+    let (server, _repo) = fake_server_with(|c| c.server.grpc_compress_answers = true).await;
     let addr = server.grpc.clone().expect("gRPC is on");
     let mut reads_gzip = client(&addr)
         .await
