@@ -46,8 +46,12 @@ pub fn audio_to_tensor(
     let clip = decode(bytes, file_type, spec)?;
     let mut samples = resample(&clip.mono, clip.sample_rate, spec.sample_rate)?;
     samples.resize(spec.length, 0.0);
+    // The frames covering the model's length are rounded up to whole source
+    // frames, so at a rate that does not divide evenly they run past it by
+    // under a frame: what the model got is at most its own length.
     let used = clip.mono.len().min(frames_for(spec, clip.sample_rate));
-    let seconds = used as f64 / f64::from(clip.sample_rate);
+    let model_seconds = spec.length as f64 / f64::from(spec.sample_rate);
+    let seconds = (used as f64 / f64::from(clip.sample_rate)).min(model_seconds);
     let mut shape = vec![1; rank.saturating_sub(1)];
     shape.push(spec.length);
     let tensor = Tensor::from_f32(shape, &samples)
@@ -361,6 +365,24 @@ mod tests {
         .unwrap();
         assert_eq!(t.tensor.shape, [1, 1, 10]);
         assert!((t.tensor.to_f32().unwrap()[9] - 9.0 / 32768.0).abs() < 1e-7);
+        assert_eq!(t.seconds, 0.01);
+    }
+
+    #[test]
+    fn seconds_read_stop_at_the_models_length_at_any_rate() {
+        // 0.1 s at 16 kHz needs 100.1 frames at 1001 Hz: 101 are read, and the
+        // clip's seconds are still the model's 0.1 (found by `make fuzz`).
+        let frames: Vec<Vec<i16>> = (0..300).map(|i| vec![i as i16]).collect();
+        for (rate, want) in [(1001, 0.1), (1000, 0.1), (44_101, 300.0 / 44_101.0)] {
+            let t = audio_to_tensor(
+                Bytes::from(wav(rate, 1, &frames)),
+                FileType::Wav,
+                &spec(16_000, 1_600),
+                2,
+            )
+            .unwrap();
+            assert_eq!(t.seconds, want, "at {rate} Hz");
+        }
     }
 
     #[test]
