@@ -46,12 +46,10 @@ pub fn audio_to_tensor(
     let clip = decode(bytes, file_type, spec)?;
     let mut samples = resample(&clip.mono, clip.sample_rate, spec.sample_rate)?;
     samples.resize(spec.length, 0.0);
-    // The frames covering the model's length are rounded up to whole source
-    // frames, so at a rate that does not divide evenly they run past it by
-    // under a frame: what the model got is at most its own length.
-    let used = clip.mono.len().min(frames_for(spec, clip.sample_rate));
+    // What the model got: the clip, or its own length where the clip (read
+    // in whole packets and whole source frames) runs past it.
     let model_seconds = spec.length as f64 / f64::from(spec.sample_rate);
-    let seconds = (used as f64 / f64::from(clip.sample_rate)).min(model_seconds);
+    let seconds = (clip.mono.len() as f64 / f64::from(clip.sample_rate)).min(model_seconds);
     let mut shape = vec![1; rank.saturating_sub(1)];
     shape.push(spec.length);
     let tensor = Tensor::from_f32(shape, &samples)
